@@ -1,0 +1,126 @@
+# pagedkv — plain GNU make. Build output goes to $(BUILD) only.
+#   make            libraries (build/libpagedkv.a, build/libpagedkv.so) and build/pkv
+#   make test       all tests with -Werror      make run     the main job
+#   make asan|ubsan|tsan|valgrind               make stress  long seeded model run
+#   make bench      benchmarks (JSON on stdout) make install PREFIX=/usr/local
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+LDFLAGS ?=
+BUILD   ?= build
+PREFIX  ?= /usr/local
+VECTORS ?= $(abspath ../shared/vectors)
+WERROR  ?=
+
+WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes $(WERROR)
+BASE    := -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L -fPIC -fvisibility=hidden \
+           -Iinclude -Isrc -pthread
+ALL_CFLAGS := $(BASE) $(WARN) $(CFLAGS) $(EXTRA_CFLAGS)
+LIBS    := -pthread -lm
+
+# Kernels for one ISA live in files named *_avx2.c / *_avx512.c and get that ISA's flags;
+# everything else is built for the baseline and dispatches at run time.
+ISA_AVX2   := -mavx2 -mfma -mf16c
+ISA_AVX512 := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c -mavx2
+
+LIB_SRC  := $(sort $(wildcard src/*.c src/attn/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+CLI_SRC  := $(sort $(wildcard src/cli/*.c))
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_SRC := $(sort $(wildcard tests/test_*.c))
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_COMMON_SRC := $(sort $(wildcard tests/common/*.c))
+TEST_COMMON_OBJ := $(TEST_COMMON_SRC:%.c=$(BUILD)/obj/%.o)
+STRESS_SRC := $(sort $(wildcard tests/stress/*.c))
+STRESS_BIN := $(STRESS_SRC:tests/stress/%.c=$(BUILD)/stress/%)
+BENCH_SRC := $(sort $(wildcard bench/bench_*.c))
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+BENCH_COMMON_SRC := $(sort $(wildcard bench/common/*.c))
+BENCH_COMMON_OBJ := $(BENCH_COMMON_SRC:%.c=$(BUILD)/obj/%.o)
+
+STATIC := $(BUILD)/libpagedkv.a
+SHARED := $(BUILD)/libpagedkv.so
+PKV    := $(BUILD)/pkv
+
+.PHONY: all lib test tests asan ubsan tsan valgrind stress bench run install clean fuzz fuzz-run check-abi
+all: lib $(PKV)
+lib: $(STATIC) $(SHARED)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(ISAFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%_avx2.o: ISAFLAGS = $(ISA_AVX2)
+$(BUILD)/obj/%_avx512.o: ISAFLAGS = $(ISA_AVX512)
+
+$(STATIC): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(SHARED): $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libpagedkv.so.0 $(CFLAGS) $(EXTRA_CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(PKV): $(CLI_OBJ) $(STATIC)
+	$(CC) $(CFLAGS) $(EXTRA_CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJ) $(STATIC) $(LIBS)
+
+$(BUILD)/tests/%: tests/%.c $(TEST_COMMON_OBJ) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests -MMD -MP $(LDFLAGS) -o $@ $< $(TEST_COMMON_OBJ) $(STATIC) $(LIBS)
+
+$(BUILD)/stress/%: tests/stress/%.c $(TEST_COMMON_OBJ) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests -MMD -MP $(LDFLAGS) -o $@ $< $(TEST_COMMON_OBJ) $(STATIC) $(LIBS)
+
+$(BUILD)/bench/%: bench/%.c $(BENCH_COMMON_OBJ) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Ibench -MMD -MP $(LDFLAGS) -o $@ $< $(BENCH_COMMON_OBJ) $(STATIC) $(LIBS)
+
+tests: $(TEST_BIN) $(PKV)
+
+# The test run: every tests/test_* binary, then a summary line "N passed, N failed".
+test:
+	@$(MAKE) --no-print-directory WERROR=-Werror tests
+	@PKV_VECTORS=$(VECTORS) PKV_BIN=$(PKV) sh tests/run.sh $(TEST_BIN)
+
+SAN_CC ?= $(CC)
+asan:
+	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(SAN_CC) \
+	  CFLAGS="-O1 -g -fsanitize=address -fno-omit-frame-pointer" \
+	  LDFLAGS="-fsanitize=address" test
+ubsan:
+	@$(MAKE) --no-print-directory BUILD=build/ubsan CC=$(SAN_CC) \
+	  CFLAGS="-O1 -g -fsanitize=undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	  LDFLAGS="-fsanitize=undefined" test
+tsan:
+	@$(MAKE) --no-print-directory BUILD=build/tsan CC=$(SAN_CC) \
+	  CFLAGS="-O1 -g -fsanitize=thread" LDFLAGS="-fsanitize=thread" \
+	  PKV_TEST_SCALE=$${PKV_TEST_SCALE:-0.1} test
+valgrind:
+	@$(MAKE) --no-print-directory BUILD=build/valgrind CFLAGS="-O1 -g" tests
+	@PKV_VECTORS=$(VECTORS) PKV_TEST_SCALE=$${PKV_TEST_SCALE:-0.02} PKV_ISA=$${PKV_ISA:-avx2} \
+	  PKV_WRAP="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect" \
+	  sh tests/run.sh $(subst $(BUILD)/,build/valgrind/,$(TEST_BIN))
+
+STRESS_OPS ?= 20000000
+stress: $(STRESS_BIN)
+	@for t in $(STRESS_BIN); do echo "== $$t"; $$t --ops $(STRESS_OPS) $(STRESS_ARGS) || exit 1; done
+
+bench: $(BENCH_BIN)
+	@for b in $(BENCH_BIN); do $$b $(BENCH_ARGS) || exit 1; done
+
+run: all
+	$(PKV) sim
+
+install: lib
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
+	install -m 644 include/pagedkv.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/libpagedkv.so.0
+	ln -sf libpagedkv.so.0 $(DESTDIR)$(PREFIX)/lib/libpagedkv.so
+	-install -m 755 $(PKV) $(DESTDIR)$(PREFIX)/bin/ 2>/dev/null
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|'$$(sed -n 's/^#define PKV_VERSION_STRING "\(.*\)"/\1/p' include/pagedkv.h)'|' \
+	  pagedkv.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/pagedkv.pc
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,385 @@
+/*
+ * pagedkv — a paged KV cache for LLM inference, and attention over it.
+ *
+ * The one public header. Every function returns PKV_OK (0) or a negative status
+ * code (see pkv_status); pkv_strerror() describes a code. Unless a contract says
+ * otherwise, a call that fails leaves the cache exactly as it was.
+ *
+ * Concepts (see DESIGN.md): a cache owns num_blocks blocks of block_size token
+ * slots; a sequence is an ordered list of block ids plus a length; a token's slot
+ * is block_id * block_size + offset. Storage is optional: in host mode the cache
+ * owns per-layer arenas laid out as FlashMLA's k_cache[num_blocks][block_size]
+ * [h_kv][d]; in metadata mode the engine owns the memory and data movements
+ * (copy-on-write) are returned as (src, dst) block copies.
+ */
+#ifndef PAGEDKV_H
+#define PAGEDKV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define PKV_API
+#elif defined(__GNUC__)
+#define PKV_API __attribute__((visibility("default")))
+#else
+#define PKV_API
+#endif
+
+#define PKV_VERSION_MAJOR 0
+#define PKV_VERSION_MINOR 1
+#define PKV_VERSION_PATCH 0
+#define PKV_VERSION_STRING "0.1.0"
+
+/*! Returns the library's version string, e.g. "0.1.0". */
+PKV_API const char *pkv_version(void);
+
+/* ------------------------------------------------------------------------- */
+/* Status codes: fixed values, never renumbered.                             */
+/* ------------------------------------------------------------------------- */
+typedef enum pkv_status {
+    PKV_OK = 0,
+    PKV_ERR_NULL = -1,          /* a required pointer argument is NULL */
+    PKV_ERR_INVALID = -2,       /* an argument is out of its documented range */
+    PKV_ERR_NOMEM = -3,         /* the allocator hook returned NULL */
+    PKV_ERR_CAPACITY = -4,      /* not enough free (or evictable) blocks */
+    PKV_ERR_BUFFER = -5,        /* an output buffer is too small; the size needed is reported */
+    PKV_ERR_NO_SEQ = -6,        /* unknown, freed or stale sequence handle */
+    PKV_ERR_BLOCK_ID = -7,      /* a block id outside [0, num_blocks) */
+    PKV_ERR_SEQLEN = -8,        /* a length is negative or longer than its table row covers */
+    PKV_ERR_HEADS = -9,         /* h_q is not a positive multiple of h_kv */
+    PKV_ERR_DTYPE = -10,        /* unknown dtype, or a dtype not allowed here */
+    PKV_ERR_MODE = -11,         /* the operation needs host storage (or prefix caching) */
+    PKV_ERR_NONFINITE = -12,    /* an input value is NaN or infinite */
+    PKV_ERR_CORRUPT = -13,      /* pkv_cache_check found an inconsistency */
+    PKV_ERR_THREAD = -14,       /* a thread or lock could not be created */
+    PKV_ERR_IO = -15,           /* a file could not be read or written */
+    PKV_ERR_FORMAT = -16,       /* malformed input data (e.g. a .npy header) */
+    PKV_ERR_STATE = -17,        /* the object is not in a state that allows this call */
+    PKV_ERR_SHAPE = -18,        /* array shapes disagree with each other */
+    PKV_ERR_SLOT = -19          /* a slot id outside [0, num_blocks * block_size) */
+} pkv_status;
+
+/*! Returns a static, human-readable description of a status code (never NULL;
+ *  unknown codes give "unknown status"). */
+PKV_API const char *pkv_strerror(int status);
+
+/* ------------------------------------------------------------------------- */
+/* Data types                                                                */
+/* ------------------------------------------------------------------------- */
+typedef enum pkv_dtype {
+    PKV_F32 = 0,
+    PKV_F16 = 1,
+    PKV_BF16 = 2,
+    PKV_FP8_MLA656 = 3 /* KV only: FlashMLA's 656-byte MLA token (see pkv_mla656_quantize) */
+} pkv_dtype;
+
+/*! Bytes of one element of dtype (4, 2, 2), or 0 for an unknown dtype and for
+ *  PKV_FP8_MLA656, whose unit is a whole 656-byte token row. */
+PKV_API size_t pkv_dtype_size(int dtype);
+
+/*! Bytes of one token row of one KV head: h_kv * d elements of dtype, or 656 for
+ *  PKV_FP8_MLA656 (h_kv = 1, d = 576). 0 if the combination is invalid. */
+PKV_API size_t pkv_row_bytes(int dtype, int32_t h_kv, int32_t d);
+
+/* ------------------------------------------------------------------------- */
+/* Cache configuration                                                       */
+/* ------------------------------------------------------------------------- */
+
+/* All memory of a cache comes through this hook (zstd's customMem). alloc
+ * returns memory aligned for any C object (malloc's guarantee) or NULL; free
+ * takes what alloc returned (NULL is never passed). */
+typedef struct pkv_allocator {
+    void *(*alloc)(void *opaque, size_t size);
+    void (*free)(void *opaque, void *ptr);
+    void *opaque;
+} pkv_allocator;
+
+enum pkv_storage_mode {
+    PKV_STORAGE_METADATA = 0, /* no storage: block ids only; copies are returned */
+    PKV_STORAGE_HOST = 1      /* per-layer arenas owned by the cache */
+};
+
+enum pkv_flags {
+    PKV_FLAG_THREAD_SAFE = 1u << 0,    /* serialize every operation on the cache with a lock */
+    PKV_FLAG_PREFIX_CACHE = 1u << 1,   /* enable the prefix cache (block keys, lookup, eviction) */
+    PKV_FLAG_AUTO_REGISTER = 1u << 2,  /* append with token ids registers blocks as they fill */
+    PKV_FLAG_FP8_POW2_SCALE = 1u << 3  /* FP8 row writes round scales up to a power of two */
+};
+
+typedef struct pkv_config {
+    int32_t num_blocks;  /* blocks in the pool, >= 1 */
+    int32_t block_size;  /* token slots per block, 1..4096 (default 64) */
+    uint32_t flags;      /* pkv_flags */
+    int32_t storage;     /* pkv_storage_mode (default PKV_STORAGE_METADATA) */
+    /* Host storage geometry (ignored in metadata mode). */
+    int32_t num_layers;  /* >= 1 */
+    int32_t h_kv;        /* KV heads, >= 1 */
+    int32_t d;           /* K head dim, >= 1 */
+    int32_t dv;          /* V head dim, 1..d when V is shared */
+    int32_t v_separate;  /* 0: V = first dv dims of K (MLA); 1: a separate V arena */
+    int32_t kv_dtype;    /* pkv_dtype of the arenas */
+    /* Prefix-cache hash key. hash_key_set == 0: drawn from the OS (getrandom). */
+    int32_t hash_key_set;
+    uint8_t hash_key[16];
+    pkv_allocator allocator; /* alloc == NULL: malloc/free */
+} pkv_config;
+
+/*! Fills cfg with defaults: 1024 blocks of 64 slots, metadata mode, no flags,
+ *  MLA geometry (1 layer, h_kv 1, d 576, dv 512, V shared, bf16), malloc/free. */
+PKV_API void pkv_config_init(pkv_config *cfg);
+
+typedef struct pkv_cache pkv_cache;
+
+/*! Creates a cache from cfg (copied; cfg may be freed afterwards).
+ *  @return PKV_OK and *out set; PKV_ERR_NULL, PKV_ERR_INVALID (a field out of
+ *  range, or arena size overflow), PKV_ERR_DTYPE, PKV_ERR_NOMEM, PKV_ERR_THREAD;
+ *  on error *out is NULL and nothing is leaked. */
+PKV_API int pkv_cache_create(const pkv_config *cfg, pkv_cache **out);
+
+/*! Destroys a cache and every sequence in it. NULL is a no-op. */
+PKV_API void pkv_cache_destroy(pkv_cache *cache);
+
+/*! Copies the cache's configuration into *cfg. */
+PKV_API int pkv_cache_config(const pkv_cache *cache, pkv_config *cfg);
+
+/*! Detail of the last failed call on this cache (e.g. "block_table needs 12
+ *  entries, got 8"), or "" when the last call succeeded. Valid until the next call. */
+PKV_API const char *pkv_cache_last_error(const pkv_cache *cache);
+
+typedef struct pkv_stats {
+    int32_t num_blocks;
+    int32_t block_size;
+    int32_t free_blocks;       /* on the free list */
+    int32_t used_blocks;       /* refcount >= 1 */
+    int32_t evictable_blocks;  /* refcount 0, cached, reclaimable */
+    int32_t shared_blocks;     /* refcount >= 2 */
+    int32_t num_seqs;
+    int32_t peak_used_blocks;  /* high-water mark of used_blocks */
+    int64_t tokens;            /* sum of sequence lengths */
+    int64_t cow_copies;        /* copy-on-write block copies so far */
+    /* prefix cache (zero unless PKV_FLAG_PREFIX_CACHE) */
+    int32_t cached_blocks;     /* blocks in the prefix index (used or evictable) */
+    int32_t reserved0;
+    int64_t prefix_queries;    /* lookups */
+    int64_t prefix_query_tokens; /* tokens asked for in lookups */
+    int64_t prefix_hit_tokens; /* tokens served from cache */
+    int64_t evictions;
+    int64_t dedups;            /* registrations that moved a sequence onto a cached block */
+    int64_t registrations;     /* blocks newly entered into the index */
+} pkv_stats;
+
+/*! Fills *out with the cache's counters. */
+PKV_API int pkv_cache_stats(pkv_cache *cache, pkv_stats *out);
+
+/*! Reference count of block id (0 for free or evictable blocks). */
+PKV_API int pkv_block_refcount(pkv_cache *cache, int32_t block_id, int32_t *out);
+
+/*! Walks all state and checks every invariant (free + used + evictable ==
+ *  num_blocks, each refcount == number of sequence lists holding the block,
+ *  the free list holds exactly the free blocks, each sequence's block count
+ *  matches its length, prefix index entries match their blocks).
+ *  @return PKV_OK, or PKV_ERR_CORRUPT with the detail in pkv_cache_last_error. */
+PKV_API int pkv_cache_check(pkv_cache *cache);
+
+/* ------------------------------------------------------------------------- */
+/* Sequences                                                                 */
+/* ------------------------------------------------------------------------- */
+
+/* A sequence handle. Handles of freed sequences are never reused by the same
+ * cache (a generation is part of the value), so a stale handle is refused with
+ * PKV_ERR_NO_SEQ. Valid handles are > 0. */
+typedef int64_t pkv_seq;
+
+/* One block copy for the engine to perform (metadata mode): copy every slot of
+ * block src to block dst, in every layer. */
+typedef struct pkv_block_copy {
+    int32_t src;
+    int32_t dst;
+} pkv_block_copy;
+
+/*! Creates an empty sequence in namespace ns (prefix caching never shares
+ *  blocks across namespaces; 0 is the default namespace).
+ *  @return PKV_OK and *out; PKV_ERR_NULL, PKV_ERR_NOMEM. */
+PKV_API int pkv_seq_create(pkv_cache *cache, uint64_t ns, pkv_seq *out);
+
+/*! Appends n >= 0 tokens to seq. Fills the last block first, then takes new
+ *  blocks. If the last block is partly filled and shared (refcount > 1), the
+ *  sequence first moves onto a private copy (copy-on-write): in host mode the
+ *  cache copies the block in every layer; in metadata mode the copy is written
+ *  to *cow for the engine to perform (cow->src = -1 when no copy was needed).
+ *  tokens: NULL, or n token ids (kept for prefix caching).
+ *  slots: NULL, or room for n slot ids, written with each new token's slot.
+ *  cow: may be NULL in host mode; required in metadata mode.
+ *  @return PKV_OK; PKV_ERR_CAPACITY when blocks run out (nothing changed);
+ *  PKV_ERR_NO_SEQ, PKV_ERR_INVALID, PKV_ERR_NULL, PKV_ERR_NOMEM. */
+PKV_API int pkv_seq_append(pkv_cache *cache, pkv_seq seq, int32_t n, const int32_t *tokens,
+                           int64_t *slots, pkv_block_copy *cow);
+
+/*! Number of blocks an append of n tokens to seq would take from the pool,
+ *  counting a copy-on-write copy. */
+PKV_API int pkv_seq_blocks_needed(pkv_cache *cache, pkv_seq seq, int32_t n, int32_t *out);
+
+/*! Shortens seq to new_len (0 <= new_len <= length); blocks past the new end
+ *  are released. Truncating to the current length is a no-op. */
+PKV_API int pkv_seq_truncate(pkv_cache *cache, pkv_seq seq, int32_t new_len);
+
+/*! Creates a child that shares every block of parent (refcount + 1 each), with
+ *  the same length, namespace and token ids. */
+PKV_API int pkv_seq_fork(pkv_cache *cache, pkv_seq parent, pkv_seq *child);
+
+/*! Frees seq and releases its blocks (last block first, so prefix chains
+ *  are evicted from their end). The handle becomes stale. */
+PKV_API int pkv_seq_free(pkv_cache *cache, pkv_seq seq);
+
+/*! Length of seq in tokens. */
+PKV_API int pkv_seq_length(pkv_cache *cache, pkv_seq seq, int32_t *out);
+
+/*! Copies seq's block ids into blocks[0..cap) and sets *n to the count. If
+ *  cap < count: PKV_ERR_BUFFER, *n set to the count needed, nothing written. */
+PKV_API int pkv_seq_blocks(pkv_cache *cache, pkv_seq seq, int32_t *blocks, int32_t cap,
+                           int32_t *n);
+
+/* ------------------------------------------------------------------------- */
+/* Host storage                                                              */
+/* ------------------------------------------------------------------------- */
+
+/*! Writes n K (and V) rows into layer's arenas at the given slots.
+ *  k_rows: [n][h_kv][d] of src_dtype; v_rows: [n][h_kv][dv] when V is separate,
+ *  else ignored (may be NULL). src_dtype is the kv dtype (bytes copied) or
+ *  PKV_F32 (converted, round-to-nearest-even; PKV_FP8_MLA656 quantizes).
+ *  Each slot must lie in a block held by some sequence.
+ *  @return PKV_OK; PKV_ERR_MODE (metadata mode), PKV_ERR_SLOT, PKV_ERR_DTYPE,
+ *  PKV_ERR_NONFINITE (FP8 quantization only), PKV_ERR_INVALID. Nothing is
+ *  written unless every slot is valid. */
+PKV_API int pkv_store_write(pkv_cache *cache, int32_t layer, const int64_t *slots, int32_t n,
+                            const void *k_rows, const void *v_rows, int32_t src_dtype);
+
+/*! Reads n K (and V) rows back, converted to float32 (k_out [n][h_kv][d],
+ *  v_out [n][h_kv][dv] or NULL). */
+PKV_API int pkv_store_read(pkv_cache *cache, int32_t layer, const int64_t *slots, int32_t n,
+                           float *k_out, float *v_out);
+
+/*! Pointers to layer's arenas for kernels: *k = k_cache, *v = v_cache or NULL
+ *  when V is shared. */
+PKV_API int pkv_store_arenas(pkv_cache *cache, int32_t layer, void **k, void **v);
+
+/* ------------------------------------------------------------------------- */
+/* Page-table export                                                         */
+/* ------------------------------------------------------------------------- */
+
+/*! FlashMLA's tables for seqs[0..b): block_table[b][max_blocks_per_seq] (int32,
+ *  unused entries -1) and cache_seqlens[b]. A sequence with more blocks than
+ *  max_blocks_per_seq is PKV_ERR_BUFFER; *needed (may be NULL) is then set to
+ *  the max_blocks_per_seq required. On success *needed is that same value. */
+PKV_API int pkv_export_flashmla(pkv_cache *cache, const pkv_seq *seqs, int32_t b,
+                                int32_t *block_table, int32_t max_blocks_per_seq,
+                                int32_t *cache_seqlens, int32_t *needed);
+
+/*! FlashInfer's CSR form: kv_indptr[b+1], kv_indices[kv_indptr[b]] (capacity
+ *  indices_cap), kv_last_page_len[b] (1..block_size; 0 for an empty sequence).
+ *  Too small: PKV_ERR_BUFFER with *needed = the number of indices required. */
+PKV_API int pkv_export_flashinfer(pkv_cache *cache, const pkv_seq *seqs, int32_t b,
+                                  int32_t *kv_indptr, int32_t *kv_indices, int32_t indices_cap,
+                                  int32_t *kv_last_page_len, int32_t *needed);
+
+/*! The slots of the tokens appended by each sequence's last append (in seqs
+ *  order, concatenated) into slots[0..cap); *n = the count. Too small:
+ *  PKV_ERR_BUFFER with *n = the count required. */
+PKV_API int pkv_export_slot_mapping(pkv_cache *cache, const pkv_seq *seqs, int32_t b,
+                                    int64_t *slots, int32_t cap, int32_t *n);
+
+/* ------------------------------------------------------------------------- */
+/* Prefix cache (PKV_FLAG_PREFIX_CACHE)                                      */
+/* ------------------------------------------------------------------------- */
+
+/*! Registers every full, not yet registered block of seq in the prefix index
+ *  (seq's token ids must be known: appended with tokens). A block whose key is
+ *  already cached is deduplicated: seq is moved onto the cached block and its
+ *  own block released. *registered / *deduped (may be NULL) count both kinds. */
+PKV_API int pkv_prefix_register(pkv_cache *cache, pkv_seq seq, int32_t *registered,
+                                int32_t *deduped);
+
+/*! Starts a sequence from a prompt: finds the longest chain of cached full
+ *  blocks matching tokens[0..n) in namespace ns, creates a new sequence sharing
+ *  them (refcount + 1) and holding their token ids, and sets *cached_tokens to
+ *  its length (a multiple of block_size). The engine then appends the rest.
+ *  Token ids are compared on every hit, so a hash collision never shares KV. */
+PKV_API int pkv_prefix_lookup(pkv_cache *cache, uint64_t ns, const int32_t *tokens, int32_t n,
+                              pkv_seq *out, int32_t *cached_tokens);
+
+/*! SipHash-2-4 with a 128-bit output (the reference's siphash with outlen 16)
+ *  of in[0..len) under key[16]; out[16]. Public so its test vectors can be
+ *  checked; also handy for engines that key their own tables. */
+PKV_API void pkv_siphash128(const uint8_t key[16], const void *in, size_t len, uint8_t out[16]);
+
+/* ------------------------------------------------------------------------- */
+/* Attention (FlashMLA argument convention)                                  */
+/* ------------------------------------------------------------------------- */
+typedef struct pkv_attn_args {
+    int32_t batch, s_q, h_q, h_kv, d, dv;
+    int32_t block_size, max_blocks_per_seq, num_blocks;
+    int32_t causal;            /* 0 or 1 */
+    float   softmax_scale;
+    int32_t q_dtype, kv_dtype; /* pkv_dtype values */
+    const void *q;             /* [batch][s_q][h_q][d] */
+    const void *k_cache;       /* [num_blocks][block_size][h_kv][d] */
+    const void *v_cache;       /* NULL: V = first dv dims of K; else [num_blocks][block_size][h_kv][dv] */
+    const int32_t *block_table;   /* [batch][max_blocks_per_seq] */
+    const int32_t *cache_seqlens; /* [batch] */
+    float *out;                /* [batch][s_q][h_q][dv] */
+    float *lse;                /* [batch][h_q][s_q], may be NULL */
+    const int32_t *indices;    /* NULL: dense over block_table; else sparse (below) */
+    int32_t topk;              /* entries per query row of indices */
+    const float *attn_sink;    /* NULL, or [h_q]: one extra logit per head in the denominator */
+} pkv_attn_args;
+
+/*! The oracle: attention over the paged cache, gathered through the block
+ *  table and accumulated in double precision.
+ *  Query head h uses KV head h / (h_q / h_kv). Causal with s_q > 1: query i of
+ *  a sequence of length L sees keys [0, L - s_q + i]. out[b][s_q][h_q][dv]
+ *  (float32); lse[b][h_q][s_q] natural-log log-sum-exp of the scaled scores;
+ *  a row with no key gives out = 0, lse = +inf.
+ *  Sparse mode (indices != NULL): indices[batch][s_q][topk] holds slot ids,
+ *  -1 skipped; block_table and cache_seqlens are not read; causal must be 0.
+ *  attn_sink[h]: exp(sink) joins head h's denominator; lse is unchanged.
+ *  Table entries past a sequence's used blocks are never read.
+ *  @return PKV_OK; PKV_ERR_NULL, PKV_ERR_INVALID, PKV_ERR_HEADS, PKV_ERR_DTYPE,
+ *  PKV_ERR_BLOCK_ID (a used table entry outside [0, num_blocks)),
+ *  PKV_ERR_SEQLEN (negative, or longer than the table row covers),
+ *  PKV_ERR_SLOT (a sparse index outside the cache). Nothing is written on error. */
+PKV_API int pkv_attn_reference(const pkv_attn_args *args);
+
+/* A reusable pool of worker threads for pkv_attn. */
+typedef struct pkv_workers pkv_workers;
+
+/*! Starts num_threads workers (<= 0: all online CPUs; the calling thread counts
+ *  as one of them). */
+PKV_API int pkv_workers_create(int num_threads, pkv_workers **out);
+
+/*! Stops and frees the pool. NULL is a no-op. */
+PKV_API void pkv_workers_destroy(pkv_workers *w);
+
+/*! Fast attention: same arguments, validation and results (within stated
+ *  tolerances) as pkv_attn_reference. w == NULL: the calling thread only.
+ *  Allocates nothing per call; reentrant for different outputs. */
+PKV_API int pkv_attn(const pkv_attn_args *args, pkv_workers *w);
+
+/* ------------------------------------------------------------------------- */
+/* FP8 MLA rows (FlashMLA's 656-byte layout)                                 */
+/* ------------------------------------------------------------------------- */
+
+/* x[0..511] -> 4 tiles of e4m3 + 4 float32 scales; x[512..575] -> bfloat16 (nearest even).
+   pow2_scale != 0 rounds each scale up to a power of two. Returns PKV_OK or a status. */
+PKV_API int pkv_mla656_quantize(const float *x /* [576] */, uint8_t *row /* [656] */, int pow2_scale);
+PKV_API int pkv_mla656_dequantize(const uint8_t *row /* [656] */, float *x /* [576] */);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PAGEDKV_H */

@@ -1,0 +1,165 @@
+/* Private types shared by the modules of pagedkv, and the assert levels.
+ * Layering (DESIGN.md §2): pool <- seq <- prefix <- store/export <- attn; a lower
+ * module never calls a higher one except through a hook it was handed. */
+#ifndef PKV_INTERNAL_H
+#define PKV_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pagedkv.h"
+
+/* PKV_DEBUG: 0 none, 1 cheap internal asserts, 2 also expensive ones. */
+#ifndef PKV_DEBUG
+#define PKV_DEBUG 0
+#endif
+#if PKV_DEBUG >= 1
+#include <assert.h>
+#define pkv_assert(c) assert(c)
+#else
+#define pkv_assert(c) ((void)0)
+#endif
+
+#define PKV_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define PKV_LIKELY(x) __builtin_expect(!!(x), 1)
+#define PKV_HIDDEN __attribute__((visibility("hidden")))
+
+/* Check-and-return: the one propagation idiom. */
+#define RETURN_IF(cond, status) \
+    do { if (PKV_UNLIKELY(cond)) return (status); } while (0)
+#define FORWARD_IF_ERROR(expr) \
+    do { int st_ = (expr); if (PKV_UNLIKELY(st_ < 0)) return st_; } while (0)
+
+/* ---- memory through the configured hook ---- */
+void *pkv_mem_alloc(const pkv_allocator *al, size_t size);
+void *pkv_mem_calloc(const pkv_allocator *al, size_t n, size_t size);
+void pkv_mem_free(const pkv_allocator *al, void *p);
+/* Grows *arr (element size esz) to hold at least need elements; amortized doubling.
+ * On failure *arr and *cap are unchanged. */
+int pkv_mem_grow(const pkv_allocator *al, void **arr, int32_t *cap, int32_t need, size_t esz);
+
+/* ---- block pool ---- */
+enum { BLOCK_FREE = 0, BLOCK_USED = 1, BLOCK_EVICTABLE = 2 };
+
+typedef struct pkv_pool {
+    int32_t num_blocks, block_size;
+    int32_t *refcount;   /* [num_blocks] */
+    uint8_t *state;      /* [num_blocks] BLOCK_* */
+    uint8_t *cached;     /* [num_blocks] 1 = registered in the prefix index */
+    int32_t *free_stack; /* [num_blocks] LIFO of free block ids */
+    int32_t free_top;
+    /* Evictable blocks: an intrusive doubly linked list, least recently used at head. */
+    int32_t *lru_prev, *lru_next;
+    int32_t lru_head, lru_tail, num_evictable;
+    int32_t used, shared, peak_used;
+    int64_t evictions;
+    /* Called when an evictable block is reclaimed for a new owner, so the prefix
+     * index forgets it. Must not allocate and must not fail. */
+    void (*on_evict)(void *ctx, int32_t block);
+    void *evict_ctx;
+} pkv_pool;
+
+int pool_init(pkv_pool *p, const pkv_allocator *al, int32_t num_blocks, int32_t block_size);
+void pool_destroy(pkv_pool *p, const pkv_allocator *al);
+/* Blocks an allocation can take right now (free + evictable). */
+static inline int32_t pool_available(const pkv_pool *p) { return p->free_top + p->num_evictable; }
+/* Takes a free block, else evicts the LRU evictable one; refcount becomes 1.
+ * Returns the id, or -1 when none is available (nothing changed). */
+int32_t pool_alloc(pkv_pool *p);
+/* One more holder of a used or evictable block (an evictable one is reclaimed). */
+void pool_ref(pkv_pool *p, int32_t block);
+/* One holder fewer; at 0 the block becomes evictable (cached) or free. */
+void pool_unref(pkv_pool *p, int32_t block);
+/* Evictable block -> head of the LRU list (evicted next). */
+void pool_evict_first(pkv_pool *p, int32_t block);
+/* Unregistered evictable block -> free list (used when the index drops it). */
+void pool_uncache(pkv_pool *p, int32_t block);
+
+/* ---- sequences ---- */
+typedef struct pkv_seq_rec {
+    int32_t len;          /* tokens */
+    int32_t nblocks;      /* == ceil(len / block_size) */
+    int32_t blocks_cap;
+    int32_t *blocks;      /* [blocks_cap] */
+    int32_t ntokens;      /* token ids known for positions [0, ntokens) */
+    int32_t tokens_cap;
+    int32_t *tokens;      /* [tokens_cap] */
+    uint8_t (*keys)[16];  /* [blocks_cap] prefix key of each registered block, or NULL */
+    int32_t nregistered;  /* blocks [0, nregistered) carry keys in the prefix index */
+    int32_t last_start, last_n; /* range of the last append, for the slot mapping */
+    uint64_t ns;          /* namespace */
+    uint32_t gen;         /* generation of this record slot; part of the handle */
+    int32_t live;         /* 1 in use; 0 on the free list */
+    int32_t next_free;    /* free-list link of record slots */
+} pkv_seq_rec;
+
+/* ---- storage ---- */
+typedef struct pkv_store {
+    int32_t enabled;
+    size_t k_row, v_row;   /* bytes per slot (all heads) */
+    size_t k_block, v_block;
+    void **k_raw, **v_raw; /* [num_layers] pointers from the allocator */
+    uint8_t **k, **v;      /* [num_layers] 64-byte aligned arenas */
+} pkv_store;
+
+typedef struct pkv_prefix pkv_prefix; /* defined by prefix.c */
+
+struct pkv_cache {
+    pkv_config cfg;
+    pkv_allocator al;
+    int32_t thread_safe;
+    pthread_mutex_t lock;
+    pkv_pool pool;
+    pkv_store store;
+    pkv_prefix *prefix;   /* NULL unless PKV_FLAG_PREFIX_CACHE */
+    /* sequence records */
+    pkv_seq_rec *seqs;
+    int32_t seqs_cap, num_seqs, seq_free_head;
+    int64_t tokens, cow_copies;
+    char err[256];
+};
+
+/* Records err detail for pkv_cache_last_error and returns status. */
+int cache_fail(pkv_cache *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Locks a thread-safe cache; a plain cache is not locked. Every public entry
+ * point that takes a cache does CACHE_ENTER/CACHE_LEAVE around its body. */
+static inline void cache_lock(pkv_cache *c) { if (c->thread_safe) pthread_mutex_lock(&c->lock); }
+static inline void cache_unlock(pkv_cache *c) { if (c->thread_safe) pthread_mutex_unlock(&c->lock); }
+
+/* Resolves a handle to its live record, or NULL. */
+pkv_seq_rec *seq_get(pkv_cache *c, pkv_seq h);
+pkv_seq seq_handle(const pkv_cache *c, const pkv_seq_rec *r);
+/* New empty record (may grow the record table). */
+int seq_new(pkv_cache *c, uint64_t ns, pkv_seq *out);
+/* Makes room for nblocks blocks / ntokens tokens without changing contents. */
+int seq_reserve(pkv_cache *c, pkv_seq_rec *r, int32_t nblocks, int32_t ntokens);
+void seq_release_record(pkv_cache *c, pkv_seq_rec *r);
+
+/* ---- storage (store.c) ---- */
+int store_init(pkv_cache *c);
+void store_destroy(pkv_cache *c);
+/* Copies block src to dst in every layer (host mode; no-op otherwise). */
+void store_copy_block(pkv_cache *c, int32_t src, int32_t dst);
+
+/* ---- prefix cache (prefix.c) ---- */
+int prefix_init(pkv_cache *c);
+void prefix_destroy(pkv_cache *c);
+/* Invariants of the prefix index, for pkv_cache_check. */
+int prefix_check(pkv_cache *c);
+
+/* ---- dtype conversion (dtype.c) ---- */
+float pkv_bf16_to_f32(uint16_t h);
+uint16_t pkv_f32_to_bf16(float f);
+float pkv_f16_to_f32(uint16_t h);
+uint16_t pkv_f32_to_f16(float f);
+/* Element i of a row of dtype (F32/F16/BF16) as float. */
+static inline float pkv_load_elem(const void *row, int dtype, size_t i) {
+    if (dtype == PKV_F32) return ((const float *)row)[i];
+    uint16_t h = ((const uint16_t *)row)[i];
+    return dtype == PKV_BF16 ? pkv_bf16_to_f32(h) : pkv_f16_to_f32(h);
+}
+
+#endif
