@@ -1,0 +1,47 @@
+/* Internal header shared by the attention modules: the reference oracle
+ * (reference.c) and the fast path (fast*.c). Validation lives in one place so
+ * both paths refuse exactly the same arguments with exactly the same status. */
+#ifndef PKV_ATTN_H
+#define PKV_ATTN_H
+
+#include "internal.h"
+
+/* attn_validate — checks every field of a against pkv_attn_reference's contract
+ * and returns PKV_OK or the first failing status. Reads a's arrays (block_table,
+ * cache_seqlens, indices, not q/K/V) and writes nothing. Checks, in this order:
+ *  PKV_ERR_NULL     a, q, k_cache, out; dense mode also block_table, cache_seqlens
+ *                   (sparse mode: indices != NULL; lse, v_cache, attn_sink optional)
+ *  PKV_ERR_INVALID  batch, s_q, h_q, h_kv, d, dv, block_size, num_blocks < 1;
+ *                   max_blocks_per_seq < 1 (dense mode only); dv > d with
+ *                   v_cache == NULL; causal not 0/1; causal == 1 in sparse mode;
+ *                   topk < 1 in sparse mode; softmax_scale not finite; any array
+ *                   size (in bytes) above PTRDIFF_MAX
+ *  PKV_ERR_HEADS    h_q % h_kv != 0
+ *  PKV_ERR_DTYPE    q_dtype not F32/F16/BF16; kv_dtype not F32/F16/BF16/FP8_MLA656;
+ *                   FP8_MLA656 unless h_kv == 1, d == 576, dv == 512, v_cache == NULL
+ *  PKV_ERR_SEQLEN   dense: cache_seqlens[b] outside [0, max_blocks_per_seq*block_size]
+ *  PKV_ERR_BLOCK_ID dense: one of the first ceil(len/block_size) entries of row b
+ *                   outside [0, num_blocks) (later entries are never read)
+ *  PKV_ERR_SLOT     sparse: an index neither -1 nor in [0, num_blocks*block_size)
+ * On PKV_OK, every index computed from the arguments (element offsets of q, out,
+ * lse, the caches, table and indices) fits in ptrdiff_t, and every slot a kernel
+ * would read lies inside the cache. attn_sink values are not checked (a NaN sink
+ * gives NaN outputs, as NaN in q would). s_q == 1 with causal == 1 is accepted and
+ * means the same as causal == 0 (query 0 sees all L keys). */
+PKV_HIDDEN int attn_validate(const pkv_attn_args *a);
+
+/* Bytes of one cache slot of K (all h_kv heads; 656 for FP8_MLA656). Valid after
+ * attn_validate succeeded. */
+static inline size_t attn_k_slot_bytes(const pkv_attn_args *a) {
+    return pkv_row_bytes(a->kv_dtype, a->h_kv, a->d);
+}
+
+/* Number of keys query i (0 <= i < s_q) of a dense sequence of length len sees:
+ * the keys [0, n). Causal with s_q > 1: n = clamp(len - s_q + i + 1, 0, len). */
+static inline int32_t attn_visible_keys(const pkv_attn_args *a, int32_t len, int32_t i) {
+    if (!a->causal || a->s_q <= 1) return len;
+    int64_t n = (int64_t)len - a->s_q + i + 1;
+    return n < 0 ? 0 : (n > len ? len : (int32_t)n);
+}
+
+#endif
