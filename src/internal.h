@@ -86,7 +86,8 @@ typedef struct pkv_seq_rec {
     int32_t ntokens;      /* token ids known for positions [0, ntokens) */
     int32_t tokens_cap;
     int32_t *tokens;      /* [tokens_cap] */
-    uint8_t (*keys)[16];  /* [blocks_cap] prefix key of each registered block, or NULL */
+    uint8_t (*keys)[16];  /* [keys_cap] prefix key of each registered block, or NULL */
+    int32_t keys_cap;
     int32_t nregistered;  /* blocks [0, nregistered) carry keys in the prefix index */
     int32_t last_start, last_n; /* range of the last append, for the slot mapping */
     uint64_t ns;          /* namespace */
@@ -128,14 +129,23 @@ int cache_fail(pkv_cache *c, int status, const char *fmt, ...) __attribute__((fo
  * point that takes a cache does CACHE_ENTER/CACHE_LEAVE around its body. */
 static inline void cache_lock(pkv_cache *c) { if (c->thread_safe) pthread_mutex_lock(&c->lock); }
 static inline void cache_unlock(pkv_cache *c) { if (c->thread_safe) pthread_mutex_unlock(&c->lock); }
+#define CACHE_ENTER(c)                 \
+    do {                               \
+        RETURN_IF(!(c), PKV_ERR_NULL); \
+        cache_lock(c);                 \
+        (c)->err[0] = 0;               \
+    } while (0)
+#define CACHE_LEAVE(c, st) \
+    do { int st2_ = (st); cache_unlock(c); return st2_; } while (0)
 
 /* Resolves a handle to its live record, or NULL. */
 pkv_seq_rec *seq_get(pkv_cache *c, pkv_seq h);
 pkv_seq seq_handle(const pkv_cache *c, const pkv_seq_rec *r);
 /* New empty record (may grow the record table). */
 int seq_new(pkv_cache *c, uint64_t ns, pkv_seq *out);
-/* Makes room for nblocks blocks / ntokens tokens without changing contents. */
-int seq_reserve(pkv_cache *c, pkv_seq_rec *r, int32_t nblocks, int32_t ntokens);
+/* Makes room for nblocks blocks / ntokens tokens (and nblocks keys when the
+ * record has keys or want_keys) without changing contents. */
+int seq_reserve(pkv_cache *c, pkv_seq_rec *r, int32_t nblocks, int32_t ntokens, int want_keys);
 void seq_release_record(pkv_cache *c, pkv_seq_rec *r);
 
 /* ---- storage (store.c) ---- */

@@ -1,0 +1,131 @@
+/* The block pool: block ids, reference counts, O(1) allocation and release.
+ *
+ * Free blocks sit on a LIFO stack (recently freed blocks are warm in cache).
+ * Blocks registered in the prefix index whose refcount falls to 0 are not
+ * freed but become evictable: they sit on an intrusive doubly linked LRU list
+ * (head = least recently used) and keep their contents until an allocation finds
+ * the free stack empty and reclaims the head, telling the index through the
+ * on_evict hook. Every operation here is O(1) and allocates nothing. */
+#include <string.h>
+
+#include "internal.h"
+
+int pool_init(pkv_pool *p, const pkv_allocator *al, int32_t num_blocks, int32_t block_size) {
+    memset(p, 0, sizeof *p);
+    p->num_blocks = num_blocks;
+    p->block_size = block_size;
+    size_t n = (size_t)num_blocks;
+    p->refcount = pkv_mem_calloc(al, n, sizeof(int32_t));
+    p->state = pkv_mem_calloc(al, n, 1);
+    p->cached = pkv_mem_calloc(al, n, 1);
+    p->free_stack = pkv_mem_alloc(al, n * sizeof(int32_t));
+    p->lru_prev = pkv_mem_alloc(al, n * sizeof(int32_t));
+    p->lru_next = pkv_mem_alloc(al, n * sizeof(int32_t));
+    if (!p->refcount || !p->state || !p->cached || !p->free_stack || !p->lru_prev || !p->lru_next) {
+        pool_destroy(p, al);
+        return PKV_ERR_NOMEM;
+    }
+    /* Block 0 on top: allocation hands out ids in increasing order on a new pool. */
+    for (int32_t i = 0; i < num_blocks; i++) p->free_stack[i] = num_blocks - 1 - i;
+    p->free_top = num_blocks;
+    for (int32_t i = 0; i < num_blocks; i++) p->lru_prev[i] = p->lru_next[i] = -1;
+    p->lru_head = p->lru_tail = -1;
+    return PKV_OK;
+}
+
+void pool_destroy(pkv_pool *p, const pkv_allocator *al) {
+    pkv_mem_free(al, p->refcount);
+    pkv_mem_free(al, p->state);
+    pkv_mem_free(al, p->cached);
+    pkv_mem_free(al, p->free_stack);
+    pkv_mem_free(al, p->lru_prev);
+    pkv_mem_free(al, p->lru_next);
+    memset(p, 0, sizeof *p);
+}
+
+static void lru_unlink(pkv_pool *p, int32_t b) {
+    int32_t pr = p->lru_prev[b], nx = p->lru_next[b];
+    if (pr >= 0) p->lru_next[pr] = nx; else p->lru_head = nx;
+    if (nx >= 0) p->lru_prev[nx] = pr; else p->lru_tail = pr;
+    p->lru_prev[b] = p->lru_next[b] = -1;
+    p->num_evictable--;
+}
+
+static void lru_push_tail(pkv_pool *p, int32_t b) {
+    p->lru_prev[b] = p->lru_tail;
+    p->lru_next[b] = -1;
+    if (p->lru_tail >= 0) p->lru_next[p->lru_tail] = b; else p->lru_head = b;
+    p->lru_tail = b;
+    p->num_evictable++;
+}
+
+static void lru_push_head(pkv_pool *p, int32_t b) {
+    p->lru_next[b] = p->lru_head;
+    p->lru_prev[b] = -1;
+    if (p->lru_head >= 0) p->lru_prev[p->lru_head] = b; else p->lru_tail = b;
+    p->lru_head = b;
+    p->num_evictable++;
+}
+
+static void mark_used(pkv_pool *p, int32_t b) {
+    p->state[b] = BLOCK_USED;
+    p->refcount[b] = 1;
+    if (++p->used > p->peak_used) p->peak_used = p->used;
+}
+
+int32_t pool_alloc(pkv_pool *p) {
+    int32_t b;
+    if (p->free_top > 0) {
+        b = p->free_stack[--p->free_top];
+    } else if (p->lru_head >= 0) {
+        b = p->lru_head;
+        lru_unlink(p, b);
+        /* The hook may push orphaned descendants to the head; b is already out. */
+        if (p->on_evict) p->on_evict(p->evict_ctx, b);
+        p->cached[b] = 0;
+        p->evictions++;
+    } else {
+        return -1;
+    }
+    mark_used(p, b);
+    return b;
+}
+
+void pool_ref(pkv_pool *p, int32_t b) {
+    pkv_assert(b >= 0 && b < p->num_blocks && p->state[b] != BLOCK_FREE);
+    if (p->state[b] == BLOCK_EVICTABLE) {
+        lru_unlink(p, b);
+        mark_used(p, b);
+        return;
+    }
+    if (++p->refcount[b] == 2) p->shared++;
+}
+
+void pool_unref(pkv_pool *p, int32_t b) {
+    pkv_assert(b >= 0 && b < p->num_blocks && p->state[b] == BLOCK_USED && p->refcount[b] > 0);
+    int32_t rc = --p->refcount[b];
+    if (rc == 1) p->shared--;
+    if (rc > 0) return;
+    p->used--;
+    if (p->cached[b]) {
+        p->state[b] = BLOCK_EVICTABLE;
+        lru_push_tail(p, b);
+    } else {
+        p->state[b] = BLOCK_FREE;
+        p->free_stack[p->free_top++] = b;
+    }
+}
+
+void pool_evict_first(pkv_pool *p, int32_t b) {
+    if (p->state[b] != BLOCK_EVICTABLE) return;
+    lru_unlink(p, b);
+    lru_push_head(p, b);
+}
+
+void pool_uncache(pkv_pool *p, int32_t b) {
+    p->cached[b] = 0;
+    if (p->state[b] != BLOCK_EVICTABLE) return;
+    lru_unlink(p, b);
+    p->state[b] = BLOCK_FREE;
+    p->free_stack[p->free_top++] = b;
+}
