@@ -1,0 +1,118 @@
+/* FP8 e4m3 conversion and FlashMLA's 656-byte MLA rows (layout in fp8.h).
+ * Written branch-free on the float bit patterns so the per-tile loops vectorize:
+ * quantizing is on the store path of every decoded token. */
+#include <math.h>
+#include <string.h>
+
+#include "fp8.h"
+
+static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* Explicit little-endian byte order: the row layout is fixed, the host's is not. */
+static inline void store_le32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static inline uint32_t load_le32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static inline void store_le16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static inline uint16_t load_le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+
+#define E4M3_MAX_BITS 0x43e00000u    /* 448.0f */
+#define E4M3_MIN_NORMAL 0x3c800000u  /* 2^-6 */
+#define E4M3_SUB_MAGIC 0x46800000u   /* 2^14: its float ulp is 2^-9, the subnormal step */
+
+float fp8_e4m3_to_f32(uint8_t code) {
+    const uint32_t sign = (uint32_t)(code & 0x80u) << 24;
+    const uint32_t e = (code >> 3) & 15u, m = code & 7u;
+    if (e == 15u && m == 7u) return bits_f32(sign | 0x7fc00000u);
+    if (e == 0u) return bits_f32(sign | f32_bits((float)m * (1.0f / 512.0f)));
+    return bits_f32(sign | (e + 120u) << 23 | m << 20); /* rebias 7 -> 127 */
+}
+
+static inline uint8_t e4m3_encode(float x) {
+    const uint32_t u = f32_bits(x), a = u & 0x7fffffffu;
+    const uint32_t sign = (u >> 24) & 0x80u;
+    /* normal range: round the 23-bit mantissa to 3 bits, nearest even; a carry
+     * into the exponent is the correct next binade */
+    const uint32_t normal = ((a + 0x7ffffu + ((a >> 20) & 1u)) >> 20) - (120u << 3);
+    /* subnormal range: adding 2^14 rounds to a multiple of 2^-9 in hardware (RNE) */
+    const uint32_t sub = f32_bits(bits_f32(a) + 16384.0f) - E4M3_SUB_MAGIC;
+    uint32_t code = a < E4M3_MIN_NORMAL ? sub : normal;
+    code = a >= E4M3_MAX_BITS ? 0x7eu : code; /* saturate: e4m3fn has no infinity */
+    return (uint8_t)(sign | code);
+}
+
+uint8_t fp8_f32_to_e4m3(float x) { return e4m3_encode(x); }
+
+/* 2^ceil(log2(max(s, 1e-4))), exactly (frexp is exact, unlike log2/exp2). */
+static float pow2_round_up(float s) {
+    if (s < 1e-4f) s = 1e-4f;
+    int e;
+    const float m = frexpf(s, &e); /* s = m * 2^e, m in [0.5, 1) */
+    return m == 0.5f ? s : ldexpf(1.0f, e);
+}
+
+int pkv_mla656_quantize(const float *x, uint8_t *row, int pow2_scale) {
+    RETURN_IF(x == NULL || row == NULL, PKV_ERR_NULL);
+    /* Finite non-negative floats order like their bit patterns, so one integer max
+     * per tile gives both amax and the non-finite check. */
+    uint32_t amax[PKV_MLA656_LATENT / PKV_MLA656_TILE + 1];
+    for (int t = 0; t < 5; t++) {
+        const int n = t < 4 ? PKV_MLA656_TILE : PKV_MLA656_DIM - PKV_MLA656_LATENT;
+        const float *xt = x + t * PKV_MLA656_TILE;
+        uint32_t m = 0;
+        for (int i = 0; i < n; i++) {
+            const uint32_t a = f32_bits(xt[i]) & 0x7fffffffu;
+            m = a > m ? a : m;
+        }
+        amax[t] = m;
+    }
+    for (int t = 0; t < 5; t++) RETURN_IF(amax[t] >= 0x7f800000u, PKV_ERR_NONFINITE);
+
+    for (int t = 0; t < 4; t++) {
+        float scale = bits_f32(amax[t]) / 448.0f;
+        if (amax[t] != 0 && pow2_scale) scale = pow2_round_up(scale);
+        const float *xt = x + t * PKV_MLA656_TILE;
+        uint8_t *ct = row + t * PKV_MLA656_TILE;
+        if (scale == 0.0f) {
+            /* all-zero tile (or amax so small that amax/448 underflows): codes 0 */
+            memset(ct, 0, PKV_MLA656_TILE);
+        } else {
+            for (int i = 0; i < PKV_MLA656_TILE; i++) ct[i] = e4m3_encode(xt[i] / scale);
+        }
+        store_le32(row + PKV_MLA656_SCALES + 4 * t, f32_bits(scale));
+    }
+    for (int i = 0; i < PKV_MLA656_DIM - PKV_MLA656_LATENT; i++)
+        store_le16(row + PKV_MLA656_ROPE + 2 * i, pkv_f32_to_bf16(x[PKV_MLA656_LATENT + i]));
+    return PKV_OK;
+}
+
+int pkv_mla656_dequantize(const uint8_t *row, float *x) {
+    RETURN_IF(row == NULL || x == NULL, PKV_ERR_NULL);
+    for (int t = 0; t < 4; t++) {
+        /* fp8 (4 significant bits) * scale (24) is rounded once: exact in double, so
+         * the float product equals the oracle's double value rounded to float */
+        const float scale = bits_f32(load_le32(row + PKV_MLA656_SCALES + 4 * t));
+        for (int i = 0; i < PKV_MLA656_TILE; i++) {
+            const int k = t * PKV_MLA656_TILE + i;
+            x[k] = fp8_e4m3_to_f32(row[k]) * scale;
+        }
+    }
+    for (int i = 0; i < PKV_MLA656_DIM - PKV_MLA656_LATENT; i++)
+        x[PKV_MLA656_LATENT + i] = pkv_bf16_to_f32(load_le16(row + PKV_MLA656_ROPE + 2 * i));
+    return PKV_OK;
+}
+
+void fp8_mla656_dequant_f64(const uint8_t *row, double *x) {
+    for (int t = 0; t < 4; t++) {
+        const double scale = (double)bits_f32(load_le32(row + PKV_MLA656_SCALES + 4 * t));
+        for (int i = 0; i < PKV_MLA656_TILE; i++) {
+            const int k = t * PKV_MLA656_TILE + i;
+            x[k] = (double)fp8_e4m3_to_f32(row[k]) * scale;
+        }
+    }
+    for (int i = 0; i < PKV_MLA656_DIM - PKV_MLA656_LATENT; i++)
+        x[PKV_MLA656_LATENT + i] = (double)pkv_bf16_to_f32(load_le16(row + PKV_MLA656_ROPE + 2 * i));
+}
