@@ -159,6 +159,7 @@ int prefix_init(pkv_cache *c);
 void prefix_destroy(pkv_cache *c);
 /* Invariants of the prefix index, for pkv_cache_check. */
 int prefix_check(pkv_cache *c);
+size_t cache_dump(pkv_cache *c, void *buf, size_t cap); /* canonical state dump, dump.c */
 
 /* ---- dtype conversion (dtype.c) ---- */
 float pkv_bf16_to_f32(uint16_t h);
