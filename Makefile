@@ -49,6 +49,10 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(ISAFLAGS) -MMD -MP -c $< -o $@
 
+$(BUILD)/obj/tests/%.o: tests/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests -MMD -MP -c $< -o $@
+
 $(BUILD)/obj/%_avx2.o: ISAFLAGS = $(ISA_AVX2)
 $(BUILD)/obj/%_avx512.o: ISAFLAGS = $(ISA_AVX512)
 
