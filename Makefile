@@ -37,6 +37,9 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 BENCH_COMMON_SRC := $(sort $(wildcard bench/common/*.c))
 BENCH_COMMON_OBJ := $(BENCH_COMMON_SRC:%.c=$(BUILD)/obj/%.o)
 
+EXAMPLE_SRC := $(sort $(wildcard examples/*.c))
+EXAMPLE_BIN := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
+
 STATIC := $(BUILD)/libpagedkv.a
 SHARED := $(BUILD)/libpagedkv.so
 PKV    := $(BUILD)/pkv
@@ -78,7 +81,11 @@ $(BUILD)/bench/%: bench/%.c $(BENCH_COMMON_OBJ) $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Ibench -MMD -MP $(LDFLAGS) -o $@ $< $(BENCH_COMMON_OBJ) $(STATIC) $(LIBS)
 
-tests: $(TEST_BIN) $(PKV)
+$(BUILD)/examples/%: examples/%.c $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS)
+
+tests: $(TEST_BIN) $(PKV) $(EXAMPLE_BIN)
 
 # The test run: every tests/test_* binary, then a summary line "N passed, N failed".
 test:
