@@ -28,6 +28,7 @@ CLI_SRC  := $(sort $(wildcard src/cli/*.c))
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_SCRIPTS := $(sort $(wildcard tests/test_*.py tests/test_*.sh))
 TEST_COMMON_SRC := $(sort $(wildcard tests/common/*.c))
 TEST_COMMON_OBJ := $(TEST_COMMON_SRC:%.c=$(BUILD)/obj/%.o)
 STRESS_SRC := $(sort $(wildcard tests/stress/*.c))
@@ -85,12 +86,12 @@ $(BUILD)/examples/%: examples/%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS)
 
-tests: $(TEST_BIN) $(PKV) $(EXAMPLE_BIN)
+tests: $(TEST_BIN) $(PKV) $(SHARED) $(EXAMPLE_BIN)
 
 # The test run: every tests/test_* binary, then a summary line "N passed, N failed".
 test:
 	@$(MAKE) --no-print-directory WERROR=-Werror tests
-	@PKV_VECTORS=$(VECTORS) PKV_BIN=$(PKV) sh tests/run.sh $(TEST_BIN)
+	@PKV_VECTORS=$(VECTORS) PKV_BIN=$(PKV) PKV_LIB=$(SHARED) sh tests/run.sh $(TEST_BIN) $(TEST_SCRIPTS)
 
 SAN_CC ?= $(CC)
 asan:
