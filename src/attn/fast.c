@@ -1,0 +1,409 @@
+/* pkv_attn: the fast path. Scheduling, split-KV and the LSE combine live here;
+ * the arithmetic lives in the per-ISA kernels (kernels.h).
+ *
+ * Work split (FlashMLA's scheduler, simplified): every group (batch entry x KV
+ * head [x query token when sparse] x block of <= ATTN_MB query rows) costs one
+ * unit per tile of ATTN_TILE keys it attends to. The units of the whole call are
+ * laid end to end and cut into equal contiguous ranges, one per worker, so a
+ * short batch of long sequences still uses every core. A group that a range
+ * boundary cuts is computed in pieces: each piece writes a normalized partial
+ * (out, lse) into its worker's scratch and the worker whose range holds the
+ * group's first unit combines the pieces by LSE after a barrier. Groups a range
+ * holds whole are written straight into out/lse. The plan depends only on the
+ * arguments and the number of workers, so results are bit-identical run to run. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#define ALIGN64(x) (((x) + 63u) & ~(size_t)63u)
+#define LN2 0.69314718055994530942
+
+typedef struct plan {
+    const pkv_attn_args *a;
+    const attn_ops *ops;
+    attn_geom g;
+    pkv_workers *w;
+    attn_scratch *solo; /* scratch for w == NULL */
+    int sparse;
+    int32_t hpg;        /* query heads per KV head */
+    int32_t rows;       /* query rows per (b, g) [or (b, s, g) when sparse] */
+    int32_t nrb;        /* row blocks per such unit */
+    int64_t ngroups;
+    int64_t units;
+    int nw;
+} plan;
+
+/* ---- scratch ---- */
+
+static size_t mul_ok(size_t a, size_t b, int *ovf) {
+    if (b && a > SIZE_MAX / b) { *ovf = 1; return 0; }
+    return a * b;
+}
+
+size_t attn_scratch_bytes(const attn_geom *g, int32_t dv) {
+    int ovf = 0;
+    const size_t mb = ATTN_MB, t = ATTN_TILE, f = sizeof(float);
+    size_t n = 0;
+    n += ALIGN64(mul_ok(mul_ok(mb, (size_t)g->dpad, &ovf), f, &ovf));           /* qp */
+    n += ALIGN64(mul_ok(mul_ok(t, (size_t)g->dpad + 16, &ovf), f, &ovf));       /* kt (+fp8 scales) */
+    n += ALIGN64(mul_ok(mul_ok(t, (size_t)g->dvpad, &ovf), f, &ovf));           /* vt */
+    n += 2 * ALIGN64(mb * t * f);                                               /* s, p */
+    n += 3 * ALIGN64(mb * f) + ALIGN64(mb * sizeof(int32_t));                   /* mrun lrun alpha nvalid */
+    n += 2 * ALIGN64(t * sizeof(void *)) + 2 * ALIGN64(mb * sizeof(void *));    /* row pointers */
+    n += 2 * ALIGN64(mul_ok(mb, (size_t)dv + 1, &ovf) * f);                     /* partials */
+    n += 64;
+    return ovf || n < 64 ? 0 : n;
+}
+
+void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geom *g, int32_t dv) {
+    const size_t mb = ATTN_MB, t = ATTN_TILE, f = sizeof(float);
+    char *p = (char *)ALIGN64((uintptr_t)mem);
+    s->mem = mem;
+    s->bytes = bytes;
+#define TAKE(field, type, sz) do { s->field = (type)(void *)p; p += ALIGN64(sz); } while (0)
+    TAKE(qp, void *, mb * (size_t)g->dpad * f);
+    TAKE(kt, void *, t * ((size_t)g->dpad + 16) * f);
+    TAKE(vt, void *, t * (size_t)g->dvpad * f);
+    TAKE(s, float *, mb * t * f);
+    TAKE(p, void *, mb * t * f);
+    TAKE(mrun, float *, mb * f);
+    TAKE(lrun, float *, mb * f);
+    TAKE(alpha, float *, mb * f);
+    TAKE(nvalid, int32_t *, mb * sizeof(int32_t));
+    TAKE(krows, const void **, t * sizeof(void *));
+    TAKE(vrows, const void **, t * sizeof(void *));
+    TAKE(qrows, const void **, mb * sizeof(void *));
+    TAKE(orows, float **, mb * sizeof(void *));
+    TAKE(part[0], float *, mb * ((size_t)dv + 1) * f);
+    TAKE(part[1], float *, mb * ((size_t)dv + 1) * f);
+#undef TAKE
+    s->cut_group = -1;
+    s->cut_slot = 0;
+}
+
+/* ---- groups ---- */
+
+typedef struct group {
+    int32_t b, s, kvh;  /* s: query token (sparse only) */
+    int32_t r0, m;      /* rows [r0, r0 + m) of the unit */
+    int32_t keys;       /* keys (dense) or index entries (sparse) the group spans */
+} group;
+
+static void group_at(const plan *pl, int64_t gi, group *gr) {
+    const pkv_attn_args *a = pl->a;
+    const int32_t rb = (int32_t)(gi % pl->nrb);
+    int64_t u = gi / pl->nrb;
+    gr->kvh = (int32_t)(u % a->h_kv);
+    u /= a->h_kv;
+    if (pl->sparse) {
+        gr->s = (int32_t)(u % a->s_q);
+        gr->b = (int32_t)(u / a->s_q);
+    } else {
+        gr->s = 0;
+        gr->b = (int32_t)u;
+    }
+    gr->r0 = rb * ATTN_MB;
+    gr->m = pl->rows - gr->r0 < ATTN_MB ? pl->rows - gr->r0 : ATTN_MB;
+    if (pl->sparse) {
+        gr->keys = a->topk;
+    } else {
+        /* the last row of the block has the most visible keys (causal) */
+        const int32_t last = (gr->r0 + gr->m - 1) / pl->hpg;
+        gr->keys = attn_visible_keys(a, a->cache_seqlens[gr->b], last);
+    }
+}
+
+static int64_t group_tiles(const group *gr) { return ((int64_t)gr->keys + ATTN_TILE - 1) / ATTN_TILE; }
+
+/* Query token and head of row r of a group. */
+static void row_pos(const plan *pl, const group *gr, int32_t r, int32_t *s, int32_t *h) {
+    const int32_t rr = gr->r0 + r;
+    if (pl->sparse) {
+        *s = gr->s;
+        *h = gr->kvh * pl->hpg + rr;
+    } else {
+        *s = rr / pl->hpg;
+        *h = gr->kvh * pl->hpg + rr % pl->hpg;
+    }
+}
+
+static const char *k_row(const pkv_attn_args *a, int64_t slot, int32_t kvh) {
+    if (a->kv_dtype == PKV_FP8_MLA656) return (const char *)a->k_cache + (size_t)slot * ATTN_FP8_ROW;
+    const size_t es = pkv_dtype_size(a->kv_dtype);
+    return (const char *)a->k_cache + ((size_t)slot * (size_t)a->h_kv + (size_t)kvh) * (size_t)a->d * es;
+}
+
+static const char *v_row(const pkv_attn_args *a, int64_t slot, int32_t kvh) {
+    if (!a->v_cache) return k_row(a, slot, kvh);
+    const size_t es = pkv_dtype_size(a->kv_dtype);
+    return (const char *)a->v_cache + ((size_t)slot * (size_t)a->h_kv + (size_t)kvh) * (size_t)a->dv * es;
+}
+
+/* Gathers the K/V rows of tile t of a group; returns how many (sparse tiles skip -1). */
+static int gather(const plan *pl, const group *gr, int64_t t, attn_scratch *sc) {
+    const pkv_attn_args *a = pl->a;
+    const int64_t k0 = t * ATTN_TILE;
+    const int64_t k1 = k0 + ATTN_TILE < gr->keys ? k0 + ATTN_TILE : gr->keys;
+    int n = 0;
+    if (pl->sparse) {
+        const int32_t *ix = a->indices + ((size_t)gr->b * (size_t)a->s_q + (size_t)gr->s) * (size_t)a->topk;
+        for (int64_t k = k0; k < k1; k++) {
+            if (ix[k] == -1) continue;
+            sc->krows[n] = k_row(a, ix[k], gr->kvh);
+            sc->vrows[n] = v_row(a, ix[k], gr->kvh);
+            n++;
+        }
+        return n;
+    }
+    const int32_t *table = a->block_table + (size_t)gr->b * (size_t)a->max_blocks_per_seq;
+    const int32_t bs = a->block_size;
+    for (int64_t k = k0; k < k1; k++) {
+        const int64_t slot = (int64_t)table[k / bs] * bs + k % bs;
+        sc->krows[n] = k_row(a, slot, gr->kvh);
+        sc->vrows[n] = v_row(a, slot, gr->kvh);
+        n++;
+    }
+    return n;
+}
+
+/* Computes tiles [t0, t1) of a group. dst_part: NULL to write out/lse directly
+ * (the whole group), else a partial buffer [m][dv] + [m] lse (natural log,
+ * -inf for a row that saw no key). */
+static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, attn_scratch *sc,
+                      float *dst_part) {
+    const pkv_attn_args *a = pl->a;
+    const attn_ops *ops = pl->ops;
+    const int32_t m = gr->m, dv = a->dv;
+    const size_t qes = pkv_dtype_size(a->q_dtype);
+    for (int32_t r = 0; r < m; r++) {
+        int32_t s, h;
+        row_pos(pl, gr, r, &s, &h);
+        const size_t qrow = ((size_t)gr->b * (size_t)a->s_q + (size_t)s) * (size_t)a->h_q + (size_t)h;
+        sc->qrows[r] = (const char *)a->q + qrow * (size_t)a->d * qes;
+        sc->orows[r] = dst_part ? dst_part + (size_t)r * (size_t)dv : a->out + qrow * (size_t)dv;
+        memset(sc->orows[r], 0, (size_t)dv * sizeof(float));
+        sc->mrun[r] = -INFINITY;
+        sc->lrun[r] = 0.0f;
+    }
+    if (t1 > t0) ops->prep_q(&pl->g, sc->qrows, m, sc->qp);
+    for (int64_t t = t0; t < t1; t++) {
+        const int n = gather(pl, gr, t, sc);
+        for (int32_t r = 0; r < m; r++) {
+            int32_t vis = n;
+            if (!pl->sparse) {
+                int32_t s, h;
+                row_pos(pl, gr, r, &s, &h);
+                const int64_t left = (int64_t)attn_visible_keys(a, a->cache_seqlens[gr->b], s) - t * ATTN_TILE;
+                vis = left < 0 ? 0 : (left < n ? (int32_t)left : n);
+            }
+            sc->nvalid[r] = vis;
+        }
+        if (n == 0) continue;
+        ops->load_tile(&pl->g, sc->krows, sc->vrows, n, sc->kt, sc->vt);
+        ops->qk(&pl->g, sc->qp, m, sc->kt, sc->s);
+        ops->softmax(&pl->g, sc->s, m, sc->nvalid, sc->mrun, sc->lrun, sc->alpha, sc->p);
+        ops->pv(&pl->g, sc->p, m, n, sc->vt, sc->orows, sc->alpha);
+    }
+    /* normalize; lse in natural log */
+    for (int32_t r = 0; r < m; r++) {
+        float *o = sc->orows[r];
+        const float l = sc->lrun[r];
+        float lse;
+        if (l > 0.0f) {
+            const float inv = 1.0f / l;
+            for (int32_t c = 0; c < dv; c++) o[c] *= inv;
+            lse = (float)(((double)sc->mrun[r] + log2((double)l)) * LN2);
+        } else {
+            lse = -INFINITY;
+        }
+        if (dst_part) {
+            dst_part[(size_t)m * (size_t)dv + (size_t)r] = lse;
+            continue;
+        }
+        int32_t s, h;
+        row_pos(pl, gr, r, &s, &h);
+        if (lse == -INFINITY) lse = INFINITY; /* nothing to attend to */
+        else if (a->attn_sink) {
+            const float f = (float)(1.0 / (1.0 + exp((double)a->attn_sink[h] - (double)lse)));
+            for (int32_t c = 0; c < dv; c++) o[c] *= f;
+        }
+        if (a->lse) a->lse[((size_t)gr->b * (size_t)a->h_q + (size_t)h) * (size_t)a->s_q + (size_t)s] = lse;
+    }
+}
+
+static attn_scratch *scratch_of(const plan *pl, int idx) {
+    return pl->w ? workers_scratch(pl->w, idx) : pl->solo;
+}
+
+static int64_t range_start(const plan *pl, int idx) { return pl->units * idx / pl->nw; }
+
+/* Phase 1: worker idx computes its unit range. */
+static void phase_compute(void *ctx, int idx) {
+    const plan *pl = (const plan *)ctx;
+    if (idx >= pl->nw) return;
+    attn_scratch *sc = scratch_of(pl, idx);
+    const int64_t u0 = range_start(pl, idx), u1 = range_start(pl, idx + 1);
+    const int last = idx == pl->nw - 1;
+    sc->cut_group = -1;
+    int64_t pos = 0;
+    group gr;
+    for (int64_t gi = 0; gi < pl->ngroups && pos <= u1; gi++) {
+        group_at(pl, gi, &gr);
+        const int64_t nt = group_tiles(&gr), g0 = pos, g1 = pos + nt;
+        pos = g1;
+        if (nt == 0) {
+            /* empty groups belong to the range holding their position */
+            if ((g0 >= u0 && g0 < u1) || (last && g0 == u1)) run_piece(pl, &gr, 0, 0, sc, NULL);
+            continue;
+        }
+        const int64_t p0 = g0 > u0 ? g0 : u0, p1 = g1 < u1 ? g1 : u1;
+        if (p0 >= p1) continue;
+        if (p0 == g0 && p1 == g1) {
+            run_piece(pl, &gr, 0, nt, sc, NULL);
+            continue;
+        }
+        const int slot = p0 == u0 ? 0 : 1;
+        run_piece(pl, &gr, p0 - g0, p1 - g0, sc, sc->part[slot]);
+        if (p0 == g0) { /* the group starts here: this worker combines it */
+            sc->cut_group = gi;
+            sc->cut_slot = slot;
+        }
+    }
+}
+
+/* Phase 2: combine the pieces of the group this worker starts (if cut). */
+static void phase_combine(void *ctx, int idx) {
+    const plan *pl = (const plan *)ctx;
+    const pkv_attn_args *a = pl->a;
+    if (idx >= pl->nw) return;
+    attn_scratch *sc = scratch_of(pl, idx);
+    if (sc->cut_group < 0) return;
+    group gr;
+    group_at(pl, sc->cut_group, &gr);
+    int64_t pos = 0;
+    for (int64_t gi = 0; gi < sc->cut_group; gi++) {
+        group g2;
+        group_at(pl, gi, &g2);
+        pos += group_tiles(&g2);
+    }
+    const int64_t gend = pos + group_tiles(&gr);
+    /* pieces: this worker's slot, then slot 0 of the following workers */
+    const float *parts[64];
+    int np = 0;
+    int wi = idx;
+    parts[np++] = sc->part[sc->cut_slot];
+    while (range_start(pl, wi + 1) < gend && np < 64) {
+        wi++;
+        parts[np++] = scratch_of(pl, wi)->part[0];
+    }
+    const int32_t m = gr.m, dv = a->dv;
+    for (int32_t r = 0; r < m; r++) {
+        float mx = -INFINITY;
+        for (int i = 0; i < np; i++) {
+            const float l = parts[i][(size_t)m * (size_t)dv + (size_t)r];
+            if (l > mx) mx = l;
+        }
+        int32_t s, h;
+        row_pos(pl, &gr, r, &s, &h);
+        const size_t qrow = ((size_t)gr.b * (size_t)a->s_q + (size_t)s) * (size_t)a->h_q + (size_t)h;
+        float *o = a->out + qrow * (size_t)dv;
+        float lse;
+        if (mx == -INFINITY) {
+            memset(o, 0, (size_t)dv * sizeof(float));
+            lse = INFINITY;
+        } else {
+            double sum = 0.0;
+            float wgt[64];
+            for (int i = 0; i < np; i++) {
+                wgt[i] = (float)exp((double)parts[i][(size_t)m * (size_t)dv + (size_t)r] - mx);
+                sum += wgt[i];
+            }
+            const float inv = (float)(1.0 / sum);
+            for (int i = 0; i < np; i++) wgt[i] *= inv;
+            for (int32_t c = 0; c < dv; c++) {
+                float acc = 0.0f;
+                for (int i = 0; i < np; i++) acc += wgt[i] * parts[i][(size_t)r * (size_t)dv + (size_t)c];
+                o[c] = acc;
+            }
+            lse = (float)((double)mx + log(sum));
+            if (a->attn_sink) {
+                const float f = (float)(1.0 / (1.0 + exp((double)a->attn_sink[h] - (double)lse)));
+                for (int32_t c = 0; c < dv; c++) o[c] *= f;
+            }
+        }
+        if (a->lse) a->lse[((size_t)gr.b * (size_t)a->h_q + (size_t)h) * (size_t)a->s_q + (size_t)s] = lse;
+    }
+}
+
+static int pad_to(int32_t x, int32_t p) { return (int32_t)(((int64_t)x + p - 1) / p * p); }
+
+/* The call after validation. */
+static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops *ops) {
+    RETURN_IF(ops == NULL, PKV_ERR_DTYPE);
+    plan pl;
+    memset(&pl, 0, sizeof pl);
+    pl.a = a;
+    pl.ops = ops;
+    pl.w = w;
+    pl.sparse = a->indices != NULL;
+    pl.hpg = a->h_q / a->h_kv;
+    pl.rows = pl.sparse ? pl.hpg : pl.hpg * a->s_q;
+    pl.nrb = (pl.rows + ATTN_MB - 1) / ATTN_MB;
+    pl.ngroups = (int64_t)a->batch * a->h_kv * (pl.sparse ? a->s_q : 1) * pl.nrb;
+    pl.g.d = a->d;
+    pl.g.dv = a->dv;
+    pl.g.dpad = pad_to(a->d, ops->pad);
+    pl.g.dvpad = pad_to(a->dv, ops->pad);
+    pl.g.q_dtype = a->q_dtype;
+    pl.g.kv_dtype = a->kv_dtype;
+    pl.g.scale_log2 = (float)((double)a->softmax_scale * 1.4426950408889634);
+    group gr;
+    for (int64_t gi = 0; gi < pl.ngroups; gi++) {
+        group_at(&pl, gi, &gr);
+        pl.units += group_tiles(&gr);
+    }
+    const size_t bytes = attn_scratch_bytes(&pl.g, a->dv);
+    RETURN_IF(bytes == 0, PKV_ERR_NOMEM);
+
+    if (!w) {
+        /* No pool: the calling thread alone, with scratch for this call. A pool
+         * keeps its scratch between calls; use one for an allocation-free path. */
+        void *mem = malloc(bytes);
+        RETURN_IF(mem == NULL, PKV_ERR_NOMEM);
+        attn_scratch sc;
+        attn_scratch_carve(&sc, mem, bytes, &pl.g, a->dv);
+        pl.solo = &sc;
+        pl.nw = 1;
+        phase_compute(&pl, 0);
+        free(mem);
+        return PKV_OK;
+    }
+    FORWARD_IF_ERROR(workers_begin(w, bytes));
+    for (int i = 0; i < workers_count(w); i++) {
+        attn_scratch *sc = workers_scratch(w, i);
+        attn_scratch_carve(sc, sc->mem, sc->bytes, &pl.g, a->dv);
+    }
+    pl.nw = workers_count(w);
+    if (pl.units < pl.nw) pl.nw = pl.units < 1 ? 1 : (int)pl.units;
+    if (pl.nw > 64) pl.nw = 64; /* a group's pieces are combined from at most 64 parts */
+    if (pl.nw == 1) {
+        phase_compute(&pl, 0);
+    } else {
+        workers_run(w, phase_compute, &pl);
+        workers_run(w, phase_combine, &pl);
+    }
+    workers_end(w);
+    return PKV_OK;
+}
+
+int attn_fast_run(const pkv_attn_args *a, pkv_workers *w, const attn_ops *ops) {
+    FORWARD_IF_ERROR(attn_validate(a));
+    return run_validated(a, w, ops);
+}
+
+int pkv_attn(const pkv_attn_args *args, pkv_workers *w) {
+    FORWARD_IF_ERROR(attn_validate(args));
+    return run_validated(args, w, attn_ops_best(args->q_dtype, args->kv_dtype));
+}

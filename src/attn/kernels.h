@@ -1,0 +1,114 @@
+/* Private interface of the fast attention path (pkv_attn): the per-ISA inner
+ * kernels, the worker pool's scratch, and the run-time ISA dispatch.
+ *
+ * The work of one call is cut into groups (a batch entry, a KV head, and for
+ * sparse calls a query token; at most ATTN_MB query rows that share one key
+ * list) and each group's keys into tiles of ATTN_TILE keys. For each tile the
+ * driver (fast.c) gathers the K/V row pointers through the block table, then
+ * calls the ISA's kernels: load_tile (convert/transposes the tile into scratch
+ * once, so every query row of the group reuses it), qk (scores), softmax
+ * (online softmax in float32) and pv (rescale + accumulate). */
+#ifndef PKV_ATTN_KERNELS_H
+#define PKV_ATTN_KERNELS_H
+
+#include "attn.h"
+
+#define ATTN_TILE 64 /* keys per tile; also the granularity of split-KV */
+#define ATTN_MB 128  /* query rows per group at most (MLA: all 128 heads at once) */
+
+enum { ATTN_ISA_SCALAR = 0, ATTN_ISA_AVX2 = 1, ATTN_ISA_AVX512 = 2, ATTN_ISA_COUNT = 3 };
+
+/* Geometry of one call as the kernels see it. */
+typedef struct attn_geom {
+    int32_t d, dv;         /* K and V head dims */
+    int32_t dpad, dvpad;   /* d, dv rounded up to the kernel's pad */
+    int32_t q_dtype, kv_dtype;
+    float scale_log2;      /* softmax_scale * log2(e): scores live in the log2 domain */
+} attn_geom;
+
+/* Kernels for one (ISA, q dtype, kv dtype). Scratch layouts are the kernel's own;
+ * the driver only sizes them with attn_scratch_bytes(). Row pointers to K/V
+ * point at one head's row (for FP8_MLA656, at the 656-byte token row). */
+typedef struct attn_ops {
+    const char *name;
+    int32_t pad; /* dpad and dvpad are multiples of this */
+    /* qp <- the m query rows qrows[0..m) (q_dtype, d elements each). */
+    void (*prep_q)(const attn_geom *g, const void *const *qrows, int m, void *qp);
+    /* kt, vt <- the n <= ATTN_TILE keys of a tile; rows past n read as zero. */
+    void (*load_tile)(const attn_geom *g, const void *const *krows, const void *const *vrows,
+                      int n, void *kt, void *vt);
+    /* s[m][ATTN_TILE] <- raw dot products q_i . k_j (unscaled). */
+    void (*qk)(const attn_geom *g, const void *qp, int m, const void *kt, float *s);
+    /* Online softmax over the tile: keys j < nvalid[i] count for row i. Updates the
+     * running max mrun (log2 domain) and sum lrun, writes alpha[i] (factor for the
+     * old accumulator) and the weights p (kernel's format, zero past nvalid). */
+    void (*softmax)(const attn_geom *g, const float *s, int m, const int32_t *nvalid,
+                    float *mrun, float *lrun, float *alpha, void *p);
+    /* o[i][0..dv) <- alpha[i] * o[i] + sum_{j<n} p[i][j] * v_j. */
+    void (*pv)(const attn_geom *g, const void *p, int m, int n, const void *vt, float *const *o,
+               const float *alpha);
+} attn_ops;
+
+/* Per-worker scratch, carved from one allocation. */
+typedef struct attn_scratch {
+    size_t bytes;          /* size of mem */
+    void *mem;
+    void *qp, *kt, *vt, *p;
+    float *s;
+    float *mrun, *lrun, *alpha;
+    int32_t *nvalid;
+    const void **krows, **vrows, **qrows;
+    float **orows;
+    float *part[2];        /* split partials: [ATTN_MB][dv] out, then [ATTN_MB] lse */
+    int64_t cut_group;     /* combine duty: group cut at this worker's range end, or -1 */
+    int32_t cut_slot;      /* which part[] holds this worker's piece of cut_group */
+} attn_scratch;
+
+/* Bytes of scratch one worker needs for geometry g (0 on overflow). */
+PKV_HIDDEN size_t attn_scratch_bytes(const attn_geom *g, int32_t dv);
+/* Points s's fields into mem (bytes from attn_scratch_bytes). */
+PKV_HIDDEN void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geom *g,
+                                   int32_t dv);
+
+/* ---- dispatch (cpu.c) ---- */
+/* The ISA pkv_attn uses: the best the CPU supports, or PKV_ISA=scalar|avx2|avx512
+ * if that is supported (an unsupported or unknown request falls back to the best
+ * supported path not above it). Decided once, then cached. */
+PKV_HIDDEN int attn_isa_active(void);
+/* 1 if this CPU (and OS) can run the ISA's kernels. */
+PKV_HIDDEN int attn_isa_supported(int isa);
+/* "scalar", "avx2", "avx512" for an ATTN_ISA_* value, and for the active one. */
+PKV_HIDDEN const char *attn_isa_label(int isa);
+PKV_HIDDEN const char *attn_isa_name(void);
+/* Kernels for (isa, q_dtype, kv_dtype); NULL if isa is not compiled in. */
+PKV_HIDDEN const attn_ops *attn_ops_for(int isa, int q_dtype, int kv_dtype);
+/* The kernels pkv_attn uses: the active ISA's, else the next lower ISA's. */
+PKV_HIDDEN const attn_ops *attn_ops_best(int q_dtype, int kv_dtype);
+/* Name of the kernel pkv_attn uses for this dtype pair, e.g. "avx512-bf16dp". */
+PKV_HIDDEN const char *attn_kernel_name(int q_dtype, int kv_dtype);
+
+PKV_HIDDEN const attn_ops *attn_ops_scalar(int q_dtype, int kv_dtype);
+PKV_HIDDEN const attn_ops *attn_ops_avx2(int q_dtype, int kv_dtype);
+PKV_HIDDEN const attn_ops *attn_ops_avx512(int q_dtype, int kv_dtype);
+
+/* ---- driver (fast.c) ---- */
+/* pkv_attn with an explicit kernel set (tests run every ISA through this). */
+PKV_HIDDEN int attn_fast_run(const pkv_attn_args *a, pkv_workers *w, const attn_ops *ops);
+
+/* ---- worker pool (workers.c) ---- */
+/* Number of participants (the calling thread is participant 0). */
+PKV_HIDDEN int workers_count(const pkv_workers *w);
+/* Takes the pool for one call (calls sharing a pool serialize here) and makes
+ * sure every participant has at least bytes of scratch (grown, never shrunk). */
+PKV_HIDDEN int workers_begin(pkv_workers *w, size_t bytes);
+PKV_HIDDEN void workers_end(pkv_workers *w);
+PKV_HIDDEN attn_scratch *workers_scratch(pkv_workers *w, int idx);
+/* Runs fn(ctx, idx) on every participant idx in [0, count) and waits for all. */
+PKV_HIDDEN void workers_run(pkv_workers *w, void (*fn)(void *ctx, int idx), void *ctx);
+
+/* FP8_MLA656: bytes of a token row and the offsets inside it (see fp8.h). */
+#define ATTN_FP8_ROW 656
+#define ATTN_FP8_SCALES 512
+#define ATTN_FP8_ROPE 528
+
+#endif
