@@ -44,7 +44,7 @@ EXAMPLE_BIN := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
 
 STATIC := $(BUILD)/libpagedkv.a
 SHARED := $(BUILD)/libpagedkv.so
-PKV    := $(BUILD)/pkv
+PKV    := $(if $(CLI_SRC),$(BUILD)/pkv)
 
 .PHONY: all lib test tests asan ubsan tsan valgrind stress bench run install clean fuzz fuzz-run check-abi
 all: lib $(PKV)
@@ -68,7 +68,7 @@ $(STATIC): $(LIB_OBJ)
 $(SHARED): $(LIB_OBJ)
 	$(CC) -shared -Wl,-soname,libpagedkv.so.0 $(CFLAGS) $(EXTRA_CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(PKV): $(CLI_OBJ) $(STATIC)
+$(BUILD)/pkv: $(CLI_OBJ) $(STATIC)
 	$(CC) $(CFLAGS) $(EXTRA_CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJ) $(STATIC) $(LIBS)
 
 $(BUILD)/tests/%: tests/%.c $(TEST_COMMON_OBJ) $(STATIC)
