@@ -188,7 +188,7 @@ static int seq_fork(pkv_cache *c, pkv_seq parent, pkv_seq *child) {
     p = seq_get(c, parent); /* the record table may have moved */
     FORWARD_IF_ERROR(seq_reserve(c, &c->seqs[idx], p->nblocks, p->ntokens, p->keys != NULL));
     pkv_seq_rec *r = seq_slot_commit(c, idx, p->ns);
-    memcpy(r->blocks, p->blocks, (size_t)p->nblocks * sizeof *r->blocks);
+    if (p->nblocks) memcpy(r->blocks, p->blocks, (size_t)p->nblocks * sizeof *r->blocks);
     for (int32_t j = 0; j < p->nblocks; j++) pool_ref(&c->pool, p->blocks[j]);
     r->nblocks = p->nblocks;
     r->len = p->len;
