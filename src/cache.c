@@ -44,6 +44,12 @@ static int config_validate(const pkv_config *cfg) {
     RETURN_IF(!cfg->v_separate && cfg->dv > cfg->d, PKV_ERR_INVALID);
     RETURN_IF(pkv_row_bytes(cfg->kv_dtype, cfg->h_kv, cfg->d) == 0, PKV_ERR_DTYPE);
     if (cfg->kv_dtype == PKV_FP8_MLA656) RETURN_IF(cfg->v_separate || cfg->dv != 512, PKV_ERR_DTYPE);
+    /* Arena sizes must be representable; refused here, before anything is allocated
+     * (64: store.c's alignment slack). */
+    size_t row = pkv_row_bytes(cfg->kv_dtype, cfg->h_kv, cfg->d);
+    size_t vrow = cfg->v_separate ? pkv_row_bytes(cfg->kv_dtype, cfg->h_kv, cfg->dv) : 0;
+    size_t slots = (size_t)cfg->num_blocks * (size_t)cfg->block_size;
+    RETURN_IF(slots > (SIZE_MAX - 64) / (row > vrow ? row : vrow), PKV_ERR_INVALID);
     return PKV_OK;
 }
 
