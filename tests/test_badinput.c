@@ -75,6 +75,29 @@ static int create(T *t, pkv_config cfg) {
 
 static int zero_is_ok(size_t v) { return v == 0 ? PKV_OK : -1001; }
 
+static pkv_workers *g_workers;
+
+/* The oracle, pkv_attn on the calling thread and pkv_attn on a worker pool must
+ * give the same status; returns it (or -1002 when they disagree). */
+static int attn_all(const pkv_attn_args *a) {
+    int r = pkv_attn_reference(a);
+    int f1 = pkv_attn(a, NULL);
+    int f2 = pkv_attn(a, g_workers);
+    if (r != f1 || r != f2) {
+        fprintf(stderr, "attention statuses disagree: reference %d, pkv_attn %d, with workers %d\n", r, f1, f2);
+        return -1002;
+    }
+    return r;
+}
+
+static int workers_create(int n) {
+    pkv_workers *w = (pkv_workers *)1;
+    int st = pkv_workers_create(n, &w);
+    if (st != PKV_OK && w != NULL) return -1000;
+    pkv_workers_destroy(w);
+    return st;
+}
+
 /* Valid dense attention arguments over T's small buffers. */
 static void attn_base(T *t) {
     memset(&t->a, 0, sizeof t->a);
@@ -314,49 +337,57 @@ static int run_case(T *t, int i, int *expect, const char **what) {
     CASE(PKV_ERR_NONFINITE, (t->fp8_in[3] = 0, t->fp8_in[575] = NAN, pkv_mla656_quantize(t->fp8_in, t->fp8_row, 0)))
     CASE(PKV_ERR_NULL, pkv_mla656_dequantize(NULL, t->fp8_in))
     CASE(PKV_ERR_NULL, pkv_mla656_dequantize(t->fp8_row, NULL))
-    /* ---- attention (the oracle; each row breaks one field of valid arguments) ---- */
-    CASE(PKV_OK, pkv_attn_reference(A))
-    CASE(PKV_OK, pkv_attn_reference(sparse(t)))
+    /* ---- attention: the oracle and pkv_attn (without and with workers) agree on every row;
+     * each row breaks one field of valid arguments ---- */
+    CASE(PKV_OK, attn_all(A))
+    CASE(PKV_OK, attn_all(sparse(t)))
     CASE(PKV_ERR_NULL, pkv_attn_reference(NULL))
-    CASE(PKV_ERR_NULL, (A->q = NULL, pkv_attn_reference(A)))
-    CASE(PKV_ERR_NULL, (A->k_cache = NULL, pkv_attn_reference(A)))
-    CASE(PKV_ERR_NULL, (A->out = NULL, pkv_attn_reference(A)))
-    CASE(PKV_ERR_NULL, (A->block_table = NULL, pkv_attn_reference(A)))
-    CASE(PKV_ERR_NULL, (A->cache_seqlens = NULL, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (A->batch = 0, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (A->batch = -1, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (A->s_q = 0, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (A->h_q = -2, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (A->h_kv = 0, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (A->d = 0, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (A->dv = -4, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (A->block_size = 0, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (A->max_blocks_per_seq = 0, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (A->num_blocks = INT32_MIN, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (A->v_cache = NULL, A->dv = D + 1, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (A->causal = 2, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (A->softmax_scale = NAN, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (A->softmax_scale = -INFINITY, pkv_attn_reference(A)))
+    CASE(PKV_ERR_NULL, pkv_attn(NULL, NULL))
+    CASE(PKV_ERR_NULL, pkv_attn(NULL, g_workers))
+    CASE(PKV_ERR_NULL, pkv_workers_create(2, NULL))
+    CASE(PKV_ERR_INVALID, workers_create(1025))
+    CASE(PKV_ERR_INVALID, workers_create(INT32_MAX))
+    CASE(PKV_OK, workers_create(-1))
+    CASE(PKV_OK, (pkv_workers_destroy(NULL), PKV_OK))
+    CASE(PKV_ERR_NULL, (A->q = NULL, attn_all(A)))
+    CASE(PKV_ERR_NULL, (A->k_cache = NULL, attn_all(A)))
+    CASE(PKV_ERR_NULL, (A->out = NULL, attn_all(A)))
+    CASE(PKV_ERR_NULL, (A->block_table = NULL, attn_all(A)))
+    CASE(PKV_ERR_NULL, (A->cache_seqlens = NULL, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (A->batch = 0, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (A->batch = -1, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (A->s_q = 0, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (A->h_q = -2, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (A->h_kv = 0, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (A->d = 0, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (A->dv = -4, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (A->block_size = 0, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (A->max_blocks_per_seq = 0, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (A->num_blocks = INT32_MIN, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (A->v_cache = NULL, A->dv = D + 1, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (A->causal = 2, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (A->softmax_scale = NAN, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (A->softmax_scale = -INFINITY, attn_all(A)))
     CASE(PKV_ERR_INVALID, (A->batch = INT32_MAX, A->s_q = INT32_MAX, A->h_q = INT32_MAX, A->d = INT32_MAX,
-                           pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (sparse(t), A->causal = 1, pkv_attn_reference(A)))
-    CASE(PKV_ERR_INVALID, (sparse(t), A->topk = 0, pkv_attn_reference(A)))
-    CASE(PKV_ERR_HEADS, (A->h_kv = 3, A->h_q = 2, A->v_cache = NULL, pkv_attn_reference(A)))
-    CASE(PKV_ERR_DTYPE, (A->q_dtype = PKV_FP8_MLA656, pkv_attn_reference(A)))
-    CASE(PKV_ERR_DTYPE, (A->q_dtype = -1, pkv_attn_reference(A)))
-    CASE(PKV_ERR_DTYPE, (A->kv_dtype = 4, pkv_attn_reference(A)))
-    CASE(PKV_ERR_DTYPE, (A->kv_dtype = PKV_FP8_MLA656, pkv_attn_reference(A)))
-    CASE(PKV_ERR_SEQLEN, (t->sl[1] = -1, pkv_attn_reference(A)))
-    CASE(PKV_ERR_SEQLEN, (t->sl[0] = 2 * BS + 1, pkv_attn_reference(A)))
-    CASE(PKV_ERR_SEQLEN, (t->sl[0] = INT32_MAX, pkv_attn_reference(A)))
-    CASE(PKV_ERR_BLOCK_ID, (t->bt[1] = NB, pkv_attn_reference(A)))
-    CASE(PKV_ERR_BLOCK_ID, (t->bt[2] = -1, pkv_attn_reference(A)))
-    CASE(PKV_ERR_BLOCK_ID, (t->bt[0] = 2147480000, pkv_attn_reference(A)))
-    CASE(PKV_OK, (t->bt[3] = 2147480000, pkv_attn_reference(A))) /* padding past the length is never read */
-    CASE(PKV_ERR_SLOT, (sparse(t), t->ix[1] = -2, pkv_attn_reference(A)))
-    CASE(PKV_ERR_SLOT, (sparse(t), t->ix[3] = NB * BS, pkv_attn_reference(A)))
-    CASE(PKV_ERR_SLOT, (sparse(t), t->ix[0] = INT32_MAX, pkv_attn_reference(A)))
-    CASE(PKV_OK, (sparse(t), A->attn_sink = t->sink, pkv_attn_reference(A)))
+                           attn_all(A)))
+    CASE(PKV_ERR_INVALID, (sparse(t), A->causal = 1, attn_all(A)))
+    CASE(PKV_ERR_INVALID, (sparse(t), A->topk = 0, attn_all(A)))
+    CASE(PKV_ERR_HEADS, (A->h_kv = 3, A->h_q = 2, A->v_cache = NULL, attn_all(A)))
+    CASE(PKV_ERR_DTYPE, (A->q_dtype = PKV_FP8_MLA656, attn_all(A)))
+    CASE(PKV_ERR_DTYPE, (A->q_dtype = -1, attn_all(A)))
+    CASE(PKV_ERR_DTYPE, (A->kv_dtype = 4, attn_all(A)))
+    CASE(PKV_ERR_DTYPE, (A->kv_dtype = PKV_FP8_MLA656, attn_all(A)))
+    CASE(PKV_ERR_SEQLEN, (t->sl[1] = -1, attn_all(A)))
+    CASE(PKV_ERR_SEQLEN, (t->sl[0] = 2 * BS + 1, attn_all(A)))
+    CASE(PKV_ERR_SEQLEN, (t->sl[0] = INT32_MAX, attn_all(A)))
+    CASE(PKV_ERR_BLOCK_ID, (t->bt[1] = NB, attn_all(A)))
+    CASE(PKV_ERR_BLOCK_ID, (t->bt[2] = -1, attn_all(A)))
+    CASE(PKV_ERR_BLOCK_ID, (t->bt[0] = 2147480000, attn_all(A)))
+    CASE(PKV_OK, (t->bt[3] = 2147480000, attn_all(A))) /* padding past the length is never read */
+    CASE(PKV_ERR_SLOT, (sparse(t), t->ix[1] = -2, attn_all(A)))
+    CASE(PKV_ERR_SLOT, (sparse(t), t->ix[3] = NB * BS, attn_all(A)))
+    CASE(PKV_ERR_SLOT, (sparse(t), t->ix[0] = INT32_MAX, attn_all(A)))
+    CASE(PKV_OK, (sparse(t), A->attn_sink = t->sink, attn_all(A)))
 #undef STALE_CASES
 #undef CASE
     *what = NULL;
@@ -454,6 +485,7 @@ int main(void) {
     T *t = calloc(1, sizeof *t);
     if (!t) return 2;
     setup(t);
+    CHECK_OK(pkv_workers_create(2, &g_workers));
     int ncases = 0;
     for (int i = 0;; i++) {
         int expect = 0;
@@ -491,6 +523,7 @@ int main(void) {
     pkv_cache_destroy(t->m);
     pkv_cache_destroy(t->f);
     pkv_cache_destroy(t->o);
+    pkv_workers_destroy(g_workers);
     free(t);
     return test_report("test_badinput");
 }
