@@ -66,6 +66,7 @@ int pkv_cache_create(const pkv_config *cfg, pkv_cache **out) {
     c->seq_free_head = -1;
     int st = pool_init(&c->pool, &c->al, cfg->num_blocks, cfg->block_size);
     if (st == PKV_OK) st = store_init(c);
+    if (st == PKV_OK) st = prefix_init(c);
     if (st == PKV_OK && (cfg->flags & PKV_FLAG_THREAD_SAFE)) {
         if (pthread_mutex_init(&c->lock, NULL) != 0) st = PKV_ERR_THREAD;
         else c->thread_safe = 1;
@@ -83,6 +84,7 @@ void pkv_cache_destroy(pkv_cache *c) {
     pkv_allocator al = c->al;
     for (int32_t i = 0; i < c->seqs_cap; i++) seq_release_record(c, &c->seqs[i]);
     pkv_mem_free(&al, c->seqs);
+    prefix_destroy(c);
     store_destroy(c);
     pool_destroy(&c->pool, &al);
     if (c->thread_safe) pthread_mutex_destroy(&c->lock);
@@ -113,6 +115,7 @@ int pkv_cache_stats(pkv_cache *c, pkv_stats *out) {
     out->tokens = c->tokens;
     out->cow_copies = c->cow_copies;
     out->evictions = p->evictions;
+    prefix_stats(c, out);
     c->err[0] = 0;
     cache_unlock(c);
     return PKV_OK;
@@ -222,6 +225,7 @@ int pkv_cache_check(pkv_cache *c) {
     int32_t *count = pkv_mem_alloc(&c->al, (size_t)c->pool.num_blocks * sizeof *count);
     int st = count ? check_pool(c) : PKV_ERR_NOMEM;
     if (st == PKV_OK) st = check_seqs(c, count);
+    if (st == PKV_OK) st = prefix_check(c);
     pkv_mem_free(&c->al, count);
     if (st == PKV_OK) c->err[0] = 0;
     cache_unlock(c);

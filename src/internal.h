@@ -147,6 +147,8 @@ int seq_new(pkv_cache *c, uint64_t ns, pkv_seq *out);
  * record has keys or want_keys) without changing contents. */
 int seq_reserve(pkv_cache *c, pkv_seq_rec *r, int32_t nblocks, int32_t ntokens, int want_keys);
 void seq_release_record(pkv_cache *c, pkv_seq_rec *r);
+/* Releases r's blocks and returns the record to the free list. */
+void seq_retire(pkv_cache *c, pkv_seq_rec *r);
 
 /* ---- storage (store.c) ---- */
 int store_init(pkv_cache *c);
@@ -159,6 +161,30 @@ int prefix_init(pkv_cache *c);
 void prefix_destroy(pkv_cache *c);
 /* Invariants of the prefix index, for pkv_cache_check. */
 int prefix_check(pkv_cache *c);
+/* Fills the prefix fields of *out (evictions: adds orphans dropped with a block). */
+void prefix_stats(const pkv_cache *c, pkv_stats *out);
+/* Registers r's full blocks with known tokens past r->nregistered; r->keys must
+ * have room for r->nblocks keys (cannot fail). written_len < 0: all KV written,
+ * duplicates are deduplicated; else a duplicate past written_len stops it. */
+void prefix_register_seq(pkv_cache *c, pkv_seq_rec *r, int32_t written_len, int32_t *registered,
+                         int32_t *deduped);
+/* For tests: a block key from bytes, the cache's secret, key collisions seen. */
+void prefix_block_key(const uint8_t secret[16], const int32_t *toks, int32_t bs, uint64_t ns,
+                      const uint8_t parent[16], uint8_t out[16]);
+void prefix_secret(const pkv_cache *c, uint8_t out[16]);
+int64_t prefix_collisions(const pkv_cache *c);
+
+/* ---- SipHash-2-4-128 (siphash.c) ---- */
+#define SIP_LANES 4
+typedef struct sip_state { uint64_t v0, v1, v2, v3; } sip_state;
+void sip_init(sip_state *s, uint64_t k0, uint64_t k1);
+/* Starts nblk (1..SIP_LANES) block keys: absorbs the whole token words of
+ * blocks toks + i * bs, i < nblk, into st[i]. */
+void sip_absorb_blocks(const uint64_t k[2], const int32_t *toks, int32_t bs, int nblk, sip_state *st);
+/* Ends one block key: the rest of the message (an odd block's last token, ns,
+ * the parent key) and the 128-bit finalization. */
+void sip_finish_block(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2],
+                      uint64_t out[2]);
 size_t cache_dump(pkv_cache *c, void *buf, size_t cap); /* canonical state dump, dump.c */
 
 /* ---- dtype conversion (dtype.c) ---- */

@@ -89,7 +89,7 @@ static void release_tail(pkv_cache *c, pkv_seq_rec *r, int32_t keep) {
 }
 
 /* A record back on the free list; its arrays are kept for reuse. */
-static void seq_retire(pkv_cache *c, pkv_seq_rec *r) {
+void seq_retire(pkv_cache *c, pkv_seq_rec *r) {
     release_tail(c, r, 0);
     c->tokens -= r->len;
     r->len = r->ntokens = r->nregistered = 0;
@@ -128,7 +128,9 @@ static int seq_append(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *tokens,
         return cache_fail(c, PKV_ERR_CAPACITY, "append of %d tokens needs %d blocks, %d available", n,
                           new_blocks + cow_needed, avail);
     int record_tokens = tokens != NULL && r->ntokens == r->len;
-    FORWARD_IF_ERROR(seq_reserve(c, r, r->nblocks + new_blocks, record_tokens ? (int32_t)new_len : 0, 0));
+    /* Auto-registration needs key room; reserved here so that it cannot fail later. */
+    int auto_reg = c->prefix != NULL && (c->cfg.flags & PKV_FLAG_AUTO_REGISTER);
+    FORWARD_IF_ERROR(seq_reserve(c, r, r->nblocks + new_blocks, record_tokens ? (int32_t)new_len : 0, auto_reg));
 
     /* From here on nothing can fail. */
     if (cow_needed) {
@@ -150,10 +152,14 @@ static int seq_append(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *tokens,
         if (n) memcpy(r->tokens + r->len, tokens, (size_t)n * sizeof *tokens);
         r->ntokens = (int32_t)new_len;
     }
+    int32_t old_len = r->len;
     r->last_start = r->len;
     r->last_n = n;
     r->len = (int32_t)new_len;
     c->tokens += n;
+    /* Blocks filled before this append (KV written) may be deduplicated; ones
+     * it filled are indexed but not moved, since their slots were just handed out. */
+    if (auto_reg) prefix_register_seq(c, r, old_len, NULL, NULL);
     return PKV_OK;
 }
 

@@ -1,0 +1,536 @@
+/* The prefix cache: block keys, the index, registration with deduplication,
+ * lookup of a prompt's longest cached prefix, and the eviction hook.
+ *
+ * Key. Block j of a sequence has the key
+ *     K_j = SipHash-2-4-128(secret, tokens of block j || ns || K_{j-1}),  K_{-1} = 0,
+ * (siphash.c). The tokens come first so that the token words of several
+ * blocks can be absorbed in parallel lanes; only the 24-byte tail, which holds
+ * the parent key, is chained. The secret is drawn per cache from the OS unless
+ * the config gives one.
+ *
+ * Identity. A key only finds candidates. A cached block also stores its token
+ * ids, its namespace and its parent block id, and a hit requires all three to
+ * match: the parent block is itself the unique cached block of the parent's
+ * identity, so by induction a hit means "the same tokens from position 0, in
+ * the same namespace" and a hash collision can never hand out another
+ * prompt's KV (tests build with PKV_WEAK_HASH=8 to prove it).
+ *
+ * Index. Open addressing with linear probing and backward-shift deletion, at
+ * most half full: it holds at most num_blocks entries and its table has at
+ * least 2 * num_blocks slots, all allocated at creation, so registration and
+ * lookup never allocate. Each slot keeps the key's low word as a tag so that
+ * probing touches the per-block arrays only on a likely hit.
+ *
+ * Eviction. The pool reclaims the least recently released evictable block
+ * (sequences release their blocks last first, so a chain is reclaimed from its
+ * deepest block) and calls prefix_on_evict. A block's cached descendants would
+ * be unreachable without it, and their parent id would soon name an unrelated
+ * block, so they are dropped from the index at once and returned to the free
+ * list (counted in evictions). Through the public API a descendant is always
+ * released before its ancestor, so this is a safety net, tested by forcing the
+ * order with pool_evict_first. */
+#include <string.h>
+
+#if defined(__linux__)
+#include <sys/random.h>
+#endif
+#include <stdio.h>
+
+#include "internal.h"
+
+typedef struct prefix_slot {
+    uint64_t tag;  /* low word of the key */
+    int32_t block; /* -1: empty */
+    int32_t pad;
+} prefix_slot;
+
+struct pkv_prefix {
+    uint8_t secret[16];
+    uint64_t k[2];
+    int32_t bs, nb;
+    /* Per block, meaningful while pool.cached[b] is set. */
+    uint64_t *key;    /* [2 * nb] low, high word */
+    uint64_t *ns;     /* [nb] */
+    int32_t *parent;  /* [nb] parent block, -1 for a chain's first block */
+    int32_t *child;   /* [nb] first cached child, -1 none */
+    int32_t *sib_next, *sib_prev; /* [nb] links among the children of one parent */
+    int32_t *toks;    /* [nb * bs] token ids */
+    prefix_slot *tab; /* [mask + 1] */
+    size_t mask;
+    int shift;
+    int32_t count;
+    int64_t queries, query_tokens, hit_tokens, dedups, registrations, orphans, collisions;
+};
+
+/* ---- keys ---- */
+
+/* PKV_WEAK_HASH=b keeps b bits of every block key (a test build in which keys
+ * collide everywhere; correctness must then rest on the identity checks). */
+static inline void key_weaken(uint64_t k[2]) {
+#if defined(PKV_WEAK_HASH)
+#if PKV_WEAK_HASH < 1 || PKV_WEAK_HASH > 63
+#error "PKV_WEAK_HASH must be in 1..63"
+#endif
+    k[0] &= (1ull << PKV_WEAK_HASH) - 1;
+    k[1] = 0;
+#else
+    (void)k;
+#endif
+}
+
+static inline void key_finish(const pkv_prefix *p, sip_state *st, const int32_t *toks, uint64_t ns,
+                              const uint64_t parent[2], uint64_t out[2]) {
+    sip_finish_block(st, toks, p->bs, ns, parent, out);
+    key_weaken(out);
+}
+
+/* The 16 bytes as two little-endian words, on every host. */
+static inline uint64_t le64(const uint8_t *b) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | b[i];
+    return v;
+}
+
+/* One block's key from bytes (tests compare it with pkv_siphash128 over the
+ * message written out). */
+void prefix_block_key(const uint8_t secret[16], const int32_t *toks, int32_t bs, uint64_t ns,
+                      const uint8_t parent[16], uint8_t out[16]) {
+    uint64_t k[2] = {le64(secret), le64(secret + 8)}, pk[2] = {le64(parent), le64(parent + 8)}, o[2];
+    sip_state st;
+    sip_absorb_blocks(k, toks, bs, 1, &st);
+    sip_finish_block(&st, toks, bs, ns, pk, o);
+    key_weaken(o);
+    for (int i = 0; i < 8; i++) {
+        out[i] = (uint8_t)(o[0] >> (8 * i));
+        out[8 + i] = (uint8_t)(o[1] >> (8 * i));
+    }
+}
+
+static inline void key_to_bytes(const uint64_t k[2], uint8_t out[16]) { memcpy(out, k, 16); }
+static inline void key_from_bytes(const uint8_t in[16], uint64_t k[2]) { memcpy(k, in, 16); }
+
+/* ---- index ---- */
+
+static inline size_t home_slot(const pkv_prefix *p, uint64_t tag) {
+    /* Fibonacci hashing spreads even a weakened 8-bit tag over the table. */
+    return (size_t)((tag * 0x9e3779b97f4a7c15ull) >> p->shift) & p->mask;
+}
+
+static inline const int32_t *block_toks(const pkv_prefix *p, int32_t b) { return p->toks + (size_t)b * (size_t)p->bs; }
+
+/* The cached block of identity (key, parent, ns, toks), or -1. */
+static int32_t index_find(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, const int32_t *toks,
+                          int count_collisions) {
+    size_t bytes = (size_t)p->bs * sizeof *toks;
+    for (size_t i = home_slot(p, key[0]);; i = (i + 1) & p->mask) {
+        const prefix_slot *s = &p->tab[i];
+        if (s->block < 0) return -1;
+        if (s->tag != key[0]) continue;
+        int32_t b = s->block;
+        if (p->key[2 * b + 1] == key[1] && p->parent[b] == parent && p->ns[b] == ns &&
+            memcmp(block_toks(p, b), toks, bytes) == 0)
+            return b;
+        if (count_collisions) p->collisions++;
+    }
+}
+
+static void index_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int32_t parent, uint64_t ns,
+                         const int32_t *toks) {
+    size_t i = home_slot(p, key[0]);
+    while (p->tab[i].block >= 0) i = (i + 1) & p->mask;
+    p->tab[i].tag = key[0];
+    p->tab[i].block = b;
+    p->key[2 * b] = key[0];
+    p->key[2 * b + 1] = key[1];
+    p->ns[b] = ns;
+    p->parent[b] = parent;
+    p->child[b] = -1;
+    p->sib_prev[b] = -1;
+    p->sib_next[b] = -1;
+    if (parent >= 0) {
+        p->sib_next[b] = p->child[parent];
+        if (p->child[parent] >= 0) p->sib_prev[p->child[parent]] = b;
+        p->child[parent] = b;
+    }
+    memcpy(p->toks + (size_t)b * (size_t)p->bs, toks, (size_t)p->bs * sizeof *toks);
+    p->count++;
+}
+
+/* Removes b's slot (backward-shift deletion keeps every probe run unbroken)
+ * and unlinks b from its parent's children. b's own children keep parent = b. */
+static void index_remove(pkv_prefix *p, int32_t b) {
+    size_t i = home_slot(p, p->key[2 * b]);
+    while (p->tab[i].block != b) i = (i + 1) & p->mask;
+    for (size_t j = i;;) {
+        j = (j + 1) & p->mask;
+        if (p->tab[j].block < 0) break;
+        size_t h = home_slot(p, p->tab[j].tag);
+        /* The entry at j may fill the hole at i unless its home lies in (i, j]. */
+        int stays = (i <= j) ? (h > i && h <= j) : (h > i || h <= j);
+        if (!stays) {
+            p->tab[i] = p->tab[j];
+            i = j;
+        }
+    }
+    p->tab[i].block = -1;
+    int32_t par = p->parent[b], pr = p->sib_prev[b], nx = p->sib_next[b];
+    if (pr >= 0) p->sib_next[pr] = nx;
+    else if (par >= 0) p->child[par] = nx;
+    if (nx >= 0) p->sib_prev[nx] = pr;
+    p->sib_prev[b] = p->sib_next[b] = -1;
+    p->count--;
+}
+
+/* Pool hook: block b (evictable, already off the LRU list) is being reclaimed.
+ * Drops it and, leaf first, every cached descendant (see the file comment). */
+static void prefix_on_evict(void *ctx, int32_t b) {
+    pkv_cache *c = ctx;
+    pkv_prefix *p = c->prefix;
+    index_remove(p, b);
+    int32_t x = b;
+    for (;;) {
+        if (p->child[x] >= 0) {
+            x = p->child[x];
+            continue;
+        }
+        if (x == b) break;
+        int32_t up = p->parent[x];
+        index_remove(p, x);
+        pool_uncache(&c->pool, x);
+        p->orphans++;
+        x = up;
+    }
+    p->child[b] = -1;
+}
+
+/* ---- creation ---- */
+
+static int random_secret(uint8_t out[16]) {
+    size_t got = 0;
+#if defined(__linux__)
+    while (got < 16) {
+        ssize_t r = getrandom(out + got, 16 - got, 0);
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+#endif
+    if (got == 16) return PKV_OK;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f) return PKV_ERR_IO;
+    got = fread(out, 1, 16, f);
+    fclose(f);
+    return got == 16 ? PKV_OK : PKV_ERR_IO;
+}
+
+static void prefix_free(const pkv_allocator *al, pkv_prefix *p) {
+    if (!p) return;
+    pkv_mem_free(al, p->key);
+    pkv_mem_free(al, p->ns);
+    pkv_mem_free(al, p->parent);
+    pkv_mem_free(al, p->child);
+    pkv_mem_free(al, p->sib_next);
+    pkv_mem_free(al, p->sib_prev);
+    pkv_mem_free(al, p->toks);
+    pkv_mem_free(al, p->tab);
+    pkv_mem_free(al, p);
+}
+
+int prefix_init(pkv_cache *c) {
+    c->prefix = NULL;
+    if (!(c->cfg.flags & PKV_FLAG_PREFIX_CACHE)) return PKV_OK;
+    pkv_prefix *p = pkv_mem_calloc(&c->al, 1, sizeof *p);
+    RETURN_IF(!p, PKV_ERR_NOMEM);
+    size_t nb = (size_t)c->pool.num_blocks;
+    p->nb = c->pool.num_blocks;
+    p->bs = c->pool.block_size;
+    size_t cap = 16;
+    int lg = 4;
+    while (cap < 2 * nb) {
+        cap *= 2;
+        lg++;
+    }
+    p->mask = cap - 1;
+    p->shift = 64 - lg;
+    p->key = pkv_mem_calloc(&c->al, nb, 2 * sizeof(uint64_t));
+    p->ns = pkv_mem_calloc(&c->al, nb, sizeof(uint64_t));
+    p->parent = pkv_mem_calloc(&c->al, nb, sizeof(int32_t));
+    p->child = pkv_mem_calloc(&c->al, nb, sizeof(int32_t));
+    p->sib_next = pkv_mem_calloc(&c->al, nb, sizeof(int32_t));
+    p->sib_prev = pkv_mem_calloc(&c->al, nb, sizeof(int32_t));
+    p->toks = pkv_mem_calloc(&c->al, nb, (size_t)p->bs * sizeof(int32_t));
+    p->tab = pkv_mem_calloc(&c->al, cap, sizeof(prefix_slot));
+    int st = PKV_OK;
+    if (!p->key || !p->ns || !p->parent || !p->child || !p->sib_next || !p->sib_prev || !p->toks || !p->tab)
+        st = PKV_ERR_NOMEM;
+    if (st == PKV_OK && c->cfg.hash_key_set) memcpy(p->secret, c->cfg.hash_key, 16);
+    else if (st == PKV_OK) st = random_secret(p->secret);
+    if (st != PKV_OK) {
+        prefix_free(&c->al, p);
+        return st;
+    }
+    for (size_t i = 0; i < cap; i++) p->tab[i].block = -1;
+    for (size_t b = 0; b < nb; b++) p->parent[b] = p->child[b] = p->sib_next[b] = p->sib_prev[b] = -1;
+    p->k[0] = le64(p->secret);
+    p->k[1] = le64(p->secret + 8);
+    c->prefix = p;
+    c->pool.on_evict = prefix_on_evict;
+    c->pool.evict_ctx = c;
+    return PKV_OK;
+}
+
+void prefix_destroy(pkv_cache *c) {
+    prefix_free(&c->al, c->prefix);
+    c->prefix = NULL;
+    c->pool.on_evict = NULL;
+    c->pool.evict_ctx = NULL;
+}
+
+void prefix_secret(const pkv_cache *c, uint8_t out[16]) {
+    if (c->prefix) memcpy(out, c->prefix->secret, 16);
+    else memset(out, 0, 16);
+}
+
+int64_t prefix_collisions(const pkv_cache *c) { return c->prefix ? c->prefix->collisions : 0; }
+
+/* ---- registration ---- */
+
+/* Registers r's full blocks with known tokens from r->nregistered on; r->keys
+ * must hold room for them (reserved by the caller, so this cannot fail).
+ * written_len < 0: every block's KV is written and a duplicate is deduplicated.
+ * Otherwise only blocks inside [0, written_len) are (their slots were handed
+ * out by an earlier append); a block filled after that whose identity is
+ * already cached ends the registration, to be deduplicated by a later call
+ * once its KV is written. */
+void prefix_register_seq(pkv_cache *c, pkv_seq_rec *r, int32_t written_len, int32_t *registered,
+                         int32_t *deduped) {
+    pkv_prefix *p = c->prefix;
+    int32_t bs = p->bs, full = r->ntokens / bs, j = r->nregistered, reg = 0, dd = 0;
+    uint64_t pk[2] = {0, 0};
+    int32_t pb = -1;
+    if (j > 0) {
+        key_from_bytes(r->keys[j - 1], pk);
+        pb = r->blocks[j - 1];
+    }
+    sip_state st[SIP_LANES];
+    while (j < full) {
+        int nl = full - j < SIP_LANES ? full - j : SIP_LANES;
+        sip_absorb_blocks(p->k, r->tokens + (size_t)j * (size_t)bs, bs, nl, st);
+        for (int l = 0; l < nl; l++, j++) {
+            const int32_t *t = r->tokens + (size_t)j * (size_t)bs;
+            uint64_t key[2];
+            key_finish(p, &st[l], t, r->ns, pk, key);
+            int32_t own = r->blocks[j];
+            int32_t found = index_find(p, key, pb, r->ns, t, 1);
+            if (found >= 0 && found != own) {
+                if (written_len >= 0 && (int64_t)(j + 1) * bs > written_len) goto done;
+                pool_ref(&c->pool, found);
+                pool_unref(&c->pool, own);
+                r->blocks[j] = found;
+                dd++;
+            } else if (found < 0) {
+                /* A block cached under another identity cannot sit here (a
+                 * cached block is full and every holder has the same tokens
+                 * before it); stop rather than index it twice. */
+                pkv_assert(!c->pool.cached[own]);
+                if (c->pool.cached[own]) goto done;
+                index_insert(p, own, key, pb, r->ns, t);
+                c->pool.cached[own] = 1;
+                reg++;
+            }
+            key_to_bytes(key, r->keys[j]);
+            r->nregistered = j + 1;
+            pk[0] = key[0];
+            pk[1] = key[1];
+            pb = r->blocks[j];
+        }
+    }
+done:
+    p->registrations += reg;
+    p->dedups += dd;
+    if (registered) *registered = reg;
+    if (deduped) *deduped = dd;
+}
+
+static int prefix_register(pkv_cache *c, pkv_seq h, int32_t *registered, int32_t *deduped) {
+    if (!c->prefix) return cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)");
+    pkv_seq_rec *r = seq_get(c, h);
+    if (!r) return cache_fail(c, PKV_ERR_NO_SEQ, "sequence handle %lld is not live", (long long)h);
+    FORWARD_IF_ERROR(seq_reserve(c, r, r->nblocks, r->ntokens, 1));
+    prefix_register_seq(c, r, -1, registered, deduped);
+    return PKV_OK;
+}
+
+/* ---- lookup ---- */
+
+static int prefix_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, pkv_seq *out,
+                         int32_t *cached_tokens) {
+    pkv_prefix *p = c->prefix;
+    if (!p) return cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)");
+    if (n < 0) return cache_fail(c, PKV_ERR_INVALID, "prompt length %d is negative", n);
+    RETURN_IF(n > 0 && !tokens, PKV_ERR_NULL);
+    int32_t bs = p->bs, full = n / bs;
+    pkv_seq h;
+    FORWARD_IF_ERROR(seq_new(c, ns, &h));
+    pkv_seq_rec *r = seq_get(c, h);
+    /* Room for the whole prompt: the engine appends the rest next. */
+    int st = seq_reserve(c, r, (int32_t)(((int64_t)n + bs - 1) / bs), n, 1);
+    if (st != PKV_OK) {
+        seq_retire(c, r);
+        return st;
+    }
+    uint64_t pk[2] = {0, 0};
+    int32_t pb = -1, m = 0;
+    sip_state lanes[SIP_LANES];
+    while (m < full) {
+        int nl = full - m < SIP_LANES ? full - m : SIP_LANES;
+        sip_absorb_blocks(p->k, tokens + (size_t)m * (size_t)bs, bs, nl, lanes);
+        for (int l = 0; l < nl; l++) {
+            const int32_t *t = tokens + (size_t)m * (size_t)bs;
+            uint64_t key[2];
+            key_finish(p, &lanes[l], t, ns, pk, key);
+            int32_t b = index_find(p, key, pb, ns, t, 1);
+            if (b < 0) goto walked;
+            r->blocks[m] = b;
+            key_to_bytes(key, r->keys[m]);
+            pk[0] = key[0];
+            pk[1] = key[1];
+            pb = b;
+            m++;
+        }
+    }
+walked:
+    for (int32_t j = 0; j < m; j++) pool_ref(&c->pool, r->blocks[j]);
+    int32_t len = m * bs;
+    if (len) memcpy(r->tokens, tokens, (size_t)len * sizeof *tokens);
+    r->len = r->ntokens = len;
+    r->nblocks = r->nregistered = m;
+    r->last_start = len;
+    r->last_n = 0;
+    c->tokens += len;
+    p->queries++;
+    p->query_tokens += n;
+    p->hit_tokens += len;
+    *out = h;
+    *cached_tokens = len;
+    return PKV_OK;
+}
+
+/* ---- statistics and checks ---- */
+
+void prefix_stats(const pkv_cache *c, pkv_stats *out) {
+    const pkv_prefix *p = c->prefix;
+    if (!p) return;
+    out->cached_blocks = p->count;
+    out->prefix_queries = p->queries;
+    out->prefix_query_tokens = p->query_tokens;
+    out->prefix_hit_tokens = p->hit_tokens;
+    out->evictions += p->orphans;
+    out->dedups = p->dedups;
+    out->registrations = p->registrations;
+}
+
+/* The index against the pool's cached bits, each entry against its recomputed
+ * key and its parent, the child lists, and each sequence's registered blocks
+ * against the index. */
+static int check_index(pkv_cache *c, uint8_t *seen) {
+    pkv_prefix *p = c->prefix;
+    const pkv_pool *pool = &c->pool;
+    int32_t n = 0, with_parent = 0;
+    for (size_t i = 0; i <= p->mask; i++) {
+        int32_t b = p->tab[i].block;
+        if (b < 0) continue;
+        if (b >= p->nb || !pool->cached[b] || seen[b]++)
+            return cache_fail(c, PKV_ERR_CORRUPT, "index slot %zu holds block %d (not cached or twice)", i, b);
+        if (p->tab[i].tag != p->key[2 * b])
+            return cache_fail(c, PKV_ERR_CORRUPT, "index slot %zu: tag disagrees with block %d's key", i, b);
+        for (size_t k = home_slot(p, p->tab[i].tag); k != i; k = (k + 1) & p->mask)
+            if (p->tab[k].block < 0)
+                return cache_fail(c, PKV_ERR_CORRUPT, "index: block %d unreachable from its home slot", b);
+        int32_t par = p->parent[b];
+        uint64_t pk[2] = {0, 0}, key[2];
+        if (par >= 0) {
+            if (par >= p->nb || !pool->cached[par] || p->ns[par] != p->ns[b])
+                return cache_fail(c, PKV_ERR_CORRUPT, "cached block %d has parent %d not cached here", b, par);
+            pk[0] = p->key[2 * par];
+            pk[1] = p->key[2 * par + 1];
+            with_parent++;
+        }
+        sip_state st;
+        sip_absorb_blocks(p->k, block_toks(p, b), p->bs, 1, &st);
+        key_finish(p, &st, block_toks(p, b), p->ns[b], pk, key);
+        if (key[0] != p->key[2 * b] || key[1] != p->key[2 * b + 1])
+            return cache_fail(c, PKV_ERR_CORRUPT, "cached block %d: key differs from its recomputed key", b);
+        if (index_find(p, key, par, p->ns[b], block_toks(p, b), 0) != b)
+            return cache_fail(c, PKV_ERR_CORRUPT, "cached block %d: its identity is indexed twice", b);
+        n++;
+    }
+    if (n != p->count) return cache_fail(c, PKV_ERR_CORRUPT, "index holds %d entries, count says %d", n, p->count);
+    int32_t linked = 0;
+    for (int32_t b = 0; b < p->nb; b++) {
+        if (pool->cached[b] && !seen[b])
+            return cache_fail(c, PKV_ERR_CORRUPT, "block %d is marked cached but not indexed", b);
+        if (!pool->cached[b]) continue;
+        for (int32_t x = p->child[b], prev = -1; x >= 0; prev = x, x = p->sib_next[x]) {
+            if (x >= p->nb || !pool->cached[x] || p->parent[x] != b || p->sib_prev[x] != prev || ++linked > n)
+                return cache_fail(c, PKV_ERR_CORRUPT, "child list of block %d broken at %d", b, x);
+        }
+    }
+    if (linked != with_parent)
+        return cache_fail(c, PKV_ERR_CORRUPT, "%d cached blocks have a parent, child lists hold %d", with_parent,
+                          linked);
+    return PKV_OK;
+}
+
+static int check_seq_keys(pkv_cache *c) {
+    pkv_prefix *p = c->prefix;
+    for (int32_t i = 0; i < c->seqs_cap; i++) {
+        const pkv_seq_rec *r = &c->seqs[i];
+        if (!r->live || r->nregistered == 0) continue;
+        if (!r->keys || r->keys_cap < r->nregistered || (int64_t)r->nregistered * p->bs > r->ntokens)
+            return cache_fail(c, PKV_ERR_CORRUPT, "sequence %d: %d registered blocks without keys or tokens", i,
+                              r->nregistered);
+        for (int32_t j = 0; j < r->nregistered; j++) {
+            int32_t b = r->blocks[j];
+            uint64_t k[2];
+            key_from_bytes(r->keys[j], k);
+            if (!c->pool.cached[b] || p->key[2 * b] != k[0] || p->key[2 * b + 1] != k[1] ||
+                p->parent[b] != (j ? r->blocks[j - 1] : -1) || p->ns[b] != r->ns ||
+                memcmp(block_toks(p, b), r->tokens + (size_t)j * (size_t)p->bs, (size_t)p->bs * sizeof(int32_t)))
+                return cache_fail(c, PKV_ERR_CORRUPT, "sequence %d: registered block %d (#%d) disagrees with the index",
+                                  i, b, j);
+        }
+    }
+    return PKV_OK;
+}
+
+int prefix_check(pkv_cache *c) {
+    if (!c->prefix) {
+        for (int32_t b = 0; b < c->pool.num_blocks; b++)
+            if (c->pool.cached[b])
+                return cache_fail(c, PKV_ERR_CORRUPT, "block %d is cached but prefix caching is off", b);
+        return PKV_OK;
+    }
+    uint8_t *seen = pkv_mem_calloc(&c->al, (size_t)c->prefix->nb, 1);
+    RETURN_IF(!seen, PKV_ERR_NOMEM);
+    int st = check_index(c, seen);
+    pkv_mem_free(&c->al, seen);
+    return st == PKV_OK ? check_seq_keys(c) : st;
+}
+
+/* ---- public entry points ---- */
+
+int pkv_prefix_register(pkv_cache *c, pkv_seq seq, int32_t *registered, int32_t *deduped) {
+    CACHE_ENTER(c);
+    if (registered) *registered = 0;
+    if (deduped) *deduped = 0;
+    int st = prefix_register(c, seq, registered, deduped);
+    CACHE_LEAVE(c, st);
+}
+
+int pkv_prefix_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, pkv_seq *out,
+                      int32_t *cached_tokens) {
+    RETURN_IF(!out || !cached_tokens, PKV_ERR_NULL);
+    CACHE_ENTER(c);
+    int st = prefix_lookup(c, ns, tokens, n, out, cached_tokens);
+    CACHE_LEAVE(c, st);
+}

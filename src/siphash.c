@@ -1,0 +1,134 @@
+/* SipHash-2-4 with a 128-bit output (Aumasson & Bernstein, "SipHash: a fast
+ * short-input PRF", 2012; the 128-bit variant of the reference implementation),
+ * written from the specification and checked against the reference's
+ * published test vectors in tests/test_prefix.c.
+ *
+ * Two entry points:
+ *  - pkv_siphash128: the plain function over a byte string.
+ *  - sip_absorb_blocks / sip_finish_block: the prefix-cache block key
+ *    SipHash-128(secret, tokens || ns || parent key), split so that the token
+ *    words of up to SIP_LANES consecutive blocks, which do not depend on each
+ *    other, are absorbed in interleaved lanes (one SipHash state is a chain of
+ *    dependent additions and rotations; several states keep the ALUs busy).
+ *    Only the 24-byte tail that holds the parent key is chained block by block.
+ *    The message bytes are little-endian: a token id is 4 bytes, ns 8, the
+ *    parent key its 16 output bytes. */
+#include <string.h>
+
+#include "internal.h"
+
+static inline uint64_t rotl64(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
+
+static inline uint64_t load64_le(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+static inline void store64_le(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline void sipround(sip_state *s) {
+    s->v0 += s->v1; s->v1 = rotl64(s->v1, 13); s->v1 ^= s->v0; s->v0 = rotl64(s->v0, 32);
+    s->v2 += s->v3; s->v3 = rotl64(s->v3, 16); s->v3 ^= s->v2;
+    s->v0 += s->v3; s->v3 = rotl64(s->v3, 21); s->v3 ^= s->v0;
+    s->v2 += s->v1; s->v1 = rotl64(s->v1, 17); s->v1 ^= s->v2; s->v2 = rotl64(s->v2, 32);
+}
+
+static inline void sip_compress(sip_state *s, uint64_t m) {
+    s->v3 ^= m;
+    sipround(s);
+    sipround(s);
+    s->v0 ^= m;
+}
+
+void sip_init(sip_state *s, uint64_t k0, uint64_t k1) {
+    s->v0 = k0 ^ 0x736f6d6570736575ull;
+    s->v1 = k1 ^ 0x646f72616e646f6dull ^ 0xee; /* 0xee: the 128-bit output variant */
+    s->v2 = k0 ^ 0x6c7967656e657261ull;
+    s->v3 = k1 ^ 0x7465646279746573ull;
+}
+
+/* Absorbs the last partial word (tail[0..tail_len), tail_len < 8) with the
+ * total length and runs the two finalizations of the 128-bit variant. */
+static void sip_final(sip_state *s, const uint8_t *tail, size_t tail_len, uint64_t total_len, uint64_t out[2]) {
+    uint64_t b = total_len << 56;
+    for (size_t i = 0; i < tail_len; i++) b |= (uint64_t)tail[i] << (8 * i);
+    sip_compress(s, b);
+    s->v2 ^= 0xee;
+    for (int i = 0; i < 4; i++) sipround(s);
+    out[0] = s->v0 ^ s->v1 ^ s->v2 ^ s->v3;
+    s->v1 ^= 0xdd;
+    for (int i = 0; i < 4; i++) sipround(s);
+    out[1] = s->v0 ^ s->v1 ^ s->v2 ^ s->v3;
+}
+
+void pkv_siphash128(const uint8_t key[16], const void *in, size_t len, uint8_t out[16]) {
+    if (!key || !out || (!in && len)) return;
+    const uint8_t *p = in;
+    sip_state s;
+    sip_init(&s, load64_le(key), load64_le(key + 8));
+    size_t words = len / 8;
+    for (size_t i = 0; i < words; i++) sip_compress(&s, load64_le(p + 8 * i));
+    uint64_t h[2];
+    sip_final(&s, p + 8 * words, len % 8, len, h);
+    store64_le(out, h[0]);
+    store64_le(out + 8, h[1]);
+}
+
+/* Word w of a block's tokens: token ids 2w and 2w+1, little-endian. Compilers
+ * fuse this into one 64-bit load on little-endian targets. */
+static inline uint64_t token_word(const int32_t *t, int32_t w) {
+    return (uint64_t)(uint32_t)t[2 * w] | ((uint64_t)(uint32_t)t[2 * w + 1] << 32);
+}
+
+/* The lane loops are written out for a constant lane count so that each lane's
+ * state stays in registers; always_inline lets the constant propagate. */
+static inline __attribute__((always_inline)) void absorb_lanes(sip_state *st, const int32_t *toks, int32_t bs,
+                                                               int lanes) {
+    int32_t words = bs / 2;
+    sip_state s[SIP_LANES];
+    for (int l = 0; l < lanes; l++) s[l] = st[l];
+    for (int32_t w = 0; w < words; w++) {
+        uint64_t m[SIP_LANES];
+        for (int l = 0; l < lanes; l++) {
+            m[l] = token_word(toks + (size_t)l * (size_t)bs, w);
+            s[l].v3 ^= m[l];
+        }
+        for (int r = 0; r < 2; r++)
+            for (int l = 0; l < lanes; l++) sipround(&s[l]);
+        for (int l = 0; l < lanes; l++) s[l].v0 ^= m[l];
+    }
+    for (int l = 0; l < lanes; l++) st[l] = s[l];
+}
+
+void sip_absorb_blocks(const uint64_t k[2], const int32_t *toks, int32_t bs, int nblk, sip_state *st) {
+    for (int l = 0; l < nblk; l++) sip_init(&st[l], k[0], k[1]);
+    switch (nblk) {
+    case 4: absorb_lanes(st, toks, bs, 4); break;
+    case 3: absorb_lanes(st, toks, bs, 3); break;
+    case 2: absorb_lanes(st, toks, bs, 2); break;
+    case 1: absorb_lanes(st, toks, bs, 1); break;
+    default: break;
+    }
+}
+
+void sip_finish_block(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2],
+                      uint64_t out[2]) {
+    /* The bytes after the absorbed token words: an odd block's last token, ns,
+     * the parent key; at most 28 bytes. */
+    uint8_t tail[32];
+    size_t n = 0;
+    if (bs & 1) {
+        uint32_t t = (uint32_t)toks[bs - 1];
+        for (int i = 0; i < 4; i++) tail[n++] = (uint8_t)(t >> (8 * i));
+    }
+    store64_le(tail + n, ns);
+    store64_le(tail + n + 8, parent[0]);
+    store64_le(tail + n + 16, parent[1]);
+    n += 24;
+    size_t words = n / 8;
+    for (size_t i = 0; i < words; i++) sip_compress(s, load64_le(tail + 8 * i));
+    sip_final(s, tail + 8 * words, n % 8, (uint64_t)bs * 4 + 24, out);
+}
