@@ -1,6 +1,493 @@
+/* AVX-512 kernels (F, BW, VL, DQ, BF16; compiled with ISA_AVX512 flags).
+ *
+ * Scores use "lanes over keys": load_tile transposes the tile's K once, so a
+ * query element broadcast against one vector of K^T serves 16 keys, and every
+ * query row of the group reuses the transposed tile (the MLA trick: each K row
+ * loaded from the cache serves all heads sharing it). Two families:
+ *  bf16dp  q bf16 with K/V bf16 or FP8_MLA656: vdpbf16ps on bf16 pairs. K^T is
+ *          [dpad/2][64] dwords (a dword = two consecutive dims of one key); V is
+ *          [32][dvpad] dwords (a dword = one dim of two consecutive keys); P is
+ *          rounded to bf16 pairs per row block. FP8 rows are expanded to their
+ *          exact e4m3 values in bf16; the per-128 scales multiply the partial
+ *          scores (K) and the weights (V), so dequantization costs no precision.
+ *  f32     every other dtype pair: converted to float32 in load_tile, FMA.
+ * Accumulators live in registers for blocks of 4 query rows x 64 keys (scores)
+ * and 4 rows x 64 output dims (P V). */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
 #include "kernels.h"
+
+#define AI static inline __attribute__((always_inline))
+#define RB 4 /* query rows per register block */
+
+/* ---- conversions ---- */
+
+AI __m512 bf16x16_f32(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+
+/* 16 values of a row (dtype F32/F16/BF16) as float32; lanes >= n read as 0. */
+AI __m512 load16_f32(const void *row, int dtype, int32_t c, int32_t n) {
+    const __mmask16 k = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n > 0 ? n : 0)) - 1u);
+    if (dtype == PKV_F32) return _mm512_maskz_loadu_ps(k, (const float *)row + c);
+    const __m256i h = _mm256_maskz_loadu_epi16(k, (const uint16_t *)row + c);
+    return dtype == PKV_F16 ? _mm512_cvtph_ps(h) : bf16x16_f32(h);
+}
+
+/* 16 e4m3 codes -> their values * 2^-8, as f16 bit patterns (exact; the caller
+ * multiplies by 256 * scale). */
+AI __m256i e4m3x16_f16bits(__m128i b) {
+    const __m256i w = _mm256_cvtepu8_epi16(b);
+    const __m256i sign = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8);
+    const __m256i mag = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x7f)), 7);
+    return _mm256_or_si256(sign, mag);
+}
+
+/* Scales of an FP8 row (little-endian floats at byte 512). */
+AI void fp8_scales(const uint8_t *row, float sc[4]) { memcpy(sc, row + ATTN_FP8_SCALES, 4 * sizeof(float)); }
+
+/* ---- 16x16 transpose of 32-bit elements ---- */
+AI void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+    }
+    /* r[4q + k] holds, in 128-bit lane L, rows 4q..4q+3 of column 4L + k */
+    for (int k = 0; k < 4; k++) {
+        const __m512 xlo = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x44);
+        const __m512 xhi = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xee);
+        const __m512 ylo = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x44);
+        const __m512 yhi = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xee);
+        t[k] = _mm512_shuffle_f32x4(xlo, ylo, 0x88);
+        t[4 + k] = _mm512_shuffle_f32x4(xlo, ylo, 0xdd);
+        t[8 + k] = _mm512_shuffle_f32x4(xhi, yhi, 0x88);
+        t[12 + k] = _mm512_shuffle_f32x4(xhi, yhi, 0xdd);
+    }
+    for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+
+/* ---- exp2 for x <= 0 (relative error ~2e-7) ---- */
+AI __m512 exp2_ps(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-127.0f));
+    const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.5403530e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* Online softmax over one tile (shared by both families; p is float32 [m][64]). */
+static void softmax(const attn_geom *g, const float *s, int m, const int32_t *nvalid, float *mrun,
+                    float *lrun, float *alpha, void *pv) {
+    float *p = (float *)pv;
+    const __m512 sc = _mm512_set1_ps(g->scale_log2);
+    for (int i = 0; i < m; i++) {
+        const float *si = s + (size_t)i * ATTN_TILE;
+        float *pi = p + (size_t)i * ATTN_TILE;
+        const int nv = nvalid[i];
+        __mmask16 k[4];
+        __m512 x[4];
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (int v = 0; v < 4; v++) {
+            const int left = nv - 16 * v;
+            k[v] = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (left > 0 ? left : 0)) - 1u);
+            x[v] = _mm512_mul_ps(_mm512_loadu_ps(si + 16 * v), sc);
+            mx = _mm512_mask_max_ps(mx, k[v], mx, x[v]);
+        }
+        float mnew = _mm512_reduce_max_ps(mx);
+        if (mrun[i] > mnew) mnew = mrun[i];
+        if (mnew == -INFINITY) {
+            alpha[i] = 1.0f;
+            for (int v = 0; v < 4; v++) _mm512_storeu_ps(pi + 16 * v, _mm512_setzero_ps());
+            continue;
+        }
+        alpha[i] = exp2f(mrun[i] - mnew);
+        const __m512 mb = _mm512_set1_ps(mnew);
+        __m512 sum = _mm512_setzero_ps();
+        for (int v = 0; v < 4; v++) {
+            const __m512 e = _mm512_maskz_mov_ps(k[v], exp2_ps(_mm512_sub_ps(x[v], mb)));
+            _mm512_storeu_ps(pi + 16 * v, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        lrun[i] = lrun[i] * alpha[i] + _mm512_reduce_add_ps(sum);
+        mrun[i] = mnew;
+    }
+}
+
+/* ======================= float32 family ======================= */
+/* qp [m][dpad] f32; kt [dpad][64] f32; vt [64][dvpad] f32. */
+
+static void f32_prep_q(const attn_geom *g, const void *const *qrows, int m, void *qp) {
+    float *q = (float *)qp;
+    for (int i = 0; i < m; i++)
+        for (int32_t c = 0; c < g->dpad; c += 16)
+            _mm512_storeu_ps(q + (size_t)i * (size_t)g->dpad + c, load16_f32(qrows[i], g->q_dtype, c, g->d - c));
+}
+
+/* 16 dims [c, c+16) of a K or V row as float32 (FP8 rows dequantized). */
+AI __m512 kv16_f32(const attn_geom *g, const void *row, int32_t c, int32_t n) {
+    if (g->kv_dtype != PKV_FP8_MLA656) return load16_f32(row, g->kv_dtype, c, n);
+    const uint8_t *r8 = (const uint8_t *)row;
+    if (c >= 512) return load16_f32(r8 + ATTN_FP8_ROPE, PKV_BF16, c - 512, n);
+    float sc;
+    memcpy(&sc, r8 + ATTN_FP8_SCALES + 4 * (c / 128), sizeof sc);
+    const __m512 v = _mm512_cvtph_ps(e4m3x16_f16bits(_mm_loadu_si128((const __m128i *)(const void *)(r8 + c))));
+    return _mm512_mul_ps(v, _mm512_set1_ps(sc * 256.0f));
+}
+
+static void f32_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
+                          void *ktv, void *vtv) {
+    float *kt = (float *)ktv, *vt = (float *)vtv;
+    __m512 r[16];
+    for (int jb = 0; jb < ATTN_TILE / 16; jb++) {
+        for (int32_t c = 0; c < g->dpad; c += 16) {
+            for (int i = 0; i < 16; i++) {
+                const int j = jb * 16 + i;
+                r[i] = j < n ? kv16_f32(g, krows[j], c, g->d - c) : _mm512_setzero_ps();
+            }
+            transpose16(r);
+            for (int i = 0; i < 16; i++) _mm512_storeu_ps(kt + (size_t)(c + i) * ATTN_TILE + jb * 16, r[i]);
+        }
+    }
+    for (int j = 0; j < ATTN_TILE; j++) {
+        float *dst = vt + (size_t)j * (size_t)g->dvpad;
+        for (int32_t c = 0; c < g->dvpad; c += 16)
+            _mm512_storeu_ps(dst + c, j < n ? kv16_f32(g, vrows[j], c, g->dv - c) : _mm512_setzero_ps());
+    }
+}
+
+AI void f32_qk_block(const float *q, int32_t ldq, const float *kt, int32_t c0, int32_t c1, float *s, int R,
+                     int first) {
+    __m512 acc[RB][4];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < 4; v++)
+            acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(s + (size_t)r * ATTN_TILE + 16 * v);
+    for (int32_t c = c0; c < c1; c++) {
+        const float *kr = kt + (size_t)c * ATTN_TILE;
+        const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16);
+        const __m512 k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
+        for (int r = 0; r < R; r++) {
+            const __m512 b = _mm512_set1_ps(q[(size_t)r * (size_t)ldq + (size_t)c]);
+            acc[r][0] = _mm512_fmadd_ps(b, k0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(b, k1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(b, k2, acc[r][2]);
+            acc[r][3] = _mm512_fmadd_ps(b, k3, acc[r][3]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < 4; v++) _mm512_storeu_ps(s + (size_t)r * ATTN_TILE + 16 * v, acc[r][v]);
+}
+
+static void f32_qk(const attn_geom *g, const void *qp, int m, const void *ktv, float *s) {
+    const float *q = (const float *)qp, *kt = (const float *)ktv;
+    /* dims in chunks of 64 so the chunk of K^T (16 KB) stays in L1 across row blocks */
+    for (int32_t c0 = 0; c0 < g->dpad; c0 += 64) {
+        const int32_t c1 = c0 + 64 < g->dpad ? c0 + 64 : g->dpad;
+        for (int i = 0; i < m; i += RB) {
+            const float *qi = q + (size_t)i * (size_t)g->dpad;
+            float *si = s + (size_t)i * ATTN_TILE;
+            switch (m - i >= RB ? RB : m - i) {
+            case 4: f32_qk_block(qi, g->dpad, kt, c0, c1, si, 4, c0 == 0); break;
+            case 3: f32_qk_block(qi, g->dpad, kt, c0, c1, si, 3, c0 == 0); break;
+            case 2: f32_qk_block(qi, g->dpad, kt, c0, c1, si, 2, c0 == 0); break;
+            default: f32_qk_block(qi, g->dpad, kt, c0, c1, si, 1, c0 == 0); break;
+            }
+        }
+    }
+}
+
+AI __mmask16 tail_mask(int32_t left) {
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (left > 0 ? left : 0)) - 1u);
+}
+
+/* o rows [c, c + 16 NV) of R rows: alpha * o + P V. */
+AI void f32_pv_block(const float *p, int n, const float *vt, int32_t ldv, float *const *o, const float *alpha,
+                     int32_t c, int32_t dv, int R, int NV) {
+    __m512 acc[RB][4];
+    __mmask16 km[4];
+    for (int v = 0; v < NV; v++) km[v] = tail_mask(dv - c - 16 * v);
+    for (int r = 0; r < R; r++) {
+        const __m512 a = _mm512_set1_ps(alpha[r]);
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(km[v], o[r] + c + 16 * v));
+    }
+    for (int j = 0; j < n; j++) {
+        const float *vr = vt + (size_t)j * (size_t)ldv + c;
+        __m512 vv[4];
+        for (int v = 0; v < NV; v++) vv[v] = _mm512_loadu_ps(vr + 16 * v);
+        for (int r = 0; r < R; r++) {
+            const __m512 b = _mm512_set1_ps(p[(size_t)r * ATTN_TILE + (size_t)j]);
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(b, vv[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < NV; v++) _mm512_mask_storeu_ps(o[r] + c + 16 * v, km[v], acc[r][v]);
+}
+
+AI void f32_pv_rows(const attn_geom *g, const float *p, int n, const float *vt, float *const *o,
+                    const float *alpha, int R) {
+    int32_t c = 0;
+    for (; c + 64 <= g->dvpad; c += 64) f32_pv_block(p, n, vt, g->dvpad, o, alpha, c, g->dv, R, 4);
+    for (; c < g->dvpad; c += 16) f32_pv_block(p, n, vt, g->dvpad, o, alpha, c, g->dv, R, 1);
+}
+
+static void f32_pv(const attn_geom *g, const void *pp, int m, int n, const void *vtv, float *const *o,
+                   const float *alpha) {
+    const float *p = (const float *)pp, *vt = (const float *)vtv;
+    for (int i = 0; i < m; i += RB) {
+        const float *pi = p + (size_t)i * ATTN_TILE;
+        switch (m - i >= RB ? RB : m - i) {
+        case 4: f32_pv_rows(g, pi, n, vt, o + i, alpha + i, 4); break;
+        case 3: f32_pv_rows(g, pi, n, vt, o + i, alpha + i, 3); break;
+        case 2: f32_pv_rows(g, pi, n, vt, o + i, alpha + i, 2); break;
+        default: f32_pv_rows(g, pi, n, vt, o + i, alpha + i, 1); break;
+        }
+    }
+}
+
+/* ======================= bf16 dot-product family ======================= */
+/* qp [m][dpad] bf16; kt [dpad/2][64] dwords then (FP8) scales [4][64] f32;
+ * vt [32][dvpad] dwords then (FP8) scales [4][64] f32. dpad, dvpad % 32 == 0. */
+
+static void dp_prep_q(const attn_geom *g, const void *const *qrows, int m, void *qp) {
+    uint16_t *q = (uint16_t *)qp;
+    for (int i = 0; i < m; i++)
+        for (int32_t c = 0; c < g->dpad; c += 32) {
+            const int32_t left = g->d - c;
+            const __mmask32 k = left >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (left > 0 ? left : 0)) - 1u);
+            _mm512_storeu_si512(q + (size_t)i * (size_t)g->dpad + c,
+                                _mm512_maskz_loadu_epi16(k, (const uint16_t *)qrows[i] + c));
+        }
+}
+
+/* 32 dims [c, c+32) of a K/V row as bf16 (FP8 latent: exact e4m3 values, unscaled). */
+AI __m512i kv32_bf16(const attn_geom *g, const void *row, int32_t c, int32_t n) {
+    const __mmask32 k = n >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (n > 0 ? n : 0)) - 1u);
+    if (g->kv_dtype != PKV_FP8_MLA656) return _mm512_maskz_loadu_epi16(k, (const uint16_t *)row + c);
+    const uint8_t *r8 = (const uint8_t *)row;
+    if (c >= 512) return _mm512_maskz_loadu_epi16(k, (const uint16_t *)(const void *)(r8 + ATTN_FP8_ROPE) + (c - 512));
+    const __m512 s256 = _mm512_set1_ps(256.0f);
+    const __m512 lo = _mm512_mul_ps(_mm512_cvtph_ps(e4m3x16_f16bits(_mm_loadu_si128((const __m128i *)(const void *)(r8 + c)))), s256);
+    const __m512 hi = _mm512_mul_ps(_mm512_cvtph_ps(e4m3x16_f16bits(_mm_loadu_si128((const __m128i *)(const void *)(r8 + c + 16)))), s256);
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+static void dp_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
+                         void *ktv, void *vtv) {
+    uint32_t *kt = (uint32_t *)ktv, *vt = (uint32_t *)vtv;
+    const int fp8 = g->kv_dtype == PKV_FP8_MLA656;
+    __m512 r[16];
+    for (int jb = 0; jb < ATTN_TILE / 16; jb++) {
+        for (int32_t c = 0; c < g->dpad; c += 32) {
+            for (int i = 0; i < 16; i++) {
+                const int j = jb * 16 + i;
+                r[i] = j < n ? _mm512_castsi512_ps(kv32_bf16(g, krows[j], c, g->d - c)) : _mm512_setzero_ps();
+            }
+            transpose16(r);
+            for (int i = 0; i < 16; i++)
+                _mm512_storeu_ps((float *)(void *)(kt + (size_t)(c / 2 + i) * ATTN_TILE + jb * 16), r[i]);
+        }
+    }
+    /* V: interleave the dims of keys 2jp and 2jp+1 */
+    const __m512i ilo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                         37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i ihi = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23, 54,
+                                         22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+    for (int jp = 0; jp < ATTN_TILE / 2; jp++) {
+        const int j0 = 2 * jp, j1 = 2 * jp + 1;
+        uint32_t *dst = vt + (size_t)jp * (size_t)g->dvpad;
+        for (int32_t c = 0; c < g->dvpad; c += 32) {
+            const __m512i a = j0 < n ? kv32_bf16(g, vrows[j0], c, g->dv - c) : _mm512_setzero_si512();
+            const __m512i b = j1 < n ? kv32_bf16(g, vrows[j1], c, g->dv - c) : _mm512_setzero_si512();
+            _mm512_storeu_si512(dst + c, _mm512_permutex2var_epi16(a, ilo, b));
+            _mm512_storeu_si512(dst + c + 16, _mm512_permutex2var_epi16(a, ihi, b));
+        }
+    }
+    if (fp8) {
+        float *ks = (float *)(void *)(kt + (size_t)(g->dpad / 2) * ATTN_TILE);
+        float *vs = (float *)(void *)(vt + (size_t)(ATTN_TILE / 2) * (size_t)g->dvpad);
+        for (int j = 0; j < ATTN_TILE; j++) {
+            float sc[4] = {0, 0, 0, 0};
+            if (j < n) fp8_scales((const uint8_t *)krows[j], sc);
+            for (int t = 0; t < 4; t++) ks[t * ATTN_TILE + j] = vs[t * ATTN_TILE + j] = sc[t];
+        }
+    }
+}
+
+/* Pairs [p0, p1) of R rows into acc (zeroed first). */
+AI void dp_qk_seg(const uint32_t *q, int32_t ldq, const uint32_t *kt, int32_t p0, int32_t p1, __m512 acc[RB][4],
+                  int R) {
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < 4; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int32_t p = p0; p < p1; p++) {
+        const uint32_t *kr = kt + (size_t)p * ATTN_TILE;
+        const __m512bh k0 = (__m512bh)_mm512_loadu_si512(kr), k1 = (__m512bh)_mm512_loadu_si512(kr + 16);
+        const __m512bh k2 = (__m512bh)_mm512_loadu_si512(kr + 32), k3 = (__m512bh)_mm512_loadu_si512(kr + 48);
+        for (int r = 0; r < R; r++) {
+            const __m512bh b = (__m512bh)_mm512_set1_epi32((int)q[(size_t)r * (size_t)ldq + (size_t)p]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], b, k0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], b, k1);
+            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], b, k2);
+            acc[r][3] = _mm512_dpbf16_ps(acc[r][3], b, k3);
+        }
+    }
+}
+
+/* One segment of pairs for R rows, added into s (scaled per key when sc != NULL). */
+AI void dp_qk_block(const uint32_t *q, int32_t ldq, const uint32_t *kt, int32_t p0, int32_t p1, const float *sc,
+                    float *s, int R, int first) {
+    __m512 acc[RB][4];
+    dp_qk_seg(q, ldq, kt, p0, p1, acc, R);
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < 4; v++) {
+            float *sp = s + (size_t)r * ATTN_TILE + 16 * v;
+            __m512 x = acc[r][v];
+            if (sc) x = _mm512_mul_ps(x, _mm512_loadu_ps(sc + 16 * v));
+            if (!first) x = _mm512_add_ps(x, _mm512_loadu_ps(sp));
+            _mm512_storeu_ps(sp, x);
+        }
+}
+
+AI void dp_qk_rows(const attn_geom *g, const uint32_t *q, const uint32_t *kt, float *s, int R) {
+    const int32_t ldq = g->dpad / 2;
+    if (g->kv_dtype == PKV_FP8_MLA656) {
+        const float *ks = (const float *)(const void *)(kt + (size_t)ldq * ATTN_TILE);
+        for (int t = 0; t < 4; t++) dp_qk_block(q, ldq, kt, 64 * t, 64 * t + 64, ks + t * ATTN_TILE, s, R, t == 0);
+        dp_qk_block(q, ldq, kt, 256, 288, NULL, s, R, 0);
+        return;
+    }
+    /* chunks of 32 pairs: 8 KB of K^T stays in L1 while all rows use it */
+    for (int32_t p0 = 0; p0 < ldq; p0 += 32)
+        dp_qk_block(q, ldq, kt, p0, p0 + 32 < ldq ? p0 + 32 : ldq, NULL, s, R, p0 == 0);
+}
+
+static void dp_qk(const attn_geom *g, const void *qp, int m, const void *ktv, float *s) {
+    const uint32_t *q = (const uint32_t *)qp, *kt = (const uint32_t *)ktv;
+    const int32_t ldq = g->dpad / 2;
+    for (int i = 0; i < m; i += RB) {
+        const uint32_t *qi = q + (size_t)i * (size_t)ldq;
+        float *si = s + (size_t)i * ATTN_TILE;
+        switch (m - i >= RB ? RB : m - i) {
+        case 4: dp_qk_rows(g, qi, kt, si, 4); break;
+        case 3: dp_qk_rows(g, qi, kt, si, 3); break;
+        case 2: dp_qk_rows(g, qi, kt, si, 2); break;
+        default: dp_qk_rows(g, qi, kt, si, 1); break;
+        }
+    }
+}
+
+/* P rows (f32, [R][64]) -> bf16 pairs [R][32]. With per-key scales sc (FP8),
+ * row r's weights are P * sc / ref[r], ref[r] being the scale of the row's
+ * heaviest key: that weight is then exactly representable (as P = 1 is without
+ * scales), so a near one-hot row loses no precision to the bf16 rounding. */
+AI void dp_pack_p(const float *p, const float *sc, uint32_t p2[RB][32], float *ref, int R) {
+    for (int r = 0; r < R; r++) {
+        const float *pr = p + (size_t)r * ATTN_TILE;
+        __m512 inv = _mm512_set1_ps(1.0f);
+        if (sc) {
+            __m512 mx = _mm512_max_ps(_mm512_max_ps(_mm512_loadu_ps(pr), _mm512_loadu_ps(pr + 16)),
+                                      _mm512_max_ps(_mm512_loadu_ps(pr + 32), _mm512_loadu_ps(pr + 48)));
+            const float pm = _mm512_reduce_max_ps(mx);
+            int jm = 0;
+            while (jm < ATTN_TILE - 1 && pr[jm] != pm) jm++;
+            ref[r] = sc[jm] > 0.0f ? sc[jm] : 1.0f;
+            inv = _mm512_set1_ps(1.0f / ref[r]);
+        }
+        for (int h = 0; h < 2; h++) {
+            __m512 lo = _mm512_loadu_ps(pr + 32 * h);
+            __m512 hi = _mm512_loadu_ps(pr + 32 * h + 16);
+            if (sc) {
+                lo = _mm512_mul_ps(_mm512_mul_ps(lo, _mm512_loadu_ps(sc + 32 * h)), inv);
+                hi = _mm512_mul_ps(_mm512_mul_ps(hi, _mm512_loadu_ps(sc + 32 * h + 16)), inv);
+            }
+            _mm512_storeu_si512(&p2[r][16 * h], (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        }
+    }
+}
+
+/* o = ref * (alpha / ref * o + P2 V) on dims [c, c + 16 NV); ref NULL: 1. */
+AI void dp_pv_block(const uint32_t p2[RB][32], int np, const uint32_t *vt, int32_t ldv, float *const *o,
+                    const float *alpha, const float *ref, int32_t c, int32_t dv, int R, int NV) {
+    __m512 acc[RB][4];
+    __mmask16 km[4];
+    for (int v = 0; v < NV; v++) km[v] = tail_mask(dv - c - 16 * v);
+    for (int r = 0; r < R; r++) {
+        const __m512 a = _mm512_set1_ps(ref ? alpha[r] / ref[r] : alpha[r]);
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(km[v], o[r] + c + 16 * v));
+    }
+    for (int jp = 0; jp < np; jp++) {
+        const uint32_t *vr = vt + (size_t)jp * (size_t)ldv + c;
+        __m512bh vv[4];
+        for (int v = 0; v < NV; v++) vv[v] = (__m512bh)_mm512_loadu_si512(vr + 16 * v);
+        for (int r = 0; r < R; r++) {
+            const __m512bh b = (__m512bh)_mm512_set1_epi32((int)p2[r][jp]);
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], b, vv[v]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        const __m512 f = _mm512_set1_ps(ref ? ref[r] : 1.0f);
+        for (int v = 0; v < NV; v++)
+            _mm512_mask_storeu_ps(o[r] + c + 16 * v, km[v], ref ? _mm512_mul_ps(acc[r][v], f) : acc[r][v]);
+    }
+}
+
+/* Dims [c0, c1) (multiples of 16) of R rows. */
+AI void dp_pv_range(const uint32_t p2[RB][32], int np, const uint32_t *vt, const attn_geom *g, float *const *o,
+                    const float *alpha, const float *ref, int32_t c0, int32_t c1, int R) {
+    int32_t c = c0;
+    for (; c + 64 <= c1; c += 64) dp_pv_block(p2, np, vt, g->dvpad, o, alpha, ref, c, g->dv, R, 4);
+    for (; c < c1; c += 16) dp_pv_block(p2, np, vt, g->dvpad, o, alpha, ref, c, g->dv, R, 1);
+}
+
+AI void dp_pv_rows(const attn_geom *g, const float *p, int n, const uint32_t *vt, float *const *o,
+                   const float *alpha, int R) {
+    uint32_t p2[RB][32] __attribute__((aligned(64)));
+    const int np = (n + 1) / 2;
+    if (g->kv_dtype == PKV_FP8_MLA656) {
+        const float *vs = (const float *)(const void *)(vt + (size_t)(ATTN_TILE / 2) * (size_t)g->dvpad);
+        float ref[RB] = {1.0f, 1.0f, 1.0f, 1.0f};
+        for (int t = 0; t < 4; t++) {
+            dp_pack_p(p, vs + t * ATTN_TILE, p2, ref, R);
+            dp_pv_range(p2, np, vt, g, o, alpha, ref, 128 * t, 128 * t + 128, R);
+        }
+        return;
+    }
+    dp_pack_p(p, NULL, p2, NULL, R);
+    dp_pv_range(p2, np, vt, g, o, alpha, NULL, 0, g->dvpad, R);
+}
+
+static void dp_pv(const attn_geom *g, const void *pp, int m, int n, const void *vtv, float *const *o,
+                  const float *alpha) {
+    const float *p = (const float *)pp;
+    const uint32_t *vt = (const uint32_t *)vtv;
+    for (int i = 0; i < m; i += RB) {
+        const float *pi = p + (size_t)i * ATTN_TILE;
+        switch (m - i >= RB ? RB : m - i) {
+        case 4: dp_pv_rows(g, pi, n, vt, o + i, alpha + i, 4); break;
+        case 3: dp_pv_rows(g, pi, n, vt, o + i, alpha + i, 3); break;
+        case 2: dp_pv_rows(g, pi, n, vt, o + i, alpha + i, 2); break;
+        default: dp_pv_rows(g, pi, n, vt, o + i, alpha + i, 1); break;
+        }
+    }
+}
+
+static const attn_ops ops_f32 = {"avx512-f32", 16, f32_prep_q, f32_load_tile, f32_qk, softmax, f32_pv};
+static const attn_ops ops_bf16dp = {"avx512-bf16dp", 32, dp_prep_q, dp_load_tile, dp_qk, softmax, dp_pv};
+static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, dp_prep_q, dp_load_tile, dp_qk, softmax, dp_pv};
+
 const attn_ops *attn_ops_avx512(int q_dtype, int kv_dtype) {
-    (void)q_dtype;
-    (void)kv_dtype;
-    return 0;
+    if (q_dtype == PKV_BF16 && kv_dtype == PKV_BF16) return &ops_bf16dp;
+    if (q_dtype == PKV_BF16 && kv_dtype == PKV_FP8_MLA656) return &ops_fp8dp;
+    return &ops_f32;
 }
