@@ -1,0 +1,329 @@
+/* Output of `pkv sim`: the comparison table, JSON, and the SVG chart. */
+#include <math.h>
+#include <string.h>
+
+#include "cli/sim.h"
+
+const char *sim_dtype_name(int32_t dtype) {
+    switch (dtype) {
+    case PKV_F32: return "f32";
+    case PKV_F16: return "f16";
+    case PKV_BF16: return "bf16";
+    case PKV_FP8_MLA656: return "fp8";
+    default: return "?";
+    }
+}
+
+typedef void (*cell_fn)(char *buf, size_t n, const sim_run_desc *r);
+
+#define CELL(name, ...)                                                          \
+    static void name(char *b, size_t n, const sim_run_desc *r) {                \
+        const sim_result *x = &r->res;                                           \
+        const sim_config *c = &r->cfg;                                           \
+        (void)x;                                                                 \
+        (void)c;                                                                 \
+        __VA_ARGS__;                                                             \
+    }
+
+static double per_s(double v, double t) { return t > 0 ? v / t : 0; }
+
+CELL(c_block, snprintf(b, n, "%d", c->block_size))
+CELL(c_pool, snprintf(b, n, "%d (%d tokens)", x->num_blocks, x->num_blocks * c->block_size))
+CELL(c_dtype, snprintf(b, n, "%s (%lld B/token)", sim_dtype_name(c->kv_dtype),
+                       (long long)sim_token_bytes(c->kv_dtype) * c->layers))
+CELL(c_prefix, snprintf(b, n, "%s", !c->prefix_cache ? "off" : x->prefix_available ? "on" : "on (unavailable)"))
+CELL(c_done, if (x->rejected) snprintf(b, n, "%lld (+%lld rejected)", (long long)x->done, (long long)x->rejected);
+     else snprintf(b, n, "%lld", (long long)x->done))
+CELL(c_tokens, snprintf(b, n, "%lld", (long long)x->tokens_generated))
+CELL(c_simtime, snprintf(b, n, "%.1f", x->sim_time))
+CELL(c_tput, snprintf(b, n, "%.0f", per_s((double)x->tokens_generated, x->sim_time)))
+CELL(c_rps, snprintf(b, n, "%.2f", per_s((double)x->done, x->sim_time)))
+CELL(c_ttft, snprintf(b, n, "%.0f / %.0f", x->ttft_p50 * 1e3, x->ttft_p99 * 1e3))
+CELL(c_tpot, snprintf(b, n, "%.1f / %.1f", x->tpot_p50 * 1e3, x->tpot_p99 * 1e3))
+CELL(c_e2e, snprintf(b, n, "%.2f", x->e2e_p50))
+CELL(c_util, snprintf(b, n, "%.1f%%", x->kv_util * 100))
+CELL(c_waste, snprintf(b, n, "%.1f%%", x->waste * 100))
+CELL(c_occ, snprintf(b, n, "%.1f%%", x->occupancy * 100))
+CELL(c_hit, if (!c->prefix_cache || !x->prefix_available) snprintf(b, n, "-");
+     else snprintf(b, n, "%.1f%%", x->hit_rate * 100))
+CELL(c_computed, snprintf(b, n, "%lld", (long long)x->prompt_tokens_computed))
+CELL(c_preempt, snprintf(b, n, "%lld", (long long)x->preemptions))
+CELL(c_recomp, snprintf(b, n, "%lld", (long long)x->recomputed_tokens))
+CELL(c_peak, snprintf(b, n, "%d (%.0f%%)", x->peak_blocks, 100.0 * x->peak_blocks / (x->num_blocks ? x->num_blocks : 1)))
+CELL(c_evict, snprintf(b, n, "%lld", (long long)x->evictions))
+CELL(c_cow, snprintf(b, n, "%lld", (long long)x->cow_copies))
+CELL(c_forks, snprintf(b, n, "%lld", (long long)x->forks))
+CELL(c_steps, snprintf(b, n, "%lld", (long long)x->steps))
+CELL(c_lib, snprintf(b, n, "%.2f", x->lib_us_per_step))
+CELL(c_call, snprintf(b, n, "%.0f", x->lib_ns_per_call))
+CELL(c_wall, snprintf(b, n, "%.2f", x->wall_s))
+CELL(c_verify, if (!c->verify) snprintf(b, n, "-");
+     else snprintf(b, n, "%lld ok, err %.1e", (long long)x->verify_checks, x->verify_max_err))
+
+static const struct row {
+    const char *name;
+    cell_fn fn;
+} rows[] = {
+    {"block size", c_block},
+    {"pool blocks", c_pool},
+    {"kv dtype", c_dtype},
+    {"prefix cache", c_prefix},
+    {"", NULL},
+    {"requests done", c_done},
+    {"tokens generated", c_tokens},
+    {"simulated time (s)", c_simtime},
+    {"throughput (tokens/s)", c_tput},
+    {"requests/s", c_rps},
+    {"TTFT p50 / p99 (ms)", c_ttft},
+    {"TPOT p50 / p99 (ms)", c_tpot},
+    {"latency p50 (s)", c_e2e},
+    {"KV utilization", c_util},
+    {"internal waste", c_waste},
+    {"pool occupancy", c_occ},
+    {"prefix hit rate", c_hit},
+    {"prompt tokens computed", c_computed},
+    {"preemptions", c_preempt},
+    {"recomputed tokens", c_recomp},
+    {"peak blocks", c_peak},
+    {"evictions", c_evict},
+    {"copy-on-write copies", c_cow},
+    {"forks (n > 1)", c_forks},
+    {"steps", c_steps},
+    {"library us/step", c_lib},
+    {"library ns/call", c_call},
+    {"wall time (s)", c_wall},
+    {"verify", c_verify},
+};
+
+void report_table(FILE *f, const sim_workload *w, const sim_run_desc *runs, int nruns, const char *sweep_key) {
+    fprintf(f, "pkv sim: %s: %d requests (%d conversations, %d multi-turn, %d with a shared system prompt, "
+               "%d with n > 1), %lld prompt + %lld output tokens\n",
+            w->source, w->n, w->conversations, w->multi_turn, w->with_system_prompt, w->parallel,
+            (long long)w->prompt_tokens, (long long)w->output_tokens);
+    const sim_config *c = &runs[0].cfg;
+    fprintf(f, "scheduler: %d tokens/step, <= %d running, watermark %.0f%%, recompute preemption; "
+               "cost: %.1f ms + %.0f us/token + KV reads at %.1f TB/s, %d layers\n\n",
+            c->max_batch_tokens, c->max_seqs, c->watermark * 100, c->cost_a * 1e3, c->cost_b * 1e6,
+            c->kv_bw * 1e-12, c->layers);
+    int width[65];
+    char cell[64][40];
+    int namew = 24;
+    width[0] = namew;
+    for (int j = 0; j < nruns && j < 64; j++) width[j + 1] = 10;
+    /* column widths: widest cell of each run */
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        if (!rows[i].fn) continue;
+        for (int j = 0; j < nruns && j < 64; j++) {
+            char b[64];
+            rows[i].fn(b, sizeof b, &runs[j]);
+            int l = (int)strlen(b);
+            if (l > width[j + 1]) width[j + 1] = l;
+        }
+    }
+    if (sweep_key) {
+        fprintf(f, "%-*s", namew, sweep_key);
+        for (int j = 0; j < nruns && j < 64; j++) fprintf(f, "  %*s", width[j + 1], runs[j].label);
+        fputc('\n', f);
+    }
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        if (!rows[i].fn) {
+            fputc('\n', f);
+            continue;
+        }
+        if (rows[i].fn == c_verify && !runs[0].cfg.verify) continue;
+        for (int j = 0; j < nruns && j < 64; j++) rows[i].fn(cell[j], sizeof cell[j], &runs[j]);
+        fprintf(f, "%-*s", namew, rows[i].name);
+        for (int j = 0; j < nruns && j < 64; j++) fprintf(f, "  %*s", width[j + 1], cell[j]);
+        fputc('\n', f);
+    }
+}
+
+static void json_str(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+        else fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+static void json_num(FILE *f, double v) {
+    if (isfinite(v)) fprintf(f, "%.6g", v);
+    else fputs("null", f);
+}
+
+void report_json(FILE *f, const sim_workload *w, const sim_run_desc *runs, int nruns, const char *sweep_key) {
+    fputs("{\"workload\": {\"source\": ", f);
+    json_str(f, w->source);
+    fprintf(f, ", \"requests\": %d, \"conversations\": %d, \"multi_turn\": %d, \"with_system_prompt\": %d, "
+               "\"parallel\": %d, \"prompt_tokens\": %lld, \"output_tokens\": %lld},\n",
+            w->n, w->conversations, w->multi_turn, w->with_system_prompt, w->parallel,
+            (long long)w->prompt_tokens, (long long)w->output_tokens);
+    fputs(" \"sweep\": ", f);
+    if (sweep_key) json_str(f, sweep_key);
+    else fputs("null", f);
+    fputs(",\n \"runs\": [", f);
+    for (int j = 0; j < nruns; j++) {
+        const sim_config *c = &runs[j].cfg;
+        const sim_result *x = &runs[j].res;
+        fputs(j ? ",\n  {" : "\n  {", f);
+        fputs("\"label\": ", f);
+        if (runs[j].label) json_str(f, runs[j].label);
+        else fputs("null", f);
+        fprintf(f, ",\n   \"config\": {\"block_size\": %d, \"pool_blocks\": %d, \"kv_dtype\": \"%s\", "
+                   "\"bytes_per_token\": %lld, \"layers\": %d, \"prefix_cache\": %s, \"max_batch_tokens\": %d, "
+                   "\"max_seqs\": %d, \"watermark\": ",
+                c->block_size, x->num_blocks, sim_dtype_name(c->kv_dtype),
+                (long long)sim_token_bytes(c->kv_dtype) * c->layers, c->layers,
+                c->prefix_cache ? "true" : "false", c->max_batch_tokens, c->max_seqs);
+        json_num(f, c->watermark);
+        fputs(", \"cost_a_s\": ", f);
+        json_num(f, c->cost_a);
+        fputs(", \"cost_b_s_per_token\": ", f);
+        json_num(f, c->cost_b);
+        fputs(", \"kv_bandwidth_bytes_per_s\": ", f);
+        json_num(f, c->kv_bw);
+        fprintf(f, ", \"verify\": %s},\n   \"metrics\": {", c->verify ? "true" : "false");
+        fprintf(f, "\"requests_done\": %lld, \"rejected\": %lld, \"tokens_generated\": %lld, \"steps\": %lld, "
+                   "\"prompt_tokens_computed\": %lld, \"preemptions\": %lld, \"recomputed_tokens\": %lld, "
+                   "\"peak_blocks\": %d, \"evictions\": %lld, \"cow_copies\": %lld, \"forks\": %lld, "
+                   "\"prefix_hit_tokens\": %lld, \"prefix_query_tokens\": %lld, \"prefix_cache_available\": %s, "
+                   "\"library_calls\": %lld",
+                (long long)x->done, (long long)x->rejected, (long long)x->tokens_generated, (long long)x->steps,
+                (long long)x->prompt_tokens_computed, (long long)x->preemptions,
+                (long long)x->recomputed_tokens, x->peak_blocks, (long long)x->evictions,
+                (long long)x->cow_copies, (long long)x->forks, (long long)x->hit_tokens,
+                (long long)x->query_tokens, x->prefix_available ? "true" : "false", (long long)x->lib_calls);
+        const struct { const char *k; double v; } d[] = {
+            {"sim_time_s", x->sim_time},
+            {"throughput_tokens_per_s", per_s((double)x->tokens_generated, x->sim_time)},
+            {"requests_per_s", per_s((double)x->done, x->sim_time)},
+            {"ttft_p50_s", x->ttft_p50},
+            {"ttft_p99_s", x->ttft_p99},
+            {"tpot_p50_s", x->tpot_p50},
+            {"tpot_p99_s", x->tpot_p99},
+            {"latency_p50_s", x->e2e_p50},
+            {"kv_utilization", x->kv_util},
+            {"internal_waste", x->waste},
+            {"pool_occupancy", x->occupancy},
+            {"prefix_hit_rate", x->hit_rate},
+            {"library_us_per_step", x->lib_us_per_step},
+            {"library_ns_per_call", x->lib_ns_per_call},
+            {"wall_s", x->wall_s},
+        };
+        for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) {
+            fprintf(f, ", \"%s\": ", d[i].k);
+            json_num(f, d[i].v);
+        }
+        if (c->verify) {
+            fprintf(f, ", \"verify_checks\": %lld, \"verify_max_abs_err\": ", (long long)x->verify_checks);
+            json_num(f, x->verify_max_err);
+        }
+        fputs("}}", f);
+    }
+    fputs("\n ]\n}\n", f);
+}
+
+/* ---- SVG ---------------------------------------------------------------- */
+#define SVG_W 960
+#define PANEL_H 330
+#define PL 70  /* plot area inside a panel */
+#define PR 70
+#define PT 40
+#define PB 50
+#define MAX_POINTS 800
+
+static double nice_step(double range, int ticks) {
+    double raw = range / ticks, p = pow(10, floor(log10(raw))), m = raw / p;
+    return (m < 1.5 ? 1 : m < 3 ? 2 : m < 7 ? 5 : 10) * p;
+}
+
+static void polyline(FILE *f, const sim_result *x, int which, double x0, double y0, double w, double h,
+                     double tmax, double ymax, const char *color, const char *extra) {
+    fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\"%s points=\"", color, extra);
+    int64_t n = x->nseries, npts = n < MAX_POINTS ? n : MAX_POINTS;
+    for (int64_t i = 0; i < npts; i++) {
+        /* each point is the mean of its bucket of steps */
+        int64_t a = i * n / npts, b = (i + 1) * n / npts;
+        double sum = 0;
+        for (int64_t k = a; k < b; k++) {
+            const sim_sample *s = &x->series[k];
+            sum += which == 0 ? s->used : which == 1 ? s->cached : which == 2 ? s->free_ : s->hit;
+        }
+        double v = b > a ? sum / (double)(b - a) : 0;
+        double t = x->series[b - 1].t;
+        fprintf(f, "%.1f,%.1f ", x0 + w * (tmax > 0 ? t / tmax : 0), y0 + h - h * (ymax > 0 ? v / ymax : 0));
+    }
+    fputs("\"/>\n", f);
+}
+
+int report_svg(const char *path, const sim_workload *w, const sim_run_desc *runs, int nruns) {
+    FILE *f = fopen(path, "w");
+    if (!f) return cli_error("--svg %s: cannot open for writing", path);
+    int H = PANEL_H * nruns;
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
+               "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+            SVG_W, H, SVG_W, H);
+    static const char *colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"};
+    static const char *names[] = {"blocks used", "blocks cached (evictable)", "blocks free", "prefix hit rate (cumulative)"};
+    for (int j = 0; j < nruns; j++) {
+        const sim_result *x = &runs[j].res;
+        const sim_config *c = &runs[j].cfg;
+        double oy = (double)PANEL_H * j, x0 = PL, y0 = oy + PT, pw = SVG_W - PL - PR, ph = PANEL_H - PT - PB;
+        double tmax = x->nseries ? x->series[x->nseries - 1].t : 1;
+        if (tmax <= 0) tmax = 1;
+        double ymax = x->num_blocks;
+        fprintf(f, "<text x=\"%d\" y=\"%.0f\" font-size=\"14\" font-weight=\"bold\">", PL, oy + 20);
+        fprintf(f, "pkv sim: block size %d, %d blocks, %s, prefix cache %s%s%s</text>\n", c->block_size,
+                x->num_blocks, sim_dtype_name(c->kv_dtype), c->prefix_cache ? "on" : "off",
+                runs[j].label ? " - " : "", runs[j].label ? runs[j].label : "");
+        /* grid and axes */
+        double ys = nice_step(ymax, 5);
+        for (double v = 0; v <= ymax + 1e-9; v += ys) {
+            double y = y0 + ph - ph * v / ymax;
+            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", x0, y, x0 + pw, y);
+            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n", x0 - 6, y + 4, v);
+        }
+        for (int p = 0; p <= 100; p += 25) {
+            double y = y0 + ph - ph * p / 100.0;
+            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" fill=\"%s\">%d%%</text>\n", x0 + pw + 6, y + 4, colors[3], p);
+        }
+        double ts = nice_step(tmax, 8);
+        for (double t = 0; t <= tmax + 1e-9; t += ts) {
+            double xx = x0 + pw * t / tmax;
+            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>\n", xx, y0, xx, y0 + ph);
+            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%g</text>\n", xx, y0 + ph + 16, t);
+        }
+        fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#333\"/>\n", x0, y0, pw, ph);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">simulated time (s)</text>\n", x0 + pw / 2, y0 + ph + 34);
+        fprintf(f, "<text transform=\"translate(%.1f,%.1f) rotate(-90)\" text-anchor=\"middle\">blocks</text>\n", x0 - 48, y0 + ph / 2);
+        fprintf(f, "<text transform=\"translate(%.1f,%.1f) rotate(90)\" text-anchor=\"middle\" fill=\"%s\">hit rate</text>\n",
+                x0 + pw + 48, y0 + ph / 2, colors[3]);
+        if (x->nseries > 0) {
+            for (int k = 0; k < 3; k++) polyline(f, x, k, x0, y0, pw, ph, tmax, ymax, colors[k], "");
+            if (c->prefix_cache && x->prefix_available)
+                polyline(f, x, 3, x0, y0, pw, ph, tmax, 1.0, colors[3], " stroke-dasharray=\"5,3\"");
+        }
+        /* legend */
+        double lx = x0 + 10, ly = y0 + 8;
+        fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"230\" height=\"74\" fill=\"white\" fill-opacity=\"0.85\" stroke=\"#999\"/>\n", lx, ly);
+        for (int k = 0; k < 4; k++) {
+            double yy = ly + 14 + 17 * k;
+            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"%s/>\n", lx + 8,
+                    yy, lx + 32, yy, colors[k], k == 3 ? " stroke-dasharray=\"5,3\"" : "");
+            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">%s</text>\n", lx + 38, yy + 4, names[k]);
+        }
+    }
+    fprintf(f, "<desc>");
+    for (const char *s = w->source; *s; s++) {
+        if (*s == '<') fputs("&lt;", f);
+        else if (*s == '&') fputs("&amp;", f);
+        else if (*s == '>') fputs("&gt;", f);
+        else fputc(*s, f);
+    }
+    fprintf(f, "</desc>\n</svg>\n");
+    if (fclose(f) != 0) return cli_error("--svg %s: write error", path);
+    return 0;
+}
