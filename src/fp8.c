@@ -2,6 +2,7 @@
  * Written branch-free on the float bit patterns so the per-tile loops vectorize:
  * quantizing is on the store path of every decoded token. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fp8.h"
@@ -46,16 +47,41 @@ static inline uint8_t e4m3_encode(float x) {
 
 uint8_t fp8_f32_to_e4m3(float x) { return e4m3_encode(x); }
 
-/* 2^ceil(log2(max(s, 1e-4))), exactly (frexp is exact, unlike log2/exp2). */
+/* 2^ceil(log2(max(s, 1e-4))), exactly, on the bits: s >= 1e-4 is a normal float,
+ * so rounding up to a power of two is clearing the mantissa and, unless it was
+ * already zero, adding one to the exponent (s <= FLT_MAX / 448 cannot overflow). */
 static float pow2_round_up(float s) {
     if (s < 1e-4f) s = 1e-4f;
-    int e;
-    const float m = frexpf(s, &e); /* s = m * 2^e, m in [0.5, 1) */
-    return m == 0.5f ? s : ldexpf(1.0f, e);
+    const uint32_t u = f32_bits(s);
+    const uint32_t e = u & 0x7f800000u;
+    return bits_f32((u & 0x007fffffu) ? e + 0x00800000u : e);
 }
 
-int pkv_mla656_quantize(const float *x, uint8_t *row, int pow2_scale) {
-    RETURN_IF(x == NULL || row == NULL, PKV_ERR_NULL);
+float fp8_tile_scale(uint32_t amax_bits, int pow2) {
+    if (amax_bits == 0) return 0.0f;
+    const float scale = bits_f32(amax_bits) / 448.0f;
+    return pow2 ? pow2_round_up(scale) : scale;
+}
+
+/* 1: use the AVX-512 body. Decided once (CPUID via the compiler's runtime, which
+ * also checks the OS saves ZMM state); PKV_ISA=scalar|avx2 forces the portable one. */
+static int use_avx512(void) {
+    static int state = -1; /* set once; racing first calls store the same value */
+    int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
+    if (s < 0) {
+        s = 0;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+        const char *env = getenv("PKV_ISA");
+        __builtin_cpu_init();
+        s = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            !(env && (strcmp(env, "scalar") == 0 || strcmp(env, "avx2") == 0));
+#endif
+        __atomic_store_n(&state, s, __ATOMIC_RELAXED);
+    }
+    return s;
+}
+
+int fp8_quantize_portable(const float *x, uint8_t *row, int pow2_scale) {
     /* Finite non-negative floats order like their bit patterns, so one integer max
      * per tile gives both amax and the non-finite check. */
     uint32_t amax[PKV_MLA656_LATENT / PKV_MLA656_TILE + 1];
@@ -72,13 +98,16 @@ int pkv_mla656_quantize(const float *x, uint8_t *row, int pow2_scale) {
     for (int t = 0; t < 5; t++) RETURN_IF(amax[t] >= 0x7f800000u, PKV_ERR_NONFINITE);
 
     for (int t = 0; t < 4; t++) {
-        float scale = bits_f32(amax[t]) / 448.0f;
-        if (amax[t] != 0 && pow2_scale) scale = pow2_round_up(scale);
+        const float scale = fp8_tile_scale(amax[t], pow2_scale);
         const float *xt = x + t * PKV_MLA656_TILE;
         uint8_t *ct = row + t * PKV_MLA656_TILE;
         if (scale == 0.0f) {
             /* all-zero tile (or amax so small that amax/448 underflows): codes 0 */
             memset(ct, 0, PKV_MLA656_TILE);
+        } else if (pow2_scale) {
+            /* 1/2^k is exact, so x * 2^-k rounds to the same float as x / 2^k */
+            const float inv = 1.0f / scale;
+            for (int i = 0; i < PKV_MLA656_TILE; i++) ct[i] = e4m3_encode(xt[i] * inv);
         } else {
             for (int i = 0; i < PKV_MLA656_TILE; i++) ct[i] = e4m3_encode(xt[i] / scale);
         }
@@ -87,6 +116,12 @@ int pkv_mla656_quantize(const float *x, uint8_t *row, int pow2_scale) {
     for (int i = 0; i < PKV_MLA656_DIM - PKV_MLA656_LATENT; i++)
         store_le16(row + PKV_MLA656_ROPE + 2 * i, pkv_f32_to_bf16(x[PKV_MLA656_LATENT + i]));
     return PKV_OK;
+}
+
+int pkv_mla656_quantize(const float *x, uint8_t *row, int pow2_scale) {
+    RETURN_IF(x == NULL || row == NULL, PKV_ERR_NULL);
+    return use_avx512() ? fp8_quantize_avx512(x, row, pow2_scale)
+                        : fp8_quantize_portable(x, row, pow2_scale);
 }
 
 int pkv_mla656_dequantize(const uint8_t *row, float *x) {

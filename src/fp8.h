@@ -23,4 +23,12 @@ PKV_HIDDEN uint8_t fp8_f32_to_e4m3(float x);
  * exactly fp8 * scale, RoPE values exactly the stored bfloat16. */
 PKV_HIDDEN void fp8_mla656_dequant_f64(const uint8_t *row, double *x);
 
+/* The scale of a tile whose largest |value| has float bits amax_bits: amax / 448,
+ * or with pow2 2^ceil(log2(max(amax / 448, 1e-4))); 0 for an all-zero tile. */
+PKV_HIDDEN float fp8_tile_scale(uint32_t amax_bits, int pow2);
+/* pkv_mla656_quantize's portable body (x, row non-NULL). */
+PKV_HIDDEN int fp8_quantize_portable(const float *x, uint8_t *row, int pow2_scale);
+/* pkv_mla656_quantize's body for AVX-512 F/BW CPUs (x, row non-NULL). Same results. */
+PKV_HIDDEN int fp8_quantize_avx512(const float *x, uint8_t *row, int pow2_scale);
+
 #endif

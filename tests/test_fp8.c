@@ -235,6 +235,40 @@ static void test_quantize(void) {
     CHECK_STATUS(pkv_mla656_dequantize(row, NULL), PKV_ERR_NULL);
 }
 
+/* The AVX-512 body (when this CPU has it) gives the portable body's bytes exactly,
+ * on random rows of every magnitude, rows with zero tiles, saturating and tiny values. */
+static void test_paths_agree(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw")) {
+        printf("test_fp8: no AVX-512 here, only the portable quantizer is tested\n");
+        return;
+    }
+    test_rng r = {8};
+    float x[576];
+    uint8_t a[656], b[656];
+    int bad = 0;
+    for (long it = 0; it < test_scaled(3000); it++) {
+        double mag = ldexp(1.0, (int)test_below(&r, 60) - 30);
+        for (int i = 0; i < 576; i++) {
+            x[i] = (float)(test_normal(&r) * mag);
+            if (test_below(&r, 50) == 0) x[i] = (float)(x[i] * 1e-3 * test_uniform(&r));
+            if (test_below(&r, 200) == 0) x[i] = 0.0f;
+        }
+        if (it % 4 == 0) for (int i = 384; i < 512; i++) x[i] = -0.0f;
+        if (it % 9 == 0) x[test_below(&r, 576)] = it % 2 ? NAN : -INFINITY;
+        for (int pow2 = 0; pow2 < 2; pow2++) {
+            memset(a, 0x11, sizeof a);
+            memset(b, 0x11, sizeof b);
+            int sa = fp8_quantize_portable(x, a, pow2), sb = fp8_quantize_avx512(x, b, pow2);
+            if (sa != sb || memcmp(a, b, sizeof a) != 0) bad++;
+        }
+    }
+    test_checks_++;
+    if (bad) TEST_FAIL_("portable and AVX-512 quantizers differ on %d rows", bad);
+#endif
+}
+
 /* ---- oracle on FP8 caches ---- */
 
 static uint16_t bf16_rne(float f) {
@@ -362,6 +396,7 @@ int main(void) {
     test_decode_all();
     test_encode();
     test_quantize();
+    test_paths_agree();
     test_oracle_fp8_exact();
     test_fp8_accuracy();
     return test_report("test_fp8");
