@@ -9,7 +9,7 @@
  * that are live (index, generation, lengths, blocks, known token ids, prefix
  * keys, last-append range, namespace), the generations of recycled record
  * slots and the order in which they will be reused, the cache counters, the
- * host arenas' bytes, and the prefix index (prefix_dump, once prefix.c exists).
+ * host arenas' bytes, and the prefix index (prefix_dump in prefix.c).
  *
  * What is not: capacities of growable arrays and never-used record slots (a
  * failed call may have grown a table before failing; that changes no behaviour),
@@ -134,6 +134,8 @@ static void dump_store(dump_w *w, const pkv_cache *c) {
     }
 }
 
+static void put_cb(void *w, const void *p, size_t n) { put(w, p, n); }
+
 size_t cache_dump(pkv_cache *c, void *buf, size_t cap) {
     dump_w w = {buf, buf ? cap : 0, 0};
     if (!c) return 0;
@@ -143,6 +145,8 @@ size_t cache_dump(pkv_cache *c, void *buf, size_t cap) {
     dump_pool(&w, &c->pool);
     dump_seqs(&w, c);
     dump_store(&w, c);
+    put_tag(&w, "prefix");
+    prefix_dump(c, put_cb, &w);
     cache_unlock(c);
     return w.len;
 }
