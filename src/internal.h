@@ -147,8 +147,11 @@ int seq_new(pkv_cache *c, uint64_t ns, pkv_seq *out);
  * record has keys or want_keys) without changing contents. */
 int seq_reserve(pkv_cache *c, pkv_seq_rec *r, int32_t nblocks, int32_t ntokens, int want_keys);
 void seq_release_record(pkv_cache *c, pkv_seq_rec *r);
-/* Releases r's blocks and returns the record to the free list. */
-void seq_retire(pkv_cache *c, pkv_seq_rec *r);
+/* Two-phase creation for calls that reserve before they commit (fork, prefix
+ * lookup): prepare finds a free record slot, growing the table if needed,
+ * without taking it; its arrays may then be reserved; commit takes it. */
+int seq_slot_prepare(pkv_cache *c, int32_t *idx);
+pkv_seq_rec *seq_slot_commit(pkv_cache *c, int32_t idx, uint64_t ns);
 
 /* ---- storage (store.c) ---- */
 int store_init(pkv_cache *c);
@@ -161,6 +164,8 @@ int prefix_init(pkv_cache *c);
 void prefix_destroy(pkv_cache *c);
 /* Invariants of the prefix index, for pkv_cache_check. */
 int prefix_check(pkv_cache *c);
+/* Appends the prefix index's logical state to a canonical dump (dump.c). */
+void prefix_dump(const pkv_cache *c, void (*put)(void *w, const void *data, size_t n), void *w);
 /* Fills the prefix fields of *out (evictions: adds orphans dropped with a block). */
 void prefix_stats(const pkv_cache *c, pkv_stats *out);
 /* Registers r's full blocks with known tokens past r->nregistered; r->keys must
@@ -173,6 +178,10 @@ void prefix_block_key(const uint8_t secret[16], const int32_t *toks, int32_t bs,
                       const uint8_t parent[16], uint8_t out[16]);
 void prefix_secret(const pkv_cache *c, uint8_t out[16]);
 int64_t prefix_collisions(const pkv_cache *c);
+/* Lookup compares a parent's children directly when it has at most this many
+ * (default PREFIX_CHILD_SCAN); tests set 0 to force the hashed path. */
+#define PREFIX_CHILD_SCAN 8
+void prefix_set_child_scan(pkv_cache *c, int32_t n);
 
 /* ---- SipHash-2-4-128 (siphash.c) ---- */
 #define SIP_LANES 4

@@ -54,6 +54,8 @@ struct pkv_prefix {
     int32_t *parent;  /* [nb] parent block, -1 for a chain's first block */
     int32_t *child;   /* [nb] first cached child, -1 none */
     int32_t *sib_next, *sib_prev; /* [nb] links among the children of one parent */
+    int32_t *nchild;  /* [nb] length of the child list */
+    int32_t child_scan; /* lookup scans a parent's children when it has at most this many */
     int32_t *toks;    /* [nb * bs] token ids */
     prefix_slot *tab; /* [mask + 1] */
     size_t mask;
@@ -145,12 +147,14 @@ static void index_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int32_
     p->ns[b] = ns;
     p->parent[b] = parent;
     p->child[b] = -1;
+    p->nchild[b] = 0;
     p->sib_prev[b] = -1;
     p->sib_next[b] = -1;
     if (parent >= 0) {
         p->sib_next[b] = p->child[parent];
         if (p->child[parent] >= 0) p->sib_prev[p->child[parent]] = b;
         p->child[parent] = b;
+        p->nchild[parent]++;
     }
     memcpy(p->toks + (size_t)b * (size_t)p->bs, toks, (size_t)p->bs * sizeof *toks);
     p->count++;
@@ -177,6 +181,7 @@ static void index_remove(pkv_prefix *p, int32_t b) {
     if (pr >= 0) p->sib_next[pr] = nx;
     else if (par >= 0) p->child[par] = nx;
     if (nx >= 0) p->sib_prev[nx] = pr;
+    if (par >= 0) p->nchild[par]--;
     p->sib_prev[b] = p->sib_next[b] = -1;
     p->count--;
 }
@@ -201,6 +206,7 @@ static void prefix_on_evict(void *ctx, int32_t b) {
         x = up;
     }
     p->child[b] = -1;
+    p->nchild[b] = 0;
 }
 
 /* ---- creation ---- */
@@ -230,6 +236,7 @@ static void prefix_free(const pkv_allocator *al, pkv_prefix *p) {
     pkv_mem_free(al, p->child);
     pkv_mem_free(al, p->sib_next);
     pkv_mem_free(al, p->sib_prev);
+    pkv_mem_free(al, p->nchild);
     pkv_mem_free(al, p->toks);
     pkv_mem_free(al, p->tab);
     pkv_mem_free(al, p);
@@ -257,10 +264,11 @@ int prefix_init(pkv_cache *c) {
     p->child = pkv_mem_calloc(&c->al, nb, sizeof(int32_t));
     p->sib_next = pkv_mem_calloc(&c->al, nb, sizeof(int32_t));
     p->sib_prev = pkv_mem_calloc(&c->al, nb, sizeof(int32_t));
+    p->nchild = pkv_mem_calloc(&c->al, nb, sizeof(int32_t));
     p->toks = pkv_mem_calloc(&c->al, nb, (size_t)p->bs * sizeof(int32_t));
     p->tab = pkv_mem_calloc(&c->al, cap, sizeof(prefix_slot));
     int st = PKV_OK;
-    if (!p->key || !p->ns || !p->parent || !p->child || !p->sib_next || !p->sib_prev || !p->toks || !p->tab)
+    if (!p->key || !p->ns || !p->parent || !p->child || !p->sib_next || !p->sib_prev || !p->nchild || !p->toks || !p->tab)
         st = PKV_ERR_NOMEM;
     if (st == PKV_OK && c->cfg.hash_key_set) memcpy(p->secret, c->cfg.hash_key, 16);
     else if (st == PKV_OK) st = random_secret(p->secret);
@@ -270,6 +278,7 @@ int prefix_init(pkv_cache *c) {
     }
     for (size_t i = 0; i < cap; i++) p->tab[i].block = -1;
     for (size_t b = 0; b < nb; b++) p->parent[b] = p->child[b] = p->sib_next[b] = p->sib_prev[b] = -1;
+    p->child_scan = PREFIX_CHILD_SCAN;
     p->k[0] = le64(p->secret);
     p->k[1] = le64(p->secret + 8);
     c->prefix = p;
@@ -291,6 +300,10 @@ void prefix_secret(const pkv_cache *c, uint8_t out[16]) {
 }
 
 int64_t prefix_collisions(const pkv_cache *c) { return c->prefix ? c->prefix->collisions : 0; }
+
+void prefix_set_child_scan(pkv_cache *c, int32_t n) {
+    if (c->prefix) c->prefix->child_scan = n;
+}
 
 /* ---- registration ---- */
 
@@ -369,36 +382,48 @@ static int prefix_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32
     if (n < 0) return cache_fail(c, PKV_ERR_INVALID, "prompt length %d is negative", n);
     RETURN_IF(n > 0 && !tokens, PKV_ERR_NULL);
     int32_t bs = p->bs, full = n / bs;
-    pkv_seq h;
-    FORWARD_IF_ERROR(seq_new(c, ns, &h));
-    pkv_seq_rec *r = seq_get(c, h);
-    /* Room for the whole prompt: the engine appends the rest next. */
-    int st = seq_reserve(c, r, (int32_t)(((int64_t)n + bs - 1) / bs), n, 1);
-    if (st != PKV_OK) {
-        seq_retire(c, r);
-        return st;
-    }
-    uint64_t pk[2] = {0, 0};
-    int32_t pb = -1, m = 0;
+    int32_t idx;
+    FORWARD_IF_ERROR(seq_slot_prepare(c, &idx));
+    /* Room for the whole prompt (the engine appends the rest next), reserved
+     * before the record is taken so that a failure changes nothing. */
+    FORWARD_IF_ERROR(seq_reserve(c, &c->seqs[idx], (int32_t)(((int64_t)n + bs - 1) / bs), n, 1));
+    pkv_seq_rec *r = seq_slot_commit(c, idx, ns);
+    /* Below a parent with few children the children's tokens are compared
+     * directly (the chain's keys are stored, nothing to hash); elsewhere the
+     * block's key is computed and probed. Token words are absorbed a window of
+     * blocks at a time so that consecutive hashed levels run in parallel lanes. */
+    int32_t pb = -1, m = 0, win = 0, nwin = 0;
     sip_state lanes[SIP_LANES];
+    size_t bytes = (size_t)bs * sizeof *tokens;
     while (m < full) {
-        int nl = full - m < SIP_LANES ? full - m : SIP_LANES;
-        sip_absorb_blocks(p->k, tokens + (size_t)m * (size_t)bs, bs, nl, lanes);
-        for (int l = 0; l < nl; l++) {
-            const int32_t *t = tokens + (size_t)m * (size_t)bs;
-            uint64_t key[2];
-            key_finish(p, &lanes[l], t, ns, pk, key);
-            int32_t b = index_find(p, key, pb, ns, t, 1);
-            if (b < 0) goto walked;
-            r->blocks[m] = b;
-            key_to_bytes(key, r->keys[m]);
-            pk[0] = key[0];
-            pk[1] = key[1];
-            pb = b;
-            m++;
+        const int32_t *t = tokens + (size_t)m * (size_t)bs;
+        int32_t b = -1;
+        if (pb >= 0 && p->nchild[pb] <= p->child_scan) {
+            for (int32_t x = p->child[pb]; x >= 0; x = p->sib_next[x])
+                if (memcmp(block_toks(p, x), t, bytes) == 0) {
+                    b = x;
+                    break;
+                }
+        } else {
+            if (m >= win + nwin) {
+                win = m;
+                nwin = m == 0 ? 1 : (full - m < SIP_LANES ? full - m : SIP_LANES);
+                sip_absorb_blocks(p->k, t, bs, nwin, lanes);
+            }
+            uint64_t pk[2] = {0, 0}, key[2];
+            if (pb >= 0) {
+                pk[0] = p->key[2 * pb];
+                pk[1] = p->key[2 * pb + 1];
+            }
+            key_finish(p, &lanes[m - win], t, ns, pk, key);
+            b = index_find(p, key, pb, ns, t, 1);
         }
+        if (b < 0) break;
+        r->blocks[m] = b;
+        key_to_bytes(p->key + 2 * b, r->keys[m]);
+        pb = b;
+        m++;
     }
-walked:
     for (int32_t j = 0; j < m; j++) pool_ref(&c->pool, r->blocks[j]);
     int32_t len = m * bs;
     if (len) memcpy(r->tokens, tokens, (size_t)len * sizeof *tokens);
@@ -410,7 +435,7 @@ walked:
     p->queries++;
     p->query_tokens += n;
     p->hit_tokens += len;
-    *out = h;
+    *out = seq_handle(c, r);
     *cached_tokens = len;
     return PKV_OK;
 }
@@ -427,6 +452,29 @@ void prefix_stats(const pkv_cache *c, pkv_stats *out) {
     out->evictions += p->orphans;
     out->dedups = p->dedups;
     out->registrations = p->registrations;
+}
+
+void prefix_dump(const pkv_cache *c, void (*put)(void *w, const void *data, size_t n), void *w) {
+    const pkv_prefix *p = c->prefix;
+    int32_t on = p != NULL;
+    put(w, &on, sizeof on);
+    if (!p) return;
+    put(w, p->secret, sizeof p->secret);
+    int64_t ctr[8] = {p->count, p->queries, p->query_tokens, p->hit_tokens,
+                      p->dedups, p->registrations, p->orphans, p->child_scan};
+    put(w, ctr, sizeof ctr);
+    for (size_t i = 0; i <= p->mask; i++) {
+        put(w, &p->tab[i].block, sizeof p->tab[i].block);
+        if (p->tab[i].block >= 0) put(w, &p->tab[i].tag, sizeof p->tab[i].tag);
+    }
+    for (int32_t b = 0; b < p->nb; b++) {
+        if (!c->pool.cached[b]) continue;
+        int32_t links[5] = {b, p->parent[b], p->child[b], p->sib_next[b], p->sib_prev[b]};
+        put(w, links, sizeof links);
+        put(w, p->key + 2 * b, 2 * sizeof *p->key);
+        put(w, p->ns + b, sizeof *p->ns);
+        put(w, block_toks(p, b), (size_t)p->bs * sizeof(int32_t));
+    }
 }
 
 /* The index against the pool's cached bits, each entry against its recomputed
@@ -470,10 +518,14 @@ static int check_index(pkv_cache *c, uint8_t *seen) {
         if (pool->cached[b] && !seen[b])
             return cache_fail(c, PKV_ERR_CORRUPT, "block %d is marked cached but not indexed", b);
         if (!pool->cached[b]) continue;
+        int32_t kids = 0;
         for (int32_t x = p->child[b], prev = -1; x >= 0; prev = x, x = p->sib_next[x]) {
             if (x >= p->nb || !pool->cached[x] || p->parent[x] != b || p->sib_prev[x] != prev || ++linked > n)
                 return cache_fail(c, PKV_ERR_CORRUPT, "child list of block %d broken at %d", b, x);
+            kids++;
         }
+        if (kids != p->nchild[b])
+            return cache_fail(c, PKV_ERR_CORRUPT, "block %d has %d children, count says %d", b, kids, p->nchild[b]);
     }
     if (linked != with_parent)
         return cache_fail(c, PKV_ERR_CORRUPT, "%d cached blocks have a parent, child lists hold %d", with_parent,

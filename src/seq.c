@@ -26,7 +26,7 @@ pkv_seq_rec *seq_get(pkv_cache *c, pkv_seq h) {
 
 /* A free record slot (growing the table if needed) without taking it, so the
  * caller can still fail cleanly. */
-static int seq_slot_prepare(pkv_cache *c, int32_t *idx) {
+int seq_slot_prepare(pkv_cache *c, int32_t *idx) {
     if (c->seq_free_head < 0) {
         int32_t old = c->seqs_cap;
         RETURN_IF(old >= INT32_MAX / 2, PKV_ERR_NOMEM);
@@ -42,7 +42,7 @@ static int seq_slot_prepare(pkv_cache *c, int32_t *idx) {
 }
 
 /* Takes the slot prepared above and makes it a live, empty sequence. */
-static pkv_seq_rec *seq_slot_commit(pkv_cache *c, int32_t idx, uint64_t ns) {
+pkv_seq_rec *seq_slot_commit(pkv_cache *c, int32_t idx, uint64_t ns) {
     pkv_seq_rec *r = &c->seqs[idx];
     pkv_assert(idx == c->seq_free_head && !r->live);
     c->seq_free_head = r->next_free;
@@ -89,7 +89,7 @@ static void release_tail(pkv_cache *c, pkv_seq_rec *r, int32_t keep) {
 }
 
 /* A record back on the free list; its arrays are kept for reuse. */
-void seq_retire(pkv_cache *c, pkv_seq_rec *r) {
+static void seq_retire(pkv_cache *c, pkv_seq_rec *r) {
     release_tail(c, r, 0);
     c->tokens -= r->len;
     r->len = r->ntokens = r->nregistered = 0;
