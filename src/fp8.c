@@ -24,13 +24,18 @@ static inline uint16_t load_le16(const uint8_t *p) { return (uint16_t)(p[0] | p[
 #define E4M3_MIN_NORMAL 0x3c800000u  /* 2^-6 */
 #define E4M3_SUB_MAGIC 0x46800000u   /* 2^14: its float ulp is 2^-9, the subnormal step */
 
-float fp8_e4m3_to_f32(uint8_t code) {
-    const uint32_t sign = (uint32_t)(code & 0x80u) << 24;
-    const uint32_t e = (code >> 3) & 15u, m = code & 7u;
-    if (e == 15u && m == 7u) return bits_f32(sign | 0x7fc00000u);
-    if (e == 0u) return bits_f32(sign | f32_bits((float)m * (1.0f / 512.0f)));
-    return bits_f32(sign | (e + 120u) << 23 | m << 20); /* rebias 7 -> 127 */
-}
+/* Every e4m3 value as a constant table (OCP definition: E == 0 gives M/8 * 2^-6,
+ * else (8 + M) * 2^E / 1024; S.1111.111 is NaN), so decoding is one load. */
+#define E4M3_MAG(c) (((c) >> 3 & 15) == 0 ? (float)((c) & 7) / 512.0f \
+                     : (float)(8 + ((c) & 7)) * (float)(1u << ((c) >> 3 & 15)) / 1024.0f)
+#define E4M3(c) (((c) & 0x7f) == 0x7f ? NAN : ((c) & 0x80 ? -E4M3_MAG((c) & 0x7f) : E4M3_MAG(c)))
+#define E4M3_8(c) E4M3(c), E4M3(c + 1), E4M3(c + 2), E4M3(c + 3), E4M3(c + 4), E4M3(c + 5), \
+                  E4M3(c + 6), E4M3(c + 7)
+#define E4M3_64(c) E4M3_8(c), E4M3_8(c + 8), E4M3_8(c + 16), E4M3_8(c + 24), E4M3_8(c + 32), \
+                   E4M3_8(c + 40), E4M3_8(c + 48), E4M3_8(c + 56)
+static const float e4m3_value[256] = {E4M3_64(0u), E4M3_64(64u), E4M3_64(128u), E4M3_64(192u)};
+
+float fp8_e4m3_to_f32(uint8_t code) { return e4m3_value[code]; }
 
 static inline uint8_t e4m3_encode(float x) {
     const uint32_t u = f32_bits(x), a = u & 0x7fffffffu;
@@ -132,7 +137,7 @@ int pkv_mla656_dequantize(const uint8_t *row, float *x) {
         const float scale = bits_f32(load_le32(row + PKV_MLA656_SCALES + 4 * t));
         for (int i = 0; i < PKV_MLA656_TILE; i++) {
             const int k = t * PKV_MLA656_TILE + i;
-            x[k] = fp8_e4m3_to_f32(row[k]) * scale;
+            x[k] = e4m3_value[row[k]] * scale;
         }
     }
     for (int i = 0; i < PKV_MLA656_DIM - PKV_MLA656_LATENT; i++)
@@ -145,7 +150,7 @@ void fp8_mla656_dequant_f64(const uint8_t *row, double *x) {
         const double scale = (double)bits_f32(load_le32(row + PKV_MLA656_SCALES + 4 * t));
         for (int i = 0; i < PKV_MLA656_TILE; i++) {
             const int k = t * PKV_MLA656_TILE + i;
-            x[k] = (double)fp8_e4m3_to_f32(row[k]) * scale;
+            x[k] = (double)e4m3_value[row[k]] * scale;
         }
     }
     for (int i = 0; i < PKV_MLA656_DIM - PKV_MLA656_LATENT; i++)
