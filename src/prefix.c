@@ -586,32 +586,3 @@ int pkv_prefix_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t 
     int st = prefix_lookup(c, ns, tokens, n, out, cached_tokens);
     CACHE_LEAVE(c, st);
 }
-
-/* ---- canonical dump (dump.c) ---- */
-
-/* The index's whole state through put(): secret, per cached block its key,
- * namespace, parent, child links and tokens, the hash table, the counters. */
-void prefix_dump(const pkv_cache *c, void (*put)(void *w, const void *p, size_t n), void *w) {
-    const pkv_prefix *p = c->prefix;
-    if (!p) return;
-    put(w, p->secret, sizeof p->secret);
-    put(w, &p->count, sizeof p->count);
-    for (int32_t b = 0; b < p->nb; b++) {
-        if (!c->pool.cached[b]) continue;
-        put(w, &b, sizeof b);
-        put(w, p->key + 2 * (size_t)b, 2 * sizeof *p->key);
-        put(w, p->ns + b, sizeof *p->ns);
-        put(w, p->parent + b, sizeof *p->parent);
-        put(w, p->child + b, sizeof *p->child);
-        put(w, p->sib_next + b, sizeof *p->sib_next);
-        put(w, p->sib_prev + b, sizeof *p->sib_prev);
-        put(w, block_toks(p, b), (size_t)p->bs * sizeof *p->toks);
-    }
-    for (size_t i = 0; i <= p->mask; i++) {
-        put(w, &p->tab[i].block, sizeof p->tab[i].block);
-        if (p->tab[i].block >= 0) put(w, &p->tab[i].tag, sizeof p->tab[i].tag);
-    }
-    const int64_t counters[] = {p->queries, p->query_tokens, p->hit_tokens, p->dedups,
-                                p->registrations, p->orphans, p->collisions};
-    put(w, counters, sizeof counters);
-}
