@@ -100,7 +100,8 @@ static void dump_seqs(dump_w *w, const pkv_cache *c) {
         put_i32(w, r->ntokens);
         put(w, r->tokens, (size_t)r->ntokens * sizeof *r->tokens);
         put_i32(w, r->nregistered);
-        put_i32(w, r->keys != NULL);
+        /* Whether the keys array exists is capacity (a failed append may have
+         * made room for keys); only the registered keys are state. */
         if (r->keys) put(w, r->keys, (size_t)r->nregistered * sizeof *r->keys);
         put_i32(w, r->last_start);
         put_i32(w, r->last_n);

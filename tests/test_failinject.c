@@ -315,8 +315,61 @@ static void workload_metadata(runner *R, uint32_t flags) {
     finish_cache(R, c);
 }
 
+/* Prefix cache: registration (with dedup), lookups (hit, partial, miss, after
+ * release: evictable blocks reclaimed), eviction under pressure; flags adds
+ * PKV_FLAG_AUTO_REGISTER or not. */
+static void workload_prefix(runner *R, uint32_t flags) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = NB;
+    cfg.block_size = BS;
+    cfg.flags = PKV_FLAG_PREFIX_CACHE | flags;
+    cfg.hash_key_set = 1;
+    for (int i = 0; i < 16; i++) cfg.hash_key[i] = (uint8_t)(i * 7 + 1);
+    cfg.allocator = (pkv_allocator){fa_alloc, fa_free, &R->fa};
+    pkv_cache *c = create_cache(R, &cfg, __LINE__);
+    if (!c) return;
+    int32_t toks[64], other[64];
+    for (int i = 0; i < 64; i++) {
+        toks[i] = 3 * i + 2;
+        other[i] = 100000 + i;
+    }
+    pkv_seq a = 0, b = 0, l1 = 0, l2 = 0, l3 = 0, l4 = 0, big = 0;
+    pkv_block_copy cow;
+    int32_t reg = 0, dd = 0, hit = 0;
+    STEP(R, c, PKV_OK, pkv_seq_create(c, 5, &a));
+    STEP(R, c, PKV_OK, pkv_seq_append(c, a, 10, toks, NULL, &cow));
+    STEP(R, c, PKV_OK, pkv_prefix_register(c, a, &reg, &dd));
+    /* the same prompt in a second sequence: registration deduplicates */
+    STEP(R, c, PKV_OK, pkv_seq_create(c, 5, &b));
+    STEP(R, c, PKV_OK, pkv_seq_append(c, b, 9, toks, NULL, &cow));
+    STEP(R, c, PKV_OK, pkv_prefix_register(c, b, &reg, &dd));
+    STEP(R, c, PKV_OK, pkv_prefix_lookup(c, 5, toks, 13, &l1, &hit));
+    STEP(R, c, PKV_OK, pkv_seq_append(c, l1, 5, toks + hit, NULL, &cow));
+    STEP(R, c, PKV_OK, pkv_prefix_lookup(c, 6, toks, 13, &l2, &hit)); /* other namespace: miss */
+    STEP(R, c, PKV_OK, pkv_prefix_lookup(c, 5, other, 3, &l3, &hit));
+    STEP(R, c, PKV_OK, pkv_seq_free(c, a));
+    STEP(R, c, PKV_OK, pkv_seq_free(c, b));
+    STEP(R, c, PKV_OK, pkv_seq_free(c, l1));
+    /* all released: the chain is evictable, and a lookup takes it back */
+    STEP(R, c, PKV_OK, pkv_prefix_lookup(c, 5, toks, 20, &l4, &hit));
+    STEP(R, c, PKV_OK, pkv_seq_free(c, l4));
+    /* pressure: a long sequence evicts cached blocks */
+    STEP(R, c, PKV_OK, pkv_seq_create(c, 5, &big));
+    STEP(R, c, PKV_OK, pkv_seq_append(c, big, 9 * BS, other, NULL, &cow));
+    STEP(R, c, PKV_OK, pkv_prefix_register(c, big, &reg, &dd));
+    STEP(R, c, PKV_OK, pkv_prefix_lookup(c, 5, toks, 20, &l4, &hit));
+    pkv_seq set[3] = {l2, l3, big};
+    exports(R, c, set, 3);
+    STEP(R, c, PKV_OK, pkv_seq_truncate(c, big, 2));
+    STEP(R, c, PKV_OK, pkv_seq_append(c, big, 30, other, NULL, &cow));
+    finish_cache(R, c);
+}
+
 static void workload(runner *R) {
     workload_host(R);
+    workload_prefix(R, 0);
+    workload_prefix(R, PKV_FLAG_AUTO_REGISTER);
     workload_metadata(R, 0);
     workload_metadata(R, PKV_FLAG_THREAD_SAFE);
 }
