@@ -15,12 +15,12 @@
 enum { NB = 8, BS = 4, LAYERS = 2, D = 8, DV = 4 };
 
 typedef struct T {
-    pkv_cache *h, *m, *f, *o; /* host, metadata, FP8 host, "other" cache */
-    pkv_seq hs, hs_empty, ms, fs, stale, recycled, foreign, destroyed, forged_gen, forged_idx;
+    pkv_cache *h, *m, *f, *o, *p; /* host, metadata, FP8 host, "other", prefix-cache */
+    pkv_seq hs, hs_empty, ms, fs, ps, pstale, stale, recycled, foreign, destroyed, forged_gen, forged_idx;
     pkv_cache *oc;            /* output of create cases (destroyed after each) */
     pkv_config hcfg;
     pkv_seq sq, seqs[4];
-    int32_t i32, n, table[4 * NB], lens[4], indptr[5], indices[4 * NB], last[4];
+    int32_t i32, n, toks[16], table[4 * NB], lens[4], indptr[5], indices[4 * NB], last[4];
     int64_t slots_ok[2], slots[8], fslot[1];
     float krows[8 * 2 * D], vrows[8 * 2 * DV];
     float fp8_in[576];
@@ -330,6 +330,23 @@ static int run_case(T *t, int i, int *expect, const char **what) {
     CASE(PKV_ERR_INVALID, pkv_export_slot_mapping(t->h, &t->hs, -1, t->slots, 8, &t->n))
     CASE(PKV_ERR_INVALID, pkv_export_slot_mapping(t->h, &t->hs_empty, 1, t->slots, -1, &t->n))
     CASE(PKV_ERR_BUFFER, pkv_export_slot_mapping(t->h, &t->hs, 1, t->slots, 1, &t->n))
+    /* ---- prefix cache ---- */
+    CASE(PKV_ERR_NULL, pkv_prefix_register(NULL, t->ps, &t->i32, &t->n))
+    CASE(PKV_ERR_MODE, pkv_prefix_register(t->h, t->hs, &t->i32, &t->n))
+    CASE(PKV_ERR_MODE, pkv_prefix_register(t->m, t->ms, NULL, NULL))
+    CASE(PKV_ERR_NO_SEQ, pkv_prefix_register(t->p, t->pstale, &t->i32, &t->n))
+    CASE(PKV_ERR_NO_SEQ, pkv_prefix_register(t->p, t->foreign, NULL, NULL))
+    CASE(PKV_ERR_NO_SEQ, pkv_prefix_register(t->p, (pkv_seq)0, NULL, NULL))
+    CASE(PKV_ERR_NO_SEQ, pkv_prefix_register(t->p, (pkv_seq)-7, NULL, NULL))
+    CASE(PKV_ERR_NO_SEQ, pkv_prefix_register(t->p, t->ps + ((pkv_seq)3 << 32), NULL, NULL))
+    CASE(PKV_ERR_NULL, pkv_prefix_lookup(NULL, 0, t->toks, 8, &t->sq, &t->n))
+    CASE(PKV_ERR_NULL, pkv_prefix_lookup(t->p, 0, t->toks, 8, NULL, &t->n))
+    CASE(PKV_ERR_NULL, pkv_prefix_lookup(t->p, 0, t->toks, 8, &t->sq, NULL))
+    CASE(PKV_ERR_NULL, pkv_prefix_lookup(t->p, 0, NULL, 8, &t->sq, &t->n))
+    CASE(PKV_ERR_MODE, pkv_prefix_lookup(t->h, 0, t->toks, 8, &t->sq, &t->n))
+    CASE(PKV_ERR_MODE, pkv_prefix_lookup(t->m, 0, t->toks, 8, &t->sq, &t->n))
+    CASE(PKV_ERR_INVALID, pkv_prefix_lookup(t->p, 0, t->toks, -1, &t->sq, &t->n))
+    CASE(PKV_ERR_INVALID, pkv_prefix_lookup(t->p, 0, t->toks, INT32_MIN, &t->sq, &t->n))
     /* ---- FP8 rows ---- */
     CASE(PKV_ERR_NULL, pkv_mla656_quantize(NULL, t->fp8_row, 0))
     CASE(PKV_ERR_NULL, pkv_mla656_quantize(t->fp8_in, NULL, 1))
@@ -420,6 +437,11 @@ static void setup(T *t) {
     f.kv_dtype = PKV_FP8_MLA656;
     t->f = make(f);
     t->o = make(meta_cfg());
+    pkv_config pc = meta_cfg();
+    pc.flags = PKV_FLAG_PREFIX_CACHE;
+    pc.hash_key_set = 1;
+    t->p = make(pc);
+    for (int i = 0; i < 16; i++) t->toks[i] = 11 * i;
     int32_t toks[8] = {1, 2, 3, 4, 5, 6, 7, 8};
     pkv_seq tmp;
     CHECK_OK(pkv_seq_create(t->h, 0, &t->stale));
@@ -450,6 +472,11 @@ static void setup(T *t) {
     CHECK_OK(pkv_seq_create(t->m, 0, &tmp));
     CHECK_OK(pkv_seq_create(t->m, 0, &tmp));
     CHECK_OK(pkv_seq_append(t->m, t->ms, 5, toks, NULL, &t->cow));
+    CHECK_OK(pkv_seq_create(t->p, 0, &t->pstale));
+    CHECK_OK(pkv_seq_create(t->p, 0, &t->ps));
+    CHECK_OK(pkv_seq_append(t->p, t->ps, 9, t->toks, NULL, &t->cow));
+    CHECK_OK(pkv_prefix_register(t->p, t->ps, NULL, NULL));
+    CHECK_OK(pkv_seq_free(t->p, t->pstale));
     CHECK_OK(pkv_seq_create(t->f, 0, &t->fs));
     CHECK_OK(pkv_seq_append(t->f, t->fs, 1, NULL, t->fslot, NULL));
     for (int i = 0; i < 576; i++) t->fp8_in[i] = (float)(i % 13) - 6.0f;
@@ -463,14 +490,16 @@ static void setup(T *t) {
     CHECK_OK(pkv_cache_check(t->h));
 }
 
+enum { NCACHES = 5 };
+
 typedef struct snap {
-    uint8_t *d[4];
-    size_t n[4];
+    uint8_t *d[NCACHES];
+    size_t n[NCACHES];
 } snap;
 
 static void take(T *t, snap *s) {
-    pkv_cache *cs[4] = {t->h, t->m, t->f, t->o};
-    for (int i = 0; i < 4; i++) {
+    pkv_cache *cs[NCACHES] = {t->h, t->m, t->f, t->o, t->p};
+    for (int i = 0; i < NCACHES; i++) {
         s->n[i] = cache_dump(cs[i], NULL, 0);
         s->d[i] = malloc(s->n[i]);
         if (!s->d[i] || cache_dump(cs[i], s->d[i], s->n[i]) != s->n[i]) exit(2);
@@ -478,7 +507,7 @@ static void take(T *t, snap *s) {
 }
 
 static void drop(snap *s) {
-    for (int i = 0; i < 4; i++) free(s->d[i]);
+    for (int i = 0; i < NCACHES; i++) free(s->d[i]);
 }
 
 int main(void) {
@@ -507,8 +536,8 @@ int main(void) {
         if (!txt || !txt[0] || strcmp(txt, "unknown status") == 0)
             TEST_FAIL_("case %d: %s: status %d has no text", i, what, st);
         take(t, &after);
-        pkv_cache *cs[4] = {t->h, t->m, t->f, t->o};
-        for (int j = 0; j < 4; j++) {
+        pkv_cache *cs[NCACHES] = {t->h, t->m, t->f, t->o, t->p};
+        for (int j = 0; j < NCACHES; j++) {
             test_checks_ += 2;
             if (before.n[j] != after.n[j] || memcmp(before.d[j], after.d[j], before.n[j]) != 0)
                 TEST_FAIL_("case %d: %s changed cache %d", i, what, j);
@@ -518,11 +547,12 @@ int main(void) {
         drop(&before);
         drop(&after);
     }
-    printf("badinput: %d cases (each: exact status, status text, 4 caches unchanged, check passes)\n", ncases);
+    printf("badinput: %d cases (each: exact status, status text, 5 caches unchanged, check passes)\n", ncases);
     pkv_cache_destroy(t->h);
     pkv_cache_destroy(t->m);
     pkv_cache_destroy(t->f);
     pkv_cache_destroy(t->o);
+    pkv_cache_destroy(t->p);
     pkv_workers_destroy(g_workers);
     free(t);
     return test_report("test_badinput");
