@@ -68,18 +68,21 @@ float fp8_tile_scale(uint32_t amax_bits, int pow2) {
     return pow2 ? pow2_round_up(scale) : scale;
 }
 
-/* 1: use the AVX-512 body. Decided once (CPUID via the compiler's runtime, which
- * also checks the OS saves ZMM state); PKV_ISA=scalar|avx2 forces the portable one. */
-static int use_avx512(void) {
+/* Which quantize body this CPU runs: 2 AVX-512 F/BW, 1 AVX2, 0 portable. Decided
+ * once (CPUID through the compiler's runtime, which also checks that the OS saves
+ * the vector state); PKV_ISA=scalar|avx2 caps it, as for the attention kernels. */
+static int quantize_isa(void) {
     static int state = -1; /* set once; racing first calls store the same value */
     int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
     if (s < 0) {
         s = 0;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-        const char *env = getenv("PKV_ISA");
         __builtin_cpu_init();
-        s = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            !(env && (strcmp(env, "scalar") == 0 || strcmp(env, "avx2") == 0));
+        if (__builtin_cpu_supports("avx2")) s = 1;
+        if (s == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) s = 2;
+        const char *env = getenv("PKV_ISA");
+        if (env && strcmp(env, "scalar") == 0) s = 0;
+        if (env && strcmp(env, "avx2") == 0 && s > 1) s = 1;
 #endif
         __atomic_store_n(&state, s, __ATOMIC_RELAXED);
     }
@@ -125,8 +128,11 @@ int fp8_quantize_portable(const float *x, uint8_t *row, int pow2_scale) {
 
 int pkv_mla656_quantize(const float *x, uint8_t *row, int pow2_scale) {
     RETURN_IF(x == NULL || row == NULL, PKV_ERR_NULL);
-    return use_avx512() ? fp8_quantize_avx512(x, row, pow2_scale)
-                        : fp8_quantize_portable(x, row, pow2_scale);
+    switch (quantize_isa()) {
+    case 2: return fp8_quantize_avx512(x, row, pow2_scale);
+    case 1: return fp8_quantize_avx2(x, row, pow2_scale);
+    default: return fp8_quantize_portable(x, row, pow2_scale);
+    }
 }
 
 int pkv_mla656_dequantize(const uint8_t *row, float *x) {

@@ -28,6 +28,8 @@ PKV_HIDDEN void fp8_mla656_dequant_f64(const uint8_t *row, double *x);
 PKV_HIDDEN float fp8_tile_scale(uint32_t amax_bits, int pow2);
 /* pkv_mla656_quantize's portable body (x, row non-NULL). */
 PKV_HIDDEN int fp8_quantize_portable(const float *x, uint8_t *row, int pow2_scale);
+/* pkv_mla656_quantize's body for AVX2 CPUs (x, row non-NULL). Same results. */
+PKV_HIDDEN int fp8_quantize_avx2(const float *x, uint8_t *row, int pow2_scale);
 /* pkv_mla656_quantize's body for AVX-512 F/BW CPUs (x, row non-NULL). Same results. */
 PKV_HIDDEN int fp8_quantize_avx512(const float *x, uint8_t *row, int pow2_scale);
 

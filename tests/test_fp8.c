@@ -235,18 +235,20 @@ static void test_quantize(void) {
     CHECK_STATUS(pkv_mla656_dequantize(row, NULL), PKV_ERR_NULL);
 }
 
-/* The AVX-512 body (when this CPU has it) gives the portable body's bytes exactly,
- * on random rows of every magnitude, rows with zero tiles, saturating and tiny values. */
+/* The AVX2 and AVX-512 bodies (those this CPU has) give the portable body's bytes
+ * exactly, on random rows of every magnitude, zero tiles, saturating and tiny values. */
 static void test_paths_agree(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw")) {
-        printf("test_fp8: no AVX-512 here, only the portable quantizer is tested\n");
+    const int has2 = __builtin_cpu_supports("avx2");
+    const int has512 = has2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    if (!has2) {
+        printf("test_fp8: no AVX2 here, only the portable quantizer is tested\n");
         return;
     }
     test_rng r = {8};
     float x[576];
-    uint8_t a[656], b[656];
+    uint8_t a[656], b[656], c[656];
     int bad = 0;
     for (long it = 0; it < test_scaled(3000); it++) {
         double mag = ldexp(1.0, (int)test_below(&r, 60) - 30);
@@ -260,12 +262,17 @@ static void test_paths_agree(void) {
         for (int pow2 = 0; pow2 < 2; pow2++) {
             memset(a, 0x11, sizeof a);
             memset(b, 0x11, sizeof b);
-            int sa = fp8_quantize_portable(x, a, pow2), sb = fp8_quantize_avx512(x, b, pow2);
+            memset(c, 0x11, sizeof c);
+            int sa = fp8_quantize_portable(x, a, pow2), sb = fp8_quantize_avx2(x, b, pow2);
             if (sa != sb || memcmp(a, b, sizeof a) != 0) bad++;
+            if (has512) {
+                int sc = fp8_quantize_avx512(x, c, pow2);
+                if (sa != sc || memcmp(a, c, sizeof a) != 0) bad++;
+            }
         }
     }
     test_checks_++;
-    if (bad) TEST_FAIL_("portable and AVX-512 quantizers differ on %d rows", bad);
+    if (bad) TEST_FAIL_("portable and SIMD quantizers differ on %d rows", bad);
 #endif
 }
 
