@@ -563,6 +563,11 @@ static void test_gqa(void) {
     free(k6);
     free(v6);
     tc_free(&t);
+    /* a separate V may be wider than K */
+    tc_make(&t, &r, 2, 1, 2, 1, 4, 700, 1, 4, 3, lens, PKV_F32, PKV_BF16, -1);
+    CHECK_OK(pkv_attn_reference(&t.a));
+    CHECK(compare_naive(&t.a, "dv > d"));
+    tc_free(&t);
 }
 
 /* Sparse: a permutation of a dense sequence's slots with -1 interleaved gives the

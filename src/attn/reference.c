@@ -13,7 +13,7 @@ typedef struct ref_scratch {
     int64_t *slots;  /* [max_keys] slots the current query row attends to */
     double *scores;  /* [max_keys] scaled scores of the current (row, head) */
     double *q;       /* [d] the current query head */
-    double *row;     /* [max(d, 576)] one K or V row of one head */
+    double *row;     /* [max(d, dv, 576)] one K or V row of one head */
     double *acc;     /* [dv] weighted sum of V */
 } ref_scratch;
 
@@ -99,7 +99,9 @@ int pkv_attn_reference(const pkv_attn_args *a) {
     FORWARD_IF_ERROR(attn_validate(a));
 
     const size_t nk = (size_t)max_keys(a) + 1;
-    const size_t nrow = (size_t)(a->d > PKV_MLA656_DIM ? a->d : PKV_MLA656_DIM);
+    /* one K row (d; a whole FP8 row is 576) or one V row (dv may exceed d with a V cache) */
+    size_t nrow = (size_t)(a->d > a->dv ? a->d : a->dv);
+    if (nrow < PKV_MLA656_DIM) nrow = PKV_MLA656_DIM;
     const size_t ndbl = (size_t)a->d + nrow + (size_t)a->dv;
     RETURN_IF(nk > (SIZE_MAX - ndbl * sizeof(double)) / 16, PKV_ERR_NOMEM); /* 32-bit hosts */
     char *mem = malloc(nk * (sizeof(int64_t) + sizeof(double)) + ndbl * sizeof(double));
