@@ -239,9 +239,12 @@ int npy_load(const char *path, npy_array *out, char *err, size_t errlen) {
     RETURN_IF(out == NULL, PKV_ERR_NULL);
     memset(out, 0, sizeof *out);
     RETURN_IF(path == NULL, PKV_ERR_NULL);
+    struct stat sb;
+    /* refuse FIFOs and devices before opening: fopen on a FIFO would block */
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return fail(err, errlen, PKV_ERR_IO, "npy: %s is not a readable regular file", path);
     FILE *f = fopen(path, "rb");
     if (!f) return fail(err, errlen, PKV_ERR_IO, "npy: cannot open %s: %s", path, strerror(errno));
-    struct stat sb;
     if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size < 0 ||
         (uint64_t)sb.st_size > (uint64_t)PTRDIFF_MAX) {
         fclose(f);

@@ -8,6 +8,7 @@
  *  - data length must match exactly; misaligned data is realigned by npy_load;
  *  - I/O and argument errors. */
 #include <stdint.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "npy.h"
@@ -84,6 +85,8 @@ static void test_roundtrip(void) {
     snprintf(path, sizeof path, "%s/nope.npy", tmpdir);
     CHECK_STATUS(npy_load(path, &a, err, sizeof err), PKV_ERR_IO);
     CHECK_STATUS(npy_load(tmpdir, &a, err, sizeof err), PKV_ERR_IO); /* a directory */
+    snprintf(path, sizeof path, "%s/fifo", tmpdir);
+    if (mkfifo(path, 0600) == 0) CHECK_STATUS(npy_load(path, &a, err, sizeof err), PKV_ERR_IO);
     CHECK_STATUS(npy_load(NULL, &a, err, sizeof err), PKV_ERR_NULL);
     int64_t sh[2] = {2, 2}, neg[2] = {2, -1};
     float four[4] = {0};
