@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <float.h>
 #include <stdint.h>
+#include <unistd.h>
 
 #include "npy.h"
 #include "test.h"
@@ -345,11 +346,31 @@ k_: npy_free(&k);
 q_: npy_free(&q);
 }
 
+/* The default vectors folder, ../shared/vectors from the repo root: from the working
+ * directory if it is the root, else from the root found above this executable. */
+static const char *default_vectors(char *buf, size_t cap) {
+    if (access("include/pagedkv.h", F_OK) == 0) return "../shared/vectors";
+    char exe[900];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return "../shared/vectors";
+    exe[n] = 0;
+    for (char *slash = strrchr(exe, '/'); slash && slash != exe; slash = strrchr(exe, '/')) {
+        *slash = 0; /* exe is now a parent folder */
+        snprintf(buf, cap, "%s/include/pagedkv.h", exe);
+        if (access(buf, F_OK) == 0) {
+            snprintf(buf, cap, "%s/../shared/vectors", exe);
+            return buf;
+        }
+    }
+    return "../shared/vectors";
+}
+
 static void test_vectors(void) {
+    char defbuf[1024];
     const char *dir = getenv("PKV_VECTORS");
-    if (!dir || !*dir) dir = "../shared/vectors";
+    if (!dir || !*dir) dir = default_vectors(defbuf, sizeof defbuf);
     const char *opt = getenv("PKV_VECTORS_OPTIONAL");
-    char path[1024];
+    char path[1100];
     snprintf(path, sizeof path, "%s/cases.txt", dir);
     FILE *f = fopen(path, "r");
     if (!f) {
