@@ -88,6 +88,9 @@ static int float_dtype(const arr *x, const char *dtype_opt, int32_t *out) {
     if (t == NPY_F4) *out = PKV_F32;
     else if (t == NPY_F2) *out = PKV_F16;
     else if (t == NPY_U2 && want == PKV_BF16) *out = PKV_BF16;
+    else if (t == NPY_U2 && want >= 0)
+        return cli_error("%s %s: dtype %s does not match --dtype %s (bfloat16 bits need --dtype bf16)", x->flag,
+                         x->path, npy_name(t), dtype_opt);
     else if (t == NPY_U2)
         return cli_error("%s %s: uint16 data: pass --dtype bf16 if it holds bfloat16 bits", x->flag, x->path);
     else

@@ -55,7 +55,8 @@ CELL(c_cow, snprintf(b, n, "%lld", (long long)x->cow_copies))
 CELL(c_forks, snprintf(b, n, "%lld", (long long)x->forks))
 CELL(c_steps, snprintf(b, n, "%lld", (long long)x->steps))
 CELL(c_lib, snprintf(b, n, "%.2f", x->lib_us_per_step))
-CELL(c_call, snprintf(b, n, "%.0f", x->lib_ns_per_call))
+CELL(c_calls, snprintf(b, n, "%.1f", x->steps ? (double)x->lib_calls / (double)x->steps : 0.0))
+CELL(c_call, snprintf(b, n, "%.1f (+%.0f clock)", x->lib_ns_per_call, x->clock_ns))
 CELL(c_wall, snprintf(b, n, "%.2f", x->wall_s))
 CELL(c_verify, if (!c->verify) snprintf(b, n, "-");
      else snprintf(b, n, "%lld ok, err %.1e", (long long)x->verify_checks, x->verify_max_err))
@@ -90,6 +91,7 @@ static const struct row {
     {"forks (n > 1)", c_forks},
     {"steps", c_steps},
     {"library us/step", c_lib},
+    {"library calls/step", c_calls},
     {"library ns/call", c_call},
     {"wall time (s)", c_wall},
     {"verify", c_verify},
@@ -212,6 +214,7 @@ void report_json(FILE *f, const sim_workload *w, const sim_run_desc *runs, int n
             {"library_us_per_step", x->lib_us_per_step},
             {"library_ns_per_call", x->lib_ns_per_call},
             {"wall_s", x->wall_s},
+            {"clock_overhead_ns", x->clock_ns},
         };
         for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) {
             fprintf(f, ", \"%s\": ", d[i].k);
@@ -231,7 +234,7 @@ void report_json(FILE *f, const sim_workload *w, const sim_run_desc *runs, int n
 #define PANEL_H 330
 #define PL 70  /* plot area inside a panel */
 #define PR 70
-#define PT 40
+#define PT 52
 #define PB 50
 #define MAX_POINTS 800
 
@@ -306,14 +309,14 @@ int report_svg(const char *path, const sim_workload *w, const sim_run_desc *runs
             if (c->prefix_cache && x->prefix_available)
                 polyline(f, x, 3, x0, y0, pw, ph, tmax, 1.0, colors[3], " stroke-dasharray=\"5,3\"");
         }
-        /* legend */
-        double lx = x0 + 10, ly = y0 + 8;
-        fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"230\" height=\"74\" fill=\"white\" fill-opacity=\"0.85\" stroke=\"#999\"/>\n", lx, ly);
+        /* legend: one row between the title and the plot */
+        double lx = x0, ly = oy + 38;
+        static const double lw[] = {130, 215, 120, 230};
         for (int k = 0; k < 4; k++) {
-            double yy = ly + 14 + 17 * k;
-            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"%s/>\n", lx + 8,
-                    yy, lx + 32, yy, colors[k], k == 3 ? " stroke-dasharray=\"5,3\"" : "");
-            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">%s</text>\n", lx + 38, yy + 4, names[k]);
+            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"%s/>\n", lx,
+                    ly - 4, lx + 24, ly - 4, colors[k], k == 3 ? " stroke-dasharray=\"5,3\"" : "");
+            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">%s</text>\n", lx + 30, ly, names[k]);
+            lx += lw[k];
         }
     }
     fprintf(f, "<desc>");

@@ -55,7 +55,7 @@ static const char sim_help[] =
     "                          token; each step attention over the paged cache (oracle) is\n"
     "                          compared with attention over contiguous copies, and the cache\n"
     "                          invariants are checked; exit 1 on a mismatch\n"
-    "  --verify-seqs N         sequences checked per step (8)\n"
+    "  --verify-seqs N         sequences checked per step (4)\n"
     "  --verify-fast           with --verify, also compare pkv_attn with the oracle\n"
     "  --no-progress           no progress bar (it is drawn on stderr only when a TTY)\n"
     "\n"
@@ -115,7 +115,7 @@ int cmd_sim(int argc, char **argv) {
     sim_config cfg = {
         .block_size = 64, .kv_mem_gib = 4.0, .kv_dtype = PKV_BF16, .layers = 61, .prefix_cache = 1,
         .max_batch_tokens = 2048, .max_seqs = 256, .watermark = 0.01, .cost_a = 12e-3, .cost_b = 25e-6,
-        .kv_bw = 3e12, .verify_seqs = 8,
+        .kv_bw = 3e12, .verify_seqs = 4,
     };
     sim_workload_opts wo = {.requests = 3000, .rate = 4.0, .seed = 1, .max_context = 16384};
     const char *trace = NULL, *svg = NULL, *sweep = NULL;

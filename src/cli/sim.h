@@ -96,6 +96,7 @@ typedef struct sim_result {
     int32_t peak_blocks;
     int64_t lib_calls;
     double lib_us_per_step, lib_ns_per_call, wall_s;
+    double clock_ns;                 /* clock_gettime overhead subtracted per call */
     int64_t verify_checks;
     double verify_max_err, verify_fast_max_err;
     int32_t prefix_available;        /* the library's prefix cache worked */

@@ -1,0 +1,551 @@
+/* The pkv program from the outside: every subcommand's --help, pkv sim (table,
+ * determinism, --json, --sweep, --svg, --verify, --trace and malformed traces),
+ * pkv attn on every case of the shared vectors plus shape/dtype errors, pkv info.
+ * PKV_BIN names the program (make test sets it), PKV_VECTORS the vectors. */
+#include <ctype.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "npy.h"
+#include "test.h"
+
+static const char *bin;
+static char tmpdir[256];
+
+typedef struct run_out {
+    int status;   /* exit code, or -1 when killed */
+    char *text;   /* stdout + stderr */
+    size_t len;
+} run_out;
+
+/* Runs "$bin args" through the shell, stdout and stderr together. */
+static run_out run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static run_out run(const char *fmt, ...) {
+    char args[4096], cmd[4608];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", bin, args);
+    run_out r = {-1, NULL, 0};
+    FILE *p = popen(cmd, "r");
+    if (!p) return r;
+    size_t cap = 0;
+    char buf[8192];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) {
+        if (r.len + n + 1 > cap) {
+            cap = (r.len + n + 1) * 2;
+            r.text = realloc(r.text, cap);
+        }
+        memcpy(r.text + r.len, buf, n);
+        r.len += n;
+    }
+    if (!r.text) r.text = calloc(1, 1);
+    r.text[r.len] = 0;
+    int st = pclose(p);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
+}
+
+#define CHECK_RUN(r, want_status, needle)                                                           \
+    do {                                                                                            \
+        CHECK_INT((r).status, want_status);                                                         \
+        if ((needle) && !strstr((r).text, (needle)))                                                \
+            TEST_FAIL_("output lacks \"%s\":\n%.2000s", (const char *)(needle), (r).text);         \
+        else if ((r).status != (want_status))                                                       \
+            fprintf(stderr, "output was:\n%.2000s\n", (r).text);                                     \
+    } while (0)
+
+/* The value column(s) of table row `name` (text after the name), or "". */
+static const char *row(const char *text, const char *name, char *buf, size_t n) {
+    buf[0] = 0;
+    const char *p = text;
+    size_t len = strlen(name);
+    while ((p = strstr(p, name)) != NULL) {
+        if ((p == text || p[-1] == '\n') && p[len] == ' ') {
+            const char *e = strchr(p, '\n');
+            size_t m = e ? (size_t)(e - p - len) : strlen(p + len);
+            if (m >= n) m = n - 1;
+            memcpy(buf, p + len, m);
+            buf[m] = 0;
+            return buf;
+        }
+        p += len;
+    }
+    return buf;
+}
+
+/* ---- a small strict JSON validator (the --json output must parse) ---- */
+static const char *jv(const char *p, int depth);
+static const char *jws(const char *p) {
+    while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++;
+    return p;
+}
+static const char *jstr(const char *p) {
+    if (*p++ != '"') return NULL;
+    while (*p && *p != '"') {
+        if ((unsigned char)*p < 0x20) return NULL;
+        if (*p == '\\') p++;
+        if (*p) p++;
+    }
+    return *p == '"' ? p + 1 : NULL;
+}
+static const char *jv(const char *p, int depth) {
+    p = jws(p);
+    if (depth > 32) return NULL;
+    if (*p == '{' || *p == '[') {
+        char close = *p == '{' ? '}' : ']';
+        int obj = *p == '{';
+        p = jws(p + 1);
+        if (*p == close) return p + 1;
+        for (;;) {
+            if (obj) {
+                p = jstr(jws(p));
+                if (!p) return NULL;
+                p = jws(p);
+                if (*p++ != ':') return NULL;
+            }
+            p = jv(p, depth + 1);
+            if (!p) return NULL;
+            p = jws(p);
+            if (*p == ',') { p++; continue; }
+            return *p == close ? p + 1 : NULL;
+        }
+    }
+    if (*p == '"') return jstr(p);
+    if (!strncmp(p, "true", 4)) return p + 4;
+    if (!strncmp(p, "false", 5)) return p + 5;
+    if (!strncmp(p, "null", 4)) return p + 4;
+    char *end;
+    strtod(p, &end);
+    return end == p ? NULL : end;
+}
+static int json_valid(const char *s) {
+    const char *p = jv(s, 0);
+    return p && *jws(p) == 0;
+}
+
+static void write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (!f) return;
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_help(void) {
+    run_out r = run("--help");
+    CHECK_RUN(r, 0, "usage: pkv");
+    free(r.text);
+    const char *cmds[] = {"sim", "attn", "info"};
+    for (int i = 0; i < 3; i++) {
+        r = run("%s --help", cmds[i]);
+        CHECK_RUN(r, 0, "usage: pkv");
+        free(r.text);
+    }
+    r = run("bogus");
+    CHECK_RUN(r, 2, "unknown command");
+    free(r.text);
+    r = run("%s", "");
+    CHECK_INT(r.status, 2);
+    free(r.text);
+}
+
+static void test_info(void) {
+    run_out r = run("info");
+    CHECK_RUN(r, 0, "pagedkv " PKV_VERSION_STRING);
+    CHECK(strstr(r.text, "pkv_attn uses:") != NULL);
+    CHECK(strstr(r.text, "fp8") != NULL);
+    CHECK(strstr(r.text, "656") != NULL);
+    free(r.text);
+    r = run("info --bogus");
+    CHECK_RUN(r, 2, "unknown option");
+    free(r.text);
+}
+
+static void test_sim_table(void) {
+    const char *small = "sim --requests 300 --no-progress";
+    run_out a = run("%s", small), b = run("%s --seed 1", small), c = run("%s --seed 2", small);
+    CHECK_RUN(a, 0, "requests done");
+    char x[256], y[256];
+    CHECK(strstr(row(a.text, "requests done", x, sizeof x), "300") != NULL);
+    /* deterministic: every KV metric equal for the same seed, the workload differs for another */
+    const char *rows_same[] = {"tokens generated", "evictions", "preemptions", "peak blocks",
+                               "prefix hit rate", "copy-on-write copies", "steps", "TTFT p50 / p99 (ms)"};
+    for (size_t i = 0; i < sizeof rows_same / sizeof rows_same[0]; i++) {
+        row(a.text, rows_same[i], x, sizeof x);
+        row(b.text, rows_same[i], y, sizeof y);
+        CHECK(x[0] != 0);
+        if (strcmp(x, y)) TEST_FAIL_("row %s differs between equal seeds: '%s' vs '%s'", rows_same[i], x, y);
+    }
+    CHECK(strcmp(row(a.text, "tokens generated", x, sizeof x), row(c.text, "tokens generated", y, sizeof y)) != 0);
+    /* a prefix cache that works on this workload hits */
+    row(a.text, "prefix hit rate", x, sizeof x);
+    CHECK(atof(x) > 5.0);
+    free(a.text);
+    free(b.text);
+    free(c.text);
+    /* fp8 fits more tokens in the same memory */
+    a = run("sim --requests 100 --no-progress --kv-dtype fp8 --kv-mem-gib 1");
+    b = run("sim --requests 100 --no-progress --kv-dtype bf16 --kv-mem-gib 1");
+    CHECK_RUN(a, 0, "fp8 (40016 B/token)");
+    CHECK_RUN(b, 0, "bf16 (70272 B/token)");
+    CHECK(atoi(row(a.text, "pool blocks", x, sizeof x)) > atoi(row(b.text, "pool blocks", y, sizeof y)));
+    free(a.text);
+    free(b.text);
+    /* a tiny pool forces preemptions and evictions, and still finishes everything */
+    a = run("sim --requests 200 --no-progress --pool-blocks 120 --rate 20");
+    CHECK_RUN(a, 0, "requests done");
+    CHECK(atoi(row(a.text, "preemptions", x, sizeof x)) > 0);
+    CHECK(strstr(row(a.text, "requests done", x, sizeof x), "200") != NULL);
+    free(a.text);
+}
+
+static void test_sim_outputs(void) {
+    char svg[512];
+    snprintf(svg, sizeof svg, "%s/chart.svg", tmpdir);
+    run_out r = run("sim --requests 200 --no-progress --json --svg %s", svg);
+    CHECK_RUN(r, 0, "\"runs\"");
+    CHECK(json_valid(r.text));
+    CHECK(strstr(r.text, "\"prefix_hit_rate\"") != NULL);
+    CHECK(strstr(r.text, "\"library_us_per_step\"") != NULL);
+    free(r.text);
+    FILE *f = fopen(svg, "r");
+    CHECK(f != NULL);
+    if (f) {
+        static char buf[1 << 20];
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = 0;
+        fclose(f);
+        CHECK(!strncmp(buf, "<svg xmlns=\"http://www.w3.org/2000/svg\"", 39));
+        CHECK(n > 7 && !strcmp(buf + n - 7, "</svg>\n"));
+        int lines = 0;
+        for (const char *p = buf; (p = strstr(p, "<polyline")) != NULL; p++) lines++;
+        CHECK_INT(lines, 4);
+        CHECK(strstr(buf, "blocks cached") && strstr(buf, "simulated time (s)") && strstr(buf, "hit rate"));
+    }
+    /* a renderer, when there is one, must accept it */
+    if (system("command -v rsvg-convert >/dev/null 2>&1") == 0) {
+        char cmd[1200];
+        snprintf(cmd, sizeof cmd, "rsvg-convert %s -o %s/chart.png", svg, tmpdir);
+        CHECK_INT(system(cmd), 0);
+    }
+    /* sweeps: one table, one column per value */
+    r = run("sim --requests 200 --no-progress --sweep block-size=1,16,64,256");
+    CHECK_RUN(r, 0, "block-size");
+    char x[512];
+    row(r.text, "block-size", x, sizeof x);
+    CHECK(strstr(x, "1") && strstr(x, "16") && strstr(x, "64") && strstr(x, "256"));
+    row(r.text, "requests done", x, sizeof x);
+    CHECK(!strcmp(x, "   200   200   200   200") || strstr(x, "200") != NULL);
+    /* waste grows with the block size */
+    row(r.text, "internal waste", x, sizeof x);
+    double w[4];
+    CHECK_INT(sscanf(x, " %lf%% %lf%% %lf%% %lf%%", &w[0], &w[1], &w[2], &w[3]), 4);
+    CHECK(w[0] <= w[1] && w[1] <= w[2] && w[2] <= w[3]);
+    free(r.text);
+    r = run("sim --requests 200 --no-progress --sweep prefix-cache=on,off --json");
+    CHECK_RUN(r, 0, "\"sweep\": \"prefix-cache\"");
+    CHECK(json_valid(r.text));
+    free(r.text);
+    r = run("sim --requests 150 --no-progress --sweep pool-blocks=150,400");
+    CHECK_RUN(r, 0, "pool-blocks");
+    free(r.text);
+}
+
+static void test_sim_verify(void) {
+    run_out r = run("sim --requests 150 --no-progress --verify --pool-blocks 150 --rate 10");
+    CHECK_RUN(r, 0, "verify");
+    char x[256];
+    row(r.text, "verify", x, sizeof x);
+    CHECK(strstr(x, " ok") != NULL);
+    free(r.text);
+    r = run("sim --requests 60 --no-progress --verify-fast --block-size 16 --pool-blocks 400 --rate 10");
+    CHECK_RUN(r, 0, "verify");
+    free(r.text);
+}
+
+static void test_sim_trace(void) {
+    run_out r = run("sim --no-progress --trace tests/data/trace_small.jsonl --pool-blocks 200");
+    CHECK_RUN(r, 0, "trace tests/data/trace_small.jsonl");
+    char x[256];
+    CHECK(strstr(row(r.text, "requests done", x, sizeof x), "200") != NULL);
+    free(r.text);
+    r = run("sim --no-progress --trace tests/data/trace_small.jsonl --verify --pool-blocks 200");
+    CHECK_RUN(r, 0, "verify");
+    free(r.text);
+    static const struct { const char *text; const char *msg; } bad[] = {
+        {"{\"arrival\": 0, \"prompt_len\": 5, \"output_len\": 3}\n{\"arrival\": 1, \"prompt_len\": 5}\n",
+         ":2: column 33: missing \"output_len\""},
+        {"\n\n{\"arrival\": 0.5, \"prompt_len\": 5, \"output_len\": 3, \"bogus\": 1}\n", ":3: column 60: unknown key \"bogus\""},
+        {"{\"arrival\": -1, \"prompt_len\": 5, \"output_len\": 3}\n", ":1: column 15: arrival must be >= 0"},
+        {"{\"arrival\": 0, \"prompt_len\": 2.5, \"output_len\": 3}\n", ":1: column 33: prompt_len must be an integer"},
+        {"{\"arrival\": 0, \"prompt\": [1, 2,], \"output_len\": 3}\n", ":1: column 32: expected a number"},
+        {"{\"arrival\": 0, \"prompt\": [], \"output_len\": 3}\n", ":1:"},
+        {"{\"arrival\": 0, \"prompt_len\": 5, \"output_len\": 3} x\n", ":1: column 50: trailing characters"},
+        {"{\"arrival\": 0, \"prompt_len\": 5, \"output_len\": 3\n", ":1:"},
+        {"[1, 2]\n", ":1: column 1: expected a JSON object"},
+        {"{\"arrival\": 2, \"prompt_len\": 5, \"output_len\": 3}\n{\"arrival\": 1, \"prompt_len\": 5, \"output_len\": 3}\n",
+         ":2: arrival 1 is earlier"},
+        {"{\"arrival\": 0, \"prompt_len\": 5, \"prompt\": [1], \"output_len\": 3}\n", ":1:"},
+        {"{\"arrival\": 0, \"prompt_len\": 5, \"output_len\": 3, \"n\": 9}\n", ":1:"},
+        {"# only a comment\n", "no requests"},
+    };
+    char path[512];
+    snprintf(path, sizeof path, "%s/bad.jsonl", tmpdir);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        write_file(path, bad[i].text);
+        r = run("sim --no-progress --trace %s", path);
+        CHECK_RUN(r, 2, bad[i].msg);
+        free(r.text);
+    }
+    r = run("sim --no-progress --trace %s/does-not-exist.jsonl", tmpdir);
+    CHECK_RUN(r, 2, "cannot open");
+    free(r.text);
+}
+
+static void test_sim_flags(void) {
+    static const struct { const char *args; const char *msg; } bad[] = {
+        {"--bogus", "unknown option"},
+        {"--block-size 0", "block-size"},
+        {"--block-size 5000", "block-size"},
+        {"--block-size", "needs a value"},
+        {"--kv-dtype int8", "kv-dtype"},
+        {"--prefix-cache maybe", "prefix-cache"},
+        {"--sweep block-size", "--sweep"},
+        {"--sweep colour=1,2", "unknown key"},
+        {"--sweep block-size=16,,64", "empty value"},
+        {"--sweep block-size=16,x", "block-size"},
+        {"--requests -3", "--requests"},
+        {"--rate 0", "--rate"},
+        {"--preempt swap", "tier"},
+        {"--watermark 0.9", "watermark"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        run_out r = run("sim --requests 10 --no-progress %s", bad[i].args);
+        CHECK_RUN(r, 2, bad[i].msg);
+        free(r.text);
+    }
+    run_out r = run("sim --requests 10 --no-progress --svg /nonexistent-dir/x.svg");
+    CHECK_RUN(r, 2, "cannot open");
+    free(r.text);
+}
+
+/* ---- pkv attn ---- */
+typedef struct vcase {
+    char name[64], dtype[8];
+    int v_shared, causal, dv;
+    char scale[40];
+} vcase;
+
+static int read_cases(const char *dir, vcase *cases, int cap) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/cases.txt", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[1024];
+    int n = 0;
+    while (fgets(line, sizeof line, f) && n < cap) {
+        if (line[0] == '#' || isspace((unsigned char)line[0])) continue;
+        vcase *c = &cases[n];
+        memset(c, 0, sizeof *c);
+        char *save = NULL, *tok = strtok_r(line, " \n", &save);
+        snprintf(c->name, sizeof c->name, "%s", tok);
+        while ((tok = strtok_r(NULL, " \n", &save)) != NULL) {
+            char *eq = strchr(tok, '=');
+            if (!eq) continue;
+            *eq = 0;
+            const char *v = eq + 1;
+            if (!strcmp(tok, "v_shared")) c->v_shared = atoi(v);
+            else if (!strcmp(tok, "causal")) c->causal = atoi(v);
+            else if (!strcmp(tok, "dv")) c->dv = atoi(v);
+            else if (!strcmp(tok, "softmax_scale")) snprintf(c->scale, sizeof c->scale, "%s", v);
+            else if (!strcmp(tok, "dtype")) snprintf(c->dtype, sizeof c->dtype, "%s", v);
+        }
+        n++;
+    }
+    fclose(f);
+    return n;
+}
+
+static void attn_args(char *buf, size_t n, const char *dir, const vcase *c, const char *extra) {
+    snprintf(buf, n,
+             "attn --q %s/%s.q.npy --k-cache %s/%s.k_cache.npy%s%s%s%s --block-table %s/%s.block_table.npy "
+             "--seqlens %s/%s.cache_seqlens.npy --scale %s --dv %d%s --dtype %s --out %s/out.npy --lse %s/lse.npy %s",
+             dir, c->name, dir, c->name, c->v_shared ? "" : " --v-cache ", c->v_shared ? "" : dir,
+             c->v_shared ? "" : "/", c->v_shared ? "" : c->name, dir, c->name, dir, c->name, c->scale, c->dv,
+             c->causal ? " --causal" : "", c->dtype, tmpdir, tmpdir, extra);
+    if (!c->v_shared) {
+        /* the --v-cache path needs the ".v_cache.npy" suffix */
+        char *p = strstr(buf, " --block-table");
+        char tail[2048];
+        snprintf(tail, sizeof tail, "%s", p);
+        snprintf(p, n - (size_t)(p - buf), ".v_cache.npy%s", tail);
+    }
+}
+
+static void test_attn_vectors(void) {
+    static char dir[200];
+    const char *env = getenv("PKV_VECTORS");
+    if (!env) env = "../shared/vectors";
+    if (strlen(env) >= sizeof dir) {
+        TEST_FAIL_("PKV_VECTORS is too long");
+        return;
+    }
+    memcpy(dir, env, strlen(env) + 1);
+    vcase cases[32];
+    int n = read_cases(dir, cases, 32);
+    if (n < 0) {
+        printf("test_cli: no vectors at %s (set PKV_VECTORS); attn vector cases skipped\n", dir);
+        return;
+    }
+    CHECK(n > 0);
+    char args[8192], extra[1400];
+    for (int i = 0; i < n; i++) {
+        const vcase *c = &cases[i];
+        snprintf(extra, sizeof extra, "--expect %s/%.63s.out.npy --expect-lse %s/%.63s.lse.npy", dir, c->name, dir, c->name);
+        attn_args(args, sizeof args, dir, c, extra);
+        run_out r = run("%s", args);
+        CHECK_RUN(r, 0, "attn (oracle)");
+        if (!strstr(r.text, "out vs") || !strstr(r.text, "lse vs") || strstr(r.text, "FAIL"))
+            TEST_FAIL_("case %s: %s", c->name, r.text);
+        free(r.text);
+        /* the written files hold what --expect compared */
+        char p[600];
+        snprintf(p, sizeof p, "%s/out.npy", tmpdir);
+        npy_array got = {0}, want = {0};
+        char err[200];
+        CHECK_OK(npy_load(p, &got, err, sizeof err));
+        snprintf(p, sizeof p, "%s/%.63s.out.npy", dir, c->name);
+        CHECK_OK(npy_load(p, &want, err, sizeof err));
+        CHECK_INT(got.dtype, NPY_F4);
+        CHECK_INT(got.count, want.count);
+        if (got.count == want.count && got.dtype == NPY_F4 && want.dtype == NPY_F8) {
+            double m = 0;
+            for (size_t k = 0; k < got.count; k++) {
+                double d = fabs((double)((const float *)got.data)[k] - ((const double *)want.data)[k]);
+                if (d > m) m = d;
+            }
+            CHECK(m < 1e-5);
+        }
+        npy_free(&got);
+        npy_free(&want);
+        /* the fast path, within a bf16-sized tolerance */
+        snprintf(extra, sizeof extra, "--fast --expect %s/%.63s.out.npy --tol 5e-3", dir, c->name);
+        attn_args(args, sizeof args, dir, c, extra);
+        r = run("%s", args);
+        CHECK_RUN(r, 0, "attn (fast)");
+        free(r.text);
+    }
+    /* errors, each with a clear message and exit 2 (or 1 for a failed --expect) */
+    const vcase *mla = NULL, *gqa = NULL;
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(cases[i].name, "mla_decode_bf16")) mla = &cases[i];
+        if (!strcmp(cases[i].name, "gqa_sepv_f32")) gqa = &cases[i];
+    }
+    if (!mla || !gqa) return;
+    vcase c = *mla;
+    snprintf(c.dtype, sizeof c.dtype, "f32");
+    attn_args(args, sizeof args, dir, &c, "");
+    run_out r = run("%s", args);
+    CHECK_RUN(r, 2, "does not match --dtype f32");
+    free(r.text);
+    /* bf16 bits without --dtype */
+    snprintf(args, sizeof args, "attn --q %s/mla_decode_bf16.q.npy --k-cache %s/mla_decode_bf16.k_cache.npy "
+             "--block-table %s/mla_decode_bf16.block_table.npy --seqlens %s/mla_decode_bf16.cache_seqlens.npy "
+             "--scale 0.07 --dv 512 --out %s/o.npy", dir, dir, dir, dir, tmpdir);
+    r = run("%s", args);
+    CHECK_RUN(r, 2, "--dtype bf16");
+    free(r.text);
+    /* q of one case, cache of another: head dims differ */
+    snprintf(args, sizeof args, "attn --q %s/gqa_sepv_f32.q.npy --k-cache %s/mla_peaky_f32.k_cache.npy "
+             "--block-table %s/gqa_sepv_f32.block_table.npy --seqlens %s/gqa_sepv_f32.cache_seqlens.npy "
+             "--scale 0.1 --out %s/o.npy", dir, dir, dir, dir, tmpdir);
+    r = run("%s", args);
+    CHECK_RUN(r, 2, "head dim mismatch");
+    free(r.text);
+    /* a float array as the block table */
+    snprintf(args, sizeof args, "attn --q %s/gqa_sepv_f32.q.npy --k-cache %s/gqa_sepv_f32.k_cache.npy "
+             "--block-table %s/gqa_sepv_f32.cache_seqlens.npy --seqlens %s/gqa_sepv_f32.cache_seqlens.npy "
+             "--scale 0.1 --out %s/o.npy", dir, dir, dir, dir, tmpdir);
+    r = run("%s", args);
+    CHECK_RUN(r, 2, "expected 2 dims");
+    free(r.text);
+    /* the wrong batch of seqlens */
+    snprintf(args, sizeof args, "attn --q %s/gqa_sepv_f32.q.npy --k-cache %s/gqa_sepv_f32.k_cache.npy "
+             "--block-table %s/gqa_sepv_f32.block_table.npy --seqlens %s/mha_f16_empty.cache_seqlens.npy "
+             "--scale 0.1 --out %s/o.npy", dir, dir, dir, dir, tmpdir);
+    r = run("%s", args);
+    CHECK_RUN(r, 2, "batch mismatch");
+    free(r.text);
+    /* a v_cache that does not match k_cache */
+    snprintf(args, sizeof args, "attn --q %s/gqa_sepv_f32.q.npy --k-cache %s/gqa_sepv_f32.k_cache.npy "
+             "--v-cache %s/block1_causal_f32.v_cache.npy --block-table %s/gqa_sepv_f32.block_table.npy "
+             "--seqlens %s/gqa_sepv_f32.cache_seqlens.npy --scale 0.1 --out %s/o.npy", dir, dir, dir, dir, dir, tmpdir);
+    r = run("%s", args);
+    CHECK_RUN(r, 2, "must match k_cache");
+    free(r.text);
+    /* a missing file, a missing flag, a non-.npy file */
+    r = run("attn --q %s/nope.npy --k-cache x --block-table x --seqlens x --scale 1 --out %s/o.npy", tmpdir, tmpdir);
+    CHECK_RUN(r, 2, "nope.npy");
+    free(r.text);
+    r = run("attn --q x.npy");
+    CHECK_RUN(r, 2, "missing --k-cache");
+    free(r.text);
+    snprintf(args, sizeof args, "attn --q %s/cases.txt --k-cache %s/gqa_sepv_f32.k_cache.npy "
+             "--block-table %s/gqa_sepv_f32.block_table.npy --seqlens %s/gqa_sepv_f32.cache_seqlens.npy "
+             "--scale 0.1 --out %s/o.npy", dir, dir, dir, dir, tmpdir);
+    r = run("%s", args);
+    CHECK_RUN(r, 2, "--q");
+    free(r.text);
+    /* --expect against perturbed values fails with exit 1, a wrong shape with exit 2 */
+    char p[600], q[600], e[200];
+    snprintf(p, sizeof p, "%s/%s.out.npy", dir, gqa->name);
+    npy_array want = {0};
+    CHECK_OK(npy_load(p, &want, e, sizeof e));
+    if (want.dtype == NPY_F8) {
+        double *d = (double *)want.owned;
+        d[want.count / 2] += 0.01;
+        snprintf(q, sizeof q, "%s/perturbed.npy", tmpdir);
+        CHECK_OK(npy_save(q, NPY_F8, want.ndim, want.shape, want.data, e, sizeof e));
+        snprintf(extra, sizeof extra, "--expect %s", q);
+        attn_args(args, sizeof args, dir, gqa, extra);
+        r = run("%s", args);
+        CHECK_RUN(r, 1, "1 of 1024 outside tolerance");
+        free(r.text);
+        snprintf(extra, sizeof extra, "--expect %s/mha_f16_empty.out.npy", dir);
+        attn_args(args, sizeof args, dir, gqa, extra);
+        r = run("%s", args);
+        CHECK_RUN(r, 2, "but out is");
+        free(r.text);
+    }
+    npy_free(&want);
+}
+
+int main(void) {
+    bin = getenv("PKV_BIN");
+    if (!bin) bin = "build/pkv";
+    if (access(bin, X_OK) != 0) {
+        fprintf(stderr, "test_cli: %s is not an executable (set PKV_BIN)\n", bin);
+        return 1;
+    }
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/pkv_test_cli.XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    test_help();
+    test_info();
+    test_sim_table();
+    test_sim_outputs();
+    test_sim_verify();
+    test_sim_trace();
+    test_sim_flags();
+    test_attn_vectors();
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "test_cli: could not remove %s\n", tmpdir);
+    return test_report("test_cli");
+}
