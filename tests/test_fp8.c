@@ -339,23 +339,42 @@ static void test_oracle_fp8_exact(void) {
     test_rng r = {31};
     mla_case m;
     mla_make(&m, &r, 300, 1);
-    float o8[16 * 512], of[16 * 512], l8[16], lf[16];
-    pkv_attn_args a8 = mla_args(&m, PKV_FP8_MLA656, m.k8, o8, l8);
-    pkv_attn_args af = mla_args(&m, PKV_F32, m.kdq, of, lf);
-    CHECK_OK(pkv_attn_reference(&a8));
-    CHECK_OK(pkv_attn_reference(&af));
-    for (int i = 0; i < 16 * 512; i++) CHECK_NEAR(o8[i], of[i], 1e-6 * fmax(1e-3, fabs(of[i])));
-    for (int i = 0; i < 16; i++) CHECK_NEAR(l8[i], lf[i], 1e-6);
-    /* sparse: 100 slots picked from the cache, some -1 */
-    int32_t ix[128];
-    for (int j = 0; j < 128; j++)
-        ix[j] = j % 9 == 0 ? -1 : (int32_t)test_below(&r, (uint32_t)(m.nb - 1) * 64);
-    a8.indices = ix; a8.topk = 128;
-    af.indices = ix; af.topk = 128;
-    CHECK_OK(pkv_attn_reference(&a8));
-    CHECK_OK(pkv_attn_reference(&af));
-    for (int i = 0; i < 16 * 512; i++) CHECK_NEAR(o8[i], of[i], 1e-6 * fmax(1e-3, fabs(of[i])));
-    for (int i = 0; i < 16; i++) CHECK_NEAR(l8[i], lf[i], 1e-6);
+    /* the unused last block: NaN codes and NaN scales (FP8), NaN floats (F32) */
+    memset(m.k8 + (size_t)(m.nb - 1) * 64 * 656, 0xff, 64 * 656);
+    for (size_t i = (size_t)(m.nb - 1) * 64 * 576; i < (size_t)m.nb * 64 * 576; i++) m.kdq[i] = NAN;
+    static float o8[16 * 512], of[16 * 512];
+    float l8[16], lf[16];
+    uint16_t *qh = malloc(sizeof(uint16_t) * 16 * 576);
+    const int qdts[3] = {PKV_F32, PKV_BF16, PKV_F16};
+    for (int qi = 0; qi < 3; qi++) {
+        pkv_attn_args a8 = mla_args(&m, PKV_FP8_MLA656, m.k8, o8, l8);
+        pkv_attn_args af = mla_args(&m, PKV_F32, m.kdq, of, lf);
+        if (qdts[qi] != PKV_F32) {
+            for (int i = 0; i < 16 * 576; i++)
+                qh[i] = qdts[qi] == PKV_BF16 ? bf16_rne(m.q[i]) : pkv_f32_to_f16(m.q[i]);
+            a8.q = af.q = qh;
+            a8.q_dtype = af.q_dtype = qdts[qi];
+        }
+        for (int sparse = 0; sparse < 2; sparse++) {
+            /* sparse: 128 slots picked from the used blocks, every ninth -1 */
+            int32_t ix[128];
+            for (int j = 0; j < 128; j++)
+                ix[j] = j % 9 == 0 ? -1 : (int32_t)test_below(&r, (uint32_t)(m.nb - 1) * 64);
+            if (sparse) {
+                a8.indices = af.indices = ix;
+                a8.topk = af.topk = 128;
+            }
+            CHECK_OK(pkv_attn_reference(&a8));
+            CHECK_OK(pkv_attn_reference(&af));
+            int bad = 0;
+            for (int i = 0; i < 16 * 512; i++)
+                bad += !(fabs(o8[i] - of[i]) <= 1e-6 * fmax(1e-3, fabs(of[i])));
+            for (int i = 0; i < 16; i++) bad += !(fabs(l8[i] - lf[i]) <= 1e-6);
+            test_checks_++;
+            if (bad) TEST_FAIL_("FP8 oracle (q dtype %d, sparse %d): %d values off", qdts[qi], sparse, bad);
+        }
+    }
+    free(qh);
     mla_free(&m);
 }
 
