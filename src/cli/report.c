@@ -31,7 +31,7 @@ CELL(c_block, snprintf(b, n, "%d", c->block_size))
 CELL(c_pool, snprintf(b, n, "%d (%d tokens)", x->num_blocks, x->num_blocks * c->block_size))
 CELL(c_dtype, snprintf(b, n, "%s (%lld B/token)", sim_dtype_name(c->kv_dtype),
                        (long long)sim_token_bytes(c->kv_dtype) * c->layers))
-CELL(c_prefix, snprintf(b, n, "%s", !c->prefix_cache ? "off" : x->prefix_available ? "on" : "on (unavailable)"))
+CELL(c_prefix, snprintf(b, n, "%s", c->prefix_cache ? "on" : "off"))
 CELL(c_done, if (x->rejected) snprintf(b, n, "%lld (+%lld rejected)", (long long)x->done, (long long)x->rejected);
      else snprintf(b, n, "%lld", (long long)x->done))
 CELL(c_tokens, snprintf(b, n, "%lld", (long long)x->tokens_generated))
@@ -44,7 +44,7 @@ CELL(c_e2e, snprintf(b, n, "%.2f", x->e2e_p50))
 CELL(c_util, snprintf(b, n, "%.1f%%", x->kv_util * 100))
 CELL(c_waste, snprintf(b, n, "%.1f%%", x->waste * 100))
 CELL(c_occ, snprintf(b, n, "%.1f%%", x->occupancy * 100))
-CELL(c_hit, if (!c->prefix_cache || !x->prefix_available) snprintf(b, n, "-");
+CELL(c_hit, if (!c->prefix_cache) snprintf(b, n, "-");
      else snprintf(b, n, "%.1f%%", x->hit_rate * 100))
 CELL(c_computed, snprintf(b, n, "%lld", (long long)x->prompt_tokens_computed))
 CELL(c_preempt, snprintf(b, n, "%lld", (long long)x->preemptions))
@@ -191,13 +191,13 @@ void report_json(FILE *f, const sim_workload *w, const sim_run_desc *runs, int n
         fprintf(f, "\"requests_done\": %lld, \"rejected\": %lld, \"tokens_generated\": %lld, \"steps\": %lld, "
                    "\"prompt_tokens_computed\": %lld, \"preemptions\": %lld, \"recomputed_tokens\": %lld, "
                    "\"peak_blocks\": %d, \"evictions\": %lld, \"cow_copies\": %lld, \"forks\": %lld, "
-                   "\"prefix_hit_tokens\": %lld, \"prefix_query_tokens\": %lld, \"prefix_cache_available\": %s, "
+                   "\"prefix_hit_tokens\": %lld, \"prefix_query_tokens\": %lld, "
                    "\"library_calls\": %lld",
                 (long long)x->done, (long long)x->rejected, (long long)x->tokens_generated, (long long)x->steps,
                 (long long)x->prompt_tokens_computed, (long long)x->preemptions,
                 (long long)x->recomputed_tokens, x->peak_blocks, (long long)x->evictions,
                 (long long)x->cow_copies, (long long)x->forks, (long long)x->hit_tokens,
-                (long long)x->query_tokens, x->prefix_available ? "true" : "false", (long long)x->lib_calls);
+                (long long)x->query_tokens, (long long)x->lib_calls);
         const struct { const char *k; double v; } d[] = {
             {"sim_time_s", x->sim_time},
             {"throughput_tokens_per_s", per_s((double)x->tokens_generated, x->sim_time)},
@@ -306,7 +306,7 @@ int report_svg(const char *path, const sim_workload *w, const sim_run_desc *runs
                 x0 + pw + 48, y0 + ph / 2, colors[3]);
         if (x->nseries > 0) {
             for (int k = 0; k < 3; k++) polyline(f, x, k, x0, y0, pw, ph, tmax, ymax, colors[k], "");
-            if (c->prefix_cache && x->prefix_available)
+            if (c->prefix_cache)
                 polyline(f, x, 3, x0, y0, pw, ph, tmax, 1.0, colors[3], " stroke-dasharray=\"5,3\"");
         }
         /* legend: one row between the title and the plot */

@@ -31,11 +31,6 @@
 
 #include "cli/sim.h"
 
-/* Until the prefix cache lands in the library the calls resolve to NULL and
- * the simulator runs without it (the result says so). */
-#pragma weak pkv_prefix_lookup
-#pragma weak pkv_prefix_register
-
 enum { R_PENDING = 0, R_WAITING, R_RUNNING, R_DONE, R_REJECTED };
 
 typedef struct rstate {
@@ -570,8 +565,7 @@ int sim_run(const sim_workload *w, const sim_config *cfg, sim_result *res) {
     s.bs = cfg->block_size;
     s.num_blocks = sim_pool_blocks(cfg);
     s.watermark_blocks = (int32_t)ceil(cfg->watermark * s.num_blocks);
-    s.prefix = cfg->prefix_cache && pkv_prefix_lookup != NULL && pkv_prefix_register != NULL;
-    res->prefix_available = pkv_prefix_lookup != NULL;
+    s.prefix = cfg->prefix_cache;
     res->num_blocks = s.num_blocks;
     int rc = 0;
 
@@ -678,6 +672,8 @@ int sim_run(const sim_workload *w, const sim_config *cfg, sim_result *res) {
     res->tokens_generated = 0; /* recounted below over finished requests only */
     if (res->steps) res->lib_us_per_step = (double)s.lib_ns * 1e-3 / (double)res->steps;
     res->lib_ns_per_call = s.lib_calls ? (double)s.lib_ns / (double)s.lib_calls : 0;
+    /* Over admitted prompts: the library's own counters also count the lookups of
+     * admissions that had to wait for blocks and were retried. */
     res->hit_rate = res->query_tokens ? (double)res->hit_tokens / (double)res->query_tokens : 0;
     pkv_stats stats;
     pkv_cache_stats(s.cache, &stats);

@@ -99,7 +99,6 @@ typedef struct sim_result {
     double clock_ns;                 /* clock_gettime overhead subtracted per call */
     int64_t verify_checks;
     double verify_max_err, verify_fast_max_err;
-    int32_t prefix_available;        /* the library's prefix cache worked */
     sim_sample *series;
     int64_t nseries;
 } sim_result;
