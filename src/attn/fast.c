@@ -28,8 +28,9 @@ typedef struct plan {
     attn_scratch *solo; /* scratch for w == NULL */
     int sparse;
     int32_t hpg;        /* query heads per KV head */
-    int32_t rows;       /* query rows per (b, g) [or (b, s, g) when sparse] */
-    int32_t nrb;        /* row blocks per such unit */
+    int32_t rph;        /* query rows per KV head in a unit: hpg * s_q (dense) or hpg (sparse) */
+    int32_t rows;       /* query rows per unit (all KV heads): h_kv * rph */
+    int32_t nrb;        /* row blocks per unit */
     int64_t ngroups;
     int64_t units;
     int nw;
@@ -84,9 +85,13 @@ void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geo
 }
 
 /* ---- groups ---- */
-
+/* A unit is a batch entry (dense) or a batch entry's query token (sparse); its
+ * rows are ordered (KV head, query token, head in group), and a group is a block
+ * of at most ATTN_MB consecutive rows of a unit. Within a group the tile loop
+ * visits every KV head of the block for one tile before the next tile, so the
+ * cache is read in token order even when several KV heads share a token row. */
 typedef struct group {
-    int32_t b, s, kvh;  /* s: query token (sparse only) */
+    int32_t b, s;       /* s: query token (sparse only) */
     int32_t r0, m;      /* rows [r0, r0 + m) of the unit */
     int32_t keys;       /* keys (dense) or index entries (sparse) the group spans */
 } group;
@@ -94,9 +99,7 @@ typedef struct group {
 static void group_at(const plan *pl, int64_t gi, group *gr) {
     const pkv_attn_args *a = pl->a;
     const int32_t rb = (int32_t)(gi % pl->nrb);
-    int64_t u = gi / pl->nrb;
-    gr->kvh = (int32_t)(u % a->h_kv);
-    u /= a->h_kv;
+    const int64_t u = gi / pl->nrb;
     if (pl->sparse) {
         gr->s = (int32_t)(u % a->s_q);
         gr->b = (int32_t)(u / a->s_q);
@@ -109,23 +112,25 @@ static void group_at(const plan *pl, int64_t gi, group *gr) {
     if (pl->sparse) {
         gr->keys = a->topk;
     } else {
-        /* the last row of the block has the most visible keys (causal) */
-        const int32_t last = (gr->r0 + gr->m - 1) / pl->hpg;
-        gr->keys = attn_visible_keys(a, a->cache_seqlens[gr->b], last);
+        /* the block's latest query token has the most visible keys (causal) */
+        const int32_t first = gr->r0, last = gr->r0 + gr->m - 1;
+        const int32_t smax = last / pl->rph != first / pl->rph ? a->s_q - 1 : (last % pl->rph) / pl->hpg;
+        gr->keys = attn_visible_keys(a, a->cache_seqlens[gr->b], smax);
     }
 }
 
 static int64_t group_tiles(const group *gr) { return ((int64_t)gr->keys + ATTN_TILE - 1) / ATTN_TILE; }
 
-/* Query token and head of row r of a group. */
-static void row_pos(const plan *pl, const group *gr, int32_t r, int32_t *s, int32_t *h) {
-    const int32_t rr = gr->r0 + r;
+/* Query token, query head and KV head of row r of a group. */
+static void row_pos(const plan *pl, const group *gr, int32_t r, int32_t *s, int32_t *h, int32_t *kvh) {
+    const int32_t rr = gr->r0 + r, g = rr / pl->rph, x = rr % pl->rph;
+    *kvh = g;
     if (pl->sparse) {
         *s = gr->s;
-        *h = gr->kvh * pl->hpg + rr;
+        *h = g * pl->hpg + x;
     } else {
-        *s = rr / pl->hpg;
-        *h = gr->kvh * pl->hpg + rr % pl->hpg;
+        *s = x / pl->hpg;
+        *h = g * pl->hpg + x % pl->hpg;
     }
 }
 
@@ -141,19 +146,35 @@ static const char *v_row(const pkv_attn_args *a, int64_t slot, int32_t kvh) {
     return (const char *)a->v_cache + ((size_t)slot * (size_t)a->h_kv + (size_t)kvh) * (size_t)a->dv * es;
 }
 
-/* Gathers the K/V rows of tile t of a group; returns how many (sparse tiles skip -1). */
-static int gather(const plan *pl, const group *gr, int64_t t, attn_scratch *sc) {
+/* Prefetches the bytes [p, p + n) into the caches. */
+static inline void prefetch_bytes(const char *p, size_t n) {
+    for (size_t o = 0; o < n; o += 64) __builtin_prefetch(p + o, 0, 3);
+}
+
+/* Gathers the K/V rows of tile t of a group; returns how many (sparse tiles skip
+ * -1). Also prefetches the rows of tile t + 1: paged rows of one KV head are
+ * scattered (blocks, and h_kv heads interleaved per token), which the hardware
+ * prefetchers do not follow. */
+static int gather(const plan *pl, const group *gr, int32_t kvh, int64_t t, attn_scratch *sc) {
     const pkv_attn_args *a = pl->a;
     const int64_t k0 = t * ATTN_TILE;
     const int64_t k1 = k0 + ATTN_TILE < gr->keys ? k0 + ATTN_TILE : gr->keys;
+    const int64_t k2 = k1 + ATTN_TILE < gr->keys ? k1 + ATTN_TILE : gr->keys;
+    const size_t kb = a->kv_dtype == PKV_FP8_MLA656 ? ATTN_FP8_ROW : (size_t)a->d * pkv_dtype_size(a->kv_dtype);
+    const size_t vb = a->v_cache ? (size_t)a->dv * pkv_dtype_size(a->kv_dtype) : 0;
     int n = 0;
     if (pl->sparse) {
         const int32_t *ix = a->indices + ((size_t)gr->b * (size_t)a->s_q + (size_t)gr->s) * (size_t)a->topk;
         for (int64_t k = k0; k < k1; k++) {
             if (ix[k] == -1) continue;
-            sc->krows[n] = k_row(a, ix[k], gr->kvh);
-            sc->vrows[n] = v_row(a, ix[k], gr->kvh);
+            sc->krows[n] = k_row(a, ix[k], kvh);
+            sc->vrows[n] = v_row(a, ix[k], kvh);
             n++;
+        }
+        for (int64_t k = k1; k < k2; k++) {
+            if (ix[k] == -1) continue;
+            prefetch_bytes(k_row(a, ix[k], kvh), kb);
+            if (vb) prefetch_bytes(v_row(a, ix[k], kvh), vb);
         }
         return n;
     }
@@ -161,9 +182,14 @@ static int gather(const plan *pl, const group *gr, int64_t t, attn_scratch *sc) 
     const int32_t bs = a->block_size;
     for (int64_t k = k0; k < k1; k++) {
         const int64_t slot = (int64_t)table[k / bs] * bs + k % bs;
-        sc->krows[n] = k_row(a, slot, gr->kvh);
-        sc->vrows[n] = v_row(a, slot, gr->kvh);
+        sc->krows[n] = k_row(a, slot, kvh);
+        sc->vrows[n] = v_row(a, slot, kvh);
         n++;
+    }
+    for (int64_t k = k1; k < k2; k++) {
+        const int64_t slot = (int64_t)table[k / bs] * bs + k % bs;
+        prefetch_bytes(k_row(a, slot, kvh), kb);
+        if (vb) prefetch_bytes(v_row(a, slot, kvh), vb);
     }
     return n;
 }
@@ -178,8 +204,8 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
     const int32_t m = gr->m, dv = a->dv;
     const size_t qes = pkv_dtype_size(a->q_dtype);
     for (int32_t r = 0; r < m; r++) {
-        int32_t s, h;
-        row_pos(pl, gr, r, &s, &h);
+        int32_t s, h, kvh;
+        row_pos(pl, gr, r, &s, &h, &kvh);
         const size_t qrow = ((size_t)gr->b * (size_t)a->s_q + (size_t)s) * (size_t)a->h_q + (size_t)h;
         sc->qrows[r] = (const char *)a->q + qrow * (size_t)a->d * qes;
         sc->orows[r] = dst_part ? dst_part + (size_t)r * (size_t)dv : a->out + qrow * (size_t)dv;
@@ -188,23 +214,34 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
         sc->lrun[r] = 0.0f;
     }
     if (t1 > t0) ops->prep_q(&pl->g, sc->qrows, m, sc->qp);
+    const size_t qrow_bytes = (size_t)pl->g.dpad * (size_t)ops->qbytes;
     for (int64_t t = t0; t < t1; t++) {
-        const int n = gather(pl, gr, t, sc);
-        for (int32_t r = 0; r < m; r++) {
-            int32_t vis = n;
-            if (!pl->sparse) {
-                int32_t s, h;
-                row_pos(pl, gr, r, &s, &h);
-                const int64_t left = (int64_t)attn_visible_keys(a, a->cache_seqlens[gr->b], s) - t * ATTN_TILE;
-                vis = left < 0 ? 0 : (left < n ? (int32_t)left : n);
+        for (int32_t ra = 0; ra < m;) { /* the rows of one KV head */
+            const int32_t kvh = (gr->r0 + ra) / pl->rph;
+            const int32_t rb = (kvh + 1) * pl->rph - gr->r0 < m ? (kvh + 1) * pl->rph - gr->r0 : m;
+            const int n = gather(pl, gr, kvh, t, sc);
+            for (int32_t r = ra; r < rb; r++) {
+                int32_t vis = n;
+                if (!pl->sparse) {
+                    int32_t s, h, g;
+                    row_pos(pl, gr, r, &s, &h, &g);
+                    const int64_t left =
+                        (int64_t)attn_visible_keys(a, a->cache_seqlens[gr->b], s) - t * ATTN_TILE;
+                    vis = left < 0 ? 0 : (left < n ? (int32_t)left : n);
+                }
+                sc->nvalid[r] = vis;
             }
-            sc->nvalid[r] = vis;
+            if (n > 0) {
+                const int mm = rb - ra;
+                float *srow = sc->s + (size_t)ra * ATTN_TILE;
+                void *prow = (char *)sc->p + (size_t)ra * ATTN_TILE * sizeof(float);
+                ops->load_tile(&pl->g, sc->krows, sc->vrows, n, sc->kt, sc->vt);
+                ops->qk(&pl->g, (const char *)sc->qp + (size_t)ra * qrow_bytes, mm, n, sc->kt, srow);
+                ops->softmax(&pl->g, srow, mm, sc->nvalid + ra, sc->mrun + ra, sc->lrun + ra, sc->alpha + ra, prow);
+                ops->pv(&pl->g, prow, mm, n, sc->vt, sc->orows + ra, sc->alpha + ra);
+            }
+            ra = rb;
         }
-        if (n == 0) continue;
-        ops->load_tile(&pl->g, sc->krows, sc->vrows, n, sc->kt, sc->vt);
-        ops->qk(&pl->g, sc->qp, m, sc->kt, sc->s);
-        ops->softmax(&pl->g, sc->s, m, sc->nvalid, sc->mrun, sc->lrun, sc->alpha, sc->p);
-        ops->pv(&pl->g, sc->p, m, n, sc->vt, sc->orows, sc->alpha);
     }
     /* normalize; lse in natural log */
     for (int32_t r = 0; r < m; r++) {
@@ -222,8 +259,8 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
             dst_part[(size_t)m * (size_t)dv + (size_t)r] = lse;
             continue;
         }
-        int32_t s, h;
-        row_pos(pl, gr, r, &s, &h);
+        int32_t s, h, kvh;
+        row_pos(pl, gr, r, &s, &h, &kvh);
         if (lse == -INFINITY) lse = INFINITY; /* nothing to attend to */
         else if (a->attn_sink) {
             const float f = (float)(1.0 / (1.0 + exp((double)a->attn_sink[h] - (double)lse)));
@@ -305,8 +342,8 @@ static void phase_combine(void *ctx, int idx) {
             const float l = parts[i][(size_t)m * (size_t)dv + (size_t)r];
             if (l > mx) mx = l;
         }
-        int32_t s, h;
-        row_pos(pl, &gr, r, &s, &h);
+        int32_t s, h, kvh;
+        row_pos(pl, &gr, r, &s, &h, &kvh);
         const size_t qrow = ((size_t)gr.b * (size_t)a->s_q + (size_t)s) * (size_t)a->h_q + (size_t)h;
         float *o = a->out + qrow * (size_t)dv;
         float lse;
@@ -342,6 +379,8 @@ static int pad_to(int32_t x, int32_t p) { return (int32_t)(((int64_t)x + p - 1) 
 /* The call after validation. */
 static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops *ops) {
     RETURN_IF(ops == NULL, PKV_ERR_DTYPE);
+    const int32_t rows = a->indices ? a->h_q / a->h_kv : a->h_q / a->h_kv * a->s_q;
+    if (ops->small_m && rows <= ATTN_SMALL_M) ops = ops->small_m;
     plan pl;
     memset(&pl, 0, sizeof pl);
     pl.a = a;
@@ -349,9 +388,10 @@ static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops 
     pl.w = w;
     pl.sparse = a->indices != NULL;
     pl.hpg = a->h_q / a->h_kv;
-    pl.rows = pl.sparse ? pl.hpg : pl.hpg * a->s_q;
-    pl.nrb = (pl.rows + ATTN_MB - 1) / ATTN_MB;
-    pl.ngroups = (int64_t)a->batch * a->h_kv * (pl.sparse ? a->s_q : 1) * pl.nrb;
+    pl.rph = pl.sparse ? pl.hpg : pl.hpg * a->s_q;
+    pl.rows = pl.rph * a->h_kv;
+    pl.nrb = (int32_t)(((int64_t)pl.rows + ATTN_MB - 1) / ATTN_MB);
+    pl.ngroups = (int64_t)a->batch * (pl.sparse ? a->s_q : 1) * pl.nrb;
     pl.g.d = a->d;
     pl.g.dv = a->dv;
     pl.g.dpad = pad_to(a->d, ops->pad);

@@ -190,7 +190,8 @@ AI void f32_qk_block(const float *q, int32_t ldq, const float *kt, int32_t c0, i
         for (int v = 0; v < 4; v++) _mm512_storeu_ps(s + (size_t)r * ATTN_TILE + 16 * v, acc[r][v]);
 }
 
-static void f32_qk(const attn_geom *g, const void *qp, int m, const void *ktv, float *s) {
+static void f32_qk(const attn_geom *g, const void *qp, int m, int n, const void *ktv, float *s) {
+    (void)n;
     const float *q = (const float *)qp, *kt = (const float *)ktv;
     /* dims in chunks of 64 so the chunk of K^T (16 KB) stays in L1 across row blocks */
     for (int32_t c0 = 0; c0 < g->dpad; c0 += 64) {
@@ -372,7 +373,8 @@ AI void dp_qk_rows(const attn_geom *g, const uint32_t *q, const uint32_t *kt, fl
         dp_qk_block(q, ldq, kt, p0, p0 + 32 < ldq ? p0 + 32 : ldq, NULL, s, R, p0 == 0);
 }
 
-static void dp_qk(const attn_geom *g, const void *qp, int m, const void *ktv, float *s) {
+static void dp_qk(const attn_geom *g, const void *qp, int m, int n, const void *ktv, float *s) {
+    (void)n;
     const uint32_t *q = (const uint32_t *)qp, *kt = (const uint32_t *)ktv;
     const int32_t ldq = g->dpad / 2;
     for (int i = 0; i < m; i += RB) {
@@ -482,12 +484,145 @@ static void dp_pv(const attn_geom *g, const void *pp, int m, int n, const void *
     }
 }
 
-static const attn_ops ops_f32 = {"avx512-f32", 16, f32_prep_q, f32_load_tile, f32_qk, softmax, f32_pv};
-static const attn_ops ops_bf16dp = {"avx512-bf16dp", 32, dp_prep_q, dp_load_tile, dp_qk, softmax, dp_pv};
-static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, dp_prep_q, dp_load_tile, dp_qk, softmax, dp_pv};
+/* ======================= few-rows family (GQA decode) ======================= */
+/* With few query rows per KV head (m <= ATTN_SMALL_M) a transposed tile would
+ * cost more than the rows reuse it, so scores run "lanes over d" straight from
+ * the cache rows (converted in registers) and P V reads V rows directly.
+ * kt holds the tile's K row pointers, vt its V row pointers; qp is f32. */
+
+static void rows_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
+                           void *ktv, void *vtv) {
+    (void)g;
+    memcpy(ktv, krows, (size_t)n * sizeof(void *));
+    memcpy(vtv, vrows, (size_t)n * sizeof(void *));
+}
+
+/* out[j] = sum of the lanes of v[j], j < 16 (a transposing add tree: ~3 ops per sum). */
+AI __m512 hsum16(const __m512 v[16]) {
+    __m512 x[8], y[4];
+    for (int i = 0; i < 8; i++)
+        x[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+    for (int i = 0; i < 4; i++) /* lane L of y[i]: partials of v[4i + L] */
+        y[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xdd));
+    const __m512 z0 = _mm512_add_ps(_mm512_unpacklo_ps(y[0], y[1]), _mm512_unpackhi_ps(y[0], y[1]));
+    const __m512 z1 = _mm512_add_ps(_mm512_unpacklo_ps(y[2], y[3]), _mm512_unpackhi_ps(y[2], y[3]));
+    const __m512 w = _mm512_add_ps(_mm512_shuffle_ps(z0, z1, 0x44), _mm512_shuffle_ps(z0, z1, 0xee));
+    /* lane 4L + k of w holds the sum of v[4k + L] */
+    const __m512i idx = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(idx, w);
+}
+
+AI void rows_qk_t(const float *q, int32_t ldq, const void *const *kr, int n, float *s, int32_t d, int dt,
+                  int R) {
+    __m512 part[RB][16];
+    for (int j0 = 0; j0 < ATTN_TILE; j0 += 16) {
+        for (int jj = 0; jj < 16; jj++) {
+            const int j = j0 + jj;
+            __m512 acc[RB];
+            for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+            if (j < n)
+                for (int32_t c = 0; c < d; c += 16) {
+                    const __m512 kv = load16_f32(kr[j], dt, c, d - c);
+                    for (int r = 0; r < R; r++)
+                        acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)r * (size_t)ldq + c), kv, acc[r]);
+                }
+            for (int r = 0; r < R; r++) part[r][jj] = acc[r];
+        }
+        for (int r = 0; r < R; r++) _mm512_storeu_ps(s + (size_t)r * ATTN_TILE + j0, hsum16(part[r]));
+        if (j0 + 16 >= n) {
+            for (int r = 0; r < R; r++)
+                for (int j = j0 + 16; j < ATTN_TILE; j++) s[(size_t)r * ATTN_TILE + (size_t)j] = 0.0f;
+            break;
+        }
+    }
+}
+
+AI void rows_qk_dt(const float *q, int32_t ldq, int m, const void *const *kr, int n, float *s, int32_t d, int dt) {
+    for (int i = 0; i < m; i += RB) {
+        const float *qi = q + (size_t)i * (size_t)ldq;
+        float *si = s + (size_t)i * ATTN_TILE;
+        switch (m - i >= RB ? RB : m - i) {
+        case 4: rows_qk_t(qi, ldq, kr, n, si, d, dt, 4); break;
+        case 3: rows_qk_t(qi, ldq, kr, n, si, d, dt, 3); break;
+        case 2: rows_qk_t(qi, ldq, kr, n, si, d, dt, 2); break;
+        default: rows_qk_t(qi, ldq, kr, n, si, d, dt, 1); break;
+        }
+    }
+}
+
+static void rows_qk(const attn_geom *g, const void *qp, int m, int n, const void *ktv, float *s) {
+    const void *const *kr = (const void *const *)ktv;
+    const float *q = (const float *)qp;
+    switch (g->kv_dtype) {
+    case PKV_F32: rows_qk_dt(q, g->dpad, m, kr, n, s, g->d, PKV_F32); break;
+    case PKV_F16: rows_qk_dt(q, g->dpad, m, kr, n, s, g->d, PKV_F16); break;
+    default: rows_qk_dt(q, g->dpad, m, kr, n, s, g->d, PKV_BF16); break;
+    }
+}
+
+/* Dims [c, c + 16 NV) of R rows from V rows converted in registers. */
+AI void rows_pv_block(const float *p, int n, const void *const *vr, float *const *o, const float *alpha, int32_t c,
+                      int32_t dv, int dt, int R, int NV) {
+    __m512 acc[RB][4];
+    __mmask16 km[4];
+    for (int v = 0; v < NV; v++) km[v] = tail_mask(dv - c - 16 * v);
+    for (int r = 0; r < R; r++) {
+        const __m512 a = _mm512_set1_ps(alpha[r]);
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(km[v], o[r] + c + 16 * v));
+    }
+    for (int j = 0; j < n; j++) {
+        __m512 vv[4];
+        for (int v = 0; v < NV; v++) vv[v] = load16_f32(vr[j], dt, c + 16 * v, dv - c - 16 * v);
+        for (int r = 0; r < R; r++) {
+            const __m512 b = _mm512_set1_ps(p[(size_t)r * ATTN_TILE + (size_t)j]);
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(b, vv[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < NV; v++) _mm512_mask_storeu_ps(o[r] + c + 16 * v, km[v], acc[r][v]);
+}
+
+AI void rows_pv_rows(const float *p, int n, const void *const *vr, float *const *o, const float *alpha, int32_t dv,
+                     int dt, int R) {
+    int32_t c = 0;
+    for (; c + 64 <= dv; c += 64) rows_pv_block(p, n, vr, o, alpha, c, dv, dt, R, 4);
+    for (; c < dv; c += 16) rows_pv_block(p, n, vr, o, alpha, c, dv, dt, R, 1);
+}
+
+AI void rows_pv_dt(const float *p, int m, int n, const void *const *vr, float *const *o, const float *alpha,
+                   int32_t dv, int dt) {
+    for (int i = 0; i < m; i += RB) {
+        const float *pi = p + (size_t)i * ATTN_TILE;
+        switch (m - i >= RB ? RB : m - i) {
+        case 4: rows_pv_rows(pi, n, vr, o + i, alpha + i, dv, dt, 4); break;
+        case 3: rows_pv_rows(pi, n, vr, o + i, alpha + i, dv, dt, 3); break;
+        case 2: rows_pv_rows(pi, n, vr, o + i, alpha + i, dv, dt, 2); break;
+        default: rows_pv_rows(pi, n, vr, o + i, alpha + i, dv, dt, 1); break;
+        }
+    }
+}
+
+static void rows_pv(const attn_geom *g, const void *pp, int m, int n, const void *vtv, float *const *o,
+                    const float *alpha) {
+    const void *const *vr = (const void *const *)vtv;
+    const float *p = (const float *)pp;
+    switch (g->kv_dtype) {
+    case PKV_F32: rows_pv_dt(p, m, n, vr, o, alpha, g->dv, PKV_F32); break;
+    case PKV_F16: rows_pv_dt(p, m, n, vr, o, alpha, g->dv, PKV_F16); break;
+    default: rows_pv_dt(p, m, n, vr, o, alpha, g->dv, PKV_BF16); break;
+    }
+}
+
+static const attn_ops ops_rows = {"avx512-f32-rows", 16, 4, f32_prep_q, rows_load_tile, rows_qk, softmax, rows_pv, NULL};
+static const attn_ops ops_f32 = {"avx512-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, softmax, f32_pv, &ops_rows};
+static const attn_ops ops_fp8f32 = {"avx512-fp8-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, softmax, f32_pv, NULL};
+static const attn_ops ops_bf16dp = {"avx512-bf16dp", 32, 2, dp_prep_q, dp_load_tile, dp_qk, softmax, dp_pv, &ops_rows};
+static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, 2, dp_prep_q, dp_load_tile, dp_qk, softmax, dp_pv, NULL};
 
 const attn_ops *attn_ops_avx512(int q_dtype, int kv_dtype) {
     if (q_dtype == PKV_BF16 && kv_dtype == PKV_BF16) return &ops_bf16dp;
     if (q_dtype == PKV_BF16 && kv_dtype == PKV_FP8_MLA656) return &ops_fp8dp;
-    return &ops_f32;
+    return kv_dtype == PKV_FP8_MLA656 ? &ops_fp8f32 : &ops_f32;
 }

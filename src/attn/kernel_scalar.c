@@ -55,7 +55,8 @@ static void load_tile(const attn_geom *g, const void *const *krows, const void *
     }
 }
 
-static void qk(const attn_geom *g, const void *qp, int m, const void *kt, float *s) {
+static void qk(const attn_geom *g, const void *qp, int m, int n, const void *kt, float *s) {
+    (void)n;
     const float *q = (const float *)qp, *k = (const float *)kt;
     for (int i = 0; i < m; i++) {
         const float *qi = q + (size_t)i * (size_t)g->dpad;
@@ -113,7 +114,7 @@ static void pv(const attn_geom *g, const void *pp, int m, int n, const void *vt,
     }
 }
 
-static const attn_ops scalar_ops = {"scalar-f32", 1, prep_q, load_tile, qk, softmax, pv};
+static const attn_ops scalar_ops = {"scalar-f32", 1, 4, prep_q, load_tile, qk, softmax, pv, NULL};
 
 const attn_ops *attn_ops_scalar(int q_dtype, int kv_dtype) {
     (void)q_dtype;

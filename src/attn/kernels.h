@@ -15,6 +15,7 @@
 
 #define ATTN_TILE 64 /* keys per tile; also the granularity of split-KV */
 #define ATTN_MB 128  /* query rows per group at most (MLA: all 128 heads at once) */
+#define ATTN_SMALL_M 8 /* groups of at most this many rows may use ops->small_m */
 
 enum { ATTN_ISA_SCALAR = 0, ATTN_ISA_AVX2 = 1, ATTN_ISA_AVX512 = 2, ATTN_ISA_COUNT = 3 };
 
@@ -29,16 +30,19 @@ typedef struct attn_geom {
 /* Kernels for one (ISA, q dtype, kv dtype). Scratch layouts are the kernel's own;
  * the driver only sizes them with attn_scratch_bytes(). Row pointers to K/V
  * point at one head's row (for FP8_MLA656, at the 656-byte token row). */
-typedef struct attn_ops {
+typedef struct attn_ops attn_ops;
+struct attn_ops {
     const char *name;
-    int32_t pad; /* dpad and dvpad are multiples of this */
+    int32_t pad;    /* dpad and dvpad are multiples of this */
+    int32_t qbytes; /* bytes per element of the prepared q rows ([m][dpad]) */
     /* qp <- the m query rows qrows[0..m) (q_dtype, d elements each). */
     void (*prep_q)(const attn_geom *g, const void *const *qrows, int m, void *qp);
     /* kt, vt <- the n <= ATTN_TILE keys of a tile; rows past n read as zero. */
     void (*load_tile)(const attn_geom *g, const void *const *krows, const void *const *vrows,
                       int n, void *kt, void *vt);
-    /* s[m][ATTN_TILE] <- raw dot products q_i . k_j (unscaled). */
-    void (*qk)(const attn_geom *g, const void *qp, int m, const void *kt, float *s);
+    /* s[m][ATTN_TILE] <- raw dot products q_i . k_j (unscaled), for j < n; s is
+     * finite (any value) for n <= j < ATTN_TILE. */
+    void (*qk)(const attn_geom *g, const void *qp, int m, int n, const void *kt, float *s);
     /* Online softmax over the tile: keys j < nvalid[i] count for row i. Updates the
      * running max mrun (log2 domain) and sum lrun, writes alpha[i] (factor for the
      * old accumulator) and the weights p (kernel's format, zero past nvalid). */
@@ -47,7 +51,10 @@ typedef struct attn_ops {
     /* o[i][0..dv) <- alpha[i] * o[i] + sum_{j<n} p[i][j] * v_j. */
     void (*pv)(const attn_geom *g, const void *p, int m, int n, const void *vt, float *const *o,
                const float *alpha);
-} attn_ops;
+    /* NULL, or kernels for groups of at most ATTN_SMALL_M query rows (the same
+     * results within tolerance; chosen per call by the driver). */
+    const attn_ops *small_m;
+};
 
 /* Per-worker scratch, carved from one allocation. */
 typedef struct attn_scratch {

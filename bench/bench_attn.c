@@ -1,0 +1,292 @@
+/* Benchmark of pkv_attn (the fast CPU path) against the machine's own ceilings.
+ *
+ *   build/bench/bench_attn [--quick] [--threads N] [--only NAME]   (or PKV_BENCH_QUICK=1)
+ *
+ * First measures the FP32 FMA ceiling (register-only loop, one core and all
+ * cores) and the streaming-read bandwidth, then for each shape and block size:
+ * median time, GFLOP/s (2 * h_q * s_q * keys * (d + dv)), % of the all-core FMA
+ * ceiling, effective GB/s of KV read and % of the bandwidth ceiling, speed-up
+ * over the oracle, and paged / contiguous time (the same rows behind an
+ * identity table with one block per sequence). The oracle (double precision)
+ * is timed once on a reduced shape (1 sequence, <= 256 keys) and scaled by
+ * FLOPs; the JSON says so ("oracle_scaled_from"). JSON lines on stdout, a
+ * table on stderr. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn/kernels.h"
+#include "common/bench.h"
+#include "pagedkv.h"
+
+typedef struct shape {
+    const char *name;
+    int32_t b, h_q, h_kv, d, dv, s_q, s_k, causal, q_dtype, kv_dtype, v_shared;
+} shape;
+
+static const shape shapes[] = {
+    {"mla_bf16", 1, 128, 1, 576, 512, 1, 8192, 0, PKV_BF16, PKV_BF16, 1},
+    {"mla_bf16", 8, 128, 1, 576, 512, 1, 4096, 0, PKV_BF16, PKV_BF16, 1},
+    {"mla_bf16", 8, 16, 1, 576, 512, 1, 8192, 0, PKV_BF16, PKV_BF16, 1},
+    {"mla_bf16", 64, 16, 1, 576, 512, 1, 1024, 0, PKV_BF16, PKV_BF16, 1},
+    {"mla_bf16_mtp", 8, 64, 1, 576, 512, 2, 4096, 1, PKV_BF16, PKV_BF16, 1},
+    {"mla_fp8", 1, 128, 1, 576, 512, 1, 8192, 0, PKV_BF16, PKV_FP8_MLA656, 1},
+    {"mla_fp8", 8, 128, 1, 576, 512, 1, 4096, 0, PKV_BF16, PKV_FP8_MLA656, 1},
+    {"mla_fp8", 8, 16, 1, 576, 512, 1, 8192, 0, PKV_BF16, PKV_FP8_MLA656, 1},
+    {"mla_fp8", 64, 16, 1, 576, 512, 1, 1024, 0, PKV_BF16, PKV_FP8_MLA656, 1},
+    {"mla_fp8_mtp", 8, 64, 1, 576, 512, 2, 4096, 1, PKV_BF16, PKV_FP8_MLA656, 1},
+    {"gqa_f16", 1, 32, 8, 128, 128, 1, 16384, 0, PKV_F16, PKV_F16, 0},
+    {"gqa_f16", 16, 32, 8, 128, 128, 1, 2048, 0, PKV_F16, PKV_F16, 0},
+};
+
+static const char *dt_name(int t) {
+    switch (t) {
+    case PKV_F32: return "f32";
+    case PKV_F16: return "f16";
+    case PKV_BF16: return "bf16";
+    case PKV_FP8_MLA656: return "fp8";
+    default: return "?";
+    }
+}
+
+static uint64_t rng_state = 0x1234567;
+static float frand(void) { /* uniform [-1, 1) */
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 40) * (1.0 / 8388608.0)) - 1.0f;
+}
+
+static void fill(void *dst, int dtype, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const float x = frand();
+        if (dtype == PKV_F32) ((float *)dst)[i] = x;
+        else if (dtype == PKV_BF16) ((uint16_t *)dst)[i] = pkv_f32_to_bf16(x);
+        else ((uint16_t *)dst)[i] = pkv_f32_to_f16(x);
+    }
+}
+
+/* The data of one shape: contiguous caches (one block per sequence) and the same
+ * rows scattered over permuted blocks of block_size. */
+typedef struct bdata {
+    void *q, *kc, *vc, *kp, *vp;
+    int32_t *tc, *tp, *lens;
+    float *out, *lse;
+    size_t krow, vrow; /* bytes per token of K (all heads) and V */
+} bdata;
+
+static void build(const shape *s, int32_t bs, bdata *d) {
+    memset(d, 0, sizeof *d);
+    const size_t tokens = (size_t)s->b * (size_t)s->s_k;
+    const int fp8 = s->kv_dtype == PKV_FP8_MLA656;
+    d->krow = fp8 ? 656 : (size_t)s->h_kv * (size_t)s->d * pkv_dtype_size(s->kv_dtype);
+    d->vrow = s->v_shared ? 0 : (size_t)s->h_kv * (size_t)s->dv * pkv_dtype_size(s->kv_dtype);
+    d->kc = malloc(tokens * d->krow);
+    if (fp8) {
+        float x[576];
+        for (size_t t = 0; t < tokens; t++) {
+            for (int c = 0; c < 576; c++) x[c] = frand();
+            pkv_mla656_quantize(x, (uint8_t *)d->kc + t * 656, 0);
+        }
+    } else {
+        fill(d->kc, s->kv_dtype, tokens * d->krow / pkv_dtype_size(s->kv_dtype));
+    }
+    if (d->vrow) {
+        d->vc = malloc(tokens * d->vrow);
+        fill(d->vc, s->kv_dtype, tokens * d->vrow / pkv_dtype_size(s->kv_dtype));
+    }
+    const size_t nq = (size_t)s->b * (size_t)s->s_q * (size_t)s->h_q * (size_t)s->d;
+    d->q = malloc(nq * pkv_dtype_size(s->q_dtype));
+    fill(d->q, s->q_dtype, nq);
+    /* paged copy: blocks of each sequence at permuted ids */
+    const int32_t per = (s->s_k + bs - 1) / bs, nblocks = per * s->b;
+    int32_t *perm = malloc(sizeof(int32_t) * (size_t)nblocks);
+    for (int32_t i = 0; i < nblocks; i++) perm[i] = i;
+    for (int32_t i = nblocks - 1; i > 0; i--) {
+        const int32_t j = (int32_t)((rng_state = rng_state * 6364136223846793005ull + 1) >> 33) % (i + 1);
+        const int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    d->kp = calloc((size_t)nblocks * (size_t)bs, d->krow);
+    if (d->vrow) d->vp = calloc((size_t)nblocks * (size_t)bs, d->vrow);
+    d->tp = malloc(sizeof(int32_t) * (size_t)nblocks);
+    d->tc = malloc(sizeof(int32_t) * (size_t)s->b);
+    d->lens = malloc(sizeof(int32_t) * (size_t)s->b);
+    for (int32_t b = 0; b < s->b; b++) {
+        d->tc[b] = b;
+        d->lens[b] = s->s_k;
+        for (int32_t k = 0; k < per; k++) {
+            const int32_t blk = perm[b * per + k];
+            d->tp[b * per + k] = blk;
+            const int32_t n = (k + 1) * bs <= s->s_k ? bs : s->s_k - k * bs;
+            const size_t src = (size_t)b * (size_t)s->s_k + (size_t)k * (size_t)bs, dst = (size_t)blk * (size_t)bs;
+            memcpy((char *)d->kp + dst * d->krow, (char *)d->kc + src * d->krow, (size_t)n * d->krow);
+            if (d->vrow) memcpy((char *)d->vp + dst * d->vrow, (char *)d->vc + src * d->vrow, (size_t)n * d->vrow);
+        }
+    }
+    free(perm);
+    d->out = malloc(sizeof(float) * (size_t)s->b * (size_t)s->s_q * (size_t)s->h_q * (size_t)s->dv);
+    d->lse = malloc(sizeof(float) * (size_t)s->b * (size_t)s->s_q * (size_t)s->h_q);
+}
+
+static void release(bdata *d) {
+    free(d->q); free(d->kc); free(d->vc); free(d->kp); free(d->vp);
+    free(d->tc); free(d->tp); free(d->lens); free(d->out); free(d->lse);
+}
+
+static pkv_attn_args args_of(const shape *s, const bdata *d, int paged, int32_t bs) {
+    pkv_attn_args a;
+    memset(&a, 0, sizeof a);
+    a.batch = s->b; a.s_q = s->s_q; a.h_q = s->h_q; a.h_kv = s->h_kv; a.d = s->d; a.dv = s->dv;
+    a.causal = s->causal;
+    a.softmax_scale = 1.0f / sqrtf(192.0f);
+    a.q_dtype = s->q_dtype; a.kv_dtype = s->kv_dtype;
+    a.q = d->q;
+    a.cache_seqlens = d->lens;
+    a.out = d->out;
+    a.lse = d->lse;
+    if (paged) {
+        a.block_size = bs;
+        a.max_blocks_per_seq = (s->s_k + bs - 1) / bs;
+        a.num_blocks = a.max_blocks_per_seq * s->b;
+        a.k_cache = d->kp; a.v_cache = d->vp; a.block_table = d->tp;
+    } else {
+        a.block_size = s->s_k;
+        a.max_blocks_per_seq = 1;
+        a.num_blocks = s->b;
+        a.k_cache = d->kc; a.v_cache = d->vc; a.block_table = d->tc;
+    }
+    return a;
+}
+
+/* Median seconds of pkv_attn over reps runs (after one warm-up), at least
+ * min_reps and until about budget seconds have passed. */
+static double time_attn(const pkv_attn_args *a, pkv_workers *w, int min_reps, double budget) {
+    double v[64];
+    int n = 0;
+    if (pkv_attn(a, w) != PKV_OK) return NAN;
+    const double start = bench_now();
+    while (n < 64 && (n < min_reps || bench_now() - start < budget)) {
+        const double t0 = bench_now();
+        pkv_attn(a, w);
+        v[n++] = bench_now() - t0;
+    }
+    return bench_median(v, n);
+}
+
+/* Oracle seconds for the full shape, from one run on 1 sequence of <= 256 keys. */
+static double time_oracle(const shape *s, const bdata *d, double *scaled_from_keys) {
+    shape r = *s;
+    r.b = 1;
+    r.s_k = s->s_k < 256 ? s->s_k : 256;
+    pkv_attn_args a = args_of(s, d, 0, 0);
+    a.batch = 1;
+    int32_t len = r.s_k;
+    a.cache_seqlens = &len;
+    a.block_size = s->s_k;
+    const double t0 = bench_now();
+    pkv_attn_reference(&a);
+    const double t = bench_now() - t0;
+    *scaled_from_keys = r.s_k;
+    return t * ((double)s->b * s->s_k) / (double)r.s_k;
+}
+
+int main(int argc, char **argv) {
+    int quick = getenv("PKV_BENCH_QUICK") != NULL, threads = 0;
+    const char *only = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0) quick = 1;
+        else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) only = argv[++i];
+        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = atoi(argv[++i]);
+    }
+    const int cpus = bench_cpus();
+    const int nthreads = threads > 0 ? threads : cpus;
+    const int reps = quick ? 3 : 7;
+    const char *fisa = "";
+    const double fma1 = bench_fma_gflops(1, reps, &fisa);
+    const double fmaN = bench_fma_gflops(nthreads, reps, NULL);
+    const double bw = bench_read_gbs((size_t)1 << 30, nthreads, quick ? 3 : 5);
+    bench_json j;
+    json_begin(&j, stdout);
+    json_str(&j, "bench", "ceilings");
+    json_str(&j, "cpu", bench_cpu_model());
+    json_int(&j, "cpus", cpus);
+    json_int(&j, "threads", nthreads);
+    json_str(&j, "fma_isa", fisa);
+    json_num(&j, "fma_gflops_1core", fma1);
+    json_num(&j, "fma_gflops_all", fmaN);
+    json_num(&j, "read_gbs", bw);
+    json_str(&j, "attn_isa", attn_isa_name());
+    json_end(&j);
+    fprintf(stderr, "CPU: %s, %d threads; attention ISA %s\n", bench_cpu_model(), nthreads, attn_isa_name());
+    fprintf(stderr, "FP32 FMA ceiling (%s): %.1f GFLOP/s one core, %.1f all; streaming read %.1f GB/s\n\n", fisa,
+            fma1, fmaN, bw);
+    fprintf(stderr, "%-13s %3s %4s %2s %6s %3s %-17s %9s %8s %6s %7s %5s %6s %9s %7s\n", "shape", "b", "h_q", "sq",
+            "s_k", "bs", "kernel", "time_ms", "GFLOP/s", "%fma", "GB/s", "%bw", "B/tok", "x_oracle", "pg/ct");
+
+    pkv_workers *w = NULL, *w1 = NULL;
+    if (pkv_workers_create(nthreads, &w) != PKV_OK || pkv_workers_create(1, &w1) != PKV_OK) return 1;
+    const int32_t bss[2] = {64, 16};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const shape *s = &shapes[si];
+        if (only && !strstr(s->name, only)) continue;
+        for (int bi = 0; bi < (quick ? 1 : 2); bi++) {
+            const int32_t bs = bss[bi];
+            bdata d;
+            build(s, bs, &d);
+            pkv_attn_args ap = args_of(s, &d, 1, bs), ac = args_of(s, &d, 0, bs);
+            const double budget = quick ? 0.3 : 1.0;
+            const double tp = time_attn(&ap, w, reps, budget);
+            const double tc = time_attn(&ac, w, reps, budget);
+            /* causal: query i sees s_k - s_q + i + 1 keys */
+            double keys = 0;
+            for (int32_t i = 0; i < s->s_q; i++) keys += s->causal ? s->s_k - s->s_q + i + 1 : s->s_k;
+            const double flops = 2.0 * s->b * s->h_q * keys * (s->d + s->dv);
+            const double tok_bytes = (double)(d.krow + d.vrow);
+            const double kv_bytes = (double)s->b * s->s_k * tok_bytes;
+            double from = 0;
+            const double to = bi == 0 ? time_oracle(s, &d, &from) : NAN;
+            double t1 = NAN;
+            if (s->b == 1 && s->h_q == 128 && bi == 0) t1 = time_attn(&ap, w1, quick ? 2 : 3, budget);
+            const char *kname = attn_kernel_name(s->q_dtype, s->kv_dtype);
+            json_begin(&j, stdout);
+            json_str(&j, "bench", "attn");
+            json_str(&j, "shape", s->name);
+            json_int(&j, "b", s->b); json_int(&j, "h_q", s->h_q); json_int(&j, "h_kv", s->h_kv);
+            json_int(&j, "d", s->d); json_int(&j, "dv", s->dv); json_int(&j, "s_q", s->s_q);
+            json_int(&j, "s_k", s->s_k); json_int(&j, "causal", s->causal); json_int(&j, "block_size", bs);
+            json_str(&j, "q_dtype", dt_name(s->q_dtype)); json_str(&j, "kv_dtype", dt_name(s->kv_dtype));
+            json_str(&j, "kernel", kname);
+            json_int(&j, "threads", nthreads);
+            json_num(&j, "time_ms", tp * 1e3);
+            json_num(&j, "gflops", flops / tp * 1e-9);
+            json_num(&j, "pct_fma", 100.0 * flops / tp * 1e-9 / fmaN);
+            json_num(&j, "kv_bytes_per_token", tok_bytes);
+            json_num(&j, "kv_gbs", kv_bytes / tp * 1e-9);
+            json_num(&j, "pct_bw", 100.0 * kv_bytes / tp * 1e-9 / bw);
+            json_num(&j, "contig_time_ms", tc * 1e3);
+            json_num(&j, "paged_over_contig", tp / tc);
+            if (!isnan(to)) {
+                json_num(&j, "oracle_ms_est", to * 1e3);
+                json_num(&j, "oracle_scaled_from_keys", from);
+                json_num(&j, "speedup_vs_oracle", to / tp);
+            }
+            if (!isnan(t1)) {
+                json_num(&j, "time_ms_1thread", t1 * 1e3);
+                json_num(&j, "scaling_vs_1thread", t1 / tp);
+            }
+            json_end(&j);
+            fprintf(stderr, "%-13s %3d %4d %2d %6d %3d %-17s %9.2f %8.1f %5.0f%% %7.1f %4.0f%% %6.0f %9.0f %7.3f", s->name,
+                    s->b, s->h_q, s->s_q, s->s_k, bs, kname, tp * 1e3, flops / tp * 1e-9,
+                    100.0 * flops / tp * 1e-9 / fmaN, kv_bytes / tp * 1e-9, 100.0 * kv_bytes / tp * 1e-9 / bw,
+                    tok_bytes, isnan(to) ? 0.0 : to / tp, tp / tc);
+            if (!isnan(t1)) fprintf(stderr, "  (1 thread %.2f ms: x%.2f)", t1 * 1e3, t1 / tp);
+            fputc('\n', stderr);
+            release(&d);
+        }
+    }
+    pkv_workers_destroy(w);
+    pkv_workers_destroy(w1);
+    return 0;
+}

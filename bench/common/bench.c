@@ -1,0 +1,213 @@
+/* Timing, ceilings and JSON output shared by the benchmarks (see bench.h). */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench.h"
+
+double bench_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+double bench_median(double *v, int n) {
+    if (n <= 0) return 0.0;
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+int bench_cpus(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : (int)n;
+}
+
+const char *bench_cpu_model(void) {
+    static char model[256] = "unknown";
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return model;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10) == 0) {
+            const char *p = strchr(line, ':');
+            if (p) {
+                p++;
+                while (*p == ' ' || *p == '\t') p++;
+                snprintf(model, sizeof model, "%s", p);
+                model[strcspn(model, "\n")] = 0;
+            }
+            break;
+        }
+    }
+    fclose(f);
+    return model;
+}
+
+/* ---- FMA ceiling ---- */
+typedef struct fma_job {
+    int isa; /* 2 avx512, 1 avx2, 0 scalar */
+    long iters;
+    double flops;
+    float sink;
+    pthread_barrier_t *bar;
+    double t0, t1;
+} fma_job;
+
+static double fma_scalar(long iters, float *sink) {
+    float a[8] = {1e-3f, 2e-3f, 3e-3f, 4e-3f, 5e-3f, 6e-3f, 7e-3f, 8e-3f};
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 8; i++) a[i] = a[i] * 0.999999f + 1e-7f;
+    *sink = a[0] + a[7];
+    return (double)iters * 16;
+}
+
+static void *fma_thread(void *p) {
+    fma_job *j = (fma_job *)p;
+    pthread_barrier_wait(j->bar);
+    j->t0 = bench_now();
+    if (j->isa == 2) j->flops = bench_fma_avx512(j->iters, &j->sink);
+    else if (j->isa == 1) j->flops = bench_fma_avx2(j->iters, &j->sink);
+    else j->flops = fma_scalar(j->iters, &j->sink);
+    j->t1 = bench_now();
+    return NULL;
+}
+
+double bench_fma_gflops(int threads, int reps, const char **isa) {
+    __builtin_cpu_init();
+    int level = 0;
+    if (__builtin_cpu_supports("avx512f")) level = 2;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) level = 1;
+    if (isa) *isa = level == 2 ? "avx512 fma" : level == 1 ? "avx2 fma" : "scalar";
+    if (threads < 1) threads = 1;
+    double best[64];
+    if (reps > 64) reps = 64;
+    fma_job *jobs = calloc((size_t)threads, sizeof *jobs);
+    pthread_t *th = calloc((size_t)threads, sizeof *th);
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, (unsigned)threads);
+    for (int r = 0; r < reps; r++) {
+        for (int i = 0; i < threads; i++) {
+            jobs[i].isa = level;
+            jobs[i].iters = level ? 20000000 : 50000000;
+            jobs[i].bar = &bar;
+            pthread_create(&th[i], NULL, fma_thread, &jobs[i]);
+        }
+        double t0 = 1e300, t1 = 0, flops = 0;
+        for (int i = 0; i < threads; i++) {
+            pthread_join(th[i], NULL);
+            if (jobs[i].t0 < t0) t0 = jobs[i].t0;
+            if (jobs[i].t1 > t1) t1 = jobs[i].t1;
+            flops += jobs[i].flops;
+        }
+        best[r] = flops / (t1 - t0) * 1e-9;
+    }
+    pthread_barrier_destroy(&bar);
+    free(jobs);
+    free(th);
+    return bench_median(best, reps);
+}
+
+/* ---- streaming-read bandwidth ---- */
+typedef struct read_job {
+    const uint64_t *p;
+    size_t n;
+    uint64_t sum;
+    pthread_barrier_t *bar;
+    double t0, t1;
+} read_job;
+
+static void *read_thread(void *arg) {
+    read_job *j = (read_job *)arg;
+    pthread_barrier_wait(j->bar);
+    j->t0 = bench_now();
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    for (size_t i = 0; i + 8 <= j->n; i += 8) { /* one cache line per iteration; vectorizes */
+        s0 += j->p[i]; s1 += j->p[i + 1]; s2 += j->p[i + 2]; s3 += j->p[i + 3];
+        s4 += j->p[i + 4]; s5 += j->p[i + 5]; s6 += j->p[i + 6]; s7 += j->p[i + 7];
+    }
+    j->sum = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
+    j->t1 = bench_now();
+    return NULL;
+}
+
+double bench_read_gbs(size_t bytes, int threads, int reps) {
+    if (threads < 1) threads = 1;
+    if (reps > 64) reps = 64;
+    uint64_t *buf = malloc(bytes);
+    if (!buf) return 0.0;
+    const size_t n = bytes / sizeof(uint64_t);
+    for (size_t i = 0; i < n; i++) buf[i] = i; /* touch every page */
+    read_job *jobs = calloc((size_t)threads, sizeof *jobs);
+    pthread_t *th = calloc((size_t)threads, sizeof *th);
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, (unsigned)threads);
+    double v[64];
+    volatile uint64_t keep = 0;
+    for (int r = 0; r < reps; r++) {
+        const size_t per = n / (size_t)threads / 8 * 8;
+        for (int i = 0; i < threads; i++) {
+            jobs[i].p = buf + (size_t)i * per;
+            jobs[i].n = per;
+            jobs[i].bar = &bar;
+            pthread_create(&th[i], NULL, read_thread, &jobs[i]);
+        }
+        double t0 = 1e300, t1 = 0;
+        for (int i = 0; i < threads; i++) {
+            pthread_join(th[i], NULL);
+            keep += jobs[i].sum;
+            if (jobs[i].t0 < t0) t0 = jobs[i].t0;
+            if (jobs[i].t1 > t1) t1 = jobs[i].t1;
+        }
+        v[r] = (double)(per * (size_t)threads * sizeof(uint64_t)) / (t1 - t0) * 1e-9;
+    }
+    (void)keep;
+    pthread_barrier_destroy(&bar);
+    free(jobs);
+    free(th);
+    free(buf);
+    return bench_median(v, reps);
+}
+
+/* ---- JSON lines ---- */
+void json_begin(bench_json *j, FILE *f) {
+    j->f = f;
+    j->n = 0;
+    fputc('{', f);
+}
+
+static void json_key(bench_json *j, const char *key) {
+    fprintf(j->f, "%s\"%s\": ", j->n++ ? ", " : "", key);
+}
+
+void json_str(bench_json *j, const char *key, const char *val) {
+    json_key(j, key);
+    fputc('"', j->f);
+    for (const char *p = val; *p; p++) {
+        if (*p == '"' || *p == '\\') fputc('\\', j->f);
+        if ((unsigned char)*p >= 0x20) fputc(*p, j->f);
+    }
+    fputc('"', j->f);
+}
+
+void json_num(bench_json *j, const char *key, double val) {
+    json_key(j, key);
+    if (val != val || val > 1e308 || val < -1e308) fputs("null", j->f);
+    else fprintf(j->f, "%.6g", val);
+}
+
+void json_int(bench_json *j, const char *key, long long val) {
+    json_key(j, key);
+    fprintf(j->f, "%lld", val);
+}
+
+void json_end(bench_json *j) {
+    fputs("}\n", j->f);
+    fflush(j->f);
+}
