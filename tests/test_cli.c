@@ -524,9 +524,20 @@ static void test_attn_vectors(void) {
     npy_free(&want);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    /* PKV_BIN, else the pkv next to this build: BUILD/tests/test_cli -> BUILD/pkv */
+    static char guess[1024];
     bin = getenv("PKV_BIN");
-    if (!bin) bin = "build/pkv";
+    if (!bin) {
+        snprintf(guess, sizeof guess, "%s", argv[0]);
+        char *slash = strrchr(guess, '/');
+        if (slash) *slash = 0;
+        slash = strrchr(guess, '/');
+        if (slash && (size_t)(slash - guess) + 5 < sizeof guess) strcpy(slash + 1, "pkv");
+        else snprintf(guess, sizeof guess, "build/pkv");
+        bin = guess;
+    }
     if (access(bin, X_OK) != 0) {
         fprintf(stderr, "test_cli: %s is not an executable (set PKV_BIN)\n", bin);
         return 1;
