@@ -512,6 +512,11 @@ static int step(sim *s, double *kv_util_sum, double *waste_sum, double *occ_sum)
             ring_pop_front(s);
             s->rs[id].state = R_REJECTED;
             s->res->rejected++;
+            int32_t next = s->w->req[id].next;
+            if (next >= 0) { /* the chat goes on; its next turn (longer still) will be refused too */
+                s->rs[next].ready = s->now + s->w->req[next].arrival;
+                heap_push(s, next);
+            }
             continue;
         }
         int32_t got = admit(s, id, budget);
@@ -640,11 +645,12 @@ int sim_run(const sim_workload *w, const sim_config *cfg, sim_result *res) {
         }
         rc = step(&s, &util_sum, &waste_sum, &occ_sum);
         if (rc) goto out;
-        if (s.last_tokens == 0 && s.nrun == 0) {
+        if (s.last_tokens == 0 && s.nrun == 0 && s.ring_n > 0 &&
+            s.rs[ring_front(&s)].preempt_step != s.res->steps - 1) {
             /* Nothing could be admitted into an idle pool: wait for the next arrival. */
             if (s.nheap == 0) {
                 rc = cli_error("sim: request %d cannot be admitted into an idle pool of %d blocks",
-                               s.ring_n ? ring_front(&s) : -1, s.num_blocks);
+                               ring_front(&s), s.num_blocks);
                 goto out;
             }
             if (s.rs[s.heap[0]].ready > s.now) s.now = s.rs[s.heap[0]].ready;
