@@ -201,6 +201,10 @@ static void test_sim_table(void) {
     CHECK(atoi(row(a.text, "preemptions", x, sizeof x)) > 0);
     CHECK(strstr(row(a.text, "requests done", x, sizeof x), "200") != NULL);
     free(a.text);
+    /* a pool too small for some chats: those are refused, the rest finish */
+    a = run("sim --requests 100 --no-progress --pool-blocks 20 --block-size 16");
+    CHECK_RUN(a, 0, "rejected");
+    free(a.text);
 }
 
 static void test_sim_outputs(void) {
@@ -524,6 +528,53 @@ static void test_attn_vectors(void) {
     npy_free(&want);
 }
 
+/* An FP8 MLA cache as uint8 [num_blocks][block_size][656] through pkv attn, against
+ * the oracle called directly. */
+static void test_attn_fp8(void) {
+    enum { NB = 3, BS = 16, HQ = 4, D = 576, DV = 512 };
+    static float q[HQ * D];
+    static uint8_t k[NB * BS * 656];
+    int32_t table[2] = {2, 0}, lens[1] = {27};
+    test_rng rng = {42};
+    for (int i = 0; i < HQ * D; i++) q[i] = (float)(test_uniform(&rng) * 2 - 1);
+    float row[D];
+    for (int t = 0; t < NB * BS; t++) {
+        for (int i = 0; i < D; i++) row[i] = (float)(test_normal(&rng));
+        CHECK_OK(pkv_mla656_quantize(row, k + (size_t)t * 656, 0));
+    }
+    char path[5][600], e[200];
+    const char *names[5] = {"q", "k", "bt", "sl", "ref"};
+    for (int i = 0; i < 5; i++) snprintf(path[i], sizeof path[i], "%s/fp8_%s.npy", tmpdir, names[i]);
+    int64_t qs[4] = {1, 1, HQ, D}, ks[3] = {NB, BS, 656}, bs[2] = {1, 2}, ls[1] = {1};
+    CHECK_OK(npy_save(path[0], NPY_F4, 4, qs, q, e, sizeof e));
+    CHECK_OK(npy_save(path[1], NPY_U1, 3, ks, k, e, sizeof e));
+    CHECK_OK(npy_save(path[2], NPY_I4, 2, bs, table, e, sizeof e));
+    CHECK_OK(npy_save(path[3], NPY_I4, 1, ls, lens, e, sizeof e));
+    static float out[HQ * DV], lse[HQ];
+    pkv_attn_args a;
+    memset(&a, 0, sizeof a);
+    a.batch = 1, a.s_q = 1, a.h_q = HQ, a.h_kv = 1, a.d = D, a.dv = DV;
+    a.block_size = BS, a.max_blocks_per_seq = 2, a.num_blocks = NB, a.softmax_scale = 0.0722f;
+    a.q_dtype = PKV_F32, a.kv_dtype = PKV_FP8_MLA656;
+    a.q = q, a.k_cache = k, a.block_table = table, a.cache_seqlens = lens, a.out = out, a.lse = lse;
+    CHECK_OK(pkv_attn_reference(&a));
+    int64_t os[4] = {1, 1, HQ, DV};
+    CHECK_OK(npy_save(path[4], NPY_F4, 4, os, out, e, sizeof e));
+    run_out r = run("attn --q %s --k-cache %s --block-table %s --seqlens %s --scale 0.0722 --out %s/fp8_out.npy "
+                    "--expect %s --tol 1e-6 --rtol 0", path[0], path[1], path[2], path[3], tmpdir, path[4]);
+    CHECK_RUN(r, 0, "kv=fp8-mla656");
+    CHECK(strstr(r.text, "PASS") != NULL);
+    free(r.text);
+    r = run("attn --q %s --k-cache %s --block-table %s --seqlens %s --scale 0.0722 --out %s/fp8_out.npy "
+            "--expect %s --fast --tol 5e-3", path[0], path[1], path[2], path[3], tmpdir, path[4]);
+    CHECK_RUN(r, 0, "PASS");
+    free(r.text);
+    r = run("attn --q %s --k-cache %s --block-table %s --seqlens %s --scale 0.0722 --dv 128 --out %s/o.npy",
+            path[0], path[1], path[2], path[3], tmpdir);
+    CHECK_RUN(r, 2, "dv = 512");
+    free(r.text);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     /* PKV_BIN, else the pkv next to this build: BUILD/tests/test_cli -> BUILD/pkv */
@@ -555,6 +606,7 @@ int main(int argc, char **argv) {
     test_sim_trace();
     test_sim_flags();
     test_attn_vectors();
+    test_attn_fp8();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "test_cli: could not remove %s\n", tmpdir);
