@@ -34,6 +34,8 @@ typedef struct plan {
     int64_t ngroups;
     int64_t units;
     int nw;
+    /* byte strides of the caches: per slot, per KV head; bytes of one head's row */
+    size_t kslot, khead, krow, vslot, vhead, vrow;
 } plan;
 
 /* ---- scratch ---- */
@@ -134,18 +136,6 @@ static void row_pos(const plan *pl, const group *gr, int32_t r, int32_t *s, int3
     }
 }
 
-static const char *k_row(const pkv_attn_args *a, int64_t slot, int32_t kvh) {
-    if (a->kv_dtype == PKV_FP8_MLA656) return (const char *)a->k_cache + (size_t)slot * ATTN_FP8_ROW;
-    const size_t es = pkv_dtype_size(a->kv_dtype);
-    return (const char *)a->k_cache + ((size_t)slot * (size_t)a->h_kv + (size_t)kvh) * (size_t)a->d * es;
-}
-
-static const char *v_row(const pkv_attn_args *a, int64_t slot, int32_t kvh) {
-    if (!a->v_cache) return k_row(a, slot, kvh);
-    const size_t es = pkv_dtype_size(a->kv_dtype);
-    return (const char *)a->v_cache + ((size_t)slot * (size_t)a->h_kv + (size_t)kvh) * (size_t)a->dv * es;
-}
-
 /* Prefetches the bytes [p, p + n) into the caches. */
 static inline void prefetch_bytes(const char *p, size_t n) {
     for (size_t o = 0; o < n; o += 64) __builtin_prefetch(p + o, 0, 3);
@@ -160,36 +150,45 @@ static int gather(const plan *pl, const group *gr, int32_t kvh, int64_t t, attn_
     const int64_t k0 = t * ATTN_TILE;
     const int64_t k1 = k0 + ATTN_TILE < gr->keys ? k0 + ATTN_TILE : gr->keys;
     const int64_t k2 = k1 + ATTN_TILE < gr->keys ? k1 + ATTN_TILE : gr->keys;
-    const size_t kb = a->kv_dtype == PKV_FP8_MLA656 ? ATTN_FP8_ROW : (size_t)a->d * pkv_dtype_size(a->kv_dtype);
-    const size_t vb = a->v_cache ? (size_t)a->dv * pkv_dtype_size(a->kv_dtype) : 0;
+    const char *kbase = (const char *)a->k_cache + (size_t)kvh * pl->khead;
+    const char *vbase = a->v_cache ? (const char *)a->v_cache + (size_t)kvh * pl->vhead : kbase;
+    const size_t ks = pl->kslot, vs = a->v_cache ? pl->vslot : pl->kslot;
+    const size_t kb = pl->krow, vb = a->v_cache ? pl->vrow : 0;
     int n = 0;
     if (pl->sparse) {
         const int32_t *ix = a->indices + ((size_t)gr->b * (size_t)a->s_q + (size_t)gr->s) * (size_t)a->topk;
         for (int64_t k = k0; k < k1; k++) {
             if (ix[k] == -1) continue;
-            sc->krows[n] = k_row(a, ix[k], kvh);
-            sc->vrows[n] = v_row(a, ix[k], kvh);
+            sc->krows[n] = kbase + (size_t)ix[k] * ks;
+            sc->vrows[n] = vbase + (size_t)ix[k] * vs;
             n++;
         }
         for (int64_t k = k1; k < k2; k++) {
             if (ix[k] == -1) continue;
-            prefetch_bytes(k_row(a, ix[k], kvh), kb);
-            if (vb) prefetch_bytes(v_row(a, ix[k], kvh), vb);
+            prefetch_bytes(kbase + (size_t)ix[k] * ks, kb);
+            if (vb) prefetch_bytes(vbase + (size_t)ix[k] * vs, vb);
         }
         return n;
     }
     const int32_t *table = a->block_table + (size_t)gr->b * (size_t)a->max_blocks_per_seq;
-    const int32_t bs = a->block_size;
-    for (int64_t k = k0; k < k1; k++) {
-        const int64_t slot = (int64_t)table[k / bs] * bs + k % bs;
-        sc->krows[n] = k_row(a, slot, kvh);
-        sc->vrows[n] = v_row(a, slot, kvh);
-        n++;
-    }
-    for (int64_t k = k1; k < k2; k++) {
-        const int64_t slot = (int64_t)table[k / bs] * bs + k % bs;
-        prefetch_bytes(k_row(a, slot, kvh), kb);
-        if (vb) prefetch_bytes(v_row(a, slot, kvh), vb);
+    const int64_t bs = a->block_size;
+    int64_t bi = k0 / bs, off = k0 % bs;
+    size_t slot = (size_t)table[bi] * (size_t)bs + (size_t)off;
+    for (int64_t k = k0; k < k2; k++) {
+        if (k < k1) {
+            sc->krows[n] = kbase + slot * ks;
+            sc->vrows[n] = vbase + slot * vs;
+            n++;
+        } else {
+            prefetch_bytes(kbase + slot * ks, kb);
+            if (vb) prefetch_bytes(vbase + slot * vs, vb);
+        }
+        if (++off == bs && k + 1 < k2) {
+            off = 0;
+            slot = (size_t)table[++bi] * (size_t)bs;
+        } else {
+            slot++;
+        }
     }
     return n;
 }
@@ -399,6 +398,16 @@ static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops 
     pl.g.q_dtype = a->q_dtype;
     pl.g.kv_dtype = a->kv_dtype;
     pl.g.scale_log2 = (float)((double)a->softmax_scale * 1.4426950408889634);
+    if (a->kv_dtype == PKV_FP8_MLA656) {
+        pl.kslot = pl.krow = ATTN_FP8_ROW;
+        pl.khead = 0;
+    } else {
+        const size_t es = pkv_dtype_size(a->kv_dtype);
+        pl.khead = pl.krow = (size_t)a->d * es;
+        pl.kslot = pl.krow * (size_t)a->h_kv;
+        pl.vhead = pl.vrow = (size_t)a->dv * es;
+        pl.vslot = pl.vrow * (size_t)a->h_kv;
+    }
     group gr;
     for (int64_t gi = 0; gi < pl.ngroups; gi++) {
         group_at(&pl, gi, &gr);

@@ -12,6 +12,7 @@
 
 #define AI static inline __attribute__((always_inline))
 #define RB 4
+#define UNROLL _Pragma("GCC unroll 16")
 
 /* 8 values [c, c+8) of a row of dtype as float32, lanes >= n zero. */
 AI __m256 load8(const void *row, int dt, int32_t c, int32_t n) {
@@ -74,16 +75,16 @@ AI void qk_t(const attn_geom *g, const float *q, const void *const *kr, int n, f
         for (int jj = 0; jj < 8; jj++) {
             const int j = j0 + jj;
             __m256 acc[RB];
-            for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+            UNROLL for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
             if (j < n)
                 for (int32_t c = 0; c < d; c += 8) {
                     const __m256 kv = loadkv(kr[j], dt, c, d - c);
-                    for (int r = 0; r < R; r++)
+                    UNROLL for (int r = 0; r < R; r++)
                         acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)r * (size_t)ldq + c), kv, acc[r]);
                 }
-            for (int r = 0; r < R; r++) part[r][jj] = acc[r];
+            UNROLL for (int r = 0; r < R; r++) part[r][jj] = acc[r];
         }
-        for (int r = 0; r < R; r++) _mm256_storeu_ps(s + (size_t)r * ATTN_TILE + j0, hsum8(part[r]));
+        UNROLL for (int r = 0; r < R; r++) _mm256_storeu_ps(s + (size_t)r * ATTN_TILE + j0, hsum8(part[r]));
     }
 }
 
@@ -152,7 +153,7 @@ static void softmax(const attn_geom *g, const float *s, int m, const int32_t *nv
         const int nv = nvalid[i];
         __m256 x[8], k[8];
         __m256 mx = ninf;
-        for (int v = 0; v < 8; v++) {
+        UNROLL for (int v = 0; v < 8; v++) {
             k[v] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(nv - 8 * v), lane));
             x[v] = _mm256_blendv_ps(ninf, _mm256_mul_ps(_mm256_loadu_ps(si + 8 * v), sc), k[v]);
             mx = _mm256_max_ps(mx, x[v]);
@@ -161,13 +162,13 @@ static void softmax(const attn_geom *g, const float *s, int m, const int32_t *nv
         if (mrun[i] > mnew) mnew = mrun[i];
         if (mnew == -INFINITY) {
             alpha[i] = 1.0f;
-            for (int v = 0; v < 8; v++) _mm256_storeu_ps(pi + 8 * v, _mm256_setzero_ps());
+            UNROLL for (int v = 0; v < 8; v++) _mm256_storeu_ps(pi + 8 * v, _mm256_setzero_ps());
             continue;
         }
         alpha[i] = exp2f(mrun[i] - mnew);
         const __m256 mb = _mm256_set1_ps(mnew);
         __m256 sum = _mm256_setzero_ps();
-        for (int v = 0; v < 8; v++) {
+        UNROLL for (int v = 0; v < 8; v++) {
             const __m256 e = _mm256_and_ps(exp2_ps(_mm256_sub_ps(x[v], mb)), k[v]);
             _mm256_storeu_ps(pi + 8 * v, e);
             sum = _mm256_add_ps(sum, e);
@@ -182,9 +183,9 @@ AI void pv_block(const float *p, int n, const void *const *vr, float *const *o, 
                  int32_t dv, int dt, int R, int NV) {
     __m256 acc[RB][4];
     const int full = c + 8 * NV <= dv;
-    for (int r = 0; r < R; r++) {
+    UNROLL for (int r = 0; r < R; r++) {
         const __m256 a = _mm256_set1_ps(alpha[r]);
-        for (int v = 0; v < NV; v++) {
+        UNROLL for (int v = 0; v < NV; v++) {
             __m256 ov;
             if (full) {
                 ov = _mm256_loadu_ps(o[r] + c + 8 * v);
@@ -198,14 +199,14 @@ AI void pv_block(const float *p, int n, const void *const *vr, float *const *o, 
     }
     for (int j = 0; j < n; j++) {
         __m256 vv[4];
-        for (int v = 0; v < NV; v++) vv[v] = loadkv(vr[j], dt, c + 8 * v, dv - c - 8 * v);
-        for (int r = 0; r < R; r++) {
+        UNROLL for (int v = 0; v < NV; v++) vv[v] = loadkv(vr[j], dt, c + 8 * v, dv - c - 8 * v);
+        UNROLL for (int r = 0; r < R; r++) {
             const __m256 b = _mm256_set1_ps(p[(size_t)r * ATTN_TILE + (size_t)j]);
-            for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(b, vv[v], acc[r][v]);
+            UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(b, vv[v], acc[r][v]);
         }
     }
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < NV; v++) {
+    UNROLL for (int r = 0; r < R; r++)
+        UNROLL for (int v = 0; v < NV; v++) {
             if (full) {
                 _mm256_storeu_ps(o[r] + c + 8 * v, acc[r][v]);
             } else {

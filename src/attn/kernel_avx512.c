@@ -21,6 +21,7 @@
 
 #define AI static inline __attribute__((always_inline))
 #define RB 4 /* query rows per register block */
+#define UNROLL _Pragma("GCC unroll 16")
 
 /* ---- conversions ---- */
 
@@ -49,18 +50,18 @@ AI void fp8_scales(const uint8_t *row, float sc[4]) { memcpy(sc, row + ATTN_FP8_
 /* ---- 16x16 transpose of 32-bit elements ---- */
 AI void transpose16(__m512 r[16]) {
     __m512 t[16];
-    for (int i = 0; i < 8; i++) {
+    UNROLL for (int i = 0; i < 8; i++) {
         t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
         t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
     }
-    for (int i = 0; i < 4; i++) {
+    UNROLL for (int i = 0; i < 4; i++) {
         r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
         r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
         r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
         r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
     }
     /* r[4q + k] holds, in 128-bit lane L, rows 4q..4q+3 of column 4L + k */
-    for (int k = 0; k < 4; k++) {
+    UNROLL for (int k = 0; k < 4; k++) {
         const __m512 xlo = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x44);
         const __m512 xhi = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xee);
         const __m512 ylo = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x44);
@@ -70,7 +71,7 @@ AI void transpose16(__m512 r[16]) {
         t[8 + k] = _mm512_shuffle_f32x4(xhi, yhi, 0x88);
         t[12 + k] = _mm512_shuffle_f32x4(xhi, yhi, 0xdd);
     }
-    for (int i = 0; i < 16; i++) r[i] = t[i];
+    UNROLL for (int i = 0; i < 16; i++) r[i] = t[i];
 }
 
 /* ---- exp2 for x <= 0 (relative error ~2e-7) ---- */
@@ -100,7 +101,7 @@ static void softmax(const attn_geom *g, const float *s, int m, const int32_t *nv
         __mmask16 k[4];
         __m512 x[4];
         __m512 mx = _mm512_set1_ps(-INFINITY);
-        for (int v = 0; v < 4; v++) {
+        UNROLL for (int v = 0; v < 4; v++) {
             const int left = nv - 16 * v;
             k[v] = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (left > 0 ? left : 0)) - 1u);
             x[v] = _mm512_mul_ps(_mm512_loadu_ps(si + 16 * v), sc);
@@ -110,13 +111,13 @@ static void softmax(const attn_geom *g, const float *s, int m, const int32_t *nv
         if (mrun[i] > mnew) mnew = mrun[i];
         if (mnew == -INFINITY) {
             alpha[i] = 1.0f;
-            for (int v = 0; v < 4; v++) _mm512_storeu_ps(pi + 16 * v, _mm512_setzero_ps());
+            UNROLL for (int v = 0; v < 4; v++) _mm512_storeu_ps(pi + 16 * v, _mm512_setzero_ps());
             continue;
         }
         alpha[i] = exp2f(mrun[i] - mnew);
         const __m512 mb = _mm512_set1_ps(mnew);
         __m512 sum = _mm512_setzero_ps();
-        for (int v = 0; v < 4; v++) {
+        UNROLL for (int v = 0; v < 4; v++) {
             const __m512 e = _mm512_maskz_mov_ps(k[v], exp2_ps(_mm512_sub_ps(x[v], mb)));
             _mm512_storeu_ps(pi + 16 * v, e);
             sum = _mm512_add_ps(sum, e);
@@ -153,12 +154,12 @@ static void f32_load_tile(const attn_geom *g, const void *const *krows, const vo
     __m512 r[16];
     for (int jb = 0; jb < ATTN_TILE / 16; jb++) {
         for (int32_t c = 0; c < g->dpad; c += 16) {
-            for (int i = 0; i < 16; i++) {
+            UNROLL for (int i = 0; i < 16; i++) {
                 const int j = jb * 16 + i;
                 r[i] = j < n ? kv16_f32(g, krows[j], c, g->d - c) : _mm512_setzero_ps();
             }
             transpose16(r);
-            for (int i = 0; i < 16; i++) _mm512_storeu_ps(kt + (size_t)(c + i) * ATTN_TILE + jb * 16, r[i]);
+            UNROLL for (int i = 0; i < 16; i++) _mm512_storeu_ps(kt + (size_t)(c + i) * ATTN_TILE + jb * 16, r[i]);
         }
     }
     for (int j = 0; j < ATTN_TILE; j++) {
@@ -171,14 +172,14 @@ static void f32_load_tile(const attn_geom *g, const void *const *krows, const vo
 AI void f32_qk_block(const float *q, int32_t ldq, const float *kt, int32_t c0, int32_t c1, float *s, int R,
                      int first) {
     __m512 acc[RB][4];
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < 4; v++)
+    UNROLL for (int r = 0; r < R; r++)
+        UNROLL for (int v = 0; v < 4; v++)
             acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(s + (size_t)r * ATTN_TILE + 16 * v);
     for (int32_t c = c0; c < c1; c++) {
         const float *kr = kt + (size_t)c * ATTN_TILE;
         const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16);
         const __m512 k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
-        for (int r = 0; r < R; r++) {
+        UNROLL for (int r = 0; r < R; r++) {
             const __m512 b = _mm512_set1_ps(q[(size_t)r * (size_t)ldq + (size_t)c]);
             acc[r][0] = _mm512_fmadd_ps(b, k0, acc[r][0]);
             acc[r][1] = _mm512_fmadd_ps(b, k1, acc[r][1]);
@@ -186,8 +187,8 @@ AI void f32_qk_block(const float *q, int32_t ldq, const float *kt, int32_t c0, i
             acc[r][3] = _mm512_fmadd_ps(b, k3, acc[r][3]);
         }
     }
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < 4; v++) _mm512_storeu_ps(s + (size_t)r * ATTN_TILE + 16 * v, acc[r][v]);
+    UNROLL for (int r = 0; r < R; r++)
+        UNROLL for (int v = 0; v < 4; v++) _mm512_storeu_ps(s + (size_t)r * ATTN_TILE + 16 * v, acc[r][v]);
 }
 
 static void f32_qk(const attn_geom *g, const void *qp, int m, int n, const void *ktv, float *s) {
@@ -218,22 +219,22 @@ AI void f32_pv_block(const float *p, int n, const float *vt, int32_t ldv, float 
                      int32_t c, int32_t dv, int R, int NV) {
     __m512 acc[RB][4];
     __mmask16 km[4];
-    for (int v = 0; v < NV; v++) km[v] = tail_mask(dv - c - 16 * v);
-    for (int r = 0; r < R; r++) {
+    UNROLL for (int v = 0; v < NV; v++) km[v] = tail_mask(dv - c - 16 * v);
+    UNROLL for (int r = 0; r < R; r++) {
         const __m512 a = _mm512_set1_ps(alpha[r]);
-        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(km[v], o[r] + c + 16 * v));
+        UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(km[v], o[r] + c + 16 * v));
     }
     for (int j = 0; j < n; j++) {
         const float *vr = vt + (size_t)j * (size_t)ldv + c;
         __m512 vv[4];
-        for (int v = 0; v < NV; v++) vv[v] = _mm512_loadu_ps(vr + 16 * v);
-        for (int r = 0; r < R; r++) {
+        UNROLL for (int v = 0; v < NV; v++) vv[v] = _mm512_loadu_ps(vr + 16 * v);
+        UNROLL for (int r = 0; r < R; r++) {
             const __m512 b = _mm512_set1_ps(p[(size_t)r * ATTN_TILE + (size_t)j]);
-            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(b, vv[v], acc[r][v]);
+            UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(b, vv[v], acc[r][v]);
         }
     }
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < NV; v++) _mm512_mask_storeu_ps(o[r] + c + 16 * v, km[v], acc[r][v]);
+    UNROLL for (int r = 0; r < R; r++)
+        UNROLL for (int v = 0; v < NV; v++) _mm512_mask_storeu_ps(o[r] + c + 16 * v, km[v], acc[r][v]);
 }
 
 AI void f32_pv_rows(const attn_geom *g, const float *p, int n, const float *vt, float *const *o,
@@ -291,12 +292,12 @@ static void dp_load_tile(const attn_geom *g, const void *const *krows, const voi
     __m512 r[16];
     for (int jb = 0; jb < ATTN_TILE / 16; jb++) {
         for (int32_t c = 0; c < g->dpad; c += 32) {
-            for (int i = 0; i < 16; i++) {
+            UNROLL for (int i = 0; i < 16; i++) {
                 const int j = jb * 16 + i;
                 r[i] = j < n ? _mm512_castsi512_ps(kv32_bf16(g, krows[j], c, g->d - c)) : _mm512_setzero_ps();
             }
             transpose16(r);
-            for (int i = 0; i < 16; i++)
+            UNROLL for (int i = 0; i < 16; i++)
                 _mm512_storeu_ps((float *)(void *)(kt + (size_t)(c / 2 + i) * ATTN_TILE + jb * 16), r[i]);
         }
     }
@@ -329,13 +330,13 @@ static void dp_load_tile(const attn_geom *g, const void *const *krows, const voi
 /* Pairs [p0, p1) of R rows into acc (zeroed first). */
 AI void dp_qk_seg(const uint32_t *q, int32_t ldq, const uint32_t *kt, int32_t p0, int32_t p1, __m512 acc[RB][4],
                   int R) {
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < 4; v++) acc[r][v] = _mm512_setzero_ps();
+    UNROLL for (int r = 0; r < R; r++)
+        UNROLL for (int v = 0; v < 4; v++) acc[r][v] = _mm512_setzero_ps();
     for (int32_t p = p0; p < p1; p++) {
         const uint32_t *kr = kt + (size_t)p * ATTN_TILE;
         const __m512bh k0 = (__m512bh)_mm512_loadu_si512(kr), k1 = (__m512bh)_mm512_loadu_si512(kr + 16);
         const __m512bh k2 = (__m512bh)_mm512_loadu_si512(kr + 32), k3 = (__m512bh)_mm512_loadu_si512(kr + 48);
-        for (int r = 0; r < R; r++) {
+        UNROLL for (int r = 0; r < R; r++) {
             const __m512bh b = (__m512bh)_mm512_set1_epi32((int)q[(size_t)r * (size_t)ldq + (size_t)p]);
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], b, k0);
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], b, k1);
@@ -350,8 +351,8 @@ AI void dp_qk_block(const uint32_t *q, int32_t ldq, const uint32_t *kt, int32_t 
                     float *s, int R, int first) {
     __m512 acc[RB][4];
     dp_qk_seg(q, ldq, kt, p0, p1, acc, R);
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < 4; v++) {
+    UNROLL for (int r = 0; r < R; r++)
+        UNROLL for (int v = 0; v < 4; v++) {
             float *sp = s + (size_t)r * ATTN_TILE + 16 * v;
             __m512 x = acc[r][v];
             if (sc) x = _mm512_mul_ps(x, _mm512_loadu_ps(sc + 16 * v));
@@ -394,7 +395,7 @@ static void dp_qk(const attn_geom *g, const void *qp, int m, int n, const void *
  * heaviest key: that weight is then exactly representable (as P = 1 is without
  * scales), so a near one-hot row loses no precision to the bf16 rounding. */
 AI void dp_pack_p(const float *p, const float *sc, uint32_t p2[RB][32], float *ref, int R) {
-    for (int r = 0; r < R; r++) {
+    UNROLL for (int r = 0; r < R; r++) {
         const float *pr = p + (size_t)r * ATTN_TILE;
         __m512 inv = _mm512_set1_ps(1.0f);
         if (sc) {
@@ -406,7 +407,7 @@ AI void dp_pack_p(const float *p, const float *sc, uint32_t p2[RB][32], float *r
             ref[r] = sc[jm] > 0.0f ? sc[jm] : 1.0f;
             inv = _mm512_set1_ps(1.0f / ref[r]);
         }
-        for (int h = 0; h < 2; h++) {
+        UNROLL for (int h = 0; h < 2; h++) {
             __m512 lo = _mm512_loadu_ps(pr + 32 * h);
             __m512 hi = _mm512_loadu_ps(pr + 32 * h + 16);
             if (sc) {
@@ -423,23 +424,23 @@ AI void dp_pv_block(const uint32_t p2[RB][32], int np, const uint32_t *vt, int32
                     const float *alpha, const float *ref, int32_t c, int32_t dv, int R, int NV) {
     __m512 acc[RB][4];
     __mmask16 km[4];
-    for (int v = 0; v < NV; v++) km[v] = tail_mask(dv - c - 16 * v);
-    for (int r = 0; r < R; r++) {
+    UNROLL for (int v = 0; v < NV; v++) km[v] = tail_mask(dv - c - 16 * v);
+    UNROLL for (int r = 0; r < R; r++) {
         const __m512 a = _mm512_set1_ps(ref ? alpha[r] / ref[r] : alpha[r]);
-        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(km[v], o[r] + c + 16 * v));
+        UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(km[v], o[r] + c + 16 * v));
     }
     for (int jp = 0; jp < np; jp++) {
         const uint32_t *vr = vt + (size_t)jp * (size_t)ldv + c;
         __m512bh vv[4];
-        for (int v = 0; v < NV; v++) vv[v] = (__m512bh)_mm512_loadu_si512(vr + 16 * v);
-        for (int r = 0; r < R; r++) {
+        UNROLL for (int v = 0; v < NV; v++) vv[v] = (__m512bh)_mm512_loadu_si512(vr + 16 * v);
+        UNROLL for (int r = 0; r < R; r++) {
             const __m512bh b = (__m512bh)_mm512_set1_epi32((int)p2[r][jp]);
-            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], b, vv[v]);
+            UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], b, vv[v]);
         }
     }
-    for (int r = 0; r < R; r++) {
+    UNROLL for (int r = 0; r < R; r++) {
         const __m512 f = _mm512_set1_ps(ref ? ref[r] : 1.0f);
-        for (int v = 0; v < NV; v++)
+        UNROLL for (int v = 0; v < NV; v++)
             _mm512_mask_storeu_ps(o[r] + c + 16 * v, km[v], ref ? _mm512_mul_ps(acc[r][v], f) : acc[r][v]);
     }
 }
@@ -500,10 +501,10 @@ static void rows_load_tile(const attn_geom *g, const void *const *krows, const v
 /* out[j] = sum of the lanes of v[j], j < 16 (a transposing add tree: ~3 ops per sum). */
 AI __m512 hsum16(const __m512 v[16]) {
     __m512 x[8], y[4];
-    for (int i = 0; i < 8; i++)
+    UNROLL for (int i = 0; i < 8; i++)
         x[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
                              _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
-    for (int i = 0; i < 4; i++) /* lane L of y[i]: partials of v[4i + L] */
+    UNROLL for (int i = 0; i < 4; i++) /* lane L of y[i]: partials of v[4i + L] */
         y[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0x88),
                              _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xdd));
     const __m512 z0 = _mm512_add_ps(_mm512_unpacklo_ps(y[0], y[1]), _mm512_unpackhi_ps(y[0], y[1]));
@@ -521,18 +522,18 @@ AI void rows_qk_t(const float *q, int32_t ldq, const void *const *kr, int n, flo
         for (int jj = 0; jj < 16; jj++) {
             const int j = j0 + jj;
             __m512 acc[RB];
-            for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+            UNROLL for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
             if (j < n)
                 for (int32_t c = 0; c < d; c += 16) {
                     const __m512 kv = load16_f32(kr[j], dt, c, d - c);
-                    for (int r = 0; r < R; r++)
+                    UNROLL for (int r = 0; r < R; r++)
                         acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)r * (size_t)ldq + c), kv, acc[r]);
                 }
-            for (int r = 0; r < R; r++) part[r][jj] = acc[r];
+            UNROLL for (int r = 0; r < R; r++) part[r][jj] = acc[r];
         }
-        for (int r = 0; r < R; r++) _mm512_storeu_ps(s + (size_t)r * ATTN_TILE + j0, hsum16(part[r]));
+        UNROLL for (int r = 0; r < R; r++) _mm512_storeu_ps(s + (size_t)r * ATTN_TILE + j0, hsum16(part[r]));
         if (j0 + 16 >= n) {
-            for (int r = 0; r < R; r++)
+            UNROLL for (int r = 0; r < R; r++)
                 for (int j = j0 + 16; j < ATTN_TILE; j++) s[(size_t)r * ATTN_TILE + (size_t)j] = 0.0f;
             break;
         }
@@ -567,21 +568,21 @@ AI void rows_pv_block(const float *p, int n, const void *const *vr, float *const
                       int32_t dv, int dt, int R, int NV) {
     __m512 acc[RB][4];
     __mmask16 km[4];
-    for (int v = 0; v < NV; v++) km[v] = tail_mask(dv - c - 16 * v);
-    for (int r = 0; r < R; r++) {
+    UNROLL for (int v = 0; v < NV; v++) km[v] = tail_mask(dv - c - 16 * v);
+    UNROLL for (int r = 0; r < R; r++) {
         const __m512 a = _mm512_set1_ps(alpha[r]);
-        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(km[v], o[r] + c + 16 * v));
+        UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(km[v], o[r] + c + 16 * v));
     }
     for (int j = 0; j < n; j++) {
         __m512 vv[4];
-        for (int v = 0; v < NV; v++) vv[v] = load16_f32(vr[j], dt, c + 16 * v, dv - c - 16 * v);
-        for (int r = 0; r < R; r++) {
+        UNROLL for (int v = 0; v < NV; v++) vv[v] = load16_f32(vr[j], dt, c + 16 * v, dv - c - 16 * v);
+        UNROLL for (int r = 0; r < R; r++) {
             const __m512 b = _mm512_set1_ps(p[(size_t)r * ATTN_TILE + (size_t)j]);
-            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(b, vv[v], acc[r][v]);
+            UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(b, vv[v], acc[r][v]);
         }
     }
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < NV; v++) _mm512_mask_storeu_ps(o[r] + c + 16 * v, km[v], acc[r][v]);
+    UNROLL for (int r = 0; r < R; r++)
+        UNROLL for (int v = 0; v < NV; v++) _mm512_mask_storeu_ps(o[r] + c + 16 * v, km[v], acc[r][v]);
 }
 
 AI void rows_pv_rows(const float *p, int n, const void *const *vr, float *const *o, const float *alpha, int32_t dv,
