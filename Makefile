@@ -113,6 +113,33 @@ valgrind:
 	  PKV_WRAP="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect" \
 	  sh tests/run.sh $(subst $(BUILD)/,build/valgrind/,$(TEST_BIN))
 
+# libFuzzer targets (clang): `make fuzz` builds build/fuzz/fuzz_{ops,attn,npy} with
+# ASan + UBSan; `make fuzz-run SECONDS=N` runs each for N seconds from its seed corpus
+# (new inputs go to build/fuzz/corpus) and fails on any crash, leak or sanitizer report.
+# The same targets replay their corpus in `make test` (tests/test_fuzz_replay.c).
+FUZZ_CC      ?= clang
+FUZZ_TARGETS := ops attn npy
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+SECONDS      ?= 60
+fuzz:
+	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=$(FUZZ_CC) WERROR=-Werror \
+	  CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" build/fuzz/libpagedkv.a
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "$(FUZZ_CC) -fsanitize=fuzzer ... -o build/fuzz/fuzz_$$t"; \
+	  $(FUZZ_CC) $(BASE) $(WARN) -Werror -Itests -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -DPKV_LIBFUZZER \
+	    -o build/fuzz/fuzz_$$t tests/fuzz/fuzz_$$t.c build/fuzz/libpagedkv.a $(LIBS) || exit 1; \
+	done
+fuzz-run: fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus/$$t build/fuzz/crash; \
+	  echo "== fuzz_$$t: $(SECONDS) s"; \
+	  if ! build/fuzz/fuzz_$$t -max_total_time=$(SECONDS) -max_len=4096 -print_final_stats=1 \
+	      -artifact_prefix=build/fuzz/crash/$$t- build/fuzz/corpus/$$t tests/fuzz/corpus/$$t \
+	      > build/fuzz/fuzz_$$t.log 2>&1; then \
+	    tail -n 60 build/fuzz/fuzz_$$t.log; echo "fuzz_$$t FAILED (input in build/fuzz/crash/)"; exit 1; fi; \
+	  grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)|^Done' build/fuzz/fuzz_$$t.log; \
+	done
+
 STRESS_OPS ?= 20000000
 stress: $(STRESS_BIN)
 	@for t in $(STRESS_BIN); do echo "== $$t"; $$t --ops $(STRESS_OPS) $(STRESS_ARGS) || exit 1; done
