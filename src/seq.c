@@ -65,9 +65,12 @@ int seq_new(pkv_cache *c, uint64_t ns, pkv_seq *out) {
 
 int seq_reserve(pkv_cache *c, pkv_seq_rec *r, int32_t nblocks, int32_t ntokens, int want_keys) {
     FORWARD_IF_ERROR(pkv_mem_grow(&c->al, (void **)&r->blocks, &r->blocks_cap, nblocks, sizeof *r->blocks));
+    FORWARD_IF_ERROR(pkv_mem_grow(&c->al, (void **)&r->tokens, &r->tokens_cap, ntokens, sizeof *r->tokens));
+    /* Keys last: whether a record has keys is visible state (fork copies them),
+     * so they must not appear when a later reservation fails. */
     if (r->keys || want_keys)
-        FORWARD_IF_ERROR(pkv_mem_grow(&c->al, (void **)&r->keys, &r->keys_cap, nblocks, sizeof *r->keys));
-    return pkv_mem_grow(&c->al, (void **)&r->tokens, &r->tokens_cap, ntokens, sizeof *r->tokens);
+        return pkv_mem_grow(&c->al, (void **)&r->keys, &r->keys_cap, nblocks, sizeof *r->keys);
+    return PKV_OK;
 }
 
 /* Frees a record's arrays (cache destruction). */
