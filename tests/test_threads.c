@@ -5,7 +5,9 @@
  * operation count (1M by default, times PKV_TEST_SCALE). Every thread keeps a
  * model of its sequences' lengths and contents and checks them through
  * pkv_store_read; at the end pkv_cache_check must pass and all blocks must be
- * free again. Then concurrent pkv_attn calls over one cache (no pool, a shared
+ * free again. Then 8 threads serve prompts through one thread-safe prefix cache
+ * (lookup, append, write, register, free) and check every hit's contents.
+ * Then concurrent pkv_attn calls over one cache (no pool, a shared
  * pool, private pools) must give results identical to the same calls run
  * serially. Meant to be clean under `make tsan`. */
 #include <pthread.h>
@@ -270,6 +272,168 @@ static void test_random_ops(long total_ops) {
     g_cache = NULL;
 }
 
+/* ---- prefix cache under threads ---- */
+
+/* 8 threads serve prompts from a small shared table (common prefixes, two
+ * namespaces) on one thread-safe prefix-cache cache: lookup, append the rest
+ * with token ids, write the rows, register, decode a few tokens, check every
+ * position, free. A position's value is a hash of (namespace, tokens up to it),
+ * the KV a model would compute, so a cache hit must read back exactly the
+ * values this thread expects: a hit on another prompt's block would show. */
+enum { PNB = 64, PBS = 4, NPROMPTS = 6, PMAX = 40 };
+
+static pkv_cache *g_pcache;
+static int32_t g_prompts[NPROMPTS][PMAX];
+static int32_t g_prompt_len[NPROMPTS];
+static long g_prefix_iters;
+
+static float token_value(uint64_t ns, const int32_t *toks, int32_t pos) {
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ ns;
+    for (int32_t i = 0; i <= pos; i++) {
+        h ^= (uint32_t)toks[i];
+        h *= 0xbf58476d1ce4e5b9ull;
+        h ^= h >> 29;
+    }
+    return (float)(h % 1000003u);
+}
+
+typedef struct pworker {
+    int id;
+    test_rng rng;
+    long ops, hit_tokens, prompt_tokens, capacity, fails;
+    char err[256];
+} pworker;
+
+static int pcheck(pworker *w, pkv_seq s, uint64_t ns, const int32_t *toks, int32_t len) {
+    int32_t blocks[PMAX + 8], n = 0;
+    int64_t slots[PMAX + 8];
+    float rows[(PMAX + 8) * D];
+    if (len > PMAX + 8 || pkv_seq_blocks(g_pcache, s, blocks, PMAX + 8, &n) != PKV_OK) return 0;
+    for (int32_t p = 0; p < len; p++) slots[p] = (int64_t)blocks[p / PBS] * PBS + p % PBS;
+    if (len && pkv_store_read(g_pcache, 0, slots, len, rows, NULL) != PKV_OK) return 0;
+    w->ops += 2;
+    for (int32_t p = 0; p < len; p++) {
+        float v = token_value(ns, toks, p);
+        if (rows[p * D] != v || rows[p * D + 1] != -v) {
+            if (!w->fails++)
+                snprintf(w->err, sizeof w->err, "thread %d: position %d of a %d-token prompt holds %g, want %g",
+                         w->id, p, len, (double)rows[p * D], (double)v);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void *pworker_main(void *arg) {
+    pworker *w = arg;
+    for (long it = 0; it < g_prefix_iters && !w->fails; it++) {
+        int pi = (int)test_below(&w->rng, NPROMPTS);
+        uint64_t ns = test_below(&w->rng, 2);
+        int32_t toks[PMAX + 8];
+        int32_t len = g_prompt_len[pi];
+        memcpy(toks, g_prompts[pi], (size_t)len * sizeof *toks);
+        pkv_seq s;
+        int32_t hit = -1;
+        int st = pkv_prefix_lookup(g_pcache, ns, toks, len, &s, &hit);
+        w->ops++;
+        if (st != PKV_OK) {
+            if (!w->fails++) snprintf(w->err, sizeof w->err, "lookup: %s", pkv_strerror(st));
+            break;
+        }
+        w->hit_tokens += hit;
+        w->prompt_tokens += len;
+        pcheck(w, s, ns, toks, hit);
+        /* the rest of the prompt, then a few decoded tokens */
+        int32_t dec = (int32_t)test_below(&w->rng, 8);
+        for (int32_t i = 0; i < dec; i++) toks[len + i] = 100 + (int32_t)test_below(&w->rng, 3);
+        int32_t total = len + dec, n = total - hit;
+        int64_t slots[PMAX + 8];
+        st = pkv_seq_append(g_pcache, s, n, toks + hit, slots, NULL);
+        w->ops++;
+        if (st == PKV_OK) {
+            float rows[(PMAX + 8) * D];
+            for (int32_t i = 0; i < n; i++) {
+                float v = token_value(ns, toks, hit + i);
+                rows[i * D] = v; rows[i * D + 1] = -v; rows[i * D + 2] = v; rows[i * D + 3] = -v;
+            }
+            st = pkv_store_write(g_pcache, 0, slots, n, rows, NULL, PKV_F32);
+            if (st == PKV_OK) st = pkv_prefix_register(g_pcache, s, NULL, NULL);
+            w->ops += 2;
+            if (st != PKV_OK && !w->fails++) snprintf(w->err, sizeof w->err, "write/register: %s", pkv_strerror(st));
+            pcheck(w, s, ns, toks, total);
+        } else if (st == PKV_ERR_CAPACITY) {
+            w->capacity++;
+        } else if (!w->fails++) {
+            snprintf(w->err, sizeof w->err, "append: %s", pkv_strerror(st));
+        }
+        st = pkv_seq_free(g_pcache, s);
+        w->ops++;
+        if (st != PKV_OK && !w->fails++) snprintf(w->err, sizeof w->err, "free: %s", pkv_strerror(st));
+        if (test_below(&w->rng, 64) == 0) {
+            st = pkv_cache_check(g_pcache);
+            w->ops++;
+            if (st != PKV_OK && !w->fails++) snprintf(w->err, sizeof w->err, "check: %s", pkv_cache_last_error(g_pcache));
+        }
+    }
+    return NULL;
+}
+
+static void test_prefix_threads(long iters) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = PNB;
+    cfg.block_size = PBS;
+    cfg.flags = PKV_FLAG_THREAD_SAFE | PKV_FLAG_PREFIX_CACHE;
+    cfg.storage = PKV_STORAGE_HOST;
+    cfg.num_layers = 1;
+    cfg.h_kv = 1;
+    cfg.d = D;
+    cfg.dv = D;
+    cfg.kv_dtype = PKV_F32;
+    CHECK_OK(pkv_cache_create(&cfg, &g_pcache));
+    if (!g_pcache) return;
+    test_rng rng = {7};
+    for (int i = 0; i < NPROMPTS; i++) {
+        /* prompts share prefixes: each starts as a copy of an earlier one */
+        g_prompt_len[i] = 3 + (int32_t)test_below(&rng, PMAX - 3);
+        int from = i ? (int)test_below(&rng, (uint32_t)i) : 0;
+        int32_t keep = i ? (int32_t)test_below(&rng, (uint32_t)g_prompt_len[from] + 1) : 0;
+        for (int32_t p = 0; p < g_prompt_len[i]; p++)
+            g_prompts[i][p] = p < keep ? g_prompts[from][p] : (int32_t)test_below(&rng, 4);
+    }
+    g_prefix_iters = iters / NTHREADS;
+    pworker *ws = calloc(NTHREADS, sizeof *ws);
+    pthread_t th[NTHREADS];
+    for (int i = 0; i < NTHREADS; i++) {
+        ws[i].id = i;
+        ws[i].rng.s = 0xabc00u + (uint64_t)i;
+        CHECK_INT(pthread_create(&th[i], NULL, pworker_main, &ws[i]), 0);
+    }
+    long ops = 0, hit = 0, prompt = 0, cap = 0;
+    for (int i = 0; i < NTHREADS; i++) {
+        pthread_join(th[i], NULL);
+        ops += ws[i].ops;
+        hit += ws[i].hit_tokens;
+        prompt += ws[i].prompt_tokens;
+        cap += ws[i].capacity;
+        test_checks_++;
+        if (ws[i].fails) TEST_FAIL_("prefix thread %d: %ld failures, first: %s", i, ws[i].fails, ws[i].err);
+    }
+    CHECK_OK(pkv_cache_check(g_pcache));
+    pkv_stats st;
+    CHECK_OK(pkv_cache_stats(g_pcache, &st));
+    CHECK_INT(st.num_seqs, 0);
+    CHECK_INT(st.used_blocks, 0);
+    CHECK_INT(st.free_blocks + st.evictable_blocks, PNB);
+    printf("threads: %d threads, %ld operations on one thread-safe prefix cache (%.0f%% of prompt tokens hit, "
+           "%lld evictions, %lld dedups, %ld appends refused for capacity)\n",
+           NTHREADS, ops, prompt ? 100.0 * (double)hit / (double)prompt : 0.0, (long long)st.evictions,
+           (long long)st.dedups, cap);
+    free(ws);
+    pkv_cache_destroy(g_pcache);
+    g_pcache = NULL;
+}
+
 /* ---- concurrent attention ---- */
 
 enum { AB = 4, AHQ = 4, AHKV = 2, AD = 32, ADV = 32, ABS = 16, ANB = 64, AMB = 16, ASQ = 2 };
@@ -412,6 +576,7 @@ static void test_concurrent_attn(int reps) {
 
 int main(void) {
     test_random_ops(test_scaled(1000000));
+    test_prefix_threads(test_scaled(100000));
     test_concurrent_attn((int)test_scaled(40));
     return test_report("test_threads");
 }
