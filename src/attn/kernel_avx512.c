@@ -273,28 +273,34 @@ static void dp_prep_q(const attn_geom *g, const void *const *qrows, int m, void 
         }
 }
 
-/* 32 dims [c, c+32) of a K/V row as bf16 (FP8 latent: exact e4m3 values, unscaled). */
-AI __m512i kv32_bf16(const attn_geom *g, const void *row, int32_t c, int32_t n) {
+/* 32 dims [c, c+32) of a bf16 row; lanes >= n read as 0. */
+AI __m512i bf16x32(const void *row, int32_t c, int32_t n) {
     const __mmask32 k = n >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (n > 0 ? n : 0)) - 1u);
-    if (g->kv_dtype != PKV_FP8_MLA656) return _mm512_maskz_loadu_epi16(k, (const uint16_t *)row + c);
-    const uint8_t *r8 = (const uint8_t *)row;
-    if (c >= 512) return _mm512_maskz_loadu_epi16(k, (const uint16_t *)(const void *)(r8 + ATTN_FP8_ROPE) + (c - 512));
-    const __m512 s256 = _mm512_set1_ps(256.0f);
-    const __m512 lo = _mm512_mul_ps(_mm512_cvtph_ps(e4m3x16_f16bits(_mm_loadu_si128((const __m128i *)(const void *)(r8 + c)))), s256);
-    const __m512 hi = _mm512_mul_ps(_mm512_cvtph_ps(e4m3x16_f16bits(_mm_loadu_si128((const __m128i *)(const void *)(r8 + c + 16)))), s256);
-    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+    return _mm512_maskz_loadu_epi16(k, (const uint16_t *)row + c);
 }
 
-static void dp_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
-                         void *ktv, void *vtv) {
-    uint32_t *kt = (uint32_t *)ktv, *vt = (uint32_t *)vtv;
-    const int fp8 = g->kv_dtype == PKV_FP8_MLA656;
+/* 32 e4m3 codes -> their exact values as bf16: rebias the exponent (7 -> 127);
+ * the 8 subnormal codes (m * 2^-9) come from a table. */
+AI __m512i e4m3x32_bf16(__m256i b) {
+    const __m512i w = _mm512_cvtepu8_epi16(b);
+    const __m512i mag = _mm512_and_si512(w, _mm512_set1_epi16(0x7f));
+    const __m512i sign = _mm512_slli_epi16(_mm512_and_si512(w, _mm512_set1_epi16(0x80)), 8);
+    __m512i v = _mm512_add_epi16(_mm512_slli_epi16(mag, 4), _mm512_set1_epi16(120 << 7));
+    const __m512i sub = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                         0x3c60, 0x3c40, 0x3c20, 0x3c00, 0x3bc0, 0x3b80, 0x3b00, 0);
+    v = _mm512_mask_permutexvar_epi16(v, _mm512_cmplt_epu16_mask(mag, _mm512_set1_epi16(8)), mag, sub);
+    return _mm512_or_si512(v, sign);
+}
+
+/* The bf16 tile layouts from bf16 rows (d, dv dims; rows >= n zero). */
+static void dp_tile_from_bf16(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
+                              uint32_t *kt, uint32_t *vt) {
     __m512 r[16];
     for (int jb = 0; jb < ATTN_TILE / 16; jb++) {
         for (int32_t c = 0; c < g->dpad; c += 32) {
             UNROLL for (int i = 0; i < 16; i++) {
                 const int j = jb * 16 + i;
-                r[i] = j < n ? _mm512_castsi512_ps(kv32_bf16(g, krows[j], c, g->d - c)) : _mm512_setzero_ps();
+                r[i] = j < n ? _mm512_castsi512_ps(bf16x32(krows[j], c, g->d - c)) : _mm512_setzero_ps();
             }
             transpose16(r);
             UNROLL for (int i = 0; i < 16; i++)
@@ -310,21 +316,46 @@ static void dp_load_tile(const attn_geom *g, const void *const *krows, const voi
         const int j0 = 2 * jp, j1 = 2 * jp + 1;
         uint32_t *dst = vt + (size_t)jp * (size_t)g->dvpad;
         for (int32_t c = 0; c < g->dvpad; c += 32) {
-            const __m512i a = j0 < n ? kv32_bf16(g, vrows[j0], c, g->dv - c) : _mm512_setzero_si512();
-            const __m512i b = j1 < n ? kv32_bf16(g, vrows[j1], c, g->dv - c) : _mm512_setzero_si512();
+            const __m512i a = j0 < n ? bf16x32(vrows[j0], c, g->dv - c) : _mm512_setzero_si512();
+            const __m512i b = j1 < n ? bf16x32(vrows[j1], c, g->dv - c) : _mm512_setzero_si512();
             _mm512_storeu_si512(dst + c, _mm512_permutex2var_epi16(a, ilo, b));
             _mm512_storeu_si512(dst + c + 16, _mm512_permutex2var_epi16(a, ihi, b));
         }
     }
-    if (fp8) {
-        float *ks = (float *)(void *)(kt + (size_t)(g->dpad / 2) * ATTN_TILE);
-        float *vs = (float *)(void *)(vt + (size_t)(ATTN_TILE / 2) * (size_t)g->dvpad);
-        for (int j = 0; j < ATTN_TILE; j++) {
-            float sc[4] = {0, 0, 0, 0};
-            if (j < n) fp8_scales((const uint8_t *)krows[j], sc);
-            for (int t = 0; t < 4; t++) ks[t * ATTN_TILE + j] = vs[t * ATTN_TILE + j] = sc[t];
-        }
+}
+
+static void dp_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
+                         void *ktv, void *vtv) {
+    dp_tile_from_bf16(g, krows, vrows, n, (uint32_t *)ktv, (uint32_t *)vtv);
+}
+
+/* FP8_MLA656 rows: each row is expanded once to 576 exact bf16 values in a work
+ * area behind K^T and its scales (the kt scratch holds (dpad + 16) * 64 floats:
+ * K^T 288 * 64 dwords, scales 16 * 64, work 64 * 576 bf16), then laid out as
+ * for bf16; K and V (its first 512 dims) share the expansion. */
+static void fp8_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
+                          void *ktv, void *vtv) {
+    (void)vrows;
+    uint32_t *kt = (uint32_t *)ktv, *vt = (uint32_t *)vtv;
+    float *ks = (float *)(void *)(kt + (size_t)(g->dpad / 2) * ATTN_TILE);
+    float *vs = (float *)(void *)(vt + (size_t)(ATTN_TILE / 2) * (size_t)g->dvpad);
+    uint16_t *wk = (uint16_t *)(void *)(kt + (size_t)(g->dpad / 2 + 16) * ATTN_TILE);
+    const void *rows[ATTN_TILE];
+    for (int j = 0; j < n; j++) {
+        const uint8_t *r8 = (const uint8_t *)krows[j];
+        uint16_t *dst = wk + (size_t)j * 576;
+        UNROLL for (int c = 0; c < 512; c += 32)
+            _mm512_storeu_si512(dst + c, e4m3x32_bf16(_mm256_loadu_si256((const __m256i *)(const void *)(r8 + c))));
+        _mm512_storeu_si512(dst + 512, _mm512_loadu_si512(r8 + ATTN_FP8_ROPE));
+        _mm512_storeu_si512(dst + 544, _mm512_loadu_si512(r8 + ATTN_FP8_ROPE + 64));
+        rows[j] = dst;
+        float sc[4];
+        fp8_scales(r8, sc);
+        for (int t = 0; t < 4; t++) ks[t * ATTN_TILE + j] = vs[t * ATTN_TILE + j] = sc[t];
     }
+    for (int j = n; j < ATTN_TILE; j++)
+        for (int t = 0; t < 4; t++) ks[t * ATTN_TILE + j] = vs[t * ATTN_TILE + j] = 0.0f;
+    dp_tile_from_bf16(g, rows, rows, n, kt, vt);
 }
 
 /* Pairs [p0, p1) of R rows into acc (zeroed first). */
@@ -390,21 +421,26 @@ static void dp_qk(const attn_geom *g, const void *qp, int m, int n, const void *
     }
 }
 
+/* Index of the largest weight of a P row (the first one on ties). */
+AI int p_argmax(const float *pr) {
+    const __m512 v0 = _mm512_loadu_ps(pr), v1 = _mm512_loadu_ps(pr + 16);
+    const __m512 v2 = _mm512_loadu_ps(pr + 32), v3 = _mm512_loadu_ps(pr + 48);
+    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(v0, v1), _mm512_max_ps(v2, v3))));
+    const uint64_t hit = (uint64_t)_mm512_cmpeq_ps_mask(v0, mx) | (uint64_t)_mm512_cmpeq_ps_mask(v1, mx) << 16 |
+                         (uint64_t)_mm512_cmpeq_ps_mask(v2, mx) << 32 | (uint64_t)_mm512_cmpeq_ps_mask(v3, mx) << 48;
+    return hit ? __builtin_ctzll(hit) : 0;
+}
+
 /* P rows (f32, [R][64]) -> bf16 pairs [R][32]. With per-key scales sc (FP8),
  * row r's weights are P * sc / ref[r], ref[r] being the scale of the row's
- * heaviest key: that weight is then exactly representable (as P = 1 is without
- * scales), so a near one-hot row loses no precision to the bf16 rounding. */
-AI void dp_pack_p(const float *p, const float *sc, uint32_t p2[RB][32], float *ref, int R) {
+ * heaviest key jm[r]: that weight is then exactly representable (as P = 1 is
+ * without scales), so a near one-hot row loses no precision to bf16 rounding. */
+AI void dp_pack_p(const float *p, const float *sc, const int *jm, uint32_t p2[RB][32], float *ref, int R) {
     UNROLL for (int r = 0; r < R; r++) {
         const float *pr = p + (size_t)r * ATTN_TILE;
         __m512 inv = _mm512_set1_ps(1.0f);
         if (sc) {
-            __m512 mx = _mm512_max_ps(_mm512_max_ps(_mm512_loadu_ps(pr), _mm512_loadu_ps(pr + 16)),
-                                      _mm512_max_ps(_mm512_loadu_ps(pr + 32), _mm512_loadu_ps(pr + 48)));
-            const float pm = _mm512_reduce_max_ps(mx);
-            int jm = 0;
-            while (jm < ATTN_TILE - 1 && pr[jm] != pm) jm++;
-            ref[r] = sc[jm] > 0.0f ? sc[jm] : 1.0f;
+            ref[r] = sc[jm[r]] > 0.0f ? sc[jm[r]] : 1.0f;
             inv = _mm512_set1_ps(1.0f / ref[r]);
         }
         UNROLL for (int h = 0; h < 2; h++) {
@@ -460,13 +496,15 @@ AI void dp_pv_rows(const attn_geom *g, const float *p, int n, const uint32_t *vt
     if (g->kv_dtype == PKV_FP8_MLA656) {
         const float *vs = (const float *)(const void *)(vt + (size_t)(ATTN_TILE / 2) * (size_t)g->dvpad);
         float ref[RB] = {1.0f, 1.0f, 1.0f, 1.0f};
+        int jm[RB] = {0, 0, 0, 0};
+        for (int r = 0; r < R; r++) jm[r] = p_argmax(p + (size_t)r * ATTN_TILE);
         for (int t = 0; t < 4; t++) {
-            dp_pack_p(p, vs + t * ATTN_TILE, p2, ref, R);
+            dp_pack_p(p, vs + t * ATTN_TILE, jm, p2, ref, R);
             dp_pv_range(p2, np, vt, g, o, alpha, ref, 128 * t, 128 * t + 128, R);
         }
         return;
     }
-    dp_pack_p(p, NULL, p2, NULL, R);
+    dp_pack_p(p, NULL, NULL, p2, NULL, R);
     dp_pv_range(p2, np, vt, g, o, alpha, NULL, 0, g->dvpad, R);
 }
 
@@ -620,7 +658,7 @@ static const attn_ops ops_rows = {"avx512-f32-rows", 16, 4, f32_prep_q, rows_loa
 static const attn_ops ops_f32 = {"avx512-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, softmax, f32_pv, &ops_rows};
 static const attn_ops ops_fp8f32 = {"avx512-fp8-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, softmax, f32_pv, NULL};
 static const attn_ops ops_bf16dp = {"avx512-bf16dp", 32, 2, dp_prep_q, dp_load_tile, dp_qk, softmax, dp_pv, &ops_rows};
-static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, 2, dp_prep_q, dp_load_tile, dp_qk, softmax, dp_pv, NULL};
+static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, 2, dp_prep_q, fp8_load_tile, dp_qk, softmax, dp_pv, NULL};
 
 const attn_ops *attn_ops_avx512(int q_dtype, int kv_dtype) {
     if (q_dtype == PKV_BF16 && kv_dtype == PKV_BF16) return &ops_bf16dp;
