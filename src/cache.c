@@ -132,7 +132,7 @@ int pkv_block_refcount(pkv_cache *c, int32_t block, int32_t *out) {
 
 /* Pool-level invariants: the free stack, the LRU list and the counters agree
  * with the per-block states. */
-static int check_pool(pkv_cache *c) {
+static int check_pool(pkv_cache *c, int32_t *seen) {
     const pkv_pool *p = &c->pool;
     int32_t nfree = 0, nused = 0, nevict = 0, nshared = 0;
     for (int32_t b = 0; b < p->num_blocks; b++) {
@@ -165,11 +165,16 @@ static int check_pool(pkv_cache *c) {
                           p->free_top, nused, p->used, nevict, p->num_evictable, nshared, p->shared);
     if (nfree + nused + nevict != p->num_blocks)
         return cache_fail(c, PKV_ERR_CORRUPT, "free + used + evictable != num_blocks");
+    /* Counts agree, so a repeated entry (a double free) would hide a lost block. */
+    memset(seen, 0, (size_t)p->num_blocks * sizeof *seen);
     for (int32_t i = 0; i < p->free_top; i++) {
         int32_t b = p->free_stack[i];
         if (b < 0 || b >= p->num_blocks || p->state[b] != BLOCK_FREE)
             return cache_fail(c, PKV_ERR_CORRUPT, "free stack entry %d holds block %d not free", i, b);
+        if (seen[b]++) return cache_fail(c, PKV_ERR_CORRUPT, "block %d is on the free stack twice", b);
     }
+    if (p->peak_used < p->used)
+        return cache_fail(c, PKV_ERR_CORRUPT, "peak used %d below used %d", p->peak_used, p->used);
     int32_t walked = 0, prev = -1;
     for (int32_t b = p->lru_head; b >= 0; b = p->lru_next[b]) {
         if (b >= p->num_blocks || p->state[b] != BLOCK_EVICTABLE || p->lru_prev[b] != prev ||
@@ -184,11 +189,12 @@ static int check_pool(pkv_cache *c) {
 
 /* Sequence-level invariants: block counts match lengths, and every refcount
  * equals the number of sequence lists holding the block (recounted here). */
-static int check_seqs(pkv_cache *c, int32_t *count) {
+static int check_seqs(pkv_cache *c, int32_t *count, int32_t *owner) {
     const pkv_pool *p = &c->pool;
     int64_t tokens = 0;
     int32_t live = 0;
     memset(count, 0, (size_t)p->num_blocks * sizeof *count);
+    for (int32_t b = 0; b < p->num_blocks; b++) owner[b] = -1;
     for (int32_t i = 0; i < c->seqs_cap; i++) {
         const pkv_seq_rec *r = &c->seqs[i];
         if (!r->live) continue;
@@ -202,16 +208,33 @@ static int check_seqs(pkv_cache *c, int32_t *count) {
             (int64_t)r->nregistered * p->block_size > r->len)
             return cache_fail(c, PKV_ERR_CORRUPT, "sequence %d: tokens %d registered %d of length %d", i,
                               r->ntokens, r->nregistered, r->len);
+        if (r->nregistered && !c->prefix)
+            return cache_fail(c, PKV_ERR_CORRUPT, "sequence %d has %d registered blocks without a prefix cache", i,
+                              r->nregistered);
+        if (r->last_start < 0 || r->last_n < 0 || (int64_t)r->last_start + r->last_n > r->len)
+            return cache_fail(c, PKV_ERR_CORRUPT, "sequence %d: last append [%d, +%d) outside its %d tokens", i,
+                              r->last_start, r->last_n, r->len);
         for (int32_t j = 0; j < r->nblocks; j++) {
             int32_t b = r->blocks[j];
             if (b < 0 || b >= p->num_blocks || p->state[b] != BLOCK_USED)
                 return cache_fail(c, PKV_ERR_CORRUPT, "sequence %d holds block %d that is not in use", i, b);
+            /* Two positions of one sequence can never share a slot. */
+            if (owner[b] == i)
+                return cache_fail(c, PKV_ERR_CORRUPT, "sequence %d holds block %d twice", i, b);
+            owner[b] = i;
             count[b]++;
         }
     }
     if (live != c->num_seqs || tokens != c->tokens)
         return cache_fail(c, PKV_ERR_CORRUPT, "%d live sequences (counted %d), %lld tokens (counted %lld)",
                           c->num_seqs, live, (long long)c->tokens, (long long)tokens);
+    int32_t nfree_recs = 0;
+    for (int32_t i = c->seq_free_head; i >= 0; i = c->seqs[i].next_free)
+        if (i >= c->seqs_cap || c->seqs[i].live || ++nfree_recs > c->seqs_cap - c->num_seqs)
+            return cache_fail(c, PKV_ERR_CORRUPT, "sequence record free list broken at %d", i);
+    if (nfree_recs != c->seqs_cap - c->num_seqs)
+        return cache_fail(c, PKV_ERR_CORRUPT, "%d free sequence records listed, %d expected", nfree_recs,
+                          c->seqs_cap - c->num_seqs);
     for (int32_t b = 0; b < p->num_blocks; b++)
         if (count[b] != p->refcount[b])
             return cache_fail(c, PKV_ERR_CORRUPT, "block %d has refcount %d but %d holders", b,
@@ -222,9 +245,9 @@ static int check_seqs(pkv_cache *c, int32_t *count) {
 int pkv_cache_check(pkv_cache *c) {
     RETURN_IF(!c, PKV_ERR_NULL);
     cache_lock(c);
-    int32_t *count = pkv_mem_alloc(&c->al, (size_t)c->pool.num_blocks * sizeof *count);
-    int st = count ? check_pool(c) : PKV_ERR_NOMEM;
-    if (st == PKV_OK) st = check_seqs(c, count);
+    int32_t *count = pkv_mem_calloc(&c->al, 2 * (size_t)c->pool.num_blocks, sizeof *count);
+    int st = count ? check_pool(c, count) : PKV_ERR_NOMEM;
+    if (st == PKV_OK) st = check_seqs(c, count, count + c->pool.num_blocks);
     if (st == PKV_OK) st = prefix_check(c);
     pkv_mem_free(&c->al, count);
     if (st == PKV_OK) c->err[0] = 0;
