@@ -510,6 +510,58 @@ static void drop(snap *s) {
     for (int i = 0; i < NCACHES; i++) free(s->d[i]);
 }
 
+/* pkv_cache_check must see each of these corruptions (made through the
+ * internal structs, then undone). Returns the number of cases. */
+static int check_detects(void) {
+    pkv_config cfg = meta_cfg();
+    pkv_cache *c = make(cfg);
+    pkv_seq a, b;
+    pkv_block_copy cow;
+    CHECK_OK(pkv_seq_create(c, 0, &a));
+    CHECK_OK(pkv_seq_append(c, a, 2 * BS + 1, NULL, NULL, &cow));
+    CHECK_OK(pkv_seq_fork(c, a, &b));
+    CHECK_OK(pkv_seq_create(c, 0, &b));
+    CHECK_OK(pkv_seq_free(c, b));
+    CHECK_OK(pkv_cache_check(c));
+    pkv_seq_rec *r = seq_get(c, a);
+    pkv_pool *p = &c->pool;
+    int n = 0;
+    int32_t save, save2;
+#define DETECT(corrupt, undo)                                                        \
+    do {                                                                             \
+        corrupt;                                                                     \
+        n++;                                                                         \
+        CHECK_STATUS(pkv_cache_check(c), PKV_ERR_CORRUPT);                           \
+        CHECK(pkv_cache_last_error(c)[0] != 0);                                      \
+        undo;                                                                        \
+        CHECK_OK(pkv_cache_check(c));                                                \
+    } while (0)
+    DETECT((save = p->free_stack[0], p->free_stack[0] = p->free_stack[1]), p->free_stack[0] = save);
+    DETECT(p->refcount[r->blocks[0]]++, p->refcount[r->blocks[0]]--);
+    DETECT(p->used++, p->used--);
+    DETECT(p->shared--, p->shared++);
+    DETECT(p->free_top--, p->free_top++);
+    DETECT((save = r->blocks[1], r->blocks[1] = r->blocks[0]), r->blocks[1] = save);
+    DETECT(r->len++, r->len--);
+    DETECT(r->nblocks--, r->nblocks++);
+    DETECT(r->ntokens = r->len + 1, r->ntokens = 0);
+    DETECT(r->nregistered = 1, r->nregistered = 0);
+    DETECT(r->last_n = r->len + 1, r->last_n = r->len);
+    DETECT(c->tokens++, c->tokens--);
+    DETECT(c->num_seqs++, c->num_seqs--);
+    DETECT((save = c->seqs[c->seq_free_head].next_free, c->seqs[c->seq_free_head].next_free = c->seq_free_head),
+           c->seqs[c->seq_free_head].next_free = save);
+    DETECT((save = p->state[r->blocks[0]], p->state[r->blocks[0]] = BLOCK_FREE), p->state[r->blocks[0]] = (uint8_t)save);
+    DETECT(p->state[p->free_stack[0]] = 7, p->state[p->free_stack[0]] = BLOCK_FREE);
+    DETECT(p->cached[p->free_stack[0]] = 1, p->cached[p->free_stack[0]] = 0);
+    DETECT(p->peak_used = 0, p->peak_used = p->used);
+    /* an evictable block off the LRU list */
+    DETECT((save = p->lru_head, save2 = p->num_evictable, p->num_evictable = 1), (p->lru_head = save, p->num_evictable = save2));
+#undef DETECT
+    pkv_cache_destroy(c);
+    return n;
+}
+
 int main(void) {
     T *t = calloc(1, sizeof *t);
     if (!t) return 2;
@@ -548,6 +600,7 @@ int main(void) {
         drop(&after);
     }
     printf("badinput: %d cases (each: exact status, status text, 5 caches unchanged, check passes)\n", ncases);
+    printf("badinput: pkv_cache_check detects %d kinds of corruption\n", check_detects());
     pkv_cache_destroy(t->h);
     pkv_cache_destroy(t->m);
     pkv_cache_destroy(t->f);
