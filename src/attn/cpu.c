@@ -8,6 +8,20 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+/* Linux keeps AMX tile data off until a process asks (arch_prctl
+ * ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA); returns 1 when granted. */
+static int amx_permitted(void) {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+#else
+    return 0;
+#endif
+}
 
 static unsigned long long xgetbv0(void) {
     unsigned int lo, hi;
@@ -34,13 +48,16 @@ static unsigned detect(void) {
     /* opmask, ZMM_Hi256, Hi16_ZMM state */
     if ((m & (1u << ATTN_ISA_AVX2)) && f && dq && bw && vl && bf16 && (xcr0 & 0xe0) == 0xe0)
         m |= 1u << ATTN_ISA_AVX512;
+    const int amx_bf16 = (d >> 22) & 1, amx_tile = (d >> 24) & 1;
+    if ((m & (1u << ATTN_ISA_AVX512)) && amx_bf16 && amx_tile && (xcr0 & 0x60000) == 0x60000 && amx_permitted())
+        m |= 1u << ATTN_ISA_AMX;
     return m;
 }
 #else
 static unsigned detect(void) { return 1u << ATTN_ISA_SCALAR; }
 #endif
 
-static const char *const labels[ATTN_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+static const char *const labels[ATTN_ISA_COUNT] = {"scalar", "avx2", "avx512", "amx"};
 
 /* Set once; a racing first call computes the same value, so a relaxed store is enough. */
 static int active_isa = -1;
@@ -84,6 +101,7 @@ const char *attn_isa_name(void) { return attn_isa_label(attn_isa_active()); }
 
 const attn_ops *attn_ops_for(int isa, int q_dtype, int kv_dtype) {
     switch (isa) {
+    case ATTN_ISA_AMX: return attn_ops_amx(q_dtype, kv_dtype);
     case ATTN_ISA_AVX512: return attn_ops_avx512(q_dtype, kv_dtype);
     case ATTN_ISA_AVX2: return attn_ops_avx2(q_dtype, kv_dtype);
     case ATTN_ISA_SCALAR: return attn_ops_scalar(q_dtype, kv_dtype);

@@ -90,7 +90,7 @@ AI __m512 exp2_ps(__m512 x) {
 }
 
 /* Online softmax over one tile (shared by both families; p is float32 [m][64]). */
-static void softmax(const attn_geom *g, const float *s, int m, const int32_t *nvalid, float *mrun,
+void attn_avx512_softmax(const attn_geom *g, const float *s, int m, const int32_t *nvalid, float *mrun,
                     float *lrun, float *alpha, void *pv) {
     float *p = (float *)pv;
     const __m512 sc = _mm512_set1_ps(g->scale_log2);
@@ -262,7 +262,7 @@ static void f32_pv(const attn_geom *g, const void *pp, int m, int n, const void 
 /* qp [m][dpad] bf16; kt [dpad/2][64] dwords then (FP8) scales [4][64] f32;
  * vt [32][dvpad] dwords then (FP8) scales [4][64] f32. dpad, dvpad % 32 == 0. */
 
-static void dp_prep_q(const attn_geom *g, const void *const *qrows, int m, void *qp) {
+void attn_avx512_dp_prep_q(const attn_geom *g, const void *const *qrows, int m, void *qp) {
     uint16_t *q = (uint16_t *)qp;
     for (int i = 0; i < m; i++)
         for (int32_t c = 0; c < g->dpad; c += 32) {
@@ -324,7 +324,7 @@ static void dp_tile_from_bf16(const attn_geom *g, const void *const *krows, cons
     }
 }
 
-static void dp_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
+void attn_avx512_dp_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
                          void *ktv, void *vtv) {
     dp_tile_from_bf16(g, krows, vrows, n, (uint32_t *)ktv, (uint32_t *)vtv);
 }
@@ -405,7 +405,7 @@ AI void dp_qk_rows(const attn_geom *g, const uint32_t *q, const uint32_t *kt, fl
         dp_qk_block(q, ldq, kt, p0, p0 + 32 < ldq ? p0 + 32 : ldq, NULL, s, R, p0 == 0);
 }
 
-static void dp_qk(const attn_geom *g, const void *qp, int m, int n, const void *ktv, float *s) {
+void attn_avx512_dp_qk(const attn_geom *g, const void *qp, int m, int n, const void *ktv, float *s) {
     (void)n;
     const uint32_t *q = (const uint32_t *)qp, *kt = (const uint32_t *)ktv;
     const int32_t ldq = g->dpad / 2;
@@ -508,7 +508,7 @@ AI void dp_pv_rows(const attn_geom *g, const float *p, int n, const uint32_t *vt
     dp_pv_range(p2, np, vt, g, o, alpha, NULL, 0, g->dvpad, R);
 }
 
-static void dp_pv(const attn_geom *g, const void *pp, int m, int n, const void *vtv, float *const *o,
+void attn_avx512_dp_pv(const attn_geom *g, const void *pp, int m, int n, const void *vtv, float *const *o,
                   const float *alpha) {
     const float *p = (const float *)pp;
     const uint32_t *vt = (const uint32_t *)vtv;
@@ -654,11 +654,11 @@ static void rows_pv(const attn_geom *g, const void *pp, int m, int n, const void
     }
 }
 
-static const attn_ops ops_rows = {"avx512-f32-rows", 16, 4, f32_prep_q, rows_load_tile, rows_qk, softmax, rows_pv, NULL};
-static const attn_ops ops_f32 = {"avx512-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, softmax, f32_pv, &ops_rows};
-static const attn_ops ops_fp8f32 = {"avx512-fp8-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, softmax, f32_pv, NULL};
-static const attn_ops ops_bf16dp = {"avx512-bf16dp", 32, 2, dp_prep_q, dp_load_tile, dp_qk, softmax, dp_pv, &ops_rows};
-static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, 2, dp_prep_q, fp8_load_tile, dp_qk, softmax, dp_pv, NULL};
+const attn_ops attn_avx512_ops_rows = {"avx512-f32-rows", 16, 4, f32_prep_q, rows_load_tile, rows_qk, attn_avx512_softmax, rows_pv, NULL};
+static const attn_ops ops_f32 = {"avx512-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, &attn_avx512_ops_rows};
+static const attn_ops ops_fp8f32 = {"avx512-fp8-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, NULL};
+static const attn_ops ops_bf16dp = {"avx512-bf16dp", 32, 2, attn_avx512_dp_prep_q, attn_avx512_dp_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, &attn_avx512_ops_rows};
+static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, 2, attn_avx512_dp_prep_q, fp8_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, NULL};
 
 const attn_ops *attn_ops_avx512(int q_dtype, int kv_dtype) {
     if (q_dtype == PKV_BF16 && kv_dtype == PKV_BF16) return &ops_bf16dp;

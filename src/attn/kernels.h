@@ -17,7 +17,8 @@
 #define ATTN_MB 128  /* query rows per group at most (MLA: all 128 heads at once) */
 #define ATTN_SMALL_M 8 /* groups of at most this many rows may use ops->small_m */
 
-enum { ATTN_ISA_SCALAR = 0, ATTN_ISA_AVX2 = 1, ATTN_ISA_AVX512 = 2, ATTN_ISA_COUNT = 3 };
+/* Levels in order; AMX means AVX-512 plus AMX-BF16 tiles (the OS granted). */
+enum { ATTN_ISA_SCALAR = 0, ATTN_ISA_AVX2 = 1, ATTN_ISA_AVX512 = 2, ATTN_ISA_AMX = 3, ATTN_ISA_COUNT = 4 };
 
 /* Geometry of one call as the kernels see it. */
 typedef struct attn_geom {
@@ -84,7 +85,7 @@ PKV_HIDDEN void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, con
 PKV_HIDDEN int attn_isa_active(void);
 /* 1 if this CPU (and OS) can run the ISA's kernels. */
 PKV_HIDDEN int attn_isa_supported(int isa);
-/* "scalar", "avx2", "avx512" for an ATTN_ISA_* value, and for the active one. */
+/* "scalar", "avx2", "avx512", "amx" for an ATTN_ISA_* value, and for the active one. */
 PKV_HIDDEN const char *attn_isa_label(int isa);
 PKV_HIDDEN const char *attn_isa_name(void);
 /* Kernels for (isa, q_dtype, kv_dtype); NULL if isa is not compiled in. */
@@ -97,6 +98,18 @@ PKV_HIDDEN const char *attn_kernel_name(int q_dtype, int kv_dtype);
 PKV_HIDDEN const attn_ops *attn_ops_scalar(int q_dtype, int kv_dtype);
 PKV_HIDDEN const attn_ops *attn_ops_avx2(int q_dtype, int kv_dtype);
 PKV_HIDDEN const attn_ops *attn_ops_avx512(int q_dtype, int kv_dtype);
+PKV_HIDDEN const attn_ops *attn_ops_amx(int q_dtype, int kv_dtype); /* NULL: not for these dtypes */
+
+/* AVX-512 pieces the AMX kernels reuse (kernel_avx512.c). */
+PKV_HIDDEN extern const attn_ops attn_avx512_ops_rows;
+PKV_HIDDEN void attn_avx512_softmax(const attn_geom *g, const float *s, int m, const int32_t *nvalid, float *mrun,
+                                    float *lrun, float *alpha, void *p);
+PKV_HIDDEN void attn_avx512_dp_prep_q(const attn_geom *g, const void *const *qrows, int m, void *qp);
+PKV_HIDDEN void attn_avx512_dp_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows,
+                                         int n, void *kt, void *vt);
+PKV_HIDDEN void attn_avx512_dp_qk(const attn_geom *g, const void *qp, int m, int n, const void *kt, float *s);
+PKV_HIDDEN void attn_avx512_dp_pv(const attn_geom *g, const void *p, int m, int n, const void *vt, float *const *o,
+                                  const float *alpha);
 
 /* ---- driver (fast.c) ---- */
 /* pkv_attn with an explicit kernel set (tests run every ISA through this). */
