@@ -333,7 +333,7 @@ void attn_avx512_dp_load_tile(const attn_geom *g, const void *const *krows, cons
  * area behind K^T and its scales (the kt scratch holds (dpad + 16) * 64 floats:
  * K^T 288 * 64 dwords, scales 16 * 64, work 64 * 576 bf16), then laid out as
  * for bf16; K and V (its first 512 dims) share the expansion. */
-static void fp8_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
+void attn_avx512_fp8_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
                           void *ktv, void *vtv) {
     (void)vrows;
     uint32_t *kt = (uint32_t *)ktv, *vt = (uint32_t *)vtv;
@@ -658,7 +658,7 @@ const attn_ops attn_avx512_ops_rows = {"avx512-f32-rows", 16, 4, f32_prep_q, row
 static const attn_ops ops_f32 = {"avx512-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, &attn_avx512_ops_rows};
 static const attn_ops ops_fp8f32 = {"avx512-fp8-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, NULL};
 static const attn_ops ops_bf16dp = {"avx512-bf16dp", 32, 2, attn_avx512_dp_prep_q, attn_avx512_dp_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, &attn_avx512_ops_rows};
-static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, 2, attn_avx512_dp_prep_q, fp8_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, NULL};
+static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, 2, attn_avx512_dp_prep_q, attn_avx512_fp8_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, NULL};
 
 const attn_ops *attn_ops_avx512(int q_dtype, int kv_dtype) {
     if (q_dtype == PKV_BF16 && kv_dtype == PKV_BF16) return &ops_bf16dp;

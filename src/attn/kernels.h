@@ -107,6 +107,8 @@ PKV_HIDDEN void attn_avx512_softmax(const attn_geom *g, const float *s, int m, c
 PKV_HIDDEN void attn_avx512_dp_prep_q(const attn_geom *g, const void *const *qrows, int m, void *qp);
 PKV_HIDDEN void attn_avx512_dp_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows,
                                          int n, void *kt, void *vt);
+PKV_HIDDEN void attn_avx512_fp8_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows,
+                                          int n, void *kt, void *vt);
 PKV_HIDDEN void attn_avx512_dp_qk(const attn_geom *g, const void *qp, int m, int n, const void *kt, float *s);
 PKV_HIDDEN void attn_avx512_dp_pv(const attn_geom *g, const void *p, int m, int n, const void *vt, float *const *o,
                                   const float *alpha);
