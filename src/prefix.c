@@ -21,14 +21,20 @@
  * lookup never allocate. Each slot keeps the key's low word as a tag so that
  * probing touches the per-block arrays only on a likely hit.
  *
+ * Lookup walks the prompt block by block and stops at the first miss. Below a
+ * parent with few children (child_scan) it compares the children's tokens
+ * directly: the keys of cached blocks are stored, so nothing needs hashing;
+ * elsewhere (the first block, popular parents) it hashes and probes.
+ *
  * Eviction. The pool reclaims the least recently released evictable block
  * (sequences release their blocks last first, so a chain is reclaimed from its
  * deepest block) and calls prefix_on_evict. A block's cached descendants would
  * be unreachable without it, and their parent id would soon name an unrelated
- * block, so they are dropped from the index at once and returned to the free
- * list (counted in evictions). Through the public API a descendant is always
- * released before its ancestor, so this is a safety net, tested by forcing the
- * order with pool_evict_first. */
+ * block, so they are dropped from the index at once, leaf first: an evictable
+ * one goes to the free list (counted in evictions), a used one simply stops
+ * being cached. This happens through the public API when forked sequences
+ * share a block that one of them registered after deduplicating its parent:
+ * the other keeps holding the block but not that parent. */
 #include <string.h>
 
 #if defined(__linux__)
