@@ -194,6 +194,9 @@ void sip_absorb_blocks(const uint64_t k[2], const int32_t *toks, int32_t bs, int
  * the parent key) and the 128-bit finalization. */
 void sip_finish_block(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2],
                       uint64_t out[2]);
+/* Only the key's low word (half the finalization): enough to probe the index,
+ * whose hits are confirmed by comparing the block's identity. */
+uint64_t sip_finish_block_lo(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2]);
 size_t cache_dump(pkv_cache *c, void *buf, size_t cap); /* canonical state dump, dump.c */
 
 /* ---- dtype conversion (dtype.c) ---- */

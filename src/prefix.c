@@ -127,15 +127,16 @@ static inline size_t home_slot(const pkv_prefix *p, uint64_t tag) {
 static inline const int32_t *block_toks(const pkv_prefix *p, int32_t b) { return p->toks + (size_t)b * (size_t)p->bs; }
 
 /* The cached block of identity (key, parent, ns, toks), or -1. */
+/* check_high = 0: key[1] is not known; the identity decides alone. */
 static int32_t index_find(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, const int32_t *toks,
-                          int count_collisions) {
+                          int count_collisions, int check_high) {
     size_t bytes = (size_t)p->bs * sizeof *toks;
     for (size_t i = home_slot(p, key[0]);; i = (i + 1) & p->mask) {
         const prefix_slot *s = &p->tab[i];
         if (s->block < 0) return -1;
         if (s->tag != key[0]) continue;
         int32_t b = s->block;
-        if (p->key[2 * b + 1] == key[1] && p->parent[b] == parent && p->ns[b] == ns &&
+        if ((!check_high || p->key[2 * b + 1] == key[1]) && p->parent[b] == parent && p->ns[b] == ns &&
             memcmp(block_toks(p, b), toks, bytes) == 0)
             return b;
         if (count_collisions) p->collisions++;
@@ -339,7 +340,7 @@ void prefix_register_seq(pkv_cache *c, pkv_seq_rec *r, int32_t written_len, int3
             uint64_t key[2];
             key_finish(p, &st[l], t, r->ns, pk, key);
             int32_t own = r->blocks[j];
-            int32_t found = index_find(p, key, pb, r->ns, t, 1);
+            int32_t found = index_find(p, key, pb, r->ns, t, 1, 1);
             if (found >= 0 && found != own) {
                 if (written_len >= 0 && (int64_t)(j + 1) * bs > written_len) goto done;
                 pool_ref(&c->pool, found);
@@ -416,13 +417,17 @@ static int prefix_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32
                 nwin = m == 0 ? 1 : (full - m < SIP_LANES ? full - m : SIP_LANES);
                 sip_absorb_blocks(p->k, t, bs, nwin, lanes);
             }
+            /* The low word probes; a hit is confirmed by the identity and its
+             * full key is the stored one, so the high word is not computed. */
             uint64_t pk[2] = {0, 0}, key[2];
             if (pb >= 0) {
                 pk[0] = p->key[2 * pb];
                 pk[1] = p->key[2 * pb + 1];
             }
-            key_finish(p, &lanes[m - win], t, ns, pk, key);
-            b = index_find(p, key, pb, ns, t, 1);
+            key[0] = sip_finish_block_lo(&lanes[m - win], t, bs, ns, pk);
+            key[1] = 0;
+            key_weaken(key);
+            b = index_find(p, key, pb, ns, t, 1, 0);
         }
         if (b < 0) break;
         r->blocks[m] = b;
@@ -514,7 +519,7 @@ static int check_index(pkv_cache *c, uint8_t *seen) {
         key_finish(p, &st, block_toks(p, b), p->ns[b], pk, key);
         if (key[0] != p->key[2 * b] || key[1] != p->key[2 * b + 1])
             return cache_fail(c, PKV_ERR_CORRUPT, "cached block %d: key differs from its recomputed key", b);
-        if (index_find(p, key, par, p->ns[b], block_toks(p, b), 0) != b)
+        if (index_find(p, key, par, p->ns[b], block_toks(p, b), 0, 1) != b)
             return cache_fail(c, PKV_ERR_CORRUPT, "cached block %d: its identity is indexed twice", b);
         n++;
     }

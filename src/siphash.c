@@ -20,8 +20,11 @@
 static inline uint64_t rotl64(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
 
 static inline uint64_t load64_le(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
     return v;
 }
 
@@ -51,14 +54,17 @@ void sip_init(sip_state *s, uint64_t k0, uint64_t k1) {
 }
 
 /* Absorbs the last partial word (tail[0..tail_len), tail_len < 8) with the
- * total length and runs the two finalizations of the 128-bit variant. */
-static void sip_final(sip_state *s, const uint8_t *tail, size_t tail_len, uint64_t total_len, uint64_t out[2]) {
+ * total length and runs the finalizations of the 128-bit variant: the first
+ * nout (1 or 2) output words. */
+static inline __attribute__((always_inline)) void sip_final(sip_state *s, const uint8_t *tail, size_t tail_len,
+                                                            uint64_t total_len, uint64_t out[2], int nout) {
     uint64_t b = total_len << 56;
     for (size_t i = 0; i < tail_len; i++) b |= (uint64_t)tail[i] << (8 * i);
     sip_compress(s, b);
     s->v2 ^= 0xee;
     for (int i = 0; i < 4; i++) sipround(s);
     out[0] = s->v0 ^ s->v1 ^ s->v2 ^ s->v3;
+    if (nout < 2) return;
     s->v1 ^= 0xdd;
     for (int i = 0; i < 4; i++) sipround(s);
     out[1] = s->v0 ^ s->v1 ^ s->v2 ^ s->v3;
@@ -72,7 +78,7 @@ void pkv_siphash128(const uint8_t key[16], const void *in, size_t len, uint8_t o
     size_t words = len / 8;
     for (size_t i = 0; i < words; i++) sip_compress(&s, load64_le(p + 8 * i));
     uint64_t h[2];
-    sip_final(&s, p + 8 * words, len % 8, len, h);
+    sip_final(&s, p + 8 * words, len % 8, len, h, 2);
     store64_le(out, h[0]);
     store64_le(out + 8, h[1]);
 }
@@ -134,21 +140,35 @@ void sip_absorb_blocks(const uint64_t k[2], const int32_t *toks, int32_t bs, int
     if (l < nblk) absorb1(st + l, toks + (size_t)l * (size_t)bs, words);
 }
 
+static inline __attribute__((always_inline)) void finish_block(sip_state *s, const int32_t *toks, int32_t bs,
+                                                               uint64_t ns, const uint64_t parent[2],
+                                                               uint64_t out[2], int nout) {
+    uint64_t total = (uint64_t)bs * 4 + 24;
+    if (!(bs & 1)) { /* the tail is three whole words */
+        sip_compress(s, ns);
+        sip_compress(s, parent[0]);
+        sip_compress(s, parent[1]);
+        sip_final(s, NULL, 0, total, out, nout);
+        return;
+    }
+    /* An odd block's last token, ns, the parent key: 28 bytes. */
+    uint8_t tail[32];
+    uint32_t t = (uint32_t)toks[bs - 1];
+    for (int i = 0; i < 4; i++) tail[i] = (uint8_t)(t >> (8 * i));
+    store64_le(tail + 4, ns);
+    store64_le(tail + 12, parent[0]);
+    store64_le(tail + 20, parent[1]);
+    for (size_t i = 0; i < 3; i++) sip_compress(s, load64_le(tail + 8 * i));
+    sip_final(s, tail + 24, 4, total, out, nout);
+}
+
 void sip_finish_block(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2],
                       uint64_t out[2]) {
-    /* The bytes after the absorbed token words: an odd block's last token, ns,
-     * the parent key; at most 28 bytes. */
-    uint8_t tail[32];
-    size_t n = 0;
-    if (bs & 1) {
-        uint32_t t = (uint32_t)toks[bs - 1];
-        for (int i = 0; i < 4; i++) tail[n++] = (uint8_t)(t >> (8 * i));
-    }
-    store64_le(tail + n, ns);
-    store64_le(tail + n + 8, parent[0]);
-    store64_le(tail + n + 16, parent[1]);
-    n += 24;
-    size_t words = n / 8;
-    for (size_t i = 0; i < words; i++) sip_compress(s, load64_le(tail + 8 * i));
-    sip_final(s, tail + 8 * words, n % 8, (uint64_t)bs * 4 + 24, out);
+    finish_block(s, toks, bs, ns, parent, out, 2);
+}
+
+uint64_t sip_finish_block_lo(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2]) {
+    uint64_t out[2];
+    finish_block(s, toks, bs, ns, parent, out, 1);
+    return out[0];
 }
