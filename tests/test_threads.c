@@ -2,7 +2,7 @@
  * operations (create, append + row writes, truncate, fork, free, content
  * checks, exports, stats, pkv_cache_check) on their own sequences and on
  * shared parent sequences that every thread forks and mutates, for a fixed
- * operation count (1M by default, times PKV_TEST_SCALE). Every thread keeps a
+ * operation count (4M by default, times PKV_TEST_SCALE). Every thread keeps a
  * model of its sequences' lengths and contents and checks them through
  * pkv_store_read; at the end pkv_cache_check must pass and all blocks must be
  * free again. Then 8 threads serve prompts through one thread-safe prefix cache
@@ -575,8 +575,8 @@ static void test_concurrent_attn(int reps) {
 }
 
 int main(void) {
-    test_random_ops(test_scaled(1000000));
-    test_prefix_threads(test_scaled(100000));
+    test_random_ops(test_scaled(4000000));
+    test_prefix_threads(test_scaled(300000));
     test_concurrent_attn((int)test_scaled(40));
     return test_report("test_threads");
 }
