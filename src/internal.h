@@ -184,7 +184,7 @@ int64_t prefix_collisions(const pkv_cache *c);
 void prefix_set_child_scan(pkv_cache *c, int32_t n);
 
 /* ---- SipHash-2-4-128 (siphash.c) ---- */
-#define SIP_LANES 4
+#define SIP_LANES 6
 typedef struct sip_state { uint64_t v0, v1, v2, v3; } sip_state;
 void sip_init(sip_state *s, uint64_t k0, uint64_t k1);
 /* Starts nblk (1..SIP_LANES) block keys: absorbs the whole token words of
