@@ -24,6 +24,7 @@ typedef struct ops_seq {
     pkv_seq h;
     uint64_t ns;
     int32_t len, ntokens, nblocks, registered;
+    int32_t last_start, last_n; /* the last append, for the slot mapping */
     int32_t tokens[OPS_MAXLEN];
     int32_t blocks[OPS_MAXLEN];
     float val[OPS_MAXLEN];
@@ -216,6 +217,8 @@ static void ops_append(ops_model *m, fuzz_in *in, ops_seq *s) {
             int32_t p = old_len + i;
             FUZZ_CHECK(slots[i] == (int64_t)s->blocks[p / bs] * bs + p % bs, "op %ld: slot %d", m->op, i);
         }
+    s->last_start = old_len;
+    s->last_n = n;
     for (int32_t p = old_len; p < s->len; p++)
         s->val[p] = record ? ops_token_value(s->ns, s->tokens, p) : ops_unique_value(m);
     ops_write(m, s, old_len, s->len);
@@ -255,6 +258,7 @@ static void ops_lookup(ops_model *m, fuzz_in *in) {
     m->nseq++;
     s->ns = ns;
     s->len = s->ntokens = hit;
+    s->last_start = hit;
     s->registered = hit / bs;
     memcpy(s->tokens, toks, (size_t)hit * sizeof *toks);
     for (int32_t p = 0; p < hit; p++) s->val[p] = ops_token_value(ns, toks, p);
@@ -287,6 +291,8 @@ static void ops_step(ops_model *m, fuzz_in *in) {
     case 4: /* fork */
         if (!s || m->nseq == OPS_MAXSEQ) break;
         m->seq[m->nseq] = *s;
+        m->seq[m->nseq].last_start = s->len;
+        m->seq[m->nseq].last_n = 0;
         FUZZ_CHECK(pkv_seq_fork(m->c, s->h, &m->seq[m->nseq].h) == PKV_OK, "fork");
         m->nseq++;
         break;
@@ -304,6 +310,8 @@ static void ops_step(ops_model *m, fuzz_in *in) {
             if (s->ntokens > len) s->ntokens = len;
             if (s->registered > len / m->cfg.block_size) s->registered = len / m->cfg.block_size;
             s->nblocks = ops_blocks_for(m, len);
+            if (s->last_start > len) s->last_start = len;
+            if (s->last_start + s->last_n > len) s->last_n = len - s->last_start;
         }
         break;
     case 6: /* free */
@@ -359,6 +367,17 @@ static void ops_step(ops_model *m, fuzz_in *in) {
                 for (int32_t j = 0; j < q->nblocks; j++) FUZZ_CHECK(indices[indptr[i] + j] == q->blocks[j], "csr");
                 FUZZ_CHECK(last[i] == (q->len ? q->len - (q->nblocks - 1) * m->cfg.block_size : 0), "last page len");
             }
+            int64_t slots[OPS_MAXSEQ * OPS_MAXLEN];
+            int32_t ns = -1, at = 0, bs = m->cfg.block_size;
+            FUZZ_CHECK(pkv_export_slot_mapping(m->c, hs, m->nseq, slots, OPS_MAXSEQ * OPS_MAXLEN, &ns) == PKV_OK,
+                       "slot mapping");
+            for (int i = 0; i < m->nseq; i++) {
+                const ops_seq *q = &m->seq[i];
+                for (int32_t p = q->last_start; p < q->last_start + q->last_n; p++, at++)
+                    FUZZ_CHECK(at < ns && slots[at] == (int64_t)q->blocks[p / bs] * bs + p % bs,
+                               "op %ld: slot mapping entry %d", m->op, at);
+            }
+            FUZZ_CHECK(at == ns, "op %ld: slot mapping has %d entries, model %d", m->op, ns, at);
         }
         break;
     default: /* an invalid call: refused with the cache unchanged */
