@@ -30,6 +30,7 @@ typedef struct plan {
     int32_t hpg;        /* query heads per KV head */
     int32_t rph;        /* query rows per KV head in a unit: hpg * s_q (dense) or hpg (sparse) */
     int32_t rows;       /* query rows per unit (all KV heads): h_kv * rph */
+    int32_t mb;         /* rows per group at most (a multiple of rph for multi_head kernels) */
     int32_t nrb;        /* row blocks per unit */
     int64_t ngroups;
     int64_t units;
@@ -109,8 +110,8 @@ static void group_at(const plan *pl, int64_t gi, group *gr) {
         gr->s = 0;
         gr->b = (int32_t)u;
     }
-    gr->r0 = rb * ATTN_MB;
-    gr->m = pl->rows - gr->r0 < ATTN_MB ? pl->rows - gr->r0 : ATTN_MB;
+    gr->r0 = rb * pl->mb;
+    gr->m = pl->rows - gr->r0 < pl->mb ? pl->rows - gr->r0 : pl->mb;
     if (pl->sparse) {
         gr->keys = a->topk;
     } else {
@@ -145,7 +146,7 @@ static inline void prefetch_bytes(const char *p, size_t n) {
  * -1). Also prefetches the rows of tile t + 1: paged rows of one KV head are
  * scattered (blocks, and h_kv heads interleaved per token), which the hardware
  * prefetchers do not follow. */
-static int gather(const plan *pl, const group *gr, int32_t kvh, int64_t t, attn_scratch *sc) {
+static int gather(const plan *pl, const group *gr, int32_t kvh, int32_t nheads, int64_t t, attn_scratch *sc) {
     const pkv_attn_args *a = pl->a;
     const int64_t k0 = t * ATTN_TILE;
     const int64_t k1 = k0 + ATTN_TILE < gr->keys ? k0 + ATTN_TILE : gr->keys;
@@ -153,7 +154,9 @@ static int gather(const plan *pl, const group *gr, int32_t kvh, int64_t t, attn_
     const char *kbase = (const char *)a->k_cache + (size_t)kvh * pl->khead;
     const char *vbase = a->v_cache ? (const char *)a->v_cache + (size_t)kvh * pl->vhead : kbase;
     const size_t ks = pl->kslot, vs = a->v_cache ? pl->vslot : pl->kslot;
-    const size_t kb = pl->krow, vb = a->v_cache ? pl->vrow : 0;
+    /* nheads consecutive heads of a token are contiguous: prefetch them together */
+    const size_t kb = (size_t)(nheads - 1) * pl->khead + pl->krow;
+    const size_t vb = a->v_cache ? (size_t)(nheads - 1) * pl->vhead + pl->vrow : 0;
     int n = 0;
     if (pl->sparse) {
         const int32_t *ix = a->indices + ((size_t)gr->b * (size_t)a->s_q + (size_t)gr->s) * (size_t)a->topk;
@@ -215,10 +218,13 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
     if (t1 > t0) ops->prep_q(&pl->g, sc->qrows, m, sc->qp);
     const size_t qrow_bytes = (size_t)pl->g.dpad * (size_t)ops->qbytes;
     for (int64_t t = t0; t < t1; t++) {
-        for (int32_t ra = 0; ra < m;) { /* the rows of one KV head */
+        for (int32_t ra = 0; ra < m;) {
+            /* the rows of one KV head, or all rows for multi_head kernels */
             const int32_t kvh = (gr->r0 + ra) / pl->rph;
-            const int32_t rb = (kvh + 1) * pl->rph - gr->r0 < m ? (kvh + 1) * pl->rph - gr->r0 : m;
-            const int n = gather(pl, gr, kvh, t, sc);
+            const int32_t hend = (kvh + 1) * pl->rph - gr->r0 < m ? (kvh + 1) * pl->rph - gr->r0 : m;
+            const int32_t rb = ops->multi_head ? m : hend;
+            const int32_t nheads = ops->multi_head ? (gr->r0 + m - 1) / pl->rph - kvh + 1 : 1;
+            const int n = gather(pl, gr, kvh, nheads, t, sc);
             for (int32_t r = ra; r < rb; r++) {
                 int32_t vis = n;
                 if (!pl->sparse) {
@@ -389,7 +395,8 @@ static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops 
     pl.hpg = a->h_q / a->h_kv;
     pl.rph = pl.sparse ? pl.hpg : pl.hpg * a->s_q;
     pl.rows = pl.rph * a->h_kv;
-    pl.nrb = (int32_t)(((int64_t)pl.rows + ATTN_MB - 1) / ATTN_MB);
+    pl.mb = ops->multi_head && pl.rph <= ATTN_MB ? ATTN_MB / pl.rph * pl.rph : ATTN_MB;
+    pl.nrb = (int32_t)(((int64_t)pl.rows + pl.mb - 1) / pl.mb);
     pl.ngroups = (int64_t)a->batch * (pl.sparse ? a->s_q : 1) * pl.nrb;
     pl.g.d = a->d;
     pl.g.dv = a->dv;
@@ -408,6 +415,9 @@ static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops 
         pl.vhead = pl.vrow = (size_t)a->dv * es;
         pl.vslot = pl.vrow * (size_t)a->h_kv;
     }
+    pl.g.rph = pl.rph;
+    pl.g.khead = pl.khead;
+    pl.g.vhead = a->v_cache ? pl.vhead : pl.khead;
     group gr;
     for (int64_t gi = 0; gi < pl.ngroups; gi++) {
         group_at(&pl, gi, &gr);

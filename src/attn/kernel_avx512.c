@@ -527,7 +527,8 @@ void attn_avx512_dp_pv(const attn_geom *g, const void *pp, int m, int n, const v
 /* With few query rows per KV head (m <= ATTN_SMALL_M) a transposed tile would
  * cost more than the rows reuse it, so scores run "lanes over d" straight from
  * the cache rows (converted in registers) and P V reads V rows directly.
- * kt holds the tile's K row pointers, vt its V row pointers; qp is f32. */
+ * kt holds the tile's K row pointers, vt its V row pointers (of the group's
+ * first KV head: a group spans g->rph rows per KV head); qp is f32. */
 
 static void rows_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
                            void *ktv, void *vtv) {
@@ -553,40 +554,51 @@ AI __m512 hsum16(const __m512 v[16]) {
     return _mm512_permutexvar_ps(idx, w);
 }
 
-AI void rows_qk_t(const float *q, int32_t ldq, const void *const *kr, int n, float *s, int32_t d, int dt,
-                  int R) {
+/* 16 keys [j0, j0 + 16) of R rows (K rows at kr[j] + koff): s[r][j0..j0+16). */
+AI void rows_qk_batch(const float *q, int32_t ldq, const void *const *kr, size_t koff, int j0, int n, float *s,
+                      int32_t d, int dt, int R) {
     __m512 part[RB][16];
-    for (int j0 = 0; j0 < ATTN_TILE; j0 += 16) {
-        for (int jj = 0; jj < 16; jj++) {
-            const int j = j0 + jj;
-            __m512 acc[RB];
-            UNROLL for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
-            if (j < n)
-                for (int32_t c = 0; c < d; c += 16) {
-                    const __m512 kv = load16_f32(kr[j], dt, c, d - c);
-                    UNROLL for (int r = 0; r < R; r++)
-                        acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)r * (size_t)ldq + c), kv, acc[r]);
-                }
-            UNROLL for (int r = 0; r < R; r++) part[r][jj] = acc[r];
+    UNROLL for (int jj = 0; jj < 16; jj++) {
+        const int j = j0 + jj;
+        __m512 acc[RB];
+        UNROLL for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+        if (j < n) {
+            const char *row = (const char *)kr[j] + koff;
+            for (int32_t c = 0; c < d; c += 16) {
+                const __m512 kv = load16_f32(row, dt, c, d - c);
+                UNROLL for (int r = 0; r < R; r++)
+                    acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)r * (size_t)ldq + c), kv, acc[r]);
+            }
         }
-        UNROLL for (int r = 0; r < R; r++) _mm512_storeu_ps(s + (size_t)r * ATTN_TILE + j0, hsum16(part[r]));
-        if (j0 + 16 >= n) {
-            UNROLL for (int r = 0; r < R; r++)
-                for (int j = j0 + 16; j < ATTN_TILE; j++) s[(size_t)r * ATTN_TILE + (size_t)j] = 0.0f;
-            break;
-        }
+        UNROLL for (int r = 0; r < R; r++) part[r][jj] = acc[r];
     }
+    UNROLL for (int r = 0; r < R; r++) _mm512_storeu_ps(s + (size_t)r * ATTN_TILE + j0, hsum16(part[r]));
 }
 
-AI void rows_qk_dt(const float *q, int32_t ldq, int m, const void *const *kr, int n, float *s, int32_t d, int dt) {
-    for (int i = 0; i < m; i += RB) {
-        const float *qi = q + (size_t)i * (size_t)ldq;
-        float *si = s + (size_t)i * ATTN_TILE;
-        switch (m - i >= RB ? RB : m - i) {
-        case 4: rows_qk_t(qi, ldq, kr, n, si, d, dt, 4); break;
-        case 3: rows_qk_t(qi, ldq, kr, n, si, d, dt, 3); break;
-        case 2: rows_qk_t(qi, ldq, kr, n, si, d, dt, 2); break;
-        default: rows_qk_t(qi, ldq, kr, n, si, d, dt, 1); break;
+/* Rows [0, m) of a group; row r reads KV head (r / rph) relative to the row
+ * pointers, whose heads lie khead bytes apart. Keys go 16 at a time through all
+ * heads, so a token's rows of every head are read close together in time. */
+AI void rows_qk_dt(const attn_geom *g, const float *q, int m, const void *const *kr, int n, float *s, int dt) {
+    const int32_t ldq = g->dpad, rph = g->rph;
+    for (int j0 = 0; j0 < ATTN_TILE; j0 += 16) {
+        if (j0 >= n) { /* keys past n: finite scores, masked by softmax */
+            for (int r = 0; r < m; r++)
+                for (int j = j0; j < ATTN_TILE; j++) s[(size_t)r * ATTN_TILE + (size_t)j] = 0.0f;
+            break;
+        }
+        for (int h0 = 0; h0 < m; h0 += rph) {
+            const int h1 = h0 + rph < m ? h0 + rph : m;
+            const size_t koff = (size_t)(h0 / rph) * g->khead;
+            for (int i = h0; i < h1; i += RB) {
+                const float *qi = q + (size_t)i * (size_t)ldq;
+                float *si = s + (size_t)i * ATTN_TILE;
+                switch (h1 - i >= RB ? RB : h1 - i) {
+                case 4: rows_qk_batch(qi, ldq, kr, koff, j0, n, si, g->d, dt, 4); break;
+                case 3: rows_qk_batch(qi, ldq, kr, koff, j0, n, si, g->d, dt, 3); break;
+                case 2: rows_qk_batch(qi, ldq, kr, koff, j0, n, si, g->d, dt, 2); break;
+                default: rows_qk_batch(qi, ldq, kr, koff, j0, n, si, g->d, dt, 1); break;
+                }
+            }
         }
     }
 }
@@ -595,25 +607,29 @@ static void rows_qk(const attn_geom *g, const void *qp, int m, int n, const void
     const void *const *kr = (const void *const *)ktv;
     const float *q = (const float *)qp;
     switch (g->kv_dtype) {
-    case PKV_F32: rows_qk_dt(q, g->dpad, m, kr, n, s, g->d, PKV_F32); break;
-    case PKV_F16: rows_qk_dt(q, g->dpad, m, kr, n, s, g->d, PKV_F16); break;
-    default: rows_qk_dt(q, g->dpad, m, kr, n, s, g->d, PKV_BF16); break;
+    case PKV_F32: rows_qk_dt(g, q, m, kr, n, s, PKV_F32); break;
+    case PKV_F16: rows_qk_dt(g, q, m, kr, n, s, PKV_F16); break;
+    default: rows_qk_dt(g, q, m, kr, n, s, PKV_BF16); break;
     }
 }
 
-/* Dims [c, c + 16 NV) of R rows from V rows converted in registers. */
-AI void rows_pv_block(const float *p, int n, const void *const *vr, float *const *o, const float *alpha, int32_t c,
-                      int32_t dv, int dt, int R, int NV) {
+/* Dims [c, c + 16 NV) of R rows over keys [j0, j1) (V rows at vr[j] + voff);
+ * scale: the softmax rescale factors (first key batch of the tile), or NULL. */
+AI void rows_pv_block(const float *p, int j0, int j1, const void *const *vr, size_t voff, float *const *o,
+                      const float *scale, int32_t c, int32_t dv, int dt, int R, int NV) {
     __m512 acc[RB][4];
     __mmask16 km[4];
     UNROLL for (int v = 0; v < NV; v++) km[v] = tail_mask(dv - c - 16 * v);
     UNROLL for (int r = 0; r < R; r++) {
-        const __m512 a = _mm512_set1_ps(alpha[r]);
-        UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(km[v], o[r] + c + 16 * v));
+        UNROLL for (int v = 0; v < NV; v++) {
+            acc[r][v] = _mm512_maskz_loadu_ps(km[v], o[r] + c + 16 * v);
+            if (scale) acc[r][v] = _mm512_mul_ps(_mm512_set1_ps(scale[r]), acc[r][v]);
+        }
     }
-    for (int j = 0; j < n; j++) {
+    for (int j = j0; j < j1; j++) {
+        const char *row = (const char *)vr[j] + voff;
         __m512 vv[4];
-        UNROLL for (int v = 0; v < NV; v++) vv[v] = load16_f32(vr[j], dt, c + 16 * v, dv - c - 16 * v);
+        UNROLL for (int v = 0; v < NV; v++) vv[v] = load16_f32(row, dt, c + 16 * v, dv - c - 16 * v);
         UNROLL for (int r = 0; r < R; r++) {
             const __m512 b = _mm512_set1_ps(p[(size_t)r * ATTN_TILE + (size_t)j]);
             UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(b, vv[v], acc[r][v]);
@@ -623,22 +639,31 @@ AI void rows_pv_block(const float *p, int n, const void *const *vr, float *const
         UNROLL for (int v = 0; v < NV; v++) _mm512_mask_storeu_ps(o[r] + c + 16 * v, km[v], acc[r][v]);
 }
 
-AI void rows_pv_rows(const float *p, int n, const void *const *vr, float *const *o, const float *alpha, int32_t dv,
-                     int dt, int R) {
+AI void rows_pv_rows(const float *p, int j0, int j1, const void *const *vr, size_t voff, float *const *o,
+                     const float *scale, int32_t dv, int dt, int R) {
     int32_t c = 0;
-    for (; c + 64 <= dv; c += 64) rows_pv_block(p, n, vr, o, alpha, c, dv, dt, R, 4);
-    for (; c < dv; c += 16) rows_pv_block(p, n, vr, o, alpha, c, dv, dt, R, 1);
+    for (; c + 64 <= dv; c += 64) rows_pv_block(p, j0, j1, vr, voff, o, scale, c, dv, dt, R, 4);
+    for (; c < dv; c += 16) rows_pv_block(p, j0, j1, vr, voff, o, scale, c, dv, dt, R, 1);
 }
 
-AI void rows_pv_dt(const float *p, int m, int n, const void *const *vr, float *const *o, const float *alpha,
-                   int32_t dv, int dt) {
-    for (int i = 0; i < m; i += RB) {
-        const float *pi = p + (size_t)i * ATTN_TILE;
-        switch (m - i >= RB ? RB : m - i) {
-        case 4: rows_pv_rows(pi, n, vr, o + i, alpha + i, dv, dt, 4); break;
-        case 3: rows_pv_rows(pi, n, vr, o + i, alpha + i, dv, dt, 3); break;
-        case 2: rows_pv_rows(pi, n, vr, o + i, alpha + i, dv, dt, 2); break;
-        default: rows_pv_rows(pi, n, vr, o + i, alpha + i, dv, dt, 1); break;
+AI void rows_pv_dt(const attn_geom *g, const float *p, int m, int n, const void *const *vr, float *const *o,
+                   const float *alpha, int dt) {
+    const int32_t rph = g->rph;
+    for (int j0 = 0; j0 < n; j0 += 16) {
+        const int j1 = j0 + 16 < n ? j0 + 16 : n;
+        for (int h0 = 0; h0 < m; h0 += rph) {
+            const int h1 = h0 + rph < m ? h0 + rph : m;
+            const size_t voff = (size_t)(h0 / rph) * g->vhead;
+            for (int i = h0; i < h1; i += RB) {
+                const float *pi = p + (size_t)i * ATTN_TILE;
+                const float *sc = j0 == 0 ? alpha + i : NULL;
+                switch (h1 - i >= RB ? RB : h1 - i) {
+                case 4: rows_pv_rows(pi, j0, j1, vr, voff, o + i, sc, g->dv, dt, 4); break;
+                case 3: rows_pv_rows(pi, j0, j1, vr, voff, o + i, sc, g->dv, dt, 3); break;
+                case 2: rows_pv_rows(pi, j0, j1, vr, voff, o + i, sc, g->dv, dt, 2); break;
+                default: rows_pv_rows(pi, j0, j1, vr, voff, o + i, sc, g->dv, dt, 1); break;
+                }
+            }
         }
     }
 }
@@ -648,17 +673,17 @@ static void rows_pv(const attn_geom *g, const void *pp, int m, int n, const void
     const void *const *vr = (const void *const *)vtv;
     const float *p = (const float *)pp;
     switch (g->kv_dtype) {
-    case PKV_F32: rows_pv_dt(p, m, n, vr, o, alpha, g->dv, PKV_F32); break;
-    case PKV_F16: rows_pv_dt(p, m, n, vr, o, alpha, g->dv, PKV_F16); break;
-    default: rows_pv_dt(p, m, n, vr, o, alpha, g->dv, PKV_BF16); break;
+    case PKV_F32: rows_pv_dt(g, p, m, n, vr, o, alpha, PKV_F32); break;
+    case PKV_F16: rows_pv_dt(g, p, m, n, vr, o, alpha, PKV_F16); break;
+    default: rows_pv_dt(g, p, m, n, vr, o, alpha, PKV_BF16); break;
     }
 }
 
-const attn_ops attn_avx512_ops_rows = {"avx512-f32-rows", 16, 4, f32_prep_q, rows_load_tile, rows_qk, attn_avx512_softmax, rows_pv, NULL};
-static const attn_ops ops_f32 = {"avx512-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, &attn_avx512_ops_rows};
-static const attn_ops ops_fp8f32 = {"avx512-fp8-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, NULL};
-static const attn_ops ops_bf16dp = {"avx512-bf16dp", 32, 2, attn_avx512_dp_prep_q, attn_avx512_dp_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, &attn_avx512_ops_rows};
-static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, 2, attn_avx512_dp_prep_q, attn_avx512_fp8_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, NULL};
+const attn_ops attn_avx512_ops_rows = {"avx512-f32-rows", 16, 4, f32_prep_q, rows_load_tile, rows_qk, attn_avx512_softmax, rows_pv, NULL, 1};
+static const attn_ops ops_f32 = {"avx512-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, &attn_avx512_ops_rows, 0};
+static const attn_ops ops_fp8f32 = {"avx512-fp8-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, NULL, 0};
+static const attn_ops ops_bf16dp = {"avx512-bf16dp", 32, 2, attn_avx512_dp_prep_q, attn_avx512_dp_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, &attn_avx512_ops_rows, 0};
+static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, 2, attn_avx512_dp_prep_q, attn_avx512_fp8_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, NULL, 0};
 
 const attn_ops *attn_ops_avx512(int q_dtype, int kv_dtype) {
     if (q_dtype == PKV_BF16 && kv_dtype == PKV_BF16) return &ops_bf16dp;

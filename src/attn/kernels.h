@@ -26,6 +26,8 @@ typedef struct attn_geom {
     int32_t dpad, dvpad;   /* d, dv rounded up to the kernel's pad */
     int32_t q_dtype, kv_dtype;
     float scale_log2;      /* softmax_scale * log2(e): scores live in the log2 domain */
+    int32_t rph;           /* query rows per KV head in a group (multi_head kernels) */
+    size_t khead, vhead;   /* bytes between the rows of consecutive KV heads of a token */
 } attn_geom;
 
 /* Kernels for one (ISA, q dtype, kv dtype). Scratch layouts are the kernel's own;
@@ -55,6 +57,10 @@ struct attn_ops {
     /* NULL, or kernels for groups of at most ATTN_SMALL_M query rows (the same
      * results within tolerance; chosen per call by the driver). */
     const attn_ops *small_m;
+    /* 1: the kernels take all rows of a group at once, even when they span KV
+     * heads: row r reads KV head r / g->rph, counted from the head of the row
+     * pointers (groups then start at a head boundary). 0: one head per call. */
+    int32_t multi_head;
 };
 
 /* Per-worker scratch, carved from one allocation. */
