@@ -71,9 +71,9 @@ static void test_block_key(void) {
         int32_t bs = sizes[si];
         for (int rep = 0; rep < 8; rep++) {
             uint8_t secret[16], parent[16], key[16], want[16];
-            int32_t toks[4 * 64];
+            int32_t toks[SIP_LANES * 64];
             for (int i = 0; i < 16; i++) secret[i] = (uint8_t)test_next(&rng), parent[i] = (uint8_t)test_next(&rng);
-            for (int i = 0; i < 4 * bs; i++) toks[i] = (int32_t)test_next(&rng);
+            for (int i = 0; i < SIP_LANES * bs; i++) toks[i] = (int32_t)test_next(&rng);
             uint64_t ns = test_next(&rng);
             uint8_t msg[64 * 4 + 24];
             for (int i = 0; i < bs; i++) le_bytes(msg + 4 * i, (uint32_t)toks[i], 4);
