@@ -407,7 +407,7 @@ static int prefix_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32
         int32_t b = -1;
         if (pb >= 0 && p->nchild[pb] <= p->child_scan) {
             for (int32_t x = p->child[pb]; x >= 0; x = p->sib_next[x])
-                if (memcmp(block_toks(p, x), t, bytes) == 0) {
+                if (p->ns[x] == ns && memcmp(block_toks(p, x), t, bytes) == 0) {
                     b = x;
                     break;
                 }
