@@ -1,16 +1,21 @@
 /* pkv_attn: the fast path. Scheduling, split-KV and the LSE combine live here;
  * the arithmetic lives in the per-ISA kernels (kernels.h).
  *
- * Work split (FlashMLA's scheduler, simplified): every group (batch entry x KV
- * head [x query token when sparse] x block of <= ATTN_MB query rows) costs one
- * unit per tile of ATTN_TILE keys it attends to. The units of the whole call are
+ * Work split (FlashMLA's scheduler, simplified): every group (batch entry [x
+ * query token when sparse] x block of <= ATTN_MB query rows of its KV heads)
+ * costs one unit per tile of ATTN_TILE keys it attends to. The units of the whole call are
  * laid end to end and cut into equal contiguous ranges, one per worker, so a
  * short batch of long sequences still uses every core. A group that a range
  * boundary cuts is computed in pieces: each piece writes a normalized partial
  * (out, lse) into its worker's scratch and the worker whose range holds the
  * group's first unit combines the pieces by LSE after a barrier. Groups a range
  * holds whole are written straight into out/lse. The plan depends only on the
- * arguments and the number of workers, so results are bit-identical run to run. */
+ * arguments and the number of workers, so results are bit-identical run to run.
+ *
+ * Memory: with a pool, scratch lives in the pool (grown once, under the pool's
+ * call lock, when a call needs more; see workers.c) and a call allocates
+ * nothing. With w == NULL the calling thread gets one scratch allocation for
+ * the call (freed before returning): a pool is the allocation-free path. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,13 +1,23 @@
 /* Private interface of the fast attention path (pkv_attn): the per-ISA inner
  * kernels, the worker pool's scratch, and the run-time ISA dispatch.
  *
- * The work of one call is cut into groups (a batch entry, a KV head, and for
- * sparse calls a query token; at most ATTN_MB query rows that share one key
- * list) and each group's keys into tiles of ATTN_TILE keys. For each tile the
- * driver (fast.c) gathers the K/V row pointers through the block table, then
- * calls the ISA's kernels: load_tile (convert/transposes the tile into scratch
- * once, so every query row of the group reuses it), qk (scores), softmax
- * (online softmax in float32) and pv (rescale + accumulate). */
+ * The work of one call is cut into groups (a batch entry [and for sparse calls
+ * a query token]: at most ATTN_MB query rows, ordered by KV head, that share one
+ * key list) and each group's keys into tiles of ATTN_TILE keys. For each tile
+ * the driver (fast.c) gathers the K/V row pointers through the block table, then
+ * calls the kernels: load_tile (converts / transposes the tile into scratch once,
+ * so every query row of the group reuses it), qk (scores), softmax (online
+ * softmax in float32) and pv (rescale + accumulate).
+ *
+ * Kernel families (attn_kernel_name() tells which one a dtype pair gets):
+ *  scalar-f32         plain C, the reference semantics for the SIMD paths
+ *  avx2-f32           AVX2+FMA+F16C, rows read in place, lanes over d
+ *  avx512-f32         K^T tile (lanes over keys), FMA; any dtype pair
+ *  avx512-f32-rows    few rows per KV head (GQA decode): lanes over d, no tile copy
+ *  avx512-bf16dp      q bf16 with bf16 / FP8 KV: vdpbf16ps on bf16 pairs
+ *  amx-bf16           the same layouts as AMX tile operands (TDPBF16PS)
+ * ISA levels: scalar < avx2 < avx512 < amx; a level without kernels for a dtype
+ * pair falls back to the next lower one (attn_ops_best). */
 #ifndef PKV_ATTN_KERNELS_H
 #define PKV_ATTN_KERNELS_H
 
