@@ -51,6 +51,7 @@ CELL(c_preempt, snprintf(b, n, "%lld", (long long)x->preemptions))
 CELL(c_recomp, snprintf(b, n, "%lld", (long long)x->recomputed_tokens))
 CELL(c_peak, snprintf(b, n, "%d (%.0f%%)", x->peak_blocks, 100.0 * x->peak_blocks / (x->num_blocks ? x->num_blocks : 1)))
 CELL(c_evict, snprintf(b, n, "%lld", (long long)x->evictions))
+CELL(c_dedup, snprintf(b, n, "%lld", (long long)x->dedups))
 CELL(c_cow, snprintf(b, n, "%lld", (long long)x->cow_copies))
 CELL(c_forks, snprintf(b, n, "%lld", (long long)x->forks))
 CELL(c_steps, snprintf(b, n, "%lld", (long long)x->steps))
@@ -87,6 +88,7 @@ static const struct row {
     {"recomputed tokens", c_recomp},
     {"peak blocks", c_peak},
     {"evictions", c_evict},
+    {"prefix dedups", c_dedup},
     {"copy-on-write copies", c_cow},
     {"forks (n > 1)", c_forks},
     {"steps", c_steps},
@@ -190,12 +192,12 @@ void report_json(FILE *f, const sim_workload *w, const sim_run_desc *runs, int n
         fprintf(f, ", \"verify\": %s},\n   \"metrics\": {", c->verify ? "true" : "false");
         fprintf(f, "\"requests_done\": %lld, \"rejected\": %lld, \"tokens_generated\": %lld, \"steps\": %lld, "
                    "\"prompt_tokens_computed\": %lld, \"preemptions\": %lld, \"recomputed_tokens\": %lld, "
-                   "\"peak_blocks\": %d, \"evictions\": %lld, \"cow_copies\": %lld, \"forks\": %lld, "
+                   "\"peak_blocks\": %d, \"evictions\": %lld, \"dedups\": %lld, \"cow_copies\": %lld, \"forks\": %lld, "
                    "\"prefix_hit_tokens\": %lld, \"prefix_query_tokens\": %lld, "
                    "\"library_calls\": %lld",
                 (long long)x->done, (long long)x->rejected, (long long)x->tokens_generated, (long long)x->steps,
                 (long long)x->prompt_tokens_computed, (long long)x->preemptions,
-                (long long)x->recomputed_tokens, x->peak_blocks, (long long)x->evictions,
+                (long long)x->recomputed_tokens, x->peak_blocks, (long long)x->evictions, (long long)x->dedups,
                 (long long)x->cow_copies, (long long)x->forks, (long long)x->hit_tokens,
                 (long long)x->query_tokens, (long long)x->lib_calls);
         const struct { const char *k; double v; } d[] = {

@@ -686,6 +686,7 @@ int sim_run(const sim_workload *w, const sim_config *cfg, sim_result *res) {
     res->peak_blocks = stats.peak_used_blocks;
     res->evictions = stats.evictions;
     res->cow_copies = stats.cow_copies;
+    res->dedups = stats.dedups;
     {
         double *ttft = malloc((size_t)n * sizeof *ttft), *tpot = malloc((size_t)n * sizeof *tpot),
                *e2e = malloc((size_t)n * sizeof *e2e);

@@ -92,7 +92,7 @@ typedef struct sim_result {
     double kv_util, waste, occupancy; /* step averages */
     double hit_rate;                 /* prefix hit tokens / tokens looked up */
     int64_t hit_tokens, query_tokens;
-    int64_t preemptions, recomputed_tokens, evictions, cow_copies, forks;
+    int64_t preemptions, recomputed_tokens, evictions, cow_copies, forks, dedups;
     int32_t peak_blocks;
     int64_t lib_calls;
     double lib_us_per_step, lib_ns_per_call, wall_s;
