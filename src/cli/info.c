@@ -81,6 +81,7 @@ int cmd_info(int argc, char **argv) {
         {"avx512bw", __builtin_cpu_supports("avx512bw")},
         {"avx512vl", __builtin_cpu_supports("avx512vl")},
         {"avx512dq", __builtin_cpu_supports("avx512dq")},
+        {"avx512bf16", __builtin_cpu_supports("avx512bf16")},
     };
     int any = 0;
     for (size_t i = 0; i < sizeof feats / sizeof feats[0]; i++)
