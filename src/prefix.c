@@ -331,38 +331,57 @@ void prefix_register_seq(pkv_cache *c, pkv_seq_rec *r, int32_t written_len, int3
         key_from_bytes(r->keys[j - 1], pk);
         pb = r->blocks[j - 1];
     }
+    /* As in lookup: below a parent with few children its child list decides
+     * (a duplicate is found there with its stored key, nothing to hash);
+     * otherwise the key is computed, token words a window of blocks at a time. */
     sip_state st[SIP_LANES];
-    while (j < full) {
-        int nl = full - j < SIP_LANES ? full - j : SIP_LANES;
-        sip_absorb_blocks(p->k, r->tokens + (size_t)j * (size_t)bs, bs, nl, st);
-        for (int l = 0; l < nl; l++, j++) {
-            const int32_t *t = r->tokens + (size_t)j * (size_t)bs;
-            uint64_t key[2];
-            key_finish(p, &st[l], t, r->ns, pk, key);
-            int32_t own = r->blocks[j];
-            int32_t found = index_find(p, key, pb, r->ns, t, 1, 1);
-            if (found >= 0 && found != own) {
-                if (written_len >= 0 && (int64_t)(j + 1) * bs > written_len) goto done;
-                pool_ref(&c->pool, found);
-                pool_unref(&c->pool, own);
-                r->blocks[j] = found;
-                dd++;
-            } else if (found < 0) {
-                /* A block cached under another identity cannot sit here (a
-                 * cached block is full and every holder has the same tokens
-                 * before it); stop rather than index it twice. */
-                pkv_assert(!c->pool.cached[own]);
-                if (c->pool.cached[own]) goto done;
-                index_insert(p, own, key, pb, r->ns, t);
-                c->pool.cached[own] = 1;
-                reg++;
+    int32_t win = 0, nwin = 0;
+    size_t bytes = (size_t)bs * sizeof(int32_t);
+    for (; j < full; j++) {
+        const int32_t *t = r->tokens + (size_t)j * (size_t)bs;
+        uint64_t key[2];
+        int32_t own = r->blocks[j], found = -1;
+        int scan = pb >= 0 && p->nchild[pb] <= p->child_scan;
+        if (scan)
+            for (int32_t x = p->child[pb]; x >= 0; x = p->sib_next[x])
+                if (p->ns[x] == r->ns && memcmp(block_toks(p, x), t, bytes) == 0) {
+                    found = x;
+                    break;
+                }
+        if (found >= 0) {
+            key[0] = p->key[2 * found];
+            key[1] = p->key[2 * found + 1];
+        } else {
+            if (j >= win + nwin) {
+                win = j;
+                nwin = full - j < SIP_LANES ? full - j : SIP_LANES;
+                sip_absorb_blocks(p->k, t, bs, nwin, st);
             }
-            key_to_bytes(key, r->keys[j]);
-            r->nregistered = j + 1;
-            pk[0] = key[0];
-            pk[1] = key[1];
-            pb = r->blocks[j];
+            key_finish(p, &st[j - win], t, r->ns, pk, key);
+            /* A scanned child list is complete: a miss there is a miss. */
+            if (!scan) found = index_find(p, key, pb, r->ns, t, 1, 1);
         }
+        if (found >= 0 && found != own) {
+            if (written_len >= 0 && (int64_t)(j + 1) * bs > written_len) goto done;
+            pool_ref(&c->pool, found);
+            pool_unref(&c->pool, own);
+            r->blocks[j] = found;
+            dd++;
+        } else if (found < 0) {
+            /* A block cached under another identity cannot sit here (a
+             * cached block is full and every holder has the same tokens
+             * before it); stop rather than index it twice. */
+            pkv_assert(!c->pool.cached[own]);
+            if (c->pool.cached[own]) goto done;
+            index_insert(p, own, key, pb, r->ns, t);
+            c->pool.cached[own] = 1;
+            reg++;
+        }
+        key_to_bytes(key, r->keys[j]);
+        r->nregistered = j + 1;
+        pk[0] = key[0];
+        pk[1] = key[1];
+        pb = r->blocks[j];
     }
 done:
     p->registrations += reg;
