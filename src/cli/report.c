@@ -264,7 +264,8 @@ static void polyline(FILE *f, const sim_result *x, int which, double x0, double 
     fputs("\"/>\n", f);
 }
 
-int report_svg(const char *path, const sim_workload *w, const sim_run_desc *runs, int nruns) {
+int report_svg(const char *path, const sim_workload *w, const sim_run_desc *runs, int nruns,
+               const char *sweep_key) {
     FILE *f = fopen(path, "w");
     if (!f) return cli_error("--svg %s: cannot open for writing", path);
     int H = PANEL_H * nruns;
@@ -281,9 +282,10 @@ int report_svg(const char *path, const sim_workload *w, const sim_run_desc *runs
         if (tmax <= 0) tmax = 1;
         double ymax = x->num_blocks;
         fprintf(f, "<text x=\"%d\" y=\"%.0f\" font-size=\"14\" font-weight=\"bold\">", PL, oy + 20);
-        fprintf(f, "pkv sim: block size %d, %d blocks, %s, prefix cache %s%s%s</text>\n", c->block_size,
-                x->num_blocks, sim_dtype_name(c->kv_dtype), c->prefix_cache ? "on" : "off",
-                runs[j].label ? " - " : "", runs[j].label ? runs[j].label : "");
+        fprintf(f, "pkv sim: block size %d, %d blocks, %s, prefix cache %s", c->block_size, x->num_blocks,
+                sim_dtype_name(c->kv_dtype), c->prefix_cache ? "on" : "off");
+        if (sweep_key && runs[j].label) fprintf(f, " (sweep %s=%s)", sweep_key, runs[j].label);
+        fputs("</text>\n", f);
         /* grid and axes */
         double ys = nice_step(ymax, 5);
         for (double v = 0; v <= ymax + 1e-9; v += ys) {

@@ -238,7 +238,7 @@ int cmd_sim(int argc, char **argv) {
         if (done) {
             if (json) report_json(stdout, &w, runs, nruns, sweep ? key : NULL);
             else report_table(stdout, &w, runs, nruns, sweep ? key : NULL);
-            if (svg) rc = report_svg(svg, &w, runs, nruns);
+            if (svg) rc = report_svg(svg, &w, runs, nruns, sweep ? key : NULL);
         }
     }
     for (int j = 0; j < nruns; j++) sim_result_free(&runs[j].res);

@@ -134,7 +134,8 @@ void report_table(FILE *f, const sim_workload *w, const sim_run_desc *runs, int 
                   const char *sweep_key);
 void report_json(FILE *f, const sim_workload *w, const sim_run_desc *runs, int nruns,
                  const char *sweep_key);
-int report_svg(const char *path, const sim_workload *w, const sim_run_desc *runs, int nruns);
+int report_svg(const char *path, const sim_workload *w, const sim_run_desc *runs, int nruns,
+               const char *sweep_key);
 const char *sim_dtype_name(int32_t dtype);
 
 #endif
