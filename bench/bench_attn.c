@@ -162,14 +162,21 @@ static pkv_attn_args args_of(const shape *s, const bdata *d, int paged, int32_t 
 
 /* Median seconds of pkv_attn over reps runs (after one warm-up), at least
  * min_reps and until about budget seconds have passed. */
+/* The kernels to time: NULL for pkv_attn's own choice, else a forced set. */
+static const attn_ops *forced_ops = NULL;
+
+static int run_attn(const pkv_attn_args *a, pkv_workers *w) {
+    return forced_ops ? attn_fast_run(a, w, forced_ops) : pkv_attn(a, w);
+}
+
 static double time_attn(const pkv_attn_args *a, pkv_workers *w, int min_reps, double budget, double *tmin) {
     double v[64];
     int n = 0;
-    if (pkv_attn(a, w) != PKV_OK) return NAN;
+    if (run_attn(a, w) != PKV_OK) return NAN;
     const double start = bench_now();
     while (n < 64 && (n < min_reps || bench_now() - start < budget)) {
         const double t0 = bench_now();
-        pkv_attn(a, w);
+        run_attn(a, w);
         v[n++] = bench_now() - t0;
     }
     const double med = bench_median(v, n);
@@ -230,11 +237,22 @@ int main(int argc, char **argv) {
     pkv_workers *w = NULL, *w1 = NULL;
     if (pkv_workers_create(nthreads, &w) != PKV_OK || pkv_workers_create(1, &w1) != PKV_OK) return 1;
     const int32_t bss[2] = {64, 16};
-    double to = NAN, from = 0; /* the oracle's time does not depend on the block size */
-    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+    const size_t nshapes = sizeof shapes / sizeof shapes[0];
+    /* the oracle's time depends on neither the block size nor the kernels */
+    double oracle_t[sizeof shapes / sizeof shapes[0]], oracle_from[sizeof shapes / sizeof shapes[0]];
+    /* pass 1: with AMX active, the AVX-512 (vdpbf16ps) kernels on the h_q = 128
+     * MLA shapes too, for comparison */
+    const int passes = attn_isa_active() == ATTN_ISA_AMX ? 2 : 1;
+    for (size_t pi = 0; pi < passes * nshapes; pi++) {
+        const size_t si = pi % nshapes;
         const shape *s = &shapes[si];
         if (only && !strstr(s->name, only)) continue;
-        for (int bi = 0; bi < (quick ? 1 : 2); bi++) {
+        forced_ops = NULL;
+        if (pi >= nshapes) {
+            if (s->h_q != 128 || s->s_q != 1) continue;
+            forced_ops = attn_ops_for(ATTN_ISA_AVX512, s->q_dtype, s->kv_dtype);
+        }
+        for (int bi = 0; bi < (quick || forced_ops ? 1 : 2); bi++) {
             const int32_t bs = bss[bi];
             bdata d;
             build(s, bs, &d);
@@ -249,10 +267,11 @@ int main(int argc, char **argv) {
             const double flops = 2.0 * s->b * s->h_q * keys * (s->d + s->dv);
             const double tok_bytes = (double)(d.krow + d.vrow);
             const double kv_bytes = (double)s->b * s->s_k * tok_bytes;
-            if (bi == 0) to = time_oracle(s, &d, &from);
+            if (bi == 0 && !forced_ops) oracle_t[si] = time_oracle(s, &d, &oracle_from[si]);
+            const double to = oracle_t[si], from = oracle_from[si];
             double t1 = NAN;
-            if (s->b == 1 && s->h_q == 128 && bi == 0) t1 = time_attn(&ap, w1, quick ? 2 : 3, budget, NULL);
-            const char *kname = attn_kernel_name(s->q_dtype, s->kv_dtype);
+            if (s->b == 1 && s->h_q == 128 && bi == 0 && !forced_ops) t1 = time_attn(&ap, w1, quick ? 2 : 3, budget, NULL);
+            const char *kname = forced_ops ? forced_ops->name : attn_kernel_name(s->q_dtype, s->kv_dtype);
             json_begin(&j, stdout);
             json_str(&j, "bench", "attn");
             json_str(&j, "shape", s->name);
