@@ -59,6 +59,9 @@ $(BUILD)/obj/tests/%.o: tests/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itests -MMD -MP -c $< -o $@
 
+# pkv info reports the flags it was built with.
+$(BUILD)/obj/src/cli/info.o: ISAFLAGS = -DPKV_BUILD_CFLAGS='"$(strip $(CFLAGS) $(EXTRA_CFLAGS))"'
+
 $(BUILD)/obj/%_avx2.o: ISAFLAGS = $(ISA_AVX2)
 $(BUILD)/obj/%_avx512.o: ISAFLAGS = $(ISA_AVX512)
 
