@@ -61,7 +61,7 @@ struct pkv_prefix {
     int32_t *child;   /* [nb] first cached child, -1 none */
     int32_t *sib_next, *sib_prev; /* [nb] links among the children of one parent */
     int32_t *nchild;  /* [nb] length of the child list */
-    int32_t child_scan; /* lookup scans a parent's children when it has at most this many */
+    int32_t child_scan; /* a parent with at most this many children is searched by its list */
     int32_t *toks;    /* [nb * bs] token ids */
     prefix_slot *tab; /* [mask + 1] */
     size_t mask;
@@ -126,8 +126,8 @@ static inline size_t home_slot(const pkv_prefix *p, uint64_t tag) {
 
 static inline const int32_t *block_toks(const pkv_prefix *p, int32_t b) { return p->toks + (size_t)b * (size_t)p->bs; }
 
-/* The cached block of identity (key, parent, ns, toks), or -1. */
-/* check_high = 0: key[1] is not known; the identity decides alone. */
+/* The cached block of identity (key, parent, ns, toks), or -1. check_high = 0:
+ * only key[0] is known (lookup); the identity decides alone. */
 static int32_t index_find(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, const int32_t *toks,
                           int count_collisions, int check_high) {
     size_t bytes = (size_t)p->bs * sizeof *toks;

@@ -438,9 +438,14 @@ static void run(uint64_t seed, long ops, run_stats *rs) {
     pkv_cache_destroy(m.c);
 }
 
+/* Usage: test_prefix_model [--ops N] [--seed S]  (a failing run prints its seed). */
 int main(int argc, char **argv) {
     long total = test_scaled(1000000), per_run = 20000;
-    uint64_t seed0 = argc > 1 ? strtoull(argv[1], NULL, 0) : 1;
+    uint64_t seed0 = 1;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--ops") == 0) total = atol(argv[i + 1]);
+        else if (strcmp(argv[i], "--seed") == 0) seed0 = strtoull(argv[i + 1], NULL, 0);
+    }
     run_stats rs = {0};
     for (uint64_t seed = seed0; rs.ops < total && test_fails_ == 0; seed++)
         run(seed, total - rs.ops < per_run ? total - rs.ops : per_run, &rs);
