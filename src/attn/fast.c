@@ -56,7 +56,7 @@ size_t attn_scratch_bytes(const attn_geom *g, int32_t dv) {
     const size_t mb = ATTN_MB, t = ATTN_TILE, f = sizeof(float);
     size_t n = 0;
     n += ALIGN64(mul_ok(mul_ok(mb, (size_t)g->dpad, &ovf), f, &ovf));           /* qp */
-    n += ALIGN64(mul_ok(mul_ok(t, (size_t)g->dpad + 16, &ovf), f, &ovf));       /* kt (+fp8 scales) */
+    n += ALIGN64(mul_ok(mul_ok(t, (size_t)g->dpad + 16 + mb, &ovf), f, &ovf));  /* kt (+scales, S^T) */
     n += ALIGN64(mul_ok(mul_ok(t, (size_t)g->dvpad, &ovf), f, &ovf));           /* vt */
     n += 2 * ALIGN64(mb * t * f);                                               /* s, p */
     n += 3 * ALIGN64(mb * f) + ALIGN64(mb * sizeof(int32_t));                   /* mrun lrun alpha nvalid */
@@ -73,7 +73,7 @@ void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geo
     s->bytes = bytes;
 #define TAKE(field, type, sz) do { s->field = (type)(void *)p; p += ALIGN64(sz); } while (0)
     TAKE(qp, void *, mb * (size_t)g->dpad * f);
-    TAKE(kt, void *, t * ((size_t)g->dpad + 16) * f);
+    TAKE(kt, void *, t * ((size_t)g->dpad + 16 + mb) * f);
     TAKE(vt, void *, t * (size_t)g->dvpad * f);
     TAKE(s, float *, mb * t * f);
     TAKE(p, void *, mb * t * f);
@@ -220,9 +220,9 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
         sc->mrun[r] = -INFINITY;
         sc->lrun[r] = 0.0f;
     }
-    if (t1 > t0) ops->prep_q(&pl->g, sc->qrows, m, sc->qp);
     const size_t qrow_bytes = (size_t)pl->g.dpad * (size_t)ops->qbytes;
     for (int64_t t = t0; t < t1; t++) {
+        size_t qoff = 0; /* prepared rows before this segment (each segment's rows rounded up to qalign) */
         for (int32_t ra = 0; ra < m;) {
             /* the rows of one KV head, or all rows for multi_head kernels */
             const int32_t kvh = (gr->r0 + ra) / pl->rph;
@@ -241,12 +241,15 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
                 }
                 sc->nvalid[r] = vis;
             }
+            const int mm = rb - ra;
+            void *qseg = (char *)sc->qp + qoff * qrow_bytes;
+            qoff += (size_t)((mm + ops->qalign - 1) / ops->qalign * ops->qalign);
+            if (t == t0) ops->prep_q(&pl->g, sc->qrows + ra, mm, qseg);
             if (n > 0) {
-                const int mm = rb - ra;
                 float *srow = sc->s + (size_t)ra * ATTN_TILE;
                 void *prow = (char *)sc->p + (size_t)ra * ATTN_TILE * sizeof(float);
                 ops->load_tile(&pl->g, sc->krows, sc->vrows, n, sc->kt, sc->vt);
-                ops->qk(&pl->g, (const char *)sc->qp + (size_t)ra * qrow_bytes, mm, n, sc->kt, srow);
+                ops->qk(&pl->g, qseg, mm, n, sc->kt, srow);
                 ops->softmax(&pl->g, srow, mm, sc->nvalid + ra, sc->mrun + ra, sc->lrun + ra, sc->alpha + ra, prow);
                 ops->pv(&pl->g, prow, mm, n, sc->vt, sc->orows + ra, sc->alpha + ra);
             }

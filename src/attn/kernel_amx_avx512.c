@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "simd_avx512.h"
 
 typedef struct tilecfg {
     uint8_t palette, start_row;
@@ -34,43 +35,165 @@ static void tiles_on(void) {
     _tile_loadconfig(&c);
 }
 
-/* S[16 rows][64 keys] = Q[16][dpad] . K^T for one row block: tiles 0-3 hold the
- * four 16-key column blocks, 4 the Q chunk, 5-6 the K^T chunks. */
-static void amx_qk16(const uint16_t *q, size_t ldq_bytes, const uint32_t *kt, int32_t dpad, float *s) {
+/* Scores as S^T = K Q^T, so K rows are tile operands as they are (no
+ * transpose per tile): the tile's K rows are copied into kc [64][dpad] bf16
+ * (for FP8 rows: expanded there, scales behind), Q is prepared once per piece
+ * as Q^T in pair form, QT [m16][dpad/2][16] dwords (rows past m zero), and the
+ * 16x16 blocks of S^T land in st [64][m16] f32 behind the scales, which is
+ * transposed into s at the end. kt scratch: kc, then scales [4][64] f32, then st. */
+static uint16_t *kc_of(void *kt) { return (uint16_t *)kt; }
+static float *kscales_of(const attn_geom *g, void *kt) {
+    return (float *)(void *)((char *)kt + (size_t)ATTN_TILE * (size_t)g->dpad * 2);
+}
+static float *st_of(const attn_geom *g, void *kt) { return kscales_of(g, kt) + 4 * ATTN_TILE; }
+
+static int m16_of(int m) { return (m + 15) / 16 * 16; }
+
+static void amx_prep_q(const attn_geom *g, const void *const *qrows, int m, void *qp) {
+    uint32_t *qt = (uint32_t *)qp;
+    const int32_t np = g->dpad / 2;
+    __m512 r[16];
+    for (int i0 = 0; i0 < m16_of(m); i0 += 16) {
+        uint32_t *blk = qt + (size_t)(i0 / 16) * (size_t)np * 16;
+        for (int32_t c = 0; c < g->dpad; c += 32) {
+            UNROLL for (int i = 0; i < 16; i++)
+                r[i] = i0 + i < m ? _mm512_castsi512_ps(bf16x32(qrows[i0 + i], c, g->d - c)) : _mm512_setzero_ps();
+            transpose16(r);
+            UNROLL for (int i = 0; i < 16; i++) _mm512_storeu_ps((float *)(void *)(blk + (size_t)(c / 2 + i) * 16), r[i]);
+        }
+    }
+}
+
+static void amx_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n, void *ktv,
+                          void *vtv) {
+    uint16_t *kc = kc_of(ktv);
+    const int nz = (n + 15) / 16 * 16; /* rows of the last partial 16-key block are zeroed */
+    for (int j = 0; j < nz; j++) {
+        uint16_t *dst = kc + (size_t)j * (size_t)g->dpad;
+        for (int32_t c = 0; c < g->dpad; c += 32)
+            _mm512_storeu_si512(dst + c, j < n ? bf16x32(krows[j], c, g->d - c) : _mm512_setzero_si512());
+    }
+    attn_avx512_interleave_v(g, vrows, n, (uint32_t *)vtv);
+}
+
+static void amx_fp8_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
+                              void *ktv, void *vtv) {
+    (void)vrows;
+    uint16_t *kc = kc_of(ktv);
+    float *ks = kscales_of(g, ktv);
+    float *vs = (float *)(void *)((uint32_t *)vtv + (size_t)(ATTN_TILE / 2) * (size_t)g->dvpad);
+    const void *rows[ATTN_TILE];
+    const int nz = (n + 15) / 16 * 16;
+    for (int j = 0; j < nz; j++) {
+        uint16_t *dst = kc + (size_t)j * 576;
+        float sc[4] = {0, 0, 0, 0};
+        if (j < n) {
+            attn_avx512_fp8_expand((const uint8_t *)krows[j], dst);
+            memcpy(sc, (const uint8_t *)krows[j] + ATTN_FP8_SCALES, sizeof sc);
+        } else {
+            for (int c = 0; c < 576; c += 32) _mm512_storeu_si512(dst + c, _mm512_setzero_si512());
+        }
+        rows[j] = dst;
+        for (int t = 0; t < 4; t++) ks[t * ATTN_TILE + j] = vs[t * ATTN_TILE + j] = sc[t];
+    }
+    for (int j = nz; j < ATTN_TILE; j++)
+        for (int t = 0; t < 4; t++) ks[t * ATTN_TILE + j] = vs[t * ATTN_TILE + j] = 0.0f;
+    attn_avx512_interleave_v(g, rows, n, (uint32_t *)vtv);
+}
+
+/* st[keys of block kb..kb+nkb][16 query cols of block qb] (+)= (K Q^T) over dims
+ * [c0, c1), times the keys' scales when ks != NULL. Tiles: 0-3 C (one per key
+ * block), 4 Q^T chunk, 5-6 K chunks. */
+static void amx_st_block(const uint16_t *kc, int32_t dpad, const uint32_t *qtb, int nkb, int32_t c0, int32_t c1,
+                         const float *ks, float *st, int32_t ldst, int first) {
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-    for (int32_t c = 0; c < dpad; c += 32) {
-        const uint32_t *kb = kt + (size_t)(c / 2) * ATTN_TILE;
-        _tile_loadd(4, q + c, ldq_bytes);
-        _tile_loadd(5, kb, ATTN_TILE * 4);
-        _tile_loadd(6, kb + 16, ATTN_TILE * 4);
-        _tile_dpbf16ps(0, 4, 5);
-        _tile_dpbf16ps(1, 4, 6);
-        _tile_loadd(5, kb + 32, ATTN_TILE * 4);
-        _tile_loadd(6, kb + 48, ATTN_TILE * 4);
-        _tile_dpbf16ps(2, 4, 5);
-        _tile_dpbf16ps(3, 4, 6);
+    const size_t ldk = (size_t)dpad * 2;
+    for (int32_t c = c0; c < c1; c += 32) {
+        _tile_loadd(4, qtb + (size_t)(c / 2) * 16, 64);
+        _tile_loadd(5, kc + c, ldk);
+        _tile_dpbf16ps(0, 5, 4);
+        if (nkb > 1) {
+            _tile_loadd(6, kc + (size_t)16 * (size_t)dpad + c, ldk);
+            _tile_dpbf16ps(1, 6, 4);
+        }
+        if (nkb > 2) {
+            _tile_loadd(5, kc + (size_t)32 * (size_t)dpad + c, ldk);
+            _tile_dpbf16ps(2, 5, 4);
+        }
+        if (nkb > 3) {
+            _tile_loadd(6, kc + (size_t)48 * (size_t)dpad + c, ldk);
+            _tile_dpbf16ps(3, 6, 4);
+        }
     }
-    _tile_stored(0, s, ATTN_TILE * 4);
-    _tile_stored(1, s + 16, ATTN_TILE * 4);
-    _tile_stored(2, s + 32, ATTN_TILE * 4);
-    _tile_stored(3, s + 48, ATTN_TILE * 4);
+    float tmp[4][256] __attribute__((aligned(64)));
+    if (first && !ks) { /* straight into st */
+        _tile_stored(0, st, (size_t)ldst * 4);
+        if (nkb > 1) _tile_stored(1, st + (size_t)16 * (size_t)ldst, (size_t)ldst * 4);
+        if (nkb > 2) _tile_stored(2, st + (size_t)32 * (size_t)ldst, (size_t)ldst * 4);
+        if (nkb > 3) _tile_stored(3, st + (size_t)48 * (size_t)ldst, (size_t)ldst * 4);
+        return;
+    }
+    _tile_stored(0, tmp[0], 64);
+    if (nkb > 1) _tile_stored(1, tmp[1], 64);
+    if (nkb > 2) _tile_stored(2, tmp[2], 64);
+    if (nkb > 3) _tile_stored(3, tmp[3], 64);
+    for (int kb = 0; kb < nkb; kb++)
+        for (int k = 0; k < 16; k++) {
+            const int key = kb * 16 + k;
+            __m512 x = _mm512_load_ps(tmp[kb] + 16 * k);
+            if (ks) x = _mm512_mul_ps(x, _mm512_set1_ps(ks[key]));
+            float *dst = st + (size_t)key * (size_t)ldst;
+            _mm512_storeu_ps(dst, first ? x : _mm512_add_ps(x, _mm512_loadu_ps(dst)));
+        }
+}
+
+/* s[m][64] <- st[64][m16] for the first n keys (keys past n: 0). */
+static void st_to_s(const float *st, int32_t ldst, int m, int n, float *s) {
+    __m512 r[16];
+    for (int i0 = 0; i0 < m; i0 += 16) {
+        for (int kb = 0; kb < ATTN_TILE / 16; kb++) {
+            if (kb * 16 < n) {
+                UNROLL for (int k = 0; k < 16; k++) r[k] = _mm512_loadu_ps(st + (size_t)(kb * 16 + k) * (size_t)ldst + i0);
+                transpose16(r);
+            } else {
+                UNROLL for (int k = 0; k < 16; k++) r[k] = _mm512_setzero_ps();
+            }
+            for (int i = 0; i < 16 && i0 + i < m; i++) _mm512_storeu_ps(s + (size_t)(i0 + i) * ATTN_TILE + kb * 16, r[i]);
+        }
+    }
+}
+
+static void amx_qk_any(const attn_geom *g, const void *qp, int m, int n, void *ktv, float *s, int fp8) {
+    const uint32_t *qt = (const uint32_t *)qp;
+    const uint16_t *kc = kc_of(ktv);
+    const float *ks = kscales_of(g, ktv);
+    float *st = st_of(g, ktv);
+    const int32_t m16 = m16_of(m), np = g->dpad / 2;
+    const int nkb = (n + 15) / 16;
+    tiles_on();
+    for (int i0 = 0; i0 < m16; i0 += 16) {
+        const uint32_t *qtb = qt + (size_t)(i0 / 16) * (size_t)np * 16;
+        if (fp8) {
+            for (int seg = 0; seg < 5; seg++)
+                amx_st_block(kc, g->dpad, qtb, nkb, seg * 128, seg < 4 ? seg * 128 + 128 : 576,
+                             seg < 4 ? ks + seg * ATTN_TILE : NULL, st + i0, m16, seg == 0);
+        } else {
+            amx_st_block(kc, g->dpad, qtb, nkb, 0, g->dpad, NULL, st + i0, m16, 1);
+        }
+    }
+    _tile_release();
+    st_to_s(st, m16, m, n, s);
 }
 
 static void amx_qk(const attn_geom *g, const void *qp, int m, int n, const void *ktv, float *s) {
-    const uint16_t *q = (const uint16_t *)qp;
-    const size_t ldq = (size_t)g->dpad * 2;
-    const int m16 = m / 16 * 16;
-    if (m16) {
-        tiles_on();
-        for (int i = 0; i < m16; i += 16)
-            amx_qk16(q + (size_t)i * (size_t)g->dpad, ldq, (const uint32_t *)ktv, g->dpad, s + (size_t)i * ATTN_TILE);
-        _tile_release();
-    }
-    if (m > m16)
-        attn_avx512_dp_qk(g, q + (size_t)m16 * (size_t)g->dpad, m - m16, n, ktv, s + (size_t)m16 * ATTN_TILE);
+    amx_qk_any(g, qp, m, n, (void *)(uintptr_t)ktv, s, 0);
+}
+
+static void amx_qk_fp8(const attn_geom *g, const void *qp, int m, int n, const void *ktv, float *s) {
+    amx_qk_any(g, qp, m, n, (void *)(uintptr_t)ktv, s, 1);
 }
 
 /* O rows r0..r0+16 (stride ldo floats) += P16 V over dims [0, dv) (dv % 16 == 0). */
@@ -139,57 +262,6 @@ static void amx_pv(const attn_geom *g, const void *pp, int m, int n, const void 
 }
 
 /* ---- FP8_MLA656 rows: per-128-dim scales of each key ---- */
-/* Scores: each scale segment (4 x 128 latent dims, then 64 RoPE dims) is a
- * separate tile product, added into s times the keys' scales. */
-static void amx_qk16_fp8(const uint16_t *q, size_t ldq_bytes, const uint32_t *kt, const float *ks, float *s) {
-    float tmp[16 * ATTN_TILE] __attribute__((aligned(64)));
-    for (int seg = 0; seg < 5; seg++) {
-        const int32_t c0 = seg * 128, c1 = seg < 4 ? c0 + 128 : 576;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int32_t c = c0; c < c1; c += 32) {
-            const uint32_t *kb = kt + (size_t)(c / 2) * ATTN_TILE;
-            _tile_loadd(4, q + c, ldq_bytes);
-            _tile_loadd(5, kb, ATTN_TILE * 4);
-            _tile_loadd(6, kb + 16, ATTN_TILE * 4);
-            _tile_dpbf16ps(0, 4, 5);
-            _tile_dpbf16ps(1, 4, 6);
-            _tile_loadd(5, kb + 32, ATTN_TILE * 4);
-            _tile_loadd(6, kb + 48, ATTN_TILE * 4);
-            _tile_dpbf16ps(2, 4, 5);
-            _tile_dpbf16ps(3, 4, 6);
-        }
-        _tile_stored(0, tmp, ATTN_TILE * 4);
-        _tile_stored(1, tmp + 16, ATTN_TILE * 4);
-        _tile_stored(2, tmp + 32, ATTN_TILE * 4);
-        _tile_stored(3, tmp + 48, ATTN_TILE * 4);
-        for (int r = 0; r < 16; r++)
-            for (int v = 0; v < 4; v++) {
-                __m512 x = _mm512_load_ps(tmp + r * ATTN_TILE + 16 * v);
-                if (seg < 4) x = _mm512_mul_ps(x, _mm512_loadu_ps(ks + seg * ATTN_TILE + 16 * v));
-                float *sp = s + (size_t)r * ATTN_TILE + 16 * v;
-                _mm512_storeu_ps(sp, seg ? _mm512_add_ps(x, _mm512_loadu_ps(sp)) : x);
-            }
-    }
-}
-
-static void amx_qk_fp8(const attn_geom *g, const void *qp, int m, int n, const void *ktv, float *s) {
-    const uint16_t *q = (const uint16_t *)qp;
-    const uint32_t *kt = (const uint32_t *)ktv;
-    const float *ks = (const float *)(const void *)(kt + (size_t)(g->dpad / 2) * ATTN_TILE);
-    const int m16 = m / 16 * 16;
-    if (m16) {
-        tiles_on();
-        for (int i = 0; i < m16; i += 16)
-            amx_qk16_fp8(q + (size_t)i * (size_t)g->dpad, (size_t)g->dpad * 2, kt, ks, s + (size_t)i * ATTN_TILE);
-        _tile_release();
-    }
-    if (m > m16)
-        attn_avx512_dp_qk(g, q + (size_t)m16 * (size_t)g->dpad, m - m16, n, ktv, s + (size_t)m16 * ATTN_TILE);
-}
-
 /* Index of the largest weight of a P row (the first one on ties). */
 static int p_argmax(const float *pr) {
     const __m512 v0 = _mm512_loadu_ps(pr), v1 = _mm512_loadu_ps(pr + 16);
@@ -269,9 +341,9 @@ static void amx_pv_fp8(const attn_geom *g, const void *pp, int m, int n, const v
 }
 
 const attn_ops *attn_ops_amx(int q_dtype, int kv_dtype) {
-    static const attn_ops ops = {"amx-bf16", 32, 2, attn_avx512_dp_prep_q, attn_avx512_dp_load_tile, amx_qk,
+    static const attn_ops ops = {"amx-bf16", 32, 2, 16, amx_prep_q, amx_load_tile, amx_qk,
                                  attn_avx512_softmax, amx_pv, &attn_avx512_ops_rows, 0};
-    static const attn_ops ops_fp8 = {"amx-fp8-bf16", 32, 2, attn_avx512_dp_prep_q, attn_avx512_fp8_load_tile,
+    static const attn_ops ops_fp8 = {"amx-fp8-bf16", 32, 2, 16, amx_prep_q, amx_fp8_load_tile,
                                      amx_qk_fp8, attn_avx512_softmax, amx_pv_fp8, NULL, 0};
     if (q_dtype == PKV_BF16 && kv_dtype == PKV_BF16) return &ops;
     if (q_dtype == PKV_BF16 && kv_dtype == PKV_FP8_MLA656) return &ops_fp8;

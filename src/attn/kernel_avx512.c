@@ -18,10 +18,9 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "simd_avx512.h"
 
-#define AI static inline __attribute__((always_inline))
 #define RB 4 /* query rows per register block */
-#define UNROLL _Pragma("GCC unroll 16")
 
 /* ---- conversions ---- */
 
@@ -46,33 +45,6 @@ AI __m256i e4m3x16_f16bits(__m128i b) {
 
 /* Scales of an FP8 row (little-endian floats at byte 512). */
 AI void fp8_scales(const uint8_t *row, float sc[4]) { memcpy(sc, row + ATTN_FP8_SCALES, 4 * sizeof(float)); }
-
-/* ---- 16x16 transpose of 32-bit elements ---- */
-AI void transpose16(__m512 r[16]) {
-    __m512 t[16];
-    UNROLL for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    UNROLL for (int i = 0; i < 4; i++) {
-        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
-        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
-    }
-    /* r[4q + k] holds, in 128-bit lane L, rows 4q..4q+3 of column 4L + k */
-    UNROLL for (int k = 0; k < 4; k++) {
-        const __m512 xlo = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x44);
-        const __m512 xhi = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xee);
-        const __m512 ylo = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x44);
-        const __m512 yhi = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xee);
-        t[k] = _mm512_shuffle_f32x4(xlo, ylo, 0x88);
-        t[4 + k] = _mm512_shuffle_f32x4(xlo, ylo, 0xdd);
-        t[8 + k] = _mm512_shuffle_f32x4(xhi, yhi, 0x88);
-        t[12 + k] = _mm512_shuffle_f32x4(xhi, yhi, 0xdd);
-    }
-    UNROLL for (int i = 0; i < 16; i++) r[i] = t[i];
-}
 
 /* ---- exp2 for x <= 0 (relative error ~2e-7) ---- */
 AI __m512 exp2_ps(__m512 x) {
@@ -273,23 +245,23 @@ void attn_avx512_dp_prep_q(const attn_geom *g, const void *const *qrows, int m, 
         }
 }
 
-/* 32 dims [c, c+32) of a bf16 row; lanes >= n read as 0. */
-AI __m512i bf16x32(const void *row, int32_t c, int32_t n) {
-    const __mmask32 k = n >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (n > 0 ? n : 0)) - 1u);
-    return _mm512_maskz_loadu_epi16(k, (const uint16_t *)row + c);
-}
-
-/* 32 e4m3 codes -> their exact values as bf16: rebias the exponent (7 -> 127);
- * the 8 subnormal codes (m * 2^-9) come from a table. */
-AI __m512i e4m3x32_bf16(__m256i b) {
-    const __m512i w = _mm512_cvtepu8_epi16(b);
-    const __m512i mag = _mm512_and_si512(w, _mm512_set1_epi16(0x7f));
-    const __m512i sign = _mm512_slli_epi16(_mm512_and_si512(w, _mm512_set1_epi16(0x80)), 8);
-    __m512i v = _mm512_add_epi16(_mm512_slli_epi16(mag, 4), _mm512_set1_epi16(120 << 7));
-    const __m512i sub = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                         0x3c60, 0x3c40, 0x3c20, 0x3c00, 0x3bc0, 0x3b80, 0x3b00, 0);
-    v = _mm512_mask_permutexvar_epi16(v, _mm512_cmplt_epu16_mask(mag, _mm512_set1_epi16(8)), mag, sub);
-    return _mm512_or_si512(v, sign);
+/* V in the bf16 pair layout from bf16 rows: dword (jp, c) = dim c of keys 2jp
+ * and 2jp + 1 (rows >= n zero). */
+void attn_avx512_interleave_v(const attn_geom *g, const void *const *vrows, int n, uint32_t *vt) {
+    const __m512i ilo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                         37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i ihi = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23, 54,
+                                         22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+    for (int jp = 0; jp < ATTN_TILE / 2; jp++) {
+        const int j0 = 2 * jp, j1 = 2 * jp + 1;
+        uint32_t *dst = vt + (size_t)jp * (size_t)g->dvpad;
+        for (int32_t c = 0; c < g->dvpad; c += 32) {
+            const __m512i a = j0 < n ? bf16x32(vrows[j0], c, g->dv - c) : _mm512_setzero_si512();
+            const __m512i b = j1 < n ? bf16x32(vrows[j1], c, g->dv - c) : _mm512_setzero_si512();
+            _mm512_storeu_si512(dst + c, _mm512_permutex2var_epi16(a, ilo, b));
+            _mm512_storeu_si512(dst + c + 16, _mm512_permutex2var_epi16(a, ihi, b));
+        }
+    }
 }
 
 /* The bf16 tile layouts from bf16 rows (d, dv dims; rows >= n zero). */
@@ -307,21 +279,15 @@ static void dp_tile_from_bf16(const attn_geom *g, const void *const *krows, cons
                 _mm512_storeu_ps((float *)(void *)(kt + (size_t)(c / 2 + i) * ATTN_TILE + jb * 16), r[i]);
         }
     }
-    /* V: interleave the dims of keys 2jp and 2jp+1 */
-    const __m512i ilo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
-                                         37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-    const __m512i ihi = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23, 54,
-                                         22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
-    for (int jp = 0; jp < ATTN_TILE / 2; jp++) {
-        const int j0 = 2 * jp, j1 = 2 * jp + 1;
-        uint32_t *dst = vt + (size_t)jp * (size_t)g->dvpad;
-        for (int32_t c = 0; c < g->dvpad; c += 32) {
-            const __m512i a = j0 < n ? bf16x32(vrows[j0], c, g->dv - c) : _mm512_setzero_si512();
-            const __m512i b = j1 < n ? bf16x32(vrows[j1], c, g->dv - c) : _mm512_setzero_si512();
-            _mm512_storeu_si512(dst + c, _mm512_permutex2var_epi16(a, ilo, b));
-            _mm512_storeu_si512(dst + c + 16, _mm512_permutex2var_epi16(a, ihi, b));
-        }
-    }
+    attn_avx512_interleave_v(g, vrows, n, vt);
+}
+
+/* One FP8_MLA656 row expanded to 576 exact bf16 values (latent unscaled). */
+void attn_avx512_fp8_expand(const uint8_t *r8, uint16_t *dst) {
+    UNROLL for (int c = 0; c < 512; c += 32)
+        _mm512_storeu_si512(dst + c, e4m3x32_bf16(_mm256_loadu_si256((const __m256i *)(const void *)(r8 + c))));
+    _mm512_storeu_si512(dst + 512, _mm512_loadu_si512(r8 + ATTN_FP8_ROPE));
+    _mm512_storeu_si512(dst + 544, _mm512_loadu_si512(r8 + ATTN_FP8_ROPE + 64));
 }
 
 void attn_avx512_dp_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
@@ -344,10 +310,7 @@ void attn_avx512_fp8_load_tile(const attn_geom *g, const void *const *krows, con
     for (int j = 0; j < n; j++) {
         const uint8_t *r8 = (const uint8_t *)krows[j];
         uint16_t *dst = wk + (size_t)j * 576;
-        UNROLL for (int c = 0; c < 512; c += 32)
-            _mm512_storeu_si512(dst + c, e4m3x32_bf16(_mm256_loadu_si256((const __m256i *)(const void *)(r8 + c))));
-        _mm512_storeu_si512(dst + 512, _mm512_loadu_si512(r8 + ATTN_FP8_ROPE));
-        _mm512_storeu_si512(dst + 544, _mm512_loadu_si512(r8 + ATTN_FP8_ROPE + 64));
+        attn_avx512_fp8_expand(r8, dst);
         rows[j] = dst;
         float sc[4];
         fp8_scales(r8, sc);
@@ -679,11 +642,11 @@ static void rows_pv(const attn_geom *g, const void *pp, int m, int n, const void
     }
 }
 
-const attn_ops attn_avx512_ops_rows = {"avx512-f32-rows", 16, 4, f32_prep_q, rows_load_tile, rows_qk, attn_avx512_softmax, rows_pv, NULL, 1};
-static const attn_ops ops_f32 = {"avx512-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, &attn_avx512_ops_rows, 0};
-static const attn_ops ops_fp8f32 = {"avx512-fp8-f32", 16, 4, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, NULL, 0};
-static const attn_ops ops_bf16dp = {"avx512-bf16dp", 32, 2, attn_avx512_dp_prep_q, attn_avx512_dp_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, &attn_avx512_ops_rows, 0};
-static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, 2, attn_avx512_dp_prep_q, attn_avx512_fp8_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, NULL, 0};
+const attn_ops attn_avx512_ops_rows = {"avx512-f32-rows", 16, 4, 1, f32_prep_q, rows_load_tile, rows_qk, attn_avx512_softmax, rows_pv, NULL, 1};
+static const attn_ops ops_f32 = {"avx512-f32", 16, 4, 1, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, &attn_avx512_ops_rows, 0};
+static const attn_ops ops_fp8f32 = {"avx512-fp8-f32", 16, 4, 1, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, NULL, 0};
+static const attn_ops ops_bf16dp = {"avx512-bf16dp", 32, 2, 1, attn_avx512_dp_prep_q, attn_avx512_dp_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, &attn_avx512_ops_rows, 0};
+static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, 2, 1, attn_avx512_dp_prep_q, attn_avx512_fp8_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, NULL, 0};
 
 const attn_ops *attn_ops_avx512(int q_dtype, int kv_dtype) {
     if (q_dtype == PKV_BF16 && kv_dtype == PKV_BF16) return &ops_bf16dp;

@@ -48,6 +48,7 @@ struct attn_ops {
     const char *name;
     int32_t pad;    /* dpad and dvpad are multiples of this */
     int32_t qbytes; /* bytes per element of the prepared q rows ([m][dpad]) */
+    int32_t qalign; /* prep_q of m rows takes room for m rounded up to this many rows */
     /* qp <- the m query rows qrows[0..m) (q_dtype, d elements each). */
     void (*prep_q)(const attn_geom *g, const void *const *qrows, int m, void *qp);
     /* kt, vt <- the n <= ATTN_TILE keys of a tile; rows past n read as zero. */
@@ -73,7 +74,9 @@ struct attn_ops {
     int32_t multi_head;
 };
 
-/* Per-worker scratch, carved from one allocation. */
+/* Per-worker scratch, carved from one allocation. Sizes in floats: qp ATTN_MB *
+ * dpad, kt ATTN_TILE * (dpad + 16 + ATTN_MB), vt ATTN_TILE * dvpad, s and p
+ * ATTN_MB * ATTN_TILE; each kernel family lays these out as it documents. */
 typedef struct attn_scratch {
     size_t bytes;          /* size of mem */
     void *mem;
@@ -125,6 +128,8 @@ PKV_HIDDEN void attn_avx512_dp_load_tile(const attn_geom *g, const void *const *
                                          int n, void *kt, void *vt);
 PKV_HIDDEN void attn_avx512_fp8_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows,
                                           int n, void *kt, void *vt);
+PKV_HIDDEN void attn_avx512_interleave_v(const attn_geom *g, const void *const *vrows, int n, uint32_t *vt);
+PKV_HIDDEN void attn_avx512_fp8_expand(const uint8_t *row, uint16_t *dst);
 PKV_HIDDEN void attn_avx512_dp_qk(const attn_geom *g, const void *qp, int m, int n, const void *kt, float *s);
 PKV_HIDDEN void attn_avx512_dp_pv(const attn_geom *g, const void *p, int m, int n, const void *vt, float *const *o,
                                   const float *alpha);
