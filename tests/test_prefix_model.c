@@ -453,7 +453,9 @@ int main(int argc, char **argv) {
            "%ld capacity refusals\n",
            rs.ops, rs.lookups, rs.hit_tokens, rs.evictions, rs.orphans, rs.dedups, rs.capacity);
     CHECK(rs.ops >= total);
-    CHECK(rs.evictions > 0 && rs.orphans > 0 && rs.dedups > 0 && rs.hit_tokens > 0);
+    CHECK(rs.evictions > 0 && rs.dedups > 0 && rs.hit_tokens > 0);
+    /* orphans are rare (fork + dedup): a short scaled run (valgrind's 0.02) may see none */
+    if (total >= 200000) CHECK(rs.orphans > 0);
     printf("prefix model: %ld key collisions rejected by the identity check\n", rs.collisions);
 #if defined(PKV_WEAK_HASH)
     CHECK(rs.collisions > 0); /* 8-bit keys: the token comparison did the work */
