@@ -315,6 +315,34 @@ static void workload_metadata(runner *R, uint32_t flags) {
     finish_cache(R, c);
 }
 
+/* FP8 MLA rows (656-byte tokens, V shared with K): quantizing writes, reads,
+ * copy-on-write of quantized blocks. */
+static void workload_fp8(runner *R) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = 6;
+    cfg.block_size = 2;
+    cfg.storage = PKV_STORAGE_HOST;
+    cfg.kv_dtype = PKV_FP8_MLA656;
+    cfg.allocator = (pkv_allocator){fa_alloc, fa_free, &R->fa};
+    pkv_cache *c = create_cache(R, &cfg, __LINE__);
+    if (!c) return;
+    static float rows[3 * 576], back[3 * 576], v[3 * 512];
+    for (int i = 0; i < 3 * 576; i++) rows[i] = (float)((i * 37) % 101 - 50) / 16.0f;
+    int64_t slots[4];
+    pkv_seq a = 0, b = 0;
+    STEP(R, c, PKV_OK, pkv_seq_create(c, 0, &a));
+    STEP(R, c, PKV_OK, pkv_seq_append(c, a, 3, NULL, slots, NULL));
+    STEP(R, c, PKV_OK, pkv_store_write(c, 0, slots, 3, rows, NULL, PKV_F32));
+    STEP(R, c, PKV_OK, pkv_seq_fork(c, a, &b));
+    STEP(R, c, PKV_OK, pkv_seq_append(c, b, 1, NULL, slots + 3, NULL));
+    STEP(R, c, PKV_OK, pkv_store_read(c, 0, slots, 3, back, v));
+    rows[5] = NAN;
+    STEP(R, c, PKV_ERR_NONFINITE, pkv_store_write(c, 0, slots + 3, 1, rows, NULL, PKV_F32));
+    STEP(R, c, PKV_OK, pkv_seq_truncate(c, a, 1));
+    finish_cache(R, c);
+}
+
 /* Prefix cache: registration (with dedup), lookups (hit, partial, miss, after
  * release: evictable blocks reclaimed), eviction under pressure; flags adds
  * PKV_FLAG_AUTO_REGISTER or not. */
@@ -368,6 +396,7 @@ static void workload_prefix(runner *R, uint32_t flags) {
 
 static void workload(runner *R) {
     workload_host(R);
+    workload_fp8(R);
     workload_prefix(R, 0);
     workload_prefix(R, PKV_FLAG_AUTO_REGISTER);
     workload_metadata(R, 0);
