@@ -2,14 +2,17 @@
  * which include -mamx-tile -mamx-bf16; used only when cpu.c found AMX usable
  * and the OS granted the tile state).
  *
- * They reuse the AVX-512 bf16 layouts, which are exactly AMX's operand forms:
- * qp [m][dpad] bf16 is the A operand of Q K^T, K^T [dpad/2][64] dwords (two
- * dims of one key) is its B operand in VNNI form, V [32][dvpad] dwords (one dim
- * of two keys) is the B operand of P V. Query rows go 16 at a time (one tile's
- * rows); a remainder of m % 16 rows, and P V when the output rows are not
- * equally spaced, fall back to the AVX-512 kernels. The online-softmax rescale
- * of O is an AVX-512 pass over the rows whose running max moved (alpha != 1),
- * which after the first tiles is rare. */
+ * Scores are computed transposed, S^T = K Q^T, so the tile's K rows (copied
+ * into one contiguous block, or expanded there from FP8 rows) are the A operand
+ * as they are and Q^T in pair form (prepared once per piece) the B operand;
+ * the 16x16 blocks of S^T are transposed into S with AVX-512. P V uses the
+ * AVX-512 layouts: V in bf16 pairs of keys (VNNI form) is the B operand and P,
+ * rounded to bf16, the A operand; O rows are accumulated in place as C tiles.
+ * Query rows go 16 at a time (rows past m are zero padding); P V falls back to
+ * the AVX-512 kernel for the last m % 16 rows and when the output rows are not
+ * equally spaced. The online-softmax rescale of O is an AVX-512 pass over the
+ * rows whose running max moved (alpha != 1), which after the first tiles is
+ * rare. */
 #include <immintrin.h>
 #include <string.h>
 

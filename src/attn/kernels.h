@@ -15,7 +15,8 @@
  *  avx512-f32         K^T tile (lanes over keys), FMA; any dtype pair
  *  avx512-f32-rows    few rows per KV head (GQA decode): lanes over d, no tile copy
  *  avx512-bf16dp      q bf16 with bf16 / FP8 KV: vdpbf16ps on bf16 pairs
- *  amx-bf16           the same layouts as AMX tile operands (TDPBF16PS)
+ *  amx-bf16           AMX tiles (TDPBF16PS): S^T = K Q^T from contiguous K rows,
+ *                     P V on the AVX-512 bf16 pair layout of V; FP8 variant too
  * ISA levels: scalar < avx2 < avx512 < amx; a level without kernels for a dtype
  * pair falls back to the next lower one (attn_ops_best). */
 #ifndef PKV_ATTN_KERNELS_H
