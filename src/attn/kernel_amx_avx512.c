@@ -1,4 +1,4 @@
-/* AMX-BF16 kernels for q bf16 with K/V bf16 (compiled with ISA_AVX512 flags,
+/* AMX-BF16 kernels for q bf16 with bf16 or FP8_MLA656 KV (ISA_AVX512 flags,
  * which include -mamx-tile -mamx-bf16; used only when cpu.c found AMX usable
  * and the OS granted the tile state).
  *
