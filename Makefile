@@ -148,9 +148,14 @@ fuzz-run: fuzz
 	  grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)|^Done' build/fuzz/fuzz_$$t.log; \
 	done
 
+# Long seeded model runs: sequences (tests/stress) and the prefix cache. Replay a
+# failure with STRESS_SEED=<printed seed>.
 STRESS_OPS ?= 20000000
-stress: $(STRESS_BIN)
-	@for t in $(STRESS_BIN); do echo "== $$t"; $$t --ops $(STRESS_OPS) $(STRESS_ARGS) || exit 1; done
+STRESS_SEED ?= $(shell date +%s)
+STRESS_RUNS := $(STRESS_BIN) $(BUILD)/tests/test_prefix_model
+stress: $(STRESS_RUNS)
+	@for t in $(STRESS_RUNS); do echo "== $$t --ops $(STRESS_OPS) --seed $(STRESS_SEED)"; \
+	  $$t --ops $(STRESS_OPS) --seed $(STRESS_SEED) || exit 1; done
 
 bench: $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do $$b $(BENCH_ARGS) || exit 1; done
