@@ -168,7 +168,7 @@ typedef struct pkv_stats {
     int64_t prefix_queries;    /* lookups */
     int64_t prefix_query_tokens; /* tokens asked for in lookups */
     int64_t prefix_hit_tokens; /* tokens served from cache */
-    int64_t evictions;
+    int64_t evictions;         /* cached blocks reclaimed, incl. orphans dropped with their parent */
     int64_t dedups;            /* registrations that moved a sequence onto a cached block */
     int64_t registrations;     /* blocks newly entered into the index */
 } pkv_stats;
@@ -298,17 +298,30 @@ PKV_API int pkv_export_slot_mapping(pkv_cache *cache, const pkv_seq *seqs, int32
 /* ------------------------------------------------------------------------- */
 
 /*! Registers every full, not yet registered block of seq in the prefix index
- *  (seq's token ids must be known: appended with tokens). A block whose key is
+ *  (only blocks whose token ids are known, i.e. appended with tokens; the
+ *  others are skipped and the call still succeeds). A block whose identity is
  *  already cached is deduplicated: seq is moved onto the cached block and its
- *  own block released. *registered / *deduped (may be NULL) count both kinds. */
+ *  own block released (other holders of it are not moved). *registered /
+ *  *deduped (may be NULL) count both kinds. Call it once the blocks' KV is
+ *  written. With PKV_FLAG_AUTO_REGISTER, an append with token ids registers
+ *  the full blocks right away, except that a block filled by that very append
+ *  is never moved onto a cached copy (its slots were just handed out): the next
+ *  append or an explicit call deduplicates it.
+ *  @return PKV_OK; PKV_ERR_MODE (prefix caching off), PKV_ERR_NO_SEQ,
+ *  PKV_ERR_NOMEM (nothing changed). */
 PKV_API int pkv_prefix_register(pkv_cache *cache, pkv_seq seq, int32_t *registered,
                                 int32_t *deduped);
 
 /*! Starts a sequence from a prompt: finds the longest chain of cached full
  *  blocks matching tokens[0..n) in namespace ns, creates a new sequence sharing
- *  them (refcount + 1) and holding their token ids, and sets *cached_tokens to
- *  its length (a multiple of block_size). The engine then appends the rest.
- *  Token ids are compared on every hit, so a hash collision never shares KV. */
+ *  them (refcount + 1; evictable blocks are reclaimed) and holding their token
+ *  ids, and sets *cached_tokens to its length (a multiple of block_size, up to
+ *  n: a fully cached prompt gives n, and an engine that needs the last token's
+ *  logits truncates by one block's worth or recomputes that token). The engine
+ *  then appends tokens[*cached_tokens..n). Token ids, namespace and parent are
+ *  compared on every hit, so a hash collision never shares KV.
+ *  @return PKV_OK (also on a miss: an empty sequence); PKV_ERR_MODE,
+ *  PKV_ERR_NULL, PKV_ERR_INVALID (n < 0), PKV_ERR_NOMEM (nothing changed). */
 PKV_API int pkv_prefix_lookup(pkv_cache *cache, uint64_t ns, const int32_t *tokens, int32_t n,
                               pkv_seq *out, int32_t *cached_tokens);
 
