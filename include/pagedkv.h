@@ -316,8 +316,9 @@ PKV_API int pkv_prefix_register(pkv_cache *cache, pkv_seq seq, int32_t *register
  *  blocks matching tokens[0..n) in namespace ns, creates a new sequence sharing
  *  them (refcount + 1; evictable blocks are reclaimed) and holding their token
  *  ids, and sets *cached_tokens to its length (a multiple of block_size, up to
- *  n: a fully cached prompt gives n, and an engine that needs the last token's
- *  logits truncates by one block's worth or recomputes that token). The engine
+ *  n: for a fully cached prompt, an engine that needs the last token's logits
+ *  truncates by one token and appends it again; copy-on-write keeps the cached
+ *  block intact). The engine
  *  then appends tokens[*cached_tokens..n). Token ids, namespace and parent are
  *  compared on every hit, so a hash collision never shares KV.
  *  @return PKV_OK (also on a miss: an empty sequence); PKV_ERR_MODE,
