@@ -386,7 +386,38 @@ static void test_allocator_hook(void) {
     CHECK_STATUS(pkv_cache_create(&cfg, &c), PKV_ERR_INVALID);
 }
 
+/* The header's advice for a fully cached prompt: truncate by one token and
+ * append it again; the cached block is copied, never written. */
+static void test_full_hit_recompute(void) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = 8;
+    cfg.block_size = 4;
+    cfg.flags = PKV_FLAG_PREFIX_CACHE;
+    pkv_cache *c;
+    CHECK_OK(pkv_cache_create(&cfg, &c));
+    int32_t toks[8] = {1, 2, 3, 4, 5, 6, 7, 8}, cached, reg, rc;
+    pkv_seq a, b;
+    pkv_block_copy cow;
+    CHECK_OK(pkv_seq_create(c, 0, &a));
+    CHECK_OK(pkv_seq_append(c, a, 8, toks, NULL, &cow));
+    CHECK_OK(pkv_prefix_register(c, a, &reg, NULL));
+    CHECK_INT(reg, 2);
+    CHECK_OK(pkv_prefix_lookup(c, 0, toks, 8, &b, &cached));
+    CHECK_INT(cached, 8);
+    CHECK_OK(pkv_seq_truncate(c, b, 7));
+    int64_t slot;
+    CHECK_OK(pkv_seq_append(c, b, 1, toks + 7, &slot, &cow));
+    CHECK_INT(cow.src, 1);
+    CHECK(cow.dst != 1 && slot == (int64_t)cow.dst * 4 + 3);
+    CHECK_OK(pkv_block_refcount(c, 1, &rc));
+    CHECK_INT(rc, 1); /* only a holds the cached block now */
+    CHECK_OK(pkv_cache_check(c));
+    pkv_cache_destroy(c);
+}
+
 int main(void) {
+    test_full_hit_recompute();
     test_config();
     test_strerror();
     test_append_slots();
