@@ -3,13 +3,14 @@
  *
  * Work split (FlashMLA's scheduler, simplified): every group (batch entry [x
  * query token when sparse] x block of <= ATTN_MB query rows of its KV heads)
- * costs one unit per tile of ATTN_TILE keys it attends to. The units of the whole call are
- * laid end to end and cut into equal contiguous ranges, one per worker, so a
- * short batch of long sequences still uses every core. A group that a range
- * boundary cuts is computed in pieces: each piece writes a normalized partial
- * (out, lse) into its worker's scratch and the worker whose range holds the
- * group's first unit combines the pieces by LSE after a barrier. Groups a range
- * holds whole are written straight into out/lse. The plan depends only on the
+ * costs one unit per tile of ATTN_TILE keys it attends to. The units of the
+ * whole call are laid end to end and cut at fixed boundaries into a few chunks
+ * per worker, which the workers take dynamically, so a short batch of long
+ * sequences still uses every core and a slow core does less. A group that a
+ * chunk boundary cuts is computed in pieces: each piece writes a normalized
+ * partial (out, lse) into its chunk's buffer, and after a barrier the chunk
+ * holding the group's first unit combines the pieces by LSE. Groups a chunk
+ * holds whole are written straight into out/lse. The chunks depend only on the
  * arguments and the number of workers, so results are bit-identical run to run.
  *
  * Memory: with a pool, scratch lives in the pool (grown once, under the pool's
@@ -39,7 +40,10 @@ typedef struct plan {
     int32_t nrb;        /* row blocks per unit */
     int64_t ngroups;
     int64_t units;
-    int nw;
+    int nw;             /* workers taking part */
+    int nchunks;        /* chunks of the units (1: no split) */
+    attn_chunk *chunks;
+    int *next_chunk;    /* the next chunk to take (atomic) */
     /* byte strides of the caches: per slot, per KV head; bytes of one head's row */
     size_t kslot, khead, krow, vslot, vhead, vrow;
 } plan;
@@ -51,7 +55,7 @@ static size_t mul_ok(size_t a, size_t b, int *ovf) {
     return a * b;
 }
 
-size_t attn_scratch_bytes(const attn_geom *g, int32_t dv) {
+size_t attn_scratch_bytes(const attn_geom *g) {
     int ovf = 0;
     const size_t mb = ATTN_MB, t = ATTN_TILE, f = sizeof(float);
     size_t n = 0;
@@ -61,12 +65,11 @@ size_t attn_scratch_bytes(const attn_geom *g, int32_t dv) {
     n += 2 * ALIGN64(mb * t * f);                                               /* s, p */
     n += 3 * ALIGN64(mb * f) + ALIGN64(mb * sizeof(int32_t));                   /* mrun lrun alpha nvalid */
     n += 2 * ALIGN64(t * sizeof(void *)) + 2 * ALIGN64(mb * sizeof(void *));    /* row pointers */
-    n += 2 * ALIGN64(mul_ok(mb, (size_t)dv + 1, &ovf) * f);                     /* partials */
     n += 64;
     return ovf || n < 64 ? 0 : n;
 }
 
-void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geom *g, int32_t dv) {
+void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geom *g) {
     const size_t mb = ATTN_MB, t = ATTN_TILE, f = sizeof(float);
     char *p = (char *)ALIGN64((uintptr_t)mem);
     s->mem = mem;
@@ -85,11 +88,7 @@ void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geo
     TAKE(vrows, const void **, t * sizeof(void *));
     TAKE(qrows, const void **, mb * sizeof(void *));
     TAKE(orows, float **, mb * sizeof(void *));
-    TAKE(part[0], float *, mb * ((size_t)dv + 1) * f);
-    TAKE(part[1], float *, mb * ((size_t)dv + 1) * f);
 #undef TAKE
-    s->cut_group = -1;
-    s->cut_slot = 0;
 }
 
 /* ---- groups ---- */
@@ -287,16 +286,14 @@ static attn_scratch *scratch_of(const plan *pl, int idx) {
     return pl->w ? workers_scratch(pl->w, idx) : pl->solo;
 }
 
-static int64_t range_start(const plan *pl, int idx) { return pl->units * idx / pl->nw; }
+static int64_t chunk_start(const plan *pl, int c) { return pl->units * c / pl->nchunks; }
 
-/* Phase 1: worker idx computes its unit range. */
-static void phase_compute(void *ctx, int idx) {
-    const plan *pl = (const plan *)ctx;
-    if (idx >= pl->nw) return;
-    attn_scratch *sc = scratch_of(pl, idx);
-    const int64_t u0 = range_start(pl, idx), u1 = range_start(pl, idx + 1);
-    const int last = idx == pl->nw - 1;
-    sc->cut_group = -1;
+/* Computes the units of chunk c with scratch sc. */
+static void compute_chunk(const plan *pl, int c, attn_scratch *sc) {
+    attn_chunk *ch = &pl->chunks[c];
+    const int64_t u0 = chunk_start(pl, c), u1 = chunk_start(pl, c + 1);
+    const int last = c == pl->nchunks - 1;
+    ch->cut_group = -1;
     int64_t pos = 0;
     group gr;
     for (int64_t gi = 0; gi < pl->ngroups && pos <= u1; gi++) {
@@ -304,7 +301,7 @@ static void phase_compute(void *ctx, int idx) {
         const int64_t nt = group_tiles(&gr), g0 = pos, g1 = pos + nt;
         pos = g1;
         if (nt == 0) {
-            /* empty groups belong to the range holding their position */
+            /* empty groups belong to the chunk holding their position */
             if ((g0 >= u0 && g0 < u1) || (last && g0 == u1)) run_piece(pl, &gr, 0, 0, sc, NULL);
             continue;
         }
@@ -315,38 +312,48 @@ static void phase_compute(void *ctx, int idx) {
             continue;
         }
         const int slot = p0 == u0 ? 0 : 1;
-        run_piece(pl, &gr, p0 - g0, p1 - g0, sc, sc->part[slot]);
-        if (p0 == g0) { /* the group starts here: this worker combines it */
-            sc->cut_group = gi;
-            sc->cut_slot = slot;
+        run_piece(pl, &gr, p0 - g0, p1 - g0, sc, ch->part[slot]);
+        if (p0 == g0) { /* the group starts here: this chunk combines it */
+            ch->cut_group = gi;
+            ch->cut_slot = slot;
         }
     }
 }
 
-/* Phase 2: combine the pieces of the group this worker starts (if cut). */
-static void phase_combine(void *ctx, int idx) {
+/* Phase 1: worker idx takes chunks until none is left. */
+static void phase_compute(void *ctx, int idx) {
     const plan *pl = (const plan *)ctx;
-    const pkv_attn_args *a = pl->a;
     if (idx >= pl->nw) return;
     attn_scratch *sc = scratch_of(pl, idx);
-    if (sc->cut_group < 0) return;
+    for (;;) {
+        const int c = __atomic_fetch_add(pl->next_chunk, 1, __ATOMIC_RELAXED);
+        if (c >= pl->nchunks) break;
+        compute_chunk(pl, c, sc);
+    }
+}
+
+/* Combines the pieces of the group chunk c starts (if one is cut). */
+static void combine_chunk(const plan *pl, int c) {
+    const pkv_attn_args *a = pl->a;
+    const attn_chunk *ch = &pl->chunks[c];
+    if (ch->cut_group < 0) return;
     group gr;
-    group_at(pl, sc->cut_group, &gr);
+    group_at(pl, ch->cut_group, &gr);
     int64_t pos = 0;
-    for (int64_t gi = 0; gi < sc->cut_group; gi++) {
+    for (int64_t gi = 0; gi < ch->cut_group; gi++) {
         group g2;
         group_at(pl, gi, &g2);
         pos += group_tiles(&g2);
     }
     const int64_t gend = pos + group_tiles(&gr);
-    /* pieces: this worker's slot, then slot 0 of the following workers */
-    const float *parts[64];
+    /* pieces: this chunk's slot, then slot 0 of the following chunks */
+    const float *parts[ATTN_MAX_CHUNKS];
     int np = 0;
-    int wi = idx;
-    parts[np++] = sc->part[sc->cut_slot];
-    while (range_start(pl, wi + 1) < gend && np < 64) {
-        wi++;
-        parts[np++] = scratch_of(pl, wi)->part[0];
+    int ci = c;
+    parts[np++] = ch->part[ch->cut_slot];
+    while (chunk_start(pl, ci + 1) < gend && np < ATTN_MAX_CHUNKS) {
+        ci++;
+        parts[np++] = pl->chunks[ci].part[0];
     }
     const int32_t m = gr.m, dv = a->dv;
     for (int32_t r = 0; r < m; r++) {
@@ -365,26 +372,33 @@ static void phase_combine(void *ctx, int idx) {
             lse = INFINITY;
         } else {
             double sum = 0.0;
-            float wgt[64];
+            float wgt[ATTN_MAX_CHUNKS];
             for (int i = 0; i < np; i++) {
                 wgt[i] = (float)exp((double)parts[i][(size_t)m * (size_t)dv + (size_t)r] - mx);
                 sum += wgt[i];
             }
             const float inv = (float)(1.0 / sum);
             for (int i = 0; i < np; i++) wgt[i] *= inv;
-            for (int32_t c = 0; c < dv; c++) {
+            for (int32_t cc = 0; cc < dv; cc++) {
                 float acc = 0.0f;
-                for (int i = 0; i < np; i++) acc += wgt[i] * parts[i][(size_t)r * (size_t)dv + (size_t)c];
-                o[c] = acc;
+                for (int i = 0; i < np; i++) acc += wgt[i] * parts[i][(size_t)r * (size_t)dv + (size_t)cc];
+                o[cc] = acc;
             }
             lse = (float)((double)mx + log(sum));
             if (a->attn_sink) {
                 const float f = (float)(1.0 / (1.0 + exp((double)a->attn_sink[h] - (double)lse)));
-                for (int32_t c = 0; c < dv; c++) o[c] *= f;
+                for (int32_t cc = 0; cc < dv; cc++) o[cc] *= f;
             }
         }
         if (a->lse) a->lse[((size_t)gr.b * (size_t)a->h_q + (size_t)h) * (size_t)a->s_q + (size_t)s] = lse;
     }
+}
+
+/* Phase 2: worker idx combines the cut groups of chunks idx, idx + nw, ... */
+static void phase_combine(void *ctx, int idx) {
+    const plan *pl = (const plan *)ctx;
+    if (idx >= pl->nw) return;
+    for (int c = idx; c < pl->nchunks; c += pl->nw) combine_chunk(pl, c);
 }
 
 static int pad_to(int32_t x, int32_t p) { return (int32_t)(((int64_t)x + p - 1) / p * p); }
@@ -431,32 +445,43 @@ static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops 
         group_at(&pl, gi, &gr);
         pl.units += group_tiles(&gr);
     }
-    const size_t bytes = attn_scratch_bytes(&pl.g, a->dv);
+    const size_t bytes = attn_scratch_bytes(&pl.g);
     RETURN_IF(bytes == 0, PKV_ERR_NOMEM);
 
+    attn_chunk solo_chunk = {{NULL, NULL}, -1, 0};
+    int next_chunk = 0;
+    pl.next_chunk = &next_chunk;
     if (!w) {
         /* No pool: the calling thread alone, with scratch for this call. A pool
          * keeps its scratch between calls; use one for an allocation-free path. */
         void *mem = malloc(bytes);
         RETURN_IF(mem == NULL, PKV_ERR_NOMEM);
         attn_scratch sc;
-        attn_scratch_carve(&sc, mem, bytes, &pl.g, a->dv);
+        attn_scratch_carve(&sc, mem, bytes, &pl.g);
         pl.solo = &sc;
-        pl.nw = 1;
-        phase_compute(&pl, 0);
+        pl.nw = pl.nchunks = 1;
+        pl.chunks = &solo_chunk;
+        compute_chunk(&pl, 0, &sc); /* one chunk: no group is cut */
         free(mem);
         return PKV_OK;
     }
-    FORWARD_IF_ERROR(workers_begin(w, bytes));
-    for (int i = 0; i < workers_count(w); i++) {
-        attn_scratch *sc = workers_scratch(w, i);
-        attn_scratch_carve(sc, sc->mem, sc->bytes, &pl.g, a->dv);
-    }
     pl.nw = workers_count(w);
     if (pl.units < pl.nw) pl.nw = pl.units < 1 ? 1 : (int)pl.units;
-    if (pl.nw > 64) pl.nw = 64; /* a group's pieces are combined from at most 64 parts */
-    if (pl.nw == 1) {
-        phase_compute(&pl, 0);
+    /* a few chunks per worker balance cores that run at different speeds */
+    int64_t nch = pl.nw == 1 ? 1 : (int64_t)pl.nw * (pl.nw <= 4 ? 4 : 2);
+    if (nch > pl.units) nch = pl.units < 1 ? 1 : pl.units;
+    if (nch > ATTN_MAX_CHUNKS) nch = ATTN_MAX_CHUNKS;
+    pl.nchunks = (int)nch;
+    if (pl.nw > pl.nchunks) pl.nw = pl.nchunks;
+    const size_t part_floats = pl.nchunks > 1 ? (size_t)pl.mb * ((size_t)a->dv + 1) : 0;
+    FORWARD_IF_ERROR(workers_begin(w, bytes, pl.nchunks, part_floats));
+    for (int i = 0; i < workers_count(w); i++) {
+        attn_scratch *sc = workers_scratch(w, i);
+        attn_scratch_carve(sc, sc->mem, sc->bytes, &pl.g);
+    }
+    pl.chunks = workers_chunks(w);
+    if (pl.nchunks == 1) {
+        compute_chunk(&pl, 0, workers_scratch(w, 0));
     } else {
         workers_run(w, phase_compute, &pl);
         workers_run(w, phase_combine, &pl);

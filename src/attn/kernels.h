@@ -87,16 +87,24 @@ typedef struct attn_scratch {
     int32_t *nvalid;
     const void **krows, **vrows, **qrows;
     float **orows;
-    float *part[2];        /* split partials: [ATTN_MB][dv] out, then [ATTN_MB] lse */
-    int64_t cut_group;     /* combine duty: group cut at this worker's range end, or -1 */
-    int32_t cut_slot;      /* which part[] holds this worker's piece of cut_group */
 } attn_scratch;
 
+/* A call's units are cut into at most ATTN_MAX_CHUNKS chunks at fixed
+ * boundaries, which the workers take dynamically (a worker that runs slower,
+ * e.g. on a busy core, takes fewer). A group cut by a chunk boundary leaves a
+ * partial result per chunk; the chunk where it starts combines them. */
+#define ATTN_MAX_CHUNKS 64
+typedef struct attn_chunk {
+    float *part[2];     /* partials [mb][dv] out then [mb] lse: [0] of the piece at the
+                           chunk's start, [1] of the piece at its end */
+    int64_t cut_group;  /* the group that starts in this chunk and runs past its end, or -1 */
+    int32_t cut_slot;   /* which part[] holds this chunk's piece of cut_group */
+} attn_chunk;
+
 /* Bytes of scratch one worker needs for geometry g (0 on overflow). */
-PKV_HIDDEN size_t attn_scratch_bytes(const attn_geom *g, int32_t dv);
+PKV_HIDDEN size_t attn_scratch_bytes(const attn_geom *g);
 /* Points s's fields into mem (bytes from attn_scratch_bytes). */
-PKV_HIDDEN void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geom *g,
-                                   int32_t dv);
+PKV_HIDDEN void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geom *g);
 
 /* ---- dispatch (cpu.c) ---- */
 /* The ISA pkv_attn uses: the best the CPU supports, or PKV_ISA=scalar|avx2|avx512
@@ -143,8 +151,11 @@ PKV_HIDDEN int attn_fast_run(const pkv_attn_args *a, pkv_workers *w, const attn_
 /* Number of participants (the calling thread is participant 0). */
 PKV_HIDDEN int workers_count(const pkv_workers *w);
 /* Takes the pool for one call (calls sharing a pool serialize here) and makes
- * sure every participant has at least bytes of scratch (grown, never shrunk). */
-PKV_HIDDEN int workers_begin(pkv_workers *w, size_t bytes);
+ * sure every participant has at least bytes of scratch and that nchunks chunks
+ * have partial buffers of part_floats floats each (grown, never shrunk). */
+PKV_HIDDEN int workers_begin(pkv_workers *w, size_t bytes, int nchunks, size_t part_floats);
+/* The pool's chunk records (ATTN_MAX_CHUNKS), valid between begin and end. */
+PKV_HIDDEN attn_chunk *workers_chunks(pkv_workers *w);
 PKV_HIDDEN void workers_end(pkv_workers *w);
 PKV_HIDDEN attn_scratch *workers_scratch(pkv_workers *w, int idx);
 /* Runs fn(ctx, idx) on every participant idx in [0, count) and waits for all. */

@@ -2,8 +2,9 @@
  * scratch. A call takes the pool's call lock for its whole duration, so calls
  * that share a pool run one after another (the pool's threads are all busy with
  * one call anyway); calls on different pools, or with w == NULL, run in
- * parallel. Scratch only grows, under that same lock, the first time a call
- * needs more: later calls of the same or smaller shapes allocate nothing. */
+ * parallel. Scratch (per participant) and the split-KV partial buffers (per
+ * chunk) only grow, under that same lock, the first time a call needs more:
+ * later calls of the same or smaller shapes allocate nothing. */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -22,6 +23,9 @@ struct pkv_workers {
     void (*fn)(void *ctx, int idx);
     void *ctx;
     attn_scratch *scratch;      /* [n] */
+    attn_chunk chunks[ATTN_MAX_CHUNKS];
+    float *parts;               /* the chunks' partial buffers */
+    size_t parts_floats;        /* capacity of parts */
 };
 
 typedef struct worker_arg {
@@ -115,6 +119,7 @@ void pkv_workers_destroy(pkv_workers *w) {
     if (!w) return;
     stop_threads(w, w->n - 1);
     for (int i = 0; i < w->n; i++) free(w->scratch[i].mem);
+    free(w->parts);
     pthread_cond_destroy(&w->done);
     pthread_cond_destroy(&w->go);
     pthread_mutex_destroy(&w->mu);
@@ -128,8 +133,30 @@ int workers_count(const pkv_workers *w) { return w->n; }
 
 attn_scratch *workers_scratch(pkv_workers *w, int idx) { return &w->scratch[idx]; }
 
-int workers_begin(pkv_workers *w, size_t bytes) {
+attn_chunk *workers_chunks(pkv_workers *w) { return w->chunks; }
+
+int workers_begin(pkv_workers *w, size_t bytes, int nchunks, size_t part_floats) {
     pthread_mutex_lock(&w->call);
+    if (nchunks > ATTN_MAX_CHUNKS) nchunks = ATTN_MAX_CHUNKS;
+    const size_t need = part_floats && (size_t)nchunks > SIZE_MAX / 2 / part_floats / sizeof(float)
+                            ? SIZE_MAX
+                            : (size_t)nchunks * 2 * part_floats;
+    if (need > w->parts_floats) {
+        float *p = need == SIZE_MAX ? NULL : malloc(need * sizeof(float));
+        if (!p) {
+            pthread_mutex_unlock(&w->call);
+            return PKV_ERR_NOMEM;
+        }
+        free(w->parts);
+        w->parts = p;
+        w->parts_floats = need;
+    }
+    for (int c = 0; c < nchunks; c++) {
+        w->chunks[c].part[0] = w->parts + (size_t)(2 * c) * part_floats;
+        w->chunks[c].part[1] = w->parts + (size_t)(2 * c + 1) * part_floats;
+        w->chunks[c].cut_group = -1;
+        w->chunks[c].cut_slot = 0;
+    }
     for (int i = 0; i < w->n; i++) {
         attn_scratch *s = &w->scratch[i];
         if (s->bytes >= bytes) continue;
