@@ -237,6 +237,9 @@ static const tcase shared_shapes[] = {
      * equally spaced (s_q > 1, h_kv > 1) and a dv that is no multiple of 16 */
     {"gqa_bf16_h16_mtp", 2, 2, 32, 2, 128, 128, 16, 1, PKV_BF16, PKV_BF16, 0, 200, 0, 0, 0, 0},
     {"gqa_bf16_dv40", 2, 1, 34, 2, 96, 40, 64, 0, PKV_BF16, PKV_BF16, 0, 150, 0, 0, 1, 0},
+    /* long sequences: more split-KV chunks than workers, taken dynamically */
+    {"long_split_f32", 1, 1, 16, 1, 16, 16, 64, 0, PKV_F32, PKV_F32, 0, 20000, 0, 0, 0, 0},
+    {"long_split_bf16_causal", 2, 3, 24, 2, 32, 32, 16, 1, PKV_BF16, PKV_BF16, 0, 9000, 0, 0, 1, 0},
     /* FP8 MLA rows */
     {"mla_fp8", 2, 1, 16, 1, 576, 512, 64, 0, PKV_BF16, PKV_FP8_MLA656, 1, 200, 0, 0, 0, 0},
     {"mla_fp8_h128", 1, 1, 128, 1, 576, 512, 64, 0, PKV_BF16, PKV_FP8_MLA656, 1, 300, 0, 0, 0, 0},

@@ -467,8 +467,10 @@ static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops 
     }
     pl.nw = workers_count(w);
     if (pl.units < pl.nw) pl.nw = pl.units < 1 ? 1 : (int)pl.units;
-    /* a few chunks per worker balance cores that run at different speeds */
+    /* a few chunks per worker balance cores that run at different speeds; each
+     * chunk keeps >= 32 tiles, as every piece costs a partial write and combine */
     int64_t nch = pl.nw == 1 ? 1 : (int64_t)pl.nw * (pl.nw <= 4 ? 4 : 2);
+    if (nch > pl.units / 32) nch = pl.units / 32 > pl.nw ? pl.units / 32 : pl.nw;
     if (nch > pl.units) nch = pl.units < 1 ? 1 : pl.units;
     if (nch > ATTN_MAX_CHUNKS) nch = ATTN_MAX_CHUNKS;
     pl.nchunks = (int)nch;
