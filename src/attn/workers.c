@@ -152,8 +152,9 @@ int workers_begin(pkv_workers *w, size_t bytes, int nchunks, size_t part_floats)
         w->parts_floats = need;
     }
     for (int c = 0; c < nchunks; c++) {
-        w->chunks[c].part[0] = w->parts + (size_t)(2 * c) * part_floats;
-        w->chunks[c].part[1] = w->parts + (size_t)(2 * c + 1) * part_floats;
+        /* With no partials needed parts may still be NULL, and NULL + 0 is undefined. */
+        w->chunks[c].part[0] = w->parts ? w->parts + (size_t)(2 * c) * part_floats : NULL;
+        w->chunks[c].part[1] = w->parts ? w->parts + (size_t)(2 * c + 1) * part_floats : NULL;
         w->chunks[c].cut_group = -1;
         w->chunks[c].cut_slot = 0;
     }
