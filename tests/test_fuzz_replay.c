@@ -2,7 +2,8 @@
  * tests/fuzz/corpus/<target>/ (seeds, and every input that once found a bug)
  * runs through its target, then a number of seeded random inputs per target
  * (2000 by default, times PKV_TEST_SCALE). A failed expectation aborts with
- * the input's name. PKV_FUZZ_CORPUS overrides the corpus directory. */
+ * the input's name. PKV_FUZZ_CORPUS overrides the corpus directory;
+ * PKV_FUZZ_LAST=path keeps the last random input in path. */
 #include <dirent.h>
 #include <stdint.h>
 
@@ -63,6 +64,17 @@ static long run_dir(const char *dir, fuzz_fn fn) {
     return ran;
 }
 
+/* PKV_FUZZ_LAST=path: each random input is written there before it runs, so an
+ * input that crashes is left behind (to add to the corpus). */
+static void save_last(const uint8_t *buf, size_t len) {
+    const char *path = getenv("PKV_FUZZ_LAST");
+    if (!path) return;
+    FILE *f = fopen(path, "wb");
+    if (!f) return;
+    fwrite(buf, 1, len, f);
+    fclose(f);
+}
+
 /* count seeded random inputs of 1..maxlen bytes. */
 static void run_random(fuzz_fn fn, uint64_t seed, long count, size_t maxlen) {
     test_rng rng = {seed};
@@ -74,6 +86,7 @@ static void run_random(fuzz_fn fn, uint64_t seed, long count, size_t maxlen) {
         for (size_t j = 0; j < len; j++) buf[j] = (uint8_t)test_next(&rng);
         snprintf(name, sizeof name, "random input %ld of seed %llu", i, (unsigned long long)seed);
         fuzz_input_name = name;
+        save_last(buf, len);
         fn(buf, len);
     }
     fuzz_input_name = NULL;
