@@ -148,7 +148,9 @@ PKV_API void pkv_cache_destroy(pkv_cache *cache);
 PKV_API int pkv_cache_config(const pkv_cache *cache, pkv_config *cfg);
 
 /*! Detail of the last failed call on this cache (e.g. "block_table needs 12
- *  entries, got 8"), or "" when the last call succeeded. Valid until the next call. */
+ *  entries, got 8"), or "" when the last call succeeded. Valid until the next call
+ *  on the cache; a thread-safe cache keeps one text for all threads, so another
+ *  thread's call may replace it (read it only where calls are not concurrent). */
 PKV_API const char *pkv_cache_last_error(const pkv_cache *cache);
 
 typedef struct pkv_stats {
@@ -183,7 +185,8 @@ PKV_API int pkv_block_refcount(pkv_cache *cache, int32_t block_id, int32_t *out)
  *  num_blocks, each refcount == number of sequence lists holding the block,
  *  the free list holds exactly the free blocks, each sequence's block count
  *  matches its length, prefix index entries match their blocks).
- *  @return PKV_OK, or PKV_ERR_CORRUPT with the detail in pkv_cache_last_error. */
+ *  @return PKV_OK, or PKV_ERR_CORRUPT with the detail in pkv_cache_last_error;
+ *  PKV_ERR_NOMEM if its scratch (num_blocks counters) cannot be allocated. */
 PKV_API int pkv_cache_check(pkv_cache *cache);
 
 /* ------------------------------------------------------------------------- */
@@ -365,7 +368,8 @@ typedef struct pkv_attn_args {
  *  @return PKV_OK; PKV_ERR_NULL, PKV_ERR_INVALID, PKV_ERR_HEADS, PKV_ERR_DTYPE,
  *  PKV_ERR_BLOCK_ID (a used table entry outside [0, num_blocks)),
  *  PKV_ERR_SEQLEN (negative, or longer than the table row covers),
- *  PKV_ERR_SLOT (a sparse index outside the cache). Nothing is written on error. */
+ *  PKV_ERR_SLOT (a sparse index outside the cache); PKV_ERR_NOMEM (per-call
+ *  scratch of O(keys) doubles, from malloc). Nothing is written on error. */
 PKV_API int pkv_attn_reference(const pkv_attn_args *args);
 
 /* A reusable pool of worker threads for pkv_attn. */
