@@ -382,9 +382,14 @@ PKV_API int pkv_workers_create(int num_threads, pkv_workers **out);
 /*! Stops and frees the pool. NULL is a no-op. */
 PKV_API void pkv_workers_destroy(pkv_workers *w);
 
-/*! Fast attention: same arguments, validation and results (within stated
- *  tolerances) as pkv_attn_reference. w == NULL: the calling thread only.
- *  Allocates nothing per call; reentrant for different outputs. */
+/*! Fast attention: same arguments, validation and results (within out max abs
+ *  error <= 2e-3 * max|out| and lse abs error <= 1e-3 of pkv_attn_reference).
+ *  w == NULL: the calling thread only. Scratch lives in the pool (or, without
+ *  one, in a per-thread buffer freed at thread exit) and grows only when a call
+ *  needs more than before: calls of a seen shape allocate nothing. Calls that
+ *  share a pool run one after another; calls with different pools or without
+ *  one run in parallel. Results are bit-identical run to run for a given pool.
+ *  @return as pkv_attn_reference; PKV_ERR_NOMEM if scratch cannot grow. */
 PKV_API int pkv_attn(const pkv_attn_args *args, pkv_workers *w);
 
 /* ------------------------------------------------------------------------- */

@@ -15,13 +15,50 @@
  *
  * Memory: with a pool, scratch lives in the pool (grown once, under the pool's
  * call lock, when a call needs more; see workers.c) and a call allocates
- * nothing. With w == NULL the calling thread gets one scratch allocation for
- * the call (freed before returning): a pool is the allocation-free path. */
+ * nothing. With w == NULL each calling thread keeps its own scratch (a
+ * thread-specific buffer, grown when a call needs more and freed when the
+ * thread exits), so again only a thread's first call of a shape allocates. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
+
+/* Thread-specific scratch for calls without a pool. The key is created once
+ * per process (like the CPU dispatch, state set once and never changed). */
+static pthread_key_t solo_key;
+static pthread_once_t solo_once = PTHREAD_ONCE_INIT;
+static int solo_key_ok;
+
+static void solo_release(void *p) {
+    attn_scratch *sc = p;
+    free(sc->mem);
+    free(sc);
+}
+
+static void solo_key_init(void) { solo_key_ok = pthread_key_create(&solo_key, solo_release) == 0; }
+
+static attn_scratch *solo_scratch(size_t bytes) {
+    pthread_once(&solo_once, solo_key_init);
+    if (!solo_key_ok) return NULL;
+    attn_scratch *sc = pthread_getspecific(solo_key);
+    if (!sc) {
+        sc = calloc(1, sizeof *sc);
+        if (!sc) return NULL;
+        if (pthread_setspecific(solo_key, sc) != 0) {
+            free(sc);
+            return NULL;
+        }
+    }
+    if (sc->bytes < bytes) {
+        void *mem = malloc(bytes);
+        if (!mem) return NULL;
+        free(sc->mem);
+        sc->mem = mem;
+        sc->bytes = bytes;
+    }
+    return sc;
+}
 
 #define ALIGN64(x) (((x) + 63u) & ~(size_t)63u)
 #define LN2 0.69314718055994530942
@@ -452,17 +489,14 @@ static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops 
     int next_chunk = 0;
     pl.next_chunk = &next_chunk;
     if (!w) {
-        /* No pool: the calling thread alone, with scratch for this call. A pool
-         * keeps its scratch between calls; use one for an allocation-free path. */
-        void *mem = malloc(bytes);
-        RETURN_IF(mem == NULL, PKV_ERR_NOMEM);
-        attn_scratch sc;
-        attn_scratch_carve(&sc, mem, bytes, &pl.g);
-        pl.solo = &sc;
+        /* No pool: the calling thread alone, with its own thread's scratch. */
+        attn_scratch *sc = solo_scratch(bytes);
+        RETURN_IF(sc == NULL, PKV_ERR_NOMEM);
+        attn_scratch_carve(sc, sc->mem, sc->bytes, &pl.g);
+        pl.solo = sc;
         pl.nw = pl.nchunks = 1;
         pl.chunks = &solo_chunk;
-        compute_chunk(&pl, 0, &sc); /* one chunk: no group is cut */
-        free(mem);
+        compute_chunk(&pl, 0, sc); /* one chunk: no group is cut */
         return PKV_OK;
     }
     pl.nw = workers_count(w);
