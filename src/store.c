@@ -90,10 +90,15 @@ static int nonfinite(const float *x, size_t count) {
     return 0;
 }
 
-/* Writes one token row (all heads) of K or V from src (src_dtype) into dst. */
-static void write_row(pkv_cache *c, uint8_t *dst, const uint8_t *src, int src_dtype, size_t elems) {
+/* Writes one token row (all heads, row_bytes in the arena) of K or V from src
+ * (src_dtype) into dst. */
+static void write_row(pkv_cache *c, uint8_t *dst, const uint8_t *src, int src_dtype, size_t elems,
+                      size_t row_bytes) {
     int kvd = c->cfg.kv_dtype;
-    if (kvd == PKV_FP8_MLA656) {
+    if (src_dtype == kvd) {
+        /* rows already in the arena's format (FP8: ready-made 656-byte rows) */
+        memcpy(dst, src, row_bytes);
+    } else if (kvd == PKV_FP8_MLA656) {
         float x[576];
         const float *in = (const float *)src;
         if (src_dtype == PKV_BF16) {
@@ -102,8 +107,6 @@ static void write_row(pkv_cache *c, uint8_t *dst, const uint8_t *src, int src_dt
         }
         /* Inputs were checked to be finite, so this cannot fail. */
         (void)pkv_mla656_quantize(in, dst, (c->cfg.flags & PKV_FLAG_FP8_POW2_SCALE) != 0);
-    } else if (src_dtype == kvd) {
-        memcpy(dst, src, elems * pkv_dtype_size(kvd));
     } else {
         from_f32(dst, kvd, (const float *)src, elems);
     }
@@ -134,14 +137,17 @@ static int store_write(pkv_cache *c, int32_t layer, const int64_t *slots, int32_
     const pkv_config *cfg = &c->cfg;
     pkv_store *s = &c->store;
     int fp8 = cfg->kv_dtype == PKV_FP8_MLA656;
-    if (fp8 ? (src_dtype != PKV_F32 && src_dtype != PKV_BF16)
-            : (src_dtype != cfg->kv_dtype && src_dtype != PKV_F32))
+    if (src_dtype != cfg->kv_dtype && src_dtype != PKV_F32 && !(fp8 && src_dtype == PKV_BF16))
         return cache_fail(c, PKV_ERR_DTYPE, "rows of dtype %d cannot be written into a dtype %d cache",
                           src_dtype, cfg->kv_dtype);
     if (n == 0) return PKV_OK;
     RETURN_IF(!k_rows || (cfg->v_separate && !v_rows), PKV_ERR_NULL);
     size_t ke = (size_t)cfg->h_kv * (size_t)cfg->d, ve = (size_t)cfg->h_kv * (size_t)cfg->dv;
-    size_t k_src = ke * pkv_dtype_size(src_dtype), v_src = ve * pkv_dtype_size(src_dtype);
+    /* Source row sizes: the arena's own when the rows are in its format (an
+     * FP8 row is 656 bytes, not elements times an element size). */
+    int raw = src_dtype == cfg->kv_dtype;
+    size_t k_src = raw ? s->k_row : ke * pkv_dtype_size(src_dtype);
+    size_t v_src = raw ? s->v_row : ve * pkv_dtype_size(src_dtype);
     if (fp8 && src_dtype == PKV_F32 && nonfinite(k_rows, ke * (size_t)n))
         return cache_fail(c, PKV_ERR_NONFINITE, "FP8 rows must be finite");
     if (fp8 && src_dtype == PKV_BF16)
@@ -150,10 +156,10 @@ static int store_write(pkv_cache *c, int32_t layer, const int64_t *slots, int32_
                 return cache_fail(c, PKV_ERR_NONFINITE, "FP8 rows must be finite");
     for (int32_t i = 0; i < n; i++) {
         write_row(c, s->k[layer] + (size_t)slots[i] * s->k_row, (const uint8_t *)k_rows + (size_t)i * k_src,
-                  src_dtype, ke);
+                  src_dtype, ke, s->k_row);
         if (cfg->v_separate)
             write_row(c, s->v[layer] + (size_t)slots[i] * s->v_row,
-                      (const uint8_t *)v_rows + (size_t)i * v_src, src_dtype, ve);
+                      (const uint8_t *)v_rows + (size_t)i * v_src, src_dtype, ve, s->v_row);
     }
     return PKV_OK;
 }
