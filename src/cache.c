@@ -1,6 +1,7 @@
 /* The cache handle: configuration, creation, statistics and the invariant checker. */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -64,6 +65,13 @@ int pkv_cache_create(const pkv_config *cfg, pkv_cache **out) {
     c->cfg = *cfg;
     c->al = cfg->allocator;
     c->seq_free_head = -1;
+    /* Not a secret: only makes another cache's handles miss. Without an OS
+     * source the address and a clock do. */
+    if (pkv_os_random(&c->handle_salt, sizeof c->handle_salt) != PKV_OK) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        c->handle_salt = (uint32_t)(((uintptr_t)c >> 4) * 2654435761u) ^ (uint32_t)ts.tv_nsec;
+    }
     int st = pool_init(&c->pool, &c->al, cfg->num_blocks, cfg->block_size);
     if (st == PKV_OK) st = store_init(c);
     if (st == PKV_OK) st = prefix_init(c);
@@ -91,10 +99,14 @@ void pkv_cache_destroy(pkv_cache *c) {
     pkv_mem_free(&al, c);
 }
 
-int pkv_cache_config(const pkv_cache *c, pkv_config *cfg) {
-    RETURN_IF(!c || !cfg, PKV_ERR_NULL);
+int pkv_cache_config(const pkv_cache *cache, pkv_config *cfg) {
+    /* const in the contract, but a call like any other: it takes the lock and
+     * clears the last-error text (the cache itself is never a const object). */
+    pkv_cache *c = (pkv_cache *)(uintptr_t)cache;
+    RETURN_IF(!cfg, PKV_ERR_NULL);
+    CACHE_ENTER(c);
     *cfg = c->cfg;
-    return PKV_OK;
+    CACHE_LEAVE(c, PKV_OK);
 }
 
 const char *pkv_cache_last_error(const pkv_cache *c) { return c ? c->err : "cache is NULL"; }
@@ -122,12 +134,12 @@ int pkv_cache_stats(pkv_cache *c, pkv_stats *out) {
 }
 
 int pkv_block_refcount(pkv_cache *c, int32_t block, int32_t *out) {
-    RETURN_IF(!c || !out, PKV_ERR_NULL);
-    RETURN_IF(block < 0 || block >= c->pool.num_blocks, PKV_ERR_BLOCK_ID);
-    cache_lock(c);
+    RETURN_IF(!out, PKV_ERR_NULL);
+    CACHE_ENTER(c);
+    if (block < 0 || block >= c->pool.num_blocks)
+        CACHE_LEAVE(c, cache_fail(c, PKV_ERR_BLOCK_ID, "block %d outside [0, %d)", block, c->pool.num_blocks));
     *out = c->pool.refcount[block];
-    cache_unlock(c);
-    return PKV_OK;
+    CACHE_LEAVE(c, PKV_OK);
 }
 
 /* Pool-level invariants: the free stack, the LRU list and the counters agree

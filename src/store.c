@@ -205,11 +205,17 @@ int pkv_store_read(pkv_cache *c, int32_t layer, const int64_t *slots, int32_t n,
     CACHE_LEAVE(c, store_read(c, layer, slots, n, k_out, v_out));
 }
 
-int pkv_store_arenas(pkv_cache *c, int32_t layer, void **k, void **v) {
-    RETURN_IF(!c || !k, PKV_ERR_NULL);
-    RETURN_IF(!c->store.enabled, PKV_ERR_MODE);
-    RETURN_IF(layer < 0 || layer >= c->cfg.num_layers, PKV_ERR_INVALID);
+static int store_arenas(pkv_cache *c, int32_t layer, void **k, void **v) {
+    RETURN_IF(!k, PKV_ERR_NULL);
+    if (!c->store.enabled) return cache_fail(c, PKV_ERR_MODE, "metadata mode has no storage");
+    if (layer < 0 || layer >= c->cfg.num_layers)
+        return cache_fail(c, PKV_ERR_INVALID, "layer %d outside [0, %d)", layer, c->cfg.num_layers);
     *k = c->store.k[layer];
     if (v) *v = c->cfg.v_separate ? c->store.v[layer] : NULL;
     return PKV_OK;
+}
+
+int pkv_store_arenas(pkv_cache *c, int32_t layer, void **k, void **v) {
+    CACHE_ENTER(c);
+    CACHE_LEAVE(c, store_arenas(c, layer, k, v));
 }

@@ -42,7 +42,44 @@ static void test_fp8_raw_rows(void) {
     pkv_cache_destroy(c);
 }
 
+/* pkv_cache_last_error: "" when the last call on the cache succeeded. Every
+ * entry point taking a cache goes through CACHE_ENTER (which also takes the
+ * lock of a thread-safe cache), including the small getters. */
+static void test_last_error_cleared(void) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = 4;
+    cfg.block_size = 4;
+    cfg.storage = PKV_STORAGE_HOST;
+    cfg.d = 8;
+    cfg.dv = 8;
+    cfg.flags = PKV_FLAG_THREAD_SAFE;
+    pkv_cache *c = NULL;
+    CHECK_OK(pkv_cache_create(&cfg, &c));
+    if (!c) return;
+    pkv_seq s;
+    CHECK_OK(pkv_seq_create(c, 0, &s));
+    int32_t rc = -1;
+    void *k = NULL, *v = NULL;
+    pkv_config got;
+    CHECK_STATUS(pkv_seq_truncate(c, s, 5), PKV_ERR_INVALID);
+    CHECK(pkv_cache_last_error(c)[0] != 0);
+    CHECK_OK(pkv_block_refcount(c, 0, &rc));
+    CHECK(strcmp(pkv_cache_last_error(c), "") == 0);
+    CHECK_STATUS(pkv_seq_truncate(c, s, 5), PKV_ERR_INVALID);
+    CHECK_OK(pkv_store_arenas(c, 0, &k, &v));
+    CHECK(strcmp(pkv_cache_last_error(c), "") == 0);
+    CHECK_STATUS(pkv_seq_truncate(c, s, 5), PKV_ERR_INVALID);
+    CHECK_OK(pkv_cache_config(c, &got));
+    CHECK(strcmp(pkv_cache_last_error(c), "") == 0);
+    CHECK_STATUS(pkv_store_arenas(c, 3, &k, &v), PKV_ERR_INVALID);
+    CHECK(pkv_cache_last_error(c)[0] != 0);
+    CHECK_OK(pkv_cache_check(c));
+    pkv_cache_destroy(c);
+}
+
 int main(void) {
     test_fp8_raw_rows();
+    test_last_error_cleared();
     return test_report("test_review");
 }
