@@ -195,7 +195,8 @@ PKV_API int pkv_cache_check(pkv_cache *cache);
 
 /* A sequence handle. Handles of freed sequences are never reused by the same
  * cache (a generation is part of the value), so a stale handle is refused with
- * PKV_ERR_NO_SEQ. Valid handles are > 0. */
+ * PKV_ERR_NO_SEQ; a per-cache random salt in the value makes another cache's
+ * handles miss as well. Valid handles are > 0. */
 typedef int64_t pkv_seq;
 
 /* One block copy for the engine to perform (metadata mode): copy every slot of

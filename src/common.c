@@ -2,6 +2,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/random.h>
+#endif
 
 #include "internal.h"
 
@@ -67,4 +70,22 @@ int pkv_mem_grow(const pkv_allocator *al, void **arr, int32_t *cap, int32_t need
     *arr = p;
     *cap = (int32_t)ncap;
     return PKV_OK;
+}
+
+int pkv_os_random(void *out, size_t n) {
+    uint8_t *o = out;
+    size_t got = 0;
+#if defined(__linux__)
+    while (got < n) {
+        ssize_t r = getrandom(o + got, n - got, 0);
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+#endif
+    if (got == n) return PKV_OK;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f) return PKV_ERR_IO;
+    got = fread(o, 1, n, f);
+    fclose(f);
+    return got == n ? PKV_OK : PKV_ERR_IO;
 }

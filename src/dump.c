@@ -93,7 +93,6 @@ static void dump_seqs(dump_w *w, const pkv_cache *c) {
         }
         put_i32(w, i);
         put_i32(w, (int32_t)r->gen);
-        put_i64(w, seq_handle(c, r));
         put_i32(w, r->len);
         put_i32(w, r->nblocks);
         put(w, r->blocks, (size_t)r->nblocks * sizeof *r->blocks);

@@ -32,6 +32,9 @@
 #define FORWARD_IF_ERROR(expr) \
     do { int st_ = (expr); if (PKV_UNLIKELY(st_ < 0)) return st_; } while (0)
 
+/* n random bytes from the OS (getrandom, else /dev/urandom). */
+int pkv_os_random(void *out, size_t n);
+
 /* ---- memory through the configured hook ---- */
 void *pkv_mem_alloc(const pkv_allocator *al, size_t size);
 void *pkv_mem_calloc(const pkv_allocator *al, size_t n, size_t size);
@@ -118,6 +121,7 @@ struct pkv_cache {
     /* sequence records */
     pkv_seq_rec *seqs;
     int32_t seqs_cap, num_seqs, seq_free_head;
+    uint32_t handle_salt; /* XORed into handles' index bits: another cache's handles miss */
     int64_t tokens, cow_copies;
     char err[256];
 };

@@ -37,10 +37,6 @@
  * the other keeps holding the block but not that parent. */
 #include <string.h>
 
-#if defined(__linux__)
-#include <sys/random.h>
-#endif
-#include <stdio.h>
 
 #include "internal.h"
 
@@ -218,23 +214,6 @@ static void prefix_on_evict(void *ctx, int32_t b) {
 
 /* ---- creation ---- */
 
-static int random_secret(uint8_t out[16]) {
-    size_t got = 0;
-#if defined(__linux__)
-    while (got < 16) {
-        ssize_t r = getrandom(out + got, 16 - got, 0);
-        if (r <= 0) break;
-        got += (size_t)r;
-    }
-#endif
-    if (got == 16) return PKV_OK;
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f) return PKV_ERR_IO;
-    got = fread(out, 1, 16, f);
-    fclose(f);
-    return got == 16 ? PKV_OK : PKV_ERR_IO;
-}
-
 static void prefix_free(const pkv_allocator *al, pkv_prefix *p) {
     if (!p) return;
     pkv_mem_free(al, p->key);
@@ -278,7 +257,7 @@ int prefix_init(pkv_cache *c) {
     if (!p->key || !p->ns || !p->parent || !p->child || !p->sib_next || !p->sib_prev || !p->nchild || !p->toks || !p->tab)
         st = PKV_ERR_NOMEM;
     if (st == PKV_OK && c->cfg.hash_key_set) memcpy(p->secret, c->cfg.hash_key, 16);
-    else if (st == PKV_OK) st = random_secret(p->secret);
+    else if (st == PKV_OK) st = pkv_os_random(p->secret, sizeof p->secret);
     if (st != PKV_OK) {
         prefix_free(&c->al, p);
         return st;

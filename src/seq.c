@@ -4,7 +4,9 @@
  * Every mutating call validates and reserves everything it may need first
  * (array capacity, pool blocks) and only then changes state, so a failing call
  * leaves the cache exactly as it was. Record slots are reused, with a
- * generation in the handle so that a freed handle is refused, not aliased. */
+ * generation in the handle so that a freed handle is refused, not aliased; the
+ * index bits are XORed with a per-cache random salt so that a handle of another
+ * (or a destroyed) cache almost surely names no record here. */
 #include <string.h>
 
 #include "internal.h"
@@ -13,13 +15,13 @@
 #define HANDLE_GEN(h) ((uint32_t)((uint64_t)(h) >> 32))
 
 pkv_seq seq_handle(const pkv_cache *c, const pkv_seq_rec *r) {
-    return (pkv_seq)(((uint64_t)r->gen << 32) | (uint32_t)(r - c->seqs));
+    return (pkv_seq)(((uint64_t)r->gen << 32) | ((uint32_t)(r - c->seqs) ^ c->handle_salt));
 }
 
 pkv_seq_rec *seq_get(pkv_cache *c, pkv_seq h) {
     if (h <= 0) return NULL;
-    int32_t i = HANDLE_INDEX(h);
-    if (i < 0 || i >= c->seqs_cap) return NULL;
+    uint32_t i = (uint32_t)HANDLE_INDEX(h) ^ c->handle_salt;
+    if (i >= (uint32_t)c->seqs_cap) return NULL;
     pkv_seq_rec *r = &c->seqs[i];
     return (r->live && r->gen == HANDLE_GEN(h)) ? r : NULL;
 }

@@ -459,9 +459,8 @@ static void setup(T *t) {
     CHECK_OK(pkv_seq_create(t->h, 0, &tmp));
     CHECK(tmp != t->recycled);
     CHECK_OK(pkv_seq_append(t->h, tmp, 1, NULL, NULL, NULL));
-    /* A handle of another cache whose slot does not exist in t->h (a handle
-     * whose index and generation happen to match a live sequence of t->h cannot
-     * be told apart: handles carry no cache identity). */
+    /* A handle of another cache (and of a destroyed one): the per-cache salt in
+     * handles makes them miss even where slot and generation match. */
     for (int i = 0; i < 40; i++) CHECK_OK(pkv_seq_create(t->o, 0, &t->foreign));
     pkv_cache *gone = make(meta_cfg());
     for (int i = 0; i < 20; i++) CHECK_OK(pkv_seq_create(gone, 0, &t->destroyed));

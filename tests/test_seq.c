@@ -416,7 +416,24 @@ static void test_full_hit_recompute(void) {
     pkv_cache_destroy(c);
 }
 
+/* Handles carry a per-cache salt: the first sequence of two caches has the
+ * same record slot and generation, yet neither cache accepts the other's. */
+static void test_foreign_handles(void) {
+    pkv_cache *a = make_cache(4, 4), *b = make_cache(4, 4);
+    pkv_seq ha, hb;
+    int32_t len;
+    CHECK_OK(pkv_seq_create(a, 0, &ha));
+    CHECK_OK(pkv_seq_create(b, 0, &hb));
+    CHECK_OK(pkv_seq_length(a, ha, &len));
+    CHECK_STATUS(pkv_seq_length(b, ha, &len), PKV_ERR_NO_SEQ);
+    CHECK_STATUS(pkv_seq_length(a, hb, &len), PKV_ERR_NO_SEQ);
+    CHECK_STATUS(pkv_seq_free(b, ha), PKV_ERR_NO_SEQ);
+    pkv_cache_destroy(a);
+    pkv_cache_destroy(b);
+}
+
 int main(void) {
+    test_foreign_handles();
     test_full_hit_recompute();
     test_config();
     test_strerror();
