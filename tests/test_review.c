@@ -1,5 +1,9 @@
 /* Regression tests for review findings: each test names the contract it holds
  * the library to (include/pagedkv.h). */
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "npy.h"
 #include "test.h"
 
 /* pkv_store_write: "src_dtype is the kv dtype (bytes copied)". For an FP8
@@ -78,8 +82,43 @@ static void test_last_error_cleared(void) {
     pkv_cache_destroy(c);
 }
 
+/* pkv attn with a --v-cache that is not 4-dimensional (here a 0-d array) is a
+ * usage error, found before any shape element is read: it used to read
+ * v.shape[ndim - 1], i.e. shape[-1] (undefined; `make ubsan` aborts on it). */
+static void test_cli_v_cache_scalar(void) {
+    const char *bin = getenv("PKV_BIN");
+    if (!bin || access(bin, X_OK) != 0) return; /* the test run sets PKV_BIN */
+    char dir[] = "/tmp/pkv_review_XXXXXX";
+    if (!mkdtemp(dir)) return;
+    char q[64], k[64], v[64], bt[64], sl[64], out[64], e[256], cmd[512];
+    snprintf(q, sizeof q, "%s/q.npy", dir);
+    snprintf(k, sizeof k, "%s/k.npy", dir);
+    snprintf(v, sizeof v, "%s/v.npy", dir);
+    snprintf(bt, sizeof bt, "%s/bt.npy", dir);
+    snprintf(sl, sizeof sl, "%s/sl.npy", dir);
+    snprintf(out, sizeof out, "%s/out.npy", dir);
+    float x[4] = {1, 2, 3, 4}, one = 1;
+    int32_t zero = 0, len = 1;
+    int64_t qs[4] = {1, 1, 1, 4}, bs[2] = {1, 1}, ls[1] = {1};
+    CHECK_OK(npy_save(q, NPY_F4, 4, qs, x, e, sizeof e));
+    CHECK_OK(npy_save(k, NPY_F4, 4, qs, x, e, sizeof e));
+    CHECK_OK(npy_save(v, NPY_F4, 0, NULL, &one, e, sizeof e));
+    CHECK_OK(npy_save(bt, NPY_I4, 2, bs, &zero, e, sizeof e));
+    CHECK_OK(npy_save(sl, NPY_I4, 1, ls, &len, e, sizeof e));
+    snprintf(cmd, sizeof cmd,
+             "%s attn --q %s --k-cache %s --v-cache %s --block-table %s --seqlens %s --out %s --scale 1 "
+             ">/dev/null 2>&1", bin, q, k, v, bt, sl, out);
+    int st = system(cmd);
+    CHECK(WIFEXITED(st));
+    CHECK_INT(WIFEXITED(st) ? WEXITSTATUS(st) : -1, 2);
+    const char *files[] = {q, k, v, bt, sl, out};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) unlink(files[i]);
+    rmdir(dir);
+}
+
 int main(void) {
     test_fp8_raw_rows();
     test_last_error_cleared();
+    test_cli_v_cache_scalar();
     return test_report("test_review");
 }

@@ -249,9 +249,10 @@ int cmd_attn(int argc, char **argv) {
         rc = cli_error("heads: q has h_q = %lld, not a multiple of k_cache's h_kv = %lld", (long long)h_q, (long long)h_kv);
         goto done;
     }
-    int64_t dv = dv_opt > 0 ? dv_opt : (v.path ? v.a.shape[v.a.ndim - 1] : (fp8 ? 512 : d));
+    /* v's shape is read only once it is known to have 4 dims */
+    if (v.path && (rc = want_ndim(&v, 4, "[num_blocks][block_size][h_kv][dv]"))) goto done;
+    int64_t dv = dv_opt > 0 ? dv_opt : (v.path ? v.a.shape[3] : (fp8 ? 512 : d));
     if (v.path) {
-        if ((rc = want_ndim(&v, 4, "[num_blocks][block_size][h_kv][dv]"))) goto done;
         int32_t vt;
         if ((rc = float_dtype(&v, dtype_opt, &vt))) goto done;
         if (fp8) { rc = cli_error("--v-cache cannot go with an FP8 MLA k_cache (V is part of K)"); goto done; }
