@@ -36,10 +36,11 @@ static int export_flashmla(pkv_cache *c, const pkv_seq *seqs, int32_t b, int32_t
     RETURN_IF(b > 0 && (!seqlens || (mbps > 0 && !table)), PKV_ERR_NULL);
     for (int32_t i = 0; i < b; i++) {
         const pkv_seq_rec *r = seq_get(c, seqs[i]);
+        seqlens[i] = r->len;
+        if (mbps == 0) continue; /* table may be NULL: not even NULL + 0 */
         int32_t *row = table + (size_t)i * (size_t)mbps;
         if (r->nblocks) memcpy(row, r->blocks, (size_t)r->nblocks * sizeof *row);
         for (int32_t j = r->nblocks; j < mbps; j++) row[j] = -1;
-        seqlens[i] = r->len;
     }
     return PKV_OK;
 }

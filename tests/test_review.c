@@ -116,9 +116,32 @@ static void test_cli_v_cache_scalar(void) {
     rmdir(dir);
 }
 
+/* pkv_export_flashmla with max_blocks_per_seq == 0 and no table (every
+ * sequence empty: only cache_seqlens wanted) is valid; it used to form
+ * NULL + 0 (undefined in C; clang's UBSan aborts on it). */
+static void test_export_empty_table(void) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = 4;
+    cfg.block_size = 4;
+    pkv_cache *c = NULL;
+    CHECK_OK(pkv_cache_create(&cfg, &c));
+    if (!c) return;
+    pkv_seq s[2];
+    CHECK_OK(pkv_seq_create(c, 0, &s[0]));
+    CHECK_OK(pkv_seq_create(c, 0, &s[1]));
+    int32_t lens[2] = {-1, -1}, needed = -1;
+    CHECK_OK(pkv_export_flashmla(c, s, 2, NULL, 0, lens, &needed));
+    CHECK_INT(lens[0], 0);
+    CHECK_INT(lens[1], 0);
+    CHECK_INT(needed, 0);
+    pkv_cache_destroy(c);
+}
+
 int main(void) {
     test_fp8_raw_rows();
     test_last_error_cleared();
     test_cli_v_cache_scalar();
+    test_export_empty_table();
     return test_report("test_review");
 }
