@@ -240,13 +240,16 @@ static int check_seqs(pkv_cache *c, int32_t *count, int32_t *owner) {
     if (live != c->num_seqs || tokens != c->tokens)
         return cache_fail(c, PKV_ERR_CORRUPT, "%d live sequences (counted %d), %lld tokens (counted %lld)",
                           c->num_seqs, live, (long long)c->tokens, (long long)tokens);
-    int32_t nfree_recs = 0;
+    /* Slots with an exhausted generation are retired: neither live nor listed. */
+    int32_t nfree_recs = 0, retired = 0;
+    for (int32_t i = 0; i < c->seqs_cap; i++) retired += !c->seqs[i].live && c->seqs[i].gen >= SEQ_GEN_MAX;
     for (int32_t i = c->seq_free_head; i >= 0; i = c->seqs[i].next_free)
-        if (i >= c->seqs_cap || c->seqs[i].live || ++nfree_recs > c->seqs_cap - c->num_seqs)
+        if (i >= c->seqs_cap || c->seqs[i].live || c->seqs[i].gen >= SEQ_GEN_MAX ||
+            ++nfree_recs > c->seqs_cap - c->num_seqs)
             return cache_fail(c, PKV_ERR_CORRUPT, "sequence record free list broken at %d", i);
-    if (nfree_recs != c->seqs_cap - c->num_seqs)
+    if (nfree_recs != c->seqs_cap - c->num_seqs - retired)
         return cache_fail(c, PKV_ERR_CORRUPT, "%d free sequence records listed, %d expected", nfree_recs,
-                          c->seqs_cap - c->num_seqs);
+                          c->seqs_cap - c->num_seqs - retired);
     for (int32_t b = 0; b < p->num_blocks; b++)
         if (count[b] != p->refcount[b])
             return cache_fail(c, PKV_ERR_CORRUPT, "block %d has refcount %d but %d holders", b,

@@ -98,6 +98,9 @@ typedef struct pkv_seq_rec {
     int32_t live;         /* 1 in use; 0 on the free list */
     int32_t next_free;    /* free-list link of record slots */
 } pkv_seq_rec;
+/* A record slot whose generation reaches this is never reused (its handles
+ * would repeat): it stays off the free list for the cache's lifetime. */
+#define SEQ_GEN_MAX 0x7fffffffu
 
 /* ---- storage ---- */
 typedef struct pkv_store {

@@ -48,7 +48,8 @@ pkv_seq_rec *seq_slot_commit(pkv_cache *c, int32_t idx, uint64_t ns) {
     pkv_seq_rec *r = &c->seqs[idx];
     pkv_assert(idx == c->seq_free_head && !r->live);
     c->seq_free_head = r->next_free;
-    r->gen = (r->gen >= 0x7fffffffu) ? 1 : r->gen + 1;
+    pkv_assert(r->gen < SEQ_GEN_MAX); /* exhausted slots never return to the free list */
+    r->gen++;
     r->live = 1;
     r->next_free = -1;
     r->len = r->nblocks = r->ntokens = r->nregistered = 0;
@@ -99,9 +100,14 @@ static void seq_retire(pkv_cache *c, pkv_seq_rec *r) {
     c->tokens -= r->len;
     r->len = r->ntokens = r->nregistered = 0;
     r->live = 0;
+    c->num_seqs--;
+    /* Wrapping the generation would hand out this slot's old handles again. */
+    if (r->gen >= SEQ_GEN_MAX) {
+        r->next_free = -1;
+        return;
+    }
     r->next_free = c->seq_free_head;
     c->seq_free_head = (int32_t)(r - c->seqs);
-    c->num_seqs--;
 }
 
 static int32_t blocks_for(const pkv_cache *c, int64_t len) {

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "internal.h"
 #include "npy.h"
 #include "test.h"
 
@@ -138,10 +139,49 @@ static void test_export_empty_table(void) {
     pkv_cache_destroy(c);
 }
 
+/* "Handles of freed sequences are never reused by the same cache": a record
+ * slot whose generation is exhausted must not wrap to generation 1 and hand out
+ * the slot's first handle again (a long-running server reuses a few slots
+ * billions of times). */
+static void test_generation_exhausted(void) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = 4;
+    cfg.block_size = 4;
+    pkv_cache *c = NULL;
+    CHECK_OK(pkv_cache_create(&cfg, &c));
+    if (!c) return;
+    pkv_seq first, last, again;
+    int32_t len;
+    CHECK_OK(pkv_seq_create(c, 0, &first));
+    CHECK_OK(pkv_seq_free(c, first));
+    CHECK_OK(pkv_seq_create(c, 0, &last)); /* the same slot, next generation */
+    pkv_seq_rec *r = seq_get(c, last);
+    CHECK(r != NULL);
+    if (!r) return;
+    r->gen = 0x7fffffffu; /* as after 2^31 - 1 reuses */
+    last = seq_handle(c, r);
+    CHECK_OK(pkv_seq_length(c, last, &len));
+    CHECK_OK(pkv_seq_free(c, last));
+    CHECK_OK(pkv_seq_create(c, 0, &again));
+    CHECK(again != first && again != last);
+    CHECK_STATUS(pkv_seq_length(c, first, &len), PKV_ERR_NO_SEQ);
+    CHECK_STATUS(pkv_seq_length(c, last, &len), PKV_ERR_NO_SEQ);
+    CHECK_OK(pkv_seq_length(c, again, &len));
+    CHECK_OK(pkv_cache_check(c));
+    CHECK_OK(pkv_seq_free(c, again));
+    CHECK_OK(pkv_cache_check(c));
+    pkv_stats st;
+    CHECK_OK(pkv_cache_stats(c, &st));
+    CHECK_INT(st.num_seqs, 0);
+    pkv_cache_destroy(c);
+}
+
 int main(void) {
     test_fp8_raw_rows();
     test_last_error_cleared();
     test_cli_v_cache_scalar();
     test_export_empty_table();
+    test_generation_exhausted();
     return test_report("test_review");
 }
