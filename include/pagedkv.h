@@ -92,7 +92,8 @@ PKV_API size_t pkv_row_bytes(int dtype, int32_t h_kv, int32_t d);
 
 /* All memory of a cache comes through this hook (zstd's customMem). alloc
  * returns memory aligned for any C object (malloc's guarantee) or NULL; free
- * takes what alloc returned (NULL is never passed). */
+ * takes what alloc returned (NULL is never passed). The hook must not call
+ * into the cache it serves (a thread-safe cache's lock is not recursive). */
 typedef struct pkv_allocator {
     void *(*alloc)(void *opaque, size_t size);
     void (*free)(void *opaque, void *ptr);
@@ -145,7 +146,7 @@ PKV_API int pkv_cache_create(const pkv_config *cfg, pkv_cache **out);
 PKV_API void pkv_cache_destroy(pkv_cache *cache);
 
 /*! Copies the cache's configuration into *cfg. */
-PKV_API int pkv_cache_config(const pkv_cache *cache, pkv_config *cfg);
+PKV_API int pkv_cache_config(pkv_cache *cache, pkv_config *cfg);
 
 /*! Detail of the last failed call on this cache (e.g. "block_table needs 12
  *  entries, got 8"), or "" when the last call succeeded. Valid until the next call
@@ -255,8 +256,12 @@ PKV_API int pkv_seq_blocks(pkv_cache *cache, pkv_seq seq, int32_t *blocks, int32
 /*! Writes n K (and V) rows into layer's arenas at the given slots.
  *  k_rows: [n][h_kv][d] of src_dtype; v_rows: [n][h_kv][dv] when V is separate,
  *  else ignored (may be NULL). src_dtype is the kv dtype (bytes copied) or
- *  PKV_F32 (converted, round-to-nearest-even; PKV_FP8_MLA656 quantizes).
- *  Each slot must lie in a block held by some sequence.
+ *  PKV_F32 (converted, round-to-nearest-even); an FP8_MLA656 cache quantizes
+ *  PKV_F32 or PKV_BF16 rows ([n][576]) and copies its own 656-byte rows.
+ *  Each slot must lie in a block held by some sequence. Sharing is not checked
+ *  here: write the slots your append returned, before forking the sequence or
+ *  registering its blocks (copy-on-write protects the blocks others hold only
+ *  on append).
  *  @return PKV_OK; PKV_ERR_MODE (metadata mode), PKV_ERR_SLOT, PKV_ERR_DTYPE,
  *  PKV_ERR_NONFINITE (FP8 quantization only), PKV_ERR_INVALID. Nothing is
  *  written unless every slot is valid. */

@@ -99,10 +99,7 @@ void pkv_cache_destroy(pkv_cache *c) {
     pkv_mem_free(&al, c);
 }
 
-int pkv_cache_config(const pkv_cache *cache, pkv_config *cfg) {
-    /* const in the contract, but a call like any other: it takes the lock and
-     * clears the last-error text (the cache itself is never a const object). */
-    pkv_cache *c = (pkv_cache *)(uintptr_t)cache;
+int pkv_cache_config(pkv_cache *c, pkv_config *cfg) {
     RETURN_IF(!cfg, PKV_ERR_NULL);
     CACHE_ENTER(c);
     *cfg = c->cfg;
