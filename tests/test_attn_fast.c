@@ -1,14 +1,17 @@
 /* pkv_attn against the oracle pkv_attn_reference, on every kernel path this CPU
- * supports, with and without worker pools; plus validation parity, concurrency
- * (bit-identical to serial runs) and the PKV_ISA override.
+ * supports, with and without worker pools; the shared vectors (PKV_VECTORS)
+ * within FlashMLA's own tolerance on every path; plus validation parity,
+ * concurrency (bit-identical to serial runs) and the PKV_ISA override.
  * Random cases follow FlashMLA's tests: blocks permuted, unused table entries
  * 2147480000, unused cache filled with NaN (never read). */
+#include <errno.h>
 #include <pthread.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "attn/kernels.h"
 #include "fp8.h"
+#include "npy.h"
 #include "test.h"
 
 #define UNUSED_ENTRY 2147480000
@@ -216,6 +219,194 @@ static void run_case(const tcase *tc, uint64_t seed) {
     free(rout);
     free(rlse);
     free_case(&t);
+}
+
+/* ---- the shared vectors, within FlashMLA's tolerance on every path ---- */
+/* Their check (tests/kernelkit/compare.py): each out element within 8e-4 abs or
+ * 2.01/128 relative, and cos_diff = 1 - 2 sum(xy) / sum(x^2 + y^2) <= 5e-6
+ * overall. lse: 1e-3 abs (as the bound above), +inf exactly. */
+#define VEC_ATOL 8e-4
+#define VEC_RTOL (2.01 / 128)
+#define VEC_COS 5e-6
+
+typedef struct vcase {
+    char name[128];
+    int b, s_q, h_q, h_kv, d, dv, v_shared, block_size, mbps, num_blocks, causal, dtype;
+    double scale;
+} vcase;
+
+/* One line of cases.txt: name then key=value; returns 1 for a case, 0 for none. */
+static int vec_parse(char *line, vcase *c) {
+    memset(c, 0, sizeof *c);
+    c->dtype = -1;
+    char *save = NULL, *tok = strtok_r(line, " \t\r\n", &save);
+    if (!tok || tok[0] == '#') return 0;
+    snprintf(c->name, sizeof c->name, "%s", tok);
+    int seen = 0;
+    while ((tok = strtok_r(NULL, " \t\r\n", &save))) {
+        char *eq = strchr(tok, '=');
+        if (!eq) { TEST_FAIL_("case %s: token '%s' is not key=value", c->name, tok); return 0; }
+        *eq = 0;
+        const char *k = tok, *v = eq + 1;
+        const struct { const char *k; int *p; } ints[] = {
+            {"b", &c->b}, {"s_q", &c->s_q}, {"h_q", &c->h_q}, {"h_kv", &c->h_kv}, {"d", &c->d},
+            {"dv", &c->dv}, {"v_shared", &c->v_shared}, {"block_size", &c->block_size},
+            {"max_blocks_per_seq", &c->mbps}, {"num_blocks", &c->num_blocks}, {"causal", &c->causal}};
+        int found = 0;
+        for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+            if (!strcmp(k, ints[i].k)) { *ints[i].p = atoi(v); found = 1; }
+        if (!strcmp(k, "softmax_scale")) { c->scale = strtod(v, NULL); found = 1; }
+        if (!strcmp(k, "dtype")) {
+            c->dtype = !strcmp(v, "f32") ? PKV_F32 : !strcmp(v, "f16") ? PKV_F16 : !strcmp(v, "bf16") ? PKV_BF16 : -1;
+            found = c->dtype >= 0;
+        }
+        if (!found) { TEST_FAIL_("case %s: unknown key or value '%s=%s'", c->name, k, v); return 0; }
+        seen++;
+    }
+    if (seen != 13) { TEST_FAIL_("case %s: %d of 13 keys", c->name, seen); return 0; }
+    return 1;
+}
+
+/* dir/name.what.npy of the given dtype and element count (0: absent and optional). */
+static int vec_load(const char *dir, const char *name, const char *what, int dtype, size_t count, npy_array *out,
+                    int required) {
+    char path[1400], err[256];
+    snprintf(path, sizeof path, "%s/%s.%s.npy", dir, name, what);
+    const int st = npy_load(path, out, err, sizeof err);
+    if (st == PKV_ERR_IO && !required) return 0;
+    if (st != PKV_OK) { TEST_FAIL_("%s: %s", path, err); return -1; }
+    if (out->dtype != dtype || (count && out->count != count)) {
+        TEST_FAIL_("%s: unexpected dtype or size", path);
+        npy_free(out);
+        return -1;
+    }
+    return 1;
+}
+
+/* Checks out/lse of a fast run against the expected arrays; returns the max abs
+ * error of out (for the summary line), or INFINITY after a failure. */
+static double vec_check(const char *what, const float *out, const float *lse, const double *eo, const double *el,
+                        size_t no, size_t nl) {
+    double max_abs = 0, sxy = 0, sxx = 0;
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < no; i++) {
+        const double x = out[i], y = eo[i], e = fabs(x - y);
+        if (!(e <= VEC_ATOL) && !(e <= VEC_RTOL * fabs(y))) { if (!bad++) first = i; }
+        if (!(e <= max_abs)) max_abs = isnan(e) ? INFINITY : e;
+        sxy += x * y;
+        sxx += x * x + y * y;
+    }
+    const double cos_diff = sxx > 0 ? 1 - 2 * sxy / sxx : 0;
+    size_t lbad = 0, lfirst = 0;
+    for (size_t i = 0; i < nl; i++) {
+        const int ok = isinf(el[i]) ? (double)lse[i] == el[i] : fabs((double)lse[i] - el[i]) <= 1e-3;
+        if (!ok && !lbad++) lfirst = i;
+    }
+    test_checks_++;
+    if (bad || lbad || !(cos_diff <= VEC_COS)) {
+        TEST_FAIL_("%s: %zu of %zu out elements beyond %.3g abs and %.3g rel (first [%zu] %.9g, want %.9g), "
+                   "max abs err %.3g, cos_diff %.3g (max %.3g); %zu of %zu lse beyond 1e-3 (first [%zu] %.9g, want %.9g)",
+                   what, bad, no, VEC_ATOL, VEC_RTOL, first, (double)out[first], eo[first], max_abs, cos_diff, VEC_COS,
+                   lbad, nl, lfirst, nl ? (double)lse[lfirst] : 0.0, nl ? el[lfirst] : 0.0);
+        return INFINITY;
+    }
+    return max_abs;
+}
+
+static void vec_run(const char *dir, const vcase *c) {
+    const int npy_dt = c->dtype == PKV_F32 ? NPY_F4 : c->dtype == PKV_F16 ? NPY_F2 : NPY_U2;
+    const size_t nq = (size_t)c->b * c->s_q * c->h_q * c->d, nk = (size_t)c->num_blocks * c->block_size * c->h_kv * c->d,
+                 nv = (size_t)c->num_blocks * c->block_size * c->h_kv * c->dv, no = (size_t)c->b * c->s_q * c->h_q * c->dv,
+                 nl = (size_t)c->b * c->h_q * c->s_q;
+    npy_array q, k, v, bt, sl, eo, el;
+    memset(&q, 0, sizeof q); memset(&k, 0, sizeof k); memset(&v, 0, sizeof v); memset(&bt, 0, sizeof bt);
+    memset(&sl, 0, sizeof sl); memset(&eo, 0, sizeof eo); memset(&el, 0, sizeof el);
+    if (vec_load(dir, c->name, "q", npy_dt, nq, &q, 1) < 0 || vec_load(dir, c->name, "k_cache", npy_dt, nk, &k, 1) < 0 ||
+        (!c->v_shared && vec_load(dir, c->name, "v_cache", npy_dt, nv, &v, 1) < 0) ||
+        vec_load(dir, c->name, "block_table", NPY_I4, (size_t)c->b * c->mbps, &bt, 1) < 0 ||
+        vec_load(dir, c->name, "cache_seqlens", NPY_I4, (size_t)c->b, &sl, 1) < 0 ||
+        vec_load(dir, c->name, "out", NPY_F8, no, &eo, 1) < 0 || vec_load(dir, c->name, "lse", NPY_F8, nl, &el, 1) < 0)
+        goto done;
+    pkv_attn_args a;
+    memset(&a, 0, sizeof a);
+    a.batch = c->b; a.s_q = c->s_q; a.h_q = c->h_q; a.h_kv = c->h_kv; a.d = c->d; a.dv = c->dv;
+    a.block_size = c->block_size; a.max_blocks_per_seq = c->mbps; a.num_blocks = c->num_blocks;
+    a.causal = c->causal; a.softmax_scale = (float)c->scale;
+    a.q_dtype = a.kv_dtype = c->dtype;
+    a.q = q.data; a.k_cache = k.data; a.v_cache = c->v_shared ? NULL : v.data;
+    a.block_table = bt.data; a.cache_seqlens = sl.data;
+    float *out = malloc(no * sizeof(float)), *lse = malloc(nl * sizeof(float));
+    a.out = out; a.lse = lse;
+    char what[320];
+    printf("  %-18s", c->name);
+    for (int isa = 0; isa < ATTN_ISA_COUNT; isa++) {
+        if (!attn_isa_supported(isa)) continue;
+        const attn_ops *ops = attn_ops_for(isa, a.q_dtype, a.kv_dtype);
+        if (!ops) continue;
+        double worst = 0;
+        for (int pi = -1; pi < 2; pi += 2) { /* no pool, and 2 threads (split KV) */
+            memset(out, 0x7f, no * sizeof(float));
+            memset(lse, 0x7f, nl * sizeof(float));
+            CHECK_OK(attn_fast_run(&a, pi < 0 ? NULL : pools[pi], ops));
+            snprintf(what, sizeof what, "vector %s, %s kernels (%s), pool %d", c->name, attn_isa_label(isa), ops->name, pi);
+            const double e = vec_check(what, out, lse, eo.data, el.data, no, nl);
+            if (!(e <= worst)) worst = e;
+        }
+        if (isinf(worst)) printf(" %s FAIL", attn_isa_label(isa));
+        else printf(" %s %.2g", attn_isa_label(isa), worst);
+    }
+    printf("\n");
+    free(out);
+    free(lse);
+done:
+    npy_free(&q); npy_free(&k); npy_free(&v); npy_free(&bt); npy_free(&sl); npy_free(&eo); npy_free(&el);
+}
+
+/* The vectors folder: PKV_VECTORS, else ../shared/vectors from the repo root (the
+ * working directory if it is the root, else the root found above this executable). */
+static const char *vec_dir(char *buf, size_t cap) {
+    const char *env = getenv("PKV_VECTORS");
+    if (env && *env) return env;
+    if (access("include/pagedkv.h", F_OK) == 0) return "../shared/vectors";
+    char exe[900];
+    const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return "../shared/vectors";
+    exe[n] = 0;
+    for (char *slash = strrchr(exe, '/'); slash && slash != exe; slash = strrchr(exe, '/')) {
+        *slash = 0;
+        snprintf(buf, cap, "%s/include/pagedkv.h", exe);
+        if (access(buf, F_OK) == 0) {
+            snprintf(buf, cap, "%s/../shared/vectors", exe);
+            return buf;
+        }
+    }
+    return "../shared/vectors";
+}
+
+static void test_vectors(void) {
+    char buf[1024], path[1100], line[2048];
+    const char *dir = vec_dir(buf, sizeof buf);
+    snprintf(path, sizeof path, "%s/cases.txt", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        const char *opt = getenv("PKV_VECTORS_OPTIONAL");
+        if (opt && !strcmp(opt, "1")) {
+            printf("test_attn_fast: no vectors at %s (PKV_VECTORS_OPTIONAL=1): skipped\n", dir);
+            return;
+        }
+        TEST_FAIL_("cannot open %s: %s (set PKV_VECTORS, or PKV_VECTORS_OPTIONAL=1)", path, strerror(errno));
+        return;
+    }
+    printf("shared vectors (%s), max abs err of out per ISA level:\n", dir);
+    int ncases = 0;
+    while (fgets(line, sizeof line, f)) {
+        vcase c;
+        if (!vec_parse(line, &c)) continue;
+        vec_run(dir, &c);
+        ncases++;
+    }
+    fclose(f);
+    CHECK(ncases > 0);
 }
 
 static const tcase shared_shapes[] = {
@@ -426,6 +617,7 @@ int main(int argc, char **argv) {
     CHECK_OK(pkv_workers_create(0, &pools[3]));
     test_isa_env();
     test_validation();
+    test_vectors();
     for (size_t i = 0; i < sizeof shared_shapes / sizeof shared_shapes[0]; i++) {
         tcase tc = shared_shapes[i];
         if (test_scaled(100) < 50 && tc.mean_len > 100) tc.mean_len /= 4;

@@ -7,7 +7,9 @@
  * as they are and Q^T in pair form (prepared once per piece) the B operand;
  * the 16x16 blocks of S^T are transposed into S with AVX-512. P V uses the
  * AVX-512 layouts: V in bf16 pairs of keys (VNNI form) is the B operand and P,
- * rounded to bf16, the A operand; O rows are accumulated in place as C tiles.
+ * split into a bf16 high part and a bf16 residual, two A operands (two tile
+ * products into the same C, float32-accurate weights); O rows are accumulated
+ * in place as C tiles.
  * Query rows go 16 at a time (rows past m are zero padding); P V falls back to
  * the AVX-512 kernel for the last m % 16 rows and when the output rows are not
  * equally spaced. The online-softmax rescale of O is an AVX-512 pass over the
@@ -199,22 +201,53 @@ static void amx_qk_fp8(const attn_geom *g, const void *qp, int m, int n, const v
     amx_qk_any(g, qp, m, n, (void *)(uintptr_t)ktv, s, 1);
 }
 
-/* O rows r0..r0+16 (stride ldo floats) += P16 V over dims [0, dv) (dv % 16 == 0). */
-static void amx_pv16(const uint16_t *p16, const uint32_t *vt, int32_t dvpad, float *o, size_t ldo_bytes,
-                     int32_t dv) {
+/* P = hi + lo to about 2^-18 relative: hi = bf16(P) (nearest even), lo =
+ * bf16(P - hi), the difference being exact in float32. 32 floats (a: the first
+ * 16, b: the next 16) -> 32 bf16 each. P V then costs two bf16 tile products
+ * sharing the V tiles, but keeps float32 accuracy in the weights (a bf16 P
+ * alone errs by up to 2^-9 of each weight: ~1e-3 in out for peaked attention). */
+AI void split_bf16x32(__m512 a, __m512 b, __m512i *hi, __m512i *lo) {
+    const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(b, a);
+    const __m512 ha = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+    const __m512 hb = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+    *hi = h;
+    *lo = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, hb), _mm512_sub_ps(a, ha));
+}
+
+/* Row r of 16: 64 weights w (float32) -> ph[r][0..64) high parts, pl[r][0..64) residuals. */
+AI void split_row(const float *w, uint16_t *ph, uint16_t *pl) {
+    __m512i h, l;
+    split_bf16x32(_mm512_loadu_ps(w), _mm512_loadu_ps(w + 16), &h, &l);
+    _mm512_store_si512(ph, h);
+    _mm512_store_si512(pl, l);
+    split_bf16x32(_mm512_loadu_ps(w + 32), _mm512_loadu_ps(w + 48), &h, &l);
+    _mm512_store_si512(ph + 32, h);
+    _mm512_store_si512(pl + 32, l);
+}
+
+/* O rows r0..r0+16 (stride ldo floats) += (Ph + Pl) V over dims [0, dv) (dv % 16 == 0);
+ * ph, pl: [16][64] bf16. Tiles: 0-1 C, 2-3 Ph (keys 0..31, 32..63), 4-5 Pl, 6-7 V. */
+static void amx_pv16(const uint16_t *ph, const uint16_t *pl, const uint32_t *vt, int32_t dvpad, float *o,
+                     size_t ldo_bytes, int32_t dv) {
     const size_t ldv = (size_t)dvpad * 4;
-    _tile_loadd(4, p16, ATTN_TILE * 2);      /* keys 0..31 */
-    _tile_loadd(5, p16 + 32, ATTN_TILE * 2); /* keys 32..63 */
+    _tile_loadd(2, ph, ATTN_TILE * 2);
+    _tile_loadd(3, ph + 32, ATTN_TILE * 2);
+    _tile_loadd(4, pl, ATTN_TILE * 2);
+    _tile_loadd(5, pl + 32, ATTN_TILE * 2);
     int32_t c = 0;
     for (; c + 32 <= dv; c += 32) {
         _tile_loadd(0, o + c, ldo_bytes);
         _tile_loadd(1, o + c + 16, ldo_bytes);
         _tile_loadd(6, vt + c, ldv);
         _tile_loadd(7, vt + c + 16, ldv);
+        _tile_dpbf16ps(0, 2, 6);
+        _tile_dpbf16ps(1, 2, 7);
         _tile_dpbf16ps(0, 4, 6);
         _tile_dpbf16ps(1, 4, 7);
         _tile_loadd(6, vt + (size_t)16 * (size_t)dvpad + c, ldv);
         _tile_loadd(7, vt + (size_t)16 * (size_t)dvpad + c + 16, ldv);
+        _tile_dpbf16ps(0, 3, 6);
+        _tile_dpbf16ps(1, 3, 7);
         _tile_dpbf16ps(0, 5, 6);
         _tile_dpbf16ps(1, 5, 7);
         _tile_stored(0, o + c, ldo_bytes);
@@ -223,8 +256,10 @@ static void amx_pv16(const uint16_t *p16, const uint32_t *vt, int32_t dvpad, flo
     for (; c < dv; c += 16) {
         _tile_loadd(0, o + c, ldo_bytes);
         _tile_loadd(6, vt + c, ldv);
+        _tile_dpbf16ps(0, 2, 6);
         _tile_dpbf16ps(0, 4, 6);
         _tile_loadd(6, vt + (size_t)16 * (size_t)dvpad + c, ldv);
+        _tile_dpbf16ps(0, 3, 6);
         _tile_dpbf16ps(0, 5, 6);
         _tile_stored(0, o + c, ldo_bytes);
     }
@@ -241,8 +276,7 @@ static void amx_pv(const attn_geom *g, const void *pp, int m, int n, const void 
     for (int r = 2; uniform && r < m; r++) uniform = o[r] - o[r - 1] == ldo;
     const int m16 = uniform ? m / 16 * 16 : 0;
     if (m16) {
-        /* P rows as bf16 [16][64] behind V and its scales in the vt scratch */
-        uint16_t *p16 = (uint16_t *)(void *)(vt + (size_t)(ATTN_TILE / 2) * (size_t)g->dvpad + 4 * ATTN_TILE);
+        uint16_t ph[16 * ATTN_TILE] __attribute__((aligned(64))), pl[16 * ATTN_TILE] __attribute__((aligned(64)));
         tiles_on();
         for (int i = 0; i < m16; i += 16) {
             for (int r = i; r < i + 16; r++) {
@@ -251,13 +285,9 @@ static void amx_pv(const attn_geom *g, const void *pp, int m, int n, const void 
                     for (int32_t c = 0; c < dv; c += 16)
                         _mm512_storeu_ps(o[r] + c, _mm512_mul_ps(a, _mm512_loadu_ps(o[r] + c)));
                 }
-                const float *pr = p + (size_t)r * ATTN_TILE;
-                uint16_t *dst = p16 + (size_t)(r - i) * ATTN_TILE;
-                _mm512_storeu_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(pr + 16), _mm512_loadu_ps(pr)));
-                _mm512_storeu_si512(dst + 32,
-                                    (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(pr + 48), _mm512_loadu_ps(pr + 32)));
+                split_row(p + (size_t)r * ATTN_TILE, ph + (size_t)(r - i) * ATTN_TILE, pl + (size_t)(r - i) * ATTN_TILE);
             }
-            amx_pv16(p16, vt, g->dvpad, o[i], (size_t)ldo * sizeof(float), dv);
+            amx_pv16(ph, pl, vt, g->dvpad, o[i], (size_t)ldo * sizeof(float), dv);
         }
         _tile_release();
     }
@@ -265,64 +295,44 @@ static void amx_pv(const attn_geom *g, const void *pp, int m, int n, const void 
 }
 
 /* ---- FP8_MLA656 rows: per-128-dim scales of each key ---- */
-/* Index of the largest weight of a P row (the first one on ties). */
-static int p_argmax(const float *pr) {
-    const __m512 v0 = _mm512_loadu_ps(pr), v1 = _mm512_loadu_ps(pr + 16);
-    const __m512 v2 = _mm512_loadu_ps(pr + 32), v3 = _mm512_loadu_ps(pr + 48);
-    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(v0, v1), _mm512_max_ps(v2, v3))));
-    const uint64_t hit = (uint64_t)_mm512_cmpeq_ps_mask(v0, mx) | (uint64_t)_mm512_cmpeq_ps_mask(v1, mx) << 16 |
-                         (uint64_t)_mm512_cmpeq_ps_mask(v2, mx) << 32 | (uint64_t)_mm512_cmpeq_ps_mask(v3, mx) << 48;
-    return hit ? __builtin_ctzll(hit) : 0;
-}
-
-/* P V for 16 rows: per scale segment t the weights are P * s_t / ref_r (ref_r:
- * the scale of row r's heaviest key, so that weight is exact in bf16); the tile
- * product for the segment's dims is then folded into O as
- * O = alpha * O + ref * (P' V), which also applies the softmax rescale. */
-static void amx_pv16_fp8(const float *p, const uint32_t *vt, int32_t dvpad, const float *vs, float *const *o,
-                         const float *alpha, uint16_t *p16) {
-    float tmp[16 * 32] __attribute__((aligned(64)));
-    float ref[16];
-    int jm[16];
-    for (int r = 0; r < 16; r++) jm[r] = p_argmax(p + (size_t)r * ATTN_TILE);
+/* O rows r0..r0+16 (stride ldo floats) += sum_t W_t V over the dims [128 t,
+ * 128 t + 128) of scale segment t, W_t = P * (the keys' scales of segment t),
+ * split into high parts and residuals (split_bf16x32), so the weights keep
+ * float32 accuracy and the products accumulate in place in O's C tiles. */
+static void amx_pv16_fp8(const float *p, const uint32_t *vt, int32_t dvpad, const float *vs, float *o,
+                         size_t ldo_bytes) {
+    uint16_t ph[16 * ATTN_TILE] __attribute__((aligned(64))), pl[16 * ATTN_TILE] __attribute__((aligned(64)));
+    float w[ATTN_TILE] __attribute__((aligned(64)));
     const size_t ldv = (size_t)dvpad * 4;
     for (int t = 0; t < 4; t++) {
         const float *sc = vs + t * ATTN_TILE;
         for (int r = 0; r < 16; r++) {
-            ref[r] = sc[jm[r]] > 0.0f ? sc[jm[r]] : 1.0f;
-            const __m512 inv = _mm512_set1_ps(1.0f / ref[r]);
             const float *pr = p + (size_t)r * ATTN_TILE;
-            uint16_t *dst = p16 + (size_t)r * ATTN_TILE;
-            for (int h = 0; h < 2; h++) {
-                const __m512 lo = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(pr + 32 * h), _mm512_loadu_ps(sc + 32 * h)), inv);
-                const __m512 hi =
-                    _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(pr + 32 * h + 16), _mm512_loadu_ps(sc + 32 * h + 16)), inv);
-                _mm512_storeu_si512(dst + 32 * h, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-            }
+            UNROLL for (int v = 0; v < 4; v++)
+                _mm512_store_ps(w + 16 * v, _mm512_mul_ps(_mm512_loadu_ps(pr + 16 * v), _mm512_loadu_ps(sc + 16 * v)));
+            split_row(w, ph + (size_t)r * ATTN_TILE, pl + (size_t)r * ATTN_TILE);
         }
-        _tile_loadd(4, p16, ATTN_TILE * 2);
-        _tile_loadd(5, p16 + 32, ATTN_TILE * 2);
+        _tile_loadd(2, ph, ATTN_TILE * 2);
+        _tile_loadd(3, ph + 32, ATTN_TILE * 2);
+        _tile_loadd(4, pl, ATTN_TILE * 2);
+        _tile_loadd(5, pl + 32, ATTN_TILE * 2);
         for (int32_t c = 128 * t; c < 128 * t + 128; c += 32) {
-            _tile_zero(0);
-            _tile_zero(1);
+            _tile_loadd(0, o + c, ldo_bytes);
+            _tile_loadd(1, o + c + 16, ldo_bytes);
             _tile_loadd(6, vt + c, ldv);
             _tile_loadd(7, vt + c + 16, ldv);
+            _tile_dpbf16ps(0, 2, 6);
+            _tile_dpbf16ps(1, 2, 7);
             _tile_dpbf16ps(0, 4, 6);
             _tile_dpbf16ps(1, 4, 7);
             _tile_loadd(6, vt + (size_t)16 * (size_t)dvpad + c, ldv);
             _tile_loadd(7, vt + (size_t)16 * (size_t)dvpad + c + 16, ldv);
+            _tile_dpbf16ps(0, 3, 6);
+            _tile_dpbf16ps(1, 3, 7);
             _tile_dpbf16ps(0, 5, 6);
             _tile_dpbf16ps(1, 5, 7);
-            _tile_stored(0, tmp, 32 * 4);
-            _tile_stored(1, tmp + 16, 32 * 4);
-            for (int r = 0; r < 16; r++) {
-                const __m512 a = _mm512_set1_ps(alpha[r]), f = _mm512_set1_ps(ref[r]);
-                for (int v = 0; v < 2; v++) {
-                    float *op = o[r] + c + 16 * v;
-                    _mm512_storeu_ps(op, _mm512_fmadd_ps(f, _mm512_load_ps(tmp + r * 32 + 16 * v),
-                                                         _mm512_mul_ps(a, _mm512_loadu_ps(op))));
-                }
-            }
+            _tile_stored(0, o + c, ldo_bytes);
+            _tile_stored(1, o + c + 16, ldo_bytes);
         }
     }
 }
@@ -332,12 +342,21 @@ static void amx_pv_fp8(const attn_geom *g, const void *pp, int m, int n, const v
     const float *p = (const float *)pp;
     const uint32_t *vt = (const uint32_t *)vtv;
     const float *vs = (const float *)(const void *)(vt + (size_t)(ATTN_TILE / 2) * (size_t)g->dvpad);
-    uint16_t *p16 = (uint16_t *)(void *)(vt + (size_t)(ATTN_TILE / 2) * (size_t)g->dvpad + 4 * ATTN_TILE);
-    const int m16 = m / 16 * 16;
+    const int32_t dv = g->dv;
+    /* output rows must be equally spaced to be one tile's rows */
+    const ptrdiff_t ldo = m > 1 ? o[1] - o[0] : dv;
+    int uniform = dv == 512 && ldo >= dv;
+    for (int r = 2; uniform && r < m; r++) uniform = o[r] - o[r - 1] == ldo;
+    const int m16 = uniform ? m / 16 * 16 : 0;
     if (m16) {
+        for (int r = 0; r < m16; r++)
+            if (alpha[r] != 1.0f) {
+                const __m512 a = _mm512_set1_ps(alpha[r]);
+                for (int32_t c = 0; c < dv; c += 16) _mm512_storeu_ps(o[r] + c, _mm512_mul_ps(a, _mm512_loadu_ps(o[r] + c)));
+            }
         tiles_on();
         for (int i = 0; i < m16; i += 16)
-            amx_pv16_fp8(p + (size_t)i * ATTN_TILE, vt, g->dvpad, vs, o + i, alpha + i, p16);
+            amx_pv16_fp8(p + (size_t)i * ATTN_TILE, vt, g->dvpad, vs, o[i], (size_t)ldo * sizeof(float));
         _tile_release();
     }
     if (m > m16) attn_avx512_dp_pv(g, p + (size_t)m16 * ATTN_TILE, m - m16, n, vtv, o + m16, alpha + m16);

@@ -4,12 +4,17 @@
  * query element broadcast against one vector of K^T serves 16 keys, and every
  * query row of the group reuses the transposed tile (the MLA trick: each K row
  * loaded from the cache serves all heads sharing it). Two families:
- *  bf16dp  q bf16 with K/V bf16 or FP8_MLA656: vdpbf16ps on bf16 pairs. K^T is
- *          [dpad/2][64] dwords (a dword = two consecutive dims of one key); V is
- *          [32][dvpad] dwords (a dword = one dim of two consecutive keys); P is
- *          rounded to bf16 pairs per row block. FP8 rows are expanded to their
- *          exact e4m3 values in bf16; the per-128 scales multiply the partial
- *          scores (K) and the weights (V), so dequantization costs no precision.
+ *  bf16dp  q bf16 with K/V bf16 or FP8_MLA656: scores by vdpbf16ps on bf16
+ *          pairs. K^T is [dpad/2][64] dwords (a dword = two consecutive dims of
+ *          one key); V is [32][dvpad] dwords (a dword = one dim of two
+ *          consecutive keys). P V keeps P in float32: each V dword is widened
+ *          exactly to the two keys' float32 values (shift, mask) and FMA'd, which
+ *          measured faster than vdpbf16ps on P rounded to bf16 (whose 2^-9
+ *          relative error per weight gave ~1e-3 in out on peaked attention,
+ *          beyond FlashMLA's tolerance) and than a bf16 high + residual
+ *          split. FP8 rows are expanded to their exact e4m3 values in bf16;
+ *          the per-128 scales multiply the partial scores (K) and the weights
+ *          (V), so dequantization costs no precision.
  *  f32     every other dtype pair: converted to float32 in load_tile, FMA.
  * Accumulators live in registers for blocks of 4 query rows x 64 keys (scores)
  * and 4 rows x 64 output dims (P V). */
@@ -384,91 +389,63 @@ void attn_avx512_dp_qk(const attn_geom *g, const void *qp, int m, int n, const v
     }
 }
 
-/* Index of the largest weight of a P row (the first one on ties). */
-AI int p_argmax(const float *pr) {
-    const __m512 v0 = _mm512_loadu_ps(pr), v1 = _mm512_loadu_ps(pr + 16);
-    const __m512 v2 = _mm512_loadu_ps(pr + 32), v3 = _mm512_loadu_ps(pr + 48);
-    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(v0, v1), _mm512_max_ps(v2, v3))));
-    const uint64_t hit = (uint64_t)_mm512_cmpeq_ps_mask(v0, mx) | (uint64_t)_mm512_cmpeq_ps_mask(v1, mx) << 16 |
-                         (uint64_t)_mm512_cmpeq_ps_mask(v2, mx) << 32 | (uint64_t)_mm512_cmpeq_ps_mask(v3, mx) << 48;
-    return hit ? __builtin_ctzll(hit) : 0;
-}
-
-/* P rows (f32, [R][64]) -> bf16 pairs [R][32]. With per-key scales sc (FP8),
- * row r's weights are P * sc / ref[r], ref[r] being the scale of the row's
- * heaviest key jm[r]: that weight is then exactly representable (as P = 1 is
- * without scales), so a near one-hot row loses no precision to bf16 rounding. */
-AI void dp_pack_p(const float *p, const float *sc, const int *jm, uint32_t p2[RB][32], float *ref, int R) {
-    UNROLL for (int r = 0; r < R; r++) {
-        const float *pr = p + (size_t)r * ATTN_TILE;
-        __m512 inv = _mm512_set1_ps(1.0f);
-        if (sc) {
-            ref[r] = sc[jm[r]] > 0.0f ? sc[jm[r]] : 1.0f;
-            inv = _mm512_set1_ps(1.0f / ref[r]);
-        }
-        UNROLL for (int h = 0; h < 2; h++) {
-            __m512 lo = _mm512_loadu_ps(pr + 32 * h);
-            __m512 hi = _mm512_loadu_ps(pr + 32 * h + 16);
-            if (sc) {
-                lo = _mm512_mul_ps(_mm512_mul_ps(lo, _mm512_loadu_ps(sc + 32 * h)), inv);
-                hi = _mm512_mul_ps(_mm512_mul_ps(hi, _mm512_loadu_ps(sc + 32 * h + 16)), inv);
-            }
-            _mm512_storeu_si512(&p2[r][16 * h], (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-        }
-    }
-}
-
-/* o = ref * (alpha / ref * o + P2 V) on dims [c, c + 16 NV); ref NULL: 1. */
-AI void dp_pv_block(const uint32_t p2[RB][32], int np, const uint32_t *vt, int32_t ldv, float *const *o,
-                    const float *alpha, const float *ref, int32_t c, int32_t dv, int R, int NV) {
+/* o = alpha * o + W V on dims [c, c + 16 NV), W float32 [R][64] (lanes over keys):
+ * each V dword holds a dim of two keys as bf16, widened exactly to float32 by a
+ * shift (even key) and a mask (odd key), so the weights keep float32 precision. */
+AI void dp_pv_block_f32(const float *w, int np, const uint32_t *vt, int32_t ldv, float *const *o, const float *alpha,
+                        int32_t c, int32_t dv, int R, int NV) {
     __m512 acc[RB][4];
     __mmask16 km[4];
+    const __m512i hmask = _mm512_set1_epi32((int)0xffff0000u);
     UNROLL for (int v = 0; v < NV; v++) km[v] = tail_mask(dv - c - 16 * v);
     UNROLL for (int r = 0; r < R; r++) {
-        const __m512 a = _mm512_set1_ps(ref ? alpha[r] / ref[r] : alpha[r]);
+        const __m512 a = _mm512_set1_ps(alpha[r]);
         UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(km[v], o[r] + c + 16 * v));
     }
     for (int jp = 0; jp < np; jp++) {
         const uint32_t *vr = vt + (size_t)jp * (size_t)ldv + c;
-        __m512bh vv[4];
-        UNROLL for (int v = 0; v < NV; v++) vv[v] = (__m512bh)_mm512_loadu_si512(vr + 16 * v);
+        __m512 ve[4], vo[4];
+        UNROLL for (int v = 0; v < NV; v++) {
+            const __m512i x = _mm512_loadu_si512(vr + 16 * v);
+            ve[v] = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+            vo[v] = _mm512_castsi512_ps(_mm512_and_si512(x, hmask));
+        }
         UNROLL for (int r = 0; r < R; r++) {
-            const __m512bh b = (__m512bh)_mm512_set1_epi32((int)p2[r][jp]);
-            UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], b, vv[v]);
+            const __m512 be = _mm512_set1_ps(w[(size_t)r * ATTN_TILE + 2 * (size_t)jp]);
+            const __m512 bo = _mm512_set1_ps(w[(size_t)r * ATTN_TILE + 2 * (size_t)jp + 1]);
+            UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(be, ve[v], acc[r][v]);
+            UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(bo, vo[v], acc[r][v]);
         }
     }
-    UNROLL for (int r = 0; r < R; r++) {
-        const __m512 f = _mm512_set1_ps(ref ? ref[r] : 1.0f);
-        UNROLL for (int v = 0; v < NV; v++)
-            _mm512_mask_storeu_ps(o[r] + c + 16 * v, km[v], ref ? _mm512_mul_ps(acc[r][v], f) : acc[r][v]);
-    }
+    UNROLL for (int r = 0; r < R; r++)
+        UNROLL for (int v = 0; v < NV; v++) _mm512_mask_storeu_ps(o[r] + c + 16 * v, km[v], acc[r][v]);
 }
 
-/* Dims [c0, c1) (multiples of 16) of R rows. */
-AI void dp_pv_range(const uint32_t p2[RB][32], int np, const uint32_t *vt, const attn_geom *g, float *const *o,
-                    const float *alpha, const float *ref, int32_t c0, int32_t c1, int R) {
+AI void dp_pv_range_f32(const float *w, int np, const uint32_t *vt, const attn_geom *g, float *const *o,
+                        const float *alpha, int32_t c0, int32_t c1, int R) {
     int32_t c = c0;
-    for (; c + 64 <= c1; c += 64) dp_pv_block(p2, np, vt, g->dvpad, o, alpha, ref, c, g->dv, R, 4);
-    for (; c < c1; c += 16) dp_pv_block(p2, np, vt, g->dvpad, o, alpha, ref, c, g->dv, R, 1);
+    for (; c + 64 <= c1; c += 64) dp_pv_block_f32(w, np, vt, g->dvpad, o, alpha, c, g->dv, R, 4);
+    for (; c < c1; c += 16) dp_pv_block_f32(w, np, vt, g->dvpad, o, alpha, c, g->dv, R, 1);
 }
 
 AI void dp_pv_rows(const attn_geom *g, const float *p, int n, const uint32_t *vt, float *const *o,
                    const float *alpha, int R) {
-    uint32_t p2[RB][32] __attribute__((aligned(64)));
     const int np = (n + 1) / 2;
     if (g->kv_dtype == PKV_FP8_MLA656) {
+        /* weights P * (the keys' scale of the segment's 128 dims) */
         const float *vs = (const float *)(const void *)(vt + (size_t)(ATTN_TILE / 2) * (size_t)g->dvpad);
-        float ref[RB] = {1.0f, 1.0f, 1.0f, 1.0f};
-        int jm[RB] = {0, 0, 0, 0};
-        for (int r = 0; r < R; r++) jm[r] = p_argmax(p + (size_t)r * ATTN_TILE);
+        float w[RB * ATTN_TILE] __attribute__((aligned(64)));
         for (int t = 0; t < 4; t++) {
-            dp_pack_p(p, vs + t * ATTN_TILE, jm, p2, ref, R);
-            dp_pv_range(p2, np, vt, g, o, alpha, ref, 128 * t, 128 * t + 128, R);
+            for (int r = 0; r < R; r++)
+                UNROLL for (int v = 0; v < 4; v++)
+                    _mm512_store_ps(w + r * ATTN_TILE + 16 * v,
+                                    _mm512_mul_ps(_mm512_loadu_ps(p + (size_t)r * ATTN_TILE + 16 * v),
+                                                  _mm512_loadu_ps(vs + t * ATTN_TILE + 16 * v)));
+            dp_pv_range_f32(w, np, vt, g, o, alpha, 128 * t, 128 * t + 128, R);
         }
         return;
     }
-    dp_pack_p(p, NULL, NULL, p2, NULL, R);
-    dp_pv_range(p2, np, vt, g, o, alpha, NULL, 0, g->dvpad, R);
+    dp_pv_range_f32(p, np, vt, g, o, alpha, 0, g->dvpad, R);
 }
 
 void attn_avx512_dp_pv(const attn_geom *g, const void *pp, int m, int n, const void *vtv, float *const *o,
