@@ -11,6 +11,7 @@
 
 #include "attn/kernels.h"
 #include "fp8.h"
+#include "common/vectors.h"
 #include "npy.h"
 #include "test.h"
 
@@ -229,58 +230,13 @@ static void run_case(const tcase *tc, uint64_t seed) {
 #define VEC_RTOL (2.01 / 128)
 #define VEC_COS 5e-6
 
-typedef struct vcase {
-    char name[128];
-    int b, s_q, h_q, h_kv, d, dv, v_shared, block_size, mbps, num_blocks, causal, dtype;
-    double scale;
-} vcase;
-
-/* One line of cases.txt: name then key=value; returns 1 for a case, 0 for none. */
-static int vec_parse(char *line, vcase *c) {
-    memset(c, 0, sizeof *c);
-    c->dtype = -1;
-    char *save = NULL, *tok = strtok_r(line, " \t\r\n", &save);
-    if (!tok || tok[0] == '#') return 0;
-    snprintf(c->name, sizeof c->name, "%s", tok);
-    int seen = 0;
-    while ((tok = strtok_r(NULL, " \t\r\n", &save))) {
-        char *eq = strchr(tok, '=');
-        if (!eq) { TEST_FAIL_("case %s: token '%s' is not key=value", c->name, tok); return 0; }
-        *eq = 0;
-        const char *k = tok, *v = eq + 1;
-        const struct { const char *k; int *p; } ints[] = {
-            {"b", &c->b}, {"s_q", &c->s_q}, {"h_q", &c->h_q}, {"h_kv", &c->h_kv}, {"d", &c->d},
-            {"dv", &c->dv}, {"v_shared", &c->v_shared}, {"block_size", &c->block_size},
-            {"max_blocks_per_seq", &c->mbps}, {"num_blocks", &c->num_blocks}, {"causal", &c->causal}};
-        int found = 0;
-        for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
-            if (!strcmp(k, ints[i].k)) { *ints[i].p = atoi(v); found = 1; }
-        if (!strcmp(k, "softmax_scale")) { c->scale = strtod(v, NULL); found = 1; }
-        if (!strcmp(k, "dtype")) {
-            c->dtype = !strcmp(v, "f32") ? PKV_F32 : !strcmp(v, "f16") ? PKV_F16 : !strcmp(v, "bf16") ? PKV_BF16 : -1;
-            found = c->dtype >= 0;
-        }
-        if (!found) { TEST_FAIL_("case %s: unknown key or value '%s=%s'", c->name, k, v); return 0; }
-        seen++;
-    }
-    if (seen != 13) { TEST_FAIL_("case %s: %d of 13 keys", c->name, seen); return 0; }
-    return 1;
-}
-
-/* dir/name.what.npy of the given dtype and element count (0: absent and optional). */
+/* dir/name.what.npy of the given dtype and element count (see common/vectors.h). */
 static int vec_load(const char *dir, const char *name, const char *what, int dtype, size_t count, npy_array *out,
                     int required) {
-    char path[1400], err[256];
-    snprintf(path, sizeof path, "%s/%s.%s.npy", dir, name, what);
-    const int st = npy_load(path, out, err, sizeof err);
-    if (st == PKV_ERR_IO && !required) return 0;
-    if (st != PKV_OK) { TEST_FAIL_("%s: %s", path, err); return -1; }
-    if (out->dtype != dtype || (count && out->count != count)) {
-        TEST_FAIL_("%s: unexpected dtype or size", path);
-        npy_free(out);
-        return -1;
-    }
-    return 1;
+    char err[1600];
+    const int st = vectors_load(dir, name, what, dtype, count, out, required, err, sizeof err);
+    if (st < 0) TEST_FAIL_("%s", err);
+    return st;
 }
 
 /* Checks out/lse of a fast run against the expected arrays; returns the max abs
@@ -362,46 +318,25 @@ done:
     npy_free(&q); npy_free(&k); npy_free(&v); npy_free(&bt); npy_free(&sl); npy_free(&eo); npy_free(&el);
 }
 
-/* The vectors folder: PKV_VECTORS, else ../shared/vectors from the repo root (the
- * working directory if it is the root, else the root found above this executable). */
-static const char *vec_dir(char *buf, size_t cap) {
-    const char *env = getenv("PKV_VECTORS");
-    if (env && *env) return env;
-    if (access("include/pagedkv.h", F_OK) == 0) return "../shared/vectors";
-    char exe[900];
-    const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) return "../shared/vectors";
-    exe[n] = 0;
-    for (char *slash = strrchr(exe, '/'); slash && slash != exe; slash = strrchr(exe, '/')) {
-        *slash = 0;
-        snprintf(buf, cap, "%s/include/pagedkv.h", exe);
-        if (access(buf, F_OK) == 0) {
-            snprintf(buf, cap, "%s/../shared/vectors", exe);
-            return buf;
-        }
-    }
-    return "../shared/vectors";
-}
-
 static void test_vectors(void) {
-    char buf[1024], path[1100], line[2048];
-    const char *dir = vec_dir(buf, sizeof buf);
-    snprintf(path, sizeof path, "%s/cases.txt", dir);
-    FILE *f = fopen(path, "r");
+    char buf[1024], line[2048], err[1300];
+    const char *dir = vectors_dir(buf, sizeof buf);
+    FILE *f = vectors_open(dir, err, sizeof err);
     if (!f) {
-        const char *opt = getenv("PKV_VECTORS_OPTIONAL");
-        if (opt && !strcmp(opt, "1")) {
+        if (vectors_optional()) {
             printf("test_attn_fast: no vectors at %s (PKV_VECTORS_OPTIONAL=1): skipped\n", dir);
             return;
         }
-        TEST_FAIL_("cannot open %s: %s (set PKV_VECTORS, or PKV_VECTORS_OPTIONAL=1)", path, strerror(errno));
+        TEST_FAIL_("%s", err);
         return;
     }
     printf("shared vectors (%s), max abs err of out per ISA level:\n", dir);
     int ncases = 0;
     while (fgets(line, sizeof line, f)) {
         vcase c;
-        if (!vec_parse(line, &c)) continue;
+        const int st = vectors_parse(line, &c, err, sizeof err);
+        if (st < 0) TEST_FAIL_("%s", err);
+        if (st <= 0) continue;
         vec_run(dir, &c);
         ncases++;
     }

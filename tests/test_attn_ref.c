@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <unistd.h>
 
+#include "common/vectors.h"
 #include "npy.h"
 #include "test.h"
 
@@ -205,55 +206,18 @@ static int compare_naive(const pkv_attn_args *a, const char *what) {
 
 /* ---------------- 1. shared vectors ---------------- */
 
-typedef struct vcase {
-    char name[128];
-    int b, s_q, h_q, h_kv, d, dv, v_shared, block_size, mbps, num_blocks, causal, dtype;
-    double scale;
-} vcase;
-
-static int parse_case(char *line, vcase *c) {
-    memset(c, 0, sizeof *c);
-    c->dtype = -1;
-    char *save = NULL, *tok = strtok_r(line, " \t\r\n", &save);
-    if (!tok) return 0;
-    snprintf(c->name, sizeof c->name, "%s", tok);
-    int seen = 0;
-    while ((tok = strtok_r(NULL, " \t\r\n", &save))) {
-        char *eq = strchr(tok, '=');
-        if (!eq) { TEST_FAIL_("case %s: token '%s' is not key=value", c->name, tok); return -1; }
-        *eq = 0;
-        const char *k = tok, *v = eq + 1;
-        struct { const char *k; int *p; } ints[] = {
-            {"b", &c->b}, {"s_q", &c->s_q}, {"h_q", &c->h_q}, {"h_kv", &c->h_kv}, {"d", &c->d},
-            {"dv", &c->dv}, {"v_shared", &c->v_shared}, {"block_size", &c->block_size},
-            {"max_blocks_per_seq", &c->mbps}, {"num_blocks", &c->num_blocks}, {"causal", &c->causal}};
-        int found = 0;
-        for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
-            if (!strcmp(k, ints[i].k)) { *ints[i].p = atoi(v); found = 1; seen++; }
-        if (!strcmp(k, "softmax_scale")) { c->scale = strtod(v, NULL); found = 1; seen++; }
-        if (!strcmp(k, "dtype")) {
-            c->dtype = !strcmp(v, "f32") ? PKV_F32 : !strcmp(v, "f16") ? PKV_F16
-                     : !strcmp(v, "bf16") ? PKV_BF16 : -1;
-            if (c->dtype < 0) { TEST_FAIL_("case %s: unknown dtype %s", c->name, v); return -1; }
-            found = 1; seen++;
-        }
-        if (!found) { TEST_FAIL_("case %s: unknown key '%s' (teach this test)", c->name, k); return -1; }
-    }
-    if (seen != 13) { TEST_FAIL_("case %s: %d of 13 keys", c->name, seen); return -1; }
-    return 1;
-}
-
 /* Loads dir/name.what.npy; required: a missing file fails. Checks dtype and shape. */
 static int load_arr(const char *dir, const char *name, const char *what, int dtype, int ndim,
                     const int64_t *shape, npy_array *out, int required) {
-    char path[1024], err[256];
-    snprintf(path, sizeof path, "%s/%s.%s.npy", dir, name, what);
-    int st = npy_load(path, out, err, sizeof err);
-    if (st == PKV_ERR_IO && !required) return 0;
-    if (st != PKV_OK) { TEST_FAIL_("%s: %s", path, err); return -1; }
-    int ok = out->dtype == dtype && (ndim < 0 || out->ndim == ndim);
+    char err[1600];
+    size_t count = ndim < 0 ? 0 : 1;
+    for (int i = 0; i < ndim; i++) count *= (size_t)shape[i];
+    int st = vectors_load(dir, name, what, dtype, count, out, required, err, sizeof err);
+    if (st < 0) TEST_FAIL_("%s", err);
+    if (st <= 0) return st;
+    int ok = ndim < 0 || out->ndim == ndim;
     for (int i = 0; ok && ndim > 0 && i < ndim; i++) ok = out->shape[i] == shape[i];
-    if (!ok) { TEST_FAIL_("%s: unexpected dtype or shape", path); npy_free(out); return -1; }
+    if (!ok) { TEST_FAIL_("%s.%s: unexpected shape", name, what); npy_free(out); return -1; }
     return 1;
 }
 
@@ -346,49 +310,25 @@ k_: npy_free(&k);
 q_: npy_free(&q);
 }
 
-/* The default vectors folder, ../shared/vectors from the repo root: from the working
- * directory if it is the root, else from the root found above this executable. */
-static const char *default_vectors(char *buf, size_t cap) {
-    if (access("include/pagedkv.h", F_OK) == 0) return "../shared/vectors";
-    char exe[900];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) return "../shared/vectors";
-    exe[n] = 0;
-    for (char *slash = strrchr(exe, '/'); slash && slash != exe; slash = strrchr(exe, '/')) {
-        *slash = 0; /* exe is now a parent folder */
-        snprintf(buf, cap, "%s/include/pagedkv.h", exe);
-        if (access(buf, F_OK) == 0) {
-            snprintf(buf, cap, "%s/../shared/vectors", exe);
-            return buf;
-        }
-    }
-    return "../shared/vectors";
-}
-
 static void test_vectors(void) {
-    char defbuf[1024];
-    const char *dir = getenv("PKV_VECTORS");
-    if (!dir || !*dir) dir = default_vectors(defbuf, sizeof defbuf);
-    const char *opt = getenv("PKV_VECTORS_OPTIONAL");
-    char path[1100];
-    snprintf(path, sizeof path, "%s/cases.txt", dir);
-    FILE *f = fopen(path, "r");
+    char buf[1024], err[1300];
+    const char *dir = vectors_dir(buf, sizeof buf);
+    FILE *f = vectors_open(dir, err, sizeof err);
     if (!f) {
-        if (opt && !strcmp(opt, "1")) {
+        if (vectors_optional()) {
             printf("test_attn_ref: no vectors at %s (PKV_VECTORS_OPTIONAL=1): skipped\n", dir);
             return;
         }
-        TEST_FAIL_("cannot open %s: %s (set PKV_VECTORS, or PKV_VECTORS_OPTIONAL=1)", path,
-                   strerror(errno));
+        TEST_FAIL_("%s", err);
         return;
     }
     char line[2048];
     int ncases = 0;
     double worst_rel = 0, worst_lse = 0;
     while (fgets(line, sizeof line, f)) {
-        if (line[0] == '#') continue;
         vcase c;
-        int st = parse_case(line, &c);
+        int st = vectors_parse(line, &c, err, sizeof err);
+        if (st < 0) TEST_FAIL_("%s", err);
         if (st <= 0) continue;
         run_vector_case(dir, &c, &worst_rel, &worst_lse);
         ncases++;

@@ -1,0 +1,38 @@
+/* The shared attention test vectors (../shared/vectors): where they are, how a
+ * line of cases.txt reads, and loading one array of a case with its dtype and
+ * size checked. Used by the oracle's and the fast path's tests. Failures come
+ * back as -1 with a message in err; the caller records them. */
+#ifndef PKV_TEST_VECTORS_H
+#define PKV_TEST_VECTORS_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "npy.h"
+
+typedef struct vcase {
+    char name[128];
+    int b, s_q, h_q, h_kv, d, dv, v_shared, block_size, mbps, num_blocks, causal, dtype;
+    double scale;
+} vcase;
+
+/* One line of cases.txt ("name key=value ..."): 1 for a case, 0 for a blank or
+ * comment line, -1 for a malformed one. */
+int vectors_parse(char *line, vcase *c, char *err, size_t errcap);
+
+/* The vectors folder: PKV_VECTORS, else ../shared/vectors from the repo root (the
+ * working directory if it is the root, else the root found above this executable). */
+const char *vectors_dir(char *buf, size_t cap);
+
+/* Opens dir/cases.txt; NULL with the reason in err when it cannot. */
+FILE *vectors_open(const char *dir, char *err, size_t errcap);
+
+/* Loads dir/name.what.npy into out and checks its dtype (NPY_*) and element count
+ * (count 0: any). Returns 1, 0 when absent and not required, -1 on failure. */
+int vectors_load(const char *dir, const char *name, const char *what, int dtype, size_t count, npy_array *out,
+                 int required, char *err, size_t errcap);
+
+/* Whether PKV_VECTORS_OPTIONAL=1 (a missing folder is then skipped, not failed). */
+int vectors_optional(void);
+
+#endif
