@@ -227,6 +227,28 @@ AI void split_row(const float *w, uint16_t *ph, uint16_t *pl) {
 
 /* O rows r0..r0+16 (stride ldo floats) += (Ph + Pl) V over dims [0, dv) (dv % 16 == 0);
  * ph, pl: [16][64] bf16. Tiles: 0-1 C, 2-3 Ph (keys 0..31, 32..63), 4-5 Pl, 6-7 V. */
+/* O[:, c..c+32) += P_hi V + P_lo V over 32 keys: P's high and low bf16 parts sit
+ * in tiles 2/3 and 4/5 (keys 0-15 / 16-31), V rows come from vt in pairs. */
+static inline __attribute__((always_inline)) void amx_pv_cols32(float *o, int32_t c, const uint32_t *vt,
+                                                                 int32_t dvpad, size_t ldv, size_t ldo_bytes) {
+    _tile_loadd(0, o + c, ldo_bytes);
+    _tile_loadd(1, o + c + 16, ldo_bytes);
+    _tile_loadd(6, vt + c, ldv);
+    _tile_loadd(7, vt + c + 16, ldv);
+    _tile_dpbf16ps(0, 2, 6);
+    _tile_dpbf16ps(1, 2, 7);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(6, vt + (size_t)16 * (size_t)dvpad + c, ldv);
+    _tile_loadd(7, vt + (size_t)16 * (size_t)dvpad + c + 16, ldv);
+    _tile_dpbf16ps(0, 3, 6);
+    _tile_dpbf16ps(1, 3, 7);
+    _tile_dpbf16ps(0, 5, 6);
+    _tile_dpbf16ps(1, 5, 7);
+    _tile_stored(0, o + c, ldo_bytes);
+    _tile_stored(1, o + c + 16, ldo_bytes);
+}
+
 static void amx_pv16(const uint16_t *ph, const uint16_t *pl, const uint32_t *vt, int32_t dvpad, float *o,
                      size_t ldo_bytes, int32_t dv) {
     const size_t ldv = (size_t)dvpad * 4;
@@ -236,22 +258,7 @@ static void amx_pv16(const uint16_t *ph, const uint16_t *pl, const uint32_t *vt,
     _tile_loadd(5, pl + 32, ATTN_TILE * 2);
     int32_t c = 0;
     for (; c + 32 <= dv; c += 32) {
-        _tile_loadd(0, o + c, ldo_bytes);
-        _tile_loadd(1, o + c + 16, ldo_bytes);
-        _tile_loadd(6, vt + c, ldv);
-        _tile_loadd(7, vt + c + 16, ldv);
-        _tile_dpbf16ps(0, 2, 6);
-        _tile_dpbf16ps(1, 2, 7);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_loadd(6, vt + (size_t)16 * (size_t)dvpad + c, ldv);
-        _tile_loadd(7, vt + (size_t)16 * (size_t)dvpad + c + 16, ldv);
-        _tile_dpbf16ps(0, 3, 6);
-        _tile_dpbf16ps(1, 3, 7);
-        _tile_dpbf16ps(0, 5, 6);
-        _tile_dpbf16ps(1, 5, 7);
-        _tile_stored(0, o + c, ldo_bytes);
-        _tile_stored(1, o + c + 16, ldo_bytes);
+        amx_pv_cols32(o, c, vt, dvpad, ldv, ldo_bytes);
     }
     for (; c < dv; c += 16) {
         _tile_loadd(0, o + c, ldo_bytes);
@@ -317,22 +324,7 @@ static void amx_pv16_fp8(const float *p, const uint32_t *vt, int32_t dvpad, cons
         _tile_loadd(4, pl, ATTN_TILE * 2);
         _tile_loadd(5, pl + 32, ATTN_TILE * 2);
         for (int32_t c = 128 * t; c < 128 * t + 128; c += 32) {
-            _tile_loadd(0, o + c, ldo_bytes);
-            _tile_loadd(1, o + c + 16, ldo_bytes);
-            _tile_loadd(6, vt + c, ldv);
-            _tile_loadd(7, vt + c + 16, ldv);
-            _tile_dpbf16ps(0, 2, 6);
-            _tile_dpbf16ps(1, 2, 7);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_loadd(6, vt + (size_t)16 * (size_t)dvpad + c, ldv);
-            _tile_loadd(7, vt + (size_t)16 * (size_t)dvpad + c + 16, ldv);
-            _tile_dpbf16ps(0, 3, 6);
-            _tile_dpbf16ps(1, 3, 7);
-            _tile_dpbf16ps(0, 5, 6);
-            _tile_dpbf16ps(1, 5, 7);
-            _tile_stored(0, o + c, ldo_bytes);
-            _tile_stored(1, o + c + 16, ldo_bytes);
+            amx_pv_cols32(o, c, vt, dvpad, ldv, ldo_bytes);
         }
     }
 }
