@@ -284,11 +284,7 @@ static void vec_run(const char *dir, const vcase *c) {
         vec_load(dir, c->name, "out", NPY_F8, no, &eo, 1) < 0 || vec_load(dir, c->name, "lse", NPY_F8, nl, &el, 1) < 0)
         goto done;
     pkv_attn_args a;
-    memset(&a, 0, sizeof a);
-    a.batch = c->b; a.s_q = c->s_q; a.h_q = c->h_q; a.h_kv = c->h_kv; a.d = c->d; a.dv = c->dv;
-    a.block_size = c->block_size; a.max_blocks_per_seq = c->mbps; a.num_blocks = c->num_blocks;
-    a.causal = c->causal; a.softmax_scale = (float)c->scale;
-    a.q_dtype = a.kv_dtype = c->dtype;
+    vectors_geometry(c, &a);
     a.q = q.data; a.k_cache = k.data; a.v_cache = c->v_shared ? NULL : v.data;
     a.block_table = bt.data; a.cache_seqlens = sl.data;
     float *out = malloc(no * sizeof(float)), *lse = malloc(nl * sizeof(float));

@@ -241,11 +241,7 @@ static void run_vector_case(const char *dir, const vcase *c, double *worst_rel, 
     if (load_arr(dir, c->name, "attn_sink", NPY_F4, 1, sh, &sink, 0) < 0) goto ix_;
     {
         pkv_attn_args a;
-        memset(&a, 0, sizeof a);
-        a.batch = c->b; a.s_q = c->s_q; a.h_q = c->h_q; a.h_kv = c->h_kv; a.d = c->d; a.dv = c->dv;
-        a.block_size = c->block_size; a.max_blocks_per_seq = c->mbps; a.num_blocks = c->num_blocks;
-        a.causal = c->causal; a.softmax_scale = (float)c->scale;
-        a.q_dtype = a.kv_dtype = c->dtype;
+        vectors_geometry(c, &a);
         a.q = q.data; a.k_cache = k.data; a.v_cache = c->v_shared ? NULL : v.data;
         a.block_table = bt.data; a.cache_seqlens = sls.data;
         if (ix.data) {

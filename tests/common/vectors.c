@@ -98,3 +98,19 @@ int vectors_optional(void) {
     const char *opt = getenv("PKV_VECTORS_OPTIONAL");
     return opt && !strcmp(opt, "1");
 }
+
+void vectors_geometry(const vcase *c, pkv_attn_args *a) {
+    memset(a, 0, sizeof *a);
+    a->batch = c->b;
+    a->s_q = c->s_q;
+    a->h_q = c->h_q;
+    a->h_kv = c->h_kv;
+    a->d = c->d;
+    a->dv = c->dv;
+    a->block_size = c->block_size;
+    a->max_blocks_per_seq = c->mbps;
+    a->num_blocks = c->num_blocks;
+    a->causal = c->causal;
+    a->softmax_scale = (float)c->scale;
+    a->q_dtype = a->kv_dtype = c->dtype;
+}

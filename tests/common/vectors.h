@@ -32,6 +32,10 @@ FILE *vectors_open(const char *dir, char *err, size_t errcap);
 int vectors_load(const char *dir, const char *name, const char *what, int dtype, size_t count, npy_array *out,
                  int required, char *err, size_t errcap);
 
+/* Zeroes *a and fills its geometry, scale, causal flag and dtypes from c. */
+struct pkv_attn_args;
+void vectors_geometry(const vcase *c, struct pkv_attn_args *a);
+
 /* Whether PKV_VECTORS_OPTIONAL=1 (a missing folder is then skipped, not failed). */
 int vectors_optional(void);
 
