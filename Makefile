@@ -2,7 +2,8 @@
 #   make            libraries (build/libpagedkv.a, build/libpagedkv.so) and build/pkv
 #   make test       all tests with -Werror      make run     the main job
 #   make asan|ubsan|tsan|valgrind               make stress  long seeded model run
-#   make bench      benchmarks (JSON on stdout) make install PREFIX=/usr/local
+#   make bench      benchmarks (JSON on stdout) make install|uninstall PREFIX=/usr/local
+#   make check-abi  exported symbols and struct layouts against abi/pagedkv.abi
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 LDFLAGS ?=
@@ -23,16 +24,21 @@ ISA_AVX2   := -mavx2 -mfma -mf16c
 ISA_AVX512 := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c -mavx2 \
               -mamx-tile -mamx-bf16
 
+VERSION := $(shell sed -n 's/^\#define PKV_VERSION_STRING "\(.*\)"/\1/p' include/pagedkv.h)
+MAJOR   := $(firstword $(subst ., ,$(VERSION)))
+
 LIB_SRC  := $(sort $(wildcard src/*.c src/attn/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_SRC  := $(sort $(wildcard src/cli/*.c))
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+# The .npy reader/writer belongs to the pkv program; tests and fuzz targets reuse it.
+NPY_OBJ  := $(BUILD)/obj/src/cli/npy.o
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # Script tests load the shared library from outside (ctypes, the CLI): not under sanitizers.
 TEST_SCRIPTS := $(if $(NO_SCRIPTS),,$(sort $(wildcard tests/test_*.py tests/test_*.sh)))
 TEST_COMMON_SRC := $(sort $(wildcard tests/common/*.c))
-TEST_COMMON_OBJ := $(TEST_COMMON_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_COMMON_OBJ := $(TEST_COMMON_SRC:%.c=$(BUILD)/obj/%.o) $(NPY_OBJ)
 STRESS_SRC := $(sort $(wildcard tests/stress/*.c))
 STRESS_BIN := $(STRESS_SRC:tests/stress/%.c=$(BUILD)/stress/%)
 BENCH_SRC := $(sort $(wildcard bench/bench_*.c))
@@ -43,13 +49,20 @@ BENCH_COMMON_OBJ := $(BENCH_COMMON_SRC:%.c=$(BUILD)/obj/%.o)
 EXAMPLE_SRC := $(sort $(wildcard examples/*.c))
 EXAMPLE_BIN := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
 
-STATIC := $(BUILD)/libpagedkv.a
-SHARED := $(BUILD)/libpagedkv.so
-PKV    := $(if $(CLI_SRC),$(BUILD)/pkv)
+# The shipped libraries export pkv_ names only: the shared one by visibility, the
+# static one by linking every object into one (ld -r) and localizing its hidden
+# symbols. Tests and benchmarks, which reach internals, link the plain objects
+# (the internal archive); it never ships.
+STATIC   := $(BUILD)/libpagedkv.a
+SONAME   := libpagedkv.so.$(MAJOR)
+SHARED   := $(BUILD)/libpagedkv.so.$(VERSION)
+INTERNAL := $(BUILD)/libpagedkv_internal.a
+PKV      := $(if $(CLI_SRC),$(BUILD)/pkv)
 
-.PHONY: all lib test tests asan ubsan test-weakhash tsan valgrind stress bench run install clean fuzz fuzz-run check-abi
+.PHONY: all lib test tests asan ubsan test-weakhash tsan valgrind stress bench run install uninstall clean \
+        fuzz fuzz-run check-abi abi-update
 all: lib $(PKV)
-lib: $(STATIC) $(SHARED)
+lib: $(STATIC) $(SHARED) $(BUILD)/libpagedkv.so
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -57,7 +70,7 @@ $(BUILD)/obj/%.o: %.c
 
 $(BUILD)/obj/tests/%.o: tests/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests -MMD -MP -c $< -o $@
+	$(CC) $(ALL_CFLAGS) -Itests -Isrc/cli -MMD -MP -c $< -o $@
 
 # pkv info reports the flags it was built with.
 $(BUILD)/obj/src/cli/info.o: ISAFLAGS = -DPKV_BUILD_CFLAGS='"$(strip $(CFLAGS) $(EXTRA_CFLAGS))"'
@@ -65,38 +78,52 @@ $(BUILD)/obj/src/cli/info.o: ISAFLAGS = -DPKV_BUILD_CFLAGS='"$(strip $(CFLAGS) $
 $(BUILD)/obj/%_avx2.o: ISAFLAGS = $(ISA_AVX2)
 $(BUILD)/obj/%_avx512.o: ISAFLAGS = $(ISA_AVX512)
 
-$(STATIC): $(LIB_OBJ)
+$(INTERNAL): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
+$(STATIC): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(LD) -r -o $(BUILD)/pagedkv.o $^
+	objcopy --localize-hidden $(BUILD)/pagedkv.o
+	rm -f $@ && ar rcs $@ $(BUILD)/pagedkv.o
+
 $(SHARED): $(LIB_OBJ)
-	$(CC) -shared -Wl,-soname,libpagedkv.so.0 $(CFLAGS) $(EXTRA_CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) -shared -Wl,-soname,$(SONAME) $(CFLAGS) $(EXTRA_CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(BUILD)/pkv: $(CLI_OBJ) $(STATIC)
-	$(CC) $(CFLAGS) $(EXTRA_CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJ) $(STATIC) $(LIBS)
+$(BUILD)/libpagedkv.so: $(SHARED)
+	ln -sf $(notdir $(SHARED)) $(BUILD)/$(SONAME)
+	ln -sf $(SONAME) $@
 
-$(BUILD)/tests/%: tests/%.c $(TEST_COMMON_OBJ) $(STATIC)
+$(BUILD)/pkv: $(CLI_OBJ) $(INTERNAL)
+	$(CC) $(CFLAGS) $(EXTRA_CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJ) $(INTERNAL) $(LIBS)
+
+$(BUILD)/tests/%: tests/%.c $(TEST_COMMON_OBJ) $(INTERNAL)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests -MMD -MP $(LDFLAGS) -o $@ $< $(TEST_COMMON_OBJ) $(STATIC) $(LIBS)
+	$(CC) $(ALL_CFLAGS) -Itests -Isrc/cli -MMD -MP $(LDFLAGS) -o $@ $< $(TEST_COMMON_OBJ) $(INTERNAL) $(LIBS)
 
-$(BUILD)/stress/%: tests/stress/%.c $(TEST_COMMON_OBJ) $(STATIC)
+$(BUILD)/stress/%: tests/stress/%.c $(TEST_COMMON_OBJ) $(INTERNAL)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests -MMD -MP $(LDFLAGS) -o $@ $< $(TEST_COMMON_OBJ) $(STATIC) $(LIBS)
+	$(CC) $(ALL_CFLAGS) -Itests -Isrc/cli -MMD -MP $(LDFLAGS) -o $@ $< $(TEST_COMMON_OBJ) $(INTERNAL) $(LIBS)
 
-$(BUILD)/bench/%: bench/%.c $(BENCH_COMMON_OBJ) $(STATIC)
+$(BUILD)/bench/%: bench/%.c $(BENCH_COMMON_OBJ) $(INTERNAL)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Ibench -MMD -MP $(LDFLAGS) -o $@ $< $(BENCH_COMMON_OBJ) $(STATIC) $(LIBS)
+	$(CC) $(ALL_CFLAGS) -Ibench -MMD -MP $(LDFLAGS) -o $@ $< $(BENCH_COMMON_OBJ) $(INTERNAL) $(LIBS)
 
 $(BUILD)/examples/%: examples/%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS)
 
-tests: $(TEST_BIN) $(PKV) $(SHARED) $(EXAMPLE_BIN)
+# Objects that only pattern rules name would be deleted as intermediates.
+.SECONDARY: $(TEST_COMMON_OBJ) $(BENCH_COMMON_OBJ) $(LIB_OBJ) $(CLI_OBJ)
+
+tests: $(TEST_BIN) $(PKV) $(SHARED) $(BUILD)/libpagedkv.so $(EXAMPLE_BIN)
 
 # The test run: every tests/test_* binary, then a summary line "N passed, N failed".
 test:
 	@$(MAKE) --no-print-directory WERROR=-Werror tests
-	@PKV_VECTORS=$(VECTORS) PKV_BIN=$(PKV) PKV_LIB=$(SHARED) sh tests/run.sh $(TEST_BIN) $(TEST_SCRIPTS)
+	@PKV_VECTORS=$(VECTORS) PKV_BIN=$(PKV) PKV_LIB=$(SHARED) PKV_STATIC=$(STATIC) CC="$(CC)" \
+	  sh tests/run.sh $(TEST_BIN) $(TEST_SCRIPTS)
 
 SAN_CC ?= $(CC)
 asan:
@@ -131,11 +158,13 @@ FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fn
 SECONDS      ?= 60
 fuzz:
 	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=$(FUZZ_CC) WERROR=-Werror \
-	  CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" build/fuzz/libpagedkv.a
+	  CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" build/fuzz/libpagedkv_internal.a \
+	  build/fuzz/obj/src/cli/npy.o build/fuzz/obj/tests/common/dump.o
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "$(FUZZ_CC) -fsanitize=fuzzer ... -o build/fuzz/fuzz_$$t"; \
-	  $(FUZZ_CC) $(BASE) $(WARN) -Werror -Itests -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -DPKV_LIBFUZZER \
-	    -o build/fuzz/fuzz_$$t tests/fuzz/fuzz_$$t.c build/fuzz/libpagedkv.a $(LIBS) || exit 1; \
+	  $(FUZZ_CC) $(BASE) $(WARN) -Werror -Itests -Isrc/cli -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -DPKV_LIBFUZZER \
+	    -o build/fuzz/fuzz_$$t tests/fuzz/fuzz_$$t.c build/fuzz/obj/src/cli/npy.o build/fuzz/obj/tests/common/dump.o \
+	    build/fuzz/libpagedkv_internal.a $(LIBS) || exit 1; \
 	done
 fuzz-run: fuzz
 	@for t in $(FUZZ_TARGETS); do \
@@ -163,15 +192,32 @@ bench: $(BENCH_BIN)
 run: all
 	$(PKV) sim
 
-install: lib
+# Installs the header, both libraries (libpagedkv.so.VERSION with its soname and
+# dev links), pagedkv.pc and pkv. The .pc file carries an rpath to PREFIX/lib so
+# that `cc app.c $(pkg-config --cflags --libs pagedkv)` runs without ldconfig or
+# LD_LIBRARY_PATH for any PREFIX; `pkg-config --static` links libpagedkv.a instead.
+INSTALLED := include/pagedkv.h lib/libpagedkv.a lib/libpagedkv.so.$(VERSION) lib/$(SONAME) lib/libpagedkv.so \
+             lib/pkgconfig/pagedkv.pc bin/pkv
+install: all
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
 	install -m 644 include/pagedkv.h $(DESTDIR)$(PREFIX)/include/
 	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/
-	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/libpagedkv.so.0
-	ln -sf libpagedkv.so.0 $(DESTDIR)$(PREFIX)/lib/libpagedkv.so
-	-install -m 755 $(PKV) $(DESTDIR)$(PREFIX)/bin/ 2>/dev/null
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|'$$(sed -n 's/^#define PKV_VERSION_STRING "\(.*\)"/\1/p' include/pagedkv.h)'|' \
-	  pagedkv.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/pagedkv.pc
+	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libpagedkv.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(PREFIX)/lib/libpagedkv.so
+	install -m 755 $(PKV) $(DESTDIR)$(PREFIX)/bin/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' pagedkv.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/pagedkv.pc
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/,$(INSTALLED))
+
+# ABI guard: exported symbols (both libraries), every public struct's layout and
+# every enum value against abi/pagedkv.abi; fails on a change without the matching
+# version bump (tools/check_abi.py). After a deliberate bump: make abi-update.
+check-abi: lib
+	python3 tools/check_abi.py --cc "$(CC)" --shared $(SHARED) --static $(STATIC) --soname $(SONAME) abi/pagedkv.abi
+abi-update: lib
+	python3 tools/check_abi.py --cc "$(CC)" --shared $(SHARED) --static $(STATIC) --soname $(SONAME) --update abi/pagedkv.abi
 
 clean:
 	rm -rf build

@@ -137,7 +137,7 @@ static void release(bdata *d) {
 
 static pkv_attn_args args_of(const shape *s, const bdata *d, int paged, int32_t bs) {
     pkv_attn_args a;
-    memset(&a, 0, sizeof a);
+    pkv_attn_args_init(&a);
     a.batch = s->b; a.s_q = s->s_q; a.h_q = s->h_q; a.h_kv = s->h_kv; a.d = s->d; a.dv = s->dv;
     a.causal = s->causal;
     a.softmax_scale = 1.0f / sqrtf(192.0f);

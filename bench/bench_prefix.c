@@ -220,7 +220,7 @@ static void bench_size(int32_t n) {
         vf[r] = bench_now() - t0;
         OK(pkv_seq_free(c, s));
     }
-    pkv_stats st;
+    pkv_stats st = PKV_STATS_INIT;
     OK(pkv_cache_stats(c, &st));
     if (st.evictions != (int64_t)reps * nblk) die("eviction count", PKV_ERR_STATE);
     for (int r = 0; r < reps; r++) vx[r] = ve[r] > vf[r] ? ve[r] - vf[r] : 0;

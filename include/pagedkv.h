@@ -30,13 +30,34 @@ extern "C" {
 #define PKV_API
 #endif
 
-#define PKV_VERSION_MAJOR 0
-#define PKV_VERSION_MINOR 1
+/* Versioning. The major version is the soname (libpagedkv.so.MAJOR): it changes
+ * only when a binary built against an older header could break (a function or a
+ * field removed or changed). The minor version grows when functions, enum values
+ * or struct fields are added; binaries built against an older minor keep working.
+ * `make check-abi` compares the exported symbols and every public struct's layout
+ * with abi/pagedkv.abi and fails when they change without the matching bump. */
+#define PKV_VERSION_MAJOR 1
+#define PKV_VERSION_MINOR 0
 #define PKV_VERSION_PATCH 0
-#define PKV_VERSION_STRING "0.1.0"
+#define PKV_VERSION_STRING "1.0.0"
+#define PKV_VERSION_NUMBER (PKV_VERSION_MAJOR * 10000 + PKV_VERSION_MINOR * 100 + PKV_VERSION_PATCH)
 
-/*! Returns the library's version string, e.g. "0.1.0". */
+/*! Returns the library's version string, e.g. "1.0.0". */
 PKV_API const char *pkv_version(void);
+
+/*! Returns the library's PKV_VERSION_NUMBER (major * 10000 + minor * 100 + patch)
+ *  as it was built: compare with the header's to detect a mismatched library. */
+PKV_API unsigned pkv_version_number(void);
+
+/* Growable structs. Every public struct starts with `uint32_t size`: the
+ * sizeof() of the struct as the caller's header defines it, set by its init
+ * function (pkv_config_init, pkv_attn_args_init) or initializer (PKV_STATS_INIT).
+ * A library newer than the caller reads only the first `size` bytes and gives
+ * fields past them their defaults; a library older than the caller accepts a
+ * larger struct only when every byte it does not know is zero (a field the
+ * caller set that the library cannot honour is refused, PKV_ERR_INVALID).
+ * Output structs (pkv_stats) are filled up to their `size`. A struct whose size
+ * is smaller than the first released layout is refused with PKV_ERR_INVALID. */
 
 /* ------------------------------------------------------------------------- */
 /* Status codes: fixed values, never renumbered.                             */
@@ -113,6 +134,7 @@ enum pkv_flags {
 };
 
 typedef struct pkv_config {
+    uint32_t size;       /* sizeof(pkv_config), set by pkv_config_init */
     int32_t num_blocks;  /* blocks in the pool, >= 1 */
     int32_t block_size;  /* token slots per block, 1..4096 (default 64) */
     uint32_t flags;      /* pkv_flags */
@@ -130,8 +152,9 @@ typedef struct pkv_config {
     pkv_allocator allocator; /* alloc == NULL: malloc/free */
 } pkv_config;
 
-/*! Fills cfg with defaults: 1024 blocks of 64 slots, metadata mode, no flags,
- *  MLA geometry (1 layer, h_kv 1, d 576, dv 512, V shared, bf16), malloc/free. */
+/*! Fills cfg with defaults: size = sizeof(pkv_config), 1024 blocks of 64 slots,
+ *  metadata mode, no flags, MLA geometry (1 layer, h_kv 1, d 576, dv 512, V
+ *  shared, bf16), malloc/free. Start every config from it. */
 PKV_API void pkv_config_init(pkv_config *cfg);
 
 typedef struct pkv_cache pkv_cache;
@@ -155,6 +178,7 @@ PKV_API int pkv_cache_config(pkv_cache *cache, pkv_config *cfg);
 PKV_API const char *pkv_cache_last_error(const pkv_cache *cache);
 
 typedef struct pkv_stats {
+    uint32_t size;             /* set by the caller: sizeof(pkv_stats) (PKV_STATS_INIT) */
     int32_t num_blocks;
     int32_t block_size;
     int32_t free_blocks;       /* on the free list */
@@ -176,7 +200,17 @@ typedef struct pkv_stats {
     int64_t registrations;     /* blocks newly entered into the index */
 } pkv_stats;
 
-/*! Fills *out with the cache's counters. */
+/* Initializer of a pkv_stats to pass to pkv_cache_stats:
+ *     pkv_stats st = PKV_STATS_INIT; */
+#ifdef __cplusplus
+#define PKV_STATS_INIT {sizeof(pkv_stats)}
+#else
+#define PKV_STATS_INIT {.size = sizeof(pkv_stats)}
+#endif
+
+/*! Fills *out with the cache's counters, up to out->size bytes (the fields the
+ *  caller's header knows). PKV_ERR_INVALID when out->size is below the first
+ *  layout's size (an uninitialized struct). */
 PKV_API int pkv_cache_stats(pkv_cache *cache, pkv_stats *out);
 
 /*! Reference count of block id (0 for free or evictable blocks). */
@@ -344,6 +378,7 @@ PKV_API void pkv_siphash128(const uint8_t key[16], const void *in, size_t len, u
 /* Attention (FlashMLA argument convention)                                  */
 /* ------------------------------------------------------------------------- */
 typedef struct pkv_attn_args {
+    uint32_t size;             /* sizeof(pkv_attn_args), set by pkv_attn_args_init */
     int32_t batch, s_q, h_q, h_kv, d, dv;
     int32_t block_size, max_blocks_per_seq, num_blocks;
     int32_t causal;            /* 0 or 1 */
@@ -360,6 +395,10 @@ typedef struct pkv_attn_args {
     int32_t topk;              /* entries per query row of indices */
     const float *attn_sink;    /* NULL, or [h_q]: one extra logit per head in the denominator */
 } pkv_attn_args;
+
+/*! Zeroes *args and sets args->size; then fill the fields. Every pkv_attn_args
+ *  passed to the library starts here (a NULL args is ignored). */
+PKV_API void pkv_attn_args_init(pkv_attn_args *args);
 
 /*! The oracle: attention over the paged cache, gathered through the block
  *  table and accumulated in double precision.

@@ -8,6 +8,7 @@
 void pkv_config_init(pkv_config *cfg) {
     if (!cfg) return;
     memset(cfg, 0, sizeof *cfg);
+    cfg->size = sizeof *cfg;
     cfg->num_blocks = 1024;
     cfg->block_size = 64;
     cfg->storage = PKV_STORAGE_METADATA;
@@ -54,10 +55,13 @@ static int config_validate(const pkv_config *cfg) {
     return PKV_OK;
 }
 
-int pkv_cache_create(const pkv_config *cfg, pkv_cache **out) {
+int pkv_cache_create(const pkv_config *user_cfg, pkv_cache **out) {
     RETURN_IF(!out, PKV_ERR_NULL);
     *out = NULL;
-    RETURN_IF(!cfg, PKV_ERR_NULL);
+    RETURN_IF(!user_cfg, PKV_ERR_NULL);
+    pkv_config full, *cfg = &full;
+    pkv_config_init(cfg);
+    FORWARD_IF_ERROR(pkv__struct_import(cfg, sizeof *cfg, user_cfg, PKV_CONFIG_SIZE_1_0));
     FORWARD_IF_ERROR(config_validate(cfg));
     const pkv_allocator *al = &cfg->allocator;
     pkv_cache *c = pkv_mem_calloc(al, 1, sizeof *c);
@@ -102,16 +106,20 @@ void pkv_cache_destroy(pkv_cache *c) {
 int pkv_cache_config(pkv_cache *c, pkv_config *cfg) {
     RETURN_IF(!cfg, PKV_ERR_NULL);
     CACHE_ENTER(c);
-    *cfg = c->cfg;
+    if (cfg->size < PKV_CONFIG_SIZE_1_0)
+        CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "cfg->size is %u: start from pkv_config_init", cfg->size));
+    pkv__struct_export(cfg, &c->cfg, sizeof c->cfg);
     CACHE_LEAVE(c, PKV_OK);
 }
 
 const char *pkv_cache_last_error(const pkv_cache *c) { return c ? c->err : "cache is NULL"; }
 
-int pkv_cache_stats(pkv_cache *c, pkv_stats *out) {
-    RETURN_IF(!c || !out, PKV_ERR_NULL);
+int pkv_cache_stats(pkv_cache *c, pkv_stats *user_out) {
+    RETURN_IF(!c || !user_out, PKV_ERR_NULL);
+    RETURN_IF(user_out->size < PKV_STATS_SIZE_1_0, PKV_ERR_INVALID);
     cache_lock(c);
     const pkv_pool *p = &c->pool;
+    pkv_stats full, *out = &full;
     memset(out, 0, sizeof *out);
     out->num_blocks = p->num_blocks;
     out->block_size = p->block_size;
@@ -125,6 +133,7 @@ int pkv_cache_stats(pkv_cache *c, pkv_stats *out) {
     out->cow_copies = c->cow_copies;
     out->evictions = p->evictions;
     prefix_stats(c, out);
+    pkv__struct_export(user_out, out, sizeof *out);
     c->err[0] = 0;
     cache_unlock(c);
     return PKV_OK;

@@ -10,6 +10,30 @@
 
 const char *pkv_version(void) { return PKV_VERSION_STRING; }
 
+unsigned pkv_version_number(void) { return PKV_VERSION_NUMBER; }
+
+int pkv__struct_import(void *dst, size_t dst_size, const void *src, size_t min_size) {
+    uint32_t size;
+    memcpy(&size, src, sizeof size);
+    RETURN_IF(size < min_size, PKV_ERR_INVALID);
+    if (size > dst_size) {
+        /* A newer caller's fields this library does not know: only zeros (their
+         * defaults) can be honoured. */
+        const unsigned char *tail = (const unsigned char *)src + dst_size;
+        for (size_t i = 0; i < size - dst_size; i++) RETURN_IF(tail[i] != 0, PKV_ERR_INVALID);
+    }
+    memcpy(dst, src, size < dst_size ? size : dst_size);
+    memcpy(dst, &(uint32_t){(uint32_t)dst_size}, sizeof(uint32_t));
+    return PKV_OK;
+}
+
+void pkv__struct_export(void *dst, const void *src, size_t src_size) {
+    uint32_t size;
+    memcpy(&size, dst, sizeof size);
+    memcpy((char *)dst + sizeof size, (const char *)src + sizeof size,
+           (size < src_size ? size : src_size) - sizeof size);
+}
+
 const char *pkv_strerror(int status) {
     switch (status) {
     case PKV_OK: return "ok";

@@ -32,6 +32,22 @@
 #define FORWARD_IF_ERROR(expr) \
     do { int st_ = (expr); if (PKV_UNLIKELY(st_ < 0)) return st_; } while (0)
 
+/* ---- growable public structs (the ABI rule in pagedkv.h) ----
+ * Sizes of the first released layouts: a struct smaller than these is refused.
+ * When a field is appended in a later minor version, these stay as they are
+ * (they are the 1.0 sizes) and the new field must mean "default" when zero. */
+#define PKV_CONFIG_SIZE_1_0 ((size_t)88)
+#define PKV_STATS_SIZE_1_0 ((size_t)112)
+#define PKV_ATTN_ARGS_SIZE_1_0 ((size_t)136)
+/* Copies a caller's struct (its first field the uint32_t size) into dst, which
+ * holds the library's defaults and is dst_size bytes: PKV_ERR_INVALID when the
+ * caller's size is below min_size, or above dst_size with a non-zero byte the
+ * library does not know. dst->size becomes dst_size. */
+int pkv__struct_import(void *dst, size_t dst_size, const void *src, size_t min_size);
+/* Copies src (the library's struct, src_size bytes) into the caller's dst up to
+ * dst's own size (already checked to be >= the 1.0 size), leaving dst->size. */
+void pkv__struct_export(void *dst, const void *src, size_t src_size);
+
 /* n random bytes from the OS (getrandom, else /dev/urandom). */
 int pkv_os_random(void *out, size_t n);
 

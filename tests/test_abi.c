@@ -4,22 +4,81 @@
 
 #include "test.h"
 
+/* The growable-struct rule of pagedkv.h, seen from callers built against an
+ * older header (a smaller size) and a newer one (a larger size). */
+static void test_sizes(void) {
+    CHECK_INT(pkv_version_number(), PKV_VERSION_NUMBER);
+    CHECK(strcmp(pkv_version(), PKV_VERSION_STRING) == 0);
+    /* A config from a newer header: unknown fields zero are defaults, else refused. */
+    struct { pkv_config cfg; uint64_t newer[2]; } big;
+    memset(&big, 0, sizeof big);
+    pkv_config_init(&big.cfg);
+    CHECK_INT(big.cfg.size, sizeof(pkv_config));
+    big.cfg.size = sizeof big;
+    pkv_cache *c = NULL;
+    CHECK_OK(pkv_cache_create(&big.cfg, &c));
+    pkv_cache_destroy(c);
+    big.newer[1] = 1;
+    CHECK_STATUS(pkv_cache_create(&big.cfg, &c), PKV_ERR_INVALID);
+    CHECK(c == NULL);
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.size = 0; /* never initialized */
+    CHECK_STATUS(pkv_cache_create(&cfg, &c), PKV_ERR_INVALID);
+    cfg.size = sizeof cfg - 4;
+    CHECK_STATUS(pkv_cache_create(&cfg, &c), PKV_ERR_INVALID);
+    pkv_config_init(&cfg);
+    cfg.num_blocks = 7;
+    CHECK_OK(pkv_cache_create(&cfg, &c));
+    /* Output structs: filled up to the caller's size, never past it. */
+    struct { pkv_stats st; uint64_t guard; } out;
+    memset(&out, 0xab, sizeof out);
+    out.st.size = sizeof out.st;
+    CHECK_OK(pkv_cache_stats(c, &out.st));
+    CHECK_INT(out.st.size, sizeof out.st);
+    CHECK_INT(out.st.num_blocks, 7);
+    CHECK(out.guard == 0xababababababababull);
+    pkv_stats st = PKV_STATS_INIT;
+    st.size = 8;
+    CHECK_STATUS(pkv_cache_stats(c, &st), PKV_ERR_INVALID);
+    struct { pkv_config cfg; uint64_t guard; } got;
+    memset(&got, 0xcd, sizeof got);
+    got.cfg.size = sizeof got.cfg;
+    CHECK_OK(pkv_cache_config(c, &got.cfg));
+    CHECK_INT(got.cfg.num_blocks, 7);
+    CHECK(got.guard == 0xcdcdcdcdcdcdcdcdull);
+    got.cfg.size = 0;
+    CHECK_STATUS(pkv_cache_config(c, &got.cfg), PKV_ERR_INVALID);
+    pkv_cache_destroy(c);
+    /* Attention arguments: an uninitialized size is refused by both paths. */
+    pkv_attn_args a;
+    pkv_attn_args_init(&a);
+    CHECK_INT(a.size, sizeof a);
+    CHECK(a.q == NULL && a.batch == 0 && a.causal == 0);
+    a.size = 0;
+    CHECK_STATUS(pkv_attn_reference(&a), PKV_ERR_INVALID);
+    CHECK_STATUS(pkv_attn(&a, NULL), PKV_ERR_INVALID);
+}
+
 int main(void) {
+    test_sizes();
 #if UINTPTR_MAX == 0xffffffffffffffffu
-    /* LP64: nine int32 geometry fields, causal, scale, two dtypes, then pointers. */
-    CHECK_INT(offsetof(pkv_attn_args, batch), 0);
-    CHECK_INT(offsetof(pkv_attn_args, s_q), 4);
-    CHECK_INT(offsetof(pkv_attn_args, h_q), 8);
-    CHECK_INT(offsetof(pkv_attn_args, h_kv), 12);
-    CHECK_INT(offsetof(pkv_attn_args, d), 16);
-    CHECK_INT(offsetof(pkv_attn_args, dv), 20);
-    CHECK_INT(offsetof(pkv_attn_args, block_size), 24);
-    CHECK_INT(offsetof(pkv_attn_args, max_blocks_per_seq), 28);
-    CHECK_INT(offsetof(pkv_attn_args, num_blocks), 32);
-    CHECK_INT(offsetof(pkv_attn_args, causal), 36);
-    CHECK_INT(offsetof(pkv_attn_args, softmax_scale), 40);
-    CHECK_INT(offsetof(pkv_attn_args, q_dtype), 44);
-    CHECK_INT(offsetof(pkv_attn_args, kv_dtype), 48);
+    /* LP64: the size, nine int32 geometry fields, causal, scale, two dtypes, then
+     * pointers (the size took what was padding before q: pointers kept their offsets). */
+    CHECK_INT(offsetof(pkv_attn_args, size), 0);
+    CHECK_INT(offsetof(pkv_attn_args, batch), 4);
+    CHECK_INT(offsetof(pkv_attn_args, s_q), 8);
+    CHECK_INT(offsetof(pkv_attn_args, h_q), 12);
+    CHECK_INT(offsetof(pkv_attn_args, h_kv), 16);
+    CHECK_INT(offsetof(pkv_attn_args, d), 20);
+    CHECK_INT(offsetof(pkv_attn_args, dv), 24);
+    CHECK_INT(offsetof(pkv_attn_args, block_size), 28);
+    CHECK_INT(offsetof(pkv_attn_args, max_blocks_per_seq), 32);
+    CHECK_INT(offsetof(pkv_attn_args, num_blocks), 36);
+    CHECK_INT(offsetof(pkv_attn_args, causal), 40);
+    CHECK_INT(offsetof(pkv_attn_args, softmax_scale), 44);
+    CHECK_INT(offsetof(pkv_attn_args, q_dtype), 48);
+    CHECK_INT(offsetof(pkv_attn_args, kv_dtype), 52);
     CHECK_INT(offsetof(pkv_attn_args, q), 56);
     CHECK_INT(offsetof(pkv_attn_args, k_cache), 64);
     CHECK_INT(offsetof(pkv_attn_args, v_cache), 72);

@@ -57,6 +57,7 @@ static void make_case(const tcase *tc, uint64_t seed, tdata *t) {
     test_rng r = {seed};
     memset(t, 0, sizeof *t);
     pkv_attn_args *a = &t->a;
+    pkv_attn_args_init(a);
     a->batch = tc->batch; a->s_q = tc->s_q; a->h_q = tc->h_q; a->h_kv = tc->h_kv;
     a->d = tc->d; a->dv = tc->dv; a->block_size = tc->block_size; a->causal = tc->causal;
     a->q_dtype = tc->q_dtype; a->kv_dtype = tc->kv_dtype;

@@ -14,6 +14,7 @@
 
 #include "common/vectors.h"
 #include "npy.h"
+#include "internal.h"
 #include "test.h"
 
 /* ---------------- independent helpers ---------------- */
@@ -59,6 +60,7 @@ static void tc_make(tcase *t, test_rng *r, int batch, int s_q, int h_q, int h_kv
                     int32_t pad) {
     memset(t, 0, sizeof *t);
     pkv_attn_args *a = &t->a;
+    pkv_attn_args_init(a);
     a->batch = batch; a->s_q = s_q; a->h_q = h_q; a->h_kv = h_kv; a->d = d; a->dv = dv;
     a->block_size = bs; a->max_blocks_per_seq = mbps;
     int used = 0;
@@ -437,7 +439,7 @@ static void test_validation(void) {
         float q[576] = {0};
         int32_t tb1[1] = {0}, sl1[1] = {3};
         pkv_attn_args f;
-        memset(&f, 0, sizeof f);
+        pkv_attn_args_init(&f);
         f.batch = 1; f.s_q = 1; f.h_q = 1; f.h_kv = 1; f.d = 576; f.dv = 512; f.block_size = 4;
         f.max_blocks_per_seq = 1; f.num_blocks = 1; f.softmax_scale = 0.1f;
         f.q_dtype = PKV_F32; f.kv_dtype = PKV_FP8_MLA656;

@@ -100,7 +100,7 @@ static int workers_create(int n) {
 
 /* Valid dense attention arguments over T's small buffers. */
 static void attn_base(T *t) {
-    memset(&t->a, 0, sizeof t->a);
+    pkv_attn_args_init(&t->a);
     pkv_attn_args *a = &t->a;
     a->batch = 2;
     a->s_q = 1;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "npy.h"
+#include "internal.h"
 #include "test.h"
 
 static const char *bin;
@@ -552,7 +553,7 @@ static void test_attn_fp8(void) {
     CHECK_OK(npy_save(path[3], NPY_I4, 1, ls, lens, e, sizeof e));
     static float out[HQ * DV], lse[HQ];
     pkv_attn_args a;
-    memset(&a, 0, sizeof a);
+    pkv_attn_args_init(&a);
     a.batch = 1, a.s_q = 1, a.h_q = HQ, a.h_kv = 1, a.d = D, a.dv = DV;
     a.block_size = BS, a.max_blocks_per_seq = 2, a.num_blocks = NB, a.softmax_scale = 0.0722f;
     a.q_dtype = PKV_F32, a.kv_dtype = PKV_FP8_MLA656;

@@ -17,7 +17,7 @@ def npy(path):
     return header["descr"], tuple(header["shape"]), raw[10 + hlen:]
 
 class Args(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int32) for n in
+    _fields_ = [("size", ctypes.c_uint32)] + [(n, ctypes.c_int32) for n in
                 ("batch", "s_q", "h_q", "h_kv", "d", "dv", "block_size", "max_blocks_per_seq",
                  "num_blocks", "causal")] + [
         ("softmax_scale", ctypes.c_float), ("q_dtype", ctypes.c_int32), ("kv_dtype", ctypes.c_int32),
@@ -41,7 +41,7 @@ def main():
     keep = {k: ctypes.create_string_buffer(v[2], len(v[2])) for k, v in bufs.items()}
     out = (ctypes.c_float * (b * s_q * h_q * dv))()
     lse = (ctypes.c_float * (b * h_q * s_q))()
-    a = Args(batch=b, s_q=s_q, h_q=h_q, h_kv=h_kv, d=d, dv=dv, block_size=bs,
+    a = Args(size=ctypes.sizeof(Args), batch=b, s_q=s_q, h_q=h_q, h_kv=h_kv, d=d, dv=dv, block_size=bs,
              max_blocks_per_seq=bufs["block_table"][1][1], num_blocks=nb, causal=0,
              softmax_scale=0.125, q_dtype=0, kv_dtype=0,
              q=ctypes.addressof(keep["q"]), k_cache=ctypes.addressof(keep["k_cache"]),

@@ -122,7 +122,8 @@ static void run(const geom *g, uint64_t seed, int rounds) {
         for (size_t e = 0; e < (size_t)MAXS * g->s_q * g->h_q * g->d; e++) q[e] = exact_value(&r);
         void *ka, *va;
         CHECK_OK(pkv_store_arenas(c, 0, &ka, &va));
-        pkv_attn_args a = {0};
+        pkv_attn_args a;
+        pkv_attn_args_init(&a);
         a.batch = MAXS; a.s_q = g->s_q; a.h_q = g->h_q; a.h_kv = g->h_kv; a.d = g->d; a.dv = g->dv;
         a.block_size = g->bs; a.max_blocks_per_seq = mbps; a.num_blocks = cfg.num_blocks;
         a.causal = g->causal; a.softmax_scale = 1.0f / sqrtf((float)g->d);

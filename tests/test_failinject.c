@@ -281,7 +281,7 @@ static void workload_host(runner *R) {
     STEP(R, c, PKV_OK, pkv_seq_truncate(c, x, 0));
     STEP(R, c, PKV_OK, pkv_seq_append(c, x, 9, toks, slots, NULL));
     STEP(R, c, PKV_OK, pkv_cache_check(c));
-    pkv_stats stats;
+    pkv_stats stats = PKV_STATS_INIT;
     STEP(R, c, PKV_OK, pkv_cache_stats(c, &stats));
     finish_cache(R, c);
 }

@@ -324,7 +324,7 @@ static void mla_free(mla_case *m) {
 
 static pkv_attn_args mla_args(mla_case *m, int kv_dtype, const void *k, float *out, float *lse) {
     pkv_attn_args a;
-    memset(&a, 0, sizeof a);
+    pkv_attn_args_init(&a);
     a.batch = 1; a.s_q = 1; a.h_q = 16; a.h_kv = 1; a.d = 576; a.dv = 512;
     a.block_size = m->bs; a.max_blocks_per_seq = m->nb; a.num_blocks = m->nb;
     a.softmax_scale = (float)(1.0 / sqrt(576.0));

@@ -139,7 +139,7 @@ static int32_t blocks_of(pkv_cache *c, pkv_seq s, int32_t *out) {
 }
 
 static pkv_stats stats_of(pkv_cache *c) {
-    pkv_stats st;
+    pkv_stats st = PKV_STATS_INIT;
     CHECK_OK(pkv_cache_stats(c, &st));
     return st;
 }

@@ -29,7 +29,7 @@ int main(void) {
         pkv_prefix_register(cache, seq, NULL, NULL); /* its full blocks become findable */
         pkv_seq_free(cache, seq);                    /* cached blocks stay, evictable */
     }
-    pkv_stats st;
+    pkv_stats st = PKV_STATS_INIT;
     pkv_cache_stats(cache, &st);
     printf("hit rate %.0f%%, %d blocks cached\n", 100.0 * st.prefix_hit_tokens / st.prefix_query_tokens,
            st.cached_blocks);

@@ -193,7 +193,7 @@ static void compare_seq(model *m, const mseq *s) {
 }
 
 static void compare_stats(model *m) {
-    pkv_stats st;
+    pkv_stats st = PKV_STATS_INIT;
     pkv_cache_stats(m->c, &st);
     int32_t cached = 0, used = 0;
     for (int32_t i = 0; i < m->nb; i++) {

@@ -75,6 +75,7 @@ static void test_last_error_cleared(void) {
     CHECK_OK(pkv_store_arenas(c, 0, &k, &v));
     CHECK(strcmp(pkv_cache_last_error(c), "") == 0);
     CHECK_STATUS(pkv_seq_truncate(c, s, 5), PKV_ERR_INVALID);
+    pkv_config_init(&got);
     CHECK_OK(pkv_cache_config(c, &got));
     CHECK(strcmp(pkv_cache_last_error(c), "") == 0);
     CHECK_STATUS(pkv_store_arenas(c, 3, &k, &v), PKV_ERR_INVALID);
@@ -171,7 +172,7 @@ static void test_generation_exhausted(void) {
     CHECK_OK(pkv_cache_check(c));
     CHECK_OK(pkv_seq_free(c, again));
     CHECK_OK(pkv_cache_check(c));
-    pkv_stats st;
+    pkv_stats st = PKV_STATS_INIT;
     CHECK_OK(pkv_cache_stats(c, &st));
     CHECK_INT(st.num_seqs, 0);
     pkv_cache_destroy(c);

@@ -52,6 +52,7 @@ static void test_config(void) {
     cfg.block_size = 4096;
     CHECK_OK(pkv_cache_create(&cfg, &c));
     pkv_config got;
+    pkv_config_init(&got);
     CHECK_OK(pkv_cache_config(c, &got));
     CHECK_INT(got.block_size, 4096);
     pkv_cache_destroy(c);
@@ -111,7 +112,7 @@ static void test_capacity_all_or_nothing(void) {
     CHECK_OK(pkv_seq_create(c, 0, &a));
     CHECK_OK(pkv_seq_create(c, 0, &b));
     CHECK_OK(pkv_seq_append(c, a, 40, NULL, NULL, &cow)); /* 3 blocks */
-    pkv_stats st0, st1;
+    pkv_stats st0 = PKV_STATS_INIT, st1 = PKV_STATS_INIT;
     CHECK_OK(pkv_cache_stats(c, &st0));
     CHECK_INT(st0.free_blocks, 1);
     CHECK_STATUS(pkv_seq_append(c, b, 17, NULL, NULL, &cow), PKV_ERR_CAPACITY);
@@ -149,7 +150,7 @@ static void test_fork_cow_metadata(void) {
     CHECK_INT(rc, 2);
     CHECK_OK(pkv_block_refcount(c, 1, &rc));
     CHECK_INT(rc, 2);
-    pkv_stats st;
+    pkv_stats st = PKV_STATS_INIT;
     CHECK_OK(pkv_cache_stats(c, &st));
     CHECK_INT(st.shared_blocks, 2);
     CHECK_INT(st.tokens, 12);

@@ -189,7 +189,7 @@ static void one_op(worker *w) {
         for (int i = 0; st == PKV_OK && i < w->nown; i++)
             if (lens[i] != w->own[i].len) WFAIL(w, "export length %d vs model %d", lens[i], w->own[i].len);
     } else if (op < 98) {
-        pkv_stats stats;
+        pkv_stats stats = PKV_STATS_INIT;
         int st = pkv_cache_stats(g_cache, &stats);
         if (st != PKV_OK || stats.free_blocks + stats.used_blocks + stats.evictable_blocks != NB)
             WFAIL(w, "stats: %s, free %d used %d", pkv_strerror(st), stats.free_blocks, stats.used_blocks);
@@ -251,7 +251,7 @@ static void test_random_ops(long total_ops) {
         if (ws[i].fails) TEST_FAIL_("thread %d: %ld failures, first: %s", i, ws[i].fails, ws[i].err);
     }
     CHECK_OK(pkv_cache_check(g_cache));
-    pkv_stats stats;
+    pkv_stats stats = PKV_STATS_INIT;
     CHECK_OK(pkv_cache_stats(g_cache, &stats));
     CHECK_INT(stats.num_seqs, NSHARED);
     for (int i = 0; i < NSHARED; i++) {
@@ -420,7 +420,7 @@ static void test_prefix_threads(long iters) {
         if (ws[i].fails) TEST_FAIL_("prefix thread %d: %ld failures, first: %s", i, ws[i].fails, ws[i].err);
     }
     CHECK_OK(pkv_cache_check(g_pcache));
-    pkv_stats st;
+    pkv_stats st = PKV_STATS_INIT;
     CHECK_OK(pkv_cache_stats(g_pcache, &st));
     CHECK_INT(st.num_seqs, 0);
     CHECK_INT(st.used_blocks, 0);
@@ -497,7 +497,7 @@ static void test_concurrent_attn(int reps) {
     void *kc, *vc;
     CHECK_OK(pkv_store_arenas(c, 0, &kc, &vc));
     pkv_attn_args a;
-    memset(&a, 0, sizeof a);
+    pkv_attn_args_init(&a);
     a.batch = AB;
     a.s_q = ASQ;
     a.h_q = AHQ;

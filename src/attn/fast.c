@@ -531,7 +531,17 @@ int attn_fast_run(const pkv_attn_args *a, pkv_workers *w, const attn_ops *ops) {
     return run_validated(a, w, ops);
 }
 
+void pkv_attn_args_init(pkv_attn_args *args) {
+    if (!args) return;
+    memset(args, 0, sizeof *args);
+    args->size = sizeof *args;
+}
+
 int pkv_attn(const pkv_attn_args *args, pkv_workers *w) {
-    FORWARD_IF_ERROR(attn_validate(args));
-    return run_validated(args, w, attn_ops_best(args->q_dtype, args->kv_dtype));
+    RETURN_IF(args == NULL, PKV_ERR_NULL);
+    pkv_attn_args full;
+    pkv_attn_args_init(&full);
+    FORWARD_IF_ERROR(pkv__struct_import(&full, sizeof full, args, PKV_ATTN_ARGS_SIZE_1_0));
+    FORWARD_IF_ERROR(attn_validate(&full));
+    return run_validated(&full, w, attn_ops_best(full.q_dtype, full.kv_dtype));
 }

@@ -95,7 +95,11 @@ static int32_t max_keys(const pkv_attn_args *a) {
     return m;
 }
 
-int pkv_attn_reference(const pkv_attn_args *a) {
+int pkv_attn_reference(const pkv_attn_args *args) {
+    RETURN_IF(args == NULL, PKV_ERR_NULL);
+    pkv_attn_args full, *a = &full;
+    pkv_attn_args_init(a);
+    FORWARD_IF_ERROR(pkv__struct_import(a, sizeof *a, args, PKV_ATTN_ARGS_SIZE_1_0));
     FORWARD_IF_ERROR(attn_validate(a));
 
     const size_t nk = (size_t)max_keys(a) + 1;

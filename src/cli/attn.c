@@ -216,7 +216,7 @@ int cmd_attn(int argc, char **argv) {
     if (rc) goto done;
 
     pkv_attn_args args;
-    memset(&args, 0, sizeof args);
+    pkv_attn_args_init(&args);
     /* q [b][s_q][h_q][d] */
     if ((rc = want_ndim(&q, 4, "[b][s_q][h_q][d]")) || (rc = float_dtype(&q, dtype_opt, &args.q_dtype))) goto done;
     int64_t b = q.a.shape[0], s_q = q.a.shape[1], h_q = q.a.shape[2], d = q.a.shape[3];

@@ -316,7 +316,7 @@ static int32_t admit(sim *s, int32_t id, int32_t budget) {
     }
     int32_t chunk = n - cached < budget ? n - cached : budget;
     int32_t needed = 0;
-    pkv_stats stats;
+    pkv_stats stats = PKV_STATS_INIT;
     LIB(s, pkv_seq_blocks_needed(s->cache, seq, chunk, &needed));
     LIB(s, pkv_cache_stats(s->cache, &stats));
     if (stats.free_blocks + stats.evictable_blocks - needed < s->watermark_blocks) {
@@ -538,7 +538,7 @@ static int step(sim *s, double *kv_util_sum, double *waste_sum, double *occ_sum)
     s->now = t_end;
     s->res->steps++;
 
-    pkv_stats stats;
+    pkv_stats stats = PKV_STATS_INIT;
     LIB(s, pkv_cache_stats(s->cache, &stats));
     int64_t waste = 0;
     for (int32_t i = 0; i < s->nrun; i++) {
@@ -681,7 +681,7 @@ int sim_run(const sim_workload *w, const sim_config *cfg, sim_result *res) {
     /* Over admitted prompts: the library's own counters also count the lookups of
      * admissions that had to wait for blocks and were retried. */
     res->hit_rate = res->query_tokens ? (double)res->hit_tokens / (double)res->query_tokens : 0;
-    pkv_stats stats;
+    pkv_stats stats = PKV_STATS_INIT;
     pkv_cache_stats(s.cache, &stats);
     res->peak_blocks = stats.peak_used_blocks;
     res->evictions = stats.evictions;

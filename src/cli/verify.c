@@ -108,6 +108,7 @@ static double compare(const sim_verify *v, int32_t b, const float *out, const fl
 int verify_step(sim_verify *v, pkv_cache *cache, const pkv_seq *seqs, int32_t nseq, verify_token_fn tok,
                 void *ctx, int fast, double *max_err, double *max_err_fast) {
     pkv_config cfg;
+    pkv_config_init(&cfg);
     pkv_cache_config(cache, &cfg);
     int32_t needed = 0;
     if (reserve(v, nseq, v->cap_blocks > 0 ? v->cap_blocks : 16)) return cli_error("out of memory");
@@ -130,7 +131,7 @@ int verify_step(sim_verify *v, pkv_cache *cache, const pkv_seq *seqs, int32_t ns
     void *karena, *varena;
     pkv_store_arenas(cache, 0, &karena, &varena);
     pkv_attn_args a;
-    memset(&a, 0, sizeof a);
+    pkv_attn_args_init(&a);
     a.batch = nseq;
     a.s_q = 1;
     a.h_q = VERIFY_H_Q;

@@ -179,7 +179,7 @@ static void full_check(model *m) {
         pkv_block_refcount(m->c, m->l2lib[l], &rc);
         if (rc != m->mref[l]) FAIL(m, "block %d refcount %d want %d", m->l2lib[l], rc, m->mref[l]);
     }
-    pkv_stats stats;
+    pkv_stats stats = PKV_STATS_INIT;
     pkv_cache_stats(m->c, &stats);
     if (stats.free_blocks != m->nb - model_used(m) || stats.num_seqs != m->nseqs)
         FAIL(m, "stats free %d want %d, seqs %d want %d", stats.free_blocks, m->nb - model_used(m), stats.num_seqs,
@@ -354,7 +354,7 @@ seqmodel_result seqmodel_run(uint64_t seed, long ops, int host_mode) {
     }
     full_check(&m);
     while (m.nseqs) op_free(&m, m.nseqs - 1);
-    pkv_stats st;
+    pkv_stats st = PKV_STATS_INIT;
     pkv_cache_stats(m.c, &st);
     if (st.free_blocks != m.nb) FAIL(&m, "after freeing all: %d free of %d", st.free_blocks, m.nb);
     pkv_cache_destroy(m.c);

@@ -100,7 +100,7 @@ int vectors_optional(void) {
 }
 
 void vectors_geometry(const vcase *c, pkv_attn_args *a) {
-    memset(a, 0, sizeof *a);
+    pkv_attn_args_init(a);
     a->batch = c->b;
     a->s_q = c->s_q;
     a->h_q = c->h_q;

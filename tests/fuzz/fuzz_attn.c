@@ -108,7 +108,7 @@ int fuzz_attn(const uint8_t *data, size_t size) {
     const int sparse = f & 1, vsep = (f >> 1) & 1, want_lse = (f >> 2) & 1, want_sink = (f >> 3) & 1;
     const int tame = (f >> 4) & 1, fp8 = ((f >> 5) & 3) == 3, wild = (f >> 7) & 1;
     pkv_attn_args a;
-    memset(&a, 0, sizeof a);
+    pkv_attn_args_init(&a);
     a.batch = attn_dim(&in, wild, 1, 3);
     a.s_q = attn_dim(&in, wild, 1, 3);
     a.h_kv = fp8 ? 1 : attn_dim(&in, wild, 1, 2);

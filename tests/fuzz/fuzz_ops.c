@@ -94,7 +94,7 @@ static void ops_verify(ops_model *m) {
                    m->op, b, rc, count[b]);
         held += count[b] > 0;
     }
-    pkv_stats s;
+    pkv_stats s = PKV_STATS_INIT;
     FUZZ_CHECK(pkv_cache_stats(m->c, &s) == PKV_OK, "stats");
     FUZZ_CHECK(s.used_blocks == held && s.free_blocks + s.evictable_blocks == nb - held && s.num_seqs == m->nseq,
                "op %ld: used %d free %d evictable %d seqs %d; model held %d seqs %d", m->op, s.used_blocks,
@@ -179,7 +179,7 @@ static void ops_append(ops_model *m, fuzz_in *in, ops_seq *s) {
                             m->host && (fuzz_u8(in) & 1) ? NULL : &cow);
     if (st != PKV_OK) {
         FUZZ_CHECK(st == PKV_ERR_CAPACITY, "op %ld: append of %d: %s", m->op, n, pkv_strerror(st));
-        pkv_stats stats;
+        pkv_stats stats = PKV_STATS_INIT;
         pkv_cache_stats(m->c, &stats);
         FUZZ_CHECK(needed > stats.free_blocks + stats.evictable_blocks, "op %ld: refused, needed %d, available %d",
                    m->op, needed, stats.free_blocks + stats.evictable_blocks);

@@ -10,6 +10,11 @@
 
 #include "npy.h"
 
+#define RETURN_IF(cond, status) \
+    do { if (cond) return (status); } while (0)
+#define FORWARD_IF_ERROR(expr) \
+    do { int st_ = (expr); if (st_ < 0) return st_; } while (0)
+
 static const struct {
     const char *descr;
     int dtype;

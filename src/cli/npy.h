@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "internal.h"
+#include "pagedkv.h"
 
 #define NPY_MAX_DIMS 8
 
@@ -35,35 +35,35 @@ typedef struct npy_array {
 } npy_array;
 
 /* Bytes of one element of dtype, 0 for an unknown dtype. */
-PKV_HIDDEN size_t npy_dtype_size(int dtype);
+size_t npy_dtype_size(int dtype);
 
 /* Parses a whole .npy file held in buf[0..len). On success *out describes it and
  * out->data points into buf (alignment is the file's; out->owned is NULL).
  * @return PKV_OK; PKV_ERR_NULL; PKV_ERR_FORMAT (bad magic, version, header dict,
  * descr, fortran_order, shape, size overflow, or data length != the shape's) with
  * a one-line reason in err[0..errlen) (err may be NULL). *out is zeroed on error. */
-PKV_HIDDEN int npy_parse(const void *buf, size_t len, npy_array *out, char *err, size_t errlen);
+int npy_parse(const void *buf, size_t len, npy_array *out, char *err, size_t errlen);
 
 /* Reads and parses the file at path; the data is copied to malloc'ed, 8-byte
  * aligned memory that npy_free releases. Statuses as npy_parse, plus PKV_ERR_IO
  * (cannot open / not a regular file / short read) and PKV_ERR_NOMEM. */
-PKV_HIDDEN int npy_load(const char *path, npy_array *out, char *err, size_t errlen);
+int npy_load(const char *path, npy_array *out, char *err, size_t errlen);
 
 /* Releases what npy_load allocated and zeroes *a. NULL is a no-op. */
-PKV_HIDDEN void npy_free(npy_array *a);
+void npy_free(npy_array *a);
 
 /* Formats a version 1.0 header (magic .. '\n', padded with spaces so the data
  * starts at a multiple of 64) into buf[0..cap). Returns its length, or 0 if the
  * arguments are invalid or cap is too small (NPY_HEADER_MAX always suffices). */
 #define NPY_HEADER_MAX 256
-PKV_HIDDEN size_t npy_format_header(char *buf, size_t cap, int dtype, int ndim,
+size_t npy_format_header(char *buf, size_t cap, int dtype, int ndim,
                                     const int64_t *shape);
 
 /* Writes data (C order, count * elem_size bytes) as a version 1.0 .npy file.
  * @return PKV_OK; PKV_ERR_NULL (path, or data when the array is not empty, or
  * shape when ndim > 0); PKV_ERR_INVALID (dtype, ndim, a negative dim, size
  * overflow); PKV_ERR_IO. err as npy_parse. */
-PKV_HIDDEN int npy_save(const char *path, int dtype, int ndim, const int64_t *shape,
+int npy_save(const char *path, int dtype, int ndim, const int64_t *shape,
                         const void *data, char *err, size_t errlen);
 
 #endif
