@@ -10,6 +10,16 @@
 
 const char *pkv_version(void) { return PKV_VERSION_STRING; }
 
+int pkv__fail(pkv_detail *d, int status, const char *fmt, ...) {
+    if (d) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(d->text, sizeof d->text, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
 unsigned pkv_version_number(void) { return PKV_VERSION_NUMBER; }
 
 int pkv__struct_import(void *dst, size_t dst_size, const void *src, size_t min_size) {

@@ -14,7 +14,7 @@ static int resolve(pkv_cache *c, const pkv_seq *seqs, int32_t b, int32_t *max_bl
     int32_t mx = 0;
     int64_t sum = 0;
     for (int32_t i = 0; i < b; i++) {
-        const pkv_seq_rec *r = seq_get(c, seqs[i]);
+        const pkv_seq_rec *r = seq_get(&c->seqs, seqs[i]);
         if (!r) return cache_fail(c, PKV_ERR_NO_SEQ, "seqs[%d] = %lld is not live", i, (long long)seqs[i]);
         if (r->nblocks > mx) mx = r->nblocks;
         sum += r->nblocks;
@@ -35,7 +35,7 @@ static int export_flashmla(pkv_cache *c, const pkv_seq *seqs, int32_t b, int32_t
         return cache_fail(c, PKV_ERR_BUFFER, "block_table needs max_blocks_per_seq >= %d, got %d", mx, mbps);
     RETURN_IF(b > 0 && (!seqlens || (mbps > 0 && !table)), PKV_ERR_NULL);
     for (int32_t i = 0; i < b; i++) {
-        const pkv_seq_rec *r = seq_get(c, seqs[i]);
+        const pkv_seq_rec *r = seq_get(&c->seqs, seqs[i]);
         seqlens[i] = r->len;
         if (mbps == 0) continue; /* table may be NULL: not even NULL + 0 */
         int32_t *row = table + (size_t)i * (size_t)mbps;
@@ -59,7 +59,7 @@ static int export_flashinfer(pkv_cache *c, const pkv_seq *seqs, int32_t b, int32
     int32_t at = 0, bs = c->pool.block_size;
     indptr[0] = 0;
     for (int32_t i = 0; i < b; i++) {
-        const pkv_seq_rec *r = seq_get(c, seqs[i]);
+        const pkv_seq_rec *r = seq_get(&c->seqs, seqs[i]);
         if (r->nblocks) memcpy(indices + at, r->blocks, (size_t)r->nblocks * sizeof *indices);
         at += r->nblocks;
         indptr[i + 1] = at;
@@ -73,7 +73,7 @@ static int export_slots(pkv_cache *c, const pkv_seq *seqs, int32_t b, int64_t *s
     int64_t sum;
     FORWARD_IF_ERROR(resolve(c, seqs, b, &mx, &sum));
     int64_t total = 0;
-    for (int32_t i = 0; i < b; i++) total += seq_get(c, seqs[i])->last_n;
+    for (int32_t i = 0; i < b; i++) total += seq_get(&c->seqs, seqs[i])->last_n;
     RETURN_IF(total > INT32_MAX, PKV_ERR_INVALID);
     *n = (int32_t)total;
     RETURN_IF(cap < 0, PKV_ERR_INVALID);
@@ -82,7 +82,7 @@ static int export_slots(pkv_cache *c, const pkv_seq *seqs, int32_t b, int64_t *s
     RETURN_IF(total > 0 && !slots, PKV_ERR_NULL);
     int32_t bs = c->pool.block_size, at = 0;
     for (int32_t i = 0; i < b; i++) {
-        const pkv_seq_rec *r = seq_get(c, seqs[i]);
+        const pkv_seq_rec *r = seq_get(&c->seqs, seqs[i]);
         for (int32_t pos = r->last_start; pos < r->last_start + r->last_n; pos++)
             slots[at++] = (int64_t)r->blocks[pos / bs] * bs + pos % bs;
     }

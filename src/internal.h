@@ -1,6 +1,8 @@
 /* Private types shared by the modules of pagedkv, and the assert levels.
- * Layering (DESIGN.md §2): pool <- seq <- prefix <- store/export <- attn; a lower
- * module never calls a higher one except through a hook it was handed. */
+ * Layering (docs/ARCHITECTURE.md): pool <- seq <- prefix <- store <- cache (the
+ * handle, the only layer that orchestrates) <- export; attn stands alone. A
+ * module calls only the modules to its left; failures come back as a status
+ * and a pkv_detail, and only the cache records pkv_cache_last_error. */
 #ifndef PKV_INTERNAL_H
 #define PKV_INTERNAL_H
 
@@ -59,14 +61,23 @@ void pkv_mem_free(const pkv_allocator *al, void *p);
  * On failure *arr and *cap are unchanged. */
 int pkv_mem_grow(const pkv_allocator *al, void **arr, int32_t *cap, int32_t need, size_t esz);
 
-/* ---- block pool ---- */
+/* ---- error detail ----
+ * A lower layer that fails writes its reason into the pkv_detail it was handed
+ * and returns the status; only the cache layer owns one (pkv_cache_last_error). */
+typedef struct pkv_detail {
+    char text[256];
+} pkv_detail;
+/* Formats the reason into d (d may be NULL) and returns status. */
+int pkv__fail(pkv_detail *d, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* ---- block pool (pool.c): the bottom layer ---- */
 enum { BLOCK_FREE = 0, BLOCK_USED = 1, BLOCK_EVICTABLE = 2 };
 
 typedef struct pkv_pool {
     int32_t num_blocks, block_size;
     int32_t *refcount;   /* [num_blocks] */
     uint8_t *state;      /* [num_blocks] BLOCK_* */
-    uint8_t *cached;     /* [num_blocks] 1 = registered in the prefix index */
+    uint8_t *cached;     /* [num_blocks] 1 = its contents are promised by the prefix index */
     int32_t *free_stack; /* [num_blocks] LIFO of free block ids */
     int32_t free_top;
     /* Evictable blocks: an intrusive doubly linked list, least recently used at head. */
@@ -74,29 +85,31 @@ typedef struct pkv_pool {
     int32_t lru_head, lru_tail, num_evictable;
     int32_t used, shared, peak_used;
     int64_t evictions;
-    /* Called when an evictable block is reclaimed for a new owner, so the prefix
-     * index forgets it. Must not allocate and must not fail. */
-    void (*on_evict)(void *ctx, int32_t block);
-    void *evict_ctx;
 } pkv_pool;
 
 int pool_init(pkv_pool *p, const pkv_allocator *al, int32_t num_blocks, int32_t block_size);
 void pool_destroy(pkv_pool *p, const pkv_allocator *al);
 /* Blocks an allocation can take right now (free + evictable). */
 static inline int32_t pool_available(const pkv_pool *p) { return p->free_top + p->num_evictable; }
-/* Takes a free block, else evicts the LRU evictable one; refcount becomes 1.
- * Returns the id, or -1 when none is available (nothing changed). */
-int32_t pool_alloc(pkv_pool *p);
+/* Takes a free block, else reclaims the LRU evictable one (*reclaimed = 1: the
+ * caller must tell the prefix index, which still names it, before anything else
+ * reads the index); refcount becomes 1. Returns the id, or -1 when none is
+ * available (nothing changed). */
+int32_t pool_alloc(pkv_pool *p, int *reclaimed);
 /* One more holder of a used or evictable block (an evictable one is reclaimed). */
 void pool_ref(pkv_pool *p, int32_t block);
 /* One holder fewer; at 0 the block becomes evictable (cached) or free. */
 void pool_unref(pkv_pool *p, int32_t block);
 /* Evictable block -> head of the LRU list (evicted next). */
 void pool_evict_first(pkv_pool *p, int32_t block);
-/* Unregistered evictable block -> free list (used when the index drops it). */
-void pool_uncache(pkv_pool *p, int32_t block);
+/* The index stops promising block's contents: an evictable block goes to the
+ * free list (returns 1), a used one only loses its mark (returns 0). */
+int pool_uncache(pkv_pool *p, int32_t block);
+/* Pool invariants (states, counters, free stack, LRU list); seen: num_blocks
+ * ints of scratch. */
+int pool_check(const pkv_pool *p, int32_t *seen, pkv_detail *d);
 
-/* ---- sequences ---- */
+/* ---- sequences (seq.c): block lists, lengths, token ids; above the pool ---- */
 typedef struct pkv_seq_rec {
     int32_t len;          /* tokens */
     int32_t nblocks;      /* == ceil(len / block_size) */
@@ -118,92 +131,148 @@ typedef struct pkv_seq_rec {
  * would repeat): it stays off the free list for the cache's lifetime. */
 #define SEQ_GEN_MAX 0x7fffffffu
 
-/* ---- storage ---- */
+/* The table of sequence records. */
+typedef struct pkv_seqtab {
+    const pkv_allocator *al;
+    pkv_pool *pool;       /* the blocks the records hold */
+    pkv_seq_rec *seqs;
+    int32_t seqs_cap, num_seqs, seq_free_head;
+    uint32_t handle_salt; /* XORed into handles' index bits: another cache's handles miss */
+    int64_t tokens;       /* sum of lengths */
+} pkv_seqtab;
+
+void seq_init(pkv_seqtab *t, const pkv_allocator *al, pkv_pool *pool, uint32_t salt);
+void seq_destroy(pkv_seqtab *t);
+/* Resolves a handle to its live record, or NULL. */
+pkv_seq_rec *seq_get(pkv_seqtab *t, pkv_seq h);
+pkv_seq seq_handle(const pkv_seqtab *t, const pkv_seq_rec *r);
+static inline int32_t seq_blocks_for(const pkv_seqtab *t, int64_t len) {
+    return (int32_t)((len + t->pool->block_size - 1) / t->pool->block_size);
+}
+/* Makes room for nblocks blocks / ntokens tokens (and nblocks keys when the
+ * record has keys or want_keys) without changing contents. */
+int seq_reserve(pkv_seqtab *t, pkv_seq_rec *r, int32_t nblocks, int32_t ntokens, int want_keys);
+/* Two-phase creation for calls that reserve before they commit (create, fork,
+ * lookup): prepare finds a free record slot, growing the table if needed,
+ * without taking it; its arrays may then be reserved; commit takes it. */
+int seq_slot_prepare(pkv_seqtab *t, int32_t *idx);
+pkv_seq_rec *seq_slot_commit(pkv_seqtab *t, int32_t idx, uint64_t ns);
+/* Whether appending n tokens to r must first copy its last block: it is partly
+ * filled and someone else holds it or the prefix index promises its contents. */
+int seq_needs_cow(const pkv_seqtab *t, const pkv_seq_rec *r, int32_t n);
+/* Moves r's block j onto block b (one more holder of b, one fewer of the old). */
+void seq_replace_block(pkv_seqtab *t, pkv_seq_rec *r, int32_t j, int32_t b);
+/* Appends n tokens (token ids when tokens != NULL and r knows all its ids so
+ * far) on blocks already pushed: r must hold ceil((len + n) / bs) blocks and
+ * room for the tokens (seq_reserve). Writes each token's slot into slots. */
+void seq_extend(pkv_seqtab *t, pkv_seq_rec *r, int32_t n, const int32_t *tokens, int64_t *slots);
+/* Shortens r to new_len, releasing blocks past it (last first). */
+void seq_truncate(pkv_seqtab *t, pkv_seq_rec *r, int32_t new_len);
+/* Copies parent into the committed, reserved record child (sharing its blocks). */
+void seq_copy(pkv_seqtab *t, const pkv_seq_rec *parent, pkv_seq_rec *child);
+/* Releases r's blocks (last first) and returns its slot to the free list. */
+void seq_retire(pkv_seqtab *t, pkv_seq_rec *r);
+/* Sequence invariants and refcounts (every refcount == holders); count and
+ * owner: num_blocks ints of scratch each. has_prefix: registered blocks allowed. */
+int seq_check(pkv_seqtab *t, int has_prefix, int32_t *count, int32_t *owner, pkv_detail *d);
+
+/* ---- prefix index (prefix.c): above sequences ---- */
+typedef struct pkv_prefix pkv_prefix; /* defined by prefix.c */
+
+/* NULL-free creation: secret = the 16-byte hash key. */
+int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[16], pkv_prefix **out);
+void prefix_destroy(pkv_prefix *p, const pkv_allocator *al);
+/* Block b (was cached, now taken by pool_alloc) leaves the index, and with it,
+ * leaf first, every cached descendant (unreachable without it). */
+void prefix_forget(pkv_prefix *p, int32_t b);
+/* Registers r's full blocks with known tokens past r->nregistered; r->keys must
+ * have room for r->nblocks keys (cannot fail). written_len < 0: all KV written,
+ * duplicates are deduplicated; else a duplicate past written_len stops it. */
+void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t written_len,
+                         int32_t *registered, int32_t *deduped);
+/* The longest chain of cached full blocks matching tokens[0..n) in ns: writes
+ * its blocks and their keys into blocks[] / keys[] (room for n / bs each) and
+ * returns their count. Counts the query in the statistics; changes nothing else. */
+int32_t prefix_match(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *blocks,
+                     uint8_t (*keys)[16]);
+/* Invariants of the index, and of the sequences' registered blocks against it. */
+int prefix_check(pkv_prefix *p, pkv_seqtab *t, const pkv_allocator *al, pkv_detail *d);
+/* No index: no block may be marked cached. */
+int prefix_check_off(const pkv_pool *pool, pkv_detail *d);
+/* Appends the prefix index's logical state to a canonical dump (tests). */
+void prefix_dump(const pkv_prefix *p, void (*put)(void *w, const void *data, size_t n), void *w);
+/* Fills the prefix fields of *out (evictions: adds orphans reclaimed with a block). */
+void prefix_stats(const pkv_prefix *p, pkv_stats *out);
+/* For tests: a block key from bytes, the cache's secret, key collisions seen. */
+void prefix_block_key(const uint8_t secret[16], const int32_t *toks, int32_t bs, uint64_t ns,
+                      const uint8_t parent[16], uint8_t out[16]);
+/* Accessors for the cache's test hooks. */
+void prefix_get_secret(const pkv_prefix *p, uint8_t out[16]);
+int64_t prefix_get_collisions(const pkv_prefix *p);
+void prefix_child_scan(pkv_prefix *p, int32_t n);
+/* Lookup compares a parent's children directly when it has at most this many
+ * (default PREFIX_CHILD_SCAN); tests set 0 to force the hashed path. */
+#define PREFIX_CHILD_SCAN 8
+
+/* ---- storage (store.c): KV arenas in host mode; above the prefix index ---- */
 typedef struct pkv_store {
     int32_t enabled;
+    const pkv_config *cfg;
+    const pkv_allocator *al;
+    const pkv_pool *pool;  /* slots are checked against the blocks in use */
     size_t k_row, v_row;   /* bytes per slot (all heads) */
     size_t k_block, v_block;
     void **k_raw, **v_raw; /* [num_layers] pointers from the allocator */
     uint8_t **k, **v;      /* [num_layers] 64-byte aligned arenas */
 } pkv_store;
 
-typedef struct pkv_prefix pkv_prefix; /* defined by prefix.c */
+int store_init(pkv_store *s, const pkv_config *cfg, const pkv_allocator *al, const pkv_pool *pool);
+void store_destroy(pkv_store *s);
+/* Copies block src to dst in every layer (host mode; no-op otherwise). */
+void store_copy_block(pkv_store *s, int32_t src, int32_t dst);
+int store_write(pkv_store *s, int32_t layer, const int64_t *slots, int32_t n, const void *k_rows,
+                const void *v_rows, int32_t src_dtype, pkv_detail *d);
+int store_read(pkv_store *s, int32_t layer, const int64_t *slots, int32_t n, float *k_out, float *v_out,
+               pkv_detail *d);
+int store_arenas(pkv_store *s, int32_t layer, void **k, void **v, pkv_detail *d);
 
+/* ---- the cache handle (cache.c, ops.c): the top, the only orchestrator ---- */
 struct pkv_cache {
     pkv_config cfg;
     pkv_allocator al;
     int32_t thread_safe;
     pthread_mutex_t lock;
     pkv_pool pool;
-    pkv_store store;
+    pkv_seqtab seqs;
     pkv_prefix *prefix;   /* NULL unless PKV_FLAG_PREFIX_CACHE */
-    /* sequence records */
-    pkv_seq_rec *seqs;
-    int32_t seqs_cap, num_seqs, seq_free_head;
-    uint32_t handle_salt; /* XORed into handles' index bits: another cache's handles miss */
-    int64_t tokens, cow_copies;
-    char err[256];
+    pkv_store store;
+    int64_t cow_copies;
+    pkv_detail err;
 };
 
 /* Records err detail for pkv_cache_last_error and returns status. */
 int cache_fail(pkv_cache *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Locks a thread-safe cache; a plain cache is not locked. Every public entry
- * point that takes a cache does CACHE_ENTER/CACHE_LEAVE around its body. */
+ * point that takes a cache does CACHE_ENTER/CACHE_LEAVE around its body; a
+ * failure that left no detail gets the status text with the function's name. */
 static inline void cache_lock(pkv_cache *c) { if (c->thread_safe) pthread_mutex_lock(&c->lock); }
 static inline void cache_unlock(pkv_cache *c) { if (c->thread_safe) pthread_mutex_unlock(&c->lock); }
+int cache_leave(pkv_cache *c, int status, const char *func);
 #define CACHE_ENTER(c)                 \
     do {                               \
         RETURN_IF(!(c), PKV_ERR_NULL); \
         cache_lock(c);                 \
-        (c)->err[0] = 0;               \
+        (c)->err.text[0] = 0;          \
     } while (0)
-#define CACHE_LEAVE(c, st) \
-    do { int st2_ = (st); cache_unlock(c); return st2_; } while (0)
+#define CACHE_LEAVE(c, st) return cache_leave((c), (st), __func__)
+/* Inside CACHE_ENTER/LEAVE: a NULL pointer argument, with its name as the detail. */
+#define CACHE_NULL_IF(c, cond, name) \
+    do { if (PKV_UNLIKELY(cond)) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_NULL, "%s is NULL", name)); } while (0)
 
-/* Resolves a handle to its live record, or NULL. */
-pkv_seq_rec *seq_get(pkv_cache *c, pkv_seq h);
-pkv_seq seq_handle(const pkv_cache *c, const pkv_seq_rec *r);
-/* New empty record (may grow the record table). */
-int seq_new(pkv_cache *c, uint64_t ns, pkv_seq *out);
-/* Makes room for nblocks blocks / ntokens tokens (and nblocks keys when the
- * record has keys or want_keys) without changing contents. */
-int seq_reserve(pkv_cache *c, pkv_seq_rec *r, int32_t nblocks, int32_t ntokens, int want_keys);
-void seq_release_record(pkv_cache *c, pkv_seq_rec *r);
-/* Two-phase creation for calls that reserve before they commit (fork, prefix
- * lookup): prepare finds a free record slot, growing the table if needed,
- * without taking it; its arrays may then be reserved; commit takes it. */
-int seq_slot_prepare(pkv_cache *c, int32_t *idx);
-pkv_seq_rec *seq_slot_commit(pkv_cache *c, int32_t idx, uint64_t ns);
-
-/* ---- storage (store.c) ---- */
-int store_init(pkv_cache *c);
-void store_destroy(pkv_cache *c);
-/* Copies block src to dst in every layer (host mode; no-op otherwise). */
-void store_copy_block(pkv_cache *c, int32_t src, int32_t dst);
-
-/* ---- prefix cache (prefix.c) ---- */
-int prefix_init(pkv_cache *c);
-void prefix_destroy(pkv_cache *c);
-/* Invariants of the prefix index, for pkv_cache_check. */
-int prefix_check(pkv_cache *c);
-/* Appends the prefix index's logical state to a canonical dump (dump.c). */
-void prefix_dump(const pkv_cache *c, void (*put)(void *w, const void *data, size_t n), void *w);
-/* Fills the prefix fields of *out (evictions: adds orphans dropped with a block). */
-void prefix_stats(const pkv_cache *c, pkv_stats *out);
-/* Registers r's full blocks with known tokens past r->nregistered; r->keys must
- * have room for r->nblocks keys (cannot fail). written_len < 0: all KV written,
- * duplicates are deduplicated; else a duplicate past written_len stops it. */
-void prefix_register_seq(pkv_cache *c, pkv_seq_rec *r, int32_t written_len, int32_t *registered,
-                         int32_t *deduped);
-/* For tests: a block key from bytes, the cache's secret, key collisions seen. */
-void prefix_block_key(const uint8_t secret[16], const int32_t *toks, int32_t bs, uint64_t ns,
-                      const uint8_t parent[16], uint8_t out[16]);
+/* Test hooks (tests only; hidden, not exported). */
 void prefix_secret(const pkv_cache *c, uint8_t out[16]);
 int64_t prefix_collisions(const pkv_cache *c);
-/* Lookup compares a parent's children directly when it has at most this many
- * (default PREFIX_CHILD_SCAN); tests set 0 to force the hashed path. */
-#define PREFIX_CHILD_SCAN 8
 void prefix_set_child_scan(pkv_cache *c, int32_t n);
 
 /* ---- SipHash-2-4-128 (siphash.c) ---- */
@@ -220,7 +289,7 @@ void sip_finish_block(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns
 /* Only the key's low word (half the finalization): enough to probe the index,
  * whose hits are confirmed by comparing the block's identity. */
 uint64_t sip_finish_block_lo(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2]);
-size_t cache_dump(pkv_cache *c, void *buf, size_t cap); /* canonical state dump, dump.c */
+size_t cache_dump(pkv_cache *c, void *buf, size_t cap); /* canonical state dump, tests/common/dump.c */
 
 /* ---- dtype conversion (dtype.c) ---- */
 float pkv_bf16_to_f32(uint16_t h);

@@ -4,8 +4,9 @@
  * Blocks registered in the prefix index whose refcount falls to 0 are not
  * freed but become evictable: they sit on an intrusive doubly linked LRU list
  * (head = least recently used) and keep their contents until an allocation finds
- * the free stack empty and reclaims the head, telling the index through the
- * on_evict hook. Every operation here is O(1) and allocates nothing. */
+ * the free stack empty and reclaims the head; the caller then tells the index
+ * (the pool knows nothing above it). Every operation here is O(1) and
+ * allocates nothing. */
 #include <string.h>
 
 #include "internal.h"
@@ -73,17 +74,17 @@ static void mark_used(pkv_pool *p, int32_t b) {
     if (++p->used > p->peak_used) p->peak_used = p->used;
 }
 
-int32_t pool_alloc(pkv_pool *p) {
+int32_t pool_alloc(pkv_pool *p, int *reclaimed) {
     int32_t b;
+    *reclaimed = 0;
     if (p->free_top > 0) {
         b = p->free_stack[--p->free_top];
     } else if (p->lru_head >= 0) {
         b = p->lru_head;
         lru_unlink(p, b);
-        /* The hook may push orphaned descendants to the head; b is already out. */
-        if (p->on_evict) p->on_evict(p->evict_ctx, b);
         p->cached[b] = 0;
         p->evictions++;
+        *reclaimed = 1;
     } else {
         return -1;
     }
@@ -122,10 +123,63 @@ void pool_evict_first(pkv_pool *p, int32_t b) {
     lru_push_head(p, b);
 }
 
-void pool_uncache(pkv_pool *p, int32_t b) {
+int pool_uncache(pkv_pool *p, int32_t b) {
     p->cached[b] = 0;
-    if (p->state[b] != BLOCK_EVICTABLE) return;
+    if (p->state[b] != BLOCK_EVICTABLE) return 0;
     lru_unlink(p, b);
     p->state[b] = BLOCK_FREE;
     p->free_stack[p->free_top++] = b;
+    return 1;
+}
+
+int pool_check(const pkv_pool *p, int32_t *seen, pkv_detail *d) {
+    int32_t nfree = 0, nused = 0, nevict = 0, nshared = 0;
+    for (int32_t b = 0; b < p->num_blocks; b++) {
+        switch (p->state[b]) {
+        case BLOCK_FREE:
+            nfree++;
+            if (p->refcount[b] != 0 || p->cached[b])
+                return pkv__fail(d, PKV_ERR_CORRUPT, "free block %d has refcount %d cached %d", b, p->refcount[b],
+                                 p->cached[b]);
+            break;
+        case BLOCK_USED:
+            nused++;
+            if (p->refcount[b] < 1)
+                return pkv__fail(d, PKV_ERR_CORRUPT, "used block %d has refcount %d", b, p->refcount[b]);
+            if (p->refcount[b] >= 2) nshared++;
+            break;
+        case BLOCK_EVICTABLE:
+            nevict++;
+            if (p->refcount[b] != 0 || !p->cached[b])
+                return pkv__fail(d, PKV_ERR_CORRUPT, "evictable block %d has refcount %d cached %d", b,
+                                 p->refcount[b], p->cached[b]);
+            break;
+        default:
+            return pkv__fail(d, PKV_ERR_CORRUPT, "block %d has unknown state %d", b, p->state[b]);
+        }
+    }
+    if (nfree != p->free_top || nused != p->used || nevict != p->num_evictable || nshared != p->shared)
+        return pkv__fail(d, PKV_ERR_CORRUPT, "counts free %d/%d used %d/%d evictable %d/%d shared %d/%d disagree",
+                         nfree, p->free_top, nused, p->used, nevict, p->num_evictable, nshared, p->shared);
+    if (nfree + nused + nevict != p->num_blocks)
+        return pkv__fail(d, PKV_ERR_CORRUPT, "free + used + evictable != num_blocks");
+    /* Counts agree, so a repeated entry (a double free) would hide a lost block. */
+    memset(seen, 0, (size_t)p->num_blocks * sizeof *seen);
+    for (int32_t i = 0; i < p->free_top; i++) {
+        int32_t b = p->free_stack[i];
+        if (b < 0 || b >= p->num_blocks || p->state[b] != BLOCK_FREE)
+            return pkv__fail(d, PKV_ERR_CORRUPT, "free stack entry %d holds block %d not free", i, b);
+        if (seen[b]++) return pkv__fail(d, PKV_ERR_CORRUPT, "block %d is on the free stack twice", b);
+    }
+    if (p->peak_used < p->used)
+        return pkv__fail(d, PKV_ERR_CORRUPT, "peak used %d below used %d", p->peak_used, p->used);
+    int32_t walked = 0, prev = -1;
+    for (int32_t b = p->lru_head; b >= 0; b = p->lru_next[b]) {
+        if (b >= p->num_blocks || p->state[b] != BLOCK_EVICTABLE || p->lru_prev[b] != prev || ++walked > nevict)
+            return pkv__fail(d, PKV_ERR_CORRUPT, "LRU list broken at block %d", b);
+        prev = b;
+    }
+    if (walked != nevict || p->lru_tail != prev)
+        return pkv__fail(d, PKV_ERR_CORRUPT, "LRU list holds %d blocks, %d evictable", walked, nevict);
+    return PKV_OK;
 }

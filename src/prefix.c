@@ -28,11 +28,11 @@
  *
  * Eviction. The pool reclaims the least recently released evictable block
  * (sequences release their blocks last first, so a chain is reclaimed from its
- * deepest block) and calls prefix_on_evict. A block's cached descendants would
- * be unreachable without it, and their parent id would soon name an unrelated
- * block, so they are dropped from the index at once, leaf first: an evictable
- * one goes to the free list (counted in evictions), a used one simply stops
- * being cached. This happens through the public API when forked sequences
+ * deepest block) and the cache layer calls prefix_forget. A block's cached
+ * descendants would be unreachable without it, and their parent id would soon
+ * name an unrelated block, so they are dropped from the index at once, leaf
+ * first: an evictable one goes to the free list (counted in evictions), a used
+ * one simply stops being cached (not an eviction: its holders keep it). This happens through the public API when forked sequences
  * share a block that one of them registered after deduplicating its parent:
  * the other keeps holding the block but not that parent. */
 #include <string.h>
@@ -47,6 +47,7 @@ typedef struct prefix_slot {
 } prefix_slot;
 
 struct pkv_prefix {
+    pkv_pool *pool;
     uint8_t secret[16];
     uint64_t k[2];
     int32_t bs, nb;
@@ -63,7 +64,9 @@ struct pkv_prefix {
     size_t mask;
     int shift;
     int32_t count;
-    int64_t queries, query_tokens, hit_tokens, dedups, registrations, orphans, collisions;
+    /* orphans: cached descendants dropped with a reclaimed block; orphan_frees:
+     * those of them that were evictable (they count as evictions) */
+    int64_t queries, query_tokens, hit_tokens, dedups, registrations, orphans, orphan_frees, collisions;
 };
 
 /* ---- keys ---- */
@@ -189,11 +192,7 @@ static void index_remove(pkv_prefix *p, int32_t b) {
     p->count--;
 }
 
-/* Pool hook: block b (evictable, already off the LRU list) is being reclaimed.
- * Drops it and, leaf first, every cached descendant (see the file comment). */
-static void prefix_on_evict(void *ctx, int32_t b) {
-    pkv_cache *c = ctx;
-    pkv_prefix *p = c->prefix;
+void prefix_forget(pkv_prefix *p, int32_t b) {
     index_remove(p, b);
     int32_t x = b;
     for (;;) {
@@ -204,7 +203,7 @@ static void prefix_on_evict(void *ctx, int32_t b) {
         if (x == b) break;
         int32_t up = p->parent[x];
         index_remove(p, x);
-        pool_uncache(&c->pool, x);
+        p->orphan_frees += pool_uncache(p->pool, x);
         p->orphans++;
         x = up;
     }
@@ -228,14 +227,14 @@ static void prefix_free(const pkv_allocator *al, pkv_prefix *p) {
     pkv_mem_free(al, p);
 }
 
-int prefix_init(pkv_cache *c) {
-    c->prefix = NULL;
-    if (!(c->cfg.flags & PKV_FLAG_PREFIX_CACHE)) return PKV_OK;
-    pkv_prefix *p = pkv_mem_calloc(&c->al, 1, sizeof *p);
+int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[16], pkv_prefix **out) {
+    *out = NULL;
+    pkv_prefix *p = pkv_mem_calloc(al, 1, sizeof *p);
     RETURN_IF(!p, PKV_ERR_NOMEM);
-    size_t nb = (size_t)c->pool.num_blocks;
-    p->nb = c->pool.num_blocks;
-    p->bs = c->pool.block_size;
+    size_t nb = (size_t)pool->num_blocks;
+    p->pool = pool;
+    p->nb = pool->num_blocks;
+    p->bs = pool->block_size;
     size_t cap = 16;
     int lg = 4;
     while (cap < 2 * nb) {
@@ -244,52 +243,37 @@ int prefix_init(pkv_cache *c) {
     }
     p->mask = cap - 1;
     p->shift = 64 - lg;
-    p->key = pkv_mem_calloc(&c->al, nb, 2 * sizeof(uint64_t));
-    p->ns = pkv_mem_calloc(&c->al, nb, sizeof(uint64_t));
-    p->parent = pkv_mem_calloc(&c->al, nb, sizeof(int32_t));
-    p->child = pkv_mem_calloc(&c->al, nb, sizeof(int32_t));
-    p->sib_next = pkv_mem_calloc(&c->al, nb, sizeof(int32_t));
-    p->sib_prev = pkv_mem_calloc(&c->al, nb, sizeof(int32_t));
-    p->nchild = pkv_mem_calloc(&c->al, nb, sizeof(int32_t));
-    p->toks = pkv_mem_calloc(&c->al, nb, (size_t)p->bs * sizeof(int32_t));
-    p->tab = pkv_mem_calloc(&c->al, cap, sizeof(prefix_slot));
-    int st = PKV_OK;
-    if (!p->key || !p->ns || !p->parent || !p->child || !p->sib_next || !p->sib_prev || !p->nchild || !p->toks || !p->tab)
-        st = PKV_ERR_NOMEM;
-    if (st == PKV_OK && c->cfg.hash_key_set) memcpy(p->secret, c->cfg.hash_key, 16);
-    else if (st == PKV_OK) st = pkv_os_random(p->secret, sizeof p->secret);
-    if (st != PKV_OK) {
-        prefix_free(&c->al, p);
-        return st;
+    p->key = pkv_mem_calloc(al, nb, 2 * sizeof(uint64_t));
+    p->ns = pkv_mem_calloc(al, nb, sizeof(uint64_t));
+    p->parent = pkv_mem_calloc(al, nb, sizeof(int32_t));
+    p->child = pkv_mem_calloc(al, nb, sizeof(int32_t));
+    p->sib_next = pkv_mem_calloc(al, nb, sizeof(int32_t));
+    p->sib_prev = pkv_mem_calloc(al, nb, sizeof(int32_t));
+    p->nchild = pkv_mem_calloc(al, nb, sizeof(int32_t));
+    p->toks = pkv_mem_calloc(al, nb, (size_t)p->bs * sizeof(int32_t));
+    p->tab = pkv_mem_calloc(al, cap, sizeof(prefix_slot));
+    if (!p->key || !p->ns || !p->parent || !p->child || !p->sib_next || !p->sib_prev || !p->nchild || !p->toks ||
+        !p->tab) {
+        prefix_free(al, p);
+        return PKV_ERR_NOMEM;
     }
+    memcpy(p->secret, secret, 16);
     for (size_t i = 0; i < cap; i++) p->tab[i].block = -1;
     for (size_t b = 0; b < nb; b++) p->parent[b] = p->child[b] = p->sib_next[b] = p->sib_prev[b] = -1;
     p->child_scan = PREFIX_CHILD_SCAN;
     p->k[0] = le64(p->secret);
     p->k[1] = le64(p->secret + 8);
-    c->prefix = p;
-    c->pool.on_evict = prefix_on_evict;
-    c->pool.evict_ctx = c;
+    *out = p;
     return PKV_OK;
 }
 
-void prefix_destroy(pkv_cache *c) {
-    prefix_free(&c->al, c->prefix);
-    c->prefix = NULL;
-    c->pool.on_evict = NULL;
-    c->pool.evict_ctx = NULL;
-}
+void prefix_destroy(pkv_prefix *p, const pkv_allocator *al) { prefix_free(al, p); }
 
-void prefix_secret(const pkv_cache *c, uint8_t out[16]) {
-    if (c->prefix) memcpy(out, c->prefix->secret, 16);
-    else memset(out, 0, 16);
-}
+void prefix_get_secret(const pkv_prefix *p, uint8_t out[16]) { memcpy(out, p->secret, 16); }
 
-int64_t prefix_collisions(const pkv_cache *c) { return c->prefix ? c->prefix->collisions : 0; }
+int64_t prefix_get_collisions(const pkv_prefix *p) { return p->collisions; }
 
-void prefix_set_child_scan(pkv_cache *c, int32_t n) {
-    if (c->prefix) c->prefix->child_scan = n;
-}
+void prefix_child_scan(pkv_prefix *p, int32_t n) { p->child_scan = n; }
 
 /* ---- registration ---- */
 
@@ -300,9 +284,8 @@ void prefix_set_child_scan(pkv_cache *c, int32_t n) {
  * out by an earlier append); a block filled after that whose identity is
  * already cached ends the registration, to be deduplicated by a later call
  * once its KV is written. */
-void prefix_register_seq(pkv_cache *c, pkv_seq_rec *r, int32_t written_len, int32_t *registered,
-                         int32_t *deduped) {
-    pkv_prefix *p = c->prefix;
+void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t written_len,
+                         int32_t *registered, int32_t *deduped) {
     int32_t bs = p->bs, full = r->ntokens / bs, j = r->nregistered, reg = 0, dd = 0;
     uint64_t pk[2] = {0, 0};
     int32_t pb = -1;
@@ -317,13 +300,13 @@ void prefix_register_seq(pkv_cache *c, pkv_seq_rec *r, int32_t written_len, int3
     int32_t win = 0, nwin = 0;
     size_t bytes = (size_t)bs * sizeof(int32_t);
     for (; j < full; j++) {
-        const int32_t *t = r->tokens + (size_t)j * (size_t)bs;
+        const int32_t *tk = r->tokens + (size_t)j * (size_t)bs;
         uint64_t key[2];
         int32_t own = r->blocks[j], found = -1;
         int scan = pb >= 0 && p->nchild[pb] <= p->child_scan;
         if (scan)
             for (int32_t x = p->child[pb]; x >= 0; x = p->sib_next[x])
-                if (p->ns[x] == r->ns && memcmp(block_toks(p, x), t, bytes) == 0) {
+                if (p->ns[x] == r->ns && memcmp(block_toks(p, x), tk, bytes) == 0) {
                     found = x;
                     break;
                 }
@@ -334,26 +317,24 @@ void prefix_register_seq(pkv_cache *c, pkv_seq_rec *r, int32_t written_len, int3
             if (j >= win + nwin) {
                 win = j;
                 nwin = full - j < SIP_LANES ? full - j : SIP_LANES;
-                sip_absorb_blocks(p->k, t, bs, nwin, st);
+                sip_absorb_blocks(p->k, tk, bs, nwin, st);
             }
-            key_finish(p, &st[j - win], t, r->ns, pk, key);
+            key_finish(p, &st[j - win], tk, r->ns, pk, key);
             /* A scanned child list is complete: a miss there is a miss. */
-            if (!scan) found = index_find(p, key, pb, r->ns, t, 1, 1);
+            if (!scan) found = index_find(p, key, pb, r->ns, tk, 1, 1);
         }
         if (found >= 0 && found != own) {
             if (written_len >= 0 && (int64_t)(j + 1) * bs > written_len) goto done;
-            pool_ref(&c->pool, found);
-            pool_unref(&c->pool, own);
-            r->blocks[j] = found;
+            seq_replace_block(t, r, j, found);
             dd++;
         } else if (found < 0) {
             /* A block cached under another identity cannot sit here (a
              * cached block is full and every holder has the same tokens
              * before it); stop rather than index it twice. */
-            pkv_assert(!c->pool.cached[own]);
-            if (c->pool.cached[own]) goto done;
-            index_insert(p, own, key, pb, r->ns, t);
-            c->pool.cached[own] = 1;
+            pkv_assert(!p->pool->cached[own]);
+            if (p->pool->cached[own]) goto done;
+            index_insert(p, own, key, pb, r->ns, tk);
+            p->pool->cached[own] = 1;
             reg++;
         }
         key_to_bytes(key, r->keys[j]);
@@ -369,30 +350,11 @@ done:
     if (deduped) *deduped = dd;
 }
 
-static int prefix_register(pkv_cache *c, pkv_seq h, int32_t *registered, int32_t *deduped) {
-    if (!c->prefix) return cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)");
-    pkv_seq_rec *r = seq_get(c, h);
-    if (!r) return cache_fail(c, PKV_ERR_NO_SEQ, "sequence handle %lld is not live", (long long)h);
-    FORWARD_IF_ERROR(seq_reserve(c, r, r->nblocks, r->ntokens, 1));
-    prefix_register_seq(c, r, -1, registered, deduped);
-    return PKV_OK;
-}
-
 /* ---- lookup ---- */
 
-static int prefix_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, pkv_seq *out,
-                         int32_t *cached_tokens) {
-    pkv_prefix *p = c->prefix;
-    if (!p) return cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)");
-    if (n < 0) return cache_fail(c, PKV_ERR_INVALID, "prompt length %d is negative", n);
-    RETURN_IF(n > 0 && !tokens, PKV_ERR_NULL);
+int32_t prefix_match(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *blocks,
+                     uint8_t (*keys)[16]) {
     int32_t bs = p->bs, full = n / bs;
-    int32_t idx;
-    FORWARD_IF_ERROR(seq_slot_prepare(c, &idx));
-    /* Room for the whole prompt (the engine appends the rest next), reserved
-     * before the record is taken so that a failure changes nothing. */
-    FORWARD_IF_ERROR(seq_reserve(c, &c->seqs[idx], (int32_t)(((int64_t)n + bs - 1) / bs), n, 1));
-    pkv_seq_rec *r = seq_slot_commit(c, idx, ns);
     /* Below a parent with few children the children's tokens are compared
      * directly (the chain's keys are stored, nothing to hash); elsewhere the
      * block's key is computed and probed. Token words are absorbed a window of
@@ -428,56 +390,44 @@ static int prefix_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32
             b = index_find(p, key, pb, ns, t, 1, 0);
         }
         if (b < 0) break;
-        r->blocks[m] = b;
-        key_to_bytes(p->key + 2 * b, r->keys[m]);
+        blocks[m] = b;
+        key_to_bytes(p->key + 2 * b, keys[m]);
         pb = b;
         m++;
     }
-    for (int32_t j = 0; j < m; j++) pool_ref(&c->pool, r->blocks[j]);
-    int32_t len = m * bs;
-    if (len) memcpy(r->tokens, tokens, (size_t)len * sizeof *tokens);
-    r->len = r->ntokens = len;
-    r->nblocks = r->nregistered = m;
-    r->last_start = len;
-    r->last_n = 0;
-    c->tokens += len;
     p->queries++;
     p->query_tokens += n;
-    p->hit_tokens += len;
-    *out = seq_handle(c, r);
-    *cached_tokens = len;
-    return PKV_OK;
+    p->hit_tokens += (int64_t)m * bs;
+    return m;
 }
 
 /* ---- statistics and checks ---- */
 
-void prefix_stats(const pkv_cache *c, pkv_stats *out) {
-    const pkv_prefix *p = c->prefix;
+void prefix_stats(const pkv_prefix *p, pkv_stats *out) {
     if (!p) return;
     out->cached_blocks = p->count;
     out->prefix_queries = p->queries;
     out->prefix_query_tokens = p->query_tokens;
     out->prefix_hit_tokens = p->hit_tokens;
-    out->evictions += p->orphans;
+    out->evictions += p->orphan_frees;
     out->dedups = p->dedups;
     out->registrations = p->registrations;
 }
 
-void prefix_dump(const pkv_cache *c, void (*put)(void *w, const void *data, size_t n), void *w) {
-    const pkv_prefix *p = c->prefix;
+void prefix_dump(const pkv_prefix *p, void (*put)(void *w, const void *data, size_t n), void *w) {
     int32_t on = p != NULL;
     put(w, &on, sizeof on);
     if (!p) return;
     put(w, p->secret, sizeof p->secret);
-    int64_t ctr[8] = {p->count, p->queries, p->query_tokens, p->hit_tokens,
-                      p->dedups, p->registrations, p->orphans, p->child_scan};
+    int64_t ctr[9] = {p->count, p->queries, p->query_tokens, p->hit_tokens, p->dedups,
+                      p->registrations, p->orphans, p->orphan_frees, p->child_scan};
     put(w, ctr, sizeof ctr);
     for (size_t i = 0; i <= p->mask; i++) {
         put(w, &p->tab[i].block, sizeof p->tab[i].block);
         if (p->tab[i].block >= 0) put(w, &p->tab[i].tag, sizeof p->tab[i].tag);
     }
     for (int32_t b = 0; b < p->nb; b++) {
-        if (!c->pool.cached[b]) continue;
+        if (!p->pool->cached[b]) continue;
         int32_t links[5] = {b, p->parent[b], p->child[b], p->sib_next[b], p->sib_prev[b]};
         put(w, links, sizeof links);
         put(w, p->key + 2 * b, 2 * sizeof *p->key);
@@ -489,25 +439,24 @@ void prefix_dump(const pkv_cache *c, void (*put)(void *w, const void *data, size
 /* The index against the pool's cached bits, each entry against its recomputed
  * key and its parent, the child lists, and each sequence's registered blocks
  * against the index. */
-static int check_index(pkv_cache *c, uint8_t *seen) {
-    pkv_prefix *p = c->prefix;
-    const pkv_pool *pool = &c->pool;
+static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
+    const pkv_pool *pool = p->pool;
     int32_t n = 0, with_parent = 0;
     for (size_t i = 0; i <= p->mask; i++) {
         int32_t b = p->tab[i].block;
         if (b < 0) continue;
         if (b >= p->nb || !pool->cached[b] || seen[b]++)
-            return cache_fail(c, PKV_ERR_CORRUPT, "index slot %zu holds block %d (not cached or twice)", i, b);
+            return pkv__fail(d, PKV_ERR_CORRUPT, "index slot %zu holds block %d (not cached or twice)", i, b);
         if (p->tab[i].tag != p->key[2 * b])
-            return cache_fail(c, PKV_ERR_CORRUPT, "index slot %zu: tag disagrees with block %d's key", i, b);
+            return pkv__fail(d, PKV_ERR_CORRUPT, "index slot %zu: tag disagrees with block %d's key", i, b);
         for (size_t k = home_slot(p, p->tab[i].tag); k != i; k = (k + 1) & p->mask)
             if (p->tab[k].block < 0)
-                return cache_fail(c, PKV_ERR_CORRUPT, "index: block %d unreachable from its home slot", b);
+                return pkv__fail(d, PKV_ERR_CORRUPT, "index: block %d unreachable from its home slot", b);
         int32_t par = p->parent[b];
         uint64_t pk[2] = {0, 0}, key[2];
         if (par >= 0) {
             if (par >= p->nb || !pool->cached[par] || p->ns[par] != p->ns[b])
-                return cache_fail(c, PKV_ERR_CORRUPT, "cached block %d has parent %d not cached here", b, par);
+                return pkv__fail(d, PKV_ERR_CORRUPT, "cached block %d has parent %d not cached here", b, par);
             pk[0] = p->key[2 * par];
             pk[1] = p->key[2 * par + 1];
             with_parent++;
@@ -516,82 +465,63 @@ static int check_index(pkv_cache *c, uint8_t *seen) {
         sip_absorb_blocks(p->k, block_toks(p, b), p->bs, 1, &st);
         key_finish(p, &st, block_toks(p, b), p->ns[b], pk, key);
         if (key[0] != p->key[2 * b] || key[1] != p->key[2 * b + 1])
-            return cache_fail(c, PKV_ERR_CORRUPT, "cached block %d: key differs from its recomputed key", b);
+            return pkv__fail(d, PKV_ERR_CORRUPT, "cached block %d: key differs from its recomputed key", b);
         if (index_find(p, key, par, p->ns[b], block_toks(p, b), 0, 1) != b)
-            return cache_fail(c, PKV_ERR_CORRUPT, "cached block %d: its identity is indexed twice", b);
+            return pkv__fail(d, PKV_ERR_CORRUPT, "cached block %d: its identity is indexed twice", b);
         n++;
     }
-    if (n != p->count) return cache_fail(c, PKV_ERR_CORRUPT, "index holds %d entries, count says %d", n, p->count);
+    if (n != p->count) return pkv__fail(d, PKV_ERR_CORRUPT, "index holds %d entries, count says %d", n, p->count);
     int32_t linked = 0;
     for (int32_t b = 0; b < p->nb; b++) {
         if (pool->cached[b] && !seen[b])
-            return cache_fail(c, PKV_ERR_CORRUPT, "block %d is marked cached but not indexed", b);
+            return pkv__fail(d, PKV_ERR_CORRUPT, "block %d is marked cached but not indexed", b);
         if (!pool->cached[b]) continue;
         int32_t kids = 0;
         for (int32_t x = p->child[b], prev = -1; x >= 0; prev = x, x = p->sib_next[x]) {
             if (x >= p->nb || !pool->cached[x] || p->parent[x] != b || p->sib_prev[x] != prev || ++linked > n)
-                return cache_fail(c, PKV_ERR_CORRUPT, "child list of block %d broken at %d", b, x);
+                return pkv__fail(d, PKV_ERR_CORRUPT, "child list of block %d broken at %d", b, x);
             kids++;
         }
         if (kids != p->nchild[b])
-            return cache_fail(c, PKV_ERR_CORRUPT, "block %d has %d children, count says %d", b, kids, p->nchild[b]);
+            return pkv__fail(d, PKV_ERR_CORRUPT, "block %d has %d children, count says %d", b, kids, p->nchild[b]);
     }
     if (linked != with_parent)
-        return cache_fail(c, PKV_ERR_CORRUPT, "%d cached blocks have a parent, child lists hold %d", with_parent,
+        return pkv__fail(d, PKV_ERR_CORRUPT, "%d cached blocks have a parent, child lists hold %d", with_parent,
                           linked);
     return PKV_OK;
 }
 
-static int check_seq_keys(pkv_cache *c) {
-    pkv_prefix *p = c->prefix;
-    for (int32_t i = 0; i < c->seqs_cap; i++) {
-        const pkv_seq_rec *r = &c->seqs[i];
+static int check_seq_keys(pkv_prefix *p, const pkv_seqtab *t, pkv_detail *d) {
+    for (int32_t i = 0; i < t->seqs_cap; i++) {
+        const pkv_seq_rec *r = &t->seqs[i];
         if (!r->live || r->nregistered == 0) continue;
         if (!r->keys || r->keys_cap < r->nregistered || (int64_t)r->nregistered * p->bs > r->ntokens)
-            return cache_fail(c, PKV_ERR_CORRUPT, "sequence %d: %d registered blocks without keys or tokens", i,
+            return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: %d registered blocks without keys or tokens", i,
                               r->nregistered);
         for (int32_t j = 0; j < r->nregistered; j++) {
             int32_t b = r->blocks[j];
             uint64_t k[2];
             key_from_bytes(r->keys[j], k);
-            if (!c->pool.cached[b] || p->key[2 * b] != k[0] || p->key[2 * b + 1] != k[1] ||
+            if (!p->pool->cached[b] || p->key[2 * b] != k[0] || p->key[2 * b + 1] != k[1] ||
                 p->parent[b] != (j ? r->blocks[j - 1] : -1) || p->ns[b] != r->ns ||
                 memcmp(block_toks(p, b), r->tokens + (size_t)j * (size_t)p->bs, (size_t)p->bs * sizeof(int32_t)))
-                return cache_fail(c, PKV_ERR_CORRUPT, "sequence %d: registered block %d (#%d) disagrees with the index",
+                return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: registered block %d (#%d) disagrees with the index",
                                   i, b, j);
         }
     }
     return PKV_OK;
 }
 
-int prefix_check(pkv_cache *c) {
-    if (!c->prefix) {
-        for (int32_t b = 0; b < c->pool.num_blocks; b++)
-            if (c->pool.cached[b])
-                return cache_fail(c, PKV_ERR_CORRUPT, "block %d is cached but prefix caching is off", b);
-        return PKV_OK;
-    }
-    uint8_t *seen = pkv_mem_calloc(&c->al, (size_t)c->prefix->nb, 1);
+int prefix_check(pkv_prefix *p, pkv_seqtab *t, const pkv_allocator *al, pkv_detail *d) {
+    uint8_t *seen = pkv_mem_calloc(al, (size_t)p->nb, 1);
     RETURN_IF(!seen, PKV_ERR_NOMEM);
-    int st = check_index(c, seen);
-    pkv_mem_free(&c->al, seen);
-    return st == PKV_OK ? check_seq_keys(c) : st;
+    int st = check_index(p, seen, d);
+    pkv_mem_free(al, seen);
+    return st == PKV_OK ? check_seq_keys(p, t, d) : st;
 }
 
-/* ---- public entry points ---- */
-
-int pkv_prefix_register(pkv_cache *c, pkv_seq seq, int32_t *registered, int32_t *deduped) {
-    CACHE_ENTER(c);
-    if (registered) *registered = 0;
-    if (deduped) *deduped = 0;
-    int st = prefix_register(c, seq, registered, deduped);
-    CACHE_LEAVE(c, st);
-}
-
-int pkv_prefix_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, pkv_seq *out,
-                      int32_t *cached_tokens) {
-    RETURN_IF(!out || !cached_tokens, PKV_ERR_NULL);
-    CACHE_ENTER(c);
-    int st = prefix_lookup(c, ns, tokens, n, out, cached_tokens);
-    CACHE_LEAVE(c, st);
+int prefix_check_off(const pkv_pool *pool, pkv_detail *d) {
+    for (int32_t b = 0; b < pool->num_blocks; b++)
+        if (pool->cached[b]) return pkv__fail(d, PKV_ERR_CORRUPT, "block %d is cached but prefix caching is off", b);
+    return PKV_OK;
 }

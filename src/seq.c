@@ -1,12 +1,17 @@
-/* Sequences on top of the pool: create, append (with copy-on-write), truncate,
- * fork, free.
+/* Sequences on top of the pool: records holding a block list, a length and the
+ * known token ids; creation, extension on blocks the caller took, truncation,
+ * copies (fork), retirement, and their invariants.
  *
- * Every mutating call validates and reserves everything it may need first
- * (array capacity, pool blocks) and only then changes state, so a failing call
- * leaves the cache exactly as it was. Record slots are reused, with a
- * generation in the handle so that a freed handle is refused, not aliased; the
- * index bits are XORed with a per-cache random salt so that a handle of another
- * (or a destroyed) cache almost surely names no record here. */
+ * This layer decides nothing about where blocks come from or what their
+ * contents are: the cache layer takes blocks from the pool, performs any
+ * copy-on-write and registers blocks in the prefix index, and calls down here
+ * to update the records. Every call here that can fail (growing an array)
+ * changes nothing visible when it fails.
+ *
+ * Record slots are reused, with a generation in the handle so that a freed
+ * handle is refused, not aliased; the index bits are XORed with a per-cache
+ * random salt so that a handle of another (or a destroyed) cache almost surely
+ * names no record here. */
 #include <string.h>
 
 #include "internal.h"
@@ -14,40 +19,60 @@
 #define HANDLE_INDEX(h) ((int32_t)((uint64_t)(h) & 0xffffffffu))
 #define HANDLE_GEN(h) ((uint32_t)((uint64_t)(h) >> 32))
 
-pkv_seq seq_handle(const pkv_cache *c, const pkv_seq_rec *r) {
-    return (pkv_seq)(((uint64_t)r->gen << 32) | ((uint32_t)(r - c->seqs) ^ c->handle_salt));
+void seq_init(pkv_seqtab *t, const pkv_allocator *al, pkv_pool *pool, uint32_t salt) {
+    memset(t, 0, sizeof *t);
+    t->al = al;
+    t->pool = pool;
+    t->seq_free_head = -1;
+    t->handle_salt = salt;
 }
 
-pkv_seq_rec *seq_get(pkv_cache *c, pkv_seq h) {
+void seq_destroy(pkv_seqtab *t) {
+    for (int32_t i = 0; i < t->seqs_cap; i++) {
+        pkv_seq_rec *r = &t->seqs[i];
+        pkv_mem_free(t->al, r->blocks);
+        pkv_mem_free(t->al, r->tokens);
+        pkv_mem_free(t->al, r->keys);
+    }
+    pkv_mem_free(t->al, t->seqs);
+    t->seqs = NULL;
+    t->seqs_cap = 0;
+}
+
+pkv_seq seq_handle(const pkv_seqtab *t, const pkv_seq_rec *r) {
+    return (pkv_seq)(((uint64_t)r->gen << 32) | ((uint32_t)(r - t->seqs) ^ t->handle_salt));
+}
+
+pkv_seq_rec *seq_get(pkv_seqtab *t, pkv_seq h) {
     if (h <= 0) return NULL;
-    uint32_t i = (uint32_t)HANDLE_INDEX(h) ^ c->handle_salt;
-    if (i >= (uint32_t)c->seqs_cap) return NULL;
-    pkv_seq_rec *r = &c->seqs[i];
+    uint32_t i = (uint32_t)HANDLE_INDEX(h) ^ t->handle_salt;
+    if (i >= (uint32_t)t->seqs_cap) return NULL;
+    pkv_seq_rec *r = &t->seqs[i];
     return (r->live && r->gen == HANDLE_GEN(h)) ? r : NULL;
 }
 
 /* A free record slot (growing the table if needed) without taking it, so the
  * caller can still fail cleanly. */
-int seq_slot_prepare(pkv_cache *c, int32_t *idx) {
-    if (c->seq_free_head < 0) {
-        int32_t old = c->seqs_cap;
+int seq_slot_prepare(pkv_seqtab *t, int32_t *idx) {
+    if (t->seq_free_head < 0) {
+        int32_t old = t->seqs_cap;
         RETURN_IF(old >= INT32_MAX / 2, PKV_ERR_NOMEM);
-        FORWARD_IF_ERROR(pkv_mem_grow(&c->al, (void **)&c->seqs, &c->seqs_cap, old + 1, sizeof *c->seqs));
-        memset(c->seqs + old, 0, (size_t)(c->seqs_cap - old) * sizeof *c->seqs);
-        for (int32_t i = c->seqs_cap - 1; i >= old; i--) {
-            c->seqs[i].next_free = c->seq_free_head;
-            c->seq_free_head = i;
+        FORWARD_IF_ERROR(pkv_mem_grow(t->al, (void **)&t->seqs, &t->seqs_cap, old + 1, sizeof *t->seqs));
+        memset(t->seqs + old, 0, (size_t)(t->seqs_cap - old) * sizeof *t->seqs);
+        for (int32_t i = t->seqs_cap - 1; i >= old; i--) {
+            t->seqs[i].next_free = t->seq_free_head;
+            t->seq_free_head = i;
         }
     }
-    *idx = c->seq_free_head;
+    *idx = t->seq_free_head;
     return PKV_OK;
 }
 
 /* Takes the slot prepared above and makes it a live, empty sequence. */
-pkv_seq_rec *seq_slot_commit(pkv_cache *c, int32_t idx, uint64_t ns) {
-    pkv_seq_rec *r = &c->seqs[idx];
-    pkv_assert(idx == c->seq_free_head && !r->live);
-    c->seq_free_head = r->next_free;
+pkv_seq_rec *seq_slot_commit(pkv_seqtab *t, int32_t idx, uint64_t ns) {
+    pkv_seq_rec *r = &t->seqs[idx];
+    pkv_assert(idx == t->seq_free_head && !r->live);
+    t->seq_free_head = r->next_free;
     pkv_assert(r->gen < SEQ_GEN_MAX); /* exhausted slots never return to the free list */
     r->gen++;
     r->live = 1;
@@ -55,158 +80,84 @@ pkv_seq_rec *seq_slot_commit(pkv_cache *c, int32_t idx, uint64_t ns) {
     r->len = r->nblocks = r->ntokens = r->nregistered = 0;
     r->last_start = r->last_n = 0;
     r->ns = ns;
-    c->num_seqs++;
+    t->num_seqs++;
     return r;
 }
 
-int seq_new(pkv_cache *c, uint64_t ns, pkv_seq *out) {
-    int32_t idx;
-    FORWARD_IF_ERROR(seq_slot_prepare(c, &idx));
-    *out = seq_handle(c, seq_slot_commit(c, idx, ns));
-    return PKV_OK;
-}
-
-int seq_reserve(pkv_cache *c, pkv_seq_rec *r, int32_t nblocks, int32_t ntokens, int want_keys) {
-    FORWARD_IF_ERROR(pkv_mem_grow(&c->al, (void **)&r->blocks, &r->blocks_cap, nblocks, sizeof *r->blocks));
-    FORWARD_IF_ERROR(pkv_mem_grow(&c->al, (void **)&r->tokens, &r->tokens_cap, ntokens, sizeof *r->tokens));
+int seq_reserve(pkv_seqtab *t, pkv_seq_rec *r, int32_t nblocks, int32_t ntokens, int want_keys) {
+    FORWARD_IF_ERROR(pkv_mem_grow(t->al, (void **)&r->blocks, &r->blocks_cap, nblocks, sizeof *r->blocks));
+    FORWARD_IF_ERROR(pkv_mem_grow(t->al, (void **)&r->tokens, &r->tokens_cap, ntokens, sizeof *r->tokens));
     /* Keys last: whether a record has keys is visible state (fork copies them),
      * so they must not appear when a later reservation fails. */
     if (r->keys || want_keys)
-        return pkv_mem_grow(&c->al, (void **)&r->keys, &r->keys_cap, nblocks, sizeof *r->keys);
+        return pkv_mem_grow(t->al, (void **)&r->keys, &r->keys_cap, nblocks, sizeof *r->keys);
     return PKV_OK;
-}
-
-/* Frees a record's arrays (cache destruction). */
-void seq_release_record(pkv_cache *c, pkv_seq_rec *r) {
-    pkv_mem_free(&c->al, r->blocks);
-    pkv_mem_free(&c->al, r->tokens);
-    pkv_mem_free(&c->al, r->keys);
-    r->blocks = NULL;
-    r->tokens = NULL;
-    r->keys = NULL;
-    r->blocks_cap = r->tokens_cap = r->keys_cap = 0;
 }
 
 /* Releases blocks [keep, nblocks) last first, so that prefix chains become
  * evictable from their deepest block. */
-static void release_tail(pkv_cache *c, pkv_seq_rec *r, int32_t keep) {
-    for (int32_t j = r->nblocks - 1; j >= keep; j--) pool_unref(&c->pool, r->blocks[j]);
+static void release_tail(pkv_seqtab *t, pkv_seq_rec *r, int32_t keep) {
+    for (int32_t j = r->nblocks - 1; j >= keep; j--) pool_unref(t->pool, r->blocks[j]);
     r->nblocks = keep;
 }
 
-/* A record back on the free list; its arrays are kept for reuse. */
-static void seq_retire(pkv_cache *c, pkv_seq_rec *r) {
-    release_tail(c, r, 0);
-    c->tokens -= r->len;
+void seq_retire(pkv_seqtab *t, pkv_seq_rec *r) {
+    release_tail(t, r, 0);
+    t->tokens -= r->len;
     r->len = r->ntokens = r->nregistered = 0;
     r->live = 0;
-    c->num_seqs--;
+    t->num_seqs--;
     /* Wrapping the generation would hand out this slot's old handles again. */
     if (r->gen >= SEQ_GEN_MAX) {
         r->next_free = -1;
         return;
     }
-    r->next_free = c->seq_free_head;
-    c->seq_free_head = (int32_t)(r - c->seqs);
+    r->next_free = t->seq_free_head;
+    t->seq_free_head = (int32_t)(r - t->seqs);
 }
 
-static int32_t blocks_for(const pkv_cache *c, int64_t len) {
-    return (int32_t)((len + c->pool.block_size - 1) / c->pool.block_size);
-}
-
-/* Whether appending to r must first copy its last block: the block is partly
- * filled and someone else holds it or the prefix index promises its contents. */
-static int needs_cow(const pkv_cache *c, const pkv_seq_rec *r, int32_t n) {
-    if (n == 0 || r->len % c->pool.block_size == 0) return 0;
+int seq_needs_cow(const pkv_seqtab *t, const pkv_seq_rec *r, int32_t n) {
+    if (n == 0 || r->len % t->pool->block_size == 0) return 0;
     int32_t last = r->blocks[r->nblocks - 1];
-    return c->pool.refcount[last] > 1 || c->pool.cached[last];
+    return t->pool->refcount[last] > 1 || t->pool->cached[last];
 }
 
-static int seq_append(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *tokens, int64_t *slots,
-                      pkv_block_copy *cow) {
-    pkv_seq_rec *r = seq_get(c, h);
-    if (!r) return cache_fail(c, PKV_ERR_NO_SEQ, "sequence handle %lld is not live", (long long)h);
-    RETURN_IF(n < 0 || n > INT32_MAX - r->len, PKV_ERR_INVALID);
-    if (!cow && !c->store.enabled)
-        return cache_fail(c, PKV_ERR_NULL, "metadata mode: cow is required to report copies");
-    if (cow) cow->src = cow->dst = -1;
-    int32_t bs = c->pool.block_size;
-    int64_t new_len = (int64_t)r->len + n;
-    int32_t new_blocks = blocks_for(c, new_len) - r->nblocks;
-    int32_t cow_needed = needs_cow(c, r, n);
-    int32_t avail = pool_available(&c->pool);
-    if (new_blocks + cow_needed > avail)
-        return cache_fail(c, PKV_ERR_CAPACITY, "append of %d tokens needs %d blocks, %d available", n,
-                          new_blocks + cow_needed, avail);
-    int record_tokens = tokens != NULL && r->ntokens == r->len;
-    /* Auto-registration needs key room; reserved here so that it cannot fail later. */
-    int auto_reg = c->prefix != NULL && (c->cfg.flags & PKV_FLAG_AUTO_REGISTER);
-    FORWARD_IF_ERROR(seq_reserve(c, r, r->nblocks + new_blocks, record_tokens ? (int32_t)new_len : 0, auto_reg));
+void seq_replace_block(pkv_seqtab *t, pkv_seq_rec *r, int32_t j, int32_t b) {
+    pool_ref(t->pool, b);
+    pool_unref(t->pool, r->blocks[j]);
+    r->blocks[j] = b;
+}
 
-    /* From here on nothing can fail. */
-    if (cow_needed) {
-        int32_t src = r->blocks[r->nblocks - 1];
-        int32_t dst = pool_alloc(&c->pool);
-        store_copy_block(c, src, dst);
-        if (cow) { cow->src = src; cow->dst = dst; }
-        pool_unref(&c->pool, src);
-        r->blocks[r->nblocks - 1] = dst;
-        c->cow_copies++;
-    }
-    for (int32_t j = 0; j < new_blocks; j++) r->blocks[r->nblocks++] = pool_alloc(&c->pool);
+void seq_extend(pkv_seqtab *t, pkv_seq_rec *r, int32_t n, const int32_t *tokens, int64_t *slots) {
+    int32_t bs = t->pool->block_size;
+    pkv_assert(r->nblocks == seq_blocks_for(t, (int64_t)r->len + n));
     if (slots) {
         int32_t pos = r->len;
-        for (int32_t i = 0; i < n; i++, pos++)
-            slots[i] = (int64_t)r->blocks[pos / bs] * bs + pos % bs;
+        for (int32_t i = 0; i < n; i++, pos++) slots[i] = (int64_t)r->blocks[pos / bs] * bs + pos % bs;
     }
-    if (record_tokens) {
+    if (tokens && r->ntokens == r->len) {
         if (n) memcpy(r->tokens + r->len, tokens, (size_t)n * sizeof *tokens);
-        r->ntokens = (int32_t)new_len;
+        r->ntokens = r->len + n;
     }
-    int32_t old_len = r->len;
     r->last_start = r->len;
     r->last_n = n;
-    r->len = (int32_t)new_len;
-    c->tokens += n;
-    /* Blocks filled before this append (KV written) may be deduplicated; ones
-     * it filled are indexed but not moved, since their slots were just handed out. */
-    if (auto_reg) prefix_register_seq(c, r, old_len, NULL, NULL);
-    return PKV_OK;
+    r->len += n;
+    t->tokens += n;
 }
 
-static int seq_blocks_needed(pkv_cache *c, pkv_seq h, int32_t n, int32_t *out) {
-    pkv_seq_rec *r = seq_get(c, h);
-    RETURN_IF(!r, PKV_ERR_NO_SEQ);
-    RETURN_IF(n < 0 || n > INT32_MAX - r->len, PKV_ERR_INVALID);
-    *out = blocks_for(c, (int64_t)r->len + n) - r->nblocks + needs_cow(c, r, n);
-    return PKV_OK;
-}
-
-static int seq_truncate(pkv_cache *c, pkv_seq h, int32_t new_len) {
-    pkv_seq_rec *r = seq_get(c, h);
-    RETURN_IF(!r, PKV_ERR_NO_SEQ);
-    if (new_len < 0 || new_len > r->len)
-        return cache_fail(c, PKV_ERR_INVALID, "truncate to %d outside [0, %d]", new_len, r->len);
-    release_tail(c, r, blocks_for(c, new_len));
-    c->tokens -= r->len - new_len;
+void seq_truncate(pkv_seqtab *t, pkv_seq_rec *r, int32_t new_len) {
+    release_tail(t, r, seq_blocks_for(t, new_len));
+    t->tokens -= r->len - new_len;
     r->len = new_len;
     if (r->ntokens > new_len) r->ntokens = new_len;
-    if (r->nregistered > new_len / c->pool.block_size) r->nregistered = new_len / c->pool.block_size;
+    if (r->nregistered > new_len / t->pool->block_size) r->nregistered = new_len / t->pool->block_size;
     if (r->last_start > new_len) r->last_start = new_len;
     if (r->last_start + r->last_n > new_len) r->last_n = new_len - r->last_start;
-    return PKV_OK;
 }
 
-static int seq_fork(pkv_cache *c, pkv_seq parent, pkv_seq *child) {
-    pkv_seq_rec *p = seq_get(c, parent);
-    RETURN_IF(!p, PKV_ERR_NO_SEQ);
-    int32_t idx;
-    FORWARD_IF_ERROR(seq_slot_prepare(c, &idx));
-    p = seq_get(c, parent); /* the record table may have moved */
-    FORWARD_IF_ERROR(seq_reserve(c, &c->seqs[idx], p->nblocks, p->ntokens, p->keys != NULL));
-    pkv_seq_rec *r = seq_slot_commit(c, idx, p->ns);
+void seq_copy(pkv_seqtab *t, const pkv_seq_rec *p, pkv_seq_rec *r) {
     if (p->nblocks) memcpy(r->blocks, p->blocks, (size_t)p->nblocks * sizeof *r->blocks);
-    for (int32_t j = 0; j < p->nblocks; j++) pool_ref(&c->pool, p->blocks[j]);
+    for (int32_t j = 0; j < p->nblocks; j++) pool_ref(t->pool, p->blocks[j]);
     r->nblocks = p->nblocks;
     r->len = p->len;
     if (p->ntokens) memcpy(r->tokens, p->tokens, (size_t)p->ntokens * sizeof *r->tokens);
@@ -215,81 +166,60 @@ static int seq_fork(pkv_cache *c, pkv_seq parent, pkv_seq *child) {
     r->nregistered = p->keys ? p->nregistered : 0;
     r->last_start = r->len;
     r->last_n = 0;
-    c->tokens += r->len;
-    *child = seq_handle(c, r);
-    return PKV_OK;
+    t->tokens += r->len;
 }
 
-/* ---- public entry points: argument checks, lock, body ---- */
-
-int pkv_seq_create(pkv_cache *c, uint64_t ns, pkv_seq *out) {
-    RETURN_IF(!out, PKV_ERR_NULL);
-    CACHE_ENTER(c);
-    int st = seq_new(c, ns, out);
-    CACHE_LEAVE(c, st);
-}
-
-int pkv_seq_append(pkv_cache *c, pkv_seq seq, int32_t n, const int32_t *tokens, int64_t *slots,
-                   pkv_block_copy *cow) {
-    CACHE_ENTER(c);
-    int st = seq_append(c, seq, n, tokens, slots, cow);
-    CACHE_LEAVE(c, st);
-}
-
-int pkv_seq_blocks_needed(pkv_cache *c, pkv_seq seq, int32_t n, int32_t *out) {
-    RETURN_IF(!out, PKV_ERR_NULL);
-    CACHE_ENTER(c);
-    int st = seq_blocks_needed(c, seq, n, out);
-    CACHE_LEAVE(c, st);
-}
-
-int pkv_seq_truncate(pkv_cache *c, pkv_seq seq, int32_t new_len) {
-    CACHE_ENTER(c);
-    int st = seq_truncate(c, seq, new_len);
-    CACHE_LEAVE(c, st);
-}
-
-int pkv_seq_fork(pkv_cache *c, pkv_seq parent, pkv_seq *child) {
-    RETURN_IF(!child, PKV_ERR_NULL);
-    CACHE_ENTER(c);
-    int st = seq_fork(c, parent, child);
-    CACHE_LEAVE(c, st);
-}
-
-int pkv_seq_free(pkv_cache *c, pkv_seq seq) {
-    CACHE_ENTER(c);
-    pkv_seq_rec *r = seq_get(c, seq);
-    int st = PKV_ERR_NO_SEQ;
-    if (r) {
-        seq_retire(c, r);
-        st = PKV_OK;
-    }
-    CACHE_LEAVE(c, st);
-}
-
-int pkv_seq_length(pkv_cache *c, pkv_seq seq, int32_t *out) {
-    RETURN_IF(!out, PKV_ERR_NULL);
-    CACHE_ENTER(c);
-    pkv_seq_rec *r = seq_get(c, seq);
-    if (r) *out = r->len;
-    CACHE_LEAVE(c, r ? PKV_OK : PKV_ERR_NO_SEQ);
-}
-
-int pkv_seq_blocks(pkv_cache *c, pkv_seq seq, int32_t *blocks, int32_t cap, int32_t *n) {
-    RETURN_IF(!n, PKV_ERR_NULL);
-    CACHE_ENTER(c);
-    pkv_seq_rec *r = seq_get(c, seq);
-    int st = PKV_ERR_NO_SEQ;
-    if (r) {
-        *n = r->nblocks;
-        if (cap < r->nblocks) {
-            st = cache_fail(c, PKV_ERR_BUFFER, "sequence has %d blocks, buffer holds %d", r->nblocks, cap);
-        } else if (!blocks && r->nblocks) {
-            st = PKV_ERR_NULL;
-        } else {
-            if (r->nblocks) memcpy(blocks, r->blocks, (size_t)r->nblocks * sizeof *blocks);
-            st = PKV_OK;
+int seq_check(pkv_seqtab *t, int has_prefix, int32_t *count, int32_t *owner, pkv_detail *d) {
+    const pkv_pool *p = t->pool;
+    int64_t tokens = 0;
+    int32_t live = 0;
+    memset(count, 0, (size_t)p->num_blocks * sizeof *count);
+    for (int32_t b = 0; b < p->num_blocks; b++) owner[b] = -1;
+    for (int32_t i = 0; i < t->seqs_cap; i++) {
+        const pkv_seq_rec *r = &t->seqs[i];
+        if (!r->live) continue;
+        live++;
+        tokens += r->len;
+        int32_t want = seq_blocks_for(t, r->len);
+        if (r->nblocks != want || r->len < 0)
+            return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: %d tokens in %d blocks (want %d)", i, r->len,
+                             r->nblocks, want);
+        if (r->ntokens < 0 || r->ntokens > r->len || r->nregistered < 0 || r->nregistered > r->nblocks ||
+            (int64_t)r->nregistered * p->block_size > r->len)
+            return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: tokens %d registered %d of length %d", i,
+                             r->ntokens, r->nregistered, r->len);
+        if (r->nregistered && !has_prefix)
+            return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d has %d registered blocks without a prefix cache", i,
+                             r->nregistered);
+        if (r->last_start < 0 || r->last_n < 0 || (int64_t)r->last_start + r->last_n > r->len)
+            return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: last append [%d, +%d) outside its %d tokens", i,
+                             r->last_start, r->last_n, r->len);
+        for (int32_t j = 0; j < r->nblocks; j++) {
+            int32_t b = r->blocks[j];
+            if (b < 0 || b >= p->num_blocks || p->state[b] != BLOCK_USED)
+                return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d holds block %d that is not in use", i, b);
+            /* Two positions of one sequence can never share a slot. */
+            if (owner[b] == i) return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d holds block %d twice", i, b);
+            owner[b] = i;
+            count[b]++;
         }
     }
-    CACHE_LEAVE(c, st);
+    if (live != t->num_seqs || tokens != t->tokens)
+        return pkv__fail(d, PKV_ERR_CORRUPT, "%d live sequences (counted %d), %lld tokens (counted %lld)",
+                         t->num_seqs, live, (long long)t->tokens, (long long)tokens);
+    /* Slots with an exhausted generation are retired: neither live nor listed. */
+    int32_t nfree_recs = 0, retired = 0;
+    for (int32_t i = 0; i < t->seqs_cap; i++) retired += !t->seqs[i].live && t->seqs[i].gen >= SEQ_GEN_MAX;
+    for (int32_t i = t->seq_free_head; i >= 0; i = t->seqs[i].next_free)
+        if (i >= t->seqs_cap || t->seqs[i].live || t->seqs[i].gen >= SEQ_GEN_MAX ||
+            ++nfree_recs > t->seqs_cap - t->num_seqs)
+            return pkv__fail(d, PKV_ERR_CORRUPT, "sequence record free list broken at %d", i);
+    if (nfree_recs != t->seqs_cap - t->num_seqs - retired)
+        return pkv__fail(d, PKV_ERR_CORRUPT, "%d free sequence records listed, %d expected", nfree_recs,
+                         t->seqs_cap - t->num_seqs - retired);
+    for (int32_t b = 0; b < p->num_blocks; b++)
+        if (count[b] != p->refcount[b])
+            return pkv__fail(d, PKV_ERR_CORRUPT, "block %d has refcount %d but %d holders", b, p->refcount[b],
+                             count[b]);
+    return PKV_OK;
 }

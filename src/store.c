@@ -15,10 +15,11 @@ static int arena_bytes(size_t row, int32_t num_blocks, int32_t block_size, size_
     return PKV_OK;
 }
 
-int store_init(pkv_cache *c) {
-    pkv_store *s = &c->store;
-    const pkv_config *cfg = &c->cfg;
+int store_init(pkv_store *s, const pkv_config *cfg, const pkv_allocator *al, const pkv_pool *pool) {
     memset(s, 0, sizeof *s);
+    s->cfg = cfg;
+    s->al = al;
+    s->pool = pool;
     if (cfg->storage != PKV_STORAGE_HOST) return PKV_OK;
     s->k_row = pkv_row_bytes(cfg->kv_dtype, cfg->h_kv, cfg->d);
     s->v_row = cfg->v_separate ? pkv_row_bytes(cfg->kv_dtype, cfg->h_kv, cfg->dv) : 0;
@@ -28,43 +29,42 @@ int store_init(pkv_cache *c) {
     FORWARD_IF_ERROR(arena_bytes(s->k_row, cfg->num_blocks, cfg->block_size, &kbytes));
     FORWARD_IF_ERROR(arena_bytes(s->v_row, cfg->num_blocks, cfg->block_size, &vbytes));
     size_t L = (size_t)cfg->num_layers;
-    s->k_raw = pkv_mem_calloc(&c->al, L, sizeof(void *));
-    s->v_raw = pkv_mem_calloc(&c->al, L, sizeof(void *));
-    s->k = pkv_mem_calloc(&c->al, L, sizeof(uint8_t *));
-    s->v = pkv_mem_calloc(&c->al, L, sizeof(uint8_t *));
+    s->k_raw = pkv_mem_calloc(al, L, sizeof(void *));
+    s->v_raw = pkv_mem_calloc(al, L, sizeof(void *));
+    s->k = pkv_mem_calloc(al, L, sizeof(uint8_t *));
+    s->v = pkv_mem_calloc(al, L, sizeof(uint8_t *));
     s->enabled = 1; /* so that store_destroy frees what was allocated */
     RETURN_IF(!s->k_raw || !s->v_raw || !s->k || !s->v, PKV_ERR_NOMEM);
     for (size_t l = 0; l < L; l++) {
         /* Zeroed so that a slot read before it is written is 0, not garbage. */
-        s->k_raw[l] = pkv_mem_calloc(&c->al, 1, kbytes + ARENA_ALIGN);
+        s->k_raw[l] = pkv_mem_calloc(al, 1, kbytes + ARENA_ALIGN);
         RETURN_IF(!s->k_raw[l], PKV_ERR_NOMEM);
         s->k[l] = (uint8_t *)(((uintptr_t)s->k_raw[l] + ARENA_ALIGN - 1) & ~(uintptr_t)(ARENA_ALIGN - 1));
         if (!vbytes) continue;
-        s->v_raw[l] = pkv_mem_calloc(&c->al, 1, vbytes + ARENA_ALIGN);
+        s->v_raw[l] = pkv_mem_calloc(al, 1, vbytes + ARENA_ALIGN);
         RETURN_IF(!s->v_raw[l], PKV_ERR_NOMEM);
         s->v[l] = (uint8_t *)(((uintptr_t)s->v_raw[l] + ARENA_ALIGN - 1) & ~(uintptr_t)(ARENA_ALIGN - 1));
     }
     return PKV_OK;
 }
 
-void store_destroy(pkv_cache *c) {
-    pkv_store *s = &c->store;
+void store_destroy(pkv_store *s) {
     if (!s->enabled) return;
-    for (int32_t l = 0; l < c->cfg.num_layers; l++) {
-        if (s->k_raw) pkv_mem_free(&c->al, s->k_raw[l]);
-        if (s->v_raw) pkv_mem_free(&c->al, s->v_raw[l]);
+    const pkv_allocator *al = s->al;
+    for (int32_t l = 0; l < s->cfg->num_layers; l++) {
+        if (s->k_raw) pkv_mem_free(al, s->k_raw[l]);
+        if (s->v_raw) pkv_mem_free(al, s->v_raw[l]);
     }
-    pkv_mem_free(&c->al, s->k_raw);
-    pkv_mem_free(&c->al, s->v_raw);
-    pkv_mem_free(&c->al, s->k);
-    pkv_mem_free(&c->al, s->v);
+    pkv_mem_free(al, s->k_raw);
+    pkv_mem_free(al, s->v_raw);
+    pkv_mem_free(al, s->k);
+    pkv_mem_free(al, s->v);
     memset(s, 0, sizeof *s);
 }
 
-void store_copy_block(pkv_cache *c, int32_t src, int32_t dst) {
-    pkv_store *s = &c->store;
+void store_copy_block(pkv_store *s, int32_t src, int32_t dst) {
     if (!s->enabled) return;
-    for (int32_t l = 0; l < c->cfg.num_layers; l++) {
+    for (int32_t l = 0; l < s->cfg->num_layers; l++) {
         memcpy(s->k[l] + (size_t)dst * s->k_block, s->k[l] + (size_t)src * s->k_block, s->k_block);
         if (s->v_block)
             memcpy(s->v[l] + (size_t)dst * s->v_block, s->v[l] + (size_t)src * s->v_block, s->v_block);
@@ -92,9 +92,9 @@ static int nonfinite(const float *x, size_t count) {
 
 /* Writes one token row (all heads, row_bytes in the arena) of K or V from src
  * (src_dtype) into dst. */
-static void write_row(pkv_cache *c, uint8_t *dst, const uint8_t *src, int src_dtype, size_t elems,
+static void write_row(const pkv_store *s, uint8_t *dst, const uint8_t *src, int src_dtype, size_t elems,
                       size_t row_bytes) {
-    int kvd = c->cfg.kv_dtype;
+    int kvd = s->cfg->kv_dtype;
     if (src_dtype == kvd) {
         /* rows already in the arena's format (FP8: ready-made 656-byte rows) */
         memcpy(dst, src, row_bytes);
@@ -106,42 +106,43 @@ static void write_row(pkv_cache *c, uint8_t *dst, const uint8_t *src, int src_dt
             in = x;
         }
         /* Inputs were checked to be finite, so this cannot fail. */
-        (void)pkv_mla656_quantize(in, dst, (c->cfg.flags & PKV_FLAG_FP8_POW2_SCALE) != 0);
+        (void)pkv_mla656_quantize(in, dst, (s->cfg->flags & PKV_FLAG_FP8_POW2_SCALE) != 0);
     } else {
         from_f32(dst, kvd, (const float *)src, elems);
     }
 }
 
-static int store_check_slots(pkv_cache *c, int32_t layer, const int64_t *slots, int32_t n) {
-    if (!c->store.enabled) return cache_fail(c, PKV_ERR_MODE, "metadata mode has no storage");
-    if (layer < 0 || layer >= c->cfg.num_layers)
-        return cache_fail(c, PKV_ERR_INVALID, "layer %d outside [0, %d)", layer, c->cfg.num_layers);
-    RETURN_IF(n < 0, PKV_ERR_INVALID);
-    RETURN_IF(n > 0 && !slots, PKV_ERR_NULL);
-    int64_t total = (int64_t)c->pool.num_blocks * c->pool.block_size;
+static int store_check_slots(const pkv_store *s, int32_t layer, const int64_t *slots, int32_t n, pkv_detail *d) {
+    if (!s->enabled) return pkv__fail(d, PKV_ERR_MODE, "metadata mode has no storage");
+    if (layer < 0 || layer >= s->cfg->num_layers)
+        return pkv__fail(d, PKV_ERR_INVALID, "layer %d outside [0, %d)", layer, s->cfg->num_layers);
+    if (n < 0) return pkv__fail(d, PKV_ERR_INVALID, "n = %d is negative", n);
+    if (n > 0 && !slots) return pkv__fail(d, PKV_ERR_NULL, "slots is NULL");
+    const pkv_pool *pool = s->pool;
+    int64_t total = (int64_t)pool->num_blocks * pool->block_size;
     for (int32_t i = 0; i < n; i++) {
         if (slots[i] < 0 || slots[i] >= total)
-            return cache_fail(c, PKV_ERR_SLOT, "slot %lld (index %d) outside [0, %lld)",
-                              (long long)slots[i], i, (long long)total);
-        int32_t b = (int32_t)(slots[i] / c->pool.block_size);
-        if (c->pool.state[b] != BLOCK_USED)
-            return cache_fail(c, PKV_ERR_SLOT, "slot %lld (index %d) lies in block %d, held by no sequence",
-                              (long long)slots[i], i, b);
+            return pkv__fail(d, PKV_ERR_SLOT, "slot %lld (index %d) outside [0, %lld)", (long long)slots[i], i,
+                             (long long)total);
+        int32_t b = (int32_t)(slots[i] / pool->block_size);
+        if (pool->state[b] != BLOCK_USED)
+            return pkv__fail(d, PKV_ERR_SLOT, "slot %lld (index %d) lies in block %d, held by no sequence",
+                             (long long)slots[i], i, b);
     }
     return PKV_OK;
 }
 
-static int store_write(pkv_cache *c, int32_t layer, const int64_t *slots, int32_t n, const void *k_rows,
-                       const void *v_rows, int32_t src_dtype) {
-    FORWARD_IF_ERROR(store_check_slots(c, layer, slots, n));
-    const pkv_config *cfg = &c->cfg;
-    pkv_store *s = &c->store;
+int store_write(pkv_store *s, int32_t layer, const int64_t *slots, int32_t n, const void *k_rows,
+                const void *v_rows, int32_t src_dtype, pkv_detail *d) {
+    FORWARD_IF_ERROR(store_check_slots(s, layer, slots, n, d));
+    const pkv_config *cfg = s->cfg;
     int fp8 = cfg->kv_dtype == PKV_FP8_MLA656;
     if (src_dtype != cfg->kv_dtype && src_dtype != PKV_F32 && !(fp8 && src_dtype == PKV_BF16))
-        return cache_fail(c, PKV_ERR_DTYPE, "rows of dtype %d cannot be written into a dtype %d cache",
-                          src_dtype, cfg->kv_dtype);
+        return pkv__fail(d, PKV_ERR_DTYPE, "rows of dtype %d cannot be written into a dtype %d cache", src_dtype,
+                         cfg->kv_dtype);
     if (n == 0) return PKV_OK;
-    RETURN_IF(!k_rows || (cfg->v_separate && !v_rows), PKV_ERR_NULL);
+    if (!k_rows || (cfg->v_separate && !v_rows))
+        return pkv__fail(d, PKV_ERR_NULL, "%s is NULL", k_rows ? "v_rows (V is separate)" : "k_rows");
     size_t ke = (size_t)cfg->h_kv * (size_t)cfg->d, ve = (size_t)cfg->h_kv * (size_t)cfg->dv;
     /* Source row sizes: the arena's own when the rows are in its format (an
      * FP8 row is 656 bytes, not elements times an element size). */
@@ -149,23 +150,23 @@ static int store_write(pkv_cache *c, int32_t layer, const int64_t *slots, int32_
     size_t k_src = raw ? s->k_row : ke * pkv_dtype_size(src_dtype);
     size_t v_src = raw ? s->v_row : ve * pkv_dtype_size(src_dtype);
     if (fp8 && src_dtype == PKV_F32 && nonfinite(k_rows, ke * (size_t)n))
-        return cache_fail(c, PKV_ERR_NONFINITE, "FP8 rows must be finite");
+        return pkv__fail(d, PKV_ERR_NONFINITE, "FP8 rows must be finite");
     if (fp8 && src_dtype == PKV_BF16)
         for (size_t i = 0; i < ke * (size_t)n; i++)
             if ((((const uint16_t *)k_rows)[i] & 0x7f80u) == 0x7f80u)
-                return cache_fail(c, PKV_ERR_NONFINITE, "FP8 rows must be finite");
+                return pkv__fail(d, PKV_ERR_NONFINITE, "FP8 rows must be finite");
     for (int32_t i = 0; i < n; i++) {
-        write_row(c, s->k[layer] + (size_t)slots[i] * s->k_row, (const uint8_t *)k_rows + (size_t)i * k_src,
+        write_row(s, s->k[layer] + (size_t)slots[i] * s->k_row, (const uint8_t *)k_rows + (size_t)i * k_src,
                   src_dtype, ke, s->k_row);
         if (cfg->v_separate)
-            write_row(c, s->v[layer] + (size_t)slots[i] * s->v_row,
+            write_row(s, s->v[layer] + (size_t)slots[i] * s->v_row,
                       (const uint8_t *)v_rows + (size_t)i * v_src, src_dtype, ve, s->v_row);
     }
     return PKV_OK;
 }
 
-static void read_row(const pkv_cache *c, float *out, const uint8_t *row, size_t elems) {
-    int kvd = c->cfg.kv_dtype;
+static void read_row(const pkv_store *s, float *out, const uint8_t *row, size_t elems) {
+    int kvd = s->cfg->kv_dtype;
     if (kvd == PKV_FP8_MLA656) {
         (void)pkv_mla656_dequantize(row, out);
         return;
@@ -173,18 +174,17 @@ static void read_row(const pkv_cache *c, float *out, const uint8_t *row, size_t 
     for (size_t i = 0; i < elems; i++) out[i] = pkv_load_elem(row, kvd, i);
 }
 
-static int store_read(pkv_cache *c, int32_t layer, const int64_t *slots, int32_t n, float *k_out,
-                      float *v_out) {
-    FORWARD_IF_ERROR(store_check_slots(c, layer, slots, n));
-    RETURN_IF(n > 0 && !k_out, PKV_ERR_NULL);
-    const pkv_config *cfg = &c->cfg;
-    pkv_store *s = &c->store;
+int store_read(pkv_store *s, int32_t layer, const int64_t *slots, int32_t n, float *k_out, float *v_out,
+               pkv_detail *d) {
+    FORWARD_IF_ERROR(store_check_slots(s, layer, slots, n, d));
+    if (n > 0 && !k_out) return pkv__fail(d, PKV_ERR_NULL, "k_out is NULL");
+    const pkv_config *cfg = s->cfg;
     size_t ke = (size_t)cfg->h_kv * (size_t)cfg->d, ve = (size_t)cfg->h_kv * (size_t)cfg->dv;
     for (int32_t i = 0; i < n; i++) {
-        read_row(c, k_out + (size_t)i * ke, s->k[layer] + (size_t)slots[i] * s->k_row, ke);
+        read_row(s, k_out + (size_t)i * ke, s->k[layer] + (size_t)slots[i] * s->k_row, ke);
         if (!v_out) continue;
         if (cfg->v_separate) {
-            read_row(c, v_out + (size_t)i * ve, s->v[layer] + (size_t)slots[i] * s->v_row, ve);
+            read_row(s, v_out + (size_t)i * ve, s->v[layer] + (size_t)slots[i] * s->v_row, ve);
         } else { /* V is the first dv dims of each head's K row */
             for (int32_t h = 0; h < cfg->h_kv; h++)
                 memcpy(v_out + (size_t)i * ve + (size_t)h * cfg->dv, k_out + (size_t)i * ke + (size_t)h * cfg->d,
@@ -194,28 +194,12 @@ static int store_read(pkv_cache *c, int32_t layer, const int64_t *slots, int32_t
     return PKV_OK;
 }
 
-int pkv_store_write(pkv_cache *c, int32_t layer, const int64_t *slots, int32_t n, const void *k_rows,
-                    const void *v_rows, int32_t src_dtype) {
-    CACHE_ENTER(c);
-    CACHE_LEAVE(c, store_write(c, layer, slots, n, k_rows, v_rows, src_dtype));
-}
-
-int pkv_store_read(pkv_cache *c, int32_t layer, const int64_t *slots, int32_t n, float *k_out, float *v_out) {
-    CACHE_ENTER(c);
-    CACHE_LEAVE(c, store_read(c, layer, slots, n, k_out, v_out));
-}
-
-static int store_arenas(pkv_cache *c, int32_t layer, void **k, void **v) {
-    RETURN_IF(!k, PKV_ERR_NULL);
-    if (!c->store.enabled) return cache_fail(c, PKV_ERR_MODE, "metadata mode has no storage");
-    if (layer < 0 || layer >= c->cfg.num_layers)
-        return cache_fail(c, PKV_ERR_INVALID, "layer %d outside [0, %d)", layer, c->cfg.num_layers);
-    *k = c->store.k[layer];
-    if (v) *v = c->cfg.v_separate ? c->store.v[layer] : NULL;
+int store_arenas(pkv_store *s, int32_t layer, void **k, void **v, pkv_detail *d) {
+    if (!k) return pkv__fail(d, PKV_ERR_NULL, "k is NULL");
+    if (!s->enabled) return pkv__fail(d, PKV_ERR_MODE, "metadata mode has no storage");
+    if (layer < 0 || layer >= s->cfg->num_layers)
+        return pkv__fail(d, PKV_ERR_INVALID, "layer %d outside [0, %d)", layer, s->cfg->num_layers);
+    *k = s->k[layer];
+    if (v) *v = s->cfg->v_separate ? s->v[layer] : NULL;
     return PKV_OK;
-}
-
-int pkv_store_arenas(pkv_cache *c, int32_t layer, void **k, void **v) {
-    CACHE_ENTER(c);
-    CACHE_LEAVE(c, store_arenas(c, layer, k, v));
 }

@@ -522,7 +522,7 @@ static int check_detects(void) {
     CHECK_OK(pkv_seq_create(c, 0, &b));
     CHECK_OK(pkv_seq_free(c, b));
     CHECK_OK(pkv_cache_check(c));
-    pkv_seq_rec *r = seq_get(c, a);
+    pkv_seq_rec *r = seq_get(&c->seqs, a);
     pkv_pool *p = &c->pool;
     int n = 0;
     int32_t save, save2;
@@ -546,10 +546,10 @@ static int check_detects(void) {
     DETECT(r->ntokens = r->len + 1, r->ntokens = 0);
     DETECT(r->nregistered = 1, r->nregistered = 0);
     DETECT(r->last_n = r->len + 1, r->last_n = r->len);
-    DETECT(c->tokens++, c->tokens--);
-    DETECT(c->num_seqs++, c->num_seqs--);
-    DETECT((save = c->seqs[c->seq_free_head].next_free, c->seqs[c->seq_free_head].next_free = c->seq_free_head),
-           c->seqs[c->seq_free_head].next_free = save);
+    DETECT(c->seqs.tokens++, c->seqs.tokens--);
+    DETECT(c->seqs.num_seqs++, c->seqs.num_seqs--);
+    DETECT((save = c->seqs.seqs[c->seqs.seq_free_head].next_free, c->seqs.seqs[c->seqs.seq_free_head].next_free = c->seqs.seq_free_head),
+           c->seqs.seqs[c->seqs.seq_free_head].next_free = save);
     DETECT((save = p->state[r->blocks[0]], p->state[r->blocks[0]] = BLOCK_FREE), p->state[r->blocks[0]] = (uint8_t)save);
     DETECT(p->state[p->free_stack[0]] = 7, p->state[p->free_stack[0]] = BLOCK_FREE);
     DETECT(p->cached[p->free_stack[0]] = 1, p->cached[p->free_stack[0]] = 0);

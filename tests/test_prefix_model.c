@@ -85,9 +85,10 @@ static void m_drop(model *m, int32_t i, int orphan) {
     x->prefix = NULL;
     x->cached = 0;
     if (!orphan) return;
-    m->evictions++;
     m->orphans++;
+    /* A used orphan only leaves the index (its holders keep it): not an eviction. */
     if (x->state == M_EVICT) {
+        m->evictions++;
         x->state = M_FREE;
         m->nevict--;
         m->free_stack[m->free_top++] = i;

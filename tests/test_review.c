@@ -157,11 +157,11 @@ static void test_generation_exhausted(void) {
     CHECK_OK(pkv_seq_create(c, 0, &first));
     CHECK_OK(pkv_seq_free(c, first));
     CHECK_OK(pkv_seq_create(c, 0, &last)); /* the same slot, next generation */
-    pkv_seq_rec *r = seq_get(c, last);
+    pkv_seq_rec *r = seq_get(&c->seqs, last);
     CHECK(r != NULL);
     if (!r) return;
     r->gen = 0x7fffffffu; /* as after 2^31 - 1 reuses */
-    last = seq_handle(c, r);
+    last = seq_handle(&c->seqs, r);
     CHECK_OK(pkv_seq_length(c, last, &len));
     CHECK_OK(pkv_seq_free(c, last));
     CHECK_OK(pkv_seq_create(c, 0, &again));
@@ -178,7 +178,83 @@ static void test_generation_exhausted(void) {
     pkv_cache_destroy(c);
 }
 
+/* Issue 16, item 16: every failing call leaves a detail, also for a negative
+ * count and a NULL argument (which used to keep the previous call's text). */
+static void test_last_error_always_set(void) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = 4;
+    cfg.block_size = 4;
+    pkv_cache *c = NULL;
+    CHECK_OK(pkv_cache_create(&cfg, &c));
+    if (!c) return;
+    pkv_seq s;
+    pkv_block_copy cow;
+    int32_t n;
+    CHECK_OK(pkv_seq_create(c, 0, &s));
+    CHECK_STATUS(pkv_seq_append(c, s, -1, NULL, NULL, &cow), PKV_ERR_INVALID);
+    CHECK(strstr(pkv_cache_last_error(c), "-1") != NULL);
+    CHECK_STATUS(pkv_seq_blocks_needed(c, s, -3, &n), PKV_ERR_INVALID);
+    CHECK(strstr(pkv_cache_last_error(c), "-3") != NULL);
+    CHECK_STATUS(pkv_seq_length(c, s, NULL), PKV_ERR_NULL);
+    CHECK(strstr(pkv_cache_last_error(c), "out is NULL") != NULL);
+    CHECK_STATUS(pkv_seq_fork(c, s, NULL), PKV_ERR_NULL);
+    CHECK(strstr(pkv_cache_last_error(c), "child") != NULL);
+    CHECK_STATUS(pkv_seq_free(c, s + 1), PKV_ERR_NO_SEQ);
+    CHECK(pkv_cache_last_error(c)[0] != 0);
+    CHECK_OK(pkv_seq_free(c, s));
+    CHECK(pkv_cache_last_error(c)[0] == 0);
+    pkv_cache_destroy(c);
+}
+
+/* Issue 16, item 16: stats.evictions counts blocks reclaimed from the pool. A
+ * cached block that is still held by a sequence when its parent is evicted
+ * only leaves the index (its holder keeps it): that is not an eviction. */
+static void test_used_orphan_is_not_an_eviction(void) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = 5;
+    cfg.block_size = 2;
+    cfg.flags = PKV_FLAG_PREFIX_CACHE;
+    pkv_cache *c = NULL;
+    CHECK_OK(pkv_cache_create(&cfg, &c));
+    if (!c) return;
+    const int32_t toks[4] = {1, 1, 2, 2};
+    pkv_seq z, x, y, filler;
+    pkv_block_copy cow;
+    int32_t reg, dd;
+    /* z caches [1 1] alone, then lets it go: evictable block c0. */
+    CHECK_OK(pkv_seq_create(c, 0, &z));
+    CHECK_OK(pkv_seq_append(c, z, 2, toks, NULL, &cow));
+    CHECK_OK(pkv_prefix_register(c, z, &reg, &dd));
+    CHECK_OK(pkv_seq_free(c, z));
+    /* x holds [1 1 2 2] unregistered; its fork y registers: block 0 moves onto
+     * c0, block 1 (shared with x) is cached with parent c0. */
+    CHECK_OK(pkv_seq_create(c, 0, &x));
+    CHECK_OK(pkv_seq_append(c, x, 4, toks, NULL, &cow));
+    CHECK_OK(pkv_seq_fork(c, x, &y));
+    CHECK_OK(pkv_prefix_register(c, y, &reg, &dd));
+    CHECK_INT(reg, 1);
+    CHECK_INT(dd, 1);
+    CHECK_OK(pkv_seq_free(c, y)); /* c0 evictable again; x still holds block 1 */
+    pkv_stats st = PKV_STATS_INIT;
+    CHECK_OK(pkv_cache_stats(c, &st));
+    CHECK_INT(st.cached_blocks, 2);
+    CHECK_INT(st.evictable_blocks, 1);
+    /* Take every available block: c0 is reclaimed, x's block 1 orphaned. */
+    CHECK_OK(pkv_seq_create(c, 0, &filler));
+    CHECK_OK(pkv_seq_append(c, filler, 2 * st.free_blocks + 2, NULL, NULL, &cow));
+    CHECK_OK(pkv_cache_stats(c, &st));
+    CHECK_INT(st.cached_blocks, 0);
+    CHECK_INT(st.evictions, 1);
+    CHECK_INT(st.used_blocks, 5);
+    CHECK_OK(pkv_cache_check(c));
+    pkv_cache_destroy(c);
+}
+
 int main(void) {
+    test_last_error_always_set();
+    test_used_orphan_is_not_an_eviction();
     test_fp8_raw_rows();
     test_last_error_cleared();
     test_cli_v_cache_scalar();

@@ -78,11 +78,12 @@ static void dump_pool(dump_w *w, const pkv_pool *p) {
 
 static void dump_seqs(dump_w *w, const pkv_cache *c) {
     put_tag(w, "seqs");
-    put_i32(w, c->num_seqs);
-    put_i64(w, c->tokens);
+    const pkv_seqtab *t = &c->seqs;
+    put_i32(w, t->num_seqs);
+    put_i64(w, t->tokens);
     put_i64(w, c->cow_copies);
-    for (int32_t i = 0; i < c->seqs_cap; i++) {
-        const pkv_seq_rec *r = &c->seqs[i];
+    for (int32_t i = 0; i < t->seqs_cap; i++) {
+        const pkv_seq_rec *r = &t->seqs[i];
         if (!r->live) {
             /* A recycled slot: its generation decides its next handle. */
             if (r->gen) {
@@ -109,10 +110,10 @@ static void dump_seqs(dump_w *w, const pkv_cache *c) {
     /* Reuse order: recycled slots as listed; never-used slots follow in index
      * order, so only where they start matters (seqs_cap when none exist yet). */
     put_tag(w, "free");
-    int32_t fresh = c->seqs_cap, steps = 0;
-    for (int32_t i = c->seq_free_head; i >= 0 && i < c->seqs_cap && steps <= c->seqs_cap;
-         i = c->seqs[i].next_free, steps++) {
-        if (c->seqs[i].gen == 0) {
+    int32_t fresh = t->seqs_cap, steps = 0;
+    for (int32_t i = t->seq_free_head; i >= 0 && i < t->seqs_cap && steps <= t->seqs_cap;
+         i = t->seqs[i].next_free, steps++) {
+        if (t->seqs[i].gen == 0) {
             fresh = i;
             break;
         }
@@ -146,7 +147,7 @@ size_t cache_dump(pkv_cache *c, void *buf, size_t cap) {
     dump_seqs(&w, c);
     dump_store(&w, c);
     put_tag(&w, "prefix");
-    prefix_dump(c, put_cb, &w);
+    prefix_dump(c->prefix, put_cb, &w);
     cache_unlock(c);
     return w.len;
 }

@@ -1,0 +1,231 @@
+/* The cache layer's operations: every public call on sequences, the prefix
+ * index and storage. Each one validates its arguments, reserves whatever it may
+ * need (record slots, array capacity, pool blocks), and only then changes state
+ * by calling down the layers, in this order for an append:
+ *
+ *   plan      seq_blocks_for / seq_needs_cow against pool_available
+ *   reserve   seq_reserve (the only step that can fail, before any change)
+ *   cow       pool_alloc (+ prefix_forget of a reclaimed block), store_copy_block
+ *             in host mode or the returned copy in metadata mode, seq_replace_block
+ *   blocks    pool_alloc (+ prefix_forget) for each new block, seq_extend
+ *   register  prefix_register_seq (AUTO_REGISTER)
+ *
+ * so a failing call leaves the cache exactly as it was. Lower layers report a
+ * status and a detail; the detail lands in the cache's last-error text. */
+#include <string.h>
+
+#include "internal.h"
+
+/* A live record for handle h, or NULL with the detail recorded. */
+static pkv_seq_rec *live_seq(pkv_cache *c, pkv_seq h) {
+    pkv_seq_rec *r = seq_get(&c->seqs, h);
+    if (!r) cache_fail(c, PKV_ERR_NO_SEQ, "sequence handle %lld is not live", (long long)h);
+    return r;
+}
+
+/* A block from the pool for a new owner; a reclaimed cached block leaves the
+ * prefix index first (the caller checked that one is available). */
+static int32_t take_block(pkv_cache *c) {
+    int reclaimed;
+    int32_t b = pool_alloc(&c->pool, &reclaimed);
+    pkv_assert(b >= 0);
+    if (reclaimed) prefix_forget(c->prefix, b);
+    return b;
+}
+
+static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *tokens, int64_t *slots,
+                         pkv_block_copy *cow) {
+    pkv_seq_rec *r = live_seq(c, h);
+    if (!r) return PKV_ERR_NO_SEQ;
+    if (n < 0) return cache_fail(c, PKV_ERR_INVALID, "n = %d is negative", n);
+    if (n > INT32_MAX - r->len)
+        return cache_fail(c, PKV_ERR_INVALID, "n = %d would take the sequence past INT32_MAX tokens", n);
+    if (!cow && !c->store.enabled)
+        return cache_fail(c, PKV_ERR_NULL, "metadata mode: cow is required to report copies");
+    if (cow) cow->src = cow->dst = -1;
+    int64_t new_len = (int64_t)r->len + n;
+    int32_t new_blocks = seq_blocks_for(&c->seqs, new_len) - r->nblocks;
+    int32_t cow_needed = seq_needs_cow(&c->seqs, r, n);
+    int32_t avail = pool_available(&c->pool);
+    if (new_blocks + cow_needed > avail)
+        return cache_fail(c, PKV_ERR_CAPACITY, "append of %d tokens needs %d blocks, %d available", n,
+                          new_blocks + cow_needed, avail);
+    int record_tokens = tokens != NULL && r->ntokens == r->len;
+    /* Auto-registration needs key room; reserved here so that it cannot fail later. */
+    int auto_reg = c->prefix != NULL && (c->cfg.flags & PKV_FLAG_AUTO_REGISTER);
+    int st = seq_reserve(&c->seqs, r, r->nblocks + new_blocks, record_tokens ? (int32_t)new_len : 0, auto_reg);
+    if (st < 0) return cache_fail(c, st, "append of %d tokens: no memory for the block list", n);
+
+    /* From here on nothing can fail. */
+    if (cow_needed) {
+        int32_t src = r->blocks[r->nblocks - 1];
+        int32_t dst = take_block(c);
+        store_copy_block(&c->store, src, dst);
+        if (cow) {
+            cow->src = src;
+            cow->dst = dst;
+        }
+        r->blocks[r->nblocks - 1] = dst; /* dst's one reference moves to r */
+        pool_unref(&c->pool, src);
+        c->cow_copies++;
+    }
+    for (int32_t j = 0; j < new_blocks; j++) r->blocks[r->nblocks++] = take_block(c);
+    int32_t old_len = r->len;
+    seq_extend(&c->seqs, r, n, record_tokens ? tokens : NULL, slots);
+    /* Blocks filled before this append (KV written) may be deduplicated; ones
+     * it filled are indexed but not moved, since their slots were just handed out. */
+    if (auto_reg) prefix_register_seq(c->prefix, &c->seqs, r, old_len, NULL, NULL);
+    return PKV_OK;
+}
+
+static int seq_fork_op(pkv_cache *c, pkv_seq parent, pkv_seq *child) {
+    if (!live_seq(c, parent)) return PKV_ERR_NO_SEQ;
+    int32_t idx;
+    int st = seq_slot_prepare(&c->seqs, &idx);
+    const pkv_seq_rec *p = seq_get(&c->seqs, parent); /* the record table may have moved */
+    if (st == PKV_OK) st = seq_reserve(&c->seqs, &c->seqs.seqs[idx], p->nblocks, p->ntokens, p->keys != NULL);
+    if (st < 0) return cache_fail(c, st, "fork: no memory for the child's record");
+    pkv_seq_rec *r = seq_slot_commit(&c->seqs, idx, p->ns);
+    seq_copy(&c->seqs, p, r);
+    *child = seq_handle(&c->seqs, r);
+    return PKV_OK;
+}
+
+static int prefix_register_op(pkv_cache *c, pkv_seq h, int32_t *registered, int32_t *deduped) {
+    if (!c->prefix) return cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)");
+    pkv_seq_rec *r = live_seq(c, h);
+    if (!r) return PKV_ERR_NO_SEQ;
+    int st = seq_reserve(&c->seqs, r, r->nblocks, r->ntokens, 1);
+    if (st < 0) return cache_fail(c, st, "register: no memory for the sequence's block keys");
+    prefix_register_seq(c->prefix, &c->seqs, r, -1, registered, deduped);
+    return PKV_OK;
+}
+
+static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, pkv_seq *out,
+                            int32_t *cached_tokens) {
+    if (!c->prefix) return cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)");
+    if (n < 0) return cache_fail(c, PKV_ERR_INVALID, "prompt length %d is negative", n);
+    if (n > 0 && !tokens) return cache_fail(c, PKV_ERR_NULL, "tokens is NULL with n = %d", n);
+    int32_t bs = c->pool.block_size, idx;
+    int st = seq_slot_prepare(&c->seqs, &idx);
+    /* Room for the whole prompt (the engine appends the rest next), reserved
+     * before the record is taken so that a failure changes nothing. */
+    if (st == PKV_OK)
+        st = seq_reserve(&c->seqs, &c->seqs.seqs[idx], (int32_t)(((int64_t)n + bs - 1) / bs), n, 1);
+    if (st < 0) return cache_fail(c, st, "lookup: no memory for the sequence of a %d-token prompt", n);
+    pkv_seq_rec *r = seq_slot_commit(&c->seqs, idx, ns);
+    int32_t m = prefix_match(c->prefix, ns, tokens, n, r->blocks, r->keys);
+    for (int32_t j = 0; j < m; j++) pool_ref(&c->pool, r->blocks[j]);
+    r->nblocks = r->nregistered = m;
+    seq_extend(&c->seqs, r, m * bs, tokens, NULL);
+    r->last_start = r->len;
+    r->last_n = 0;
+    *out = seq_handle(&c->seqs, r);
+    *cached_tokens = r->len;
+    return PKV_OK;
+}
+
+/* ---- public entry points: lock, arguments, body ---- */
+
+int pkv_seq_create(pkv_cache *c, uint64_t ns, pkv_seq *out) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !out, "out");
+    int32_t idx;
+    int st = seq_slot_prepare(&c->seqs, &idx);
+    if (st < 0) CACHE_LEAVE(c, cache_fail(c, st, "create: no memory for a sequence record"));
+    *out = seq_handle(&c->seqs, seq_slot_commit(&c->seqs, idx, ns));
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_seq_append(pkv_cache *c, pkv_seq seq, int32_t n, const int32_t *tokens, int64_t *slots,
+                   pkv_block_copy *cow) {
+    CACHE_ENTER(c);
+    CACHE_LEAVE(c, seq_append_op(c, seq, n, tokens, slots, cow));
+}
+
+int pkv_seq_blocks_needed(pkv_cache *c, pkv_seq seq, int32_t n, int32_t *out) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !out, "out");
+    pkv_seq_rec *r = live_seq(c, seq);
+    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    if (n < 0 || n > INT32_MAX - r->len)
+        CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "n = %d outside [0, %d]", n, INT32_MAX - r->len));
+    *out = seq_blocks_for(&c->seqs, (int64_t)r->len + n) - r->nblocks + seq_needs_cow(&c->seqs, r, n);
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_seq_truncate(pkv_cache *c, pkv_seq seq, int32_t new_len) {
+    CACHE_ENTER(c);
+    pkv_seq_rec *r = live_seq(c, seq);
+    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    if (new_len < 0 || new_len > r->len)
+        CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "truncate to %d outside [0, %d]", new_len, r->len));
+    seq_truncate(&c->seqs, r, new_len);
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_seq_fork(pkv_cache *c, pkv_seq parent, pkv_seq *child) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !child, "child");
+    CACHE_LEAVE(c, seq_fork_op(c, parent, child));
+}
+
+int pkv_seq_free(pkv_cache *c, pkv_seq seq) {
+    CACHE_ENTER(c);
+    pkv_seq_rec *r = live_seq(c, seq);
+    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    seq_retire(&c->seqs, r);
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_seq_length(pkv_cache *c, pkv_seq seq, int32_t *out) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !out, "out");
+    pkv_seq_rec *r = live_seq(c, seq);
+    if (r) *out = r->len;
+    CACHE_LEAVE(c, r ? PKV_OK : PKV_ERR_NO_SEQ);
+}
+
+int pkv_seq_blocks(pkv_cache *c, pkv_seq seq, int32_t *blocks, int32_t cap, int32_t *n) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !n, "n");
+    pkv_seq_rec *r = live_seq(c, seq);
+    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    *n = r->nblocks;
+    if (cap < r->nblocks)
+        CACHE_LEAVE(c, cache_fail(c, PKV_ERR_BUFFER, "sequence has %d blocks, buffer holds %d", r->nblocks, cap));
+    CACHE_NULL_IF(c, !blocks && r->nblocks, "blocks");
+    if (r->nblocks) memcpy(blocks, r->blocks, (size_t)r->nblocks * sizeof *blocks);
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_prefix_register(pkv_cache *c, pkv_seq seq, int32_t *registered, int32_t *deduped) {
+    CACHE_ENTER(c);
+    if (registered) *registered = 0;
+    if (deduped) *deduped = 0;
+    CACHE_LEAVE(c, prefix_register_op(c, seq, registered, deduped));
+}
+
+int pkv_prefix_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, pkv_seq *out,
+                      int32_t *cached_tokens) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !out, "out");
+    CACHE_NULL_IF(c, !cached_tokens, "cached_tokens");
+    CACHE_LEAVE(c, prefix_lookup_op(c, ns, tokens, n, out, cached_tokens));
+}
+
+int pkv_store_write(pkv_cache *c, int32_t layer, const int64_t *slots, int32_t n, const void *k_rows,
+                    const void *v_rows, int32_t src_dtype) {
+    CACHE_ENTER(c);
+    CACHE_LEAVE(c, store_write(&c->store, layer, slots, n, k_rows, v_rows, src_dtype, &c->err));
+}
+
+int pkv_store_read(pkv_cache *c, int32_t layer, const int64_t *slots, int32_t n, float *k_out, float *v_out) {
+    CACHE_ENTER(c);
+    CACHE_LEAVE(c, store_read(&c->store, layer, slots, n, k_out, v_out, &c->err));
+}
+
+int pkv_store_arenas(pkv_cache *c, int32_t layer, void **k, void **v) {
+    CACHE_ENTER(c);
+    CACHE_LEAVE(c, store_arenas(&c->store, layer, k, v, &c->err));
+}
