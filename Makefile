@@ -123,6 +123,7 @@ tests: $(TEST_BIN) $(PKV) $(SHARED) $(BUILD)/libpagedkv.so $(EXAMPLE_BIN)
 test:
 	@$(MAKE) --no-print-directory WERROR=-Werror tests
 	@PKV_VECTORS=$(VECTORS) PKV_BIN=$(PKV) PKV_LIB=$(SHARED) PKV_STATIC=$(STATIC) CC="$(CC)" \
+	  PKV_BUILD=$(BUILD) PKV_OBJ=$(abspath $(BUILD))/obj/src \
 	  sh tests/run.sh $(TEST_BIN) $(TEST_SCRIPTS)
 
 SAN_CC ?= $(CC)

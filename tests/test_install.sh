@@ -9,7 +9,7 @@ trap 'rm -rf "$tmp"' EXIT
 cc=${CC:-cc}
 fail() { echo "test_install: $*"; exit 1; }
 
-make -s -C "$root" install PREFIX="$tmp/usr" >"$tmp/install.log" 2>&1 || { cat "$tmp/install.log"; fail "make install failed"; }
+make -s -C "$root" install BUILD="${PKV_BUILD:-build}" PREFIX="$tmp/usr" >"$tmp/install.log" 2>&1 || { cat "$tmp/install.log"; fail "make install failed"; }
 for f in include/pagedkv.h lib/libpagedkv.a lib/libpagedkv.so lib/pkgconfig/pagedkv.pc bin/pkv; do
     [ -e "$tmp/usr/$f" ] || fail "make install did not install $f"
 done
@@ -25,7 +25,7 @@ $cc "$root/examples/quickstart.c" $(pkg-config --cflags pagedkv) "$(pkg-config -
 "$tmp/app_static" >/dev/null || fail "the static build does not run"
 ldd "$tmp/app_static" | grep -q libpagedkv && fail "the static build still loads libpagedkv.so"
 
-make -s -C "$root" uninstall PREFIX="$tmp/usr" >/dev/null 2>&1 || fail "make uninstall failed"
+make -s -C "$root" uninstall BUILD="${PKV_BUILD:-build}" PREFIX="$tmp/usr" >/dev/null 2>&1 || fail "make uninstall failed"
 left=$(find "$tmp/usr" -type f -o -type l)
 [ -z "$left" ] || fail "make uninstall left: $left"
 echo "test_install: install, the pkg-config recipe (shared and static) and uninstall: ok"
