@@ -116,11 +116,11 @@ typedef struct pkv_seq_rec {
     int32_t blocks_cap;
     int32_t *blocks;      /* [blocks_cap] */
     int32_t ntokens;      /* token ids known for positions [0, ntokens) */
+    int32_t tok_base;     /* == nregistered * block_size: the ids of positions below it
+                           * are the prefix index's (stored once, in the entries) */
     int32_t tokens_cap;
-    int32_t *tokens;      /* [tokens_cap] */
-    uint8_t (*keys)[16];  /* [keys_cap] prefix key of each registered block, or NULL */
-    int32_t keys_cap;
-    int32_t nregistered;  /* blocks [0, nregistered) carry keys in the prefix index */
+    int32_t *tokens;      /* [tokens_cap] ids of positions [tok_base, ntokens) */
+    int32_t nregistered;  /* blocks [0, nregistered) are entries of the prefix index */
     int32_t last_start, last_n; /* range of the last append, for the slot mapping */
     uint64_t ns;          /* namespace */
     uint32_t gen;         /* generation of this record slot; part of the handle */
@@ -138,10 +138,12 @@ typedef struct pkv_seqtab {
     pkv_seq_rec *seqs;
     int32_t seqs_cap, num_seqs, seq_free_head;
     uint32_t handle_salt; /* XORed into handles' index bits: another cache's handles miss */
+    int32_t min_tokens_cap; /* block_size with prefix caching: a truncate into registered
+                             * blocks restores one block's ids without allocating */
     int64_t tokens;       /* sum of lengths */
 } pkv_seqtab;
 
-void seq_init(pkv_seqtab *t, const pkv_allocator *al, pkv_pool *pool, uint32_t salt);
+void seq_init(pkv_seqtab *t, const pkv_allocator *al, pkv_pool *pool, uint32_t salt, int32_t min_tokens_cap);
 void seq_destroy(pkv_seqtab *t);
 /* Resolves a handle to its live record, or NULL. */
 pkv_seq_rec *seq_get(pkv_seqtab *t, pkv_seq h);
@@ -149,9 +151,20 @@ pkv_seq seq_handle(const pkv_seqtab *t, const pkv_seq_rec *r);
 static inline int32_t seq_blocks_for(const pkv_seqtab *t, int64_t len) {
     return (int32_t)((len + t->pool->block_size - 1) / t->pool->block_size);
 }
-/* Makes room for nblocks blocks / ntokens tokens (and nblocks keys when the
- * record has keys or want_keys) without changing contents. */
-int seq_reserve(pkv_seqtab *t, pkv_seq_rec *r, int32_t nblocks, int32_t ntokens, int want_keys);
+/* Makes room for nblocks blocks and stored token ids (positions from tok_base
+ * on; at least min_tokens_cap) without changing contents. */
+int seq_reserve(pkv_seqtab *t, pkv_seq_rec *r, int32_t nblocks, int32_t stored_tokens);
+/* The ids of positions [pos, ...) (pos >= r->tok_base). */
+static inline const int32_t *seq_tokens_at(const pkv_seqtab *t, const pkv_seq_rec *r, int32_t pos) {
+    (void)t;
+    return r->tokens + (pos - r->tok_base);
+}
+/* After registration moved nregistered up: the ids of registered blocks now
+ * live in the index; the record keeps the rest. */
+void seq_drop_registered_tokens(pkv_seqtab *t, pkv_seq_rec *r);
+/* A committed, reserved, empty record takes the m cached blocks[0..m) (one more
+ * holder each) as its registered prefix. */
+void seq_adopt_prefix(pkv_seqtab *t, pkv_seq_rec *r, const int32_t *blocks, int32_t m);
 /* Two-phase creation for calls that reserve before they commit (create, fork,
  * lookup): prepare finds a free record slot, growing the table if needed,
  * without taking it; its arrays may then be reserved; commit takes it. */
@@ -166,8 +179,13 @@ void seq_replace_block(pkv_seqtab *t, pkv_seq_rec *r, int32_t j, int32_t b);
  * far) on blocks already pushed: r must hold ceil((len + n) / bs) blocks and
  * room for the tokens (seq_reserve). Writes each token's slot into slots. */
 void seq_extend(pkv_seqtab *t, pkv_seq_rec *r, int32_t n, const int32_t *tokens, int64_t *slots);
-/* Shortens r to new_len, releasing blocks past it (last first). */
-void seq_truncate(pkv_seqtab *t, pkv_seq_rec *r, int32_t new_len);
+/* Shortens r to new_len, releasing blocks past it (last first). When new_len
+ * falls inside a registered block that keeps some known ids, block_toks are
+ * that block's ids (from the index) and are restored into the record. */
+void seq_truncate(pkv_seqtab *t, pkv_seq_rec *r, int32_t new_len, const int32_t *block_toks);
+/* Block index j such that truncating r to new_len needs block j's ids from the
+ * index (seq_truncate's block_toks), or -1. */
+int32_t seq_truncate_needs_tokens(const pkv_seqtab *t, const pkv_seq_rec *r, int32_t new_len);
 /* Copies parent into the committed, reserved record child (sharing its blocks). */
 void seq_copy(pkv_seqtab *t, const pkv_seq_rec *parent, pkv_seq_rec *child);
 /* Releases r's blocks (last first) and returns its slot to the free list. */
@@ -185,16 +203,17 @@ void prefix_destroy(pkv_prefix *p, const pkv_allocator *al);
 /* Block b (was cached, now taken by pool_alloc) leaves the index, and with it,
  * leaf first, every cached descendant (unreachable without it). */
 void prefix_forget(pkv_prefix *p, int32_t b);
-/* Registers r's full blocks with known tokens past r->nregistered; r->keys must
- * have room for r->nblocks keys (cannot fail). written_len < 0: all KV written,
- * duplicates are deduplicated; else a duplicate past written_len stops it. */
+/* Registers r's full blocks with known tokens past r->nregistered (cannot
+ * fail). written_len < 0: all KV written, duplicates are deduplicated; else a
+ * duplicate past written_len stops it. */
 void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t written_len,
                          int32_t *registered, int32_t *deduped);
 /* The longest chain of cached full blocks matching tokens[0..n) in ns: writes
- * its blocks and their keys into blocks[] / keys[] (room for n / bs each) and
- * returns their count. Counts the query in the statistics; changes nothing else. */
-int32_t prefix_match(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *blocks,
-                     uint8_t (*keys)[16]);
+ * its blocks into blocks[] (room for n / bs) and returns their count. Counts
+ * the query in the statistics; changes nothing else. */
+int32_t prefix_match(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *blocks);
+/* The token ids of cached block b (the entry located there), or NULL. */
+const int32_t *prefix_block_tokens(const pkv_prefix *p, int32_t b);
 /* Invariants of the index, and of the sequences' registered blocks against it. */
 int prefix_check(pkv_prefix *p, pkv_seqtab *t, const pkv_allocator *al, pkv_detail *d);
 /* No index: no block may be marked cached. */

@@ -51,9 +51,8 @@ static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *toke
         return cache_fail(c, PKV_ERR_CAPACITY, "append of %d tokens needs %d blocks, %d available", n,
                           new_blocks + cow_needed, avail);
     int record_tokens = tokens != NULL && r->ntokens == r->len;
-    /* Auto-registration needs key room; reserved here so that it cannot fail later. */
     int auto_reg = c->prefix != NULL && (c->cfg.flags & PKV_FLAG_AUTO_REGISTER);
-    int st = seq_reserve(&c->seqs, r, r->nblocks + new_blocks, record_tokens ? (int32_t)new_len : 0, auto_reg);
+    int st = seq_reserve(&c->seqs, r, r->nblocks + new_blocks, record_tokens ? (int32_t)new_len - r->tok_base : 0);
     if (st < 0) return cache_fail(c, st, "append of %d tokens: no memory for the block list", n);
 
     /* From here on nothing can fail. */
@@ -83,7 +82,7 @@ static int seq_fork_op(pkv_cache *c, pkv_seq parent, pkv_seq *child) {
     int32_t idx;
     int st = seq_slot_prepare(&c->seqs, &idx);
     const pkv_seq_rec *p = seq_get(&c->seqs, parent); /* the record table may have moved */
-    if (st == PKV_OK) st = seq_reserve(&c->seqs, &c->seqs.seqs[idx], p->nblocks, p->ntokens, p->keys != NULL);
+    if (st == PKV_OK) st = seq_reserve(&c->seqs, &c->seqs.seqs[idx], p->nblocks, p->ntokens - p->tok_base);
     if (st < 0) return cache_fail(c, st, "fork: no memory for the child's record");
     pkv_seq_rec *r = seq_slot_commit(&c->seqs, idx, p->ns);
     seq_copy(&c->seqs, p, r);
@@ -95,8 +94,8 @@ static int prefix_register_op(pkv_cache *c, pkv_seq h, int32_t *registered, int3
     if (!c->prefix) return cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)");
     pkv_seq_rec *r = live_seq(c, h);
     if (!r) return PKV_ERR_NO_SEQ;
-    int st = seq_reserve(&c->seqs, r, r->nblocks, r->ntokens, 1);
-    if (st < 0) return cache_fail(c, st, "register: no memory for the sequence's block keys");
+    int st = seq_reserve(&c->seqs, r, r->nblocks, r->ntokens - r->tok_base);
+    if (st < 0) return cache_fail(c, st, "register: no memory for the sequence's token ids");
     prefix_register_seq(c->prefix, &c->seqs, r, -1, registered, deduped);
     return PKV_OK;
 }
@@ -108,18 +107,14 @@ static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
     if (n > 0 && !tokens) return cache_fail(c, PKV_ERR_NULL, "tokens is NULL with n = %d", n);
     int32_t bs = c->pool.block_size, idx;
     int st = seq_slot_prepare(&c->seqs, &idx);
-    /* Room for the whole prompt (the engine appends the rest next), reserved
-     * before the record is taken so that a failure changes nothing. */
-    if (st == PKV_OK)
-        st = seq_reserve(&c->seqs, &c->seqs.seqs[idx], (int32_t)(((int64_t)n + bs - 1) / bs), n, 1);
+    /* Room for the prompt's blocks (the engine appends the rest next), reserved
+     * before the record is taken so that a failure changes nothing; the ids of
+     * the cached blocks stay in the index. */
+    if (st == PKV_OK) st = seq_reserve(&c->seqs, &c->seqs.seqs[idx], (int32_t)(((int64_t)n + bs - 1) / bs), 0);
     if (st < 0) return cache_fail(c, st, "lookup: no memory for the sequence of a %d-token prompt", n);
     pkv_seq_rec *r = seq_slot_commit(&c->seqs, idx, ns);
-    int32_t m = prefix_match(c->prefix, ns, tokens, n, r->blocks, r->keys);
-    for (int32_t j = 0; j < m; j++) pool_ref(&c->pool, r->blocks[j]);
-    r->nblocks = r->nregistered = m;
-    seq_extend(&c->seqs, r, m * bs, tokens, NULL);
-    r->last_start = r->len;
-    r->last_n = 0;
+    int32_t m = prefix_match(c->prefix, ns, tokens, n, r->blocks);
+    seq_adopt_prefix(&c->seqs, r, r->blocks, m);
     *out = seq_handle(&c->seqs, r);
     *cached_tokens = r->len;
     return PKV_OK;
@@ -160,7 +155,8 @@ int pkv_seq_truncate(pkv_cache *c, pkv_seq seq, int32_t new_len) {
     if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
     if (new_len < 0 || new_len > r->len)
         CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "truncate to %d outside [0, %d]", new_len, r->len));
-    seq_truncate(&c->seqs, r, new_len);
+    int32_t j = seq_truncate_needs_tokens(&c->seqs, r, new_len);
+    seq_truncate(&c->seqs, r, new_len, j >= 0 ? prefix_block_tokens(c->prefix, r->blocks[j]) : NULL);
     CACHE_LEAVE(c, PKV_OK);
 }
 

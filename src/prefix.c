@@ -1,71 +1,81 @@
-/* The prefix cache: block keys, the index, registration with deduplication,
- * lookup of a prompt's longest cached prefix, and the eviction hook.
+/* The prefix index: entries with their own ids, block keys, registration with
+ * deduplication, matching a prompt's longest cached prefix, and forgetting a
+ * reclaimed block.
+ *
+ * Entry. A cached block of KV is an entry of its own: an id in [0, ecap), an
+ * identity (namespace, parent entry, the block's token ids, stored here once
+ * for every sequence that holds the block) and a location. Today the location
+ * is a pool block (ent_of_block maps back); the tier issue adds others. When a
+ * block is reclaimed the entry loses that location; an entry with no location
+ * left is dropped.
  *
  * Key. Block j of a sequence has the key
  *     K_j = SipHash-2-4-128(secret, tokens of block j || ns || K_{j-1}),  K_{-1} = 0,
  * (siphash.c). The tokens come first so that the token words of several
  * blocks can be absorbed in parallel lanes; only the 24-byte tail, which holds
  * the parent key, is chained. The secret is drawn per cache from the OS unless
- * the config gives one.
+ * the config gives one. The key names the identity across processes (tiers,
+ * events); inside the index a hit is confirmed by the identity itself.
  *
- * Identity. A key only finds candidates. A cached block also stores its token
- * ids, its namespace and its parent block id, and a hit requires all three to
- * match: the parent block is itself the unique cached block of the parent's
- * identity, so by induction a hit means "the same tokens from position 0, in
- * the same namespace" and a hash collision can never hand out another
- * prompt's KV (tests build with PKV_WEAK_HASH=8 to prove it).
+ * Identity. A key only finds candidates: a hit requires the token ids, the
+ * namespace and the parent entry to match. The parent entry is itself the
+ * unique entry of the parent's identity, so by induction a hit means "the same
+ * tokens from position 0, in the same namespace" and a hash collision can never
+ * hand out another prompt's KV (tests build with PKV_WEAK_HASH=8 to prove it).
  *
  * Index. Open addressing with linear probing and backward-shift deletion, at
- * most half full: it holds at most num_blocks entries and its table has at
- * least 2 * num_blocks slots, all allocated at creation, so registration and
- * lookup never allocate. Each slot keeps the key's low word as a tag so that
- * probing touches the per-block arrays only on a likely hit.
+ * most half full: it holds at most ecap entries in at least 2 * ecap slots of
+ * 8 bytes (32 bits of the key as a tag, the entry id), all allocated at
+ * creation, so registration and lookup never allocate.
  *
  * Lookup walks the prompt block by block and stops at the first miss. Below a
  * parent with few children (child_scan) it compares the children's tokens
- * directly: the keys of cached blocks are stored, so nothing needs hashing;
- * elsewhere (the first block, popular parents) it hashes and probes.
+ * directly: the keys of entries are stored, so nothing needs hashing; elsewhere
+ * (the first block, popular parents) it hashes and probes.
  *
  * Eviction. The pool reclaims the least recently released evictable block
  * (sequences release their blocks last first, so a chain is reclaimed from its
- * deepest block) and the cache layer calls prefix_forget. A block's cached
+ * deepest block) and the cache layer calls prefix_forget. An entry's
  * descendants would be unreachable without it, and their parent id would soon
- * name an unrelated block, so they are dropped from the index at once, leaf
- * first: an evictable one goes to the free list (counted in evictions), a used
- * one simply stops being cached (not an eviction: its holders keep it). This happens through the public API when forked sequences
- * share a block that one of them registered after deduplicating its parent:
- * the other keeps holding the block but not that parent. */
+ * name an unrelated entry, so they are dropped at once, leaf first: an
+ * evictable block goes to the free list (counted in evictions), a used one
+ * simply stops being cached (not an eviction: its holders keep it). Through
+ * the public API this happens when forked sequences share a block that one of
+ * them registered after deduplicating its parent: the other keeps holding the
+ * block but not that parent. */
 #include <string.h>
-
 
 #include "internal.h"
 
 typedef struct prefix_slot {
-    uint64_t tag;  /* low word of the key */
-    int32_t block; /* -1: empty */
-    int32_t pad;
+    uint32_t tag;  /* low 32 bits of the key */
+    int32_t ent;   /* -1: empty */
 } prefix_slot;
 
 struct pkv_prefix {
     pkv_pool *pool;
     uint8_t secret[16];
     uint64_t k[2];
-    int32_t bs, nb;
-    /* Per block, meaningful while pool.cached[b] is set. */
-    uint64_t *key;    /* [2 * nb] low, high word */
-    uint64_t *ns;     /* [nb] */
-    int32_t *parent;  /* [nb] parent block, -1 for a chain's first block */
-    int32_t *child;   /* [nb] first cached child, -1 none */
-    int32_t *sib_next, *sib_prev; /* [nb] links among the children of one parent */
-    int32_t *nchild;  /* [nb] length of the child list */
+    int32_t bs, nb, ecap;
+    int32_t *ent_of_block; /* [nb] the entry located at a pool block, -1 none */
+    /* Entries, [ecap] each; meaningful while loc[e] >= 0. */
+    uint64_t *key;    /* [2 * ecap] low, high word */
+    uint64_t *ns;
+    int32_t *parent;  /* parent entry, -1 for a chain's first block */
+    int32_t *loc;     /* pool block holding the KV; -1: a free entry id */
+    int32_t *child;   /* first child, -1 none */
+    int32_t *sib_next, *sib_prev; /* links among the children of one parent;
+                                   * sib_next also chains free entry ids */
+    int32_t *nchild;  /* length of the child list */
+    int32_t *toks;    /* [ecap * bs] token ids */
+    int32_t efree;    /* head of the free entry ids */
     int32_t child_scan; /* a parent with at most this many children is searched by its list */
-    int32_t *toks;    /* [nb * bs] token ids */
     prefix_slot *tab; /* [mask + 1] */
     size_t mask;
     int shift;
     int32_t count;
-    /* orphans: cached descendants dropped with a reclaimed block; orphan_frees:
-     * those of them that were evictable (they count as evictions) */
+    /* orphans: descendants dropped with a reclaimed block; orphan_frees: those
+     * of them that were evictable (they count as evictions) */
     int64_t queries, query_tokens, hit_tokens, dedups, registrations, orphans, orphan_frees, collisions;
 };
 
@@ -113,67 +123,74 @@ void prefix_block_key(const uint8_t secret[16], const int32_t *toks, int32_t bs,
     }
 }
 
-static inline void key_to_bytes(const uint64_t k[2], uint8_t out[16]) { memcpy(out, k, 16); }
-static inline void key_from_bytes(const uint8_t in[16], uint64_t k[2]) { memcpy(k, in, 16); }
+/* ---- entries and the index ---- */
 
-/* ---- index ---- */
-
-static inline size_t home_slot(const pkv_prefix *p, uint64_t tag) {
+static inline size_t home_slot(const pkv_prefix *p, uint32_t tag) {
     /* Fibonacci hashing spreads even a weakened 8-bit tag over the table. */
-    return (size_t)((tag * 0x9e3779b97f4a7c15ull) >> p->shift) & p->mask;
+    return (size_t)(((uint64_t)tag * 0x9e3779b97f4a7c15ull) >> p->shift) & p->mask;
 }
 
-static inline const int32_t *block_toks(const pkv_prefix *p, int32_t b) { return p->toks + (size_t)b * (size_t)p->bs; }
+static inline const int32_t *ent_toks(const pkv_prefix *p, int32_t e) { return p->toks + (size_t)e * (size_t)p->bs; }
 
-/* The cached block of identity (key, parent, ns, toks), or -1. check_high = 0:
- * only key[0] is known (lookup); the identity decides alone. */
+/* The entry of identity (key, parent, ns, toks), or -1. check_high = 0: only
+ * key[0] is known (lookup); the identity decides alone. */
 static int32_t index_find(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, const int32_t *toks,
                           int count_collisions, int check_high) {
     size_t bytes = (size_t)p->bs * sizeof *toks;
-    for (size_t i = home_slot(p, key[0]);; i = (i + 1) & p->mask) {
+    uint32_t tag = (uint32_t)key[0];
+    for (size_t i = home_slot(p, tag);; i = (i + 1) & p->mask) {
         const prefix_slot *s = &p->tab[i];
-        if (s->block < 0) return -1;
-        if (s->tag != key[0]) continue;
-        int32_t b = s->block;
-        if ((!check_high || p->key[2 * b + 1] == key[1]) && p->parent[b] == parent && p->ns[b] == ns &&
-            memcmp(block_toks(p, b), toks, bytes) == 0)
-            return b;
+        if (s->ent < 0) return -1;
+        if (s->tag != tag) continue;
+        int32_t e = s->ent;
+        if (p->key[2 * e] == key[0] && (!check_high || p->key[2 * e + 1] == key[1]) && p->parent[e] == parent &&
+            p->ns[e] == ns && memcmp(ent_toks(p, e), toks, bytes) == 0)
+            return e;
         if (count_collisions) p->collisions++;
     }
 }
 
-static void index_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int32_t parent, uint64_t ns,
-                         const int32_t *toks) {
-    size_t i = home_slot(p, key[0]);
-    while (p->tab[i].block >= 0) i = (i + 1) & p->mask;
-    p->tab[i].tag = key[0];
-    p->tab[i].block = b;
-    p->key[2 * b] = key[0];
-    p->key[2 * b + 1] = key[1];
-    p->ns[b] = ns;
-    p->parent[b] = parent;
-    p->child[b] = -1;
-    p->nchild[b] = 0;
-    p->sib_prev[b] = -1;
-    p->sib_next[b] = -1;
+/* A new entry at pool block b (cannot fail: at most ecap entries exist, one
+ * per cached block). */
+static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int32_t parent, uint64_t ns,
+                            const int32_t *toks) {
+    int32_t e = p->efree;
+    pkv_assert(e >= 0);
+    p->efree = p->sib_next[e];
+    size_t i = home_slot(p, (uint32_t)key[0]);
+    while (p->tab[i].ent >= 0) i = (i + 1) & p->mask;
+    p->tab[i].tag = (uint32_t)key[0];
+    p->tab[i].ent = e;
+    p->key[2 * e] = key[0];
+    p->key[2 * e + 1] = key[1];
+    p->ns[e] = ns;
+    p->parent[e] = parent;
+    p->loc[e] = b;
+    p->ent_of_block[b] = e;
+    p->child[e] = -1;
+    p->nchild[e] = 0;
+    p->sib_prev[e] = -1;
+    p->sib_next[e] = -1;
     if (parent >= 0) {
-        p->sib_next[b] = p->child[parent];
-        if (p->child[parent] >= 0) p->sib_prev[p->child[parent]] = b;
-        p->child[parent] = b;
+        p->sib_next[e] = p->child[parent];
+        if (p->child[parent] >= 0) p->sib_prev[p->child[parent]] = e;
+        p->child[parent] = e;
         p->nchild[parent]++;
     }
-    memcpy(p->toks + (size_t)b * (size_t)p->bs, toks, (size_t)p->bs * sizeof *toks);
+    memcpy(p->toks + (size_t)e * (size_t)p->bs, toks, (size_t)p->bs * sizeof *toks);
     p->count++;
+    return e;
 }
 
-/* Removes b's slot (backward-shift deletion keeps every probe run unbroken)
- * and unlinks b from its parent's children. b's own children keep parent = b. */
-static void index_remove(pkv_prefix *p, int32_t b) {
-    size_t i = home_slot(p, p->key[2 * b]);
-    while (p->tab[i].block != b) i = (i + 1) & p->mask;
+/* Removes e's slot (backward-shift deletion keeps every probe run unbroken),
+ * unlinks e from its parent's children and frees its id. e's own children
+ * keep parent = e: the caller drops them first or right after. */
+static void entry_remove(pkv_prefix *p, int32_t e) {
+    size_t i = home_slot(p, (uint32_t)p->key[2 * e]);
+    while (p->tab[i].ent != e) i = (i + 1) & p->mask;
     for (size_t j = i;;) {
         j = (j + 1) & p->mask;
-        if (p->tab[j].block < 0) break;
+        if (p->tab[j].ent < 0) break;
         size_t h = home_slot(p, p->tab[j].tag);
         /* The entry at j may fill the hole at i unless its home lies in (i, j]. */
         int stays = (i <= j) ? (h > i && h <= j) : (h > i || h <= j);
@@ -182,42 +199,55 @@ static void index_remove(pkv_prefix *p, int32_t b) {
             i = j;
         }
     }
-    p->tab[i].block = -1;
-    int32_t par = p->parent[b], pr = p->sib_prev[b], nx = p->sib_next[b];
+    p->tab[i].ent = -1;
+    int32_t par = p->parent[e], pr = p->sib_prev[e], nx = p->sib_next[e];
     if (pr >= 0) p->sib_next[pr] = nx;
     else if (par >= 0) p->child[par] = nx;
     if (nx >= 0) p->sib_prev[nx] = pr;
     if (par >= 0) p->nchild[par]--;
-    p->sib_prev[b] = p->sib_next[b] = -1;
+    p->ent_of_block[p->loc[e]] = -1;
+    p->loc[e] = -1;
+    p->sib_prev[e] = -1;
+    p->sib_next[e] = p->efree;
+    p->efree = e;
     p->count--;
 }
 
 void prefix_forget(pkv_prefix *p, int32_t b) {
-    index_remove(p, b);
-    int32_t x = b;
+    int32_t e = p->ent_of_block[b];
+    pkv_assert(e >= 0);
+    /* Leaf first, newest child first: each dropped descendant's block leaves
+     * the index (and, when evictable, the LRU list for the free list). */
+    int32_t x = e;
     for (;;) {
         if (p->child[x] >= 0) {
             x = p->child[x];
             continue;
         }
-        if (x == b) break;
-        int32_t up = p->parent[x];
-        index_remove(p, x);
-        p->orphan_frees += pool_uncache(p->pool, x);
+        if (x == e) break;
+        int32_t up = p->parent[x], xb = p->loc[x];
+        entry_remove(p, x);
+        p->orphan_frees += pool_uncache(p->pool, xb);
         p->orphans++;
         x = up;
     }
-    p->child[b] = -1;
-    p->nchild[b] = 0;
+    entry_remove(p, e);
+}
+
+const int32_t *prefix_block_tokens(const pkv_prefix *p, int32_t b) {
+    int32_t e = p->ent_of_block[b];
+    return e >= 0 ? ent_toks(p, e) : NULL;
 }
 
 /* ---- creation ---- */
 
 static void prefix_free(const pkv_allocator *al, pkv_prefix *p) {
     if (!p) return;
+    pkv_mem_free(al, p->ent_of_block);
     pkv_mem_free(al, p->key);
     pkv_mem_free(al, p->ns);
     pkv_mem_free(al, p->parent);
+    pkv_mem_free(al, p->loc);
     pkv_mem_free(al, p->child);
     pkv_mem_free(al, p->sib_next);
     pkv_mem_free(al, p->sib_prev);
@@ -231,35 +261,47 @@ int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[
     *out = NULL;
     pkv_prefix *p = pkv_mem_calloc(al, 1, sizeof *p);
     RETURN_IF(!p, PKV_ERR_NOMEM);
-    size_t nb = (size_t)pool->num_blocks;
+    size_t nb = (size_t)pool->num_blocks, ne = nb;
     p->pool = pool;
     p->nb = pool->num_blocks;
+    p->ecap = (int32_t)ne;
     p->bs = pool->block_size;
     size_t cap = 16;
     int lg = 4;
-    while (cap < 2 * nb) {
+    while (cap < 2 * ne) {
         cap *= 2;
         lg++;
     }
     p->mask = cap - 1;
     p->shift = 64 - lg;
-    p->key = pkv_mem_calloc(al, nb, 2 * sizeof(uint64_t));
-    p->ns = pkv_mem_calloc(al, nb, sizeof(uint64_t));
-    p->parent = pkv_mem_calloc(al, nb, sizeof(int32_t));
-    p->child = pkv_mem_calloc(al, nb, sizeof(int32_t));
-    p->sib_next = pkv_mem_calloc(al, nb, sizeof(int32_t));
-    p->sib_prev = pkv_mem_calloc(al, nb, sizeof(int32_t));
-    p->nchild = pkv_mem_calloc(al, nb, sizeof(int32_t));
-    p->toks = pkv_mem_calloc(al, nb, (size_t)p->bs * sizeof(int32_t));
-    p->tab = pkv_mem_calloc(al, cap, sizeof(prefix_slot));
-    if (!p->key || !p->ns || !p->parent || !p->child || !p->sib_next || !p->sib_prev || !p->nchild || !p->toks ||
-        !p->tab) {
+    p->ent_of_block = pkv_mem_alloc(al, nb * sizeof(int32_t));
+    p->key = pkv_mem_calloc(al, ne, 2 * sizeof(uint64_t));
+    p->ns = pkv_mem_calloc(al, ne, sizeof(uint64_t));
+    p->parent = pkv_mem_alloc(al, ne * sizeof(int32_t));
+    p->loc = pkv_mem_alloc(al, ne * sizeof(int32_t));
+    p->child = pkv_mem_alloc(al, ne * sizeof(int32_t));
+    p->sib_next = pkv_mem_alloc(al, ne * sizeof(int32_t));
+    p->sib_prev = pkv_mem_alloc(al, ne * sizeof(int32_t));
+    p->nchild = pkv_mem_calloc(al, ne, sizeof(int32_t));
+    p->toks = pkv_mem_calloc(al, ne, (size_t)p->bs * sizeof(int32_t));
+    p->tab = pkv_mem_alloc(al, cap * sizeof(prefix_slot));
+    if (!p->ent_of_block || !p->key || !p->ns || !p->parent || !p->loc || !p->child || !p->sib_next ||
+        !p->sib_prev || !p->nchild || !p->toks || !p->tab) {
         prefix_free(al, p);
         return PKV_ERR_NOMEM;
     }
     memcpy(p->secret, secret, 16);
-    for (size_t i = 0; i < cap; i++) p->tab[i].block = -1;
-    for (size_t b = 0; b < nb; b++) p->parent[b] = p->child[b] = p->sib_next[b] = p->sib_prev[b] = -1;
+    for (size_t i = 0; i < cap; i++) {
+        p->tab[i].tag = 0;
+        p->tab[i].ent = -1;
+    }
+    for (size_t b = 0; b < nb; b++) p->ent_of_block[b] = -1;
+    /* Free ids in increasing order: entry ids follow registration order on a new index. */
+    for (size_t e = 0; e < ne; e++) {
+        p->parent[e] = p->child[e] = p->sib_prev[e] = p->loc[e] = -1;
+        p->sib_next[e] = e + 1 < ne ? (int32_t)e + 1 : -1;
+    }
+    p->efree = 0;
     p->child_scan = PREFIX_CHILD_SCAN;
     p->k[0] = le64(p->secret);
     p->k[1] = le64(p->secret + 8);
@@ -275,41 +317,49 @@ int64_t prefix_get_collisions(const pkv_prefix *p) { return p->collisions; }
 
 void prefix_child_scan(pkv_prefix *p, int32_t n) { p->child_scan = n; }
 
+/* The child of entry pe (-1: roots are not listed) with tokens t in ns, when pe
+ * has few enough children to scan: *scanned = 1 and the child or -1 (a miss in
+ * a complete list is a miss). Otherwise *scanned = 0. */
+static int32_t scan_children(const pkv_prefix *p, int32_t pe, uint64_t ns, const int32_t *t, int *scanned) {
+    *scanned = pe >= 0 && p->nchild[pe] <= p->child_scan;
+    if (!*scanned) return -1;
+    size_t bytes = (size_t)p->bs * sizeof *t;
+    for (int32_t x = p->child[pe]; x >= 0; x = p->sib_next[x])
+        if (p->ns[x] == ns && memcmp(ent_toks(p, x), t, bytes) == 0) return x;
+    return -1;
+}
+
 /* ---- registration ---- */
 
-/* Registers r's full blocks with known tokens from r->nregistered on; r->keys
- * must hold room for them (reserved by the caller, so this cannot fail).
- * written_len < 0: every block's KV is written and a duplicate is deduplicated.
- * Otherwise only blocks inside [0, written_len) are (their slots were handed
- * out by an earlier append); a block filled after that whose identity is
- * already cached ends the registration, to be deduplicated by a later call
- * once its KV is written. */
+/* Registers r's full blocks with known tokens from r->nregistered on (cannot
+ * fail; the sequence's tokens of registered blocks are then dropped, the
+ * entries hold them). written_len < 0: every block's KV is written and a
+ * duplicate is deduplicated. Otherwise only blocks inside [0, written_len) are
+ * (their slots were handed out by an earlier append); a block filled after
+ * that whose identity is already cached ends the registration, to be
+ * deduplicated by a later call once its KV is written. */
 void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t written_len,
                          int32_t *registered, int32_t *deduped) {
     int32_t bs = p->bs, full = r->ntokens / bs, j = r->nregistered, reg = 0, dd = 0;
+    int32_t first = j;
     uint64_t pk[2] = {0, 0};
-    int32_t pb = -1;
+    int32_t pe = -1;
     if (j > 0) {
-        key_from_bytes(r->keys[j - 1], pk);
-        pb = r->blocks[j - 1];
+        pe = p->ent_of_block[r->blocks[j - 1]];
+        pkv_assert(pe >= 0);
+        pk[0] = p->key[2 * pe];
+        pk[1] = p->key[2 * pe + 1];
     }
     /* As in lookup: below a parent with few children its child list decides
      * (a duplicate is found there with its stored key, nothing to hash);
      * otherwise the key is computed, token words a window of blocks at a time. */
     sip_state st[SIP_LANES];
     int32_t win = 0, nwin = 0;
-    size_t bytes = (size_t)bs * sizeof(int32_t);
     for (; j < full; j++) {
-        const int32_t *tk = r->tokens + (size_t)j * (size_t)bs;
+        const int32_t *tk = seq_tokens_at(t, r, j * bs);
         uint64_t key[2];
-        int32_t own = r->blocks[j], found = -1;
-        int scan = pb >= 0 && p->nchild[pb] <= p->child_scan;
-        if (scan)
-            for (int32_t x = p->child[pb]; x >= 0; x = p->sib_next[x])
-                if (p->ns[x] == r->ns && memcmp(block_toks(p, x), tk, bytes) == 0) {
-                    found = x;
-                    break;
-                }
+        int32_t own = r->blocks[j], scanned;
+        int32_t found = scan_children(p, pe, r->ns, tk, &scanned);
         if (found >= 0) {
             key[0] = p->key[2 * found];
             key[1] = p->key[2 * found + 1];
@@ -320,30 +370,28 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
                 sip_absorb_blocks(p->k, tk, bs, nwin, st);
             }
             key_finish(p, &st[j - win], tk, r->ns, pk, key);
-            /* A scanned child list is complete: a miss there is a miss. */
-            if (!scan) found = index_find(p, key, pb, r->ns, tk, 1, 1);
+            if (!scanned) found = index_find(p, key, pe, r->ns, tk, 1, 1);
         }
-        if (found >= 0 && found != own) {
-            if (written_len >= 0 && (int64_t)(j + 1) * bs > written_len) goto done;
-            seq_replace_block(t, r, j, found);
+        if (found >= 0 && p->loc[found] != own) {
+            if (written_len >= 0 && (int64_t)(j + 1) * bs > written_len) break;
+            seq_replace_block(t, r, j, p->loc[found]);
             dd++;
         } else if (found < 0) {
             /* A block cached under another identity cannot sit here (a
              * cached block is full and every holder has the same tokens
              * before it); stop rather than index it twice. */
             pkv_assert(!p->pool->cached[own]);
-            if (p->pool->cached[own]) goto done;
-            index_insert(p, own, key, pb, r->ns, tk);
+            if (p->pool->cached[own]) break;
+            found = entry_insert(p, own, key, pe, r->ns, tk);
             p->pool->cached[own] = 1;
             reg++;
         }
-        key_to_bytes(key, r->keys[j]);
         r->nregistered = j + 1;
         pk[0] = key[0];
         pk[1] = key[1];
-        pb = r->blocks[j];
+        pe = found;
     }
-done:
+    if (r->nregistered > first) seq_drop_registered_tokens(t, r);
     p->registrations += reg;
     p->dedups += dd;
     if (registered) *registered = reg;
@@ -352,26 +400,19 @@ done:
 
 /* ---- lookup ---- */
 
-int32_t prefix_match(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *blocks,
-                     uint8_t (*keys)[16]) {
+int32_t prefix_match(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *blocks) {
     int32_t bs = p->bs, full = n / bs;
     /* Below a parent with few children the children's tokens are compared
      * directly (the chain's keys are stored, nothing to hash); elsewhere the
      * block's key is computed and probed. Token words are absorbed a window of
      * blocks at a time so that consecutive hashed levels run in parallel lanes. */
-    int32_t pb = -1, m = 0, win = 0, nwin = 0;
+    int32_t pe = -1, m = 0, win = 0, nwin = 0;
     sip_state lanes[SIP_LANES];
-    size_t bytes = (size_t)bs * sizeof *tokens;
     while (m < full) {
         const int32_t *t = tokens + (size_t)m * (size_t)bs;
-        int32_t b = -1;
-        if (pb >= 0 && p->nchild[pb] <= p->child_scan) {
-            for (int32_t x = p->child[pb]; x >= 0; x = p->sib_next[x])
-                if (p->ns[x] == ns && memcmp(block_toks(p, x), t, bytes) == 0) {
-                    b = x;
-                    break;
-                }
-        } else {
+        int scanned;
+        int32_t e = scan_children(p, pe, ns, t, &scanned);
+        if (!scanned) {
             if (m >= win + nwin) {
                 win = m;
                 nwin = m == 0 ? 1 : (full - m < SIP_LANES ? full - m : SIP_LANES);
@@ -380,19 +421,18 @@ int32_t prefix_match(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t 
             /* The low word probes; a hit is confirmed by the identity and its
              * full key is the stored one, so the high word is not computed. */
             uint64_t pk[2] = {0, 0}, key[2];
-            if (pb >= 0) {
-                pk[0] = p->key[2 * pb];
-                pk[1] = p->key[2 * pb + 1];
+            if (pe >= 0) {
+                pk[0] = p->key[2 * pe];
+                pk[1] = p->key[2 * pe + 1];
             }
             key[0] = sip_finish_block_lo(&lanes[m - win], t, bs, ns, pk);
             key[1] = 0;
             key_weaken(key);
-            b = index_find(p, key, pb, ns, t, 1, 0);
+            e = index_find(p, key, pe, ns, t, 1, 0);
         }
-        if (b < 0) break;
-        blocks[m] = b;
-        key_to_bytes(p->key + 2 * b, keys[m]);
-        pb = b;
+        if (e < 0) break;
+        blocks[m] = p->loc[e];
+        pe = e;
         m++;
     }
     p->queries++;
@@ -419,105 +459,113 @@ void prefix_dump(const pkv_prefix *p, void (*put)(void *w, const void *data, siz
     put(w, &on, sizeof on);
     if (!p) return;
     put(w, p->secret, sizeof p->secret);
-    int64_t ctr[9] = {p->count, p->queries, p->query_tokens, p->hit_tokens, p->dedups,
-                      p->registrations, p->orphans, p->orphan_frees, p->child_scan};
+    int64_t ctr[10] = {p->count, p->queries, p->query_tokens, p->hit_tokens, p->dedups,
+                       p->registrations, p->orphans, p->orphan_frees, p->child_scan, p->efree};
     put(w, ctr, sizeof ctr);
     for (size_t i = 0; i <= p->mask; i++) {
-        put(w, &p->tab[i].block, sizeof p->tab[i].block);
-        if (p->tab[i].block >= 0) put(w, &p->tab[i].tag, sizeof p->tab[i].tag);
+        put(w, &p->tab[i].ent, sizeof p->tab[i].ent);
+        if (p->tab[i].ent >= 0) put(w, &p->tab[i].tag, sizeof p->tab[i].tag);
     }
-    for (int32_t b = 0; b < p->nb; b++) {
-        if (!p->pool->cached[b]) continue;
-        int32_t links[5] = {b, p->parent[b], p->child[b], p->sib_next[b], p->sib_prev[b]};
+    for (int32_t e = 0; e < p->ecap; e++) {
+        int32_t links[6] = {e, p->loc[e], p->parent[e], p->child[e], p->sib_next[e], p->sib_prev[e]};
         put(w, links, sizeof links);
-        put(w, p->key + 2 * b, 2 * sizeof *p->key);
-        put(w, p->ns + b, sizeof *p->ns);
-        put(w, block_toks(p, b), (size_t)p->bs * sizeof(int32_t));
+        if (p->loc[e] < 0) continue;
+        put(w, p->key + 2 * e, 2 * sizeof *p->key);
+        put(w, p->ns + e, sizeof *p->ns);
+        put(w, ent_toks(p, e), (size_t)p->bs * sizeof(int32_t));
     }
 }
 
-/* The index against the pool's cached bits, each entry against its recomputed
- * key and its parent, the child lists, and each sequence's registered blocks
- * against the index. */
+/* The index against the entries and the pool's cached bits, each entry against
+ * its recomputed key and its parent, the child lists and the free ids. */
 static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
     const pkv_pool *pool = p->pool;
     int32_t n = 0, with_parent = 0;
     for (size_t i = 0; i <= p->mask; i++) {
-        int32_t b = p->tab[i].block;
-        if (b < 0) continue;
-        if (b >= p->nb || !pool->cached[b] || seen[b]++)
-            return pkv__fail(d, PKV_ERR_CORRUPT, "index slot %zu holds block %d (not cached or twice)", i, b);
-        if (p->tab[i].tag != p->key[2 * b])
-            return pkv__fail(d, PKV_ERR_CORRUPT, "index slot %zu: tag disagrees with block %d's key", i, b);
+        int32_t e = p->tab[i].ent;
+        if (e < 0) continue;
+        if (e >= p->ecap || p->loc[e] < 0 || seen[e]++)
+            return pkv__fail(d, PKV_ERR_CORRUPT, "index slot %zu holds entry %d (free or twice)", i, e);
+        int32_t b = p->loc[e];
+        if (b >= p->nb || !pool->cached[b] || p->ent_of_block[b] != e)
+            return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d is located at block %d, which is not its cached block", e,
+                             b);
+        if (p->tab[i].tag != (uint32_t)p->key[2 * e])
+            return pkv__fail(d, PKV_ERR_CORRUPT, "index slot %zu: tag disagrees with entry %d's key", i, e);
         for (size_t k = home_slot(p, p->tab[i].tag); k != i; k = (k + 1) & p->mask)
-            if (p->tab[k].block < 0)
-                return pkv__fail(d, PKV_ERR_CORRUPT, "index: block %d unreachable from its home slot", b);
-        int32_t par = p->parent[b];
+            if (p->tab[k].ent < 0)
+                return pkv__fail(d, PKV_ERR_CORRUPT, "index: entry %d unreachable from its home slot", e);
+        int32_t par = p->parent[e];
         uint64_t pk[2] = {0, 0}, key[2];
         if (par >= 0) {
-            if (par >= p->nb || !pool->cached[par] || p->ns[par] != p->ns[b])
-                return pkv__fail(d, PKV_ERR_CORRUPT, "cached block %d has parent %d not cached here", b, par);
+            if (par >= p->ecap || p->loc[par] < 0 || p->ns[par] != p->ns[e])
+                return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d has parent %d not cached here", e, par);
             pk[0] = p->key[2 * par];
             pk[1] = p->key[2 * par + 1];
             with_parent++;
         }
         sip_state st;
-        sip_absorb_blocks(p->k, block_toks(p, b), p->bs, 1, &st);
-        key_finish(p, &st, block_toks(p, b), p->ns[b], pk, key);
-        if (key[0] != p->key[2 * b] || key[1] != p->key[2 * b + 1])
-            return pkv__fail(d, PKV_ERR_CORRUPT, "cached block %d: key differs from its recomputed key", b);
-        if (index_find(p, key, par, p->ns[b], block_toks(p, b), 0, 1) != b)
-            return pkv__fail(d, PKV_ERR_CORRUPT, "cached block %d: its identity is indexed twice", b);
+        sip_absorb_blocks(p->k, ent_toks(p, e), p->bs, 1, &st);
+        key_finish(p, &st, ent_toks(p, e), p->ns[e], pk, key);
+        if (key[0] != p->key[2 * e] || key[1] != p->key[2 * e + 1])
+            return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d: key differs from its recomputed key", e);
+        if (index_find(p, key, par, p->ns[e], ent_toks(p, e), 0, 1) != e)
+            return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d: its identity is indexed twice", e);
         n++;
     }
     if (n != p->count) return pkv__fail(d, PKV_ERR_CORRUPT, "index holds %d entries, count says %d", n, p->count);
-    int32_t linked = 0;
     for (int32_t b = 0; b < p->nb; b++) {
-        if (pool->cached[b] && !seen[b])
-            return pkv__fail(d, PKV_ERR_CORRUPT, "block %d is marked cached but not indexed", b);
-        if (!pool->cached[b]) continue;
+        int32_t e = p->ent_of_block[b];
+        if (pool->cached[b] != (e >= 0))
+            return pkv__fail(d, PKV_ERR_CORRUPT, "block %d: cached %d but entry %d", b, pool->cached[b], e);
+        if (e >= 0 && (e >= p->ecap || !seen[e]))
+            return pkv__fail(d, PKV_ERR_CORRUPT, "block %d is marked cached but its entry %d is not indexed", b, e);
+    }
+    int32_t linked = 0, nfree = 0;
+    for (int32_t e = 0; e < p->ecap; e++) {
+        if (p->loc[e] < 0) continue;
         int32_t kids = 0;
-        for (int32_t x = p->child[b], prev = -1; x >= 0; prev = x, x = p->sib_next[x]) {
-            if (x >= p->nb || !pool->cached[x] || p->parent[x] != b || p->sib_prev[x] != prev || ++linked > n)
-                return pkv__fail(d, PKV_ERR_CORRUPT, "child list of block %d broken at %d", b, x);
+        for (int32_t x = p->child[e], prev = -1; x >= 0; prev = x, x = p->sib_next[x]) {
+            if (x >= p->ecap || p->loc[x] < 0 || p->parent[x] != e || p->sib_prev[x] != prev || ++linked > n)
+                return pkv__fail(d, PKV_ERR_CORRUPT, "child list of entry %d broken at %d", e, x);
             kids++;
         }
-        if (kids != p->nchild[b])
-            return pkv__fail(d, PKV_ERR_CORRUPT, "block %d has %d children, count says %d", b, kids, p->nchild[b]);
+        if (kids != p->nchild[e])
+            return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d has %d children, count says %d", e, kids, p->nchild[e]);
     }
     if (linked != with_parent)
-        return pkv__fail(d, PKV_ERR_CORRUPT, "%d cached blocks have a parent, child lists hold %d", with_parent,
-                          linked);
+        return pkv__fail(d, PKV_ERR_CORRUPT, "%d entries have a parent, child lists hold %d", with_parent, linked);
+    for (int32_t e = p->efree; e >= 0; e = p->sib_next[e])
+        if (e >= p->ecap || p->loc[e] >= 0 || ++nfree > p->ecap - n)
+            return pkv__fail(d, PKV_ERR_CORRUPT, "free entry list broken at %d", e);
+    if (nfree != p->ecap - n)
+        return pkv__fail(d, PKV_ERR_CORRUPT, "%d free entry ids listed, %d expected", nfree, p->ecap - n);
     return PKV_OK;
 }
 
-static int check_seq_keys(pkv_prefix *p, const pkv_seqtab *t, pkv_detail *d) {
+/* Each sequence's registered blocks are cached, chained through their parents
+ * in the sequence's namespace. */
+static int check_seq_entries(pkv_prefix *p, const pkv_seqtab *t, pkv_detail *d) {
     for (int32_t i = 0; i < t->seqs_cap; i++) {
         const pkv_seq_rec *r = &t->seqs[i];
-        if (!r->live || r->nregistered == 0) continue;
-        if (!r->keys || r->keys_cap < r->nregistered || (int64_t)r->nregistered * p->bs > r->ntokens)
-            return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: %d registered blocks without keys or tokens", i,
-                              r->nregistered);
+        if (!r->live) continue;
         for (int32_t j = 0; j < r->nregistered; j++) {
-            int32_t b = r->blocks[j];
-            uint64_t k[2];
-            key_from_bytes(r->keys[j], k);
-            if (!p->pool->cached[b] || p->key[2 * b] != k[0] || p->key[2 * b + 1] != k[1] ||
-                p->parent[b] != (j ? r->blocks[j - 1] : -1) || p->ns[b] != r->ns ||
-                memcmp(block_toks(p, b), r->tokens + (size_t)j * (size_t)p->bs, (size_t)p->bs * sizeof(int32_t)))
+            int32_t b = r->blocks[j], e = p->ent_of_block[b];
+            int32_t want_parent = j ? p->ent_of_block[r->blocks[j - 1]] : -1;
+            if (e < 0 || p->parent[e] != want_parent || p->ns[e] != r->ns)
                 return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: registered block %d (#%d) disagrees with the index",
-                                  i, b, j);
+                                 i, b, j);
         }
     }
     return PKV_OK;
 }
 
 int prefix_check(pkv_prefix *p, pkv_seqtab *t, const pkv_allocator *al, pkv_detail *d) {
-    uint8_t *seen = pkv_mem_calloc(al, (size_t)p->nb, 1);
+    uint8_t *seen = pkv_mem_calloc(al, (size_t)p->ecap, 1);
     RETURN_IF(!seen, PKV_ERR_NOMEM);
     int st = check_index(p, seen, d);
     pkv_mem_free(al, seen);
-    return st == PKV_OK ? check_seq_keys(p, t, d) : st;
+    return st == PKV_OK ? check_seq_entries(p, t, d) : st;
 }
 
 int prefix_check_off(const pkv_pool *pool, pkv_detail *d) {

@@ -19,12 +19,13 @@
 #define HANDLE_INDEX(h) ((int32_t)((uint64_t)(h) & 0xffffffffu))
 #define HANDLE_GEN(h) ((uint32_t)((uint64_t)(h) >> 32))
 
-void seq_init(pkv_seqtab *t, const pkv_allocator *al, pkv_pool *pool, uint32_t salt) {
+void seq_init(pkv_seqtab *t, const pkv_allocator *al, pkv_pool *pool, uint32_t salt, int32_t min_tokens_cap) {
     memset(t, 0, sizeof *t);
     t->al = al;
     t->pool = pool;
     t->seq_free_head = -1;
     t->handle_salt = salt;
+    t->min_tokens_cap = min_tokens_cap;
 }
 
 void seq_destroy(pkv_seqtab *t) {
@@ -32,7 +33,6 @@ void seq_destroy(pkv_seqtab *t) {
         pkv_seq_rec *r = &t->seqs[i];
         pkv_mem_free(t->al, r->blocks);
         pkv_mem_free(t->al, r->tokens);
-        pkv_mem_free(t->al, r->keys);
     }
     pkv_mem_free(t->al, t->seqs);
     t->seqs = NULL;
@@ -77,21 +77,36 @@ pkv_seq_rec *seq_slot_commit(pkv_seqtab *t, int32_t idx, uint64_t ns) {
     r->gen++;
     r->live = 1;
     r->next_free = -1;
-    r->len = r->nblocks = r->ntokens = r->nregistered = 0;
+    r->len = r->nblocks = r->ntokens = r->nregistered = r->tok_base = 0;
     r->last_start = r->last_n = 0;
     r->ns = ns;
     t->num_seqs++;
     return r;
 }
 
-int seq_reserve(pkv_seqtab *t, pkv_seq_rec *r, int32_t nblocks, int32_t ntokens, int want_keys) {
+int seq_reserve(pkv_seqtab *t, pkv_seq_rec *r, int32_t nblocks, int32_t stored_tokens) {
+    if (stored_tokens < t->min_tokens_cap) stored_tokens = t->min_tokens_cap;
     FORWARD_IF_ERROR(pkv_mem_grow(t->al, (void **)&r->blocks, &r->blocks_cap, nblocks, sizeof *r->blocks));
-    FORWARD_IF_ERROR(pkv_mem_grow(t->al, (void **)&r->tokens, &r->tokens_cap, ntokens, sizeof *r->tokens));
-    /* Keys last: whether a record has keys is visible state (fork copies them),
-     * so they must not appear when a later reservation fails. */
-    if (r->keys || want_keys)
-        return pkv_mem_grow(t->al, (void **)&r->keys, &r->keys_cap, nblocks, sizeof *r->keys);
-    return PKV_OK;
+    return pkv_mem_grow(t->al, (void **)&r->tokens, &r->tokens_cap, stored_tokens, sizeof *r->tokens);
+}
+
+void seq_drop_registered_tokens(pkv_seqtab *t, pkv_seq_rec *r) {
+    int32_t base = r->nregistered * t->pool->block_size, drop = base - r->tok_base;
+    pkv_assert(drop >= 0 && r->ntokens >= base);
+    if (drop > 0 && r->ntokens > base)
+        memmove(r->tokens, r->tokens + drop, (size_t)(r->ntokens - base) * sizeof *r->tokens);
+    r->tok_base = base;
+}
+
+void seq_adopt_prefix(pkv_seqtab *t, pkv_seq_rec *r, const int32_t *blocks, int32_t m) {
+    int32_t len = m * t->pool->block_size;
+    for (int32_t j = 0; j < m; j++) pool_ref(t->pool, blocks[j]);
+    if (m && r->blocks != blocks) memcpy(r->blocks, blocks, (size_t)m * sizeof *blocks);
+    r->nblocks = r->nregistered = m;
+    r->len = r->ntokens = r->tok_base = len;
+    r->last_start = len;
+    r->last_n = 0;
+    t->tokens += len;
 }
 
 /* Releases blocks [keep, nblocks) last first, so that prefix chains become
@@ -104,7 +119,7 @@ static void release_tail(pkv_seqtab *t, pkv_seq_rec *r, int32_t keep) {
 void seq_retire(pkv_seqtab *t, pkv_seq_rec *r) {
     release_tail(t, r, 0);
     t->tokens -= r->len;
-    r->len = r->ntokens = r->nregistered = 0;
+    r->len = r->ntokens = r->nregistered = r->tok_base = 0;
     r->live = 0;
     t->num_seqs--;
     /* Wrapping the generation would hand out this slot's old handles again. */
@@ -136,7 +151,7 @@ void seq_extend(pkv_seqtab *t, pkv_seq_rec *r, int32_t n, const int32_t *tokens,
         for (int32_t i = 0; i < n; i++, pos++) slots[i] = (int64_t)r->blocks[pos / bs] * bs + pos % bs;
     }
     if (tokens && r->ntokens == r->len) {
-        if (n) memcpy(r->tokens + r->len, tokens, (size_t)n * sizeof *tokens);
+        if (n) memcpy(r->tokens + (r->len - r->tok_base), tokens, (size_t)n * sizeof *tokens);
         r->ntokens = r->len + n;
     }
     r->last_start = r->len;
@@ -145,12 +160,26 @@ void seq_extend(pkv_seqtab *t, pkv_seq_rec *r, int32_t n, const int32_t *tokens,
     t->tokens += n;
 }
 
-void seq_truncate(pkv_seqtab *t, pkv_seq_rec *r, int32_t new_len) {
+int32_t seq_truncate_needs_tokens(const pkv_seqtab *t, const pkv_seq_rec *r, int32_t new_len) {
+    int32_t bs = t->pool->block_size, nreg = new_len / bs;
+    int32_t ntok = r->ntokens < new_len ? r->ntokens : new_len;
+    return nreg < r->nregistered && ntok > nreg * bs ? nreg : -1;
+}
+
+void seq_truncate(pkv_seqtab *t, pkv_seq_rec *r, int32_t new_len, const int32_t *block_toks) {
+    int32_t bs = t->pool->block_size;
+    int32_t j = seq_truncate_needs_tokens(t, r, new_len);
     release_tail(t, r, seq_blocks_for(t, new_len));
     t->tokens -= r->len - new_len;
     r->len = new_len;
     if (r->ntokens > new_len) r->ntokens = new_len;
-    if (r->nregistered > new_len / t->pool->block_size) r->nregistered = new_len / t->pool->block_size;
+    if (r->nregistered > new_len / bs) {
+        /* Blocks that stop being registered take their ids back from the index
+         * (only the one now partial keeps any: tokens_cap >= block_size). */
+        r->nregistered = new_len / bs;
+        r->tok_base = r->nregistered * bs;
+        if (j >= 0) memcpy(r->tokens, block_toks, (size_t)(r->ntokens - r->tok_base) * sizeof *r->tokens);
+    }
     if (r->last_start > new_len) r->last_start = new_len;
     if (r->last_start + r->last_n > new_len) r->last_n = new_len - r->last_start;
 }
@@ -160,10 +189,11 @@ void seq_copy(pkv_seqtab *t, const pkv_seq_rec *p, pkv_seq_rec *r) {
     for (int32_t j = 0; j < p->nblocks; j++) pool_ref(t->pool, p->blocks[j]);
     r->nblocks = p->nblocks;
     r->len = p->len;
-    if (p->ntokens) memcpy(r->tokens, p->tokens, (size_t)p->ntokens * sizeof *r->tokens);
+    if (p->ntokens > p->tok_base)
+        memcpy(r->tokens, p->tokens, (size_t)(p->ntokens - p->tok_base) * sizeof *r->tokens);
     r->ntokens = p->ntokens;
-    if (p->keys && p->nregistered) memcpy(r->keys, p->keys, (size_t)p->nregistered * sizeof *r->keys);
-    r->nregistered = p->keys ? p->nregistered : 0;
+    r->tok_base = p->tok_base;
+    r->nregistered = p->nregistered;
     r->last_start = r->len;
     r->last_n = 0;
     t->tokens += r->len;
@@ -185,9 +215,11 @@ int seq_check(pkv_seqtab *t, int has_prefix, int32_t *count, int32_t *owner, pkv
             return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: %d tokens in %d blocks (want %d)", i, r->len,
                              r->nblocks, want);
         if (r->ntokens < 0 || r->ntokens > r->len || r->nregistered < 0 || r->nregistered > r->nblocks ||
-            (int64_t)r->nregistered * p->block_size > r->len)
-            return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: tokens %d registered %d of length %d", i,
-                             r->ntokens, r->nregistered, r->len);
+            (int64_t)r->nregistered * p->block_size > r->ntokens ||
+            r->tok_base != r->nregistered * p->block_size || r->ntokens - r->tok_base > r->tokens_cap ||
+            (r->nregistered && r->tokens_cap < t->min_tokens_cap))
+            return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: tokens %d (from %d, room %d) registered %d of length %d",
+                             i, r->ntokens, r->tok_base, r->tokens_cap, r->nregistered, r->len);
         if (r->nregistered && !has_prefix)
             return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d has %d registered blocks without a prefix cache", i,
                              r->nregistered);

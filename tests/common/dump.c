@@ -6,8 +6,8 @@
  * What is in it: the configuration (without the allocator, whose opaque pointer
  * is the test's), the pool arrays (refcounts, states, cached marks, the free
  * stack in order, the LRU list in order) and counters, the sequence records
- * that are live (index, generation, lengths, blocks, known token ids, prefix
- * keys, last-append range, namespace), the generations of recycled record
+ * that are live (index, generation, lengths, blocks, the token ids they
+ * store, registered blocks, last-append range, namespace), the generations of recycled record
  * slots and the order in which they will be reused, the cache counters, the
  * host arenas' bytes, and the prefix index (prefix_dump in prefix.c).
  *
@@ -98,11 +98,9 @@ static void dump_seqs(dump_w *w, const pkv_cache *c) {
         put_i32(w, r->nblocks);
         put(w, r->blocks, (size_t)r->nblocks * sizeof *r->blocks);
         put_i32(w, r->ntokens);
-        put(w, r->tokens, (size_t)r->ntokens * sizeof *r->tokens);
+        put_i32(w, r->tok_base);
+        put(w, r->tokens, (size_t)(r->ntokens - r->tok_base) * sizeof *r->tokens);
         put_i32(w, r->nregistered);
-        /* Whether the keys array exists is capacity (a failed append may have
-         * made room for keys); only the registered keys are state. */
-        if (r->keys) put(w, r->keys, (size_t)r->nregistered * sizeof *r->keys);
         put_i32(w, r->last_start);
         put_i32(w, r->last_n);
         put_i64(w, (int64_t)r->ns);
