@@ -85,7 +85,7 @@ int pkv_cache_create(const pkv_config *user_cfg, pkv_cache **out) {
         salt = (uint32_t)(((uintptr_t)c >> 4) * 2654435761u) ^ (uint32_t)ts.tv_nsec;
     }
     seq_init(&c->seqs, &c->al, &c->pool, salt, (cfg->flags & PKV_FLAG_PREFIX_CACHE) ? cfg->block_size : 0);
-    int st = pool_init(&c->pool, &c->al, cfg->num_blocks, cfg->block_size);
+    int st = pool_init(&c->pool, &c->al, cfg->num_blocks, cfg->block_size, (cfg->flags & PKV_FLAG_PREFIX_CACHE) != 0);
     if (st == PKV_OK) st = store_init(&c->store, &c->cfg, &c->al, &c->pool);
     if (st == PKV_OK && (cfg->flags & PKV_FLAG_PREFIX_CACHE)) {
         uint8_t secret[16];

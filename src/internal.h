@@ -80,14 +80,17 @@ typedef struct pkv_pool {
     uint8_t *cached;     /* [num_blocks] 1 = its contents are promised by the prefix index */
     int32_t *free_stack; /* [num_blocks] LIFO of free block ids */
     int32_t free_top;
-    /* Evictable blocks: an intrusive doubly linked list, least recently used at head. */
+    /* Evictable blocks: an intrusive doubly linked list, least recently used at
+     * head (NULL arrays when no block can be cached). */
     int32_t *lru_prev, *lru_next;
     int32_t lru_head, lru_tail, num_evictable;
     int32_t used, shared, peak_used;
     int64_t evictions;
 } pkv_pool;
 
-int pool_init(pkv_pool *p, const pkv_allocator *al, int32_t num_blocks, int32_t block_size);
+/* with_lru: blocks can be cached (a prefix index exists), so evictable ones
+ * need the LRU list; without, pool_uncache and marking blocks cached are not used. */
+int pool_init(pkv_pool *p, const pkv_allocator *al, int32_t num_blocks, int32_t block_size, int with_lru);
 void pool_destroy(pkv_pool *p, const pkv_allocator *al);
 /* Blocks an allocation can take right now (free + evictable). */
 static inline int32_t pool_available(const pkv_pool *p) { return p->free_top + p->num_evictable; }
@@ -162,6 +165,10 @@ static inline const int32_t *seq_tokens_at(const pkv_seqtab *t, const pkv_seq_re
 /* After registration moved nregistered up: the ids of registered blocks now
  * live in the index; the record keeps the rest. */
 void seq_drop_registered_tokens(pkv_seqtab *t, pkv_seq_rec *r);
+/* After registration dropped most of r's stored ids: moves them into buf (cap
+ * ids, from the allocator) when they fit and returns 1 (the old array is
+ * freed); returns 0 and leaves r as it was otherwise (the caller frees buf). */
+int seq_swap_tokens(pkv_seqtab *t, pkv_seq_rec *r, int32_t *buf, int32_t cap);
 /* A committed, reserved, empty record takes the m cached blocks[0..m) (one more
  * holder each) as its registered prefix. */
 void seq_adopt_prefix(pkv_seqtab *t, pkv_seq_rec *r, const int32_t *blocks, int32_t m);

@@ -33,6 +33,29 @@ static int32_t take_block(pkv_cache *c) {
     return b;
 }
 
+/* Token ids are stored once: registration moves a sequence's ids of full
+ * blocks into the index. When a call is about to register many blocks of a
+ * sequence whose id array will then be mostly empty, a smaller array is
+ * allocated up front (while the call can still fail cleanly) and swapped in
+ * after the registration if the remaining ids fit. Returns the spare array or
+ * NULL (not needed); *st = PKV_ERR_NOMEM when it was needed and failed. */
+static int32_t *spare_tokens(pkv_cache *c, const pkv_seq_rec *r, int64_t ntokens_after, int32_t *cap, int *st) {
+    int32_t bs = c->pool.block_size;
+    int64_t left = ntokens_after % bs; /* ids past the last full block */
+    int64_t want = left < c->seqs.min_tokens_cap ? c->seqs.min_tokens_cap : 2 * left;
+    *st = PKV_OK;
+    *cap = 0;
+    if (!c->prefix || (int64_t)r->tokens_cap <= 4 * want || ntokens_after - r->tok_base <= 4 * want) return NULL;
+    int32_t *buf = pkv_mem_alloc(&c->al, (size_t)want * sizeof *buf);
+    if (!buf) *st = PKV_ERR_NOMEM;
+    *cap = (int32_t)want;
+    return buf;
+}
+
+static void use_spare_tokens(pkv_cache *c, pkv_seq_rec *r, int32_t *spare, int32_t cap) {
+    if (spare && !seq_swap_tokens(&c->seqs, r, spare, cap)) pkv_mem_free(&c->al, spare);
+}
+
 static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *tokens, int64_t *slots,
                          pkv_block_copy *cow) {
     pkv_seq_rec *r = live_seq(c, h);
@@ -54,6 +77,12 @@ static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *toke
     int auto_reg = c->prefix != NULL && (c->cfg.flags & PKV_FLAG_AUTO_REGISTER);
     int st = seq_reserve(&c->seqs, r, r->nblocks + new_blocks, record_tokens ? (int32_t)new_len - r->tok_base : 0);
     if (st < 0) return cache_fail(c, st, "append of %d tokens: no memory for the block list", n);
+    int32_t spare_cap, *spare = NULL;
+    if (auto_reg && record_tokens) {
+        /* After the ids have grown to their new length. */
+        spare = spare_tokens(c, r, new_len, &spare_cap, &st);
+        if (st < 0) return cache_fail(c, st, "append of %d tokens: no memory for the token ids", n);
+    }
 
     /* From here on nothing can fail. */
     if (cow_needed) {
@@ -73,7 +102,10 @@ static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *toke
     seq_extend(&c->seqs, r, n, record_tokens ? tokens : NULL, slots);
     /* Blocks filled before this append (KV written) may be deduplicated; ones
      * it filled are indexed but not moved, since their slots were just handed out. */
-    if (auto_reg) prefix_register_seq(c->prefix, &c->seqs, r, old_len, NULL, NULL);
+    if (auto_reg) {
+        prefix_register_seq(c->prefix, &c->seqs, r, old_len, NULL, NULL);
+        use_spare_tokens(c, r, spare, spare_cap);
+    }
     return PKV_OK;
 }
 
@@ -94,9 +126,12 @@ static int prefix_register_op(pkv_cache *c, pkv_seq h, int32_t *registered, int3
     if (!c->prefix) return cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)");
     pkv_seq_rec *r = live_seq(c, h);
     if (!r) return PKV_ERR_NO_SEQ;
-    int st = seq_reserve(&c->seqs, r, r->nblocks, r->ntokens - r->tok_base);
+    int32_t spare_cap;
+    int st;
+    int32_t *spare = spare_tokens(c, r, r->ntokens, &spare_cap, &st);
     if (st < 0) return cache_fail(c, st, "register: no memory for the sequence's token ids");
     prefix_register_seq(c->prefix, &c->seqs, r, -1, registered, deduped);
+    use_spare_tokens(c, r, spare, spare_cap);
     return PKV_OK;
 }
 

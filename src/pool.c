@@ -11,7 +11,7 @@
 
 #include "internal.h"
 
-int pool_init(pkv_pool *p, const pkv_allocator *al, int32_t num_blocks, int32_t block_size) {
+int pool_init(pkv_pool *p, const pkv_allocator *al, int32_t num_blocks, int32_t block_size, int with_lru) {
     memset(p, 0, sizeof *p);
     p->num_blocks = num_blocks;
     p->block_size = block_size;
@@ -20,16 +20,20 @@ int pool_init(pkv_pool *p, const pkv_allocator *al, int32_t num_blocks, int32_t 
     p->state = pkv_mem_calloc(al, n, 1);
     p->cached = pkv_mem_calloc(al, n, 1);
     p->free_stack = pkv_mem_alloc(al, n * sizeof(int32_t));
-    p->lru_prev = pkv_mem_alloc(al, n * sizeof(int32_t));
-    p->lru_next = pkv_mem_alloc(al, n * sizeof(int32_t));
-    if (!p->refcount || !p->state || !p->cached || !p->free_stack || !p->lru_prev || !p->lru_next) {
+    /* Only cached blocks become evictable: without a prefix index no LRU list. */
+    if (with_lru) {
+        p->lru_prev = pkv_mem_alloc(al, n * sizeof(int32_t));
+        p->lru_next = pkv_mem_alloc(al, n * sizeof(int32_t));
+    }
+    if (!p->refcount || !p->state || !p->cached || !p->free_stack || (with_lru && (!p->lru_prev || !p->lru_next))) {
         pool_destroy(p, al);
         return PKV_ERR_NOMEM;
     }
     /* Block 0 on top: allocation hands out ids in increasing order on a new pool. */
     for (int32_t i = 0; i < num_blocks; i++) p->free_stack[i] = num_blocks - 1 - i;
     p->free_top = num_blocks;
-    for (int32_t i = 0; i < num_blocks; i++) p->lru_prev[i] = p->lru_next[i] = -1;
+    if (with_lru)
+        for (int32_t i = 0; i < num_blocks; i++) p->lru_prev[i] = p->lru_next[i] = -1;
     p->lru_head = p->lru_tail = -1;
     return PKV_OK;
 }

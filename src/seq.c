@@ -98,6 +98,16 @@ void seq_drop_registered_tokens(pkv_seqtab *t, pkv_seq_rec *r) {
     r->tok_base = base;
 }
 
+int seq_swap_tokens(pkv_seqtab *t, pkv_seq_rec *r, int32_t *buf, int32_t cap) {
+    int32_t stored = r->ntokens - r->tok_base;
+    if (stored > cap || cap < t->min_tokens_cap) return 0;
+    if (stored) memcpy(buf, r->tokens, (size_t)stored * sizeof *buf);
+    pkv_mem_free(t->al, r->tokens);
+    r->tokens = buf;
+    r->tokens_cap = cap;
+    return 1;
+}
+
 void seq_adopt_prefix(pkv_seqtab *t, pkv_seq_rec *r, const int32_t *blocks, int32_t m) {
     int32_t len = m * t->pool->block_size;
     for (int32_t j = 0; j < m; j++) pool_ref(t->pool, blocks[j]);

@@ -66,8 +66,8 @@ static void dump_pool(dump_w *w, const pkv_pool *p) {
          b = p->lru_next[b], steps++)
         put_i32(w, b);
     put_i32(w, -1);
-    put(w, p->lru_prev, n * sizeof *p->lru_prev);
-    put(w, p->lru_next, n * sizeof *p->lru_next);
+    if (p->lru_prev) put(w, p->lru_prev, n * sizeof *p->lru_prev);
+    if (p->lru_next) put(w, p->lru_next, n * sizeof *p->lru_next);
     put_i32(w, p->lru_head);
     put_i32(w, p->lru_tail);
     put_i32(w, p->used);
