@@ -108,6 +108,7 @@ static double compare(const sim_verify *v, int32_t b, const float *out, const fl
 int verify_step(sim_verify *v, pkv_cache *cache, const pkv_seq *seqs, int32_t nseq, verify_token_fn tok,
                 void *ctx, int fast, double *max_err, double *max_err_fast) {
     pkv_config cfg;
+    pkv_config_init(&cfg);
     pkv_cache_config(cache, &cfg);
     int32_t needed = 0;
     if (reserve(v, nseq, v->cap_blocks > 0 ? v->cap_blocks : 16)) return cli_error("out of memory");
