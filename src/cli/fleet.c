@@ -295,6 +295,8 @@ int sim_run(const sim_workload *w, const sim_config *cfg, sim_result *res) {
         rc = latencies(&f, i, &inst[i]);
         inst[i].wall_s = res->wall_s;
         inst[i].hit_rate_max = res->hit_rate_max;
+        inst[i].hit_max_tokens = res->hit_max_tokens;
+        inst[i].hit_max_query = res->hit_max_query;
     }
     if (rc) goto out;
     if (f.n == 1) { /* the one instance's chart is the run's */

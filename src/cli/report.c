@@ -116,6 +116,7 @@ static cell_fn knob_row(const char *key) {
     if (!strcmp(key, "pool-blocks")) return c_pool;
     if (!strcmp(key, "kv-dtype")) return c_dtype;
     if (!strcmp(key, "prefix-cache")) return c_prefix;
+    if (!strcmp(key, "instances") || !strcmp(key, "router")) return c_fleet;
     return NULL;
 }
 

@@ -169,7 +169,7 @@ static int check_output(const char *opt, const char *path) {
         if (access(path, W_OK) != 0) return cli_error("%s %s: cannot open for writing: %s", opt, path, strerror(errno));
         return 0;
     }
-    if (errno != ENOENT) return cli_error("%s %s: %s", opt, path, strerror(errno));
+    if (errno != ENOENT) return cli_error("%s %s: cannot open for writing: %s", opt, path, strerror(errno));
     char *copy = strdup(path);
     if (!copy) return cli_error("out of memory");
     const char *dir = dirname(copy);
