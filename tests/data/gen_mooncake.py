@@ -42,7 +42,7 @@ def main():
     # System prompts: whole blocks, so that the user text starts a new block.
     systems = [new_ids(rng.randint(2, 8)) for _ in range(40)]
     reqs = []  # (timestamp ms, input_length, output_length, hash_ids)
-    mean_turns = 3.0
+    mean_turns = 2.0
     chats = int(a.requests / mean_turns) + 1
     span_ms = a.hours * 3600e3
     t = 0.0
