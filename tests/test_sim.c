@@ -325,6 +325,7 @@ static void test_ignored_options(void) {
         {"--requests 10 --pool-blocks 100 --kv-mem-gib 2", "--pool-blocks and --kv-mem-gib both size the pool"},
         {"--requests 10 --pool-blocks 100 --sweep kv-mem-gib=1,2", "both size the pool; leave --pool-blocks out"},
         {"--requests 10 --router prefix-aware", "--router has no effect with one instance"},
+        {"--requests 10 --sweep router=round-robin,prefix-aware", "--sweep router=... has no effect with one instance"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         run_out r = run("--no-progress %s", bad[i].args);

@@ -378,8 +378,14 @@ int cmd_sim(int argc, char **argv) {
             vals[nvals++] = tok;
         }
     }
-    if (given(&seen, "--router") && cfg.instances == 1 && strcmp(key, "instances"))
+    if (given(&seen, "--router") && cfg.instances == 1 && strcmp(key, "instances")) {
+        free(values);
         return cli_error("--router has no effect with one instance; add --instances N");
+    }
+    if (!strcmp(key, "router") && cfg.instances == 1) {
+        free(values);
+        return cli_error("--sweep router=... has no effect with one instance; add --instances N");
+    }
     int nruns = sweep ? nvals : 1;
     sim_run_desc *runs = calloc((size_t)nruns, sizeof *runs);
     if (!runs) { free(values); return cli_error("out of memory"); }
