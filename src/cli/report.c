@@ -223,15 +223,15 @@ static void json_num(FILE *f, double v) {
 /* The metrics of one run or one instance (no braces). */
 static void json_metrics(FILE *f, const sim_result *x) {
     fprintf(f, "\"requests_done\": %lld, \"rejected\": %lld, \"tokens_generated\": %lld, \"steps\": %lld, "
-           "\"prompt_tokens_computed\": %lld, \"preemptions\": %lld, \"recomputed_tokens\": %lld, "
-           "\"peak_blocks\": %d, \"evictions\": %lld, \"dedups\": %lld, \"cow_copies\": %lld, \"forks\": %lld, "
-           "\"prefix_hit_tokens\": %lld, \"prefix_query_tokens\": %lld, "
-           "\"library_calls\": %lld",
-        (long long)x->done, (long long)x->rejected, (long long)x->tokens_generated, (long long)x->steps,
-        (long long)x->prompt_tokens_computed, (long long)x->preemptions,
-        (long long)x->recomputed_tokens, x->peak_blocks, (long long)x->evictions, (long long)x->dedups,
-        (long long)x->cow_copies, (long long)x->forks, (long long)x->hit_tokens,
-        (long long)x->query_tokens, (long long)x->lib_calls);
+               "\"prompt_tokens_computed\": %lld, \"preemptions\": %lld, \"recomputed_tokens\": %lld, "
+               "\"peak_blocks\": %d, \"evictions\": %lld, \"dedups\": %lld, \"cow_copies\": %lld, \"forks\": %lld, "
+               "\"prefix_hit_tokens\": %lld, \"prefix_query_tokens\": %lld, "
+               "\"library_calls\": %lld",
+            (long long)x->done, (long long)x->rejected, (long long)x->tokens_generated, (long long)x->steps,
+            (long long)x->prompt_tokens_computed, (long long)x->preemptions,
+            (long long)x->recomputed_tokens, x->peak_blocks, (long long)x->evictions, (long long)x->dedups,
+            (long long)x->cow_copies, (long long)x->forks, (long long)x->hit_tokens,
+            (long long)x->query_tokens, (long long)x->lib_calls);
     const struct { const char *k; double v; } d[] = {
         {"sim_time_s", x->sim_time},
         {"throughput_tokens_per_s", per_s((double)x->tokens_generated, x->sim_time)},
