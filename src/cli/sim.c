@@ -54,9 +54,9 @@ static const char sim_help[] =
     "\n"
     "fleet:\n"
     "  --instances N           engine instances, each with its own pool, 1..256 (1)\n"
-    "  --router R              round-robin | least-loaded | prefix-aware: to the instance\n"
-    "                          holding the longest cached prefix among those whose load\n"
-    "                          (unfinished requests) is at most the least + max(2, least/4)\n"
+    "  --router R              round-robin; least-loaded (fewest unfinished requests);\n"
+    "                          prefix-aware (the longest cached prefix among the instances\n"
+    "                          whose load is at most the least + max(2, least/4))\n"
     "                          (round-robin)\n"
     "\n"
     "output:\n"
@@ -79,6 +79,9 @@ static const char sim_help[] =
     "The prefix hit rate counts each request's first admission; \"max\" beside it is the\n"
     "hit rate of an infinite cache under the same rules (full blocks only, the last prompt\n"
     "token always computed), requests in trace order.\n"
+    "\n"
+    "An option given twice, a knob both given and swept, or an option that has no effect\n"
+    "(--requests with --trace, --verify-seqs without --verify, ...) is an error.\n"
     "\n"
     "exit status: 0 ok, 1 verification mismatch, 2 bad usage or input, 3 library error\n";
 
