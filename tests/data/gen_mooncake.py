@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A synthetic trace in the Mooncake (FAST'25) format, shaped like their
-conversation trace: ~12,000 requests over an hour, ~12,000 prompt tokens and
-~340 output tokens on average, one hash id per 512 prompt tokens.
+conversation trace: 12,000 requests (chats starting over an hour, later turns
+until about 70 minutes), ~11,800 prompt tokens and ~350 output tokens on
+average, one hash id per 512 prompt tokens.
 
 Chats start as a Poisson process; a chat opens with one of 40 shared system
 prompts (1,000-4,000 tokens), then a long first user message (documents,
@@ -69,9 +70,13 @@ def main():
             user = lognormal(600, 1.0, 5, 8000)
             when += rng.expovariate(1 / 60e3) + 5e3  # think time, mean 65 s
     reqs.sort(key=lambda r: r[0])
+    reqs = reqs[: a.requests]
     with open(a.out, "w") as f:
-        for ts, inp, out, ids in reqs[: a.requests]:
+        for ts, inp, out, ids in reqs:
             f.write(json.dumps({"timestamp": ts, "input_length": inp, "output_length": out, "hash_ids": ids}) + "\n")
+    n = len(reqs)
+    print(f"{a.out}: {n} requests over {reqs[-1][0] / 60e3:.0f} min, {sum(r[1] for r in reqs) / n:.0f} prompt "
+          f"and {sum(r[2] for r in reqs) / n:.0f} output tokens on average, {next_id[0]} hash ids")
 
 
 if __name__ == "__main__":
