@@ -27,7 +27,8 @@ int cli_parse_f64(const char *s, double lo, double hi, double *out);
 
 /* Whether arg is "--name" or "--name=value"; *val gets the value (the inline one,
  * or the next argument, advancing *i). Returns 1 when matched, 0 when not,
- * -1 when the value is missing (message printed). flag_only: no value taken. */
+ * -1 when the value is missing or the next argument is an option ("--...";
+ * message printed). */
 int cli_opt(int argc, char **argv, int *i, const char *name, const char **val);
 int cli_flag(const char *arg, const char *name);
 

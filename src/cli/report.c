@@ -1,4 +1,5 @@
 /* Output of `pkv sim`: the comparison table, JSON, and the SVG chart. */
+#include <errno.h>
 #include <math.h>
 #include <string.h>
 
@@ -38,14 +39,21 @@ CELL(c_tokens, snprintf(b, n, "%lld", (long long)x->tokens_generated))
 CELL(c_simtime, snprintf(b, n, "%.1f", x->sim_time))
 CELL(c_tput, snprintf(b, n, "%.0f", per_s((double)x->tokens_generated, x->sim_time)))
 CELL(c_rps, snprintf(b, n, "%.2f", per_s((double)x->done, x->sim_time)))
-CELL(c_ttft, snprintf(b, n, "%.0f / %.0f", x->ttft_p50 * 1e3, x->ttft_p99 * 1e3))
-CELL(c_tpot, snprintf(b, n, "%.1f / %.1f", x->tpot_p50 * 1e3, x->tpot_p99 * 1e3))
-CELL(c_e2e, snprintf(b, n, "%.2f", x->e2e_p50))
+/* Percentiles are NaN when no request finished (or none had two tokens). */
+CELL(c_ttft, if (isnan(x->ttft_p50)) snprintf(b, n, "n/a");
+     else snprintf(b, n, "%.0f / %.0f", x->ttft_p50 * 1e3, x->ttft_p99 * 1e3))
+CELL(c_tpot, if (isnan(x->tpot_p50)) snprintf(b, n, "n/a");
+     else snprintf(b, n, "%.1f / %.1f", x->tpot_p50 * 1e3, x->tpot_p99 * 1e3))
+CELL(c_e2e, if (isnan(x->e2e_p50)) snprintf(b, n, "n/a");
+     else snprintf(b, n, "%.2f", x->e2e_p50))
 CELL(c_util, snprintf(b, n, "%.1f%%", x->kv_util * 100))
 CELL(c_waste, snprintf(b, n, "%.1f%%", x->waste * 100))
 CELL(c_occ, snprintf(b, n, "%.1f%%", x->occupancy * 100))
-CELL(c_hit, if (!c->prefix_cache) snprintf(b, n, "-");
-     else snprintf(b, n, "%.1f%%", x->hit_rate * 100))
+CELL(c_hit, if (!c->prefix_cache) snprintf(b, n, "- (max %.1f%%)", x->hit_rate_max * 100);
+     else snprintf(b, n, "%.1f%% (max %.1f%%)", x->hit_rate * 100, x->hit_rate_max * 100))
+CELL(c_fleet, if (c->instances > 1) snprintf(b, n, "%d, %s", c->instances, sim_router_name(c->router));
+     else snprintf(b, n, "1"))
+CELL(c_balance, snprintf(b, n, "%.2f", x->load_balance))
 CELL(c_computed, snprintf(b, n, "%lld", (long long)x->prompt_tokens_computed))
 CELL(c_preempt, snprintf(b, n, "%lld", (long long)x->preemptions))
 CELL(c_recomp, snprintf(b, n, "%lld", (long long)x->recomputed_tokens))
@@ -70,6 +78,7 @@ static const struct row {
     {"pool blocks", c_pool},
     {"kv dtype", c_dtype},
     {"prefix cache", c_prefix},
+    {"instances, router", c_fleet},
     {"", NULL},
     {"requests done", c_done},
     {"tokens generated", c_tokens},
@@ -83,6 +92,7 @@ static const struct row {
     {"internal waste", c_waste},
     {"pool occupancy", c_occ},
     {"prefix hit rate", c_hit},
+    {"load balance (max/mean)", c_balance},
     {"prompt tokens computed", c_computed},
     {"preemptions", c_preempt},
     {"recomputed tokens", c_recomp},
@@ -99,18 +109,67 @@ static const struct row {
     {"verify", c_verify},
 };
 
+/* The row that shows a knob's value: left out when the sweep header shows it. */
+static cell_fn knob_row(const char *key) {
+    if (!key) return NULL;
+    if (!strcmp(key, "block-size")) return c_block;
+    if (!strcmp(key, "pool-blocks")) return c_pool;
+    if (!strcmp(key, "kv-dtype")) return c_dtype;
+    if (!strcmp(key, "prefix-cache")) return c_prefix;
+    if (!strcmp(key, "instances") || !strcmp(key, "router")) return c_fleet;
+    return NULL;
+}
+
+static int any_fleet(const sim_run_desc *runs, int nruns) {
+    for (int j = 0; j < nruns; j++)
+        if (runs[j].cfg.instances > 1) return 1;
+    return 0;
+}
+
+/* Per instance of each fleet run: requests, hit rate, TTFT, work. */
+static void instance_table(FILE *f, const sim_run_desc *runs, int nruns, const char *sweep_key) {
+    for (int j = 0; j < nruns; j++) {
+        const sim_result *x = &runs[j].res;
+        if (x->ninst < 2) continue;
+        if (sweep_key)
+            fprintf(f, "\nper instance, %s=%s (%d instances, %s):\n", sweep_key, runs[j].label, x->ninst,
+                    sim_router_name(runs[j].cfg.router));
+        else
+            fprintf(f, "\nper instance (%d instances, %s):\n", x->ninst, sim_router_name(runs[j].cfg.router));
+        fprintf(f, "%8s %9s %9s %15s %20s %16s %12s %10s\n", "instance", "routed", "done", "hit rate",
+                "TTFT p50 / p99 (ms)", "tokens computed", "peak blocks", "evictions");
+        for (int32_t i = 0; i < x->ninst; i++) {
+            const sim_result *y = &x->inst[i];
+            char ttft[40], hit[24];
+            if (isnan(y->ttft_p50)) snprintf(ttft, sizeof ttft, "n/a");
+            else snprintf(ttft, sizeof ttft, "%.0f / %.0f", y->ttft_p50 * 1e3, y->ttft_p99 * 1e3);
+            if (runs[j].cfg.prefix_cache) snprintf(hit, sizeof hit, "%.1f%%", y->hit_rate * 100);
+            else snprintf(hit, sizeof hit, "-");
+            fprintf(f, "%8d %9lld %9lld %15s %20s %16lld %12d %10lld\n", i, (long long)y->routed,
+                    (long long)y->done, hit, ttft, (long long)y->tokens_computed, y->peak_blocks,
+                    (long long)y->evictions);
+        }
+    }
+}
+
 void report_table(FILE *f, const sim_workload *w, const sim_run_desc *runs, int nruns, const char *sweep_key) {
-    fprintf(f, "pkv sim: %s: %d requests (%d conversations, %d multi-turn, %d with a shared system prompt, "
-               "%d with n > 1), %lld prompt + %lld output tokens\n",
-            w->source, w->n, w->conversations, w->multi_turn, w->with_system_prompt, w->parallel,
-            (long long)w->prompt_tokens, (long long)w->output_tokens);
+    if (w->mooncake)
+        fprintf(f, "pkv sim: %s: %d requests (%d Mooncake lines, %d distinct hash ids of %d tokens), "
+                   "%lld prompt + %lld output tokens\n",
+                w->source, w->n, w->mooncake, w->distinct_ids, w->trace_block, (long long)w->prompt_tokens,
+                (long long)w->output_tokens);
+    else
+        fprintf(f, "pkv sim: %s: %d requests (%d conversations, %d multi-turn, %d with a shared system prompt, "
+                   "%d with n > 1), %lld prompt + %lld output tokens\n",
+                w->source, w->n, w->conversations, w->multi_turn, w->with_system_prompt, w->parallel,
+                (long long)w->prompt_tokens, (long long)w->output_tokens);
     const sim_config *c = &runs[0].cfg;
     fprintf(f, "scheduler: %d tokens/step, <= %d running, watermark %.0f%%, recompute preemption; "
                "cost: %.1f ms + %.0f us/token + KV reads at %.1f TB/s, %d layers\n\n",
             c->max_batch_tokens, c->max_seqs, c->watermark * 100, c->cost_a * 1e3, c->cost_b * 1e6,
             c->kv_bw * 1e-12, c->layers);
     int width[65];
-    char cell[64][40];
+    char cell[64][64];
     int namew = 24;
     width[0] = namew;
     for (int j = 0; j < nruns && j < 64; j++) width[j + 1] = 10;
@@ -135,11 +194,14 @@ void report_table(FILE *f, const sim_workload *w, const sim_run_desc *runs, int 
             continue;
         }
         if (rows[i].fn == c_verify && !runs[0].cfg.verify) continue;
+        if (rows[i].fn == knob_row(sweep_key)) continue;
+        if ((rows[i].fn == c_fleet || rows[i].fn == c_balance) && !any_fleet(runs, nruns)) continue;
         for (int j = 0; j < nruns && j < 64; j++) rows[i].fn(cell[j], sizeof cell[j], &runs[j]);
         fprintf(f, "%-*s", namew, rows[i].name);
         for (int j = 0; j < nruns && j < 64; j++) fprintf(f, "  %*s", width[j + 1], cell[j]);
         fputc('\n', f);
     }
+    instance_table(f, runs, nruns, sweep_key);
 }
 
 static void json_str(FILE *f, const char *s) {
@@ -158,13 +220,52 @@ static void json_num(FILE *f, double v) {
     else fputs("null", f);
 }
 
+/* The metrics of one run or one instance (no braces). */
+static void json_metrics(FILE *f, const sim_result *x) {
+    fprintf(f, "\"requests_done\": %lld, \"rejected\": %lld, \"tokens_generated\": %lld, \"steps\": %lld, "
+               "\"prompt_tokens_computed\": %lld, \"preemptions\": %lld, \"recomputed_tokens\": %lld, "
+               "\"peak_blocks\": %d, \"evictions\": %lld, \"dedups\": %lld, \"cow_copies\": %lld, \"forks\": %lld, "
+               "\"prefix_hit_tokens\": %lld, \"prefix_query_tokens\": %lld, "
+               "\"library_calls\": %lld",
+            (long long)x->done, (long long)x->rejected, (long long)x->tokens_generated, (long long)x->steps,
+            (long long)x->prompt_tokens_computed, (long long)x->preemptions,
+            (long long)x->recomputed_tokens, x->peak_blocks, (long long)x->evictions, (long long)x->dedups,
+            (long long)x->cow_copies, (long long)x->forks, (long long)x->hit_tokens,
+            (long long)x->query_tokens, (long long)x->lib_calls);
+    const struct { const char *k; double v; } d[] = {
+        {"sim_time_s", x->sim_time},
+        {"throughput_tokens_per_s", per_s((double)x->tokens_generated, x->sim_time)},
+        {"requests_per_s", per_s((double)x->done, x->sim_time)},
+        {"ttft_p50_s", x->ttft_p50},
+        {"ttft_p99_s", x->ttft_p99},
+        {"tpot_p50_s", x->tpot_p50},
+        {"tpot_p99_s", x->tpot_p99},
+        {"latency_p50_s", x->e2e_p50},
+        {"kv_utilization", x->kv_util},
+        {"internal_waste", x->waste},
+        {"pool_occupancy", x->occupancy},
+        {"prefix_hit_rate", x->hit_rate},
+        {"library_us_per_step", x->lib_us_per_step},
+        {"library_ns_per_call", x->lib_ns_per_call},
+        {"wall_s", x->wall_s},
+        {"clock_overhead_ns", x->clock_ns},
+    };
+    for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) {
+        fprintf(f, ", \"%s\": ", d[i].k);
+        json_num(f, d[i].v);
+    }
+    fprintf(f, ", \"prefix_hit_tokens_max\": %lld, \"hit_rate_max\": ", (long long)x->hit_max_tokens);
+    json_num(f, x->hit_rate_max);
+}
+
 void report_json(FILE *f, const sim_workload *w, const sim_run_desc *runs, int nruns, const char *sweep_key) {
     fputs("{\"workload\": {\"source\": ", f);
     json_str(f, w->source);
     fprintf(f, ", \"requests\": %d, \"conversations\": %d, \"multi_turn\": %d, \"with_system_prompt\": %d, "
-               "\"parallel\": %d, \"prompt_tokens\": %lld, \"output_tokens\": %lld},\n",
-            w->n, w->conversations, w->multi_turn, w->with_system_prompt, w->parallel,
-            (long long)w->prompt_tokens, (long long)w->output_tokens);
+               "\"parallel\": %d, \"mooncake_lines\": %d, \"distinct_hash_ids\": %d, \"trace_block\": %d, "
+               "\"prompt_tokens\": %lld, \"output_tokens\": %lld},\n",
+            w->n, w->conversations, w->multi_turn, w->with_system_prompt, w->parallel, w->mooncake,
+            w->distinct_ids, w->trace_block, (long long)w->prompt_tokens, (long long)w->output_tokens);
     fputs(" \"sweep\": ", f);
     if (sweep_key) json_str(f, sweep_key);
     else fputs("null", f);
@@ -189,38 +290,20 @@ void report_json(FILE *f, const sim_workload *w, const sim_run_desc *runs, int n
         json_num(f, c->cost_b);
         fputs(", \"kv_bandwidth_bytes_per_s\": ", f);
         json_num(f, c->kv_bw);
-        fprintf(f, ", \"verify\": %s},\n   \"metrics\": {", c->verify ? "true" : "false");
-        fprintf(f, "\"requests_done\": %lld, \"rejected\": %lld, \"tokens_generated\": %lld, \"steps\": %lld, "
-                   "\"prompt_tokens_computed\": %lld, \"preemptions\": %lld, \"recomputed_tokens\": %lld, "
-                   "\"peak_blocks\": %d, \"evictions\": %lld, \"dedups\": %lld, \"cow_copies\": %lld, \"forks\": %lld, "
-                   "\"prefix_hit_tokens\": %lld, \"prefix_query_tokens\": %lld, "
-                   "\"library_calls\": %lld",
-                (long long)x->done, (long long)x->rejected, (long long)x->tokens_generated, (long long)x->steps,
-                (long long)x->prompt_tokens_computed, (long long)x->preemptions,
-                (long long)x->recomputed_tokens, x->peak_blocks, (long long)x->evictions, (long long)x->dedups,
-                (long long)x->cow_copies, (long long)x->forks, (long long)x->hit_tokens,
-                (long long)x->query_tokens, (long long)x->lib_calls);
-        const struct { const char *k; double v; } d[] = {
-            {"sim_time_s", x->sim_time},
-            {"throughput_tokens_per_s", per_s((double)x->tokens_generated, x->sim_time)},
-            {"requests_per_s", per_s((double)x->done, x->sim_time)},
-            {"ttft_p50_s", x->ttft_p50},
-            {"ttft_p99_s", x->ttft_p99},
-            {"tpot_p50_s", x->tpot_p50},
-            {"tpot_p99_s", x->tpot_p99},
-            {"latency_p50_s", x->e2e_p50},
-            {"kv_utilization", x->kv_util},
-            {"internal_waste", x->waste},
-            {"pool_occupancy", x->occupancy},
-            {"prefix_hit_rate", x->hit_rate},
-            {"library_us_per_step", x->lib_us_per_step},
-            {"library_ns_per_call", x->lib_ns_per_call},
-            {"wall_s", x->wall_s},
-            {"clock_overhead_ns", x->clock_ns},
-        };
-        for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) {
-            fprintf(f, ", \"%s\": ", d[i].k);
-            json_num(f, d[i].v);
+        fprintf(f, ", \"verify\": %s, \"instances\": %d, \"router\": \"%s\"},\n   \"metrics\": {",
+                c->verify ? "true" : "false", c->instances, sim_router_name(c->router));
+        json_metrics(f, x);
+        if (x->ninst > 1) {
+            fputs(", \"load_balance\": ", f);
+            json_num(f, x->load_balance);
+            fputs(",\n    \"per_instance\": [", f);
+            for (int32_t i = 0; i < x->ninst; i++) {
+                fprintf(f, "%s{\"instance\": %d, \"routed\": %lld, \"tokens_computed\": %lld, ", i ? ",\n     " : "",
+                        i, (long long)x->inst[i].routed, (long long)x->inst[i].tokens_computed);
+                json_metrics(f, &x->inst[i]);
+                fputc('}', f);
+            }
+            fputs("]", f);
         }
         if (c->verify) {
             fprintf(f, ", \"verify_checks\": %lld, \"verify_max_abs_err\": ", (long long)x->verify_checks);
@@ -228,6 +311,7 @@ void report_json(FILE *f, const sim_workload *w, const sim_run_desc *runs, int n
         }
         fputs("}}", f);
     }
+
     fputs("\n ]\n}\n", f);
 }
 
@@ -264,72 +348,169 @@ static void polyline(FILE *f, const sim_result *x, int which, double x0, double 
     fputs("\"/>\n", f);
 }
 
-int report_svg(const char *path, const sim_workload *w, const sim_run_desc *runs, int nruns,
-               const char *sweep_key) {
-    FILE *f = fopen(path, "w");
-    if (!f) return cli_error("--svg %s: cannot open for writing", path);
-    int H = PANEL_H * nruns;
-    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
-               "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
-            SVG_W, H, SVG_W, H);
-    static const char *colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"};
-    static const char *names[] = {"blocks used", "blocks cached (evictable)", "blocks free", "prefix hit rate (cumulative)"};
-    for (int j = 0; j < nruns; j++) {
-        const sim_result *x = &runs[j].res;
-        const sim_config *c = &runs[j].cfg;
-        double oy = (double)PANEL_H * j, x0 = PL, y0 = oy + PT, pw = SVG_W - PL - PR, ph = PANEL_H - PT - PB;
-        double tmax = x->nseries ? x->series[x->nseries - 1].t : 1;
-        if (tmax <= 0) tmax = 1;
-        double ymax = x->num_blocks;
-        fprintf(f, "<text x=\"%d\" y=\"%.0f\" font-size=\"14\" font-weight=\"bold\">", PL, oy + 20);
-        fprintf(f, "pkv sim: block size %d, %d blocks, %s, prefix cache %s", c->block_size, x->num_blocks,
-                sim_dtype_name(c->kv_dtype), c->prefix_cache ? "on" : "off");
-        if (sweep_key && runs[j].label) fprintf(f, " (sweep %s=%s)", sweep_key, runs[j].label);
-        fputs("</text>\n", f);
-        /* grid and axes */
-        double ys = nice_step(ymax, 5);
-        for (double v = 0; v <= ymax + 1e-9; v += ys) {
-            double y = y0 + ph - ph * v / ymax;
-            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", x0, y, x0 + pw, y);
-            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n", x0 - 6, y + 4, v);
-        }
-        for (int p = 0; p <= 100; p += 25) {
-            double y = y0 + ph - ph * p / 100.0;
-            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" fill=\"%s\">%d%%</text>\n", x0 + pw + 6, y + 4, colors[3], p);
-        }
-        double ts = nice_step(tmax, 8);
-        for (double t = 0; t <= tmax + 1e-9; t += ts) {
-            double xx = x0 + pw * t / tmax;
-            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>\n", xx, y0, xx, y0 + ph);
-            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%g</text>\n", xx, y0 + ph + 16, t);
-        }
-        fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#333\"/>\n", x0, y0, pw, ph);
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">simulated time (s)</text>\n", x0 + pw / 2, y0 + ph + 34);
-        fprintf(f, "<text transform=\"translate(%.1f,%.1f) rotate(-90)\" text-anchor=\"middle\">blocks</text>\n", x0 - 48, y0 + ph / 2);
-        fprintf(f, "<text transform=\"translate(%.1f,%.1f) rotate(90)\" text-anchor=\"middle\" fill=\"%s\">hit rate</text>\n",
-                x0 + pw + 48, y0 + ph / 2, colors[3]);
-        if (x->nseries > 0) {
-            for (int k = 0; k < 3; k++) polyline(f, x, k, x0, y0, pw, ph, tmax, ymax, colors[k], "");
-            if (c->prefix_cache)
-                polyline(f, x, 3, x0, y0, pw, ph, tmax, 1.0, colors[3], " stroke-dasharray=\"5,3\"");
-        }
-        /* legend: one row between the title and the plot */
-        double lx = x0, ly = oy + 38;
-        static const double lw[] = {130, 215, 120, 230};
-        for (int k = 0; k < 4; k++) {
-            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"%s/>\n", lx,
-                    ly - 4, lx + 24, ly - 4, colors[k], k == 3 ? " stroke-dasharray=\"5,3\"" : "");
-            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">%s</text>\n", lx + 30, ly, names[k]);
-            lx += lw[k];
-        }
-    }
-    fprintf(f, "<desc>");
-    for (const char *s = w->source; *s; s++) {
+static void svg_escaped(FILE *f, const char *s) {
+    for (; *s; s++) {
         if (*s == '<') fputs("&lt;", f);
         else if (*s == '&') fputs("&amp;", f);
         else if (*s == '>') fputs("&gt;", f);
         else fputc(*s, f);
     }
+}
+
+/* One panel: blocks used / cached / free and the cumulative hit rate over
+ * simulated time, at height offset oy. */
+static void time_panel(FILE *f, double oy, const sim_result *x, const sim_config *c, const char *sweep_key,
+                       const char *label, int inst) {
+    static const char *colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"};
+    static const char *names[] = {"blocks used", "blocks cached (evictable)", "blocks free", "prefix hit rate (cumulative)"};
+    double x0 = PL, y0 = oy + PT, pw = SVG_W - PL - PR, ph = PANEL_H - PT - PB;
+    double tmax = x->nseries ? x->series[x->nseries - 1].t : 1;
+    if (tmax <= 0) tmax = 1;
+    double ymax = x->num_blocks;
+    fprintf(f, "<text x=\"%d\" y=\"%.0f\" font-size=\"14\" font-weight=\"bold\">", PL, oy + 20);
+    fprintf(f, "pkv sim: block size %d, %d blocks, %s, prefix cache %s", c->block_size, x->num_blocks,
+            sim_dtype_name(c->kv_dtype), c->prefix_cache ? "on" : "off");
+    if (inst >= 0) fprintf(f, ", instance %d of %d (%s)", inst, c->instances, sim_router_name(c->router));
+    if (sweep_key && label) {
+        fprintf(f, " (sweep %s=", sweep_key);
+        svg_escaped(f, label);
+        fputc(')', f);
+    }
+    fputs("</text>\n", f);
+    /* grid and axes */
+    double ys = nice_step(ymax, 5);
+    for (double v = 0; v <= ymax + 1e-9; v += ys) {
+        double y = y0 + ph - ph * v / ymax;
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", x0, y, x0 + pw, y);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n", x0 - 6, y + 4, v);
+    }
+    for (int p = 0; p <= 100; p += 25) {
+        double y = y0 + ph - ph * p / 100.0;
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" fill=\"%s\">%d%%</text>\n", x0 + pw + 6, y + 4, colors[3], p);
+    }
+    double ts = nice_step(tmax, 8);
+    for (double t = 0; t <= tmax + 1e-9; t += ts) {
+        double xx = x0 + pw * t / tmax;
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>\n", xx, y0, xx, y0 + ph);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%g</text>\n", xx, y0 + ph + 16, t);
+    }
+    fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#333\"/>\n", x0, y0, pw, ph);
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">simulated time (s)</text>\n", x0 + pw / 2, y0 + ph + 34);
+    fprintf(f, "<text transform=\"translate(%.1f,%.1f) rotate(-90)\" text-anchor=\"middle\">blocks</text>\n", x0 - 48, y0 + ph / 2);
+    fprintf(f, "<text transform=\"translate(%.1f,%.1f) rotate(90)\" text-anchor=\"middle\" fill=\"%s\">hit rate</text>\n",
+            x0 + pw + 48, y0 + ph / 2, colors[3]);
+    if (x->nseries > 0) {
+        for (int k = 0; k < 3; k++) polyline(f, x, k, x0, y0, pw, ph, tmax, ymax, colors[k], "");
+        if (c->prefix_cache)
+            polyline(f, x, 3, x0, y0, pw, ph, tmax, 1.0, colors[3], " stroke-dasharray=\"5,3\"");
+    }
+    /* legend: one row between the title and the plot */
+    double lx = x0, ly = oy + 38;
+    static const double lw[] = {130, 215, 120, 230};
+    for (int k = 0; k < 4; k++) {
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"%s/>\n", lx,
+                ly - 4, lx + 24, ly - 4, colors[k], k == 3 ? " stroke-dasharray=\"5,3\"" : "");
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">%s</text>\n", lx + 30, ly, names[k]);
+        lx += lw[k];
+    }
+}
+
+#define CAP_H 440
+
+/* Hit rate against cache capacity (Mooncake FAST'25, figure 9): the measured
+ * rate per swept capacity and the infinite cache's as a dashed line. The x
+ * axis is logarithmic when the capacities span 8x or more. */
+static void capacity_chart(FILE *f, const sim_run_desc *runs, int nruns, const char *sweep_key) {
+    const char *blue = "#1f77b4", *red = "#d62728";
+    double x0 = PL, y0 = PT + 20, pw = SVG_W - PL - PR, ph = CAP_H - PT - 20 - PB - 10;
+    double lo = INFINITY, hi = 0, top = 0;
+    int gib = !strcmp(sweep_key, "kv-mem-gib");
+    for (int j = 0; j < nruns; j++) {
+        double v = gib ? runs[j].cfg.kv_mem_gib : runs[j].res.num_blocks;
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+        if (runs[j].res.hit_rate > top) top = runs[j].res.hit_rate;
+        if (runs[j].res.hit_rate_max > top) top = runs[j].res.hit_rate_max;
+    }
+    int logx = hi >= 8 * lo;
+    if (hi <= lo) hi = lo + 1;
+    double ymax = top > 0.5 ? 1.0 : top > 0.25 ? 0.5 : 0.25;
+#define CX(v) (x0 + pw * (logx ? (log(v) - log(lo)) / (log(hi) - log(lo)) : ((v) - lo) / (hi - lo)))
+#define CY(r) (y0 + ph - ph * (r) / ymax)
+    const sim_config *c = &runs[0].cfg;
+    fprintf(f, "<text x=\"%d\" y=\"24\" font-size=\"14\" font-weight=\"bold\">pkv sim: prefix hit rate against "
+               "cache capacity (block size %d, %s, %d layers%s%s)</text>\n",
+            PL, c->block_size, sim_dtype_name(c->kv_dtype), c->layers, c->instances > 1 ? ", per instance" : "",
+            "");
+    for (int p = 0; p <= 4; p++) {
+        double r = ymax * p / 4, y = CY(r);
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", x0, y, x0 + pw, y);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.0f%%</text>\n", x0 - 6, y + 4, r * 100);
+    }
+    for (int j = 0; j < nruns; j++) {
+        double v = gib ? runs[j].cfg.kv_mem_gib : runs[j].res.num_blocks, xx = CX(v);
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>\n", xx, y0, xx, y0 + ph);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%g</text>\n", xx, y0 + ph + 16, v);
+    }
+    fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#333\"/>\n", x0, y0, pw, ph);
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s%s</text>\n", x0 + pw / 2, y0 + ph + 36,
+            gib ? "KV cache capacity (GiB" : "KV cache capacity (blocks", logx ? ", log scale)" : ")");
+    fprintf(f, "<text transform=\"translate(%.1f,%.1f) rotate(-90)\" text-anchor=\"middle\">prefix hit rate</text>\n",
+            x0 - 48, y0 + ph / 2);
+    /* the theoretical line (block size fixed along a capacity sweep) */
+    double ymx = CY(runs[0].res.hit_rate_max);
+    fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\" "
+               "stroke-dasharray=\"6,4\"/>\n", x0, ymx, x0 + pw, ymx, red);
+    fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"", blue);
+    for (int j = 0; j < nruns; j++) {
+        double v = gib ? runs[j].cfg.kv_mem_gib : runs[j].res.num_blocks;
+        fprintf(f, "%.1f,%.1f ", CX(v), CY(runs[j].res.hit_rate));
+    }
+    fputs("\"/>\n", f);
+    for (int j = 0; j < nruns; j++) {
+        double v = gib ? runs[j].cfg.kv_mem_gib : runs[j].res.num_blocks;
+        fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" fill=\"%s\"/>\n", CX(v), CY(runs[j].res.hit_rate), blue);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" fill=\"%s\">%.1f%%</text>\n", CX(v),
+                CY(runs[j].res.hit_rate) - 8, blue, runs[j].res.hit_rate * 100);
+    }
+    double lx = x0 + 10, ly = y0 + 18;
+    fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"/>\n", lx, ly - 4,
+            lx + 24, ly - 4, blue);
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">measured (first admissions, LRU pool)</text>\n", lx + 30, ly);
+    fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\" "
+               "stroke-dasharray=\"6,4\"/>\n", lx, ly + 14, lx + 24, ly + 14, red);
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">theoretical maximum (infinite cache): %.1f%%</text>\n", lx + 30, ly + 18,
+            runs[0].res.hit_rate_max * 100);
+#undef CX
+#undef CY
+}
+
+int report_svg(const char *path, const sim_workload *w, const sim_run_desc *runs, int nruns,
+               const char *sweep_key) {
+    FILE *f = fopen(path, "w");
+    if (!f) return cli_error("--svg %s: cannot open for writing: %s", path, strerror(errno));
+    int capacity = sweep_key && (!strcmp(sweep_key, "kv-mem-gib") || !strcmp(sweep_key, "pool-blocks"));
+    int panels = 0;
+    for (int j = 0; j < nruns; j++) panels += runs[j].res.ninst > 1 ? runs[j].res.ninst : 1;
+    int H = capacity ? CAP_H : PANEL_H * panels;
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
+               "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+            SVG_W, H, SVG_W, H);
+    if (capacity) {
+        capacity_chart(f, runs, nruns, sweep_key);
+    } else {
+        int k = 0;
+        for (int j = 0; j < nruns; j++) {
+            const sim_result *x = &runs[j].res;
+            if (x->ninst > 1)
+                for (int32_t i = 0; i < x->ninst; i++)
+                    time_panel(f, (double)PANEL_H * k++, &x->inst[i], &runs[j].cfg, sweep_key, runs[j].label, i);
+            else
+                time_panel(f, (double)PANEL_H * k++, x, &runs[j].cfg, sweep_key, runs[j].label, -1);
+        }
+    }
+    fprintf(f, "<desc>");
+    svg_escaped(f, w->source);
     fprintf(f, "</desc>\n</svg>\n");
     if (fclose(f) != 0) return cli_error("--svg %s: write error", path);
     return 0;

@@ -1,6 +1,9 @@
 /* `pkv sim`: options, sweeps and output of the serving simulator. */
+#include <errno.h>
+#include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli/sim.h"
@@ -18,17 +21,21 @@ static const char sim_help[] =
     "                          per line: {\"arrival\": 0.5, \"prompt_len\": 300, \"prefix_group\": 2,\n"
     "                          \"output_len\": 120} or {\"arrival\": 1.0, \"prompt\": [1,2,3],\n"
     "                          \"output_len\": 5}; optional \"prefix_len\" (shared part of a\n"
-    "                          group prompt) and \"n\" (parallel samples, 1..4)\n"
-    "  --requests N            default workload size (3000)\n"
+    "                          group prompt) and \"n\" (parallel samples, 1..4); or a Mooncake\n"
+    "                          line {\"timestamp\": 27482 (ms), \"input_length\": 6955,\n"
+    "                          \"output_length\": 52, \"hash_ids\": [46, 47, ...]} (one id per\n"
+    "                          --trace-block prompt tokens; equal ids, equal tokens)\n"
+    "  --trace-block N         prompt tokens per Mooncake hash id, 1..65536 (512)\n"
+    "  --requests N            default workload size, 1..10000000 (3000)\n"
     "  --rate R                new conversations per second, Poisson (4)\n"
     "  --max-context N         longest prompt + output of a chat (16384)\n"
     "  --seed S                workload seed (1)\n"
     "\n"
     "cache:\n"
     "  --block-size N          tokens per block (64)\n"
-    "  --kv-mem-gib G          KV memory budget; blocks = G GiB / (block size * bytes per\n"
-    "                          token per layer * layers) (4)\n"
-    "  --pool-blocks N         pool size in blocks (overrides --kv-mem-gib)\n"
+    "  --kv-mem-gib G          KV memory budget per instance; blocks = G GiB / (block size *\n"
+    "                          bytes per token per layer * layers) (4)\n"
+    "  --pool-blocks N         pool size in blocks per instance, instead of --kv-mem-gib\n"
     "  --kv-dtype T            bf16 | fp8 | f16 | f32: 1152, 656, 1152, 2304 bytes per token\n"
     "                          per layer (MLA, d 576) (bf16)\n"
     "  --layers N              model layers (61, DeepSeek-V3)\n"
@@ -45,12 +52,22 @@ static const char sim_help[] =
     "  --cost-b-us B           time per prefill or decode token (25)\n"
     "  --kv-bw-tbs W           KV read bandwidth, TB/s (3)\n"
     "\n"
+    "fleet:\n"
+    "  --instances N           engine instances, each with its own pool, 1..256 (1)\n"
+    "  --router R              round-robin; least-loaded (fewest unfinished requests);\n"
+    "                          prefix-aware (the longest cached prefix among the instances\n"
+    "                          whose load is at most the least + max(2, least/4))\n"
+    "                          (round-robin)\n"
+    "\n"
     "output:\n"
     "  --sweep KEY=V1,V2,...   run the same workload for each value of KEY and print one\n"
     "                          comparison table; KEY: block-size, pool-blocks, kv-mem-gib,\n"
-    "                          kv-dtype, prefix-cache, max-batch-tokens, max-seqs, watermark\n"
+    "                          kv-dtype, prefix-cache, max-batch-tokens, max-seqs, watermark,\n"
+    "                          instances, router\n"
     "  --json                  JSON on stdout instead of the table\n"
-    "  --svg FILE              SVG chart: blocks used / cached / free and hit rate over time\n"
+    "  --svg FILE              SVG chart: blocks used / cached / free and hit rate over time;\n"
+    "                          with --sweep kv-mem-gib or pool-blocks, the hit rate against\n"
+    "                          capacity and the theoretical maximum (an infinite cache)\n"
     "  --verify                host-mode cache (h_kv 1, d 16, bf16) with K/V rows for every\n"
     "                          token; each step attention over the paged cache (oracle) is\n"
     "                          compared with attention over contiguous copies, and the cache\n"
@@ -58,6 +75,13 @@ static const char sim_help[] =
     "  --verify-seqs N         sequences checked per step (4)\n"
     "  --verify-fast           with --verify, also compare pkv_attn with the oracle\n"
     "  --no-progress           no progress bar (it is drawn on stderr only when a TTY)\n"
+    "\n"
+    "The prefix hit rate counts each request's first admission; \"max\" beside it is the\n"
+    "hit rate of an infinite cache under the same rules (full blocks only, the last prompt\n"
+    "token always computed), requests in trace order.\n"
+    "\n"
+    "An option given twice, a knob both given and swept, or an option that has no effect\n"
+    "(--requests with --trace, --verify-seqs without --verify, ...) is an error.\n"
     "\n"
     "exit status: 0 ok, 1 verification mismatch, 2 bad usage or input, 3 library error\n";
 
@@ -77,6 +101,26 @@ static int parse_onoff(const char *s, int32_t *out) {
     return 0;
 }
 
+static int parse_router(const char *s, int32_t *out) {
+    for (int32_t r = SIM_ROUTER_ROUND_ROBIN; r <= SIM_ROUTER_PREFIX_AWARE; r++)
+        if (!strcmp(s, sim_router_name(r))) {
+            *out = r;
+            return 0;
+        }
+    return -1;
+}
+
+#define MAX_POOL_BLOCKS (1 << 30)
+#define MAX_KV_GIB 1048576.0
+#define MAX_INSTANCES 256
+
+/* The knobs of the cache, scheduler and fleet: options, and (without the
+ * dashes) sweep keys. */
+static const char *const knob_opts[] = {"--block-size", "--pool-blocks", "--kv-mem-gib", "--kv-dtype",
+                                        "--prefix-cache", "--max-batch-tokens", "--max-seqs", "--watermark",
+                                        "--instances", "--router"};
+#define NKNOBS ((int)(sizeof knob_opts / sizeof knob_opts[0]))
+
 /* Applies KEY=value to cfg. Returns 0, or prints a message and returns EXIT_USAGE. */
 static int set_knob(sim_config *c, const char *key, const char *v) {
     int64_t i;
@@ -85,10 +129,12 @@ static int set_knob(sim_config *c, const char *key, const char *v) {
         if (cli_parse_i64(v, 1, 4096, &i)) return cli_error("block-size: '%s' is not an integer in 1..4096", v);
         c->block_size = (int32_t)i;
     } else if (!strcmp(key, "pool-blocks")) {
-        if (cli_parse_i64(v, 1, 1 << 30, &i)) return cli_error("pool-blocks: '%s' is not a positive integer", v);
+        if (cli_parse_i64(v, 1, MAX_POOL_BLOCKS, &i))
+            return cli_error("pool-blocks: '%s' is not an integer in 1..%d", v, MAX_POOL_BLOCKS);
         c->pool_blocks = (int32_t)i;
     } else if (!strcmp(key, "kv-mem-gib")) {
-        if (cli_parse_f64(v, 1e-6, 1 << 20, &d)) return cli_error("kv-mem-gib: '%s' is not a positive number", v);
+        if (cli_parse_f64(v, 1e-6, MAX_KV_GIB, &d))
+            return cli_error("kv-mem-gib: '%s' is not a number of GiB in 1e-06..%.0f", v, MAX_KV_GIB);
         c->kv_mem_gib = d;
         c->pool_blocks = 0;
     } else if (!strcmp(key, "kv-dtype")) {
@@ -96,30 +142,128 @@ static int set_knob(sim_config *c, const char *key, const char *v) {
     } else if (!strcmp(key, "prefix-cache")) {
         if (parse_onoff(v, &c->prefix_cache)) return cli_error("prefix-cache: '%s' is not on or off", v);
     } else if (!strcmp(key, "max-batch-tokens")) {
-        if (cli_parse_i64(v, 1, 1 << 24, &i)) return cli_error("max-batch-tokens: '%s' is not a positive integer", v);
+        if (cli_parse_i64(v, 1, 1 << 24, &i)) return cli_error("max-batch-tokens: '%s' is not an integer in 1..%d", v, 1 << 24);
         c->max_batch_tokens = (int32_t)i;
     } else if (!strcmp(key, "max-seqs")) {
-        if (cli_parse_i64(v, 1, 1 << 20, &i)) return cli_error("max-seqs: '%s' is not a positive integer", v);
+        if (cli_parse_i64(v, 1, 1 << 20, &i)) return cli_error("max-seqs: '%s' is not an integer in 1..%d", v, 1 << 20);
         c->max_seqs = (int32_t)i;
     } else if (!strcmp(key, "watermark")) {
         if (cli_parse_f64(v, 0, 0.5, &d)) return cli_error("watermark: '%s' is not a fraction in [0, 0.5]", v);
         c->watermark = d;
+    } else if (!strcmp(key, "instances")) {
+        if (cli_parse_i64(v, 1, MAX_INSTANCES, &i)) return cli_error("instances: '%s' is not an integer in 1..%d", v, MAX_INSTANCES);
+        c->instances = (int32_t)i;
+    } else if (!strcmp(key, "router")) {
+        if (parse_router(v, &c->router))
+            return cli_error("router: '%s' is not round-robin, least-loaded or prefix-aware", v);
     } else {
         return cli_error("--sweep: unknown key '%s' (block-size, pool-blocks, kv-mem-gib, kv-dtype, "
-                         "prefix-cache, max-batch-tokens, max-seqs, watermark)", key);
+                         "prefix-cache, max-batch-tokens, max-seqs, watermark, instances, router)", key);
     }
     return 0;
+}
+
+/* An output file must be writable before any work starts. */
+static int check_output(const char *opt, const char *path) {
+    struct stat sb;
+    if (!*path) return cli_error("%s: empty file name", opt);
+    if (stat(path, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode)) return cli_error("%s %s: is a directory", opt, path);
+        if (access(path, W_OK) != 0) return cli_error("%s %s: cannot open for writing: %s", opt, path, strerror(errno));
+        return 0;
+    }
+    if (errno != ENOENT) return cli_error("%s %s: cannot open for writing: %s", opt, path, strerror(errno));
+    char *copy = strdup(path);
+    if (!copy) return cli_error("out of memory");
+    const char *dir = dirname(copy);
+    int rc = 0;
+    if (stat(dir, &sb) != 0)
+        rc = cli_error("%s %s: cannot open for writing: directory %s: %s", opt, path, dir, strerror(errno));
+    else if (!S_ISDIR(sb.st_mode))
+        rc = cli_error("%s %s: cannot open for writing: %s is not a directory", opt, path, dir);
+    else if (access(dir, W_OK | X_OK) != 0)
+        rc = cli_error("%s %s: cannot open for writing: directory %s: %s", opt, path, dir, strerror(errno));
+    free(copy);
+    return rc;
+}
+
+/* Refuses a pool the machine cannot hold, before allocating it. what names
+ * the option that sized it. */
+static int check_memory(const sim_config *c, const char *what) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0) return 0;
+    double phys = (double)pages * (double)page;
+    double need = sim_cache_bytes(c) * (c->instances > 0 ? c->instances : 1);
+    if (need <= phys * 0.8) return 0;
+    char times[40] = "";
+    if (c->instances > 1) snprintf(times, sizeof times, " in each of %d instances", c->instances);
+    return cli_error("%s: a pool of %d blocks of %d tokens%s needs about %.1f GiB of host memory for the cache "
+                     "metadata; this machine has %.1f GiB",
+                     what, sim_pool_blocks(c), c->block_size, times, need / 1073741824.0, phys / 1073741824.0);
+}
+
+/* Hit rate of an infinite cache per block size (a sweep reuses it). */
+typedef struct hitmax_memo {
+    int32_t bs[64];
+    int64_t hit[64], query[64];
+    int n;
+} hitmax_memo;
+
+static int hit_max(const sim_workload *w, int32_t bs, hitmax_memo *m, int64_t *hit, int64_t *query) {
+    for (int i = 0; i < m->n; i++)
+        if (m->bs[i] == bs) {
+            *hit = m->hit[i];
+            *query = m->query[i];
+            return 0;
+        }
+    int rc = workload_hit_max(w, bs, hit, query);
+    if (rc) return cli_error("out of memory computing the theoretical hit rate");
+    if (m->n < 64) {
+        m->bs[m->n] = bs;
+        m->hit[m->n] = *hit;
+        m->query[m->n++] = *query;
+    }
+    return 0;
+}
+
+/* Options given once at most (a second one would silently win). */
+typedef struct seen_opts {
+    const char *name[64];
+    int n;
+} seen_opts;
+
+static int once(seen_opts *s, const char *name) {
+    for (int i = 0; i < s->n; i++)
+        if (!strcmp(s->name[i], name)) return cli_error("%s given twice", name);
+    if (s->n < 64) s->name[s->n++] = name;
+    return 0;
+}
+
+static int given(const seen_opts *s, const char *name) {
+    for (int i = 0; i < s->n; i++)
+        if (!strcmp(s->name[i], name)) return 1;
+    return 0;
+}
+
+/* cli_opt for an option given once at most: 1 matched (*v set), 0 not this
+ * option, -1 an error (message printed). */
+static int opt_once(int argc, char **argv, int *i, const char *name, const char **v, seen_opts *seen) {
+    int m = cli_opt(argc, argv, i, name, v);
+    if (m <= 0) return m;
+    return once(seen, name) ? -1 : 1;
 }
 
 int cmd_sim(int argc, char **argv) {
     sim_config cfg = {
         .block_size = 64, .kv_mem_gib = 4.0, .kv_dtype = PKV_BF16, .layers = 61, .prefix_cache = 1,
         .max_batch_tokens = 2048, .max_seqs = 256, .watermark = 0.01, .cost_a = 12e-3, .cost_b = 25e-6,
-        .kv_bw = 3e12, .verify_seqs = 4,
+        .kv_bw = 3e12, .verify_seqs = 4, .instances = 1, .router = SIM_ROUTER_ROUND_ROBIN,
     };
     sim_workload_opts wo = {.requests = 3000, .rate = 4.0, .seed = 1, .max_context = 16384};
     const char *trace = NULL, *svg = NULL, *sweep = NULL;
     int json = 0, no_progress = 0;
+    int64_t trace_block = 512;
+    seen_opts seen = {{0}, 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         int64_t n;
@@ -129,61 +273,82 @@ int cmd_sim(int argc, char **argv) {
             fputs(sim_help, stdout);
             return 0;
         }
+#define OPT(name) ((m = opt_once(argc, argv, &i, name, &v, &seen)) != 0)
         if (cli_flag(a, "--json")) json = 1;
         else if (cli_flag(a, "--verify")) cfg.verify = 1;
         else if (cli_flag(a, "--verify-fast")) cfg.verify = cfg.verify_fast = 1;
         else if (cli_flag(a, "--no-progress")) no_progress = 1;
-        else if ((m = cli_opt(argc, argv, &i, "--trace", &v))) { if (m < 0) return EXIT_USAGE; trace = v; }
-        else if ((m = cli_opt(argc, argv, &i, "--svg", &v))) { if (m < 0) return EXIT_USAGE; svg = v; }
-        else if ((m = cli_opt(argc, argv, &i, "--sweep", &v))) { if (m < 0) return EXIT_USAGE; sweep = v; }
-        else if ((m = cli_opt(argc, argv, &i, "--requests", &v))) {
-            if (m < 0 || cli_parse_i64(v, 1, 10000000, &n)) return cli_error("--requests: expected an integer in 1..10000000");
+        else if (OPT("--trace")) { if (m < 0) return EXIT_USAGE; trace = v; }
+        else if (OPT("--svg")) { if (m < 0) return EXIT_USAGE; svg = v; }
+        else if (OPT("--sweep")) { if (m < 0) return EXIT_USAGE; sweep = v; }
+        else if (OPT("--trace-block")) {
+            if (m < 0) return EXIT_USAGE;
+            if (cli_parse_i64(v, 1, 65536, &trace_block))
+                return cli_error("--trace-block: '%s' is not an integer in 1..65536", v);
+        } else if (OPT("--requests")) {
+            if (m < 0) return EXIT_USAGE;
+            if (cli_parse_i64(v, 1, 10000000, &n)) return cli_error("--requests: '%s' is not an integer in 1..10000000", v);
             wo.requests = (int32_t)n;
-        } else if ((m = cli_opt(argc, argv, &i, "--rate", &v))) {
-            if (m < 0 || cli_parse_f64(v, 1e-6, 1e6, &d)) return cli_error("--rate: expected a positive number");
+        } else if (OPT("--rate")) {
+            if (m < 0) return EXIT_USAGE;
+            if (cli_parse_f64(v, 1e-6, 1e6, &d)) return cli_error("--rate: '%s' is not a number in 1e-06..1e+06", v);
             wo.rate = d;
-        } else if ((m = cli_opt(argc, argv, &i, "--max-context", &v))) {
-            if (m < 0 || cli_parse_i64(v, 64, 1 << 24, &n)) return cli_error("--max-context: expected an integer >= 64");
+        } else if (OPT("--max-context")) {
+            if (m < 0) return EXIT_USAGE;
+            if (cli_parse_i64(v, 64, 1 << 24, &n)) return cli_error("--max-context: '%s' is not an integer in 64..%d", v, 1 << 24);
             wo.max_context = (int32_t)n;
-        } else if ((m = cli_opt(argc, argv, &i, "--seed", &v))) {
-            if (m < 0 || cli_parse_i64(v, 0, INT64_MAX, &n)) return cli_error("--seed: expected a non-negative integer");
+        } else if (OPT("--seed")) {
+            if (m < 0) return EXIT_USAGE;
+            if (cli_parse_i64(v, 0, INT64_MAX, &n)) return cli_error("--seed: '%s' is not an integer in 0..%lld", v, (long long)INT64_MAX);
             wo.seed = (uint64_t)n;
-        } else if ((m = cli_opt(argc, argv, &i, "--layers", &v))) {
-            if (m < 0 || cli_parse_i64(v, 1, 1000, &n)) return cli_error("--layers: expected an integer in 1..1000");
+        } else if (OPT("--layers")) {
+            if (m < 0) return EXIT_USAGE;
+            if (cli_parse_i64(v, 1, 1000, &n)) return cli_error("--layers: '%s' is not an integer in 1..1000", v);
             cfg.layers = (int32_t)n;
-        } else if ((m = cli_opt(argc, argv, &i, "--verify-seqs", &v))) {
-            if (m < 0 || cli_parse_i64(v, 1, 4096, &n)) return cli_error("--verify-seqs: expected an integer in 1..4096");
+        } else if (OPT("--verify-seqs")) {
+            if (m < 0) return EXIT_USAGE;
+            if (cli_parse_i64(v, 1, 4096, &n)) return cli_error("--verify-seqs: '%s' is not an integer in 1..4096", v);
             cfg.verify_seqs = (int32_t)n;
-        } else if ((m = cli_opt(argc, argv, &i, "--cost-a-ms", &v))) {
-            if (m < 0 || cli_parse_f64(v, 0, 1e6, &d)) return cli_error("--cost-a-ms: expected a number >= 0");
+        } else if (OPT("--cost-a-ms")) {
+            if (m < 0) return EXIT_USAGE;
+            if (cli_parse_f64(v, 0, 1e6, &d)) return cli_error("--cost-a-ms: '%s' is not a number in 0..1e+06", v);
             cfg.cost_a = d * 1e-3;
-        } else if ((m = cli_opt(argc, argv, &i, "--cost-b-us", &v))) {
-            if (m < 0 || cli_parse_f64(v, 0, 1e9, &d)) return cli_error("--cost-b-us: expected a number >= 0");
+        } else if (OPT("--cost-b-us")) {
+            if (m < 0) return EXIT_USAGE;
+            if (cli_parse_f64(v, 0, 1e9, &d)) return cli_error("--cost-b-us: '%s' is not a number in 0..1e+09", v);
             cfg.cost_b = d * 1e-6;
-        } else if ((m = cli_opt(argc, argv, &i, "--kv-bw-tbs", &v))) {
-            if (m < 0 || cli_parse_f64(v, 1e-6, 1e6, &d)) return cli_error("--kv-bw-tbs: expected a positive number");
+        } else if (OPT("--kv-bw-tbs")) {
+            if (m < 0) return EXIT_USAGE;
+            if (cli_parse_f64(v, 1e-6, 1e6, &d)) return cli_error("--kv-bw-tbs: '%s' is not a number in 1e-06..1e+06", v);
             cfg.kv_bw = d * 1e12;
-        } else if ((m = cli_opt(argc, argv, &i, "--preempt", &v))) {
+        } else if (OPT("--preempt")) {
             if (m < 0) return EXIT_USAGE;
             if (!strcmp(v, "swap")) return cli_error("--preempt swap needs a storage tier, which pagedkv does not have yet; use recompute");
             if (strcmp(v, "recompute")) return cli_error("--preempt: '%s' is not recompute or swap", v);
         } else {
-            static const char *knobs[] = {"block-size", "pool-blocks", "kv-mem-gib", "kv-dtype", "prefix-cache",
-                                          "max-batch-tokens", "max-seqs", "watermark"};
-            int found = 0;
-            for (size_t k = 0; k < sizeof knobs / sizeof knobs[0] && !found; k++) {
-                char name[40];
-                snprintf(name, sizeof name, "--%s", knobs[k]);
-                if ((m = cli_opt(argc, argv, &i, name, &v))) {
-                    if (m < 0) return EXIT_USAGE;
-                    found = 1;
-                    int rc = set_knob(&cfg, knobs[k], v);
-                    if (rc) return rc;
-                }
-            }
-            if (!found) return cli_error("sim: unknown option '%s' (see pkv sim --help)", a);
+            int k = 0;
+            while (k < NKNOBS && !OPT(knob_opts[k])) k++;
+            if (k == NKNOBS) return cli_error("sim: unknown option '%s' (see pkv sim --help)", a);
+            if (m < 0) return EXIT_USAGE;
+            int rc = set_knob(&cfg, knob_opts[k] + 2, v);
+            if (rc) return rc;
         }
+#undef OPT
     }
+    /* Options that would be ignored or overridden are refused, named. */
+    if (trace) {
+        static const char *const gen_only[] = {"--requests", "--rate", "--max-context"};
+        for (size_t k = 0; k < sizeof gen_only / sizeof gen_only[0]; k++)
+            if (given(&seen, gen_only[k]))
+                return cli_error("%s shapes the default workload and has no effect with --trace; leave it out",
+                                 gen_only[k]);
+    } else if (given(&seen, "--trace-block")) {
+        return cli_error("--trace-block applies to Mooncake traces and has no effect without --trace");
+    }
+    if (given(&seen, "--verify-seqs") && !cfg.verify)
+        return cli_error("--verify-seqs has no effect without --verify (or --verify-fast)");
+    if (given(&seen, "--pool-blocks") && given(&seen, "--kv-mem-gib"))
+        return cli_error("--pool-blocks and --kv-mem-gib both size the pool; give one");
     if (cfg.verify && cfg.kv_dtype != PKV_BF16)
         return cli_error("--verify uses its own small bf16 heads; --kv-dtype only sizes the pool and is ignored, leave it out");
     /* the sweep: KEY=V1,V2,... */
@@ -196,6 +361,18 @@ int cmd_sim(int argc, char **argv) {
         if (!eq || eq == sweep || (size_t)(eq - sweep) >= sizeof key || !eq[1])
             return cli_error("--sweep: expected KEY=V1,V2,... (e.g. block-size=16,64,256)");
         memcpy(key, sweep, (size_t)(eq - sweep));
+        int k = 0;
+        while (k < NKNOBS && strcmp(key, knob_opts[k] + 2)) k++;
+        if (k == NKNOBS) {
+            sim_config tmp = cfg;
+            return set_knob(&tmp, key, "");
+        }
+        if (given(&seen, knob_opts[k]))
+            return cli_error("--%s and --sweep %s=... both set %s; leave one out", key, key, key);
+        if ((!strcmp(key, "kv-mem-gib") && given(&seen, "--pool-blocks")) ||
+            (!strcmp(key, "pool-blocks") && given(&seen, "--kv-mem-gib")))
+            return cli_error("--sweep %s=... and --%s both size the pool; leave --%s out", key,
+                             key[0] == 'k' ? "pool-blocks" : "kv-mem-gib", key[0] == 'k' ? "pool-blocks" : "kv-mem-gib");
         values = strdup(eq + 1);
         if (!values) return cli_error("out of memory");
         for (char *p = values, *tok; (tok = strsep(&p, ",")) != NULL;) {
@@ -204,18 +381,19 @@ int cmd_sim(int argc, char **argv) {
             vals[nvals++] = tok;
         }
     }
-    sim_workload w;
-    int rc = trace ? workload_trace(trace, wo.seed, &w) : workload_default(&wo, &w);
-    if (rc) {
+    if (given(&seen, "--router") && cfg.instances == 1 && strcmp(key, "instances")) {
         free(values);
-        if (rc == EXIT_LIB) cli_error("out of memory generating the workload");
-        return rc;
+        return cli_error("--router has no effect with one instance; add --instances N");
+    }
+    if (!strcmp(key, "router") && cfg.instances == 1) {
+        free(values);
+        return cli_error("--sweep router=... has no effect with one instance; add --instances N");
     }
     int nruns = sweep ? nvals : 1;
     sim_run_desc *runs = calloc((size_t)nruns, sizeof *runs);
-    if (!runs) { free(values); workload_free(&w); return cli_error("out of memory"); }
-    int tty = !no_progress && isatty(2);
-    char label[64];
+    if (!runs) { free(values); return cli_error("out of memory"); }
+    /* Every run's configuration is checked before any work. */
+    int rc = 0;
     for (int j = 0; j < nruns && rc == 0; j++) {
         runs[j].cfg = cfg;
         if (sweep) {
@@ -227,19 +405,35 @@ int cmd_sim(int argc, char **argv) {
             rc = cli_error("--verify cannot sweep kv-dtype");
             break;
         }
+        char what[96];
+        if (sweep) snprintf(what, sizeof what, "--sweep %s=%s", key, vals[j]);
+        else if (cfg.pool_blocks) snprintf(what, sizeof what, "--pool-blocks %d", cfg.pool_blocks);
+        else snprintf(what, sizeof what, "--kv-mem-gib %g", cfg.kv_mem_gib);
+        rc = check_memory(&runs[j].cfg, what);
+    }
+    if (rc == 0 && svg) rc = check_output("--svg", svg);
+    sim_workload w;
+    memset(&w, 0, sizeof w);
+    if (rc == 0) {
+        rc = trace ? workload_trace(trace, wo.seed, (int32_t)trace_block, &w) : workload_default(&wo, &w);
+        if (rc == EXIT_LIB && !trace) cli_error("out of memory generating the workload");
+    }
+    int tty = !no_progress && isatty(2);
+    char label[64];
+    hitmax_memo memo = {{0}, {0}, {0}, 0};
+    for (int j = 0; j < nruns && rc == 0; j++) {
+        rc = hit_max(&w, runs[j].cfg.block_size, &memo, &runs[j].res.hit_max_tokens, &runs[j].res.hit_max_query);
+        if (rc) break;
         snprintf(label, sizeof label, "%s%s%s", sweep ? key : "sim", sweep ? "=" : "", sweep ? vals[j] : "");
         runs[j].cfg.progress = tty;
         runs[j].cfg.progress_label = label;
         rc = sim_run(&w, &runs[j].cfg, &runs[j].res);
         runs[j].cfg.progress_label = NULL;
     }
-    if (rc == 0 || rc == EXIT_CHECK) {
-        int done = rc == 0 ? nruns : 0;
-        if (done) {
-            if (json) report_json(stdout, &w, runs, nruns, sweep ? key : NULL);
-            else report_table(stdout, &w, runs, nruns, sweep ? key : NULL);
-            if (svg) rc = report_svg(svg, &w, runs, nruns, sweep ? key : NULL);
-        }
+    if (rc == 0) {
+        if (json) report_json(stdout, &w, runs, nruns, sweep ? key : NULL);
+        else report_table(stdout, &w, runs, nruns, sweep ? key : NULL);
+        if (svg) rc = report_svg(svg, &w, runs, nruns, sweep ? key : NULL);
     }
     for (int j = 0; j < nruns; j++) sim_result_free(&runs[j].res);
     free(runs);

@@ -13,14 +13,23 @@
 #define SIM_MAX_SAMPLES 4
 
 /* One request. A follow-up turn of a chat (parent >= 0) arrives `arrival`
- * seconds (think time) after its parent finished; others at `arrival`. */
+ * seconds (think time) after its parent finished; others at `arrival`.
+ * The prompt's token ids are either explicit (prompt != NULL) or synthesized
+ * from Mooncake hash ids (prompt == NULL): token at position p is
+ * SIM_VOCAB + ids[p / tblock] * tblock + p % tblock, where ids are the trace's
+ * hash ids renumbered densely in order of first appearance. That map is
+ * injective (equal hash ids give equal tokens, different ones never collide,
+ * and none collides with an output token, all < SIM_VOCAB), and nothing is
+ * expanded beyond what a running request needs. */
 typedef struct sim_request {
     double arrival;
     int32_t parent;       /* previous turn, or -1 */
     int32_t next;         /* next turn, or -1 */
     int32_t prompt_len, output_len, n_samples;
     int32_t group;        /* system-prompt / prefix group, or -1 */
-    int32_t *prompt;      /* token ids [prompt_len] (owned by the workload) */
+    int32_t *prompt;      /* token ids [prompt_len] (owned by the workload), or NULL */
+    const int32_t *ids;   /* dense block ids [ceil(prompt_len / tblock)] when prompt is NULL */
+    int32_t tblock;       /* tokens per id (--trace-block) */
     uint64_t out_salt;    /* output token i of sample s: sim_out_token(salt, s, i) */
 } sim_request;
 
@@ -28,7 +37,12 @@ typedef struct sim_workload {
     sim_request *req;
     int32_t n, cap;
     int32_t conversations, with_system_prompt, multi_turn, parallel;
+    int32_t mooncake;     /* requests read from Mooncake lines */
+    int32_t distinct_ids; /* distinct hash ids of those lines */
+    int32_t trace_block;
     int64_t prompt_tokens, output_tokens;
+    int32_t *ids;         /* every Mooncake line's dense ids, concatenated */
+    int64_t nids, ids_cap;
     char source[256];     /* "default workload" or the trace path */
 } sim_workload;
 
@@ -45,14 +59,28 @@ static inline int32_t sim_out_token(uint64_t salt, int32_t sample, int32_t i) {
 
 /* Generates the embedded default workload. Returns 0, or EXIT_LIB on out of memory. */
 int workload_default(const sim_workload_opts *o, sim_workload *w);
-/* Reads a JSON-lines trace. Errors print "path:LINE: message" and return EXIT_USAGE. */
-int workload_trace(const char *path, uint64_t seed, sim_workload *w);
+/* Reads a JSON-lines trace (pkv lines and Mooncake lines, told apart by their
+ * keys); trace_block: tokens per Mooncake hash id. Errors print "--trace
+ * PATH: reason" or "--trace PATH:LINE: column C: reason" and return EXIT_USAGE
+ * (EXIT_LIB when out of memory). */
+int workload_trace(const char *path, uint64_t seed, int32_t trace_block, sim_workload *w);
 void workload_free(sim_workload *w);
 
 /* Token id at position pos of sample s of request r. */
 static inline int32_t sim_token(const sim_request *r, int32_t s, int32_t pos) {
-    return pos < r->prompt_len ? r->prompt[pos] : sim_out_token(r->out_salt, s, pos - r->prompt_len);
+    if (pos >= r->prompt_len) return sim_out_token(r->out_salt, s, pos - r->prompt_len);
+    if (r->prompt) return r->prompt[pos];
+    return SIM_VOCAB + r->ids[pos / r->tblock] * r->tblock + pos % r->tblock;
 }
+/* Tokens [start, start + n) of sample s of request r into out. */
+void sim_tokens(const sim_request *r, int32_t s, int32_t start, int32_t n, int32_t *out);
+
+/* Prefix hits of an infinite cache of block_size under the library's rules:
+ * requests in trace order; each finds the longest chain of full blocks that an
+ * earlier request computed (its prompt, and the output a chat's next turn
+ * reuses) and a fully cached prompt still computes its last token. Sets
+ * *hit_tokens and *query_tokens (the prompt tokens). Returns 0 or EXIT_LIB. */
+int workload_hit_max(const sim_workload *w, int32_t block_size, int64_t *hit_tokens, int64_t *query_tokens);
 
 typedef struct sim_config {
     int32_t block_size;
@@ -71,7 +99,23 @@ typedef struct sim_config {
     int32_t verify_fast;      /* also compare pkv_attn (when available) */
     int32_t progress;         /* progress bar on stderr */
     const char *progress_label;
+    int32_t instances;        /* engine instances behind the router (1) */
+    int32_t router;           /* sim_router */
 } sim_config;
+
+/* How a fleet (instances > 1) sends each arriving request to an instance. */
+enum sim_router {
+    SIM_ROUTER_ROUND_ROBIN = 0, /* instance k % N for the k-th arrival */
+    SIM_ROUTER_LEAST_LOADED,    /* fewest unfinished requests */
+    SIM_ROUTER_PREFIX_AWARE     /* most of the prompt cached, among the instances whose load is
+                                   at most the least load + max(2, least load / 4) */
+};
+const char *sim_router_name(int32_t router);
+
+/* The one place the simulator reads a cache's counters. */
+int sim_cache_stats(pkv_cache *cache, pkv_stats *out);
+/* Estimated bytes of host memory a cache of cfg (per instance) needs. */
+double sim_cache_bytes(const sim_config *cfg);
 
 /* Bytes of one token of one layer for the simulated model (DeepSeek-V3-like
  * MLA: d 576): 1152 bf16/f16, 2304 f32, 656 FP8. */
@@ -90,8 +134,15 @@ typedef struct sim_result {
     double sim_time;                 /* seconds */
     double ttft_p50, ttft_p99, tpot_p50, tpot_p99, e2e_p50;   /* seconds */
     double kv_util, waste, occupancy; /* step averages */
-    double hit_rate;                 /* prefix hit tokens / tokens looked up */
+    double hit_rate;                 /* prefix hit tokens / prompt tokens, first admissions */
     int64_t hit_tokens, query_tokens;
+    double hit_rate_max;             /* an infinite cache's (workload_hit_max) */
+    int64_t hit_max_tokens, hit_max_query;
+    int64_t routed;                  /* requests routed to this instance */
+    int64_t tokens_computed;         /* prefill + decode tokens */
+    double load_balance;             /* fleet: max / mean tokens computed per instance */
+    int32_t ninst;                   /* fleet: per-instance results in inst[0..ninst) */
+    struct sim_result *inst;
     int64_t preemptions, recomputed_tokens, evictions, cow_copies, forks, dedups;
     int32_t peak_blocks;
     int64_t lib_calls;
@@ -103,8 +154,10 @@ typedef struct sim_result {
     int64_t nseries;
 } sim_result;
 
-/* Runs the workload through cfg. Returns 0; EXIT_CHECK when --verify found a
- * mismatch; EXIT_LIB (message printed) on an unexpected library error. */
+/* Runs the workload through cfg (cfg->instances engines behind cfg->router,
+ * each with its own cache). res->hit_max_* are kept (set them before). Returns
+ * 0; EXIT_CHECK when --verify found a mismatch; EXIT_LIB (message printed) on
+ * an unexpected library error. */
 int sim_run(const sim_workload *w, const sim_config *cfg, sim_result *res);
 void sim_result_free(sim_result *r);
 

@@ -54,6 +54,12 @@ int cli_opt(int argc, char **argv, int *i, const char *name, const char **val) {
         cli_error("%s needs a value", name);
         return -1;
     }
+    /* "--block-size --no-progress": the next option is not this one's value
+     * (a value that starts with "--" can still be given as --name=--value). */
+    if (!strncmp(argv[*i + 1], "--", 2)) {
+        cli_error("%s needs a value, but is followed by the option '%s'", name, argv[*i + 1]);
+        return -1;
+    }
     *val = argv[++*i];
     return 1;
 }

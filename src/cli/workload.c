@@ -18,6 +18,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli/sim.h"
 
@@ -53,6 +54,7 @@ static sim_request *workload_push(sim_workload *w) {
 void workload_free(sim_workload *w) {
     for (int32_t i = 0; i < w->n; i++) free(w->req[i].prompt);
     free(w->req);
+    free(w->ids);
     memset(w, 0, sizeof *w);
 }
 
@@ -122,19 +124,24 @@ int workload_default(const sim_workload_opts *o, sim_workload *w) {
 }
 
 /* ---- JSON-lines traces ------------------------------------------------- */
-/* One object per line:
+/* One object per line, in one of two forms told apart by their keys:
  *   {"arrival": 0.5, "prompt_len": 300, "prefix_group": 2, "output_len": 120}
  *   {"arrival": 1.0, "prompt": [1, 2, 3], "output_len": 5, "n": 2}
- * arrival: seconds (>= 0); prompt: token ids (0 <= id < 2^31); prompt_len with
- * an optional prefix_group g >= 0: the prompt's first prefix_len tokens
- * (default: all of them) are group g's shared text, the rest unique to the
- * line. n: parallel samples 1..4. Unknown keys are an error (typos should not
- * silently change a workload). Blank lines and lines starting with '#' are
- * skipped. */
+ *   {"timestamp": 27482, "input_length": 6955, "output_length": 52, "hash_ids": [46, 47, ...]}
+ * pkv lines: arrival in seconds (>= 0); prompt: token ids (0 <= id < 2^31);
+ * prompt_len with an optional prefix_group g >= 0: the prompt's first
+ * prefix_len tokens (default: all of them) are group g's shared text, the rest
+ * unique to the line. n: parallel samples 1..4.
+ * Mooncake lines (FAST'25 traces): timestamp in milliseconds, one hash id per
+ * trace_block prompt tokens (the last one partial), so exactly
+ * ceil(input_length / trace_block) of them; equal ids mean equal content.
+ * Unknown and repeated keys are an error (typos should not silently change a
+ * workload). Blank lines and lines starting with '#' are skipped; a UTF-8 byte
+ * order mark at the start of the file is skipped. */
 
 typedef struct jparser {
     const char *s, *p;
-    char err[160];
+    char err[320];
 } jparser;
 
 static void jskip(jparser *j) {
@@ -206,48 +213,74 @@ static int jkey(jparser *j, char *key, size_t cap) {
     return 0;
 }
 
+/* The keys of both forms; a line's form is the one its keys belong to. */
+enum {
+    K_ARRIVAL, K_PROMPT_LEN, K_PREFIX_GROUP, K_PREFIX_LEN, K_OUTPUT_LEN, K_N, K_PROMPT, /* pkv */
+    K_TIMESTAMP, K_INPUT_LENGTH, K_OUTPUT_LENGTH, K_HASH_IDS,                          /* Mooncake */
+    K_COUNT
+};
+static const char *const key_names[K_COUNT] = {
+    "arrival", "prompt_len", "prefix_group", "prefix_len", "output_len", "n", "prompt",
+    "timestamp", "input_length", "output_length", "hash_ids",
+};
+#define PKV_KEYS ((1u << K_TIMESTAMP) - 1)
+#define MOONCAKE_KEYS ((1u << K_COUNT) - 1 - PKV_KEYS)
+/* Hash ids are read as JSON numbers (doubles): integers up to 2^53 are exact. */
+#define MAX_HASH_ID 9007199254740991.0
+
+typedef struct i64vec {
+    int64_t *v;
+    int64_t n, cap;
+} i64vec;
+
 typedef struct trace_line {
-    double arrival;
+    uint32_t seen;        /* bit per key */
+    double arrival;       /* seconds (timestamp / 1000 for Mooncake lines) */
     int64_t prompt_len, prefix_group, prefix_len, output_len, n;
-    int32_t *prompt;
-    int32_t prompt_n, prompt_cap;
-    int have_arrival, have_prompt, have_output;
+    i64vec arr;           /* "prompt" token ids or "hash_ids" */
 } trace_line;
 
-static int jprompt(jparser *j, trace_line *t) {
+static int jarray(jparser *j, trace_line *t, const char *name, double hi) {
     jskip(j);
-    if (*j->p != '[') return jfail(j, "\"prompt\" must be an array of token ids");
+    char msg[120];
+    if (*j->p != '[') {
+        snprintf(msg, sizeof msg, "\"%s\" must be an array of integers", name);
+        return jfail(j, msg);
+    }
     j->p++;
     jskip(j);
-    t->prompt_n = 0;
+    t->arr.n = 0;
     if (*j->p == ']') {
         j->p++;
         return 0;
     }
+    snprintf(msg, sizeof msg, "an entry of \"%s\"", name);
     for (;;) {
         int64_t v;
-        if (jint(j, 0, INT32_MAX, "a token id", &v)) return -1;
-        if (t->prompt_n == t->prompt_cap) {
-            int32_t cap = t->prompt_cap ? t->prompt_cap * 2 : 256;
-            int32_t *p = realloc(t->prompt, (size_t)cap * sizeof *p);
+        if (jint(j, 0, (int64_t)hi, msg, &v)) return -1;
+        if (t->arr.n == t->arr.cap) {
+            int64_t cap = t->arr.cap ? t->arr.cap * 2 : 256;
+            int64_t *p = realloc(t->arr.v, (size_t)cap * sizeof *p);
             if (!p) return jfail(j, "out of memory");
-            t->prompt = p;
-            t->prompt_cap = cap;
+            t->arr.v = p;
+            t->arr.cap = cap;
         }
-        t->prompt[t->prompt_n++] = (int32_t)v;
+        t->arr.v[t->arr.n++] = v;
         jskip(j);
         if (*j->p == ',') { j->p++; continue; }
         if (*j->p == ']') { j->p++; return 0; }
-        return jfail(j, "expected ',' or ']' in \"prompt\"");
+        snprintf(msg, sizeof msg, "expected ',' or ']' in \"%s\"", name);
+        return jfail(j, msg);
     }
 }
 
-static int parse_trace_line(jparser *j, trace_line *t) {
+static int parse_trace_line(jparser *j, trace_line *t, int32_t trace_block) {
+    t->seen = 0;
     t->prompt_len = -1;
     t->prefix_group = -1;
     t->prefix_len = -1;
     t->n = 1;
-    t->have_arrival = t->have_prompt = t->have_output = 0;
+    t->arr.n = 0;
     jskip(j);
     if (*j->p != '{') return jfail(j, "expected a JSON object");
     j->p++;
@@ -256,34 +289,58 @@ static int parse_trace_line(jparser *j, trace_line *t) {
     for (;;) {
         char key[32];
         if (jkey(j, key, sizeof key)) return -1;
-        int64_t v;
-        if (!strcmp(key, "arrival")) {
-            if (jnumber(j, &t->arrival)) return -1;
-            if (t->arrival < 0) return jfail(j, "arrival must be >= 0");
-            t->have_arrival = 1;
-        } else if (!strcmp(key, "prompt_len")) {
-            if (jint(j, 1, 1 << 24, "prompt_len", &v)) return -1;
-            t->prompt_len = v;
-        } else if (!strcmp(key, "prefix_group")) {
-            if (jint(j, 0, INT32_MAX, "prefix_group", &v)) return -1;
-            t->prefix_group = v;
-        } else if (!strcmp(key, "prefix_len")) {
-            if (jint(j, 0, 1 << 24, "prefix_len", &v)) return -1;
-            t->prefix_len = v;
-        } else if (!strcmp(key, "output_len")) {
-            if (jint(j, 1, 1 << 20, "output_len", &v)) return -1;
-            t->output_len = v;
-            t->have_output = 1;
-        } else if (!strcmp(key, "n")) {
-            if (jint(j, 1, SIM_MAX_SAMPLES, "n", &v)) return -1;
-            t->n = v;
-        } else if (!strcmp(key, "prompt")) {
-            if (jprompt(j, t)) return -1;
-            t->have_prompt = 1;
-        } else {
-            char msg[80];
+        int k = 0;
+        while (k < K_COUNT && strcmp(key, key_names[k])) k++;
+        char msg[120];
+        if (k == K_COUNT) {
             snprintf(msg, sizeof msg, "unknown key \"%s\"", key);
             return jfail(j, msg);
+        }
+        if (t->seen & (1u << k)) {
+            snprintf(msg, sizeof msg, "duplicate key \"%s\"", key);
+            return jfail(j, msg);
+        }
+        t->seen |= 1u << k;
+        int64_t v;
+        double d;
+        switch (k) {
+        case K_ARRIVAL:
+            if (jnumber(j, &t->arrival)) return -1;
+            if (t->arrival < 0) return jfail(j, "arrival must be >= 0");
+            break;
+        case K_TIMESTAMP:
+            if (jnumber(j, &d)) return -1;
+            if (d < 0) return jfail(j, "timestamp must be >= 0 (milliseconds)");
+            t->arrival = d / 1000.0;
+            break;
+        case K_PROMPT_LEN:
+        case K_INPUT_LENGTH:
+            if (jint(j, 1, 1 << 24, key_names[k], &v)) return -1;
+            t->prompt_len = v;
+            break;
+        case K_PREFIX_GROUP:
+            if (jint(j, 0, INT32_MAX, "prefix_group", &v)) return -1;
+            t->prefix_group = v;
+            break;
+        case K_PREFIX_LEN:
+            if (jint(j, 0, 1 << 24, "prefix_len", &v)) return -1;
+            t->prefix_len = v;
+            break;
+        case K_OUTPUT_LEN:
+        case K_OUTPUT_LENGTH:
+            if (jint(j, 1, 1 << 20, key_names[k], &v)) return -1;
+            t->output_len = v;
+            break;
+        case K_N:
+            if (jint(j, 1, SIM_MAX_SAMPLES, "n", &v)) return -1;
+            t->n = v;
+            break;
+        case K_PROMPT:
+            if (jarray(j, t, "prompt", INT32_MAX)) return -1;
+            break;
+        case K_HASH_IDS:
+            if (jarray(j, t, "hash_ids", MAX_HASH_ID)) return -1;
+            break;
         }
         jskip(j);
         if (*j->p == ',') { j->p++; continue; }
@@ -292,71 +349,204 @@ static int parse_trace_line(jparser *j, trace_line *t) {
     }
     jskip(j);
     if (*j->p) return jfail(j, "trailing characters after the object");
-    if (!t->have_arrival) return jfail(j, "missing \"arrival\"");
-    if (!t->have_output) return jfail(j, "missing \"output_len\"");
-    if (t->have_prompt == (t->prompt_len >= 0))
+    char msg[160];
+    if ((t->seen & PKV_KEYS) && (t->seen & MOONCAKE_KEYS))
+        return jfail(j, "mixes pkv keys (arrival, prompt_len, prompt, output_len, ...) with Mooncake keys "
+                        "(timestamp, input_length, output_length, hash_ids)");
+    if (t->seen & MOONCAKE_KEYS) {
+        for (int k = K_TIMESTAMP; k < K_COUNT; k++)
+            if (!(t->seen & (1u << k))) {
+                snprintf(msg, sizeof msg, "missing \"%s\" (a Mooncake line has timestamp, input_length, "
+                                          "output_length and hash_ids)", key_names[k]);
+                return jfail(j, msg);
+            }
+        int64_t want = (t->prompt_len + trace_block - 1) / trace_block;
+        if (t->arr.n != want) {
+            snprintf(msg, sizeof msg, "\"hash_ids\" has %lld ids, input_length %lld needs %lld (one per %d tokens, "
+                     "--trace-block)", (long long)t->arr.n, (long long)t->prompt_len, (long long)want, trace_block);
+            return jfail(j, msg);
+        }
+        return 0;
+    }
+    if (!(t->seen & (1u << K_ARRIVAL))) return jfail(j, "missing \"arrival\"");
+    if (!(t->seen & (1u << K_OUTPUT_LEN))) return jfail(j, "missing \"output_len\"");
+    int have_prompt = (t->seen >> K_PROMPT) & 1;
+    if (have_prompt == (t->prompt_len >= 0))
         return jfail(j, "give exactly one of \"prompt\" and \"prompt_len\"");
-    if (t->have_prompt && t->prompt_n == 0) return jfail(j, "\"prompt\" is empty");
-    if (t->have_prompt && (t->prefix_group >= 0 || t->prefix_len >= 0))
+    if (have_prompt && t->arr.n == 0) return jfail(j, "\"prompt\" is empty");
+    if (have_prompt && t->arr.n > (1 << 24)) return jfail(j, "\"prompt\" is longer than 16777216 tokens");
+    if (have_prompt && (t->prefix_group >= 0 || t->prefix_len >= 0))
         return jfail(j, "\"prefix_group\"/\"prefix_len\" go with \"prompt_len\", not \"prompt\"");
     if (t->prefix_len >= 0 && t->prefix_group < 0) return jfail(j, "\"prefix_len\" needs \"prefix_group\"");
     if (t->prefix_len > t->prompt_len) return jfail(j, "\"prefix_len\" exceeds \"prompt_len\"");
     return 0;
 }
 
-int workload_trace(const char *path, uint64_t seed, sim_workload *w) {
+/* Hash ids to dense ids, in order of first appearance (open addressing). */
+typedef struct id_map {
+    int64_t *key;
+    int32_t *val;
+    size_t cap, n;
+} id_map;
+
+static size_t id_slot(const id_map *m, int64_t key) {
+    uint64_t h = (uint64_t)key * 0x9e3779b97f4a7c15ull;
+    size_t i = (size_t)(h ^ (h >> 29)) & (m->cap - 1);
+    while (m->val[i] >= 0 && m->key[i] != key) i = (i + 1) & (m->cap - 1);
+    return i;
+}
+
+/* Dense id of key (a new one gets the next number). Returns -1 when out of memory. */
+static int32_t id_get(id_map *m, int64_t key) {
+    if (2 * (m->n + 1) > m->cap) {
+        id_map g = {NULL, NULL, m->cap ? m->cap * 2 : 1024, m->n};
+        g.key = malloc(g.cap * sizeof *g.key);
+        g.val = malloc(g.cap * sizeof *g.val);
+        if (!g.key || !g.val) {
+            free(g.key);
+            free(g.val);
+            return -1;
+        }
+        for (size_t i = 0; i < g.cap; i++) g.val[i] = -1;
+        for (size_t i = 0; i < m->cap; i++)
+            if (m->val[i] >= 0) {
+                size_t s = id_slot(&g, m->key[i]);
+                g.key[s] = m->key[i];
+                g.val[s] = m->val[i];
+            }
+        free(m->key);
+        free(m->val);
+        *m = g;
+    }
+    size_t s = id_slot(m, key);
+    if (m->val[s] < 0) {
+        m->key[s] = key;
+        m->val[s] = (int32_t)m->n++;
+    }
+    return m->val[s];
+}
+
+void sim_tokens(const sim_request *r, int32_t s, int32_t start, int32_t n, int32_t *out) {
+    int32_t pos = start, end = start + n;
+    if (r->prompt) {
+        int32_t m = end < r->prompt_len ? end : r->prompt_len;
+        if (m > pos) {
+            memcpy(out, r->prompt + pos, (size_t)(m - pos) * sizeof *out);
+            out += m - pos;
+            pos = m;
+        }
+    } else {
+        int32_t tb = r->tblock;
+        while (pos < end && pos < r->prompt_len) {
+            int32_t b = pos / tb, off = pos % tb;
+            int32_t m = (b + 1) * tb;
+            if (m > end) m = end;
+            if (m > r->prompt_len) m = r->prompt_len;
+            int32_t base = SIM_VOCAB + r->ids[b] * tb;
+            for (; pos < m; pos++) *out++ = base + off++;
+        }
+    }
+    for (; pos < end; pos++) *out++ = sim_out_token(r->out_salt, s, pos - r->prompt_len);
+}
+
+#define TRACE_FAIL(...) (fprintf(stderr, "pkv: --trace " __VA_ARGS__), fputc('\n', stderr), EXIT_USAGE)
+
+int workload_trace(const char *path, uint64_t seed, int32_t trace_block, sim_workload *w) {
     memset(w, 0, sizeof *w);
+    w->trace_block = trace_block;
     snprintf(w->source, sizeof w->source, "trace %s", path);
+    struct stat sb;
+    if (stat(path, &sb) != 0) return TRACE_FAIL("%s: cannot open: %s", path, strerror(errno));
+    if (S_ISDIR(sb.st_mode)) return TRACE_FAIL("%s: is a directory, not a trace file", path);
     FILE *f = fopen(path, "r");
-    if (!f) return cli_error("%s: cannot open: %s", path, strerror(errno));
+    if (!f) return TRACE_FAIL("%s: cannot open: %s", path, strerror(errno));
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
     long lineno = 0;
     int rc = 0;
     trace_line t = {0};
+    id_map ids = {0};
+    int64_t *ids_off = NULL; /* per request: offset of its ids in w->ids, or -1 */
     double last_arrival = 0;
+    /* Largest number of distinct ids whose tokens stay below 2^31. */
+    int64_t max_ids = ((int64_t)INT32_MAX + 1 - SIM_VOCAB) / trace_block;
     while ((len = getline(&line, &cap, f)) >= 0) {
         lineno++;
         if (memchr(line, 0, (size_t)len)) {
-            rc = cli_error("%s:%ld: NUL byte in line", path, lineno);
+            rc = TRACE_FAIL("%s:%ld: NUL byte in the line (not a text file?)", path, lineno);
             break;
         }
-        const char *p = line;
-        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
-        if (!*p || *p == '#') continue;
-        jparser j = {line, line, {0}};
-        if (parse_trace_line(&j, &t)) {
-            fprintf(stderr, "%s:%ld: %s\n", path, lineno, j.err);
-            rc = EXIT_USAGE;
+        char *p = line;
+        if (lineno == 1 && !memcmp(p, "\xef\xbb\xbf", 3)) p += 3; /* UTF-8 byte order mark */
+        const char *q = p;
+        while (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n') q++;
+        if (!*q || *q == '#') continue;
+        if (!memcmp(q, "\xef\xbb\xbf", 3)) {
+            rc = TRACE_FAIL("%s:%ld: column %d: a UTF-8 byte order mark, allowed only at the start of the file",
+                            path, lineno, (int)(q - line) + 1);
+            break;
+        }
+        jparser j = {p, p, {0}};
+        if (parse_trace_line(&j, &t, trace_block)) {
+            rc = TRACE_FAIL("%s:%ld: %s", path, lineno, j.err);
             break;
         }
         if (w->n > 0 && t.arrival < last_arrival) {
-            fprintf(stderr, "%s:%ld: arrival %g is earlier than the previous line's %g\n", path, lineno,
-                    t.arrival, last_arrival);
-            rc = EXIT_USAGE;
+            rc = TRACE_FAIL("%s:%ld: arrival %g is earlier than the previous line's %g (seconds)", path, lineno,
+                            t.arrival, last_arrival);
             break;
         }
         last_arrival = t.arrival;
+        int mooncake = (t.seen & MOONCAKE_KEYS) != 0;
         sim_request *r = workload_push(w);
-        if (!r) { rc = cli_error("out of memory"); break; }
+        int64_t *po = r ? realloc(ids_off, (size_t)w->cap * sizeof *po) : NULL;
+        if (!po) { rc = EXIT_LIB; break; }
+        ids_off = po;
         int32_t idx = w->n - 1;
+        ids_off[idx] = -1;
         r->arrival = t.arrival;
         r->output_len = (int32_t)t.output_len;
         r->n_samples = (int32_t)t.n;
         r->group = (int32_t)t.prefix_group;
         r->out_salt = cli_mix(seed, (uint64_t)idx, 0x74726163, 0);
-        r->prompt_len = t.have_prompt ? t.prompt_n : (int32_t)t.prompt_len;
-        r->prompt = malloc((size_t)r->prompt_len * sizeof *r->prompt);
-        if (!r->prompt) { rc = cli_error("out of memory"); break; }
-        if (t.have_prompt) {
-            memcpy(r->prompt, t.prompt, (size_t)t.prompt_n * sizeof *r->prompt);
+        r->prompt_len = (t.seen >> K_PROMPT) & 1 ? (int32_t)t.arr.n : (int32_t)t.prompt_len;
+        r->tblock = trace_block;
+        if (mooncake) {
+            if (w->nids + t.arr.n > w->ids_cap) {
+                int64_t c2 = w->ids_cap ? w->ids_cap * 2 : 4096;
+                while (c2 < w->nids + t.arr.n) c2 *= 2;
+                int32_t *np = realloc(w->ids, (size_t)c2 * sizeof *np);
+                if (!np) { rc = EXIT_LIB; break; }
+                w->ids = np;
+                w->ids_cap = c2;
+            }
+            ids_off[idx] = w->nids;
+            for (int64_t i = 0; i < t.arr.n; i++) {
+                int32_t d = id_get(&ids, t.arr.v[i]);
+                if (d < 0) { rc = EXIT_LIB; break; }
+                if (d >= max_ids) {
+                    rc = TRACE_FAIL("%s:%ld: more than %lld distinct hash ids: their tokens (%d per id, "
+                                    "--trace-block) would not fit in 31 bits", path, lineno,
+                                    (long long)max_ids, trace_block);
+                    break;
+                }
+                w->ids[w->nids++] = d;
+            }
+            if (rc) break;
+            w->mooncake++;
         } else {
-            int32_t shared = r->group < 0 ? 0 : (t.prefix_len >= 0 ? (int32_t)t.prefix_len : r->prompt_len);
-            for (int32_t i = 0; i < r->prompt_len; i++)
-                r->prompt[i] = i < shared ? group_token(r->group, i)
-                                          : (int32_t)(cli_mix(seed ^ 0x75736572, (uint64_t)idx, 1, (uint64_t)i) %
-                                                      SIM_VOCAB);
+            r->prompt = malloc((size_t)r->prompt_len * sizeof *r->prompt);
+            if (!r->prompt) { rc = EXIT_LIB; break; }
+            if ((t.seen >> K_PROMPT) & 1) {
+                for (int32_t i = 0; i < r->prompt_len; i++) r->prompt[i] = (int32_t)t.arr.v[i];
+            } else {
+                int32_t shared = r->group < 0 ? 0 : (t.prefix_len >= 0 ? (int32_t)t.prefix_len : r->prompt_len);
+                for (int32_t i = 0; i < r->prompt_len; i++)
+                    r->prompt[i] = i < shared ? group_token(r->group, i)
+                                              : (int32_t)(cli_mix(seed ^ 0x75736572, (uint64_t)idx, 1, (uint64_t)i) %
+                                                          SIM_VOCAB);
+            }
         }
         w->conversations++;
         if (r->group >= 0) w->with_system_prompt++;
@@ -364,9 +554,18 @@ int workload_trace(const char *path, uint64_t seed, sim_workload *w) {
         w->prompt_tokens += r->prompt_len;
         w->output_tokens += (int64_t)r->output_len * r->n_samples;
     }
-    if (rc == 0 && ferror(f)) rc = cli_error("%s: read error", path);
-    if (rc == 0 && w->n == 0) rc = cli_error("%s: no requests in the trace", path);
-    free(t.prompt);
+    if (rc == 0 && ferror(f)) rc = TRACE_FAIL("%s: read error: %s", path, strerror(errno));
+    if (rc == 0 && w->n == 0) rc = TRACE_FAIL("%s: no requests in the trace", path);
+    if (rc == EXIT_LIB) cli_error("--trace %s:%ld: out of memory", path, lineno);
+    if (rc == 0) {
+        w->distinct_ids = (int32_t)ids.n;
+        for (int32_t i = 0; i < w->n; i++)
+            if (ids_off[i] >= 0) w->req[i].ids = w->ids + ids_off[i];
+    }
+    free(ids.key);
+    free(ids.val);
+    free(ids_off);
+    free(t.arr.v);
     free(line);
     fclose(f);
     if (rc) workload_free(w);

@@ -1,0 +1,492 @@
+/* pkv sim from the outside: Mooncake traces (hit rates checked exactly against
+ * tests/data/mooncake_hits.py), the theoretical hit rate, capacity sweeps and
+ * their chart, fleets and their routers, refused trace lines, and the sharp
+ * edges of issue 16 (options that would be ignored, misleading messages,
+ * outputs checked first, trace file errors, the sweep table).
+ * PKV_BIN names the program (make test sets it); run from the repository root. */
+#include <stdarg.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "test.h"
+
+static const char *bin;
+static char tmpdir[256];
+
+#define SMALL "tests/data/mooncake_small.jsonl"
+#define SMALL_ARGS "--trace " SMALL " --trace-block 64 --no-progress"
+/* What tests/data/mooncake_hits.py prints for SMALL (hit tokens, prompt tokens). */
+static const struct { int bs; long long hit, query; } small_hits[] = {{16, 1806, 3939}, {7, 1792, 3939}, {64, 1727, 3939}};
+
+typedef struct run_out {
+    int status; /* exit code, or -1 when killed */
+    char *text; /* stdout + stderr */
+    double secs;
+} run_out;
+
+static run_out run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static run_out run(const char *fmt, ...) {
+    char args[4096], cmd[4608];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", bin, args);
+    run_out r = {-1, NULL, 0};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    FILE *p = popen(cmd, "r");
+    if (!p) return r;
+    size_t cap = 0, len = 0, n;
+    char buf[8192];
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) {
+        if (len + n + 1 > cap) {
+            cap = (len + n + 1) * 2;
+            r.text = realloc(r.text, cap);
+        }
+        memcpy(r.text + len, buf, n);
+        len += n;
+    }
+    if (!r.text) r.text = calloc(1, 1);
+    r.text[len] = 0;
+    int st = pclose(p);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    r.secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
+}
+
+/* Exit status and (unless NULL) a piece of the output. */
+static void check_run(const run_out *r, int want_status, const char *needle, int line) {
+    test_checks_++;
+    if (r->status != want_status || (needle && !strstr(r->text, needle))) {
+        test_fails_++;
+        fprintf(stderr, "%s:%d: status %d (want %d)%s%s%s; output:\n%.2000s\n", __FILE__, line, r->status,
+                want_status, needle ? ", want \"" : "", needle ? needle : "", needle ? "\"" : "", r->text);
+    }
+}
+#define CHECK_RUN(r, want_status, needle) check_run(&(r), (want_status), (needle), __LINE__)
+
+/* The integer after the n-th (from 0) occurrence of "key": in text, or -1. */
+static long long json_int(const char *text, const char *key, int nth) {
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    const char *p = text;
+    for (int i = 0; p && i <= nth; i++) {
+        p = strstr(p, pat);
+        if (p && i < nth) p += strlen(pat);
+    }
+    return p ? strtoll(p + strlen(pat), NULL, 10) : -1;
+}
+
+/* Occurrences of needle in text. */
+static int count(const char *text, const char *needle) {
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle)) n++;
+    return n;
+}
+
+/* The text of table row `name` after the name, or "". */
+static const char *row(const char *text, const char *name, char *buf, size_t n) {
+    buf[0] = 0;
+    size_t len = strlen(name);
+    for (const char *p = text; (p = strstr(p, name)) != NULL; p += len)
+        if ((p == text || p[-1] == '\n') && p[len] == ' ') {
+            const char *e = strchr(p, '\n');
+            size_t m = e ? (size_t)(e - p - len) : strlen(p + len);
+            if (m >= n) m = n - 1;
+            memcpy(buf, p + len, m);
+            buf[m] = 0;
+            break;
+        }
+    return buf;
+}
+
+static void write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (!f) return;
+    fputs(text, f);
+    fclose(f);
+}
+
+/* An unbounded pool on a trace served one request at a time reaches the
+ * infinite cache's hits, and both equal the independent script's numbers. */
+static void test_mooncake_exact(void) {
+    int have_python = system("command -v python3 >/dev/null 2>&1") == 0;
+    for (size_t i = 0; i < sizeof small_hits / sizeof small_hits[0]; i++) {
+        run_out r = run(SMALL_ARGS " --block-size %d --pool-blocks 100000 --json", small_hits[i].bs);
+        CHECK_RUN(r, 0, "\"mooncake_lines\": 20");
+        CHECK_INT(json_int(r.text, "requests_done", 0), 20);
+        CHECK_INT(json_int(r.text, "prefix_hit_tokens", 0), small_hits[i].hit);
+        CHECK_INT(json_int(r.text, "prefix_query_tokens", 0), small_hits[i].query);
+        CHECK_INT(json_int(r.text, "prefix_hit_tokens_max", 0), small_hits[i].hit);
+        CHECK(strstr(r.text, "\"hit_rate_max\": ") != NULL);
+        /* 3 distinct ids were given twice, 2 are 2^53 - 1 and 123456789012 */
+        CHECK_INT(json_int(r.text, "distinct_hash_ids", 0), 36);
+        free(r.text);
+        if (have_python) {
+            char cmd[512], out[128] = "";
+            snprintf(cmd, sizeof cmd,
+                     "python3 tests/data/mooncake_hits.py " SMALL " --block-size %d --trace-block 64",
+                     small_hits[i].bs);
+            FILE *p = popen(cmd, "r");
+            CHECK(p != NULL);
+            if (p) {
+                if (!fgets(out, sizeof out, p)) out[0] = 0;
+                pclose(p);
+            }
+            long long h = -1, q = -1;
+            CHECK_INT(sscanf(out, "%lld %lld", &h, &q), 2);
+            CHECK_INT(h, small_hits[i].hit);
+            CHECK_INT(q, small_hits[i].query);
+        }
+    }
+    /* the table shows both */
+    run_out r = run(SMALL_ARGS " --block-size 16 --pool-blocks 100000");
+    CHECK_RUN(r, 0, "45.8% (max 45.8%)");
+    CHECK(strstr(r.text, "20 Mooncake lines, 36 distinct hash ids of 64 tokens") != NULL);
+    free(r.text);
+    /* the Mooncake ids are 512 tokens each by default: the same lines are then other prompts */
+    r = run("--trace " SMALL " --no-progress --block-size 16 --pool-blocks 100000");
+    CHECK_RUN(r, 2, "\"hash_ids\" has 7 ids, input_length 392 needs 1 (one per 512 tokens");
+    free(r.text);
+}
+
+/* A bounded pool evicts, and finds less. */
+static void test_mooncake_bounded(void) {
+    run_out r = run(SMALL_ARGS " --block-size 16 --pool-blocks 40 --json");
+    CHECK_RUN(r, 0, "\"runs\"");
+    long long hit = json_int(r.text, "prefix_hit_tokens", 0);
+    CHECK(hit >= 0 && hit < small_hits[0].hit);
+    CHECK(json_int(r.text, "evictions", 0) > 0);
+    CHECK_INT(json_int(r.text, "requests_done", 0) + json_int(r.text, "rejected", 0), 20);
+    CHECK_INT(json_int(r.text, "prefix_hit_tokens_max", 0), small_hits[0].hit);
+    free(r.text);
+    /* the measured rate never exceeds the theoretical one (default workload, LRU pool) */
+    r = run("--requests 300 --no-progress --json");
+    CHECK_RUN(r, 0, "\"runs\"");
+    long long h = json_int(r.text, "prefix_hit_tokens", 0), m = json_int(r.text, "prefix_hit_tokens_max", 0);
+    CHECK(h > 0 && m > 0 && h <= m);
+    free(r.text);
+}
+
+/* Capacity curves: one column per capacity, the chart of hit rate against
+ * capacity with the theoretical line. */
+static void test_capacity_sweep(void) {
+    char svg[512];
+    snprintf(svg, sizeof svg, "%s/capacity.svg", tmpdir);
+    run_out r = run(SMALL_ARGS " --block-size 16 --sweep pool-blocks=30,60,100000 --svg %s", svg);
+    CHECK_RUN(r, 0, "pool-blocks");
+    char x[512];
+    row(r.text, "prefix hit rate", x, sizeof x);
+    CHECK_INT(count(x, "(max 45.8%)"), 3);
+    CHECK(strstr(x, "45.8% (max 45.8%)") != NULL);
+    CHECK(row(r.text, "TTFT p50 / p99 (ms)", x, sizeof x)[0] != 0);
+    CHECK(row(r.text, "throughput (tokens/s)", x, sizeof x)[0] != 0);
+    free(r.text);
+    FILE *f = fopen(svg, "r");
+    CHECK(f != NULL);
+    if (f) {
+        static char buf[1 << 16];
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = 0;
+        fclose(f);
+        CHECK(!strncmp(buf, "<svg xmlns=\"http://www.w3.org/2000/svg\"", 39));
+        CHECK_INT(count(buf, "<circle"), 3);
+        CHECK(strstr(buf, "theoretical maximum (infinite cache): 45.8%") != NULL);
+        CHECK(strstr(buf, "KV cache capacity (blocks, log scale)") != NULL);
+        if (system("command -v rsvg-convert >/dev/null 2>&1") == 0) {
+            char cmd[1200];
+            snprintf(cmd, sizeof cmd, "rsvg-convert %s -o %s/capacity.png", svg, tmpdir);
+            CHECK_INT(system(cmd), 0);
+        }
+    }
+}
+
+/* Every router serves the same requests; prefix-aware finds what one big
+ * cache would on a trace served one request at a time. */
+static void test_fleet(void) {
+    static const char *routers[] = {"round-robin", "least-loaded", "prefix-aware"};
+    long long done[3], gen[3], query[3];
+    for (int i = 0; i < 3; i++) {
+        run_out r = run("--requests 150 --no-progress --instances 3 --router %s --json", routers[i]);
+        CHECK_RUN(r, 0, "\"per_instance\"");
+        done[i] = json_int(r.text, "requests_done", 0);
+        gen[i] = json_int(r.text, "tokens_generated", 0);
+        query[i] = json_int(r.text, "prefix_query_tokens", 0);
+        long long routed = 0, inst_done = 0;
+        for (int k = 0; k < 3; k++) {
+            routed += json_int(r.text, "routed", k);
+            inst_done += json_int(r.text, "requests_done", k + 1);
+        }
+        CHECK_INT(routed, 150);
+        CHECK_INT(inst_done, done[i]);
+        CHECK(json_int(r.text, "instance", 3) == -1); /* three entries */
+        free(r.text);
+    }
+    for (int i = 1; i < 3; i++) {
+        CHECK_INT(done[i], done[0]);
+        CHECK_INT(gen[i], gen[0]);
+        CHECK_INT(query[i], query[0]);
+    }
+    CHECK_INT(done[0], 150);
+    run_out r = run(SMALL_ARGS " --block-size 16 --pool-blocks 100000 --instances 3 --router prefix-aware --json");
+    CHECK_RUN(r, 0, "\"router\": \"prefix-aware\"");
+    CHECK_INT(json_int(r.text, "prefix_hit_tokens", 0), small_hits[0].hit);
+    free(r.text);
+    r = run(SMALL_ARGS " --block-size 16 --pool-blocks 100000 --instances 3 --router round-robin --json");
+    CHECK_RUN(r, 0, "\"router\": \"round-robin\"");
+    CHECK(json_int(r.text, "prefix_hit_tokens", 0) < small_hits[0].hit);
+    free(r.text);
+    /* the table: global rows, then one row per instance */
+    r = run("--requests 100 --no-progress --instances 2 --router least-loaded");
+    CHECK_RUN(r, 0, "per instance (2 instances, least-loaded):");
+    char x[256];
+    CHECK(strstr(row(r.text, "instances, router", x, sizeof x), "2, least-loaded") != NULL);
+    CHECK(row(r.text, "load balance (max/mean)", x, sizeof x)[0] != 0);
+    free(r.text);
+    r = run("--requests 50 --no-progress --sweep instances=1,2 --router prefix-aware");
+    CHECK_RUN(r, 0, "per instance, instances=2 (2 instances, prefix-aware):");
+    free(r.text);
+}
+
+/* Malformed Mooncake lines are refused with their line and column. */
+static void test_bad_lines(void) {
+    static const struct { const char *text; const char *msg; } bad[] = {
+        {"{\"timestamp\": 0, \"input_length\": 100, \"output_length\": 3, \"hash_ids\": [1, 2]}\n"
+         "{\"timestamp\": 5, \"input_length\": 100, \"output_length\": 3}\n",
+         ":2: column 59: missing \"hash_ids\""},
+        {"{\"timestamp\": 0, \"output_length\": 3, \"hash_ids\": [1, 2]}\n", ":1: column 58: missing \"input_length\""},
+        {"{\"input_length\": 100, \"output_length\": 3, \"hash_ids\": [1, 2]}\n", ":1: column 63: missing \"timestamp\""},
+        {"{\"timestamp\": 0, \"input_length\": -100, \"output_length\": 3, \"hash_ids\": [1, 2]}\n",
+         ":1: column 38: input_length must be an integer in [1, 16777216]"},
+        {"{\"timestamp\": 0, \"input_length\": 100, \"output_length\": -3, \"hash_ids\": [1, 2]}\n",
+         ":1: column 58: output_length must be an integer in [1, 1048576]"},
+        {"{\"timestamp\": -1, \"input_length\": 100, \"output_length\": 3, \"hash_ids\": [1, 2]}\n",
+         ":1: column 17: timestamp must be >= 0"},
+        {"\n# c\n{\"timestamp\": 0, \"input_length\": 100, \"output_length\": 3, \"hash_ids\": [1]}\n",
+         ":3: column 76: \"hash_ids\" has 1 ids, input_length 100 needs 2 (one per 64 tokens"},
+        {"{\"timestamp\": 0, \"input_length\": 100, \"output_length\": 3, \"hash_ids\": [1, 2, 3]}\n",
+         ":1: column 82: \"hash_ids\" has 3 ids, input_length 100 needs 2"},
+        {"{\"timestamp\": 0, \"input_length\": 100.5, \"output_length\": 3, \"hash_ids\": [1, 2]}\n",
+         ":1: column 39: input_length must be an integer"},
+        {"{\"timestamp\": 0, \"input_length\": 100, \"output_length\": 3, \"hash_ids\": [1, 2.5]}\n",
+         ":1: column 78: an entry of \"hash_ids\" must be an integer in [0, 9007199254740991]"},
+        {"{\"timestamp\": 0, \"input_length\": 100, \"output_length\": 3, \"hash_ids\": [1, -2]}\n",
+         ":1: column 77: an entry of \"hash_ids\" must be an integer"},
+        {"{\"timestamp\": 0, \"input_length\": 100, \"output_length\": 3, \"hash_ids\": [1, \"a\"]}\n",
+         ":1: column 75: expected a number"},
+        {"{\"timestamp\": 0, \"input_length\": \"100\", \"output_length\": 3, \"hash_ids\": [1, 2]}\n",
+         ":1: column 34: expected a number"},
+        {"{\"timestamp\": 0, \"input_length\": 100, \"output_length\": 3, \"hash_ids\": 7}\n",
+         ":1: column 71: \"hash_ids\" must be an array of integers"},
+        {"{\"timestamp\": 0, \"input_length\": 100, \"output_length\": 3, \"hash_ids\": [1, 2], \"arrival\": 0}\n",
+         ":1: column 93: mixes pkv keys"},
+        {"{\"timestamp\": 0, \"input_length\": 100, \"output_length\": 3, \"hash_ids\": [1, 2], \"session_id\": 4}\n",
+         ":1: column 92: unknown key \"session_id\""},
+        {"{\"timestamp\": 9, \"input_length\": 100, \"output_length\": 3, \"hash_ids\": [1, 2]}\n"
+         "{\"timestamp\": 8, \"input_length\": 100, \"output_length\": 3, \"hash_ids\": [1, 2]}\n",
+         ":2: arrival 0.008 is earlier than the previous line's 0.009"},
+        {"{\"timestamp\": 0, \"input_length\": 100, \"output_length\": 3, \"hash_ids\": [1, 2]}\n",
+         NULL},
+    };
+    char path[512];
+    snprintf(path, sizeof path, "%s/bad.jsonl", tmpdir);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        write_file(path, bad[i].text);
+        run_out r = run("--trace %s --trace-block 64 --no-progress", path);
+        if (bad[i].msg) {
+            CHECK_RUN(r, 2, bad[i].msg);
+            char want[700];
+            snprintf(want, sizeof want, "pkv: --trace %s:", path);
+            CHECK(!strncmp(r.text, want, strlen(want)));
+        } else {
+            CHECK_RUN(r, 0, "requests done");
+        }
+        free(r.text);
+    }
+}
+
+/* Issue 16, item 9: options that would be ignored or overridden are refused, named. */
+static void test_ignored_options(void) {
+    static const struct { const char *args; const char *msg; } bad[] = {
+        {"--trace " SMALL " --requests 10", "--requests shapes the default workload and has no effect with --trace"},
+        {"--trace " SMALL " --rate 3", "--rate shapes the default workload and has no effect with --trace"},
+        {"--trace " SMALL " --max-context 1000", "--max-context shapes the default workload"},
+        {"--requests 10 --trace-block 64", "--trace-block applies to Mooncake traces and has no effect without --trace"},
+        {"--requests 10 --verify-seqs 8", "--verify-seqs has no effect without --verify"},
+        {"--requests 10 --sweep block-size=16 --sweep block-size=64", "--sweep given twice"},
+        {"--requests 10 --block-size 16 --block-size 64", "--block-size given twice"},
+        {"--requests 10 --kv-dtype fp8 --sweep kv-dtype=bf16,fp8", "--kv-dtype and --sweep kv-dtype=... both set kv-dtype"},
+        {"--requests 10 --block-size 32 --sweep block-size=16,64", "--block-size and --sweep block-size=... both"},
+        {"--requests 10 --pool-blocks 100 --kv-mem-gib 2", "--pool-blocks and --kv-mem-gib both size the pool"},
+        {"--requests 10 --pool-blocks 100 --sweep kv-mem-gib=1,2", "both size the pool; leave --pool-blocks out"},
+        {"--requests 10 --router prefix-aware", "--router has no effect with one instance"},
+        {"--requests 10 --sweep router=round-robin,prefix-aware", "--sweep router=... has no effect with one instance"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        run_out r = run("--no-progress %s", bad[i].args);
+        CHECK_RUN(r, 2, bad[i].msg);
+        free(r.text);
+    }
+    /* a duplicate key in a trace line */
+    char path[512];
+    snprintf(path, sizeof path, "%s/dup.jsonl", tmpdir);
+    write_file(path, "{\"arrival\": 0, \"prompt_len\": 5, \"output_len\": 3, \"prompt_len\": 7}\n");
+    run_out r = run("--trace %s --no-progress", path);
+    CHECK_RUN(r, 2, ":1: column 63: duplicate key \"prompt_len\"");
+    free(r.text);
+    write_file(path, "{\"timestamp\": 0, \"input_length\": 9, \"output_length\": 3, \"hash_ids\": [1], \"timestamp\": 4}\n");
+    r = run("--trace %s --no-progress", path);
+    CHECK_RUN(r, 2, ":1: column 86: duplicate key \"timestamp\"");
+    free(r.text);
+}
+
+/* Issue 16, item 10: messages say the allowed range; a following option is
+ * not a value; a pool the machine cannot hold is refused before allocating. */
+static void test_messages(void) {
+    static const struct { const char *args; const char *msg; } bad[] = {
+        {"--pool-blocks 2147483647", "pool-blocks: '2147483647' is not an integer in 1..1073741824"},
+        {"--kv-mem-gib 1e30", "kv-mem-gib: '1e30' is not a number of GiB in 1e-06..1048576"},
+        {"--block-size --no-progress", "--block-size needs a value, but is followed by the option '--no-progress'"},
+        {"--instances 0", "instances: '0' is not an integer in 1..256"},
+        {"--router fastest --instances 2", "router: 'fastest' is not round-robin, least-loaded or prefix-aware"},
+        {"--trace-block 0 --trace " SMALL, "--trace-block: '0' is not an integer in 1..65536"},
+        {"--requests 0", "--requests: '0' is not an integer in 1..10000000"},
+        {"--pool-blocks 1073741824 --block-size 4096",
+         "--pool-blocks 1073741824: a pool of 1073741824 blocks of 4096 tokens needs about"},
+        {"--sweep pool-blocks=100,1073741824 --block-size 4096", "--sweep pool-blocks=1073741824: a pool of"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        run_out r = run("--no-progress %s", bad[i].args);
+        CHECK_RUN(r, 2, bad[i].msg);
+        if (strstr(bad[i].msg, "a pool of")) {
+            CHECK(strstr(r.text, "GiB of host memory") != NULL);
+            CHECK(r.secs < 5); /* refused, not allocated */
+        }
+        free(r.text);
+    }
+    /* --name=--value is still a value (then refused as a number) */
+    run_out r = run("--requests 10 --no-progress --block-size=--no-progress");
+    CHECK_RUN(r, 2, "block-size: '--no-progress' is not an integer in 1..4096");
+    free(r.text);
+}
+
+/* Issue 16, item 11: output paths are checked before the work. */
+static void test_outputs_first(void) {
+    run_out r = run("--requests 3000 --no-progress --verify --svg /nonexistent-dir/x.svg");
+    CHECK_RUN(r, 2, "--svg /nonexistent-dir/x.svg: cannot open for writing");
+    CHECK(strstr(r.text, "requests done") == NULL); /* nothing ran */
+    CHECK(r.secs < 5);
+    free(r.text);
+    r = run("--requests 3000 --no-progress --svg %s", tmpdir);
+    CHECK_RUN(r, 2, "is a directory");
+    CHECK(strstr(r.text, "requests done") == NULL);
+    free(r.text);
+    char path[600];
+    snprintf(path, sizeof path, "%s/file", tmpdir);
+    write_file(path, "x");
+    r = run("--requests 3000 --no-progress --svg %s/file/x.svg", tmpdir);
+    CHECK_RUN(r, 2, "cannot open for writing");
+    CHECK(strstr(r.text, "requests done") == NULL);
+    free(r.text);
+}
+
+/* Issue 16, item 12: trace file errors in one form: the option, the file, the reason. */
+static void test_trace_files(void) {
+    run_out r = run("--no-progress --trace %s", tmpdir);
+    char want[700];
+    snprintf(want, sizeof want, "pkv: --trace %s: is a directory", tmpdir);
+    CHECK_RUN(r, 2, want);
+    free(r.text);
+    r = run("--no-progress --trace %s/none.jsonl", tmpdir);
+    snprintf(want, sizeof want, "pkv: --trace %s/none.jsonl: cannot open: No such file or directory", tmpdir);
+    CHECK_RUN(r, 2, want);
+    free(r.text);
+    char path[512];
+    snprintf(path, sizeof path, "%s/empty.jsonl", tmpdir);
+    write_file(path, "\n# nothing\n");
+    r = run("--no-progress --trace %s", path);
+    snprintf(want, sizeof want, "pkv: --trace %s: no requests in the trace", path);
+    CHECK_RUN(r, 2, want);
+    free(r.text);
+    /* a UTF-8 byte order mark at the start is skipped; elsewhere it is named */
+    snprintf(path, sizeof path, "%s/bom.jsonl", tmpdir);
+    write_file(path, "\xef\xbb\xbf{\"arrival\": 0, \"prompt_len\": 50, \"output_len\": 3}\n");
+    r = run("--no-progress --trace %s --json", path);
+    CHECK_RUN(r, 0, "\"requests_done\": 1");
+    free(r.text);
+    write_file(path, "{\"arrival\": 0, \"prompt_len\": 50, \"output_len\": 3}\n\xef\xbb\xbf{\"arrival\": 1, "
+                     "\"prompt_len\": 5, \"output_len\": 3}\n");
+    r = run("--no-progress --trace %s", path);
+    CHECK_RUN(r, 2, ":2: column 1: a UTF-8 byte order mark, allowed only at the start of the file");
+    free(r.text);
+}
+
+/* Issue 16, item 13: the swept knob is printed once; nothing finished is n/a. */
+static void test_table(void) {
+    run_out r = run("--requests 100 --no-progress --sweep block-size=16,64");
+    CHECK_RUN(r, 0, "block-size");
+    CHECK_INT(count(r.text, "\nblock-size "), 1);
+    CHECK_INT(count(r.text, "\nblock size "), 0);
+    free(r.text);
+    r = run("--requests 100 --no-progress --sweep kv-dtype=bf16,fp8");
+    CHECK_RUN(r, 0, "kv-dtype");
+    CHECK_INT(count(r.text, "\nkv dtype "), 0);
+    free(r.text);
+    /* a pool of one block admits nothing: every request is refused */
+    r = run("--requests 20 --no-progress --pool-blocks 1");
+    CHECK_RUN(r, 0, "rejected");
+    char x[256];
+    CHECK(strstr(row(r.text, "TTFT p50 / p99 (ms)", x, sizeof x), "n/a") != NULL);
+    CHECK(strstr(row(r.text, "TPOT p50 / p99 (ms)", x, sizeof x), "n/a") != NULL);
+    CHECK(strstr(r.text, "0 / 0") == NULL);
+    free(r.text);
+    r = run("--requests 20 --no-progress --pool-blocks 1 --json");
+    CHECK_RUN(r, 0, "\"ttft_p50_s\": null");
+    free(r.text);
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
+    static char guess[1024];
+    bin = getenv("PKV_BIN");
+    if (!bin) {
+        snprintf(guess, sizeof guess, "%s", argv[0]);
+        char *slash = strrchr(guess, '/');
+        if (slash) *slash = 0;
+        slash = strrchr(guess, '/');
+        if (slash && (size_t)(slash - guess) + 5 < sizeof guess) strcpy(slash + 1, "pkv");
+        else snprintf(guess, sizeof guess, "build/pkv");
+        bin = guess;
+    }
+    if (access(bin, X_OK) != 0) {
+        fprintf(stderr, "test_sim: %s is not an executable (set PKV_BIN)\n", bin);
+        return 1;
+    }
+    static char cmdbin[1200];
+    snprintf(cmdbin, sizeof cmdbin, "%s sim", bin);
+    bin = cmdbin;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/pkv_test_sim.XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    test_mooncake_exact();
+    test_mooncake_bounded();
+    test_capacity_sweep();
+    test_fleet();
+    test_bad_lines();
+    test_ignored_options();
+    test_messages();
+    test_outputs_first();
+    test_trace_files();
+    test_table();
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "test_sim: could not remove %s\n", tmpdir);
+    return test_report("test_sim");
+}
