@@ -82,7 +82,8 @@ typedef enum pkv_status {
     PKV_ERR_FORMAT = -16,       /* malformed input data (e.g. a .npy header) */
     PKV_ERR_STATE = -17,        /* the object is not in a state that allows this call */
     PKV_ERR_SHAPE = -18,        /* array shapes disagree with each other */
-    PKV_ERR_SLOT = -19          /* a slot id outside [0, num_blocks * block_size) */
+    PKV_ERR_SLOT = -19,         /* a slot id outside [0, num_blocks * block_size) */
+    PKV_ERR_NOT_FOUND = -20     /* a tier holds nothing under the key (a miss, not a fault) */
 } pkv_status;
 
 /*! Returns a static, human-readable description of a status code (never NULL;
@@ -373,6 +374,54 @@ PKV_API int pkv_prefix_lookup(pkv_cache *cache, uint64_t ns, const int32_t *toke
  *  of in[0..len) under key[16]; out[16]. Public so its test vectors can be
  *  checked; also handy for engines that key their own tables. */
 PKV_API void pkv_siphash128(const uint8_t key[16], const void *in, size_t len, uint8_t out[16]);
+
+/* ------------------------------------------------------------------------- */
+/* KV tiers below the pool: the backend interface                            */
+/* ------------------------------------------------------------------------- */
+
+/* A tier backend is a store of blobs, each under the 16-byte identity key of a
+ * cached block (its prefix key). The library decides what a blob holds (the
+ * block's identity, a checksum and its rows in every layer) and checks it on
+ * every load, so a backend only stores bytes: a torn, truncated, corrupted or
+ * foreign blob is a miss, never wrong KV. The library calls a backend from one
+ * thread at a time (its I/O threads or the caller's), so a backend need not
+ * lock; calls may block. Every function returns PKV_OK or a negative status;
+ * a failure other than PKV_ERR_NOT_FOUND marks the tier degraded in the stats
+ * and is served as a miss.
+ *
+ * Writers of a backend: all blob sizes of one tier are equal (blob_size at
+ * open), so fixed-size slots serve. */
+typedef struct pkv_tier_backend {
+    uint32_t size;  /* sizeof(pkv_tier_backend) */
+    void *ctx;      /* the backend's state, passed to every call */
+    /* Stores blob[0..len) under key, replacing an older blob of that key.
+     * PKV_ERR_CAPACITY when full (the library evicts first, so this is rare). */
+    int (*put)(void *ctx, const uint8_t key[16], const void *blob, size_t len);
+    /* Copies the blob of key into buf[0..cap) and sets *len; PKV_ERR_NOT_FOUND
+     * when there is none; PKV_ERR_BUFFER when cap < its length. */
+    int (*get)(void *ctx, const uint8_t key[16], void *buf, size_t cap, size_t *len);
+    /* 1 when a blob of key is stored, 0 when not, or a negative status. */
+    int (*exists)(void *ctx, const uint8_t key[16]);
+    /* Removes the blob of key (PKV_ERR_NOT_FOUND when there is none). */
+    int (*del)(void *ctx, const uint8_t key[16]);
+    /* Calls fn(arg, key, len) once per stored blob (restart: the library
+     * re-indexes what survived); fn returning non-zero stops the scan. */
+    int (*scan)(void *ctx, int (*fn)(void *arg, const uint8_t key[16], size_t len), void *arg);
+    /* Releases the backend (files stay on disk). NULL: nothing to release. */
+    void (*close)(void *ctx);
+} pkv_tier_backend;
+
+/* The file tier: a directory (local disk, or a 3FS / NFS mount) of fixed-size
+ * slab files holding blobs of blob_size bytes, capacity_bytes in all. Opening a
+ * directory that holds slabs of the same blob_size finds their blobs again
+ * (each verified: a torn or corrupted slot is dropped, never returned).
+ * flags: PKV_FILE_TIER_FSYNC makes every put durable before it returns.
+ * @return PKV_OK and *out filled (close it with out->close(out->ctx), or hand
+ * it to a cache, which then owns it); PKV_ERR_NULL, PKV_ERR_INVALID (sizes),
+ * PKV_ERR_IO (with errno's reason in detail, when detail != NULL: 256 bytes). */
+enum { PKV_FILE_TIER_FSYNC = 1 };
+PKV_API int pkv_tier_file_open(const char *dir, uint64_t capacity_bytes, size_t blob_size, uint32_t flags,
+                               pkv_tier_backend *out, char *detail);
 
 /* ------------------------------------------------------------------------- */
 /* Attention (FlashMLA argument convention)                                  */

@@ -66,6 +66,7 @@ const char *pkv_strerror(int status) {
     case PKV_ERR_STATE: return "object state does not allow this call";
     case PKV_ERR_SHAPE: return "array shapes disagree";
     case PKV_ERR_SLOT: return "slot id outside the cache";
+    case PKV_ERR_NOT_FOUND: return "not found in the tier";
     default: return "unknown status";
     }
 }
