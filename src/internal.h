@@ -221,6 +221,41 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
 int32_t prefix_match(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *blocks);
 /* The token ids of cached block b (the entry located there), or NULL. */
 const int32_t *prefix_block_tokens(const pkv_prefix *p, int32_t b);
+
+/* Entries for the tier layer (an entry may live in the pool, in tiers, or both). */
+typedef struct prefix_identity {
+    uint64_t key[2], parent_key[2], ns;
+    int32_t parent;        /* parent entry, -1 for a chain's first block */
+    const int32_t *toks;   /* [block_size] */
+} prefix_identity;
+/* Makes room for ecap entries in all (tiers hold entries the pool does not);
+ * all or nothing. */
+int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap);
+int32_t prefix_ecap(const pkv_prefix *p);
+int32_t prefix_entry_of_block(const pkv_prefix *p, int32_t b);
+int32_t prefix_entry_block(const pkv_prefix *p, int32_t e); /* pool block or -1 */
+void prefix_identity_of(const pkv_prefix *p, int32_t e, prefix_identity *out);
+/* Block b leaves the pool but its entry stays (it lives in a tier now). */
+void prefix_unplace(pkv_prefix *p, int32_t b);
+/* Entry e (not in the pool) is placed at pool block b (held by the caller). */
+void prefix_place(pkv_prefix *p, int32_t e, int32_t b);
+/* The first child of e, or -1; and the entry's removal (no children left; its
+ * pool block, if any, stops being cached). Returns 1 when an evictable pool
+ * block went to the free list. */
+int32_t prefix_first_child(const pkv_prefix *p, int32_t e);
+/* Tier membership of entry e (bit t: tier t holds it). */
+uint8_t prefix_tiers_of(const pkv_prefix *p, int32_t e);
+void prefix_set_tier(pkv_prefix *p, int32_t e, int t, int on);
+int prefix_remove_entry(pkv_prefix *p, int32_t e);
+/* A new entry of the identity id, at no location yet (restart); -1 when the
+ * identity is already indexed or no entry id is free. */
+int32_t prefix_insert_unplaced(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, const int32_t *toks);
+/* The entry whose full key is key, or -1 (restart links chains by key). */
+int32_t prefix_find_key(const pkv_prefix *p, const uint64_t key[2]);
+/* The longest chain matching tokens[0..n) in ns, as entry ids (wherever they
+ * live) into ents[] (room for n / bs); returns its length. No statistics. */
+int32_t prefix_match_entries(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *ents);
+void prefix_count_query(pkv_prefix *p, int32_t n, int32_t hit_tokens);
 /* Invariants of the index, and of the sequences' registered blocks against it. */
 int prefix_check(pkv_prefix *p, pkv_seqtab *t, const pkv_allocator *al, pkv_detail *d);
 /* No index: no block may be marked cached. */

@@ -62,7 +62,8 @@ struct pkv_prefix {
     uint64_t *key;    /* [2 * ecap] low, high word */
     uint64_t *ns;
     int32_t *parent;  /* parent entry, -1 for a chain's first block */
-    int32_t *loc;     /* pool block holding the KV; -1: a free entry id */
+    int32_t *loc;     /* pool block holding the KV, -1 none (free, or only in tiers) */
+    uint8_t *emask;   /* bit 0: the id is in use; bit 1 + t: tier t holds the entry */
     int32_t *child;   /* first child, -1 none */
     int32_t *sib_next, *sib_prev; /* links among the children of one parent;
                                    * sib_next also chains free entry ids */
@@ -166,7 +167,8 @@ static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int
     p->ns[e] = ns;
     p->parent[e] = parent;
     p->loc[e] = b;
-    p->ent_of_block[b] = e;
+    p->emask[e] = 1;
+    if (b >= 0) p->ent_of_block[b] = e;
     p->child[e] = -1;
     p->nchild[e] = 0;
     p->sib_prev[e] = -1;
@@ -205,8 +207,9 @@ static void entry_remove(pkv_prefix *p, int32_t e) {
     else if (par >= 0) p->child[par] = nx;
     if (nx >= 0) p->sib_prev[nx] = pr;
     if (par >= 0) p->nchild[par]--;
-    p->ent_of_block[p->loc[e]] = -1;
+    if (p->loc[e] >= 0) p->ent_of_block[p->loc[e]] = -1;
     p->loc[e] = -1;
+    p->emask[e] = 0;
     p->sib_prev[e] = -1;
     p->sib_next[e] = p->efree;
     p->efree = e;
@@ -239,6 +242,136 @@ const int32_t *prefix_block_tokens(const pkv_prefix *p, int32_t b) {
     return e >= 0 ? ent_toks(p, e) : NULL;
 }
 
+/* ---- entries for the tier layer ---- */
+
+int32_t prefix_ecap(const pkv_prefix *p) { return p->ecap; }
+int32_t prefix_entry_of_block(const pkv_prefix *p, int32_t b) { return p->ent_of_block[b]; }
+int32_t prefix_entry_block(const pkv_prefix *p, int32_t e) { return p->loc[e]; }
+int32_t prefix_first_child(const pkv_prefix *p, int32_t e) { return p->child[e]; }
+uint8_t prefix_tiers_of(const pkv_prefix *p, int32_t e) { return (uint8_t)(p->emask[e] >> 1); }
+
+void prefix_set_tier(pkv_prefix *p, int32_t e, int t, int on) {
+    uint8_t bit = (uint8_t)(2u << t);
+    p->emask[e] = on ? (uint8_t)(p->emask[e] | bit) : (uint8_t)(p->emask[e] & ~bit);
+}
+
+void prefix_identity_of(const pkv_prefix *p, int32_t e, prefix_identity *out) {
+    out->key[0] = p->key[2 * e];
+    out->key[1] = p->key[2 * e + 1];
+    out->parent = p->parent[e];
+    out->parent_key[0] = out->parent >= 0 ? p->key[2 * out->parent] : 0;
+    out->parent_key[1] = out->parent >= 0 ? p->key[2 * out->parent + 1] : 0;
+    out->ns = p->ns[e];
+    out->toks = ent_toks(p, e);
+}
+
+void prefix_unplace(pkv_prefix *p, int32_t b) {
+    int32_t e = p->ent_of_block[b];
+    pkv_assert(e >= 0);
+    p->ent_of_block[b] = -1;
+    p->loc[e] = -1;
+}
+
+void prefix_place(pkv_prefix *p, int32_t e, int32_t b) {
+    pkv_assert(p->loc[e] < 0 && p->ent_of_block[b] < 0);
+    p->loc[e] = b;
+    p->ent_of_block[b] = e;
+    p->pool->cached[b] = 1;
+}
+
+int prefix_remove_entry(pkv_prefix *p, int32_t e) {
+    pkv_assert(p->child[e] < 0);
+    int32_t b = p->loc[e];
+    entry_remove(p, e);
+    return b >= 0 ? pool_uncache(p->pool, b) : 0;
+}
+
+int32_t prefix_insert_unplaced(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, const int32_t *toks) {
+    if (p->efree < 0) return -1;
+    uint64_t probe[2] = {key[0], key[1]};
+    if (index_find(p, probe, parent, ns, toks, 0, 1) >= 0) return -1;
+    return entry_insert(p, -1, key, parent, ns, toks);
+}
+
+int32_t prefix_find_key(const pkv_prefix *p, const uint64_t key[2]) {
+    uint32_t tag = (uint32_t)key[0];
+    for (size_t i = home_slot(p, tag);; i = (i + 1) & p->mask) {
+        const prefix_slot *s = &p->tab[i];
+        if (s->ent < 0) return -1;
+        if (s->tag == tag && p->key[2 * s->ent] == key[0] && p->key[2 * s->ent + 1] == key[1]) return s->ent;
+    }
+}
+
+int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap) {
+    if (ecap <= p->ecap) return PKV_OK;
+    size_t ne = (size_t)ecap, old = (size_t)p->ecap, cap = 16;
+    int lg = 4;
+    while (cap < 2 * ne) {
+        cap *= 2;
+        lg++;
+    }
+    /* New arrays first; the old ones are freed only when every one succeeded. */
+    void *a[10] = {pkv_mem_alloc(al, ne * 2 * sizeof(uint64_t)), pkv_mem_alloc(al, ne * sizeof(uint64_t)),
+                   pkv_mem_alloc(al, ne * sizeof(int32_t)),      pkv_mem_alloc(al, ne * sizeof(int32_t)),
+                   pkv_mem_alloc(al, ne),                        pkv_mem_alloc(al, ne * sizeof(int32_t)),
+                   pkv_mem_alloc(al, ne * sizeof(int32_t)),      pkv_mem_alloc(al, ne * sizeof(int32_t)),
+                   pkv_mem_alloc(al, ne * sizeof(int32_t)),      pkv_mem_calloc(al, ne, (size_t)p->bs * sizeof(int32_t))};
+    prefix_slot *tab = pkv_mem_alloc(al, cap * sizeof *tab);
+    int ok = tab != NULL;
+    for (int i = 0; i < 10; i++) ok = ok && a[i] != NULL;
+    if (!ok) {
+        for (int i = 0; i < 10; i++) pkv_mem_free(al, a[i]);
+        pkv_mem_free(al, tab);
+        return PKV_ERR_NOMEM;
+    }
+    memcpy(a[0], p->key, old * 2 * sizeof(uint64_t));
+    memcpy(a[1], p->ns, old * sizeof(uint64_t));
+    memcpy(a[2], p->parent, old * sizeof(int32_t));
+    memcpy(a[3], p->loc, old * sizeof(int32_t));
+    memcpy(a[4], p->emask, old);
+    memcpy(a[5], p->child, old * sizeof(int32_t));
+    memcpy(a[6], p->sib_next, old * sizeof(int32_t));
+    memcpy(a[7], p->sib_prev, old * sizeof(int32_t));
+    memcpy(a[8], p->nchild, old * sizeof(int32_t));
+    memcpy(a[9], p->toks, old * (size_t)p->bs * sizeof(int32_t));
+    void **fields[10] = {(void **)&p->key,      (void **)&p->ns,       (void **)&p->parent,   (void **)&p->loc,
+                         (void **)&p->emask,    (void **)&p->child,    (void **)&p->sib_next, (void **)&p->sib_prev,
+                         (void **)&p->nchild,   (void **)&p->toks};
+    for (int i = 0; i < 10; i++) {
+        pkv_mem_free(al, *fields[i]);
+        *fields[i] = a[i];
+    }
+    /* The new ids join the free list in increasing order, after the old ones. */
+    int32_t *tail = &p->efree;
+    while (*tail >= 0) tail = &p->sib_next[*tail];
+    for (size_t e = old; e < ne; e++) {
+        p->parent[e] = p->child[e] = p->sib_prev[e] = p->loc[e] = -1;
+        p->emask[e] = 0;
+        p->nchild[e] = 0;
+        p->sib_next[e] = -1;
+        *tail = (int32_t)e;
+        tail = &p->sib_next[e];
+    }
+    prefix_slot *old_tab = p->tab;
+    size_t old_mask = p->mask;
+    p->tab = tab;
+    p->mask = cap - 1;
+    p->shift = 64 - lg;
+    p->ecap = ecap;
+    for (size_t i = 0; i < cap; i++) {
+        p->tab[i].tag = 0;
+        p->tab[i].ent = -1;
+    }
+    for (size_t i = 0; i <= old_mask; i++) {
+        if (old_tab[i].ent < 0) continue;
+        size_t j = home_slot(p, old_tab[i].tag);
+        while (p->tab[j].ent >= 0) j = (j + 1) & p->mask;
+        p->tab[j] = old_tab[i];
+    }
+    pkv_mem_free(al, old_tab);
+    return PKV_OK;
+}
+
 /* ---- creation ---- */
 
 static void prefix_free(const pkv_allocator *al, pkv_prefix *p) {
@@ -248,6 +381,7 @@ static void prefix_free(const pkv_allocator *al, pkv_prefix *p) {
     pkv_mem_free(al, p->ns);
     pkv_mem_free(al, p->parent);
     pkv_mem_free(al, p->loc);
+    pkv_mem_free(al, p->emask);
     pkv_mem_free(al, p->child);
     pkv_mem_free(al, p->sib_next);
     pkv_mem_free(al, p->sib_prev);
@@ -279,13 +413,14 @@ int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[
     p->ns = pkv_mem_calloc(al, ne, sizeof(uint64_t));
     p->parent = pkv_mem_alloc(al, ne * sizeof(int32_t));
     p->loc = pkv_mem_alloc(al, ne * sizeof(int32_t));
+    p->emask = pkv_mem_calloc(al, ne, 1);
     p->child = pkv_mem_alloc(al, ne * sizeof(int32_t));
     p->sib_next = pkv_mem_alloc(al, ne * sizeof(int32_t));
     p->sib_prev = pkv_mem_alloc(al, ne * sizeof(int32_t));
     p->nchild = pkv_mem_calloc(al, ne, sizeof(int32_t));
     p->toks = pkv_mem_calloc(al, ne, (size_t)p->bs * sizeof(int32_t));
     p->tab = pkv_mem_alloc(al, cap * sizeof(prefix_slot));
-    if (!p->ent_of_block || !p->key || !p->ns || !p->parent || !p->loc || !p->child || !p->sib_next ||
+    if (!p->ent_of_block || !p->key || !p->ns || !p->parent || !p->loc || !p->emask || !p->child || !p->sib_next ||
         !p->sib_prev || !p->nchild || !p->toks || !p->tab) {
         prefix_free(al, p);
         return PKV_ERR_NOMEM;
@@ -400,7 +535,7 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
 
 /* ---- lookup ---- */
 
-int32_t prefix_match(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *blocks) {
+int32_t prefix_match_entries(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *ents) {
     int32_t bs = p->bs, full = n / bs;
     /* Below a parent with few children the children's tokens are compared
      * directly (the chain's keys are stored, nothing to hash); elsewhere the
@@ -431,14 +566,26 @@ int32_t prefix_match(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t 
             e = index_find(p, key, pe, ns, t, 1, 0);
         }
         if (e < 0) break;
-        blocks[m] = p->loc[e];
+        ents[m++] = e;
         pe = e;
-        m++;
     }
+    return m;
+}
+
+void prefix_count_query(pkv_prefix *p, int32_t n, int32_t hit_tokens) {
     p->queries++;
     p->query_tokens += n;
-    p->hit_tokens += (int64_t)m * bs;
-    return m;
+    p->hit_tokens += hit_tokens;
+}
+
+int32_t prefix_match(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *blocks) {
+    int32_t m = prefix_match_entries(p, ns, tokens, n, blocks), k = 0;
+    while (k < m && p->loc[blocks[k]] >= 0) {
+        blocks[k] = p->loc[blocks[k]];
+        k++;
+    }
+    prefix_count_query(p, n, k * p->bs);
+    return k;
 }
 
 /* ---- statistics and checks ---- */
@@ -467,9 +614,9 @@ void prefix_dump(const pkv_prefix *p, void (*put)(void *w, const void *data, siz
         if (p->tab[i].ent >= 0) put(w, &p->tab[i].tag, sizeof p->tab[i].tag);
     }
     for (int32_t e = 0; e < p->ecap; e++) {
-        int32_t links[6] = {e, p->loc[e], p->parent[e], p->child[e], p->sib_next[e], p->sib_prev[e]};
+        int32_t links[7] = {e, p->loc[e], p->emask[e], p->parent[e], p->child[e], p->sib_next[e], p->sib_prev[e]};
         put(w, links, sizeof links);
-        if (p->loc[e] < 0) continue;
+        if (!p->emask[e]) continue;
         put(w, p->key + 2 * e, 2 * sizeof *p->key);
         put(w, p->ns + e, sizeof *p->ns);
         put(w, ent_toks(p, e), (size_t)p->bs * sizeof(int32_t));
@@ -484,10 +631,12 @@ static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
     for (size_t i = 0; i <= p->mask; i++) {
         int32_t e = p->tab[i].ent;
         if (e < 0) continue;
-        if (e >= p->ecap || p->loc[e] < 0 || seen[e]++)
+        if (e >= p->ecap || !(p->emask[e] & 1) || seen[e]++)
             return pkv__fail(d, PKV_ERR_CORRUPT, "index slot %zu holds entry %d (free or twice)", i, e);
         int32_t b = p->loc[e];
-        if (b >= p->nb || !pool->cached[b] || p->ent_of_block[b] != e)
+        if (b < 0 && p->emask[e] == 1)
+            return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d lives nowhere (no block, no tier)", e);
+        if (b >= p->nb || (b >= 0 && (!pool->cached[b] || p->ent_of_block[b] != e)))
             return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d is located at block %d, which is not its cached block", e,
                              b);
         if (p->tab[i].tag != (uint32_t)p->key[2 * e])
@@ -498,7 +647,7 @@ static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
         int32_t par = p->parent[e];
         uint64_t pk[2] = {0, 0}, key[2];
         if (par >= 0) {
-            if (par >= p->ecap || p->loc[par] < 0 || p->ns[par] != p->ns[e])
+            if (par >= p->ecap || !(p->emask[par] & 1) || p->ns[par] != p->ns[e])
                 return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d has parent %d not cached here", e, par);
             pk[0] = p->key[2 * par];
             pk[1] = p->key[2 * par + 1];
@@ -523,10 +672,10 @@ static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
     }
     int32_t linked = 0, nfree = 0;
     for (int32_t e = 0; e < p->ecap; e++) {
-        if (p->loc[e] < 0) continue;
+        if (!(p->emask[e] & 1)) continue;
         int32_t kids = 0;
         for (int32_t x = p->child[e], prev = -1; x >= 0; prev = x, x = p->sib_next[x]) {
-            if (x >= p->ecap || p->loc[x] < 0 || p->parent[x] != e || p->sib_prev[x] != prev || ++linked > n)
+            if (x >= p->ecap || !(p->emask[x] & 1) || p->parent[x] != e || p->sib_prev[x] != prev || ++linked > n)
                 return pkv__fail(d, PKV_ERR_CORRUPT, "child list of entry %d broken at %d", e, x);
             kids++;
         }
@@ -536,7 +685,7 @@ static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
     if (linked != with_parent)
         return pkv__fail(d, PKV_ERR_CORRUPT, "%d entries have a parent, child lists hold %d", with_parent, linked);
     for (int32_t e = p->efree; e >= 0; e = p->sib_next[e])
-        if (e >= p->ecap || p->loc[e] >= 0 || ++nfree > p->ecap - n)
+        if (e >= p->ecap || p->emask[e] || ++nfree > p->ecap - n)
             return pkv__fail(d, PKV_ERR_CORRUPT, "free entry list broken at %d", e);
     if (nfree != p->ecap - n)
         return pkv__fail(d, PKV_ERR_CORRUPT, "%d free entry ids listed, %d expected", nfree, p->ecap - n);
