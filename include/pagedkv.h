@@ -423,6 +423,61 @@ enum { PKV_FILE_TIER_FSYNC = 1 };
 PKV_API int pkv_tier_file_open(const char *dir, uint64_t capacity_bytes, size_t blob_size, uint32_t flags,
                                pkv_tier_backend *out, char *detail);
 
+/* Tiers of a cache. Tiers need host storage and prefix caching, and are added
+ * to a new cache before it holds sequences (tier 0 first, just below the pool;
+ * at most 3). Placement: a cached block the pool reclaims is written to tier 0
+ * (write-back; registration does not write through), stays findable, and a
+ * lookup that runs past the pool's chain continues through the tiers and
+ * copies each block found back into the pool (the tier keeps its copy). A full
+ * tier moves its least recently used block to the next tier, or, from the
+ * last, drops it (and the blocks that chain below it). Every block read back
+ * is checked (geometry, identity, checksum): a bad one is a miss. */
+enum pkv_tier_kind { PKV_TIER_HOST = 0, PKV_TIER_BACKEND = 1 };
+
+/*! Adds a host-memory tier of capacity_blocks blocks (each pkv_tier_blob_size
+ *  bytes, allocated now through the cache's allocator).
+ *  @return PKV_OK; PKV_ERR_MODE (metadata mode or no prefix caching),
+ *  PKV_ERR_STATE (the cache already holds sequences or cached blocks),
+ *  PKV_ERR_INVALID (capacity, or 3 tiers already), PKV_ERR_NOMEM. Unchanged on error. */
+PKV_API int pkv_cache_add_host_tier(pkv_cache *cache, int64_t capacity_blocks);
+
+/*! Adds a tier on a backend (the cache takes it over and closes it when it is
+ *  destroyed, also when this call fails). Blobs the backend already holds
+ *  (a file tier opened on the directory of an earlier run with the same hash
+ *  key and geometry) are checked and indexed again: their prefixes are found.
+ *  @return as pkv_cache_add_host_tier; PKV_ERR_INVALID when a required
+ *  function is NULL or backend->size is not set. */
+PKV_API int pkv_cache_add_tier(pkv_cache *cache, const pkv_tier_backend *backend, int64_t capacity_blocks);
+
+/*! Bytes of one block's blob in this cache's tiers (what pkv_tier_file_open
+ *  takes as blob_size). PKV_ERR_MODE in metadata mode. */
+PKV_API int pkv_tier_blob_size(pkv_cache *cache, size_t *out);
+
+typedef struct pkv_tier_stats {
+    uint32_t size;            /* set by the caller: sizeof(pkv_tier_stats) */
+    int32_t tier;             /* 0 = just below the pool */
+    int32_t kind;             /* pkv_tier_kind */
+    int32_t degraded;         /* 1 after a backend error (it keeps being used) */
+    int64_t capacity_blocks, blocks;
+    int64_t hits, misses;     /* promotions served; promised blocks that failed to load */
+    int64_t stores;           /* blocks written (offload and demotion into it) */
+    int64_t evictions;        /* blocks it let go to make room */
+    int64_t errors;           /* backend calls that failed (not counting "not found") */
+    int64_t corrupt;          /* blobs that failed the checks on load */
+    int64_t restored;         /* blobs indexed again when it was added */
+    int64_t bytes_in, bytes_out; /* written to it, read from it */
+    double seconds_in, seconds_out; /* time in its backend's calls */
+} pkv_tier_stats;
+
+#ifdef __cplusplus
+#define PKV_TIER_STATS_INIT {sizeof(pkv_tier_stats)}
+#else
+#define PKV_TIER_STATS_INIT {.size = sizeof(pkv_tier_stats)}
+#endif
+
+/*! Counters of tier `tier` (0-based) into *out (up to out->size bytes). */
+PKV_API int pkv_tier_stats_get(pkv_cache *cache, int32_t tier, pkv_tier_stats *out);
+
 /* ------------------------------------------------------------------------- */
 /* Attention (FlashMLA argument convention)                                  */
 /* ------------------------------------------------------------------------- */

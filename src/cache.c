@@ -109,6 +109,7 @@ void pkv_cache_destroy(pkv_cache *c) {
     if (!c) return;
     pkv_allocator al = c->al;
     seq_destroy(&c->seqs);
+    tier_destroy(c);
     if (c->prefix) prefix_destroy(c->prefix, &al);
     store_destroy(&c->store);
     pool_destroy(&c->pool, &al);
@@ -170,6 +171,7 @@ int pkv_cache_check(pkv_cache *c) {
     if (st == PKV_OK) st = seq_check(&c->seqs, c->prefix != NULL, count, count + c->pool.num_blocks, &c->err);
     if (st == PKV_OK)
         st = c->prefix ? prefix_check(c->prefix, &c->seqs, &c->al, &c->err) : prefix_check_off(&c->pool, &c->err);
+    if (st == PKV_OK) st = tier_check(c, &c->err);
     pkv_mem_free(&c->al, count);
     if (st == PKV_OK) c->err.text[0] = 0;
     else if (!c->err.text[0]) cache_fail(c, st, "pkv_cache_check: %s", pkv_strerror(st));

@@ -40,6 +40,7 @@
  * (they are the 1.0 sizes) and the new field must mean "default" when zero. */
 #define PKV_CONFIG_SIZE_1_0 ((size_t)88)
 #define PKV_STATS_SIZE_1_0 ((size_t)112)
+#define PKV_TIER_STATS_SIZE_1_0 sizeof(pkv_tier_stats)
 #define PKV_ATTN_ARGS_SIZE_1_0 ((size_t)136)
 /* Copies a caller's struct (its first field the uint32_t size) into dst, which
  * holds the library's defaults and is dst_size bytes: PKV_ERR_INVALID when the
@@ -169,9 +170,10 @@ void seq_drop_registered_tokens(pkv_seqtab *t, pkv_seq_rec *r);
  * ids, from the allocator) when they fit and returns 1 (the old array is
  * freed); returns 0 and leaves r as it was otherwise (the caller frees buf). */
 int seq_swap_tokens(pkv_seqtab *t, pkv_seq_rec *r, int32_t *buf, int32_t cap);
-/* A committed, reserved, empty record takes the m cached blocks[0..m) (one more
- * holder each) as its registered prefix. */
-void seq_adopt_prefix(pkv_seqtab *t, pkv_seq_rec *r, const int32_t *blocks, int32_t m);
+/* A committed, reserved, empty record takes the m cached blocks[0..m) as its
+ * registered prefix (one more holder each, unless the caller holds them
+ * already for it: held). */
+void seq_adopt_prefix(pkv_seqtab *t, pkv_seq_rec *r, const int32_t *blocks, int32_t m, int held);
 /* Two-phase creation for calls that reserve before they commit (create, fork,
  * lookup): prepare finds a free record slot, growing the table if needed,
  * without taking it; its arrays may then be reserved; commit takes it. */
@@ -243,6 +245,8 @@ void prefix_place(pkv_prefix *p, int32_t e, int32_t b);
  * pool block, if any, stops being cached). Returns 1 when an evictable pool
  * block went to the free list. */
 int32_t prefix_first_child(const pkv_prefix *p, int32_t e);
+/* Whether id e names an entry (ids of dropped entries are not reused within a call). */
+int prefix_entry_live(const pkv_prefix *p, int32_t e);
 /* Tier membership of entry e (bit t: tier t holds it). */
 uint8_t prefix_tiers_of(const pkv_prefix *p, int32_t e);
 void prefix_set_tier(pkv_prefix *p, int32_t e, int t, int on);
@@ -297,6 +301,40 @@ int store_read(pkv_store *s, int32_t layer, const int64_t *slots, int32_t n, flo
                pkv_detail *d);
 int store_arenas(pkv_store *s, int32_t layer, void **k, void **v, pkv_detail *d);
 
+/* ---- tiers (tier.c): below the pool in placement, above the store in code ---- */
+#define PKV_MAX_TIERS 3
+typedef struct pkv_tier {
+    pkv_tier_backend be;
+    int64_t capacity, count;  /* entries, at most capacity */
+    int32_t *prev, *next;     /* [ecap] LRU over the entries it holds, head = least recent */
+    int32_t head, tail;
+    int32_t host, degraded;
+    int64_t hits, misses, stores, evictions, errors, corrupt, restored, stray, bytes_in, bytes_out;
+    double seconds_in, seconds_out;
+} pkv_tier;
+
+typedef struct pkv_tiers {
+    int n;
+    int32_t pinned[2];        /* entries being moved (a promotion, an offload): eviction passes them over */
+    pkv_tier t[PKV_MAX_TIERS];
+    uint8_t *scratch[PKV_MAX_TIERS + 1]; /* blob buffers: one per level, one for promotion */
+    int64_t dropped;          /* evictable pool blocks freed by dropping entries */
+} pkv_tiers;
+
+struct pkv_cache;
+/* Bytes of one blob of this cache's geometry. */
+size_t tier_blob_size(const struct pkv_cache *c);
+int tier_add(struct pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, int host, pkv_detail *d);
+void tier_destroy(struct pkv_cache *c);
+/* The pool reclaimed cached block b for a new owner: its entry moves to the
+ * tiers (write-back) or, failing that, is dropped with its descendants. */
+void tier_evicted(struct pkv_cache *c, int32_t b);
+/* Copies entry e (in a tier, not the pool) into a block from take(c); 1 and
+ * *block on success, 0 on a miss (the entry is dropped from that tier). */
+int tier_promote(struct pkv_cache *c, int32_t e, int32_t (*take)(struct pkv_cache *), int32_t *block);
+int tier_check(struct pkv_cache *c, pkv_detail *d);
+void tier_stats(const struct pkv_cache *c, int ti, pkv_tier_stats *out);
+
 /* ---- the cache handle (cache.c, ops.c): the top, the only orchestrator ---- */
 struct pkv_cache {
     pkv_config cfg;
@@ -307,6 +345,7 @@ struct pkv_cache {
     pkv_seqtab seqs;
     pkv_prefix *prefix;   /* NULL unless PKV_FLAG_PREFIX_CACHE */
     pkv_store store;
+    pkv_tiers tiers;
     int64_t cow_copies;
     pkv_detail err;
 };

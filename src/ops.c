@@ -29,8 +29,30 @@ static int32_t take_block(pkv_cache *c) {
     int reclaimed;
     int32_t b = pool_alloc(&c->pool, &reclaimed);
     pkv_assert(b >= 0);
-    if (reclaimed) prefix_forget(c->prefix, b);
+    if (reclaimed) {
+        if (c->tiers.n) tier_evicted(c, b);
+        else prefix_forget(c->prefix, b);
+    }
     return b;
+}
+
+/* Lookup through the tiers: the chain's blocks found in the pool are held at
+ * once, in order, so that no promotion reclaims them; an entry found only in
+ * a tier is copied into a new pool block. A promotion takes a pool block,
+ * which may move other blocks between tiers or drop them: an entry further
+ * down the chain that was dropped meanwhile lives nowhere (its id is not
+ * reused during the call) and ends the match there. Returns the blocks held. */
+static int32_t match_through_tiers(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *blocks) {
+    int32_t *ents = blocks; /* entry ids, replaced in place by the blocks held */
+    int32_t k = prefix_match_entries(c->prefix, ns, tokens, n, ents), m;
+    for (m = 0; m < k; m++) {
+        int32_t e = ents[m], b = prefix_entry_block(c->prefix, e);
+        if (b >= 0) pool_ref(&c->pool, b);
+        else if (pool_available(&c->pool) == 0 || !tier_promote(c, e, take_block, &b)) break;
+        blocks[m] = b;
+    }
+    prefix_count_query(c->prefix, n, m * c->pool.block_size);
+    return m;
 }
 
 /* Token ids are stored once: registration moves a sequence's ids of full
@@ -148,8 +170,13 @@ static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
     if (st == PKV_OK) st = seq_reserve(&c->seqs, &c->seqs.seqs[idx], (int32_t)(((int64_t)n + bs - 1) / bs), 0);
     if (st < 0) return cache_fail(c, st, "lookup: no memory for the sequence of a %d-token prompt", n);
     pkv_seq_rec *r = seq_slot_commit(&c->seqs, idx, ns);
-    int32_t m = prefix_match(c->prefix, ns, tokens, n, r->blocks);
-    seq_adopt_prefix(&c->seqs, r, r->blocks, m);
+    if (c->tiers.n) {
+        int32_t m = match_through_tiers(c, ns, tokens, n, r->blocks);
+        seq_adopt_prefix(&c->seqs, r, r->blocks, m, 1);
+    } else {
+        int32_t m = prefix_match(c->prefix, ns, tokens, n, r->blocks);
+        seq_adopt_prefix(&c->seqs, r, r->blocks, m, 0);
+    }
     *out = seq_handle(&c->seqs, r);
     *cached_tokens = r->len;
     return PKV_OK;
@@ -259,4 +286,47 @@ int pkv_store_read(pkv_cache *c, int32_t layer, const int64_t *slots, int32_t n,
 int pkv_store_arenas(pkv_cache *c, int32_t layer, void **k, void **v) {
     CACHE_ENTER(c);
     CACHE_LEAVE(c, store_arenas(&c->store, layer, k, v, &c->err));
+}
+
+/* ---- tiers ---- */
+
+int pkv_cache_add_host_tier(pkv_cache *c, int64_t capacity_blocks) {
+    CACHE_ENTER(c);
+    CACHE_LEAVE(c, tier_add(c, NULL, capacity_blocks, 1, &c->err));
+}
+
+int pkv_cache_add_tier(pkv_cache *c, const pkv_tier_backend *backend, int64_t capacity_blocks) {
+    if (!c) {
+        if (backend && backend->close) backend->close(backend->ctx);
+        return PKV_ERR_NULL;
+    }
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !backend, "backend");
+    int st = tier_add(c, backend, capacity_blocks, 0, &c->err);
+    if (st < 0 && backend->close) backend->close(backend->ctx); /* the cache took it over */
+    CACHE_LEAVE(c, st);
+}
+
+int pkv_tier_blob_size(pkv_cache *c, size_t *out) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !out, "out");
+    if (!c->store.enabled) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_MODE, "metadata mode has no tiers"));
+    *out = tier_blob_size(c);
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_tier_stats_get(pkv_cache *c, int32_t tier, pkv_tier_stats *user_out) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !user_out, "out");
+    if (user_out->size < PKV_TIER_STATS_SIZE_1_0)
+        CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "out->size is %u: initialize with PKV_TIER_STATS_INIT",
+                                  user_out->size));
+    if (tier < 0 || tier >= c->tiers.n)
+        CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "tier %d outside [0, %d)", tier, c->tiers.n));
+    pkv_tier_stats full;
+    memset(&full, 0, sizeof full);
+    full.size = sizeof full;
+    tier_stats(c, tier, &full);
+    pkv__struct_export(user_out, &full, sizeof full);
+    CACHE_LEAVE(c, PKV_OK);
 }

@@ -248,6 +248,7 @@ int32_t prefix_ecap(const pkv_prefix *p) { return p->ecap; }
 int32_t prefix_entry_of_block(const pkv_prefix *p, int32_t b) { return p->ent_of_block[b]; }
 int32_t prefix_entry_block(const pkv_prefix *p, int32_t e) { return p->loc[e]; }
 int32_t prefix_first_child(const pkv_prefix *p, int32_t e) { return p->child[e]; }
+int prefix_entry_live(const pkv_prefix *p, int32_t e) { return p->emask[e] & 1; }
 uint8_t prefix_tiers_of(const pkv_prefix *p, int32_t e) { return (uint8_t)(p->emask[e] >> 1); }
 
 void prefix_set_tier(pkv_prefix *p, int32_t e, int t, int on) {
@@ -507,7 +508,12 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
             key_finish(p, &st[j - win], tk, r->ns, pk, key);
             if (!scanned) found = index_find(p, key, pe, r->ns, tk, 1, 1);
         }
-        if (found >= 0 && p->loc[found] != own) {
+        if (found >= 0 && p->loc[found] < 0) {
+            /* The identity lives only in a tier: the pool holds it again here. */
+            pkv_assert(!p->pool->cached[own]);
+            if (p->pool->cached[own]) break;
+            prefix_place(p, found, own);
+        } else if (found >= 0 && p->loc[found] != own) {
             if (written_len >= 0 && (int64_t)(j + 1) * bs > written_len) break;
             seq_replace_block(t, r, j, p->loc[found]);
             dd++;

@@ -108,9 +108,10 @@ int seq_swap_tokens(pkv_seqtab *t, pkv_seq_rec *r, int32_t *buf, int32_t cap) {
     return 1;
 }
 
-void seq_adopt_prefix(pkv_seqtab *t, pkv_seq_rec *r, const int32_t *blocks, int32_t m) {
+void seq_adopt_prefix(pkv_seqtab *t, pkv_seq_rec *r, const int32_t *blocks, int32_t m, int held) {
     int32_t len = m * t->pool->block_size;
-    for (int32_t j = 0; j < m; j++) pool_ref(t->pool, blocks[j]);
+    if (!held)
+        for (int32_t j = 0; j < m; j++) pool_ref(t->pool, blocks[j]);
     if (m && r->blocks != blocks) memcpy(r->blocks, blocks, (size_t)m * sizeof *blocks);
     r->nblocks = r->nregistered = m;
     r->len = r->ntokens = r->tok_base = len;

@@ -13,14 +13,16 @@ obj=${PKV_OBJ:-$root/build/obj/src}
 rank() {
     case "$1" in
         common|siphash) echo 0 ;;
+        tier_file) echo 1 ;;
         dtype|cpu) echo 1 ;;
         fp8) echo 2 ;;
         pool) echo 3 ;;
         seq) echo 4 ;;
         prefix) echo 5 ;;
         store) echo 6 ;;
-        cache) echo 7 ;;
-        export|attn) echo 8 ;;
+        tier) echo 7 ;;
+        cache) echo 8 ;;
+        export|attn) echo 9 ;;
         *) echo "?" ;;
     esac
 }

@@ -1,0 +1,677 @@
+/* KV tiers below the pool: offload of cached blocks the pool reclaims, their
+ * promotion back on lookup, demotion from one tier to the next, and the blob
+ * that carries a block out of memory.
+ *
+ * Placement. Tiers form a chain below the pool (tier 0 just below it). A block
+ * of KV is a prefix-index entry; it may live in the pool, in tiers, or both.
+ * When the pool reclaims a cached block (write-back) its entry is written to
+ * tier 0 unless a tier holds it already, and stays findable. When a tier is
+ * full its least recently used entry moves to the next tier, or, from the last
+ * one, leaves: an entry that then lives nowhere is dropped with its
+ * descendants (they cannot be reached without it). A lookup that runs past
+ * the pool's chain continues through entries in tiers and copies each back
+ * into a pool block (the tier keeps its copy: tiers are inclusive).
+ *
+ * Blob. What leaves memory is self-describing and checked when it comes back:
+ *   magic, blob size, geometry (block size, layers, heads, dims, dtype),
+ *   key, parent key, namespace, the block's token ids, its rows in every
+ *   layer (K then V), a 64-bit checksum of all of it.
+ * A load whose geometry, identity (key, parent key, namespace, token ids) or
+ * checksum disagrees is a miss: a torn file, a crash, a foreign writer or a
+ * cache of another model never yields wrong KV. Blobs are in the host's byte
+ * order, marked by the magic (a host of the other order sees a bad magic).
+ *
+ * Errors. A backend failure other than "not found" counts as an error and
+ * marks the tier degraded; the operation that needed it degrades to a miss (a
+ * failed offload drops the entry as a pool without tiers would). */
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+#define BLOB_MAGIC 0x31424f4c42564b50ull /* "PKVBLOB1" little-endian */
+#define BLOB_HEAD 96
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* A fast 64-bit checksum (not a MAC): multiply-xor over 8-byte words. */
+static uint64_t checksum64(const uint8_t *p, size_t n) {
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+    }
+    for (; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    return h ^ (h >> 33);
+}
+
+size_t tier_blob_size(const pkv_cache *c) {
+    const pkv_store *s = &c->store;
+    return BLOB_HEAD + (size_t)c->cfg.block_size * sizeof(int32_t) +
+           (size_t)c->cfg.num_layers * (s->k_block + s->v_block) + 8;
+}
+
+static void blob_geometry(const pkv_cache *c, uint32_t g[8]) {
+    const pkv_config *cfg = &c->cfg;
+    g[0] = (uint32_t)cfg->block_size;
+    g[1] = (uint32_t)cfg->num_layers;
+    g[2] = (uint32_t)cfg->h_kv;
+    g[3] = (uint32_t)cfg->d;
+    g[4] = (uint32_t)cfg->dv;
+    g[5] = (uint32_t)cfg->v_separate;
+    g[6] = (uint32_t)cfg->kv_dtype;
+    g[7] = 0;
+}
+
+/* Block b's KV with entry e's identity into blob (tier_blob_size bytes). */
+static void blob_pack(const pkv_cache *c, int32_t e, int32_t b, uint8_t *blob) {
+    const pkv_store *s = &c->store;
+    size_t size = tier_blob_size(c), bs = (size_t)c->cfg.block_size;
+    prefix_identity id;
+    prefix_identity_of(c->prefix, e, &id);
+    uint64_t head[12] = {BLOB_MAGIC, size};
+    blob_geometry(c, (uint32_t *)(void *)&head[2]);
+    memcpy(blob, head, 48);
+    memcpy(blob + 48, id.key, 16);
+    memcpy(blob + 64, id.parent_key, 16);
+    memcpy(blob + 80, &id.ns, 8);
+    uint32_t flags[2] = {id.parent >= 0, 0};
+    memcpy(blob + 88, flags, 8);
+    memcpy(blob + BLOB_HEAD, id.toks, bs * sizeof(int32_t));
+    uint8_t *o = blob + BLOB_HEAD + bs * sizeof(int32_t);
+    for (int32_t l = 0; l < c->cfg.num_layers; l++) {
+        memcpy(o, s->k[l] + (size_t)b * s->k_block, s->k_block);
+        o += s->k_block;
+        if (s->v_block) {
+            memcpy(o, s->v[l] + (size_t)b * s->v_block, s->v_block);
+            o += s->v_block;
+        }
+    }
+    uint64_t sum = checksum64(blob, size - 8);
+    memcpy(blob + size - 8, &sum, 8);
+}
+
+/* Whether blob[0..len) is a sound blob of this cache's geometry; fills the
+ * identity it carries (toks points into the blob). */
+static int blob_parse(const pkv_cache *c, const uint8_t *blob, size_t len, uint64_t key[2], uint64_t parent_key[2],
+                      uint64_t *ns, int *has_parent, const int32_t **toks) {
+    size_t size = tier_blob_size(c);
+    if (len != size) return 0;
+    uint64_t head[6], sum;
+    memcpy(head, blob, 48);
+    uint32_t g[8];
+    blob_geometry(c, g);
+    if (head[0] != BLOB_MAGIC || head[1] != size || memcmp(&head[2], g, 32) != 0) return 0;
+    memcpy(&sum, blob + size - 8, 8);
+    if (sum != checksum64(blob, size - 8)) return 0;
+    memcpy(key, blob + 48, 16);
+    memcpy(parent_key, blob + 64, 16);
+    memcpy(ns, blob + 80, 8);
+    uint32_t flags[2];
+    memcpy(flags, blob + 88, 8);
+    *has_parent = flags[0] == 1;
+    if (flags[0] > 1 || flags[1] != 0) return 0;
+    *toks = (const int32_t *)(const void *)(blob + BLOB_HEAD);
+    return 1;
+}
+
+/* The blob matches entry e exactly (its identity and its parent's key). */
+static int blob_is_entry(const pkv_cache *c, const uint8_t *blob, size_t len, int32_t e) {
+    uint64_t key[2], pkey[2], ns;
+    int has_parent;
+    const int32_t *toks;
+    if (!blob_parse(c, blob, len, key, pkey, &ns, &has_parent, &toks)) return 0;
+    prefix_identity id;
+    prefix_identity_of(c->prefix, e, &id);
+    return key[0] == id.key[0] && key[1] == id.key[1] && pkey[0] == id.parent_key[0] &&
+           pkey[1] == id.parent_key[1] && ns == id.ns && has_parent == (id.parent >= 0) &&
+           memcmp(toks, id.toks, (size_t)c->cfg.block_size * sizeof(int32_t)) == 0;
+}
+
+static void blob_unpack_rows(pkv_cache *c, const uint8_t *blob, int32_t b) {
+    pkv_store *s = &c->store;
+    const uint8_t *o = blob + BLOB_HEAD + (size_t)c->cfg.block_size * sizeof(int32_t);
+    for (int32_t l = 0; l < c->cfg.num_layers; l++) {
+        memcpy(s->k[l] + (size_t)b * s->k_block, o, s->k_block);
+        o += s->k_block;
+        if (s->v_block) {
+            memcpy(s->v[l] + (size_t)b * s->v_block, o, s->v_block);
+            o += s->v_block;
+        }
+    }
+}
+
+static void key_bytes(const pkv_cache *c, int32_t e, uint8_t out[16]) {
+    prefix_identity id;
+    prefix_identity_of(c->prefix, e, &id);
+    memcpy(out, id.key, 16);
+}
+
+/* ---- per-tier LRU over entries ---- */
+
+static void lru_unlink(pkv_tier *t, int32_t e) {
+    int32_t pr = t->prev[e], nx = t->next[e];
+    if (pr >= 0) t->next[pr] = nx; else t->head = nx;
+    if (nx >= 0) t->prev[nx] = pr; else t->tail = pr;
+    t->prev[e] = t->next[e] = -1;
+    t->count--;
+}
+
+static void lru_push(pkv_tier *t, int32_t e) {
+    t->prev[e] = t->tail;
+    t->next[e] = -1;
+    if (t->tail >= 0) t->next[t->tail] = e; else t->head = e;
+    t->tail = e;
+    t->count++;
+}
+
+static void tier_error(pkv_tier *t, int st) {
+    if (st == PKV_ERR_NOT_FOUND) return;
+    t->errors++;
+    t->degraded = 1;
+}
+
+/* Entry e leaves tier ti (blob deleted). */
+static void tier_remove(pkv_cache *c, int ti, int32_t e) {
+    pkv_tier *t = &c->tiers.t[ti];
+    uint8_t key[16];
+    key_bytes(c, e, key);
+    double t0 = now_s();
+    int st = t->be.del(t->be.ctx, key);
+    t->seconds_in += now_s() - t0;
+    tier_error(t, st);
+    lru_unlink(t, e);
+    prefix_set_tier(c->prefix, e, ti, 0);
+}
+
+/* Drops entry e and every descendant from the index, the tiers and the pool's
+ * cached marks (leaf first). */
+static void drop_tree(pkv_cache *c, int32_t e) {
+    pkv_prefix *p = c->prefix;
+    int32_t x = e;
+    for (;;) {
+        int32_t kid = prefix_first_child(p, x);
+        if (kid >= 0) {
+            x = kid;
+            continue;
+        }
+        prefix_identity id;
+        prefix_identity_of(p, x, &id);
+        uint8_t tiers = prefix_tiers_of(p, x);
+        for (int ti = 0; ti < c->tiers.n; ti++)
+            if (tiers & (1u << ti)) tier_remove(c, ti, x);
+        c->tiers.dropped += prefix_remove_entry(p, x);
+        if (x == e) return;
+        x = id.parent;
+    }
+}
+
+static int tier_put(pkv_cache *c, int ti, int32_t e, const uint8_t *blob);
+
+/* Makes room in tier ti: its least recently used entry (not the pinned one)
+ * moves to the next tier or leaves. */
+static void tier_evict_one(pkv_cache *c, int ti) {
+    pkv_tier *t = &c->tiers.t[ti];
+    int32_t x = t->head;
+    while (x >= 0 && (x == c->tiers.pinned[0] || x == c->tiers.pinned[1])) x = t->next[x];
+    if (x < 0) return;
+    t->evictions++;
+    pkv_prefix *p = c->prefix;
+    if (ti + 1 < c->tiers.n && !(prefix_tiers_of(p, x) & (2u << ti))) {
+        uint8_t *blob = c->tiers.scratch[ti + 1];
+        uint8_t key[16];
+        key_bytes(c, x, key);
+        size_t len = 0, size = tier_blob_size(c);
+        double t0 = now_s();
+        int st = t->be.get(t->be.ctx, key, blob, size, &len);
+        t->seconds_out += now_s() - t0;
+        if (st == PKV_OK && blob_is_entry(c, blob, len, x)) {
+            t->bytes_out += (int64_t)len;
+            tier_put(c, ti + 1, x, blob);
+            /* Making room below may have dropped x with an ancestor. */
+            if (!prefix_entry_live(p, x)) return;
+        } else {
+            tier_error(t, st);
+        }
+    }
+    tier_remove(c, ti, x);
+    if (prefix_entry_block(p, x) < 0 && prefix_tiers_of(p, x) == 0) drop_tree(c, x);
+}
+
+/* Writes blob (entry e's) into tier ti, evicting first when full. */
+static int tier_put(pkv_cache *c, int ti, int32_t e, const uint8_t *blob) {
+    pkv_tier *t = &c->tiers.t[ti];
+    while (t->count >= t->capacity) {
+        int64_t before = t->count;
+        tier_evict_one(c, ti);
+        if (t->count == before) return PKV_ERR_CAPACITY; /* only pinned entries left */
+    }
+    /* Evicting an ancestor of e from the last tier drops e with it. */
+    if (!prefix_entry_live(c->prefix, e)) return PKV_ERR_NOT_FOUND;
+    uint8_t key[16];
+    key_bytes(c, e, key);
+    size_t size = tier_blob_size(c);
+    double t0 = now_s();
+    int st = t->be.put(t->be.ctx, key, blob, size);
+    t->seconds_in += now_s() - t0;
+    if (st != PKV_OK) {
+        tier_error(t, st);
+        return st;
+    }
+    t->bytes_in += (int64_t)size;
+    t->stores++;
+    lru_push(t, e);
+    prefix_set_tier(c->prefix, e, ti, 1);
+    return PKV_OK;
+}
+
+void tier_evicted(pkv_cache *c, int32_t b) {
+    pkv_prefix *p = c->prefix;
+    int32_t e = prefix_entry_of_block(p, b);
+    pkv_assert(e >= 0);
+    uint8_t have = prefix_tiers_of(p, e);
+    if (have) {
+        for (int ti = 0; ti < c->tiers.n; ti++)
+            if (have & (1u << ti)) { /* most recently used there now */
+                lru_unlink(&c->tiers.t[ti], e);
+                lru_push(&c->tiers.t[ti], e);
+                break;
+            }
+        prefix_unplace(p, b);
+        return;
+    }
+    uint8_t *blob = c->tiers.scratch[0];
+    blob_pack(c, e, b, blob);
+    c->tiers.pinned[1] = e;
+    int st = tier_put(c, 0, e, blob);
+    c->tiers.pinned[1] = -1;
+    if (st == PKV_OK) prefix_unplace(p, b);
+    else if (prefix_entry_live(p, e)) drop_tree(c, e);
+}
+
+int tier_promote(pkv_cache *c, int32_t e, int32_t (*take)(pkv_cache *), int32_t *block) {
+    pkv_prefix *p = c->prefix;
+    uint8_t have = prefix_tiers_of(p, e);
+    int ti = 0;
+    while (ti < c->tiers.n && !(have & (1u << ti))) ti++;
+    if (ti == c->tiers.n) return 0;
+    pkv_tier *t = &c->tiers.t[ti];
+    uint8_t *blob = c->tiers.scratch[c->tiers.n];
+    uint8_t key[16];
+    key_bytes(c, e, key);
+    size_t len = 0, size = tier_blob_size(c);
+    double t0 = now_s();
+    int st = t->be.get(t->be.ctx, key, blob, size, &len);
+    t->seconds_out += now_s() - t0;
+    if (st != PKV_OK || !blob_is_entry(c, blob, len, e)) {
+        /* A miss where the index promised a block: the blob is gone or bad. */
+        tier_error(t, st == PKV_OK ? PKV_ERR_CORRUPT : st);
+        t->misses++;
+        if (st == PKV_OK) t->corrupt++;
+        tier_remove(c, ti, e);
+        if (prefix_entry_block(p, e) < 0 && prefix_tiers_of(p, e) == 0) drop_tree(c, e);
+        return 0;
+    }
+    t->hits++;
+    t->bytes_out += (int64_t)len;
+    lru_unlink(t, e);
+    lru_push(t, e);
+    c->tiers.pinned[0] = e;
+    int32_t b = take(c);
+    c->tiers.pinned[0] = -1;
+    blob_unpack_rows(c, blob, b);
+    prefix_place(p, e, b);
+    *block = b;
+    return 1;
+}
+
+/* ---- restart: re-index what a backend holds ---- */
+
+typedef struct scan_ctx {
+    pkv_cache *c;
+    int ti;
+    int32_t found, kept;
+    int pass_progress;
+} scan_ctx;
+
+static int scan_one(void *arg, const uint8_t key_b[16], size_t len) {
+    scan_ctx *sc = arg;
+    pkv_cache *c = sc->c;
+    pkv_tier *t = &c->tiers.t[sc->ti];
+    uint8_t *blob = c->tiers.scratch[0];
+    size_t size = tier_blob_size(c), got = 0;
+    uint64_t want[2];
+    memcpy(want, key_b, 16);
+    if (prefix_find_key(c->prefix, want) >= 0) return 0; /* already indexed */
+    if (len != size || t->be.get(t->be.ctx, key_b, blob, size, &got) != PKV_OK) return 0;
+    uint64_t key[2], pkey[2], ns;
+    int has_parent;
+    const int32_t *toks;
+    if (!blob_parse(c, blob, got, key, pkey, &ns, &has_parent, &toks) || key[0] != want[0] || key[1] != want[1])
+        return 0;
+    int32_t parent = -1;
+    if (has_parent && (parent = prefix_find_key(c->prefix, pkey)) < 0) return 0; /* parent not yet indexed */
+    if (t->count >= t->capacity) return 1;
+    int32_t e = prefix_insert_unplaced(c->prefix, key, parent, ns, toks);
+    if (e < 0) return 0;
+    lru_push(t, e);
+    prefix_set_tier(c->prefix, e, sc->ti, 1);
+    sc->kept++;
+    sc->pass_progress = 1;
+    return 0;
+}
+
+/* Blobs left unindexed after the scans (orphans, corrupt, foreign, over
+ * capacity) are deleted so that they do not take the tier's room. */
+typedef struct stray_ctx {
+    pkv_cache *c;
+    int ti;
+    int64_t n, cap;
+    uint8_t (*keys)[16];
+} stray_ctx;
+
+static int find_stray(void *arg, const uint8_t key_b[16], size_t len) {
+    stray_ctx *sc = arg;
+    uint64_t key[2];
+    memcpy(key, key_b, 16);
+    (void)len;
+    int32_t e = prefix_find_key(sc->c->prefix, key);
+    if (e >= 0 && (prefix_tiers_of(sc->c->prefix, e) & (1u << sc->ti))) return 0;
+    if (sc->keys && sc->n < sc->cap) memcpy(sc->keys[sc->n], key_b, 16);
+    sc->n++;
+    return 0;
+}
+
+static void restore(pkv_cache *c, int ti) {
+    pkv_tier *t = &c->tiers.t[ti];
+    if (!t->be.scan) return;
+    scan_ctx sc = {c, ti, 0, 0, 1};
+    /* Parents before children: repeat while a pass indexed something. */
+    while (sc.pass_progress) {
+        sc.pass_progress = 0;
+        int st = t->be.scan(t->be.ctx, scan_one, &sc);
+        if (st < 0) {
+            tier_error(t, st);
+            break;
+        }
+    }
+    t->restored = sc.kept;
+    stray_ctx st = {c, ti, 0, 0, NULL};
+    (void)t->be.scan(t->be.ctx, find_stray, &st);
+    if (st.n == 0) return;
+    st.cap = st.n;
+    st.n = 0;
+    st.keys = pkv_mem_alloc(&c->al, (size_t)st.cap * 16);
+    if (!st.keys) return; /* they stay; the backend refuses puts when full (an error, a miss) */
+    (void)t->be.scan(t->be.ctx, find_stray, &st);
+    for (int64_t i = 0; i < st.n && i < st.cap; i++) (void)t->be.del(t->be.ctx, st.keys[i]);
+    t->stray = st.n;
+    pkv_mem_free(&c->al, st.keys);
+}
+
+/* ---- setup ---- */
+
+static void *host_be_create(const pkv_allocator *al, int64_t capacity, size_t blob_size, pkv_tier_backend *out);
+
+int tier_add(pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, int host, pkv_detail *d) {
+    pkv_tiers *ts = &c->tiers;
+    if (ts->n >= PKV_MAX_TIERS) return pkv__fail(d, PKV_ERR_INVALID, "at most %d tiers", PKV_MAX_TIERS);
+    if (!c->store.enabled) return pkv__fail(d, PKV_ERR_MODE, "tiers need host storage (PKV_STORAGE_HOST)");
+    if (!c->prefix) return pkv__fail(d, PKV_ERR_MODE, "tiers need prefix caching (PKV_FLAG_PREFIX_CACHE)");
+    if (c->seqs.num_seqs || c->pool.used || c->pool.num_evictable)
+        return pkv__fail(d, PKV_ERR_STATE, "tiers are added to a cache before it holds sequences or cached blocks");
+    int32_t old = prefix_ecap(c->prefix);
+    if (capacity_blocks < 1 || capacity_blocks > INT32_MAX - old)
+        return pkv__fail(d, PKV_ERR_INVALID, "tier capacity %lld blocks outside [1, %d]", (long long)capacity_blocks,
+                          INT32_MAX - old);
+    size_t size = tier_blob_size(c);
+    pkv_tier_backend hb;
+    if (host) {
+        if (!host_be_create(&c->al, capacity_blocks, size, &hb))
+            return pkv__fail(d, PKV_ERR_NOMEM, "host tier of %lld blocks of %zu bytes: no memory",
+                              (long long)capacity_blocks, size);
+        be = &hb;
+    } else if (!be || !be->put || !be->get || !be->exists || !be->del || be->size < sizeof(pkv_tier_backend)) {
+        return pkv__fail(d, PKV_ERR_INVALID, "backend: put, get, exists and del are required, size set");
+    }
+    int32_t ecap = old + (int32_t)capacity_blocks;
+    /* Everything that can fail, first: entries, every tier's LRU arrays, scratch. */
+    int st = prefix_grow(c->prefix, &c->al, ecap);
+    int32_t *arr[2 * (PKV_MAX_TIERS + 1)] = {0};
+    uint8_t *scratch[2] = {NULL, NULL};
+    int k = 0, nscratch = ts->n == 0 ? 2 : 1; /* scratch[0..n]: one per level and one for promotion */
+    for (int i = 0; st == PKV_OK && i <= ts->n; i++) {
+        arr[k] = pkv_mem_alloc(&c->al, (size_t)ecap * sizeof(int32_t));
+        arr[k + 1] = pkv_mem_alloc(&c->al, (size_t)ecap * sizeof(int32_t));
+        if (!arr[k] || !arr[k + 1]) st = PKV_ERR_NOMEM;
+        k += 2;
+    }
+    for (int i = 0; st == PKV_OK && i < nscratch; i++)
+        if (!(scratch[i] = pkv_mem_alloc(&c->al, size))) st = PKV_ERR_NOMEM;
+    if (st != PKV_OK) {
+        for (int i = 0; i < k; i++) pkv_mem_free(&c->al, arr[i]);
+        for (int i = 0; i < 2; i++) pkv_mem_free(&c->al, scratch[i]);
+        if (host && hb.close) hb.close(hb.ctx);
+        return pkv__fail(d, st, "adding a tier: no memory for its index");
+    }
+    for (int i = 0; i <= ts->n; i++) {
+        pkv_tier *t = &ts->t[i];
+        int32_t *pv = arr[2 * i], *nx = arr[2 * i + 1];
+        for (int32_t e = 0; e < ecap; e++) pv[e] = nx[e] = -1;
+        if (i < ts->n) {
+            memcpy(pv, t->prev, (size_t)old * sizeof *pv);
+            memcpy(nx, t->next, (size_t)old * sizeof *nx);
+            pkv_mem_free(&c->al, t->prev);
+            pkv_mem_free(&c->al, t->next);
+        }
+        t->prev = pv;
+        t->next = nx;
+    }
+    pkv_tier *t = &ts->t[ts->n];
+    t->be = *be;
+    t->capacity = capacity_blocks;
+    t->count = 0;
+    t->head = t->tail = -1;
+    t->host = host;
+    if (ts->n == 0) {
+        ts->scratch[0] = scratch[0];
+        ts->scratch[1] = scratch[1];
+    } else {
+        ts->scratch[ts->n + 1] = scratch[0];
+    }
+    ts->n++;
+    ts->pinned[0] = ts->pinned[1] = -1;
+    restore(c, ts->n - 1);
+    return PKV_OK;
+}
+
+void tier_destroy(pkv_cache *c) {
+    pkv_tiers *ts = &c->tiers;
+    for (int i = 0; i < ts->n; i++) {
+        pkv_tier *t = &ts->t[i];
+        if (t->be.close) t->be.close(t->be.ctx);
+        pkv_mem_free(&c->al, t->prev);
+        pkv_mem_free(&c->al, t->next);
+    }
+    for (int i = 0; i <= PKV_MAX_TIERS; i++) pkv_mem_free(&c->al, ts->scratch[i]);
+    memset(ts, 0, sizeof *ts);
+}
+
+int tier_check(pkv_cache *c, pkv_detail *d) {
+    pkv_tiers *ts = &c->tiers;
+    int32_t ecap = c->prefix ? prefix_ecap(c->prefix) : 0;
+    for (int ti = 0; ti < ts->n; ti++) {
+        pkv_tier *t = &ts->t[ti];
+        int64_t n = 0;
+        for (int32_t e = t->head, prev = -1; e >= 0; prev = e, e = t->next[e]) {
+            if (e >= ecap || t->prev[e] != prev || !(prefix_tiers_of(c->prefix, e) & (1u << ti)) || ++n > t->count)
+                return pkv__fail(d, PKV_ERR_CORRUPT, "tier %d: LRU list broken at entry %d", ti, e);
+        }
+        if (n != t->count || t->count > t->capacity)
+            return pkv__fail(d, PKV_ERR_CORRUPT, "tier %d holds %lld entries, counted %lld (capacity %lld)", ti,
+                             (long long)t->count, (long long)n, (long long)t->capacity);
+    }
+    return PKV_OK;
+}
+
+void tier_stats(const pkv_cache *c, int ti, pkv_tier_stats *o) {
+    const pkv_tier *t = &c->tiers.t[ti];
+    o->tier = ti;
+    o->kind = t->host ? PKV_TIER_HOST : PKV_TIER_BACKEND;
+    o->capacity_blocks = t->capacity;
+    o->blocks = t->count;
+    o->hits = t->hits;
+    o->misses = t->misses;
+    o->stores = t->stores;
+    o->evictions = t->evictions;
+    o->errors = t->errors;
+    o->corrupt = t->corrupt;
+    o->restored = t->restored;
+    o->bytes_in = t->bytes_in;
+    o->bytes_out = t->bytes_out;
+    o->seconds_in = t->seconds_in;
+    o->seconds_out = t->seconds_out;
+    o->degraded = t->degraded;
+}
+
+/* ---- the host-memory backend: an arena of fixed-size slots ---- */
+
+typedef struct host_be {
+    pkv_allocator al;
+    size_t blob_size;
+    int64_t cap, nfree;
+    uint8_t *arena;        /* [cap][blob_size] */
+    uint8_t (*keys)[16];   /* [cap] */
+    int64_t *free_slots;   /* [cap] */
+    int64_t *tab;          /* [mask + 1] slot ids, -1 empty */
+    size_t mask;
+} host_be;
+
+static size_t hb_home(const host_be *h, const uint8_t key[16]) {
+    uint64_t k;
+    memcpy(&k, key, 8);
+    return (size_t)((k * 0x9e3779b97f4a7c15ull) >> 17) & h->mask;
+}
+
+static int64_t hb_find(const host_be *h, const uint8_t key[16], size_t *pos) {
+    for (size_t i = hb_home(h, key);; i = (i + 1) & h->mask) {
+        if (h->tab[i] < 0) {
+            *pos = i;
+            return -1;
+        }
+        if (memcmp(h->keys[h->tab[i]], key, 16) == 0) {
+            *pos = i;
+            return h->tab[i];
+        }
+    }
+}
+
+static int hb_put(void *ctx, const uint8_t key[16], const void *blob, size_t len) {
+    host_be *h = ctx;
+    if (len != h->blob_size) return PKV_ERR_INVALID;
+    size_t pos;
+    int64_t s = hb_find(h, key, &pos);
+    if (s < 0) {
+        if (h->nfree == 0) return PKV_ERR_CAPACITY;
+        s = h->free_slots[--h->nfree];
+        memcpy(h->keys[s], key, 16);
+        h->tab[pos] = s;
+    }
+    memcpy(h->arena + (size_t)s * h->blob_size, blob, len);
+    return PKV_OK;
+}
+
+static int hb_get(void *ctx, const uint8_t key[16], void *buf, size_t cap, size_t *len) {
+    host_be *h = ctx;
+    size_t pos;
+    int64_t s = hb_find(h, key, &pos);
+    if (s < 0) return PKV_ERR_NOT_FOUND;
+    *len = h->blob_size;
+    if (cap < h->blob_size) return PKV_ERR_BUFFER;
+    memcpy(buf, h->arena + (size_t)s * h->blob_size, h->blob_size);
+    return PKV_OK;
+}
+
+static int hb_exists(void *ctx, const uint8_t key[16]) {
+    size_t pos;
+    return hb_find(ctx, key, &pos) >= 0;
+}
+
+static int hb_del(void *ctx, const uint8_t key[16]) {
+    host_be *h = ctx;
+    size_t i;
+    int64_t s = hb_find(h, key, &i);
+    if (s < 0) return PKV_ERR_NOT_FOUND;
+    h->free_slots[h->nfree++] = s;
+    /* backward-shift deletion */
+    for (size_t j = i;;) {
+        j = (j + 1) & h->mask;
+        if (h->tab[j] < 0) break;
+        size_t home = hb_home(h, h->keys[h->tab[j]]);
+        int stays = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
+        if (!stays) {
+            h->tab[i] = h->tab[j];
+            i = j;
+        }
+    }
+    h->tab[i] = -1;
+    return PKV_OK;
+}
+
+static int hb_scan(void *ctx, int (*fn)(void *arg, const uint8_t key[16], size_t len), void *arg) {
+    host_be *h = ctx;
+    for (size_t i = 0; i <= h->mask; i++)
+        if (h->tab[i] >= 0 && fn(arg, h->keys[h->tab[i]], h->blob_size)) break;
+    return PKV_OK;
+}
+
+static void hb_close(void *ctx) {
+    host_be *h = ctx;
+    pkv_allocator al = h->al;
+    pkv_mem_free(&al, h->arena);
+    pkv_mem_free(&al, h->keys);
+    pkv_mem_free(&al, h->free_slots);
+    pkv_mem_free(&al, h->tab);
+    pkv_mem_free(&al, h);
+}
+
+static void *host_be_create(const pkv_allocator *al, int64_t capacity, size_t blob_size, pkv_tier_backend *out) {
+    if ((uint64_t)capacity > SIZE_MAX / blob_size / 2) return NULL;
+    host_be *h = pkv_mem_calloc(al, 1, sizeof *h);
+    if (!h) return NULL;
+    h->al = *al;
+    h->blob_size = blob_size;
+    h->cap = h->nfree = capacity;
+    size_t tsize = 16;
+    while (tsize < 2 * (size_t)capacity) tsize *= 2;
+    h->mask = tsize - 1;
+    h->arena = pkv_mem_alloc(al, (size_t)capacity * blob_size);
+    h->keys = pkv_mem_alloc(al, (size_t)capacity * 16);
+    h->free_slots = pkv_mem_alloc(al, (size_t)capacity * sizeof(int64_t));
+    h->tab = pkv_mem_alloc(al, tsize * sizeof(int64_t));
+    if (!h->arena || !h->keys || !h->free_slots || !h->tab) {
+        hb_close(h);
+        return NULL;
+    }
+    for (int64_t i = 0; i < capacity; i++) h->free_slots[i] = capacity - 1 - i;
+    for (size_t i = 0; i < tsize; i++) h->tab[i] = -1;
+    memset(out, 0, sizeof *out);
+    out->size = sizeof *out;
+    out->ctx = h;
+    out->put = hb_put;
+    out->get = hb_get;
+    out->exists = hb_exists;
+    out->del = hb_del;
+    out->scan = hb_scan;
+    out->close = hb_close;
+    return h;
+}
