@@ -1,0 +1,42 @@
+"""Builds pagedkv's CPython extension against the repository's static library.
+
+    /usr/bin/python3 -m pip install --no-build-isolation ./python   # from the repository root
+    make python                                                      # or: build in place (python/)
+
+The extension links build/libpagedkv.a (exports pkv_ names only), so the installed
+package needs no shared library at run time. If the archive is missing, `make lib`
+builds it first. Needs python3-dev, python3-setuptools and python3-numpy only.
+"""
+import os
+import subprocess
+
+import numpy
+from setuptools import Extension, setup
+
+here = os.path.dirname(os.path.abspath(__file__))
+root = os.path.dirname(here)
+build = os.environ.get("PKV_BUILD", os.path.join(root, "build"))
+archive = os.path.join(build, "libpagedkv.a")
+if not os.path.exists(archive) and os.path.exists(os.path.join(root, "Makefile")):
+    subprocess.check_call(["make", "-C", root, "lib"])
+
+ext = Extension(
+    "pagedkv._pagedkv",
+    sources=[os.path.relpath(os.path.join(here, "pagedkv", "_pagedkv.c"), here)],
+    include_dirs=[os.path.join(root, "include"), numpy.get_include()],
+    extra_objects=[archive],
+    extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+    extra_link_args=["-pthread", "-lm"],
+    depends=[archive, os.path.join(root, "include", "pagedkv.h")],
+)
+
+setup(
+    name="pagedkv",
+    version="1.0.0",
+    description="A paged KV cache for LLM inference and attention over it (FlashMLA conventions)",
+    packages=["pagedkv"],
+    package_dir={"pagedkv": "pagedkv"},
+    ext_modules=[ext],
+    python_requires=">=3.8",
+    install_requires=["numpy"],
+)
