@@ -4,8 +4,7 @@
     make python                                                      # or: build in place (python/)
 
 The extension links build/libpagedkv.a (exports pkv_ names only), so the installed
-package needs no shared library at run time. If the archive is missing, `make lib`
-builds it first. Needs python3-dev, python3-setuptools and python3-numpy only.
+package needs no shared library at run time; `make lib` brings it up to date first. Needs python3-dev, python3-setuptools and python3-numpy only.
 """
 import os
 import subprocess
@@ -15,10 +14,11 @@ from setuptools import Extension, setup
 
 here = os.path.dirname(os.path.abspath(__file__))
 root = os.path.dirname(here)
-build = os.environ.get("PKV_BUILD", os.path.join(root, "build"))
-archive = os.path.join(build, "libpagedkv.a")
-if not os.path.exists(archive) and os.path.exists(os.path.join(root, "Makefile")):
-    subprocess.check_call(["make", "-C", root, "lib"])
+# PKV_STATIC: the archive to link (make sets it); else the repository's, brought up
+# to date by `make lib` (a no-op when nothing changed).
+archive = os.environ.get("PKV_STATIC") or os.path.join(root, "build", "libpagedkv.a")
+if not os.environ.get("PKV_STATIC") and os.path.exists(os.path.join(root, "Makefile")):
+    subprocess.check_call(["make", "-s", "-C", root, "lib"])
 
 ext = Extension(
     "pagedkv._pagedkv",
