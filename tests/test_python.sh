@@ -22,7 +22,7 @@ if ! PKV_STATIC=$static "$py" setup.py -q build_ext --inplace --build-temp "$tmp
 fi
 export PKV_LIB="$lib" PKV_VECTORS="${PKV_VECTORS:-$root/../shared/vectors}" PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
 if "$py" -c "import pytest" 2>/dev/null; then
-    exec "$py" -m pytest -q -p no:cacheprovider tests
+    exec "$py" -m pytest -q -rs -p no:cacheprovider tests
 else
     echo "test_python: pytest is not installed; running the plain runner"
     exec "$py" tests/run_plain.py

@@ -8,6 +8,8 @@ import traceback
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
+sys.path.insert(1, os.path.dirname(here))  # the package, built in place
+sys.modules["pytest"] = None  # the stand-in, even where pytest exists (so this runner is tested too)
 import minipytest  # noqa: E402
 
 passed = failed = skipped = 0
