@@ -266,9 +266,30 @@ def attention(q, k_cache, block_table, cache_seqlens, softmax_scale, causal=Fals
             else np.asarray(attn_sink, np.float32)
         if sink.shape != (h_q,):
             raise ShapeError(f"attn_sink: expected [{h_q}], got shape {sink.shape}")
+    try:
+        softmax_scale = float(softmax_scale)
+    except (TypeError, ValueError):
+        raise InvalidError(f"softmax_scale: expected a number, got {softmax_scale!r}") from None
+    # The library's range rules (pkv_attn_reference), checked here to name the argument.
+    if min(qa.shape) < 1:
+        raise InvalidError(f"q: every dimension must be >= 1, got shape {qa.shape}")
+    if min(ka.shape) < 1:
+        raise InvalidError(f"k_cache: every dimension must be >= 1, got shape {ka.shape}")
+    if dv < 1 or (va is None and dv > d):
+        raise InvalidError(f"dv: {dv} must be in [1, d = {d}] when V is the first dv dims of K")
+    if kcode == FP8_MLA656 and (dv != 512 or va is not None):
+        raise InvalidError("dv: FP8 MLA caches have dv = 512 and no v_cache")
+    if idx is None and mbps < 1:
+        raise InvalidError(f"block_table: needs at least one column, got shape {table.shape}")
+    if idx is not None and causal:
+        raise InvalidError("causal: sparse attention (indices) is not causal; pass causal=False")
+    if idx is not None and topk < 1:
+        raise InvalidError(f"indices: topk must be >= 1, got shape {idx.shape}")
+    if not np.isfinite(softmax_scale):
+        raise InvalidError(f"softmax_scale: must be finite, got {softmax_scale}")
     out = np.empty((b, s_q, h_q, dv), np.float32)
     lse = np.empty((b, h_q, s_q), np.float32)
-    geom = (b, s_q, h_q, h_kv, d, dv, block_size, mbps, num_blocks, 1 if causal else 0, float(softmax_scale),
+    geom = (b, s_q, h_q, h_kv, d, dv, block_size, mbps, num_blocks, 1 if causal else 0, softmax_scale,
             qcode, kcode, topk)
     _pagedkv._attn(qa, ka, va, table, lens, idx, sink, out, lse, geom, bool(fast), threads)
     like = q if _is_torch(q) else None

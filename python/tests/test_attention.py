@@ -150,6 +150,14 @@ def test_argument_errors_name_the_argument():
         (dict(v_cache=np.zeros((4, 4, 1, 8), np.float32)), pagedkv.ShapeError, "^v_cache"),
         (dict(attn_sink=np.zeros(3, np.float32)), pagedkv.ShapeError, "^attn_sink"),
         (dict(threads=-1), pagedkv.InvalidError, "threads"),
+        (dict(q=np.zeros((0, 1, 4, 8), np.float32), block_table=np.zeros((0, 2), np.int32),
+              cache_seqlens=np.zeros(0, np.int32)), pagedkv.InvalidError, "^q: every dimension"),
+        (dict(block_table=np.zeros((1, 0), np.int32)), pagedkv.InvalidError, "^block_table: needs"),
+        (dict(dv=9), pagedkv.InvalidError, "^dv"),
+        (dict(softmax_scale=float("nan")), pagedkv.InvalidError, "^softmax_scale"),
+        (dict(softmax_scale="a"), pagedkv.InvalidError, "^softmax_scale"),
+        (dict(indices=np.zeros((1, 1, 2), np.int32), causal=True), pagedkv.InvalidError, "^causal"),
+        (dict(indices=np.zeros((1, 1, 0), np.int32)), pagedkv.InvalidError, "^indices"),
         (dict(dtype="int4"), pagedkv.DTypeError, "dtype"),
     ]
     base = dict(q=q, k_cache=kc, block_table=table, cache_seqlens=lens, softmax_scale=0.3)
