@@ -25,3 +25,18 @@ def test_toy_decoder_matches_the_cache_free_model():
     assert lines[1].startswith("request 2: 52 prompt tokens, 32 cached, prefill 20")
     assert lines[2] == "prefix cache: 32 of 102 prompt tokens hit, 4 blocks cached"
     assert lines[3].startswith("logits match the cache-free float64 model: yes")
+
+
+def test_quickstart_prints_the_readme_output():
+    import subprocess
+    import sys
+    path = os.path.join(HERE, "..", "examples", "quickstart.py")
+    env = dict(os.environ, PYTHONPATH=os.path.join(HERE, ".."))
+    out = subprocess.run([sys.executable, path], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.splitlines() == [
+        "append: [164] copy (1, 2)",
+        "[[0 1]",
+        " [0 2]] [100 101]",
+        "decode step slots [100 165] copies []",
+        "(1, 1, 16, 512) (1, 16, 1) 2 blocks used",
+    ]
