@@ -68,6 +68,7 @@ typedef struct {
     pkv_cache *c;
     pkv_config cfg;
     int ts;        /* thread-safe: call with the GIL released */
+    PyThread_type_lock lock; /* serializes calls on a cache that is not thread-safe */
     int closed;
     int busy;      /* calls in flight without the GIL */
     int views;     /* live arena views: destruction waits for them */
@@ -85,24 +86,44 @@ typedef struct {
 
 static PyTypeObject CacheType, SeqType, ArenaRefType;
 
-/* Runs one library call: with the GIL released on a thread-safe cache. */
-#define CALL(co, st, expr)                      \
-    do {                                        \
-        if ((co)->ts) {                         \
-            (co)->busy++;                       \
-            Py_BEGIN_ALLOW_THREADS (st) = (expr); \
-            Py_END_ALLOW_THREADS (co)->busy--;  \
-        } else {                                \
-            (st) = (expr);                      \
-        }                                       \
+/* Runs one library call. A thread-safe cache: always without the GIL (the
+ * library's lock serializes). Any other cache: under co->lock, which no thread
+ * ever waits for while holding the GIL; short calls keep the GIL (releasing it
+ * costs more than they do), long ones (is_long) release it. busy counts the
+ * calls that may run or wait without the GIL, so close() can refuse them. */
+#define CALL_IF(co, st, expr, is_long)                                      \
+    do {                                                                    \
+        if ((co)->ts || (is_long)) {                                        \
+            (co)->busy++;                                                   \
+            Py_BEGIN_ALLOW_THREADS                                          \
+            if (!(co)->ts) PyThread_acquire_lock((co)->lock, WAIT_LOCK);    \
+            (st) = (expr);                                                  \
+            if (!(co)->ts) PyThread_release_lock((co)->lock);               \
+            Py_END_ALLOW_THREADS                                            \
+            (co)->busy--;                                                   \
+        } else {                                                            \
+            if (!PyThread_acquire_lock((co)->lock, NOWAIT_LOCK)) {          \
+                (co)->busy++;                                               \
+                Py_BEGIN_ALLOW_THREADS                                      \
+                PyThread_acquire_lock((co)->lock, WAIT_LOCK);               \
+                Py_END_ALLOW_THREADS                                        \
+                (co)->busy--;                                               \
+            }                                                               \
+            (st) = (expr);                                                  \
+            PyThread_release_lock((co)->lock);                              \
+        }                                                                   \
     } while (0)
+#define CALL(co, st, expr) CALL_IF(co, st, expr, 0)
+/* A call is long when it moves this many bytes or items. */
+#define LONG_BYTES (64 * 1024)
+#define LONG_ITEMS 4096
 
 static PyObject *cache_raise(CacheObject *co, int st) {
     return raise_status(st, co && co->c ? pkv_cache_last_error(co->c) : NULL);
 }
 
 static int cache_open(CacheObject *co) {
-    if (co->closed || !co->c) {
+    if (co->closed || !co->c || !co->lock) {
         raise_status(PKV_ERR_STATE, "the cache is closed");
         return 0;
     }
@@ -282,6 +303,10 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
         memcpy(cfg.hash_key, PyBytes_AS_STRING(key), 16);
         cfg.hash_key_set = 1;
     }
+    if (!self->lock && !(self->lock = PyThread_allocate_lock())) {
+        PyErr_NoMemory();
+        return -1;
+    }
     pkv_cache *c = NULL;
     int st;
     Py_BEGIN_ALLOW_THREADS st = pkv_cache_create(&cfg, &c);
@@ -312,6 +337,7 @@ static void cache_destroy_now(CacheObject *self) {
 static void cache_dealloc(CacheObject *self) {
     if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
     cache_destroy_now(self);
+    if (self->lock) PyThread_free_lock(self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -389,7 +415,8 @@ static PyObject *cache_lookup(CacheObject *self, PyObject *args, PyObject *kw) {
     pkv_seq h;
     int32_t cached = 0;
     int st;
-    CALL(self, st, pkv_prefix_lookup(self->c, (uint64_t)ns, PyArray_DATA(t), (int32_t)n, &h, &cached));
+    CALL_IF(self, st, pkv_prefix_lookup(self->c, (uint64_t)ns, PyArray_DATA(t), (int32_t)n, &h, &cached),
+            n >= LONG_ITEMS);
     Py_DECREF(t);
     if (st != PKV_OK) return cache_raise(self, st);
     PyObject *s = seq_new(self, h, (uint64_t)ns);
@@ -499,7 +526,8 @@ static PyObject *cache_append_batch(CacheObject *self, PyObject *args, PyObject 
     int64_t need = 0;
     pkv_stats stats = PKV_STATS_INIT;
     int phase = 0;
-    CALL(self, st, batch_run(self->c, hs, b, n, tp, sp, copies, &i, &ncow, &need, &stats, &phase));
+    CALL_IF(self, st, batch_run(self->c, hs, b, n, tp, sp, copies, &i, &ncow, &need, &stats, &phase),
+            (int64_t)b * (n + 1) >= LONG_ITEMS);
     if (st != PKV_OK && phase == 0 && i < 0) {
         raise_arg(st, "the batch needs up to %lld blocks, %d free and %d evictable (nothing changed)",
                   (long long)need, stats.free_blocks, stats.evictable_blocks);
@@ -583,8 +611,8 @@ static PyObject *cache_export_flashmla(CacheObject *self, PyObject *args, PyObje
         if (!table) goto done;
         int32_t needed = 0;
         int st;
-        CALL(self, st, pkv_export_flashmla(self->c, hs, (int32_t)b, PyArray_DATA(table), (int32_t)mb,
-                                           PyArray_DATA(lens), &needed));
+        CALL_IF(self, st, pkv_export_flashmla(self->c, hs, (int32_t)b, PyArray_DATA(table), (int32_t)mb,
+                                              PyArray_DATA(lens), &needed), (int64_t)b * (mb + 1) >= 4 * LONG_ITEMS);
         if (st == PKV_OK && (fixed || needed == mb)) {
             if (!fixed) self->last_mbps = needed;
             result = PyTuple_Pack(2, (PyObject *)table, (PyObject *)lens);
@@ -691,7 +719,7 @@ static PyObject *cache_check(CacheObject *self, PyObject *unused) {
     (void)unused;
     if (!cache_open(self)) return NULL;
     int st;
-    CALL(self, st, pkv_cache_check(self->c));
+    CALL_IF(self, st, pkv_cache_check(self->c), 1);
     if (st != PKV_OK) return cache_raise(self, st);
     Py_RETURN_NONE;
 }
@@ -748,8 +776,8 @@ static PyObject *cache_write_raw(CacheObject *self, PyObject *args) {
         vp = PyArray_DATA((PyArrayObject *)v);
     }
     int st;
-    CALL(self, st, pkv_store_write(self->c, layer, PyArray_DATA((PyArrayObject *)slots), (int32_t)n,
-                                   PyArray_DATA((PyArrayObject *)k), vp, sdt));
+    CALL_IF(self, st, pkv_store_write(self->c, layer, PyArray_DATA((PyArrayObject *)slots), (int32_t)n,
+                                   PyArray_DATA((PyArrayObject *)k), vp, sdt), (size_t)n * krow >= LONG_BYTES);
     if (st != PKV_OK) return cache_raise(self, st);
     Py_RETURN_NONE;
 }
@@ -772,8 +800,9 @@ static PyObject *cache_read_raw(CacheObject *self, PyObject *args) {
         vp = PyArray_DATA((PyArrayObject *)v);
     }
     int st;
-    CALL(self, st, pkv_store_read(self->c, layer, PyArray_DATA((PyArrayObject *)slots), (int32_t)n,
-                                  PyArray_DATA((PyArrayObject *)k), vp));
+    CALL_IF(self, st, pkv_store_read(self->c, layer, PyArray_DATA((PyArrayObject *)slots), (int32_t)n,
+                                  PyArray_DATA((PyArrayObject *)k), vp),
+            (size_t)n * c->h_kv * c->d * 4 >= LONG_BYTES);
     if (st != PKV_OK) return cache_raise(self, st);
     Py_RETURN_NONE;
 }
@@ -914,7 +943,8 @@ static PyObject *seq_append(SeqObject *self, PyObject *arg) {
     }
     pkv_block_copy cow = {-1, -1};
     int st;
-    CALL(co, st, pkv_seq_append(co->c, self->h, (int32_t)n, t ? PyArray_DATA(t) : NULL, PyArray_DATA(slots), &cow));
+    CALL_IF(co, st, pkv_seq_append(co->c, self->h, (int32_t)n, t ? PyArray_DATA(t) : NULL, PyArray_DATA(slots), &cow),
+            n >= LONG_ITEMS);
     Py_XDECREF(t);
     if (st != PKV_OK) {
         Py_DECREF(slots);
@@ -1038,7 +1068,9 @@ static PyObject *seq_get_freed(SeqObject *self, void *unused) {
 static PyObject *seq_repr(SeqObject *self) {
     if (self->freed || self->cache->closed) return PyUnicode_FromFormat("<pagedkv.Sequence %lld (freed)>", (long long)self->h);
     int32_t n = -1;
-    if (self->cache->c && !self->cache->ts) pkv_seq_length(self->cache->c, self->h, &n);
+    int st;
+    CALL(self->cache, st, pkv_seq_length(self->cache->c, self->h, &n));
+    (void)st;
     return PyUnicode_FromFormat("<pagedkv.Sequence %lld len=%d ns=%llu>", (long long)self->h, n,
                                 (unsigned long long)self->ns);
 }

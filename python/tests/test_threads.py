@@ -116,3 +116,56 @@ def test_attention_releases_the_gil():
     mid = [x for x in ticks if t0 + 0.25 * (t1 - t0) < x < t0 + 0.75 * (t1 - t0)]
     assert t1 - t0 > 0.005, "the call was too short to tell"
     assert len(mid) >= 2, f"no other Python thread ran during the {1e3 * (t1 - t0):.0f} ms call"
+
+
+def test_plain_cache_serialized_across_threads():
+    """A cache that is not thread-safe is still safe from several Python threads: the
+    package serializes its calls (long ones run without the GIL, under its own lock)."""
+    c = pagedkv.Cache(num_blocks=256, block_size=16, storage="host", h_kv=1, d=64, dv=64, kv_dtype="f32")
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        for _ in range(60):
+            s = c.sequence()
+            n = int(rng.integers(1, 400))               # up to 100 KB of rows: the long path
+            slots = s.append(n)
+            rows = rng.standard_normal((n, 1, 64)).astype(np.float32)
+            c.write(0, slots, rows)
+            t = s.fork()
+            t.append(3)
+            k, _ = c.read(0, slots)
+            assert np.array_equal(k, rows), "rows changed under another thread"
+            c.export_flashmla([s, t])
+            if rng.integers(0, 4) == 0:
+                c.check()
+            s.free()
+            t.free()
+    _run([(worker, i) for i in range(4)])
+    c.check()
+    assert c.stats()["num_seqs"] == 0 and c.stats()["free_blocks"] == 256
+
+
+def test_long_write_releases_the_gil():
+    c = pagedkv.Cache(num_blocks=64, block_size=128, storage="host", kv_dtype="bf16")
+    s = c.sequence()
+    slots = s.append(8192)
+    rows = np.random.default_rng(9).standard_normal((8192, 1, 576)).astype(np.float32)
+    ticks = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.0002)
+    t = threading.Thread(target=ticker)
+    t.start()
+    time.sleep(0.01)
+    best = 0
+    for _ in range(5):  # a busy machine may make one call too short to tell
+        t0 = time.perf_counter()
+        c.write(0, slots, rows)  # 19 MB converted to bf16
+        t1 = time.perf_counter()
+        best = max(best, len([x for x in ticks if t0 + 0.2 * (t1 - t0) < x < t0 + 0.8 * (t1 - t0)]))
+    stop.set()
+    t.join()
+    assert best >= 2, "no other Python thread ran during a long write"
