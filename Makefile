@@ -230,7 +230,7 @@ clean:
 # make test-python  builds it and runs python/tests (pytest, or a plain runner without it)
 # make test runs the same through tests/test_python.sh. Debian's python3 has numpy.
 PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
-.PHONY: python test-python bench-python
+.PHONY: python test-python bench-python clean-python
 python: $(STATIC)
 	cd python && PKV_STATIC=$(abspath $(STATIC)) $(PYTHON) setup.py -q build_ext --inplace \
 	  --build-temp $(abspath $(BUILD))/python-temp
@@ -239,3 +239,6 @@ test-python: $(STATIC) $(SHARED) $(BUILD)/libpagedkv.so
 	  sh tests/test_python.sh
 bench-python: python
 	cd python && $(PYTHON) -m pagedkv.bench
+clean: clean-python
+clean-python:
+	rm -rf python/build python/pagedkv.egg-info python/pagedkv/_pagedkv*.so
