@@ -232,7 +232,7 @@ clean:
 PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 .PHONY: python test-python bench-python clean-python
 python: $(STATIC)
-	cd python && PKV_STATIC=$(abspath $(STATIC)) $(PYTHON) setup.py -q build_ext --inplace \
+	cd python && PKV_STATIC=$(abspath $(STATIC)) $(PYTHON) setup.py -q build_ext --inplace --force \
 	  --build-temp $(abspath $(BUILD))/python-temp
 test-python: $(STATIC) $(SHARED) $(BUILD)/libpagedkv.so
 	@PYTHON=$(PYTHON) PKV_VECTORS=$(VECTORS) PKV_LIB=$(SHARED) PKV_STATIC=$(STATIC) CC="$(CC)" \

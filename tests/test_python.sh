@@ -17,7 +17,7 @@ case $lib in /*) ;; *) lib=$root/$lib ;; esac
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cd "$root/python" || exit 1
-if ! PKV_STATIC=$static "$py" setup.py -q build_ext --inplace --build-temp "$tmp" >"$tmp/build.log" 2>&1; then
+if ! PKV_STATIC=$static "$py" setup.py -q build_ext --inplace --force --build-temp "$tmp" >"$tmp/build.log" 2>&1; then
     cat "$tmp/build.log"; echo "test_python: the extension did not build"; exit 1
 fi
 export PKV_LIB="$lib" PKV_VECTORS="${PKV_VECTORS:-$root/../shared/vectors}" PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
