@@ -31,7 +31,8 @@ def test_quickstart_prints_the_readme_output():
     import subprocess
     import sys
     path = os.path.join(HERE, "..", "examples", "quickstart.py")
-    env = dict(os.environ, PYTHONPATH=os.path.join(HERE, ".."))
+    import pagedkv
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(pagedkv.__file__)))  # the one under test
     out = subprocess.run([sys.executable, path], capture_output=True, text=True, env=env, check=True).stdout
     assert out.splitlines() == [
         "append: [164] copy (1, 2)",
