@@ -22,12 +22,13 @@ if not os.environ.get("PKV_STATIC") and os.path.exists(os.path.join(root, "Makef
 
 ext = Extension(
     "pagedkv._pagedkv",
-    sources=[os.path.relpath(os.path.join(here, "pagedkv", "_pagedkv.c"), here)],
+    sources=[os.path.join("pagedkv", f) for f in ("_pagedkv.c", "cache.c", "seq.c", "attn.c", "dlpack.c")],
     include_dirs=[os.path.join(root, "include"), numpy.get_include()],
     extra_objects=[archive],
-    extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
-    extra_link_args=["-pthread", "-lm"],
-    depends=[archive, os.path.join(root, "include", "pagedkv.h")],
+    extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
+                        "-fvisibility=hidden"],
+    extra_link_args=["-pthread", "-lm", "-Wl,--exclude-libs,ALL"],  # export PyInit only
+    depends=[archive, os.path.join(root, "include", "pagedkv.h"), os.path.join("pagedkv", "_pagedkv.h")],
 )
 
 setup(
