@@ -170,3 +170,31 @@ def test_argument_errors_name_the_argument():
             pagedkv.attention(**args)
     with pytest.raises(pagedkv.InvalidError, match="threads"):
         pagedkv.attention(q, kc, table, lens, 0.3, fast=False, threads=2)
+
+
+class _DLPackOnly:
+    """A producer that offers nothing but __dlpack__ (numpy's), to test the importer without torch."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def __dlpack__(self, stream=None):
+        return self.a.__dlpack__()
+
+
+def test_any_dlpack_producer_without_copies():
+    rng = np.random.default_rng(10)
+    kc = rng.standard_normal((4, 4, 2, 8)).astype(np.float32)
+    q = rng.standard_normal((1, 2, 4, 8)).astype(np.float32)
+    table = np.array([[2, 0, 3]], np.int32)
+    lens = np.array([10], np.int32)
+    want = pagedkv.attention(q, kc, table, lens, 0.3)
+    got = pagedkv.attention(_DLPackOnly(q), _DLPackOnly(kc), _DLPackOnly(table), _DLPackOnly(lens), 0.3)
+    assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
+    view, is_bf16 = pagedkv._pagedkv._from_dlpack(_DLPackOnly(kc))
+    assert not is_bf16 and view.shape == kc.shape
+    assert view.__array_interface__["data"][0] == kc.__array_interface__["data"][0]  # the same memory
+    with pytest.raises(pagedkv.InvalidError, match="^q: the array is not C-contiguous"):
+        pagedkv.attention(_DLPackOnly(q[:, :, ::2]), kc, table, lens, 0.3)
+    with pytest.raises(pagedkv.DTypeError, match="^k_cache"):
+        pagedkv.attention(q, _DLPackOnly(kc.astype(np.float64)), table, lens, 0.3)
