@@ -16,9 +16,11 @@ import sys
 import numpy as np
 
 from . import _pagedkv
+from . import errors
 from .errors import *  # noqa: F401,F403  (the exception classes are part of the API)
 from .errors import BY_STATUS, DTypeError, Error, InvalidError, ShapeError
 
+errors._complete(_pagedkv.strerror)
 _pagedkv._set_errors(BY_STATUS)
 
 __version__ = "1.0.0"

@@ -21,7 +21,7 @@
 
 #include "pagedkv.h"
 
-#define NSTATUS 20 /* -PKV_ERR_SLOT + 1 */
+#define NSTATUS 64 /* status codes -1 .. -64 can have their own class */
 
 typedef struct {
     PyObject_HEAD

@@ -45,11 +45,22 @@ FormatError = _make("FormatError", -16, (ValueError,), "Malformed input data (PK
 StateError = _make("StateError", -17, (), "Not in a state that allows this call, e.g. closed (PKV_ERR_STATE).")
 ShapeError = _make("ShapeError", -18, (ValueError,), "Array shapes disagree (PKV_ERR_SHAPE).")
 SlotError = _make("SlotError", -19, (IndexError,), "A slot outside the cache (PKV_ERR_SLOT).")
+NotFoundError = _make("NotFoundError", -20, (LookupError,), "A tier holds nothing under the key (PKV_ERR_NOT_FOUND).")
 
 BY_STATUS = {0: Error}
 for _cls in (NullError, InvalidError, NoMemError, CapacityError, BufferTooSmallError, NoSeqError, BlockIdError,
              SeqLenError, HeadsError, DTypeError, ModeError, NonFiniteError, CorruptError, ThreadError,
-             IOFailedError, FormatError, StateError, ShapeError, SlotError):
+             IOFailedError, FormatError, StateError, ShapeError, SlotError, NotFoundError):
     BY_STATUS[_cls.status] = _cls
+
+
+
+def _complete(strerror, limit=64):
+    """A class for each status the library describes but this module does not name
+    (a newer library), so that every status still raises its own subclass."""
+    for st in range(-1, -limit, -1):
+        if st not in BY_STATUS and strerror(st) != "unknown status":
+            BY_STATUS[st] = _make(f"Status{-st}Error", st, (), strerror(st))
+
 
 __all__ = ["Error"] + [c.__name__ for c in BY_STATUS.values() if c is not Error]
