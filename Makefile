@@ -224,3 +224,22 @@ clean:
 	rm -rf build
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- Python package (python/, issue 15) -----------------------------------------
+# make python       builds the pagedkv extension in place (python/pagedkv/_pagedkv*.so),
+#                   linked against $(STATIC); use it with PYTHONPATH=python
+# make test-python  builds it and runs python/tests (pytest, or a plain runner without it)
+# make test runs the same through tests/test_python.sh. Debian's python3 has numpy.
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
+.PHONY: python test-python bench-python clean-python
+python: $(STATIC)
+	cd python && PKV_STATIC=$(abspath $(STATIC)) $(PYTHON) setup.py -q build_ext --inplace --force \
+	  --build-temp $(abspath $(BUILD))/python-temp
+test-python: $(STATIC) $(SHARED) $(BUILD)/libpagedkv.so
+	@PYTHON=$(PYTHON) PKV_VECTORS=$(VECTORS) PKV_LIB=$(SHARED) PKV_STATIC=$(STATIC) CC="$(CC)" \
+	  sh tests/test_python.sh
+bench-python: python
+	cd python && $(PYTHON) -m pagedkv.bench
+clean: clean-python
+clean-python:
+	rm -rf python/build python/pagedkv.egg-info python/pagedkv/_pagedkv*.so

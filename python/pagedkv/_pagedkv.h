@@ -1,0 +1,97 @@
+/* Shared by the files of pagedkv's CPython extension (python/pagedkv/):
+ *   _pagedkv.c  errors, argument helpers, module functions and init
+ *   cache.c     the Cache type: sequences, prefix cache, batch append, exports, storage
+ *   seq.c       the Sequence type
+ *   attn.c      attention (worker pools) and FP8 MLA rows
+ *   dlpack.c    the DLPack importer (torch tensors, bfloat16 included)
+ * Everything here is hidden in the extension (-fvisibility=hidden) except PyInit. */
+#ifndef PAGEDKV_PY_H
+#define PAGEDKV_PY_H
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL pagedkv_ARRAY_API
+#ifndef PKVPY_MAIN
+#define NO_IMPORT_ARRAY
+#endif
+#include <numpy/arrayobject.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#include "pagedkv.h"
+
+#define NSTATUS 64 /* status codes -1 .. -64 can have their own class */
+
+typedef struct {
+    PyObject_HEAD
+    pkv_cache *c;
+    pkv_config cfg;
+    int ts;        /* thread-safe: call with the GIL released */
+    PyThread_type_lock lock; /* serializes calls on a cache that is not thread-safe */
+    int closed;
+    int busy;      /* calls in flight without the GIL */
+    int views;     /* live arena views: destruction waits for them */
+    int32_t last_mbps; /* the FlashMLA table width of the last export */
+    PyObject *weakrefs;
+} CacheObject;
+
+typedef struct {
+    PyObject_HEAD
+    CacheObject *cache;
+    pkv_seq h;
+    uint64_t ns;
+    int freed;
+} SeqObject;
+
+/* Runs one library call. A thread-safe cache: always without the GIL (the
+ * library's lock serializes). Any other cache: under co->lock, which no thread
+ * ever waits for while holding the GIL; short calls keep the GIL (releasing it
+ * costs more than they do), long ones (is_long) release it. busy counts the
+ * calls that may run or wait without the GIL, so close() can refuse them. */
+#define CALL_IF(co, st, expr, is_long)                                      \
+    do {                                                                    \
+        if ((co)->ts || (is_long)) {                                        \
+            (co)->busy++;                                                   \
+            Py_BEGIN_ALLOW_THREADS                                          \
+            if (!(co)->ts) PyThread_acquire_lock((co)->lock, WAIT_LOCK);    \
+            (st) = (expr);                                                  \
+            if (!(co)->ts) PyThread_release_lock((co)->lock);               \
+            Py_END_ALLOW_THREADS                                            \
+            (co)->busy--;                                                   \
+        } else {                                                            \
+            if (!PyThread_acquire_lock((co)->lock, NOWAIT_LOCK)) {          \
+                (co)->busy++;                                               \
+                Py_BEGIN_ALLOW_THREADS                                      \
+                PyThread_acquire_lock((co)->lock, WAIT_LOCK);               \
+                Py_END_ALLOW_THREADS                                        \
+                (co)->busy--;                                               \
+            }                                                               \
+            (st) = (expr);                                                  \
+            PyThread_release_lock((co)->lock);                              \
+        }                                                                   \
+    } while (0)
+#define CALL(co, st, expr) CALL_IF(co, st, expr, 0)
+/* A call is long when it moves this many bytes or items. */
+#define LONG_BYTES (64 * 1024)
+#define LONG_ITEMS 4096
+
+extern PyTypeObject CacheType, SeqType, ArenaRefType;
+
+/* Errors: raise the class registered for a status (pagedkv.errors), return NULL. */
+PyObject *raise_status(int st, const char *detail);
+PyObject *raise_arg(int st, const char *fmt, ...);
+PyObject *cache_raise(CacheObject *co, int st);  /* with the cache's last_error text */
+int cache_open(CacheObject *co);                  /* 0 with StateError when closed */
+PyObject *seq_new(CacheObject *co, pkv_seq h, uint64_t ns);
+pkv_seq *seq_handles(CacheObject *co, PyObject *seqs, pkv_seq *buf, Py_ssize_t cap, Py_ssize_t *n,
+                     pkv_seq **heap);
+PyArrayObject *as_tokens(PyObject *obj, const char *name);
+int buf_ok(PyObject *o, const char *name, size_t bytes, int writable);
+PyObject *do_register(CacheObject *co, SeqObject *s);
+PyObject *cache_slot_mapping(CacheObject *self, PyObject *seqs);
+PyObject *mod_attn(PyObject *mod, PyObject *args);
+PyObject *mod_mla656(PyObject *mod, PyObject *args);
+PyObject *mod_from_dlpack(PyObject *mod, PyObject *obj);
+
+#endif
