@@ -144,7 +144,8 @@ static int32_t index_find(pkv_prefix *p, const uint64_t key[2], int32_t parent, 
         if (s->ent < 0) return -1;
         if (s->tag != tag) continue;
         int32_t e = s->ent;
-        if (p->key[2 * e] == key[0] && (!check_high || p->key[2 * e + 1] == key[1]) && p->parent[e] == parent &&
+        /* Lookup knows only the key's low word: the tag and the identity decide. */
+        if ((!check_high || (p->key[2 * e] == key[0] && p->key[2 * e + 1] == key[1])) && p->parent[e] == parent &&
             p->ns[e] == ns && memcmp(ent_toks(p, e), toks, bytes) == 0)
             return e;
         if (count_collisions) p->collisions++;
