@@ -52,8 +52,7 @@ static int config_validate(const pkv_config *cfg) {
     RETURN_IF(cfg->num_layers < 1 || cfg->h_kv < 1 || cfg->d < 1 || cfg->dv < 1, PKV_ERR_INVALID);
     RETURN_IF(cfg->v_separate != 0 && cfg->v_separate != 1, PKV_ERR_INVALID);
     RETURN_IF(!cfg->v_separate && cfg->dv > cfg->d, PKV_ERR_INVALID);
-    RETURN_IF(pkv_row_bytes(cfg->kv_dtype, cfg->h_kv, cfg->d) == 0, PKV_ERR_DTYPE);
-    if (cfg->kv_dtype == PKV_FP8_MLA656) RETURN_IF(cfg->v_separate || cfg->dv != 512, PKV_ERR_DTYPE);
+    RETURN_IF(!pkv__dtype_geometry_ok(cfg->kv_dtype, cfg->h_kv, cfg->d, cfg->dv, cfg->v_separate), PKV_ERR_DTYPE);
     /* Arena sizes must be representable; refused here, before anything is allocated
      * (64: store.c's alignment slack). */
     size_t row = pkv_row_bytes(cfg->kv_dtype, cfg->h_kv, cfg->d);

@@ -44,19 +44,3 @@ uint16_t pkv_f32_to_f16(float f) {
     uint32_t r = a + 0xfffu + ((a >> 13) & 1u) - (112u << 23);
     return (uint16_t)(sign | (r >> 13));
 }
-
-size_t pkv_dtype_size(int dtype) {
-    switch (dtype) {
-    case PKV_F32: return 4;
-    case PKV_F16:
-    case PKV_BF16: return 2;
-    default: return 0;
-    }
-}
-
-size_t pkv_row_bytes(int dtype, int32_t h_kv, int32_t d) {
-    if (h_kv <= 0 || d <= 0) return 0;
-    if (dtype == PKV_FP8_MLA656) return (h_kv == 1 && d == 576) ? 656 : 0;
-    size_t es = pkv_dtype_size(dtype);
-    return es ? es * (size_t)h_kv * (size_t)d : 0;
-}

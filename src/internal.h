@@ -391,6 +391,24 @@ void sip_finish_block(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns
 uint64_t sip_finish_block_lo(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2]);
 size_t cache_dump(pkv_cache *c, void *buf, size_t cap); /* canonical state dump, tests/common/dump.c */
 
+/* ---- the dtype table (dtypes.c) ---- */
+typedef struct pkv_dtype_traits {
+    const char *name;
+    size_t elem;          /* bytes per element; 0: the unit is a whole fixed row */
+    size_t fixed_row;     /* bytes of its one row geometry (FP8 MLA656: 656), else 0 */
+    int32_t h_kv, d, dv;  /* the geometry a fixed row requires */
+    int plain;            /* element-wise: any geometry, usable for queries */
+    /* n float32 values into a row of this dtype (NULL: a fixed row's encoder
+     * needs options; the store calls it), and a row back into float32. */
+    void (*from_f32)(void *dst, const float *src, size_t n);
+    void (*to_f32)(float *dst, const void *src, size_t n);
+    uint32_t accepts;     /* bit s: a cache of this dtype takes rows of dtype s */
+} pkv_dtype_traits;
+/* The entry of dtype, or NULL for an unknown one. */
+const pkv_dtype_traits *pkv__dtype(int dtype);
+/* Whether a cache of dtype can have this geometry. */
+int pkv__dtype_geometry_ok(int dtype, int32_t h_kv, int32_t d, int32_t dv, int v_separate);
+
 /* ---- dtype conversion (dtype.c) ---- */
 float pkv_bf16_to_f32(uint16_t h);
 uint16_t pkv_f32_to_bf16(float f);

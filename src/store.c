@@ -4,6 +4,7 @@
  * copy-on-write. In metadata mode nothing here holds memory. */
 #include <string.h>
 
+#include "fp8.h"
 #include "internal.h"
 
 #define ARENA_ALIGN 64
@@ -71,19 +72,6 @@ void store_copy_block(pkv_store *s, int32_t src, int32_t dst) {
     }
 }
 
-/* Converts count float32 values into dtype (F32/F16/BF16) at dst. */
-static void from_f32(void *dst, int dtype, const float *src, size_t count) {
-    if (dtype == PKV_F32) {
-        memcpy(dst, src, count * sizeof(float));
-        return;
-    }
-    uint16_t *o = dst;
-    if (dtype == PKV_BF16)
-        for (size_t i = 0; i < count; i++) o[i] = pkv_f32_to_bf16(src[i]);
-    else
-        for (size_t i = 0; i < count; i++) o[i] = pkv_f32_to_f16(src[i]);
-}
-
 static int nonfinite(const float *x, size_t count) {
     for (size_t i = 0; i < count; i++)
         if (!(x[i] - x[i] == 0.0f)) return 1;
@@ -91,24 +79,24 @@ static int nonfinite(const float *x, size_t count) {
 }
 
 /* Writes one token row (all heads, row_bytes in the arena) of K or V from src
- * (src_dtype) into dst. */
+ * (src_dtype, accepted by the cache's dtype) into dst. */
 static void write_row(const pkv_store *s, uint8_t *dst, const uint8_t *src, int src_dtype, size_t elems,
                       size_t row_bytes) {
-    int kvd = s->cfg->kv_dtype;
-    if (src_dtype == kvd) {
-        /* rows already in the arena's format (FP8: ready-made 656-byte rows) */
-        memcpy(dst, src, row_bytes);
-    } else if (kvd == PKV_FP8_MLA656) {
-        float x[576];
+    const pkv_dtype_traits *kt = pkv__dtype(s->cfg->kv_dtype);
+    if (src_dtype == s->cfg->kv_dtype) {
+        memcpy(dst, src, row_bytes); /* rows in the arena's format (FP8: ready-made rows) */
+    } else if (kt->from_f32 && src_dtype == PKV_F32) {
+        kt->from_f32(dst, (const float *)src, elems);
+    } else {
+        /* A fixed row (FP8 MLA656) from float32 or another plain dtype. */
+        float x[PKV_MLA656_DIM];
         const float *in = (const float *)src;
-        if (src_dtype == PKV_BF16) {
-            for (size_t i = 0; i < 576; i++) x[i] = pkv_bf16_to_f32(((const uint16_t *)src)[i]);
+        if (src_dtype != PKV_F32) {
+            pkv__dtype(src_dtype)->to_f32(x, src, elems);
             in = x;
         }
         /* Inputs were checked to be finite, so this cannot fail. */
         (void)pkv_mla656_quantize(in, dst, (s->cfg->flags & PKV_FLAG_FP8_POW2_SCALE) != 0);
-    } else {
-        from_f32(dst, kvd, (const float *)src, elems);
     }
 }
 
@@ -136,10 +124,10 @@ int store_write(pkv_store *s, int32_t layer, const int64_t *slots, int32_t n, co
                 const void *v_rows, int32_t src_dtype, pkv_detail *d) {
     FORWARD_IF_ERROR(store_check_slots(s, layer, slots, n, d));
     const pkv_config *cfg = s->cfg;
-    int fp8 = cfg->kv_dtype == PKV_FP8_MLA656;
-    if (src_dtype != cfg->kv_dtype && src_dtype != PKV_F32 && !(fp8 && src_dtype == PKV_BF16))
-        return pkv__fail(d, PKV_ERR_DTYPE, "rows of dtype %d cannot be written into a dtype %d cache", src_dtype,
-                         cfg->kv_dtype);
+    const pkv_dtype_traits *kt = pkv__dtype(cfg->kv_dtype);
+    int fixed = kt->fixed_row != 0;
+    if (src_dtype < 0 || src_dtype > 31 || !(kt->accepts & (1u << src_dtype)))
+        return pkv__fail(d, PKV_ERR_DTYPE, "rows of dtype %d cannot be written into a %s cache", src_dtype, kt->name);
     if (n == 0) return PKV_OK;
     if (!k_rows || (cfg->v_separate && !v_rows))
         return pkv__fail(d, PKV_ERR_NULL, "%s is NULL", k_rows ? "v_rows (V is separate)" : "k_rows");
@@ -149,9 +137,9 @@ int store_write(pkv_store *s, int32_t layer, const int64_t *slots, int32_t n, co
     int raw = src_dtype == cfg->kv_dtype;
     size_t k_src = raw ? s->k_row : ke * pkv_dtype_size(src_dtype);
     size_t v_src = raw ? s->v_row : ve * pkv_dtype_size(src_dtype);
-    if (fp8 && src_dtype == PKV_F32 && nonfinite(k_rows, ke * (size_t)n))
+    if (fixed && src_dtype == PKV_F32 && nonfinite(k_rows, ke * (size_t)n))
         return pkv__fail(d, PKV_ERR_NONFINITE, "FP8 rows must be finite");
-    if (fp8 && src_dtype == PKV_BF16)
+    if (fixed && src_dtype == PKV_BF16)
         for (size_t i = 0; i < ke * (size_t)n; i++)
             if ((((const uint16_t *)k_rows)[i] & 0x7f80u) == 0x7f80u)
                 return pkv__fail(d, PKV_ERR_NONFINITE, "FP8 rows must be finite");
@@ -166,12 +154,7 @@ int store_write(pkv_store *s, int32_t layer, const int64_t *slots, int32_t n, co
 }
 
 static void read_row(const pkv_store *s, float *out, const uint8_t *row, size_t elems) {
-    int kvd = s->cfg->kv_dtype;
-    if (kvd == PKV_FP8_MLA656) {
-        (void)pkv_mla656_dequantize(row, out);
-        return;
-    }
-    for (size_t i = 0; i < elems; i++) out[i] = pkv_load_elem(row, kvd, i);
+    pkv__dtype(s->cfg->kv_dtype)->to_f32(out, row, elems);
 }
 
 int store_read(pkv_store *s, int32_t layer, const int64_t *slots, int32_t n, float *k_out, float *v_out,

@@ -16,13 +16,14 @@ rank() {
         tier_file) echo 1 ;;
         dtype|cpu) echo 1 ;;
         fp8) echo 2 ;;
-        pool) echo 3 ;;
-        seq) echo 4 ;;
-        prefix) echo 5 ;;
-        store) echo 6 ;;
-        tier) echo 7 ;;
-        cache) echo 8 ;;
-        export|attn) echo 9 ;;
+        dtypes) echo 3 ;;
+        pool) echo 4 ;;
+        seq) echo 5 ;;
+        prefix) echo 6 ;;
+        store) echo 7 ;;
+        tier) echo 8 ;;
+        cache) echo 9 ;;
+        export|attn) echo 10 ;;
         *) echo "?" ;;
     esac
 }
