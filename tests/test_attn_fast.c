@@ -201,8 +201,8 @@ static void run_case(const tcase *tc, uint64_t seed) {
     memcpy(rout, t.out, sizeof(float) * no);
     memcpy(rlse, t.lse, sizeof(float) * nl);
     char what[256];
-    for (int isa = 0; isa < ATTN_ISA_COUNT; isa++) {
-        if (!attn_isa_supported(isa)) continue;
+    for (int isa = 0; pkv_isa_label(isa); isa++) {
+        if (!pkv_isa_supported(isa)) continue;
         const attn_ops *ops = attn_ops_for(isa, a->q_dtype, a->kv_dtype);
         if (!ops) continue;
         for (int pi = -1; pi < 4; pi++) {
@@ -291,8 +291,8 @@ static void vec_run(const char *dir, const vcase *c) {
     a.out = out; a.lse = lse;
     char what[320];
     printf("  %-18s", c->name);
-    for (int isa = 0; isa < ATTN_ISA_COUNT; isa++) {
-        if (!attn_isa_supported(isa)) continue;
+    for (int isa = 0; pkv_isa_label(isa); isa++) {
+        if (!pkv_isa_supported(isa)) continue;
         const attn_ops *ops = attn_ops_for(isa, a.q_dtype, a.kv_dtype);
         if (!ops) continue;
         double worst = 0;
@@ -300,12 +300,12 @@ static void vec_run(const char *dir, const vcase *c) {
             memset(out, 0x7f, no * sizeof(float));
             memset(lse, 0x7f, nl * sizeof(float));
             CHECK_OK(attn_fast_run(&a, pi < 0 ? NULL : pools[pi], ops));
-            snprintf(what, sizeof what, "vector %s, %s kernels (%s), pool %d", c->name, attn_isa_label(isa), ops->name, pi);
+            snprintf(what, sizeof what, "vector %s, %s kernels (%s), pool %d", c->name, pkv_isa_label(isa), ops->name, pi);
             const double e = vec_check(what, out, lse, eo.data, el.data, no, nl);
             if (!(e <= worst)) worst = e;
         }
-        if (isinf(worst)) printf(" %s FAIL", attn_isa_label(isa));
-        else printf(" %s %.2g", attn_isa_label(isa), worst);
+        if (isinf(worst)) printf(" %s FAIL", pkv_isa_label(isa));
+        else printf(" %s %.2g", pkv_isa_label(isa), worst);
     }
     printf("\n");
     free(out);
@@ -504,19 +504,36 @@ static void test_pool_reuse(void) {
 
 static void test_isa_env(void) {
     const char *env = getenv("PKV_ISA");
-    printf("attention ISA: %s (PKV_ISA=%s); kernels: bf16/bf16 %s, f16/f16 %s, f32/f32 %s, bf16/fp8 %s\n",
-           attn_isa_name(), env ? env : "", attn_kernel_name(PKV_BF16, PKV_BF16),
-           attn_kernel_name(PKV_F16, PKV_F16), attn_kernel_name(PKV_F32, PKV_F32),
-           attn_kernel_name(PKV_BF16, PKV_FP8_MLA656));
-    CHECK(attn_isa_supported(ATTN_ISA_SCALAR));
-    CHECK(attn_isa_supported(attn_isa_active()));
-    if (env)
-        for (int i = 0; i < ATTN_ISA_COUNT; i++)
-            if (strcmp(env, attn_isa_label(i)) == 0) { /* the best supported level not above the request */
-                int want = i;
-                while (want > 0 && !attn_isa_supported(want)) want--;
-                CHECK_INT(attn_isa_active(), want);
+    char why[200];
+    const int st = pkv_isa_status(why, sizeof why);
+    printf("attention ISA: %s (PKV_ISA=%s%s%s); kernels: bf16/bf16 %s, f16/f16 %s, f32/f32 %s, bf16/fp8 %s\n",
+           pkv_isa_name(), env ? env : "", st ? ": " : "", why, pkv_attn_kernel_name(PKV_BF16, PKV_BF16),
+           pkv_attn_kernel_name(PKV_F16, PKV_F16), pkv_attn_kernel_name(PKV_F32, PKV_F32),
+           pkv_attn_kernel_name(PKV_BF16, PKV_FP8_MLA656));
+    CHECK(pkv_isa_supported(PKV_ISA_SCALAR));
+    CHECK(pkv_isa_supported(pkv_isa_active()));
+    int best = 0;
+    for (int i = 0; pkv_isa_label(i); i++)
+        if (pkv_isa_supported(i)) best = i;
+    int want = best, known = 0, status = PKV_OK;
+    if (env && *env)
+        for (int i = 0; pkv_isa_label(i); i++)
+            if (strcmp(env, pkv_isa_label(i)) == 0) { /* the best supported level not above the request */
+                known = 1;
+                want = i;
+                while (want > 0 && !pkv_isa_supported(want)) want--;
+                if (want != i) status = PKV_ERR_INVALID;
             }
+    if (env && *env && !known) status = PKV_ERR_INVALID; /* reported, not silently ignored */
+    CHECK_INT(pkv_isa_active(), want);
+    CHECK_INT(st, status);
+    if (status != PKV_OK) CHECK(strstr(why, env) != NULL && strstr(why, pkv_isa_name()) != NULL);
+    else CHECK_INT((int)strlen(why), 0);
+    /* the kernels follow the level */
+    CHECK(attn_ops_best(PKV_F32, PKV_F32) == attn_ops_for(want, PKV_F32, PKV_F32));
+    CHECK(pkv_attn_kernel_name(PKV_F32, PKV_FP8_MLA656) != NULL);
+    CHECK(pkv_attn_kernel_name(PKV_FP8_MLA656, PKV_F32) == NULL);
+    CHECK(pkv_attn_kernel_name(PKV_F32, 7) == NULL);
 }
 
 /* PKV_ISA is read once per process: check each value in a fresh process. */

@@ -49,6 +49,28 @@ static run_out run(const char *fmt, ...) {
     return r;
 }
 
+/* Runs a whole shell command line (environment assignments, redirections). */
+static run_out run_sh(const char *cmd) {
+    run_out r = {-1, NULL, 0};
+    FILE *p = popen(cmd, "r");
+    if (!p) return r;
+    size_t cap = 0, n;
+    char buf[8192];
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) {
+        if (r.len + n + 1 > cap) {
+            cap = (r.len + n + 1) * 2;
+            r.text = realloc(r.text, cap);
+        }
+        memcpy(r.text + r.len, buf, n);
+        r.len += n;
+    }
+    if (!r.text) r.text = calloc(1, 1);
+    r.text[r.len] = 0;
+    const int st = pclose(p);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
+}
+
 #define CHECK_RUN(r, want_status, needle)                                                           \
     do {                                                                                            \
         CHECK_INT((r).status, want_status);                                                         \
@@ -162,6 +184,21 @@ static void test_info(void) {
     free(r.text);
     r = run("info --bogus");
     CHECK_RUN(r, 2, "unknown option");
+    free(r.text);
+    /* every level PKV_ISA takes is listed, amx included */
+    r = run("info --help");
+    CHECK_RUN(r, 0, "PKV_ISA=scalar|avx2|avx512|amx");
+    free(r.text);
+    /* an unknown PKV_ISA is reported, naming the value, not silently ignored */
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "PKV_ISA=bogus %s info 2>&1", bin);
+    r = run_sh(cmd);
+    CHECK_RUN(r, 0, "warning: PKV_ISA=bogus is not one of scalar, avx2, avx512, amx");
+    free(r.text);
+    snprintf(cmd, sizeof cmd, "PKV_ISA=scalar %s info 2>&1", bin);
+    r = run_sh(cmd);
+    CHECK_RUN(r, 0, "pkv_attn uses: scalar (PKV_ISA=scalar)");
+    CHECK(strstr(r.text, "warning") == NULL);
     free(r.text);
 }
 

@@ -465,7 +465,7 @@ static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops 
     pl.g.kv_dtype = a->kv_dtype;
     pl.g.scale_log2 = (float)((double)a->softmax_scale * 1.4426950408889634);
     if (a->kv_dtype == PKV_FP8_MLA656) {
-        pl.kslot = pl.krow = ATTN_FP8_ROW;
+        pl.kslot = pl.krow = PKV_MLA656_BYTES;
         pl.khead = 0;
     } else {
         const size_t es = pkv_dtype_size(a->kv_dtype);

@@ -29,12 +29,12 @@ AI __m256 load8(const void *row, int dt, int32_t c, int32_t n) {
 
 /* 8 dims [c, c+8) of an FP8_MLA656 row, dequantized (c < 576, multiple of 8). */
 AI __m256 load8_fp8(const uint8_t *row, int32_t c) {
-    if (c >= 512) {
-        const __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(row + ATTN_FP8_ROPE + 2 * (c - 512)));
+    if (c >= PKV_MLA656_LATENT) {
+        const __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(row + PKV_MLA656_ROPE + 2 * (c - PKV_MLA656_LATENT)));
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     }
     float sc;
-    memcpy(&sc, row + ATTN_FP8_SCALES + 4 * (c / 128), sizeof sc);
+    memcpy(&sc, row + PKV_MLA656_SCALES + 4 * (c / 128), sizeof sc);
     const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(row + c)));
     const __m128i sign = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8);
     const __m128i mag = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x7f)), 7);

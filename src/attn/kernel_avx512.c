@@ -49,7 +49,7 @@ AI __m256i e4m3x16_f16bits(__m128i b) {
 }
 
 /* Scales of an FP8 row (little-endian floats at byte 512). */
-AI void fp8_scales(const uint8_t *row, float sc[4]) { memcpy(sc, row + ATTN_FP8_SCALES, 4 * sizeof(float)); }
+AI void fp8_scales(const uint8_t *row, float sc[4]) { memcpy(sc, row + PKV_MLA656_SCALES, 4 * sizeof(float)); }
 
 /* ---- exp2 for x <= 0 (relative error ~2e-7) ---- */
 AI __m512 exp2_ps(__m512 x) {
@@ -118,9 +118,9 @@ static void f32_prep_q(const attn_geom *g, const void *const *qrows, int m, void
 AI __m512 kv16_f32(const attn_geom *g, const void *row, int32_t c, int32_t n) {
     if (g->kv_dtype != PKV_FP8_MLA656) return load16_f32(row, g->kv_dtype, c, n);
     const uint8_t *r8 = (const uint8_t *)row;
-    if (c >= 512) return load16_f32(r8 + ATTN_FP8_ROPE, PKV_BF16, c - 512, n);
+    if (c >= PKV_MLA656_LATENT) return load16_f32(r8 + PKV_MLA656_ROPE, PKV_BF16, c - PKV_MLA656_LATENT, n);
     float sc;
-    memcpy(&sc, r8 + ATTN_FP8_SCALES + 4 * (c / 128), sizeof sc);
+    memcpy(&sc, r8 + PKV_MLA656_SCALES + 4 * (c / 128), sizeof sc);
     const __m512 v = _mm512_cvtph_ps(e4m3x16_f16bits(_mm_loadu_si128((const __m128i *)(const void *)(r8 + c))));
     return _mm512_mul_ps(v, _mm512_set1_ps(sc * 256.0f));
 }
@@ -291,8 +291,8 @@ static void dp_tile_from_bf16(const attn_geom *g, const void *const *krows, cons
 void attn_avx512_fp8_expand(const uint8_t *r8, uint16_t *dst) {
     UNROLL for (int c = 0; c < 512; c += 32)
         _mm512_storeu_si512(dst + c, e4m3x32_bf16(_mm256_loadu_si256((const __m256i *)(const void *)(r8 + c))));
-    _mm512_storeu_si512(dst + 512, _mm512_loadu_si512(r8 + ATTN_FP8_ROPE));
-    _mm512_storeu_si512(dst + 544, _mm512_loadu_si512(r8 + ATTN_FP8_ROPE + 64));
+    _mm512_storeu_si512(dst + 512, _mm512_loadu_si512(r8 + PKV_MLA656_ROPE));
+    _mm512_storeu_si512(dst + 544, _mm512_loadu_si512(r8 + PKV_MLA656_ROPE + 64));
 }
 
 void attn_avx512_dp_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
@@ -314,7 +314,7 @@ void attn_avx512_fp8_load_tile(const attn_geom *g, const void *const *krows, con
     const void *rows[ATTN_TILE];
     for (int j = 0; j < n; j++) {
         const uint8_t *r8 = (const uint8_t *)krows[j];
-        uint16_t *dst = wk + (size_t)j * 576;
+        uint16_t *dst = wk + (size_t)j * PKV_MLA656_DIM;
         attn_avx512_fp8_expand(r8, dst);
         rows[j] = dst;
         float sc[4];

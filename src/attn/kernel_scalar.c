@@ -15,11 +15,11 @@ static void to_f32(const void *row, int dtype, int32_t n, float *dst) {
 /* One FP8_MLA656 token row dequantized to float32 (first n of 576 values). */
 static void fp8_row_f32(const uint8_t *row, int32_t n, float *dst) {
     float sc[4];
-    memcpy(sc, row + ATTN_FP8_SCALES, sizeof sc); /* little-endian hosts only (x86) */
-    for (int32_t i = 0; i < n && i < 512; i++) dst[i] = fp8_e4m3_to_f32(row[i]) * sc[i / 128];
-    for (int32_t i = 512; i < n; i++) {
+    memcpy(sc, row + PKV_MLA656_SCALES, sizeof sc); /* little-endian hosts only (x86) */
+    for (int32_t i = 0; i < n && i < PKV_MLA656_LATENT; i++) dst[i] = fp8_e4m3_to_f32(row[i]) * sc[i / PKV_MLA656_TILE];
+    for (int32_t i = PKV_MLA656_LATENT; i < n; i++) {
         uint16_t h;
-        memcpy(&h, row + ATTN_FP8_ROPE + 2 * (i - 512), 2);
+        memcpy(&h, row + PKV_MLA656_ROPE + 2 * (i - PKV_MLA656_LATENT), 2);
         dst[i] = pkv_bf16_to_f32(h);
     }
 }
