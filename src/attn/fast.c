@@ -70,11 +70,12 @@ typedef struct plan {
     pkv_workers *w;
     attn_scratch *solo; /* scratch for w == NULL */
     int sparse;
+    /* Row counts are 64-bit: h_q * s_q rows of one sequence may exceed 2^31. */
     int32_t hpg;        /* query heads per KV head */
-    int32_t rph;        /* query rows per KV head in a unit: hpg * s_q (dense) or hpg (sparse) */
-    int32_t rows;       /* query rows per unit (all KV heads): h_kv * rph */
+    int64_t rph;        /* query rows per KV head in a unit: hpg * s_q (dense) or hpg (sparse) */
+    int64_t rows;       /* query rows per unit (all KV heads): h_kv * rph */
     int32_t mb;         /* rows per group at most (a multiple of rph for multi_head kernels) */
-    int32_t nrb;        /* row blocks per unit */
+    int64_t nrb;        /* row blocks per unit */
     int64_t ngroups;
     int64_t units;
     int nw;             /* workers taking part */
@@ -136,13 +137,14 @@ void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geo
  * cache is read in token order even when several KV heads share a token row. */
 typedef struct group {
     int32_t b, s;       /* s: query token (sparse only) */
-    int32_t r0, m;      /* rows [r0, r0 + m) of the unit */
+    int64_t r0;         /* rows [r0, r0 + m) of the unit */
+    int32_t m;
     int32_t keys;       /* keys (dense) or index entries (sparse) the group spans */
 } group;
 
 static void group_at(const plan *pl, int64_t gi, group *gr) {
     const pkv_attn_args *a = pl->a;
-    const int32_t rb = (int32_t)(gi % pl->nrb);
+    const int64_t rb = gi % pl->nrb;
     const int64_t u = gi / pl->nrb;
     if (pl->sparse) {
         gr->s = (int32_t)(u % a->s_q);
@@ -152,13 +154,13 @@ static void group_at(const plan *pl, int64_t gi, group *gr) {
         gr->b = (int32_t)u;
     }
     gr->r0 = rb * pl->mb;
-    gr->m = pl->rows - gr->r0 < pl->mb ? pl->rows - gr->r0 : pl->mb;
+    gr->m = pl->rows - gr->r0 < pl->mb ? (int32_t)(pl->rows - gr->r0) : pl->mb;
     if (pl->sparse) {
         gr->keys = a->topk;
     } else {
         /* the block's latest query token has the most visible keys (causal) */
-        const int32_t first = gr->r0, last = gr->r0 + gr->m - 1;
-        const int32_t smax = last / pl->rph != first / pl->rph ? a->s_q - 1 : (last % pl->rph) / pl->hpg;
+        const int64_t first = gr->r0, last = gr->r0 + gr->m - 1;
+        const int32_t smax = last / pl->rph != first / pl->rph ? a->s_q - 1 : (int32_t)(last % pl->rph / pl->hpg);
         gr->keys = attn_visible_keys(a, a->cache_seqlens[gr->b], smax);
     }
 }
@@ -167,14 +169,15 @@ static int64_t group_tiles(const group *gr) { return ((int64_t)gr->keys + ATTN_T
 
 /* Query token, query head and KV head of row r of a group. */
 static void row_pos(const plan *pl, const group *gr, int32_t r, int32_t *s, int32_t *h, int32_t *kvh) {
-    const int32_t rr = gr->r0 + r, g = rr / pl->rph, x = rr % pl->rph;
+    const int64_t rr = gr->r0 + r, x = rr % pl->rph;
+    const int32_t g = (int32_t)(rr / pl->rph);
     *kvh = g;
     if (pl->sparse) {
         *s = gr->s;
-        *h = g * pl->hpg + x;
+        *h = g * pl->hpg + (int32_t)x;
     } else {
-        *s = x / pl->hpg;
-        *h = g * pl->hpg + x % pl->hpg;
+        *s = (int32_t)(x / pl->hpg);
+        *h = g * pl->hpg + (int32_t)(x % pl->hpg);
     }
 }
 
@@ -261,10 +264,11 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
         size_t qoff = 0; /* prepared rows before this segment (each segment's rows rounded up to qalign) */
         for (int32_t ra = 0; ra < m;) {
             /* the rows of one KV head, or all rows for multi_head kernels */
-            const int32_t kvh = (gr->r0 + ra) / pl->rph;
-            const int32_t hend = (kvh + 1) * pl->rph - gr->r0 < m ? (kvh + 1) * pl->rph - gr->r0 : m;
+            const int32_t kvh = (int32_t)((gr->r0 + ra) / pl->rph);
+            const int64_t hend64 = (kvh + 1) * pl->rph - gr->r0;
+            const int32_t hend = hend64 < m ? (int32_t)hend64 : m;
             const int32_t rb = ops->multi_head ? m : hend;
-            const int32_t nheads = ops->multi_head ? (gr->r0 + m - 1) / pl->rph - kvh + 1 : 1;
+            const int32_t nheads = ops->multi_head ? (int32_t)((gr->r0 + m - 1) / pl->rph) - kvh + 1 : 1;
             const int n = gather(pl, gr, kvh, nheads, t, sc);
             for (int32_t r = ra; r < rb; r++) {
                 int32_t vis = n;
@@ -443,7 +447,7 @@ static int pad_to(int32_t x, int32_t p) { return (int32_t)(((int64_t)x + p - 1) 
 /* The call after validation. */
 static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops *ops) {
     RETURN_IF(ops == NULL, PKV_ERR_DTYPE);
-    const int32_t rows = a->indices ? a->h_q / a->h_kv : a->h_q / a->h_kv * a->s_q;
+    const int64_t rows = a->indices ? a->h_q / a->h_kv : (int64_t)(a->h_q / a->h_kv) * a->s_q;
     if (ops->small_m && rows <= ATTN_SMALL_M) ops = ops->small_m;
     plan pl;
     memset(&pl, 0, sizeof pl);
@@ -452,10 +456,10 @@ static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops 
     pl.w = w;
     pl.sparse = a->indices != NULL;
     pl.hpg = a->h_q / a->h_kv;
-    pl.rph = pl.sparse ? pl.hpg : pl.hpg * a->s_q;
+    pl.rph = pl.sparse ? pl.hpg : (int64_t)pl.hpg * a->s_q;
     pl.rows = pl.rph * a->h_kv;
-    pl.mb = ops->multi_head && pl.rph <= ATTN_MB ? ATTN_MB / pl.rph * pl.rph : ATTN_MB;
-    pl.nrb = (int32_t)(((int64_t)pl.rows + pl.mb - 1) / pl.mb);
+    pl.mb = ops->multi_head && pl.rph <= ATTN_MB ? (int32_t)(ATTN_MB / pl.rph * pl.rph) : ATTN_MB;
+    pl.nrb = (pl.rows + pl.mb - 1) / pl.mb;
     pl.ngroups = (int64_t)a->batch * (pl.sparse ? a->s_q : 1) * pl.nrb;
     pl.g.d = a->d;
     pl.g.dv = a->dv;
@@ -474,7 +478,7 @@ static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops 
         pl.vhead = pl.vrow = (size_t)a->dv * es;
         pl.vslot = pl.vrow * (size_t)a->h_kv;
     }
-    pl.g.rph = pl.rph;
+    pl.g.rph = pl.rph < INT32_MAX ? (int32_t)pl.rph : INT32_MAX; /* multi_head kernels: rph <= ATTN_SMALL_M */
     pl.g.khead = pl.khead;
     pl.g.vhead = a->v_cache ? pl.vhead : pl.khead;
     group gr;
