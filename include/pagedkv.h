@@ -371,6 +371,14 @@ typedef struct pkv_attn_args {
  *  -1 skipped; block_table and cache_seqlens are not read; causal must be 0.
  *  attn_sink[h]: exp(sink) joins head h's denominator; lse is unchanged.
  *  Table entries past a sequence's used blocks are never read.
+ *  Non-finite values are computed through, not refused: per row, in double,
+ *  score_t = (q . k_t) * softmax_scale, m = max score (NaN scores skipped),
+ *  p_t = exp(score_t - m), out = (sum p_t v_t) / (sum p_t), lse = m + log(sum
+ *  p_t), each rounded to float (beyond float range: +-inf). So a NaN in a row's
+ *  q or in a K value of a key it sees (FP8: also a 0x7f / 0xff code or a
+ *  non-finite scale) gives that row NaN out and NaN lse, never the empty-row
+ *  0 / +inf; a NaN in V gives NaN in that out column only; infinities follow
+ *  IEEE arithmetic of the same steps (e.g. +inf in K: inf - inf = NaN).
  *  @return PKV_OK; PKV_ERR_NULL, PKV_ERR_INVALID, PKV_ERR_HEADS, PKV_ERR_DTYPE,
  *  PKV_ERR_BLOCK_ID (a used table entry outside [0, num_blocks)),
  *  PKV_ERR_SEQLEN (negative, or longer than the table row covers),
@@ -392,7 +400,11 @@ PKV_API void pkv_workers_destroy(pkv_workers *w);
  *  error <= 2e-3 * max|out| and lse abs error <= 1e-3 of pkv_attn_reference).
  *  w == NULL: the calling thread only. Scratch lives in the pool (or, without
  *  one, in a per-thread buffer freed at thread exit) and grows only when a call
- *  needs more than before: calls of a seen shape allocate nothing. Calls that
+ *  needs more than before: calls of a seen shape allocate nothing. A row that
+ *  meets a non-finite value (in q, K or V, or a score or out value beyond float
+ *  range) is recomputed the oracle's way, so it equals pkv_attn_reference's row
+ *  exactly (at the oracle's speed; finite inputs never take that path unless
+ *  q . k * scale overflows float). Calls that
  *  share a pool run one after another; calls with different pools or without
  *  one run in parallel. Results are bit-identical run to run for a given pool.
  *  @return as pkv_attn_reference; PKV_ERR_NOMEM if scratch cannot grow. */

@@ -103,6 +103,7 @@ size_t attn_scratch_bytes(const attn_geom *g) {
     n += 2 * ALIGN64(mb * t * f);                                               /* s, p */
     n += 3 * ALIGN64(mb * f) + ALIGN64(mb * sizeof(int32_t));                   /* mrun lrun alpha nvalid */
     n += 2 * ALIGN64(t * sizeof(void *)) + 2 * ALIGN64(mb * sizeof(void *));    /* row pointers */
+    n += ALIGN64(mul_ok(pkv__attn_row_doubles(g->d, g->dv), sizeof(double), &ovf)); /* xs */
     n += 64;
     return ovf || n < 64 ? 0 : n;
 }
@@ -126,6 +127,7 @@ void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geo
     TAKE(vrows, const void **, t * sizeof(void *));
     TAKE(qrows, const void **, mb * sizeof(void *));
     TAKE(orows, float **, mb * sizeof(void *));
+    TAKE(xs, double *, pkv__attn_row_doubles(g->d, g->dv) * sizeof(double));
 #undef TAKE
 }
 
@@ -301,20 +303,27 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
         float *o = sc->orows[r];
         const float l = sc->lrun[r];
         float lse;
-        if (l > 0.0f) {
+        int bad = isnan(l); /* a non-finite score was seen (softmax) */
+        if (!bad && l > 0.0f) {
             const float inv = 1.0f / l;
-            for (int32_t c = 0; c < dv; c++) o[c] *= inv;
+            for (int32_t c = 0; c < dv; c++) {
+                o[c] *= inv;
+                bad |= !isfinite(o[c]); /* a non-finite V value, or float overflow */
+            }
             lse = (float)(((double)sc->mrun[r] + log2((double)l)) * LN2);
         } else {
+            /* no key: out 0 (whatever 0 * V gave for keys masked in a shared tile) */
+            if (!bad) memset(o, 0, (size_t)dv * sizeof(float));
             lse = -INFINITY;
         }
-        if (dst_part) {
-            dst_part[(size_t)m * (size_t)dv + (size_t)r] = lse;
+        if (dst_part) { /* a NaN lse tells the combine to recompute the row */
+            dst_part[(size_t)m * (size_t)dv + (size_t)r] = bad ? NAN : lse;
             continue;
         }
         int32_t s, h, kvh;
         row_pos(pl, gr, r, &s, &h, &kvh);
-        if (lse == -INFINITY) lse = INFINITY; /* nothing to attend to */
+        if (bad) lse = pkv__attn_ref_row(a, gr->b, s, h, sc->xs, NULL, o);
+        else if (lse == -INFINITY) lse = INFINITY; /* nothing to attend to */
         else if (a->attn_sink) {
             const float f = (float)(1.0 / (1.0 + exp((double)a->attn_sink[h] - (double)lse)));
             for (int32_t c = 0; c < dv; c++) o[c] *= f;
@@ -374,7 +383,7 @@ static void phase_compute(void *ctx, int idx) {
 }
 
 /* Combines the pieces of the group chunk c starts (if one is cut). */
-static void combine_chunk(const plan *pl, int c) {
+static void combine_chunk(const plan *pl, int c, attn_scratch *sc) {
     const pkv_attn_args *a = pl->a;
     const attn_chunk *ch = &pl->chunks[c];
     if (ch->cut_group < 0) return;
@@ -399,8 +408,10 @@ static void combine_chunk(const plan *pl, int c) {
     const int32_t m = gr.m, dv = a->dv;
     for (int32_t r = 0; r < m; r++) {
         float mx = -INFINITY;
+        int bad = 0;
         for (int i = 0; i < np; i++) {
             const float l = parts[i][(size_t)m * (size_t)dv + (size_t)r];
+            bad |= isnan(l);
             if (l > mx) mx = l;
         }
         int32_t s, h, kvh;
@@ -408,7 +419,9 @@ static void combine_chunk(const plan *pl, int c) {
         const size_t qrow = ((size_t)gr.b * (size_t)a->s_q + (size_t)s) * (size_t)a->h_q + (size_t)h;
         float *o = a->out + qrow * (size_t)dv;
         float lse;
-        if (mx == -INFINITY) {
+        if (bad) {
+            lse = pkv__attn_ref_row(a, gr.b, s, h, sc->xs, NULL, o);
+        } else if (mx == -INFINITY) {
             memset(o, 0, (size_t)dv * sizeof(float));
             lse = INFINITY;
         } else {
@@ -422,11 +435,15 @@ static void combine_chunk(const plan *pl, int c) {
             for (int i = 0; i < np; i++) wgt[i] *= inv;
             for (int32_t cc = 0; cc < dv; cc++) {
                 float acc = 0.0f;
-                for (int i = 0; i < np; i++) acc += wgt[i] * parts[i][(size_t)r * (size_t)dv + (size_t)cc];
+                for (int i = 0; i < np; i++) /* an empty piece's out is not read (0 * NaN) */
+                    if (wgt[i] != 0.0f) acc += wgt[i] * parts[i][(size_t)r * (size_t)dv + (size_t)cc];
                 o[cc] = acc;
+                bad |= !isfinite(acc);
             }
-            lse = (float)((double)mx + log(sum));
-            if (a->attn_sink) {
+            lse = pkv__f32_sat((double)mx + log(sum));
+            if (bad) {
+                lse = pkv__attn_ref_row(a, gr.b, s, h, sc->xs, NULL, o);
+            } else if (a->attn_sink) {
                 const float f = (float)(1.0 / (1.0 + exp((double)a->attn_sink[h] - (double)lse)));
                 for (int32_t cc = 0; cc < dv; cc++) o[cc] *= f;
             }
@@ -439,7 +456,7 @@ static void combine_chunk(const plan *pl, int c) {
 static void phase_combine(void *ctx, int idx) {
     const plan *pl = (const plan *)ctx;
     if (idx >= pl->nw) return;
-    for (int c = idx; c < pl->nchunks; c += pl->nw) combine_chunk(pl, c);
+    for (int c = idx; c < pl->nchunks; c += pl->nw) combine_chunk(pl, c, scratch_of(pl, idx));
 }
 
 static int pad_to(int32_t x, int32_t p) { return (int32_t)(((int64_t)x + p - 1) / p * p); }
@@ -467,7 +484,7 @@ static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops 
     pl.g.dvpad = pad_to(a->dv, ops->pad);
     pl.g.q_dtype = a->q_dtype;
     pl.g.kv_dtype = a->kv_dtype;
-    pl.g.scale_log2 = (float)((double)a->softmax_scale * 1.4426950408889634);
+    pl.g.scale_log2 = pkv__f32_sat((double)a->softmax_scale * 1.4426950408889634); /* inf: every row exact */
     if (a->kv_dtype == PKV_FP8_MLA656) {
         pl.kslot = pl.krow = PKV_MLA656_BYTES;
         pl.khead = 0;

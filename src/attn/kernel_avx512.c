@@ -40,11 +40,13 @@ AI __m512 load16_f32(const void *row, int dtype, int32_t c, int32_t n) {
 }
 
 /* 16 e4m3 codes -> their values * 2^-8, as f16 bit patterns (exact; the caller
- * multiplies by 256 * scale). */
+ * multiplies by 256 * scale); the NaN codes 0x7f / 0xff give f16 NaN. */
 AI __m256i e4m3x16_f16bits(__m128i b) {
     const __m256i w = _mm256_cvtepu8_epi16(b);
     const __m256i sign = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8);
-    const __m256i mag = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x7f)), 7);
+    const __m256i m7 = _mm256_and_si256(w, _mm256_set1_epi16(0x7f));
+    __m256i mag = _mm256_slli_epi16(m7, 7);
+    mag = _mm256_mask_mov_epi16(mag, _mm256_cmpeq_epi16_mask(m7, _mm256_set1_epi16(0x7f)), _mm256_set1_epi16(0x7e00));
     return _mm256_or_si256(sign, mag);
 }
 
@@ -75,17 +77,19 @@ void attn_avx512_softmax(const attn_geom *g, const float *s, int m, const int32_
         const float *si = s + (size_t)i * ATTN_TILE;
         float *pi = p + (size_t)i * ATTN_TILE;
         const int nv = nvalid[i];
-        __mmask16 k[4];
+        __mmask16 k[4], bad = 0;
         __m512 x[4];
         __m512 mx = _mm512_set1_ps(-INFINITY);
         UNROLL for (int v = 0; v < 4; v++) {
             const int left = nv - 16 * v;
             k[v] = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (left > 0 ? left : 0)) - 1u);
             x[v] = _mm512_mul_ps(_mm512_loadu_ps(si + 16 * v), sc);
+            bad |= _mm512_mask_fpclass_ps_mask(k[v], x[v], 0x99); /* QNaN, SNaN, +inf, -inf */
             mx = _mm512_mask_max_ps(mx, k[v], mx, x[v]);
         }
         float mnew = _mm512_reduce_max_ps(mx);
         if (mrun[i] > mnew) mnew = mrun[i];
+        if (bad) lrun[i] = NAN; /* the driver recomputes this row (kernels.h) */
         if (mnew == -INFINITY) {
             alpha[i] = 1.0f;
             UNROLL for (int v = 0; v < 4; v++) _mm512_storeu_ps(pi + 16 * v, _mm512_setzero_ps());

@@ -77,10 +77,13 @@ static void softmax(const attn_geom *g, const float *s, int m, const int32_t *nv
         float *pi = p + (size_t)i * ATTN_TILE;
         const int nv = nvalid[i];
         float mx = mrun[i];
+        int bad = 0;
         for (int j = 0; j < nv; j++) {
             const float x = si[j] * g->scale_log2;
+            bad |= !isfinite(x);
             if (x > mx) mx = x;
         }
+        if (bad) lrun[i] = NAN; /* the driver recomputes this row (kernels.h) */
         if (mx == -INFINITY) { /* nothing seen yet: keep the (zero) accumulator */
             alpha[i] = 1.0f;
             for (int j = 0; j < ATTN_TILE; j++) pi[j] = 0.0f;
@@ -107,7 +110,6 @@ static void pv(const attn_geom *g, const void *pp, int m, int n, const void *vt,
         for (int32_t c = 0; c < g->dv; c++) oi[c] *= a;
         for (int j = 0; j < n; j++) {
             const float w = p[(size_t)i * ATTN_TILE + (size_t)j];
-            if (w == 0.0f) continue;
             const float *vj = v + (size_t)j * (size_t)g->dvpad;
             for (int32_t c = 0; c < g->dv; c++) oi[c] += w * vj[c];
         }

@@ -59,7 +59,9 @@ struct attn_ops {
     void (*qk)(const attn_geom *g, const void *qp, int m, int n, const void *kt, float *s);
     /* Online softmax over the tile: keys j < nvalid[i] count for row i. Updates the
      * running max mrun (log2 domain) and sum lrun, writes alpha[i] (factor for the
-     * old accumulator) and the weights p (kernel's format, zero past nvalid). */
+     * old accumulator) and the weights p (kernel's format, zero past nvalid).
+     * A scaled score of a counted key that is NaN or +-inf sets lrun[i] to NaN
+     * for good: the driver then recomputes the row the oracle's way. */
     void (*softmax)(const attn_geom *g, const float *s, int m, const int32_t *nvalid,
                     float *mrun, float *lrun, float *alpha, void *p);
     /* o[i][0..dv) <- alpha[i] * o[i] + sum_{j<n} p[i][j] * v_j. */
@@ -86,6 +88,7 @@ typedef struct attn_scratch {
     int32_t *nvalid;
     const void **krows, **vrows, **qrows;
     float **orows;
+    double *xs;            /* pkv__attn_row_doubles(d, dv): a row recomputed by the oracle */
 } attn_scratch;
 
 /* A call's units are cut into at most ATTN_MAX_CHUNKS chunks at fixed
