@@ -102,7 +102,7 @@ size_t attn_scratch_bytes(const attn_geom *g) {
     n += ALIGN64(mul_ok(mul_ok(t, (size_t)g->dvpad, &ovf), f, &ovf));           /* vt */
     n += 2 * ALIGN64(mb * t * f);                                               /* s, p */
     n += 3 * ALIGN64(mb * f) + ALIGN64(mb * sizeof(int32_t));                   /* mrun lrun alpha nvalid */
-    n += 2 * ALIGN64(t * sizeof(void *)) + 2 * ALIGN64(mb * sizeof(void *));    /* row pointers */
+    n += 2 * ALIGN64((t + ATTN_PF) * sizeof(void *)) + 2 * ALIGN64(mb * sizeof(void *)); /* row pointers */
     n += ALIGN64(mul_ok(pkv__attn_row_doubles(g->d, g->dv), sizeof(double), &ovf)); /* xs */
     n += 64;
     return ovf || n < 64 ? 0 : n;
@@ -123,8 +123,8 @@ void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geo
     TAKE(lrun, float *, mb * f);
     TAKE(alpha, float *, mb * f);
     TAKE(nvalid, int32_t *, mb * sizeof(int32_t));
-    TAKE(krows, const void **, t * sizeof(void *));
-    TAKE(vrows, const void **, t * sizeof(void *));
+    TAKE(krows, const void **, (t + ATTN_PF) * sizeof(void *));
+    TAKE(vrows, const void **, (t + ATTN_PF) * sizeof(void *));
     TAKE(qrows, const void **, mb * sizeof(void *));
     TAKE(orows, float **, mb * sizeof(void *));
     TAKE(xs, double *, pkv__attn_row_doubles(g->d, g->dv) * sizeof(double));
@@ -189,21 +189,25 @@ static inline void prefetch_bytes(const char *p, size_t n) {
 }
 
 /* Gathers the K/V rows of tile t of a group; returns how many (sparse tiles skip
- * -1). Also prefetches the rows of tile t + 1: paged rows of one KV head are
- * scattered (blocks, and h_kv heads interleaved per token), which the hardware
- * prefetchers do not follow. */
+ * -1). Paged rows of one KV head are scattered (blocks, and h_kv heads
+ * interleaved per token), which the hardware prefetchers do not follow, so the
+ * next rows are prefetched: for self-prefetching kernels, the next tile's first
+ * ATTN_PF row pointers follow the tile's n (NULL past the group's keys); for the
+ * others, the next tile's rows are prefetched here. */
 static int gather(const plan *pl, const group *gr, int32_t kvh, int32_t nheads, int64_t t, attn_scratch *sc) {
     const pkv_attn_args *a = pl->a;
+    const int self = pl->ops->self_prefetch;
     const int64_t k0 = t * ATTN_TILE;
     const int64_t k1 = k0 + ATTN_TILE < gr->keys ? k0 + ATTN_TILE : gr->keys;
-    const int64_t k2 = k1 + ATTN_TILE < gr->keys ? k1 + ATTN_TILE : gr->keys;
+    const int64_t k2 = self ? (k1 + ATTN_PF < gr->keys ? k1 + ATTN_PF : gr->keys)
+                            : (k1 + ATTN_TILE < gr->keys ? k1 + ATTN_TILE : gr->keys);
     const char *kbase = (const char *)a->k_cache + (size_t)kvh * pl->khead;
     const char *vbase = a->v_cache ? (const char *)a->v_cache + (size_t)kvh * pl->vhead : kbase;
     const size_t ks = pl->kslot, vs = a->v_cache ? pl->vslot : pl->kslot;
     /* nheads consecutive heads of a token are contiguous: prefetch them together */
     const size_t kb = (size_t)(nheads - 1) * pl->khead + pl->krow;
     const size_t vb = a->v_cache ? (size_t)(nheads - 1) * pl->vhead + pl->vrow : 0;
-    int n = 0;
+    int n = 0, nx = 0;
     if (pl->sparse) {
         const int32_t *ix = a->indices + ((size_t)gr->b * (size_t)a->s_q + (size_t)gr->s) * (size_t)a->topk;
         for (int64_t k = k0; k < k1; k++) {
@@ -214,31 +218,42 @@ static int gather(const plan *pl, const group *gr, int32_t kvh, int32_t nheads, 
         }
         for (int64_t k = k1; k < k2; k++) {
             if (ix[k] == -1) continue;
+            if (self) {
+                sc->krows[n + nx] = kbase + (size_t)ix[k] * ks;
+                sc->vrows[n + nx] = vbase + (size_t)ix[k] * vs;
+                nx++;
+                continue;
+            }
             prefetch_bytes(kbase + (size_t)ix[k] * ks, kb);
             if (vb) prefetch_bytes(vbase + (size_t)ix[k] * vs, vb);
         }
-        return n;
-    }
-    const int32_t *table = a->block_table + (size_t)gr->b * (size_t)a->max_blocks_per_seq;
-    const int64_t bs = a->block_size;
-    int64_t bi = k0 / bs, off = k0 % bs;
-    size_t slot = (size_t)table[bi] * (size_t)bs + (size_t)off;
-    for (int64_t k = k0; k < k2; k++) {
-        if (k < k1) {
-            sc->krows[n] = kbase + slot * ks;
-            sc->vrows[n] = vbase + slot * vs;
-            n++;
-        } else {
-            prefetch_bytes(kbase + slot * ks, kb);
-            if (vb) prefetch_bytes(vbase + slot * vs, vb);
+    } else {
+        const int32_t *table = a->block_table + (size_t)gr->b * (size_t)a->max_blocks_per_seq;
+        const int64_t bs = a->block_size;
+        int64_t bi = k0 / bs, off = k0 % bs;
+        size_t slot = (size_t)table[bi] * (size_t)bs + (size_t)off;
+        for (int64_t k = k0; k < k2; k++) {
+            if (k < k1) {
+                sc->krows[n] = kbase + slot * ks;
+                sc->vrows[n] = vbase + slot * vs;
+                n++;
+            } else if (self) {
+                sc->krows[n + nx] = kbase + slot * ks;
+                sc->vrows[n + nx] = vbase + slot * vs;
+                nx++;
+            } else {
+                prefetch_bytes(kbase + slot * ks, kb);
+                if (vb) prefetch_bytes(vbase + slot * vs, vb);
+            }
+            if (++off == bs && k + 1 < k2) {
+                off = 0;
+                slot = (size_t)table[++bi] * (size_t)bs;
+            } else {
+                slot++;
+            }
         }
-        if (++off == bs && k + 1 < k2) {
-            off = 0;
-            slot = (size_t)table[++bi] * (size_t)bs;
-        } else {
-            slot++;
-        }
     }
+    for (int i = n + nx; self && i < n + ATTN_PF; i++) sc->krows[i] = sc->vrows[i] = NULL;
     return n;
 }
 

@@ -356,9 +356,9 @@ static void amx_pv_fp8(const attn_geom *g, const void *pp, int m, int n, const v
 
 const attn_ops *attn_ops_amx(int q_dtype, int kv_dtype) {
     static const attn_ops ops = {"amx-bf16", 32, 2, 16, amx_prep_q, amx_load_tile, amx_qk,
-                                 attn_avx512_softmax, amx_pv, &attn_avx512_ops_rows, 0};
+                                 attn_avx512_softmax, amx_pv, &attn_avx512_ops_rows, 0, 0};
     static const attn_ops ops_fp8 = {"amx-fp8-bf16", 32, 2, 16, amx_prep_q, amx_fp8_load_tile,
-                                     amx_qk_fp8, attn_avx512_softmax, amx_pv_fp8, NULL, 0};
+                                     amx_qk_fp8, attn_avx512_softmax, amx_pv_fp8, NULL, 0, 0};
     if (q_dtype == PKV_BF16 && kv_dtype == PKV_BF16) return &ops;
     if (q_dtype == PKV_BF16 && kv_dtype == PKV_FP8_MLA656) return &ops_fp8;
     return NULL;

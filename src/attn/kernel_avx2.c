@@ -256,7 +256,7 @@ static void pv(const attn_geom *g, const void *pp, int m, int n, const void *vtv
     }
 }
 
-static const attn_ops ops = {"avx2-f32", 8, 4, 1, prep_q, load_tile, qk, softmax, pv, NULL, 0};
+static const attn_ops ops = {"avx2-f32", 8, 4, 1, prep_q, load_tile, qk, softmax, pv, NULL, 0, 0};
 
 const attn_ops *attn_ops_avx2(int q_dtype, int kv_dtype) {
     (void)q_dtype;

@@ -116,7 +116,7 @@ static void pv(const attn_geom *g, const void *pp, int m, int n, const void *vt,
     }
 }
 
-static const attn_ops scalar_ops = {"scalar-f32", 1, 4, 1, prep_q, load_tile, qk, softmax, pv, NULL, 0};
+static const attn_ops scalar_ops = {"scalar-f32", 1, 4, 1, prep_q, load_tile, qk, softmax, pv, NULL, 0, 0};
 
 const attn_ops *attn_ops_scalar(int q_dtype, int kv_dtype) {
     (void)q_dtype;

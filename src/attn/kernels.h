@@ -29,6 +29,9 @@
 #define ATTN_TILE 64 /* keys per tile; also the granularity of split-KV */
 #define ATTN_MB 128  /* query rows per group at most (MLA: all 128 heads at once) */
 #define ATTN_SMALL_M 8 /* groups of at most this many rows may use ops->small_m */
+#ifndef ATTN_PF
+#define ATTN_PF 32 /* rows of the next tile the driver hands to self-prefetching kernels (tuned: 8 < 16 < 32 ~ 64) */
+#endif
 
 /* Geometry of one call as the kernels see it. */
 typedef struct attn_geom {
@@ -51,7 +54,10 @@ struct attn_ops {
     int32_t qalign; /* prep_q of m rows takes room for m rounded up to this many rows */
     /* qp <- the m query rows qrows[0..m) (q_dtype, d elements each). */
     void (*prep_q)(const attn_geom *g, const void *const *qrows, int m, void *qp);
-    /* kt, vt <- the n <= ATTN_TILE keys of a tile; rows past n read as zero. */
+    /* kt, vt <- the n <= ATTN_TILE keys of a tile; rows past n read as zero.
+     * krows / vrows hold n + ATTN_PF pointers: [n, n + ATTN_PF) are the next
+     * tile's first rows (NULL where the group has no more keys), for kernels
+     * with self_prefetch. */
     void (*load_tile)(const attn_geom *g, const void *const *krows, const void *const *vrows,
                       int n, void *kt, void *vt);
     /* s[m][ATTN_TILE] <- raw dot products q_i . k_j (unscaled), for j < n; s is
@@ -74,6 +80,10 @@ struct attn_ops {
      * heads: row r reads KV head r / g->rph, counted from the head of the row
      * pointers (groups then start at a head boundary). 0: one head per call. */
     int32_t multi_head;
+    /* 1: the kernels prefetch the rows they read next themselves (from the row
+     * pointers, which then carry ATTN_PF more: see load_tile); 0: the driver
+     * prefetches the next tile's rows before each tile. */
+    int32_t self_prefetch;
 };
 
 /* Per-worker scratch, carved from one allocation. Sizes in floats: qp ATTN_MB *
