@@ -226,9 +226,9 @@ int main(int argc, char **argv) {
     json_num(&j, "fma_gflops_1core", fma1);
     json_num(&j, "fma_gflops_all", fmaN);
     json_num(&j, "read_gbs", bw);
-    json_str(&j, "attn_isa", attn_isa_name());
+    json_str(&j, "attn_isa", pkv_isa_name());
     json_end(&j);
-    fprintf(stderr, "CPU: %s, %d threads; attention ISA %s\n", bench_cpu_model(), nthreads, attn_isa_name());
+    fprintf(stderr, "CPU: %s, %d threads; attention ISA %s\n", bench_cpu_model(), nthreads, pkv_isa_name());
     fprintf(stderr, "FP32 FMA ceiling (%s): %.1f GFLOP/s one core, %.1f all; streaming read %.1f GB/s\n\n", fisa,
             fma1, fmaN, bw);
     fprintf(stderr, "%-13s %3s %4s %2s %6s %3s %-17s %9s %8s %6s %7s %5s %6s %9s %7s\n", "shape", "b", "h_q", "sq",
@@ -242,7 +242,7 @@ int main(int argc, char **argv) {
     double oracle_t[sizeof shapes / sizeof shapes[0]], oracle_from[sizeof shapes / sizeof shapes[0]];
     /* pass 1: with AMX active, the AVX-512 (vdpbf16ps) kernels on the h_q = 128
      * MLA shapes too, for comparison */
-    const int passes = attn_isa_active() == ATTN_ISA_AMX ? 2 : 1;
+    const int passes = pkv_isa_active() == PKV_ISA_AMX ? 2 : 1;
     for (size_t pi = 0; pi < passes * nshapes; pi++) {
         const size_t si = pi % nshapes;
         const shape *s = &shapes[si];
@@ -250,7 +250,7 @@ int main(int argc, char **argv) {
         forced_ops = NULL;
         if (pi >= nshapes) {
             if (s->h_q != 128 || s->s_q != 1) continue;
-            forced_ops = attn_ops_for(ATTN_ISA_AVX512, s->q_dtype, s->kv_dtype);
+            forced_ops = attn_ops_for(PKV_ISA_AVX512, s->q_dtype, s->kv_dtype);
         }
         for (int bi = 0; bi < (quick || forced_ops ? 1 : 2); bi++) {
             const int32_t bs = bss[bi];
@@ -271,7 +271,7 @@ int main(int argc, char **argv) {
             const double to = oracle_t[si], from = oracle_from[si];
             double t1 = NAN;
             if (s->b == 1 && s->h_q == 128 && bi == 0 && !forced_ops) t1 = time_attn(&ap, w1, quick ? 2 : 3, budget, NULL);
-            const char *kname = forced_ops ? forced_ops->name : attn_kernel_name(s->q_dtype, s->kv_dtype);
+            const char *kname = forced_ops ? forced_ops->name : pkv_attn_kernel_name(s->q_dtype, s->kv_dtype);
             json_begin(&j, stdout);
             json_str(&j, "bench", "attn");
             json_str(&j, "shape", s->name);

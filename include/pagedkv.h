@@ -514,6 +514,14 @@ PKV_API void pkv_attn_args_init(pkv_attn_args *args);
  *  -1 skipped; block_table and cache_seqlens are not read; causal must be 0.
  *  attn_sink[h]: exp(sink) joins head h's denominator; lse is unchanged.
  *  Table entries past a sequence's used blocks are never read.
+ *  Non-finite values are computed through, not refused: per row, in double,
+ *  score_t = (q . k_t) * softmax_scale, m = max score (NaN scores skipped),
+ *  p_t = exp(score_t - m), out = (sum p_t v_t) / (sum p_t), lse = m + log(sum
+ *  p_t), each rounded to float (beyond float range: +-inf). So a NaN in a row's
+ *  q or in a K value of a key it sees (FP8: also a 0x7f / 0xff code or a
+ *  non-finite scale) gives that row NaN out and NaN lse, never the empty-row
+ *  0 / +inf; a NaN in V gives NaN in that out column only; infinities follow
+ *  IEEE arithmetic of the same steps (e.g. +inf in K: inf - inf = NaN).
  *  @return PKV_OK; PKV_ERR_NULL, PKV_ERR_INVALID, PKV_ERR_HEADS, PKV_ERR_DTYPE,
  *  PKV_ERR_BLOCK_ID (a used table entry outside [0, num_blocks)),
  *  PKV_ERR_SEQLEN (negative, or longer than the table row covers),
@@ -535,11 +543,22 @@ PKV_API void pkv_workers_destroy(pkv_workers *w);
  *  error <= 2e-3 * max|out| and lse abs error <= 1e-3 of pkv_attn_reference).
  *  w == NULL: the calling thread only. Scratch lives in the pool (or, without
  *  one, in a per-thread buffer freed at thread exit) and grows only when a call
- *  needs more than before: calls of a seen shape allocate nothing. Calls that
+ *  needs more than before: calls of a seen shape allocate nothing. A row that
+ *  meets a non-finite value (in q, K or V, or a score or out value beyond float
+ *  range) is recomputed the oracle's way, so it equals pkv_attn_reference's row
+ *  exactly (at the oracle's speed; finite inputs never take that path unless
+ *  q . k * scale overflows float). Calls that
  *  share a pool run one after another; calls with different pools or without
  *  one run in parallel. Results are bit-identical run to run for a given pool.
  *  @return as pkv_attn_reference; PKV_ERR_NOMEM if scratch cannot grow. */
 PKV_API int pkv_attn(const pkv_attn_args *args, pkv_workers *w);
+
+/*! Name of the kernel family pkv_attn uses for q_dtype with kv_dtype on this
+ *  CPU (after PKV_ISA), e.g. "amx-bf16", "avx512-bf16dp", "avx512-f32",
+ *  "avx2-f32", "scalar-f32"; groups of at most 8 query rows per KV head may use
+ *  a variant for few rows ("avx512-f32-rows"). NULL if the pair is not a valid
+ *  one (q_dtype F32/F16/BF16; kv_dtype F32/F16/BF16/FP8_MLA656). Static string. */
+PKV_API const char *pkv_attn_kernel_name(int q_dtype, int kv_dtype);
 
 /* ------------------------------------------------------------------------- */
 /* FP8 MLA rows (FlashMLA's 656-byte layout)                                 */
@@ -549,6 +568,65 @@ PKV_API int pkv_attn(const pkv_attn_args *args, pkv_workers *w);
    pow2_scale != 0 rounds each scale up to a power of two. Returns PKV_OK or a status. */
 PKV_API int pkv_mla656_quantize(const float *x /* [576] */, uint8_t *row /* [656] */, int pow2_scale);
 PKV_API int pkv_mla656_dequantize(const uint8_t *row /* [656] */, float *x /* [576] */);
+
+/* ------------------------------------------------------------------------- */
+/* CPU features                                                              */
+/* ------------------------------------------------------------------------- */
+
+/* Features the library looks for: bits of pkv_cpu_features(). A bit is set
+ * when the CPU has the feature and the OS enables its register state (AMX:
+ * and granted this process the tile data). Fixed values; new ones are added. */
+enum pkv_cpu_feature {
+    PKV_CPU_SSE4_2 = 1u << 0,
+    PKV_CPU_AVX = 1u << 1,
+    PKV_CPU_AVX2 = 1u << 2,
+    PKV_CPU_FMA = 1u << 3,
+    PKV_CPU_F16C = 1u << 4,
+    PKV_CPU_AVX512F = 1u << 5,
+    PKV_CPU_AVX512BW = 1u << 6,
+    PKV_CPU_AVX512VL = 1u << 7,
+    PKV_CPU_AVX512DQ = 1u << 8,
+    PKV_CPU_AVX512BF16 = 1u << 9,
+    PKV_CPU_AVX512FP16 = 1u << 10,
+    PKV_CPU_AMX_TILE = 1u << 11,
+    PKV_CPU_AMX_BF16 = 1u << 12
+};
+
+/* ISA levels of the kernels, in order; each needs the features of the one
+ * below it and more (scalar: none; avx2: AVX2, FMA, F16C; avx512: also
+ * AVX-512 F/BW/VL/DQ/BF16; amx: also AMX-TILE and AMX-BF16). */
+typedef enum pkv_isa { PKV_ISA_SCALAR = 0, PKV_ISA_AVX2 = 1, PKV_ISA_AVX512 = 2, PKV_ISA_AMX = 3 } pkv_isa;
+
+/*! Bitmask of pkv_cpu_feature bits of this CPU, read once (CPUID, XGETBV). */
+PKV_API uint64_t pkv_cpu_features(void);
+
+/*! Name of the feature with bit value 1 << bit ("avx2", "amx-bf16", ...), or
+ *  NULL when no feature has that bit. Static string. */
+PKV_API const char *pkv_cpu_feature_name(int bit);
+
+/*! Name of ISA level isa ("scalar", "avx2", "avx512", "amx"), or NULL for a
+ *  value that is no level (so `for (i = 0; pkv_isa_label(i); i++)` lists them). */
+PKV_API const char *pkv_isa_label(int isa);
+
+/*! 1 if this CPU (and OS) can run level isa's kernels, else 0. */
+PKV_API int pkv_isa_supported(int isa);
+
+/*! The level pkv_attn and the FP8 quantizer dispatch to: the best supported
+ *  one, or, with the environment variable PKV_ISA set to a level's name when
+ *  the library first asks, the best supported level not above it. Decided
+ *  once per process. */
+PKV_API int pkv_isa_active(void);
+
+/*! pkv_isa_label(pkv_isa_active()). */
+PKV_API const char *pkv_isa_name(void);
+
+/*! How PKV_ISA was taken. detail (may be NULL when cap is 0) receives a
+ *  sentence such as "PKV_ISA=bogus is not one of scalar, avx2, avx512, amx:
+ *  ignored, using avx512" ("" when there is nothing to say), truncated to cap.
+ *  @return PKV_OK when PKV_ISA is unset, empty or names a level this CPU runs;
+ *  PKV_ERR_INVALID when it names no level (ignored) or a level this CPU cannot
+ *  run (the best level below it is used). */
+PKV_API int pkv_isa_status(char *detail, size_t cap);
 
 #ifdef __cplusplus
 }

@@ -1,11 +1,12 @@
 /* FP8 e4m3 conversion and FlashMLA's 656-byte MLA rows (layout in fp8.h).
  * Quantizing is on the store path of every decoded token, so the encode works
  * branch-free on float bit patterns; fp8_avx2.c and fp8_avx512.c run the same
- * arithmetic 8/16 lanes wide (same bytes, tested) and are chosen once at run time. */
+ * arithmetic 8/16 lanes wide (same bytes, tested), chosen by the CPU module (cpu.h). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu.h"
 #include "fp8.h"
 
 static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
@@ -69,25 +70,25 @@ float fp8_tile_scale(uint32_t amax_bits, int pow2) {
     return pow2 ? pow2_round_up(scale) : scale;
 }
 
-/* Which quantize body this CPU runs: 2 AVX-512 F/BW, 1 AVX2, 0 portable. Decided
- * once (CPUID through the compiler's runtime, which also checks that the OS saves
- * the vector state); PKV_ISA=scalar|avx2 caps it, as for the attention kernels. */
-static int quantize_isa(void) {
-    static int state = -1; /* set once; racing first calls store the same value */
-    int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
-    if (s < 0) {
-        s = 0;
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx2")) s = 1;
-        if (s == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) s = 2;
-        const char *env = getenv("PKV_ISA");
-        if (env && strcmp(env, "scalar") == 0) s = 0;
-        if (env && strcmp(env, "avx2") == 0 && s > 1) s = 1;
-#endif
-        __atomic_store_n(&state, s, __ATOMIC_RELAXED);
-    }
-    return s;
+/* Which quantize body this CPU runs: 2 AVX-512 F/BW, 1 AVX2, 0 portable. The
+ * bodies by what they need (the CPU module's feature bits) and the level whose
+ * name caps them (PKV_ISA=avx2 runs the AVX2 body on an AVX-512 CPU). */
+static int quantize_body(void) {
+    static const struct { uint64_t needs; int level; } bodies[3] = {
+        {0, PKV_ISA_SCALAR},
+        {PKV_CPU_AVX | PKV_CPU_AVX2, PKV_ISA_AVX2},
+        {PKV_CPU_AVX | PKV_CPU_AVX2 | PKV_CPU_AVX512F | PKV_CPU_AVX512BW, PKV_ISA_AVX512},
+    };
+    static int cached = -1; /* racing first calls store the same value */
+    int best = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (best >= 0) return best;
+    const uint64_t f = pkv__cpu_detect();
+    const int cap = pkv__isa_cap();
+    best = 0;
+    for (int i = 0; i < 3; i++)
+        if ((f & bodies[i].needs) == bodies[i].needs && bodies[i].level <= cap) best = i;
+    __atomic_store_n(&cached, best, __ATOMIC_RELAXED);
+    return best;
 }
 
 int fp8_quantize_portable(const float *x, uint8_t *row, int pow2_scale) {
@@ -129,7 +130,7 @@ int fp8_quantize_portable(const float *x, uint8_t *row, int pow2_scale) {
 
 int pkv_mla656_quantize(const float *x, uint8_t *row, int pow2_scale) {
     RETURN_IF(x == NULL || row == NULL, PKV_ERR_NULL);
-    switch (quantize_isa()) {
+    switch (quantize_body()) {
     case 2: return fp8_quantize_avx512(x, row, pow2_scale);
     case 1: return fp8_quantize_avx2(x, row, pow2_scale);
     default: return fp8_quantize_portable(x, row, pow2_scale);

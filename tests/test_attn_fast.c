@@ -1,6 +1,7 @@
 /* pkv_attn against the oracle pkv_attn_reference, on every kernel path this CPU
- * supports, with and without worker pools; the shared vectors (PKV_VECTORS)
- * within FlashMLA's own tolerance on every path; plus validation parity,
+ * supports, with and without worker pools; the project's vectors (tests/vectors)
+ * and the shared ones when present (PKV_VECTORS) within FlashMLA's own tolerance
+ * on every path; plus validation parity,
  * concurrency (bit-identical to serial runs) and the PKV_ISA override.
  * Random cases follow FlashMLA's tests: blocks permuted, unused table entries
  * 2147480000, unused cache filled with NaN (never read). */
@@ -202,8 +203,8 @@ static void run_case(const tcase *tc, uint64_t seed) {
     memcpy(rout, t.out, sizeof(float) * no);
     memcpy(rlse, t.lse, sizeof(float) * nl);
     char what[256];
-    for (int isa = 0; isa < ATTN_ISA_COUNT; isa++) {
-        if (!attn_isa_supported(isa)) continue;
+    for (int isa = 0; pkv_isa_label(isa); isa++) {
+        if (!pkv_isa_supported(isa)) continue;
         const attn_ops *ops = attn_ops_for(isa, a->q_dtype, a->kv_dtype);
         if (!ops) continue;
         for (int pi = -1; pi < 4; pi++) {
@@ -270,30 +271,46 @@ static double vec_check(const char *what, const float *out, const float *lse, co
     return max_abs;
 }
 
-static void vec_run(const char *dir, const vcase *c) {
-    const int npy_dt = c->dtype == PKV_F32 ? NPY_F4 : c->dtype == PKV_F16 ? NPY_F2 : NPY_U2;
-    const size_t nq = (size_t)c->b * c->s_q * c->h_q * c->d, nk = (size_t)c->num_blocks * c->block_size * c->h_kv * c->d,
-                 nv = (size_t)c->num_blocks * c->block_size * c->h_kv * c->dv, no = (size_t)c->b * c->s_q * c->h_q * c->dv,
+static void vec_run(const char *dir, const vcase *c, void *ctx) {
+    (void)ctx;
+    const int npy_q = c->dtype == PKV_F32 ? NPY_F4 : c->dtype == PKV_F16 ? NPY_F2 : NPY_U2;
+    const int fp8 = c->kv_dtype == PKV_FP8_MLA656;
+    const int npy_kv = fp8 ? NPY_U1 : c->kv_dtype == PKV_F32 ? NPY_F4 : c->kv_dtype == PKV_F16 ? NPY_F2 : NPY_U2;
+    const size_t slots = (size_t)c->num_blocks * c->block_size;
+    const size_t nq = (size_t)c->b * c->s_q * c->h_q * c->d, nk = fp8 ? slots * PKV_MLA656_BYTES : slots * c->h_kv * c->d,
+                 nv = slots * c->h_kv * c->dv, no = (size_t)c->b * c->s_q * c->h_q * c->dv,
                  nl = (size_t)c->b * c->h_q * c->s_q;
-    npy_array q, k, v, bt, sl, eo, el;
+    npy_array q, k, v, bt, sl, eo, el, ix, sk;
     memset(&q, 0, sizeof q); memset(&k, 0, sizeof k); memset(&v, 0, sizeof v); memset(&bt, 0, sizeof bt);
     memset(&sl, 0, sizeof sl); memset(&eo, 0, sizeof eo); memset(&el, 0, sizeof el);
-    if (vec_load(dir, c->name, "q", npy_dt, nq, &q, 1) < 0 || vec_load(dir, c->name, "k_cache", npy_dt, nk, &k, 1) < 0 ||
-        (!c->v_shared && vec_load(dir, c->name, "v_cache", npy_dt, nv, &v, 1) < 0) ||
+    memset(&ix, 0, sizeof ix); memset(&sk, 0, sizeof sk);
+    if (vec_load(dir, c->name, "q", npy_q, nq, &q, 1) < 0 || vec_load(dir, c->name, "k_cache", npy_kv, nk, &k, 1) < 0 ||
+        (!c->v_shared && vec_load(dir, c->name, "v_cache", npy_kv, nv, &v, 1) < 0) ||
         vec_load(dir, c->name, "block_table", NPY_I4, (size_t)c->b * c->mbps, &bt, 1) < 0 ||
         vec_load(dir, c->name, "cache_seqlens", NPY_I4, (size_t)c->b, &sl, 1) < 0 ||
-        vec_load(dir, c->name, "out", NPY_F8, no, &eo, 1) < 0 || vec_load(dir, c->name, "lse", NPY_F8, nl, &el, 1) < 0)
+        vec_load(dir, c->name, "out", NPY_F8, no, &eo, 1) < 0 || vec_load(dir, c->name, "lse", NPY_F8, nl, &el, 1) < 0 ||
+        vec_load(dir, c->name, "indices", NPY_I4, 0, &ix, 0) < 0 ||
+        vec_load(dir, c->name, "attn_sink", NPY_F4, (size_t)c->h_q, &sk, 0) < 0)
         goto done;
+    if (ix.data && (ix.ndim != 3 || ix.shape[0] != c->b || ix.shape[1] != c->s_q)) {
+        TEST_FAIL_("%s: indices shape", c->name);
+        goto done;
+    }
     pkv_attn_args a;
     vectors_geometry(c, &a);
     a.q = q.data; a.k_cache = k.data; a.v_cache = c->v_shared ? NULL : v.data;
     a.block_table = bt.data; a.cache_seqlens = sl.data;
+    if (ix.data) {
+        a.indices = ix.data;
+        a.topk = (int32_t)ix.shape[2];
+    }
+    a.attn_sink = sk.data;
     float *out = malloc(no * sizeof(float)), *lse = malloc(nl * sizeof(float));
     a.out = out; a.lse = lse;
     char what[320];
     printf("  %-18s", c->name);
-    for (int isa = 0; isa < ATTN_ISA_COUNT; isa++) {
-        if (!attn_isa_supported(isa)) continue;
+    for (int isa = 0; pkv_isa_label(isa); isa++) {
+        if (!pkv_isa_supported(isa)) continue;
         const attn_ops *ops = attn_ops_for(isa, a.q_dtype, a.kv_dtype);
         if (!ops) continue;
         double worst = 0;
@@ -301,44 +318,25 @@ static void vec_run(const char *dir, const vcase *c) {
             memset(out, 0x7f, no * sizeof(float));
             memset(lse, 0x7f, nl * sizeof(float));
             CHECK_OK(attn_fast_run(&a, pi < 0 ? NULL : pools[pi], ops));
-            snprintf(what, sizeof what, "vector %s, %s kernels (%s), pool %d", c->name, attn_isa_label(isa), ops->name, pi);
+            snprintf(what, sizeof what, "vector %s, %s kernels (%s), pool %d", c->name, pkv_isa_label(isa), ops->name, pi);
             const double e = vec_check(what, out, lse, eo.data, el.data, no, nl);
             if (!(e <= worst)) worst = e;
         }
-        if (isinf(worst)) printf(" %s FAIL", attn_isa_label(isa));
-        else printf(" %s %.2g", attn_isa_label(isa), worst);
+        if (isinf(worst)) printf(" %s FAIL", pkv_isa_label(isa));
+        else printf(" %s %.2g", pkv_isa_label(isa), worst);
     }
     printf("\n");
     free(out);
     free(lse);
 done:
     npy_free(&q); npy_free(&k); npy_free(&v); npy_free(&bt); npy_free(&sl); npy_free(&eo); npy_free(&el);
+    npy_free(&ix); npy_free(&sk);
 }
 
 static void test_vectors(void) {
-    char buf[1024], line[2048], err[1300];
-    const char *dir = vectors_dir(buf, sizeof buf);
-    FILE *f = vectors_open(dir, err, sizeof err);
-    if (!f) {
-        if (vectors_optional()) {
-            printf("test_attn_fast: no vectors at %s (PKV_VECTORS_OPTIONAL=1): skipped\n", dir);
-            return;
-        }
-        TEST_FAIL_("%s", err);
-        return;
-    }
-    printf("shared vectors (%s), max abs err of out per ISA level:\n", dir);
-    int ncases = 0;
-    while (fgets(line, sizeof line, f)) {
-        vcase c;
-        const int st = vectors_parse(line, &c, err, sizeof err);
-        if (st < 0) TEST_FAIL_("%s", err);
-        if (st <= 0) continue;
-        vec_run(dir, &c);
-        ncases++;
-    }
-    fclose(f);
-    CHECK(ncases > 0);
+    char err[1300];
+    printf("vectors (tests/vectors, then the shared ones when present), max abs err of out per ISA level:\n");
+    if (vectors_for_each("test_attn_fast", vec_run, NULL, err, sizeof err) < 0) TEST_FAIL_("%s", err);
 }
 
 static const tcase shared_shapes[] = {
@@ -505,19 +503,36 @@ static void test_pool_reuse(void) {
 
 static void test_isa_env(void) {
     const char *env = getenv("PKV_ISA");
-    printf("attention ISA: %s (PKV_ISA=%s); kernels: bf16/bf16 %s, f16/f16 %s, f32/f32 %s, bf16/fp8 %s\n",
-           attn_isa_name(), env ? env : "", attn_kernel_name(PKV_BF16, PKV_BF16),
-           attn_kernel_name(PKV_F16, PKV_F16), attn_kernel_name(PKV_F32, PKV_F32),
-           attn_kernel_name(PKV_BF16, PKV_FP8_MLA656));
-    CHECK(attn_isa_supported(ATTN_ISA_SCALAR));
-    CHECK(attn_isa_supported(attn_isa_active()));
-    if (env)
-        for (int i = 0; i < ATTN_ISA_COUNT; i++)
-            if (strcmp(env, attn_isa_label(i)) == 0) { /* the best supported level not above the request */
-                int want = i;
-                while (want > 0 && !attn_isa_supported(want)) want--;
-                CHECK_INT(attn_isa_active(), want);
+    char why[200];
+    const int st = pkv_isa_status(why, sizeof why);
+    printf("attention ISA: %s (PKV_ISA=%s%s%s); kernels: bf16/bf16 %s, f16/f16 %s, f32/f32 %s, bf16/fp8 %s\n",
+           pkv_isa_name(), env ? env : "", st ? ": " : "", why, pkv_attn_kernel_name(PKV_BF16, PKV_BF16),
+           pkv_attn_kernel_name(PKV_F16, PKV_F16), pkv_attn_kernel_name(PKV_F32, PKV_F32),
+           pkv_attn_kernel_name(PKV_BF16, PKV_FP8_MLA656));
+    CHECK(pkv_isa_supported(PKV_ISA_SCALAR));
+    CHECK(pkv_isa_supported(pkv_isa_active()));
+    int best = 0;
+    for (int i = 0; pkv_isa_label(i); i++)
+        if (pkv_isa_supported(i)) best = i;
+    int want = best, known = 0, status = PKV_OK;
+    if (env && *env)
+        for (int i = 0; pkv_isa_label(i); i++)
+            if (strcmp(env, pkv_isa_label(i)) == 0) { /* the best supported level not above the request */
+                known = 1;
+                want = i;
+                while (want > 0 && !pkv_isa_supported(want)) want--;
+                if (want != i) status = PKV_ERR_INVALID;
             }
+    if (env && *env && !known) status = PKV_ERR_INVALID; /* reported, not silently ignored */
+    CHECK_INT(pkv_isa_active(), want);
+    CHECK_INT(st, status);
+    if (status != PKV_OK) CHECK(strstr(why, env) != NULL && strstr(why, pkv_isa_name()) != NULL);
+    else CHECK_INT((int)strlen(why), 0);
+    /* the kernels follow the level */
+    CHECK(attn_ops_best(PKV_F32, PKV_F32) == attn_ops_for(want, PKV_F32, PKV_F32));
+    CHECK(pkv_attn_kernel_name(PKV_F32, PKV_FP8_MLA656) != NULL);
+    CHECK(pkv_attn_kernel_name(PKV_FP8_MLA656, PKV_F32) == NULL);
+    CHECK(pkv_attn_kernel_name(PKV_F32, 7) == NULL);
 }
 
 /* PKV_ISA is read once per process: check each value in a fresh process. */

@@ -1,6 +1,7 @@
 /* The attention oracle (pkv_attn_reference):
- *  1. against every case of the shared vectors (PKV_VECTORS, default ../shared/vectors;
- *     a missing folder fails unless PKV_VECTORS_OPTIONAL=1);
+ *  1. against every case of the project's vectors (tests/vectors, a float64 NumPy
+ *     reference) and of the shared ones when present (PKV_VECTORS, default
+ *     ../shared/vectors; skipped with a note when absent);
  *  2. every validation failure, with out/lse left untouched;
  *  3. hand-made cases against a naive implementation written here independently
  *     (positions masked by predicate, long double, dtype decoding of its own):
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/vectors.h"
+#include "fp8.h"
 #include "npy.h"
 #include "internal.h"
 #include "test.h"
@@ -223,17 +225,26 @@ static int load_arr(const char *dir, const char *name, const char *what, int dty
     return 1;
 }
 
-static void run_vector_case(const char *dir, const vcase *c, double *worst_rel, double *worst_lse) {
-    int npy_dt = c->dtype == PKV_F32 ? NPY_F4 : c->dtype == PKV_F16 ? NPY_F2 : NPY_U2;
+static int npy_of(int dtype) { return dtype == PKV_F32 ? NPY_F4 : dtype == PKV_F16 ? NPY_F2 : NPY_U2; }
+
+typedef struct worst { double rel, lse; int n; } worst;
+
+static void run_vector_case(const char *dir, const vcase *c, void *ctx) {
+    double *worst_rel = &((worst *)ctx)->rel, *worst_lse = &((worst *)ctx)->lse;
+    ((worst *)ctx)->n++;
+    const int fp8 = c->kv_dtype == PKV_FP8_MLA656;
     int64_t sq[] = {c->b, c->s_q, c->h_q, c->d}, sk[] = {c->num_blocks, c->block_size, c->h_kv, c->d},
+            sk8[] = {c->num_blocks, c->block_size, PKV_MLA656_BYTES},
             sv[] = {c->num_blocks, c->block_size, c->h_kv, c->dv}, st[] = {c->b, c->mbps},
             ss[] = {c->b}, so[] = {c->b, c->s_q, c->h_q, c->dv}, sl[] = {c->b, c->h_q, c->s_q},
             sh[] = {c->h_q};
     npy_array q, k, v, bt, sls, out, lse, ix, sink;
     memset(&v, 0, sizeof v); memset(&ix, 0, sizeof ix); memset(&sink, 0, sizeof sink);
-    if (load_arr(dir, c->name, "q", npy_dt, 4, sq, &q, 1) < 0) return;
-    if (load_arr(dir, c->name, "k_cache", npy_dt, 4, sk, &k, 1) < 0) goto q_;
-    if (!c->v_shared && load_arr(dir, c->name, "v_cache", npy_dt, 4, sv, &v, 1) < 0) goto k_;
+    if (load_arr(dir, c->name, "q", npy_of(c->dtype), 4, sq, &q, 1) < 0) return;
+    if (fp8 ? load_arr(dir, c->name, "k_cache", NPY_U1, 3, sk8, &k, 1) < 0
+            : load_arr(dir, c->name, "k_cache", npy_of(c->kv_dtype), 4, sk, &k, 1) < 0)
+        goto q_;
+    if (!c->v_shared && load_arr(dir, c->name, "v_cache", npy_of(c->kv_dtype), 4, sv, &v, 1) < 0) goto k_;
     if (load_arr(dir, c->name, "block_table", NPY_I4, 2, st, &bt, 1) < 0) goto v_;
     if (load_arr(dir, c->name, "cache_seqlens", NPY_I4, 1, ss, &sls, 1) < 0) goto bt_;
     if (load_arr(dir, c->name, "out", NPY_F8, 4, so, &out, 1) < 0) goto sls_;
@@ -309,32 +320,10 @@ q_: npy_free(&q);
 }
 
 static void test_vectors(void) {
-    char buf[1024], err[1300];
-    const char *dir = vectors_dir(buf, sizeof buf);
-    FILE *f = vectors_open(dir, err, sizeof err);
-    if (!f) {
-        if (vectors_optional()) {
-            printf("test_attn_ref: no vectors at %s (PKV_VECTORS_OPTIONAL=1): skipped\n", dir);
-            return;
-        }
-        TEST_FAIL_("%s", err);
-        return;
-    }
-    char line[2048];
-    int ncases = 0;
-    double worst_rel = 0, worst_lse = 0;
-    while (fgets(line, sizeof line, f)) {
-        vcase c;
-        int st = vectors_parse(line, &c, err, sizeof err);
-        if (st < 0) TEST_FAIL_("%s", err);
-        if (st <= 0) continue;
-        run_vector_case(dir, &c, &worst_rel, &worst_lse);
-        ncases++;
-    }
-    fclose(f);
-    CHECK(ncases > 0);
-    printf("test_attn_ref: %d vector cases, worst out rel err %.3g, worst lse abs err %.3g\n",
-           ncases, worst_rel, worst_lse);
+    char err[1300];
+    worst w = {0, 0, 0};
+    if (vectors_for_each("test_attn_ref", run_vector_case, &w, err, sizeof err) < 0) TEST_FAIL_("%s", err);
+    printf("test_attn_ref: %d vector cases, worst out rel err %.3g, worst lse abs err %.3g\n", w.n, w.rel, w.lse);
 }
 
 /* ---------------- 2. validation ---------------- */

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Bindings mirror pkv_attn_args field by field: load libpagedkv.so with ctypes,
-run the oracle on a shared vector through a mirrored struct and compare with the
-expected output. Exercises the exact public ABI, not the C header."""
+run the oracle on a test vector through a mirrored struct and compare with the
+expected output. Exercises the exact public ABI, not the C header. The vector
+comes from the project's own set (tests/vectors, or PKV_OWN_VECTORS) and, when
+present, from the shared set too (PKV_VECTORS, default ../shared/vectors)."""
 import ctypes, math, os, struct, sys
 
 lib_path = os.environ.get("PKV_LIB", "build/libpagedkv.so")
-vec = os.environ.get("PKV_VECTORS", "../shared/vectors")
+own = os.environ.get("PKV_OWN_VECTORS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors")
+shared = os.environ.get("PKV_VECTORS") or "../shared/vectors"
 
 def npy(path):
     """Minimal .npy read (v1 headers, little-endian, C order) -> (dtype, shape, bytes)."""
@@ -26,11 +29,8 @@ class Args(ctypes.Structure):
         ("out", ctypes.c_void_p), ("lse", ctypes.c_void_p), ("indices", ctypes.c_void_p),
         ("topk", ctypes.c_int32), ("attn_sink", ctypes.c_void_p)]
 
-def main():
-    lib = ctypes.CDLL(lib_path)
-    lib.pkv_attn_reference.argtypes = [ctypes.POINTER(Args)]
-    lib.pkv_strerror.restype = ctypes.c_char_p
-    assert ctypes.sizeof(Args) == 136, ctypes.sizeof(Args)
+def run(lib, vec):
+    """The oracle on vec's gqa_sepv_f32 through the mirror; returns the number of checks."""
     name = "gqa_sepv_f32"
     bufs = {}
     for part in ("q", "k_cache", "v_cache", "block_table", "cache_seqlens", "out", "lse"):
@@ -54,12 +54,25 @@ def main():
     want_lse = struct.unpack(f"<{len(lse)}d", bufs["lse"][2])
     err = max(abs(x - y) / max(1.0, abs(y)) for x, y in zip(out, want_out))
     lerr = max(abs(x - y) for x, y in zip(lse, want_lse))
-    print(f"test_ctypes: {name} through a ctypes mirror: out rel err {err:.2e}, lse abs err {lerr:.2e}")
+    print(f"test_ctypes: {vec}/{name} through a ctypes mirror: out rel err {err:.2e}, lse abs err {lerr:.2e}")
     bad = Args.from_buffer_copy(a)
     bad.h_q = 7  # not a multiple of h_kv = 2
     assert lib.pkv_attn_reference(ctypes.byref(bad)) == -9
     assert err <= 1e-5 and lerr <= 1e-6
-    print("test_ctypes: 3 checks, 0 failed")
+    return 3
+
+
+def main():
+    lib = ctypes.CDLL(lib_path)
+    lib.pkv_attn_reference.argtypes = [ctypes.POINTER(Args)]
+    lib.pkv_strerror.restype = ctypes.c_char_p
+    assert ctypes.sizeof(Args) == 136, ctypes.sizeof(Args)
+    checks = 1 + run(lib, own)
+    if os.path.exists(os.path.join(shared, "cases.txt")):
+        checks += run(lib, shared)
+    else:
+        print(f"test_ctypes: no shared vectors at {shared}: cross-check skipped")
+    print(f"test_ctypes: {checks} checks, 0 failed")
 
 if __name__ == "__main__":
     main()

@@ -30,6 +30,21 @@
  * means the same as causal == 0 (query 0 sees all L keys). */
 PKV_HIDDEN int attn_validate(const pkv_attn_args *a);
 
+/* The oracle's computation of one query row: token i of sequence b, query head
+ * h (reference.c). Writes out_row[0..dv) and returns the lse, exactly as
+ * pkv_attn_reference does for that row (same double arithmetic, same rounding,
+ * sink included). xs: pkv__attn_row_doubles(d, dv) doubles of scratch; scores: NULL, or
+ * room for the row's keys (then each score is computed once instead of twice;
+ * the results are the same). a must have passed attn_validate. The fast path
+ * calls it for rows that met a non-finite value: its float arithmetic cannot
+ * say what such a row should be, the oracle's definition can. */
+PKV_HIDDEN float pkv__attn_ref_row(const pkv_attn_args *a, int32_t b, int32_t i, int32_t h, double *xs, double *scores,
+                              float *out_row);
+PKV_HIDDEN size_t pkv__attn_row_doubles(int32_t d, int32_t dv);
+/* x rounded to float, saturating to +-inf beyond the float range (no
+ * out-of-range conversion). */
+PKV_HIDDEN float pkv__f32_sat(double x);
+
 /* Bytes of one cache slot of K (all h_kv heads; 656 for FP8_MLA656). Valid after
  * attn_validate succeeded. */
 static inline size_t attn_k_slot_bytes(const pkv_attn_args *a) {

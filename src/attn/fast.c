@@ -70,11 +70,12 @@ typedef struct plan {
     pkv_workers *w;
     attn_scratch *solo; /* scratch for w == NULL */
     int sparse;
+    /* Row counts are 64-bit: h_q * s_q rows of one sequence may exceed 2^31. */
     int32_t hpg;        /* query heads per KV head */
-    int32_t rph;        /* query rows per KV head in a unit: hpg * s_q (dense) or hpg (sparse) */
-    int32_t rows;       /* query rows per unit (all KV heads): h_kv * rph */
+    int64_t rph;        /* query rows per KV head in a unit: hpg * s_q (dense) or hpg (sparse) */
+    int64_t rows;       /* query rows per unit (all KV heads): h_kv * rph */
     int32_t mb;         /* rows per group at most (a multiple of rph for multi_head kernels) */
-    int32_t nrb;        /* row blocks per unit */
+    int64_t nrb;        /* row blocks per unit */
     int64_t ngroups;
     int64_t units;
     int nw;             /* workers taking part */
@@ -101,7 +102,8 @@ size_t attn_scratch_bytes(const attn_geom *g) {
     n += ALIGN64(mul_ok(mul_ok(t, (size_t)g->dvpad, &ovf), f, &ovf));           /* vt */
     n += 2 * ALIGN64(mb * t * f);                                               /* s, p */
     n += 3 * ALIGN64(mb * f) + ALIGN64(mb * sizeof(int32_t));                   /* mrun lrun alpha nvalid */
-    n += 2 * ALIGN64(t * sizeof(void *)) + 2 * ALIGN64(mb * sizeof(void *));    /* row pointers */
+    n += 2 * ALIGN64((t + ATTN_PF) * sizeof(void *)) + 2 * ALIGN64(mb * sizeof(void *)); /* row pointers */
+    n += ALIGN64(mul_ok(pkv__attn_row_doubles(g->d, g->dv), sizeof(double), &ovf)); /* xs */
     n += 64;
     return ovf || n < 64 ? 0 : n;
 }
@@ -121,10 +123,11 @@ void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geo
     TAKE(lrun, float *, mb * f);
     TAKE(alpha, float *, mb * f);
     TAKE(nvalid, int32_t *, mb * sizeof(int32_t));
-    TAKE(krows, const void **, t * sizeof(void *));
-    TAKE(vrows, const void **, t * sizeof(void *));
+    TAKE(krows, const void **, (t + ATTN_PF) * sizeof(void *));
+    TAKE(vrows, const void **, (t + ATTN_PF) * sizeof(void *));
     TAKE(qrows, const void **, mb * sizeof(void *));
     TAKE(orows, float **, mb * sizeof(void *));
+    TAKE(xs, double *, pkv__attn_row_doubles(g->d, g->dv) * sizeof(double));
 #undef TAKE
 }
 
@@ -136,13 +139,14 @@ void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geo
  * cache is read in token order even when several KV heads share a token row. */
 typedef struct group {
     int32_t b, s;       /* s: query token (sparse only) */
-    int32_t r0, m;      /* rows [r0, r0 + m) of the unit */
+    int64_t r0;         /* rows [r0, r0 + m) of the unit */
+    int32_t m;
     int32_t keys;       /* keys (dense) or index entries (sparse) the group spans */
 } group;
 
 static void group_at(const plan *pl, int64_t gi, group *gr) {
     const pkv_attn_args *a = pl->a;
-    const int32_t rb = (int32_t)(gi % pl->nrb);
+    const int64_t rb = gi % pl->nrb;
     const int64_t u = gi / pl->nrb;
     if (pl->sparse) {
         gr->s = (int32_t)(u % a->s_q);
@@ -152,13 +156,13 @@ static void group_at(const plan *pl, int64_t gi, group *gr) {
         gr->b = (int32_t)u;
     }
     gr->r0 = rb * pl->mb;
-    gr->m = pl->rows - gr->r0 < pl->mb ? pl->rows - gr->r0 : pl->mb;
+    gr->m = pl->rows - gr->r0 < pl->mb ? (int32_t)(pl->rows - gr->r0) : pl->mb;
     if (pl->sparse) {
         gr->keys = a->topk;
     } else {
         /* the block's latest query token has the most visible keys (causal) */
-        const int32_t first = gr->r0, last = gr->r0 + gr->m - 1;
-        const int32_t smax = last / pl->rph != first / pl->rph ? a->s_q - 1 : (last % pl->rph) / pl->hpg;
+        const int64_t first = gr->r0, last = gr->r0 + gr->m - 1;
+        const int32_t smax = last / pl->rph != first / pl->rph ? a->s_q - 1 : (int32_t)(last % pl->rph / pl->hpg);
         gr->keys = attn_visible_keys(a, a->cache_seqlens[gr->b], smax);
     }
 }
@@ -167,14 +171,15 @@ static int64_t group_tiles(const group *gr) { return ((int64_t)gr->keys + ATTN_T
 
 /* Query token, query head and KV head of row r of a group. */
 static void row_pos(const plan *pl, const group *gr, int32_t r, int32_t *s, int32_t *h, int32_t *kvh) {
-    const int32_t rr = gr->r0 + r, g = rr / pl->rph, x = rr % pl->rph;
+    const int64_t rr = gr->r0 + r, x = rr % pl->rph;
+    const int32_t g = (int32_t)(rr / pl->rph);
     *kvh = g;
     if (pl->sparse) {
         *s = gr->s;
-        *h = g * pl->hpg + x;
+        *h = g * pl->hpg + (int32_t)x;
     } else {
-        *s = x / pl->hpg;
-        *h = g * pl->hpg + x % pl->hpg;
+        *s = (int32_t)(x / pl->hpg);
+        *h = g * pl->hpg + (int32_t)(x % pl->hpg);
     }
 }
 
@@ -184,21 +189,25 @@ static inline void prefetch_bytes(const char *p, size_t n) {
 }
 
 /* Gathers the K/V rows of tile t of a group; returns how many (sparse tiles skip
- * -1). Also prefetches the rows of tile t + 1: paged rows of one KV head are
- * scattered (blocks, and h_kv heads interleaved per token), which the hardware
- * prefetchers do not follow. */
+ * -1). Paged rows of one KV head are scattered (blocks, and h_kv heads
+ * interleaved per token), which the hardware prefetchers do not follow, so the
+ * next rows are prefetched: for self-prefetching kernels, the next tile's first
+ * ATTN_PF row pointers follow the tile's n (NULL past the group's keys); for the
+ * others, the next tile's rows are prefetched here. */
 static int gather(const plan *pl, const group *gr, int32_t kvh, int32_t nheads, int64_t t, attn_scratch *sc) {
     const pkv_attn_args *a = pl->a;
+    const int self = pl->ops->self_prefetch;
     const int64_t k0 = t * ATTN_TILE;
     const int64_t k1 = k0 + ATTN_TILE < gr->keys ? k0 + ATTN_TILE : gr->keys;
-    const int64_t k2 = k1 + ATTN_TILE < gr->keys ? k1 + ATTN_TILE : gr->keys;
+    const int64_t k2 = self ? (k1 + ATTN_PF < gr->keys ? k1 + ATTN_PF : gr->keys)
+                            : (k1 + ATTN_TILE < gr->keys ? k1 + ATTN_TILE : gr->keys);
     const char *kbase = (const char *)a->k_cache + (size_t)kvh * pl->khead;
     const char *vbase = a->v_cache ? (const char *)a->v_cache + (size_t)kvh * pl->vhead : kbase;
     const size_t ks = pl->kslot, vs = a->v_cache ? pl->vslot : pl->kslot;
     /* nheads consecutive heads of a token are contiguous: prefetch them together */
     const size_t kb = (size_t)(nheads - 1) * pl->khead + pl->krow;
     const size_t vb = a->v_cache ? (size_t)(nheads - 1) * pl->vhead + pl->vrow : 0;
-    int n = 0;
+    int n = 0, nx = 0;
     if (pl->sparse) {
         const int32_t *ix = a->indices + ((size_t)gr->b * (size_t)a->s_q + (size_t)gr->s) * (size_t)a->topk;
         for (int64_t k = k0; k < k1; k++) {
@@ -209,31 +218,42 @@ static int gather(const plan *pl, const group *gr, int32_t kvh, int32_t nheads, 
         }
         for (int64_t k = k1; k < k2; k++) {
             if (ix[k] == -1) continue;
+            if (self) {
+                sc->krows[n + nx] = kbase + (size_t)ix[k] * ks;
+                sc->vrows[n + nx] = vbase + (size_t)ix[k] * vs;
+                nx++;
+                continue;
+            }
             prefetch_bytes(kbase + (size_t)ix[k] * ks, kb);
             if (vb) prefetch_bytes(vbase + (size_t)ix[k] * vs, vb);
         }
-        return n;
-    }
-    const int32_t *table = a->block_table + (size_t)gr->b * (size_t)a->max_blocks_per_seq;
-    const int64_t bs = a->block_size;
-    int64_t bi = k0 / bs, off = k0 % bs;
-    size_t slot = (size_t)table[bi] * (size_t)bs + (size_t)off;
-    for (int64_t k = k0; k < k2; k++) {
-        if (k < k1) {
-            sc->krows[n] = kbase + slot * ks;
-            sc->vrows[n] = vbase + slot * vs;
-            n++;
-        } else {
-            prefetch_bytes(kbase + slot * ks, kb);
-            if (vb) prefetch_bytes(vbase + slot * vs, vb);
+    } else {
+        const int32_t *table = a->block_table + (size_t)gr->b * (size_t)a->max_blocks_per_seq;
+        const int64_t bs = a->block_size;
+        int64_t bi = k0 / bs, off = k0 % bs;
+        size_t slot = (size_t)table[bi] * (size_t)bs + (size_t)off;
+        for (int64_t k = k0; k < k2; k++) {
+            if (k < k1) {
+                sc->krows[n] = kbase + slot * ks;
+                sc->vrows[n] = vbase + slot * vs;
+                n++;
+            } else if (self) {
+                sc->krows[n + nx] = kbase + slot * ks;
+                sc->vrows[n + nx] = vbase + slot * vs;
+                nx++;
+            } else {
+                prefetch_bytes(kbase + slot * ks, kb);
+                if (vb) prefetch_bytes(vbase + slot * vs, vb);
+            }
+            if (++off == bs && k + 1 < k2) {
+                off = 0;
+                slot = (size_t)table[++bi] * (size_t)bs;
+            } else {
+                slot++;
+            }
         }
-        if (++off == bs && k + 1 < k2) {
-            off = 0;
-            slot = (size_t)table[++bi] * (size_t)bs;
-        } else {
-            slot++;
-        }
     }
+    for (int i = n + nx; self && i < n + ATTN_PF; i++) sc->krows[i] = sc->vrows[i] = NULL;
     return n;
 }
 
@@ -261,10 +281,11 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
         size_t qoff = 0; /* prepared rows before this segment (each segment's rows rounded up to qalign) */
         for (int32_t ra = 0; ra < m;) {
             /* the rows of one KV head, or all rows for multi_head kernels */
-            const int32_t kvh = (gr->r0 + ra) / pl->rph;
-            const int32_t hend = (kvh + 1) * pl->rph - gr->r0 < m ? (kvh + 1) * pl->rph - gr->r0 : m;
+            const int32_t kvh = (int32_t)((gr->r0 + ra) / pl->rph);
+            const int64_t hend64 = (kvh + 1) * pl->rph - gr->r0;
+            const int32_t hend = hend64 < m ? (int32_t)hend64 : m;
             const int32_t rb = ops->multi_head ? m : hend;
-            const int32_t nheads = ops->multi_head ? (gr->r0 + m - 1) / pl->rph - kvh + 1 : 1;
+            const int32_t nheads = ops->multi_head ? (int32_t)((gr->r0 + m - 1) / pl->rph) - kvh + 1 : 1;
             const int n = gather(pl, gr, kvh, nheads, t, sc);
             for (int32_t r = ra; r < rb; r++) {
                 int32_t vis = n;
@@ -297,20 +318,27 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
         float *o = sc->orows[r];
         const float l = sc->lrun[r];
         float lse;
-        if (l > 0.0f) {
+        int bad = isnan(l); /* a non-finite score was seen (softmax) */
+        if (!bad && l > 0.0f) {
             const float inv = 1.0f / l;
-            for (int32_t c = 0; c < dv; c++) o[c] *= inv;
+            for (int32_t c = 0; c < dv; c++) {
+                o[c] *= inv;
+                bad |= !isfinite(o[c]); /* a non-finite V value, or float overflow */
+            }
             lse = (float)(((double)sc->mrun[r] + log2((double)l)) * LN2);
         } else {
+            /* no key: out 0 (whatever 0 * V gave for keys masked in a shared tile) */
+            if (!bad) memset(o, 0, (size_t)dv * sizeof(float));
             lse = -INFINITY;
         }
-        if (dst_part) {
-            dst_part[(size_t)m * (size_t)dv + (size_t)r] = lse;
+        if (dst_part) { /* a NaN lse tells the combine to recompute the row */
+            dst_part[(size_t)m * (size_t)dv + (size_t)r] = bad ? NAN : lse;
             continue;
         }
         int32_t s, h, kvh;
         row_pos(pl, gr, r, &s, &h, &kvh);
-        if (lse == -INFINITY) lse = INFINITY; /* nothing to attend to */
+        if (bad) lse = pkv__attn_ref_row(a, gr->b, s, h, sc->xs, NULL, o);
+        else if (lse == -INFINITY) lse = INFINITY; /* nothing to attend to */
         else if (a->attn_sink) {
             const float f = (float)(1.0 / (1.0 + exp((double)a->attn_sink[h] - (double)lse)));
             for (int32_t c = 0; c < dv; c++) o[c] *= f;
@@ -370,7 +398,7 @@ static void phase_compute(void *ctx, int idx) {
 }
 
 /* Combines the pieces of the group chunk c starts (if one is cut). */
-static void combine_chunk(const plan *pl, int c) {
+static void combine_chunk(const plan *pl, int c, attn_scratch *sc) {
     const pkv_attn_args *a = pl->a;
     const attn_chunk *ch = &pl->chunks[c];
     if (ch->cut_group < 0) return;
@@ -395,8 +423,10 @@ static void combine_chunk(const plan *pl, int c) {
     const int32_t m = gr.m, dv = a->dv;
     for (int32_t r = 0; r < m; r++) {
         float mx = -INFINITY;
+        int bad = 0;
         for (int i = 0; i < np; i++) {
             const float l = parts[i][(size_t)m * (size_t)dv + (size_t)r];
+            bad |= isnan(l);
             if (l > mx) mx = l;
         }
         int32_t s, h, kvh;
@@ -404,7 +434,9 @@ static void combine_chunk(const plan *pl, int c) {
         const size_t qrow = ((size_t)gr.b * (size_t)a->s_q + (size_t)s) * (size_t)a->h_q + (size_t)h;
         float *o = a->out + qrow * (size_t)dv;
         float lse;
-        if (mx == -INFINITY) {
+        if (bad) {
+            lse = pkv__attn_ref_row(a, gr.b, s, h, sc->xs, NULL, o);
+        } else if (mx == -INFINITY) {
             memset(o, 0, (size_t)dv * sizeof(float));
             lse = INFINITY;
         } else {
@@ -418,11 +450,15 @@ static void combine_chunk(const plan *pl, int c) {
             for (int i = 0; i < np; i++) wgt[i] *= inv;
             for (int32_t cc = 0; cc < dv; cc++) {
                 float acc = 0.0f;
-                for (int i = 0; i < np; i++) acc += wgt[i] * parts[i][(size_t)r * (size_t)dv + (size_t)cc];
+                for (int i = 0; i < np; i++) /* an empty piece's out is not read (0 * NaN) */
+                    if (wgt[i] != 0.0f) acc += wgt[i] * parts[i][(size_t)r * (size_t)dv + (size_t)cc];
                 o[cc] = acc;
+                bad |= !isfinite(acc);
             }
-            lse = (float)((double)mx + log(sum));
-            if (a->attn_sink) {
+            lse = pkv__f32_sat((double)mx + log(sum));
+            if (bad) {
+                lse = pkv__attn_ref_row(a, gr.b, s, h, sc->xs, NULL, o);
+            } else if (a->attn_sink) {
                 const float f = (float)(1.0 / (1.0 + exp((double)a->attn_sink[h] - (double)lse)));
                 for (int32_t cc = 0; cc < dv; cc++) o[cc] *= f;
             }
@@ -435,7 +471,7 @@ static void combine_chunk(const plan *pl, int c) {
 static void phase_combine(void *ctx, int idx) {
     const plan *pl = (const plan *)ctx;
     if (idx >= pl->nw) return;
-    for (int c = idx; c < pl->nchunks; c += pl->nw) combine_chunk(pl, c);
+    for (int c = idx; c < pl->nchunks; c += pl->nw) combine_chunk(pl, c, scratch_of(pl, idx));
 }
 
 static int pad_to(int32_t x, int32_t p) { return (int32_t)(((int64_t)x + p - 1) / p * p); }
@@ -443,7 +479,7 @@ static int pad_to(int32_t x, int32_t p) { return (int32_t)(((int64_t)x + p - 1) 
 /* The call after validation. */
 static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops *ops) {
     RETURN_IF(ops == NULL, PKV_ERR_DTYPE);
-    const int32_t rows = a->indices ? a->h_q / a->h_kv : a->h_q / a->h_kv * a->s_q;
+    const int64_t rows = a->indices ? a->h_q / a->h_kv : (int64_t)(a->h_q / a->h_kv) * a->s_q;
     if (ops->small_m && rows <= ATTN_SMALL_M) ops = ops->small_m;
     plan pl;
     memset(&pl, 0, sizeof pl);
@@ -452,10 +488,10 @@ static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops 
     pl.w = w;
     pl.sparse = a->indices != NULL;
     pl.hpg = a->h_q / a->h_kv;
-    pl.rph = pl.sparse ? pl.hpg : pl.hpg * a->s_q;
+    pl.rph = pl.sparse ? pl.hpg : (int64_t)pl.hpg * a->s_q;
     pl.rows = pl.rph * a->h_kv;
-    pl.mb = ops->multi_head && pl.rph <= ATTN_MB ? ATTN_MB / pl.rph * pl.rph : ATTN_MB;
-    pl.nrb = (int32_t)(((int64_t)pl.rows + pl.mb - 1) / pl.mb);
+    pl.mb = ops->multi_head && pl.rph <= ATTN_MB ? (int32_t)(ATTN_MB / pl.rph * pl.rph) : ATTN_MB;
+    pl.nrb = (pl.rows + pl.mb - 1) / pl.mb;
     pl.ngroups = (int64_t)a->batch * (pl.sparse ? a->s_q : 1) * pl.nrb;
     pl.g.d = a->d;
     pl.g.dv = a->dv;
@@ -463,9 +499,9 @@ static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops 
     pl.g.dvpad = pad_to(a->dv, ops->pad);
     pl.g.q_dtype = a->q_dtype;
     pl.g.kv_dtype = a->kv_dtype;
-    pl.g.scale_log2 = (float)((double)a->softmax_scale * 1.4426950408889634);
+    pl.g.scale_log2 = pkv__f32_sat((double)a->softmax_scale * 1.4426950408889634); /* inf: every row exact */
     if (a->kv_dtype == PKV_FP8_MLA656) {
-        pl.kslot = pl.krow = ATTN_FP8_ROW;
+        pl.kslot = pl.krow = PKV_MLA656_BYTES;
         pl.khead = 0;
     } else {
         const size_t es = pkv_dtype_size(a->kv_dtype);
@@ -474,7 +510,7 @@ static int run_validated(const pkv_attn_args *a, pkv_workers *w, const attn_ops 
         pl.vhead = pl.vrow = (size_t)a->dv * es;
         pl.vslot = pl.vrow * (size_t)a->h_kv;
     }
-    pl.g.rph = pl.rph;
+    pl.g.rph = pl.rph < INT32_MAX ? (int32_t)pl.rph : INT32_MAX; /* multi_head kernels: rph <= ATTN_SMALL_M */
     pl.g.khead = pl.khead;
     pl.g.vhead = a->v_cache ? pl.vhead : pl.khead;
     group gr;

@@ -90,13 +90,13 @@ static void amx_fp8_load_tile(const attn_geom *g, const void *const *krows, cons
     const void *rows[ATTN_TILE];
     const int nz = (n + 15) / 16 * 16;
     for (int j = 0; j < nz; j++) {
-        uint16_t *dst = kc + (size_t)j * 576;
+        uint16_t *dst = kc + (size_t)j * PKV_MLA656_DIM;
         float sc[4] = {0, 0, 0, 0};
         if (j < n) {
             attn_avx512_fp8_expand((const uint8_t *)krows[j], dst);
-            memcpy(sc, (const uint8_t *)krows[j] + ATTN_FP8_SCALES, sizeof sc);
+            memcpy(sc, (const uint8_t *)krows[j] + PKV_MLA656_SCALES, sizeof sc);
         } else {
-            for (int c = 0; c < 576; c += 32) _mm512_storeu_si512(dst + c, _mm512_setzero_si512());
+            for (int c = 0; c < PKV_MLA656_DIM; c += 32) _mm512_storeu_si512(dst + c, _mm512_setzero_si512());
         }
         rows[j] = dst;
         for (int t = 0; t < 4; t++) ks[t * ATTN_TILE + j] = vs[t * ATTN_TILE + j] = sc[t];
@@ -183,7 +183,7 @@ static void amx_qk_any(const attn_geom *g, const void *qp, int m, int n, void *k
         const uint32_t *qtb = qt + (size_t)(i0 / 16) * (size_t)np * 16;
         if (fp8) {
             for (int seg = 0; seg < 5; seg++)
-                amx_st_block(kc, g->dpad, qtb, nkb, seg * 128, seg < 4 ? seg * 128 + 128 : 576,
+                amx_st_block(kc, g->dpad, qtb, nkb, seg * 128, seg < 4 ? seg * 128 + 128 : PKV_MLA656_DIM,
                              seg < 4 ? ks + seg * ATTN_TILE : NULL, st + i0, m16, seg == 0);
         } else {
             amx_st_block(kc, g->dpad, qtb, nkb, 0, g->dpad, NULL, st + i0, m16, 1);
@@ -356,9 +356,9 @@ static void amx_pv_fp8(const attn_geom *g, const void *pp, int m, int n, const v
 
 const attn_ops *attn_ops_amx(int q_dtype, int kv_dtype) {
     static const attn_ops ops = {"amx-bf16", 32, 2, 16, amx_prep_q, amx_load_tile, amx_qk,
-                                 attn_avx512_softmax, amx_pv, &attn_avx512_ops_rows, 0};
+                                 attn_avx512_softmax, amx_pv, &attn_avx512_ops_rows, 0, 0};
     static const attn_ops ops_fp8 = {"amx-fp8-bf16", 32, 2, 16, amx_prep_q, amx_fp8_load_tile,
-                                     amx_qk_fp8, attn_avx512_softmax, amx_pv_fp8, NULL, 0};
+                                     amx_qk_fp8, attn_avx512_softmax, amx_pv_fp8, NULL, 0, 0};
     if (q_dtype == PKV_BF16 && kv_dtype == PKV_BF16) return &ops;
     if (q_dtype == PKV_BF16 && kv_dtype == PKV_FP8_MLA656) return &ops_fp8;
     return NULL;

@@ -29,15 +29,18 @@ AI __m256 load8(const void *row, int dt, int32_t c, int32_t n) {
 
 /* 8 dims [c, c+8) of an FP8_MLA656 row, dequantized (c < 576, multiple of 8). */
 AI __m256 load8_fp8(const uint8_t *row, int32_t c) {
-    if (c >= 512) {
-        const __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(row + ATTN_FP8_ROPE + 2 * (c - 512)));
+    if (c >= PKV_MLA656_LATENT) {
+        const __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(row + PKV_MLA656_ROPE + 2 * (c - PKV_MLA656_LATENT)));
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     }
     float sc;
-    memcpy(&sc, row + ATTN_FP8_SCALES + 4 * (c / 128), sizeof sc);
+    memcpy(&sc, row + PKV_MLA656_SCALES + 4 * (c / 128), sizeof sc);
     const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(row + c)));
     const __m128i sign = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8);
-    const __m128i mag = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x7f)), 7);
+    const __m128i m7 = _mm_and_si128(w, _mm_set1_epi16(0x7f));
+    /* e4m3 bits shifted into f16 bits: the value * 2^-8; the NaN codes give f16 NaN */
+    const __m128i mag = _mm_blendv_epi8(_mm_slli_epi16(m7, 7), _mm_set1_epi16(0x7e00),
+                                        _mm_cmpeq_epi16(m7, _mm_set1_epi16(0x7f)));
     return _mm256_mul_ps(_mm256_cvtph_ps(_mm_or_si128(sign, mag)), _mm256_set1_ps(sc * 256.0f));
 }
 
@@ -152,14 +155,18 @@ static void softmax(const attn_geom *g, const float *s, int m, const int32_t *nv
         float *pi = p + (size_t)i * ATTN_TILE;
         const int nv = nvalid[i];
         __m256 x[8], k[8];
-        __m256 mx = ninf;
+        __m256 mx = ninf, bad = _mm256_setzero_ps();
         UNROLL for (int v = 0; v < 8; v++) {
             k[v] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(nv - 8 * v), lane));
-            x[v] = _mm256_blendv_ps(ninf, _mm256_mul_ps(_mm256_loadu_ps(si + 8 * v), sc), k[v]);
+            const __m256 raw = _mm256_mul_ps(_mm256_loadu_ps(si + 8 * v), sc);
+            /* x - x is NaN exactly when x is NaN or +-inf */
+            bad = _mm256_or_ps(bad, _mm256_and_ps(k[v], _mm256_cmp_ps(_mm256_sub_ps(raw, raw), raw, _CMP_UNORD_Q)));
+            x[v] = _mm256_blendv_ps(ninf, raw, k[v]);
             mx = _mm256_max_ps(mx, x[v]);
         }
         float mnew = hmax8(mx);
         if (mrun[i] > mnew) mnew = mrun[i];
+        if (_mm256_movemask_ps(bad)) lrun[i] = NAN; /* the driver recomputes this row (kernels.h) */
         if (mnew == -INFINITY) {
             alpha[i] = 1.0f;
             UNROLL for (int v = 0; v < 8; v++) _mm256_storeu_ps(pi + 8 * v, _mm256_setzero_ps());
@@ -249,7 +256,7 @@ static void pv(const attn_geom *g, const void *pp, int m, int n, const void *vtv
     }
 }
 
-static const attn_ops ops = {"avx2-f32", 8, 4, 1, prep_q, load_tile, qk, softmax, pv, NULL, 0};
+static const attn_ops ops = {"avx2-f32", 8, 4, 1, prep_q, load_tile, qk, softmax, pv, NULL, 0, 0};
 
 const attn_ops *attn_ops_avx2(int q_dtype, int kv_dtype) {
     (void)q_dtype;

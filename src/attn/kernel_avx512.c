@@ -40,16 +40,18 @@ AI __m512 load16_f32(const void *row, int dtype, int32_t c, int32_t n) {
 }
 
 /* 16 e4m3 codes -> their values * 2^-8, as f16 bit patterns (exact; the caller
- * multiplies by 256 * scale). */
+ * multiplies by 256 * scale); the NaN codes 0x7f / 0xff give f16 NaN. */
 AI __m256i e4m3x16_f16bits(__m128i b) {
     const __m256i w = _mm256_cvtepu8_epi16(b);
     const __m256i sign = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8);
-    const __m256i mag = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x7f)), 7);
+    const __m256i m7 = _mm256_and_si256(w, _mm256_set1_epi16(0x7f));
+    __m256i mag = _mm256_slli_epi16(m7, 7);
+    mag = _mm256_mask_mov_epi16(mag, _mm256_cmpeq_epi16_mask(m7, _mm256_set1_epi16(0x7f)), _mm256_set1_epi16(0x7e00));
     return _mm256_or_si256(sign, mag);
 }
 
 /* Scales of an FP8 row (little-endian floats at byte 512). */
-AI void fp8_scales(const uint8_t *row, float sc[4]) { memcpy(sc, row + ATTN_FP8_SCALES, 4 * sizeof(float)); }
+AI void fp8_scales(const uint8_t *row, float sc[4]) { memcpy(sc, row + PKV_MLA656_SCALES, 4 * sizeof(float)); }
 
 /* ---- exp2 for x <= 0 (relative error ~2e-7) ---- */
 AI __m512 exp2_ps(__m512 x) {
@@ -75,17 +77,19 @@ void attn_avx512_softmax(const attn_geom *g, const float *s, int m, const int32_
         const float *si = s + (size_t)i * ATTN_TILE;
         float *pi = p + (size_t)i * ATTN_TILE;
         const int nv = nvalid[i];
-        __mmask16 k[4];
+        __mmask16 k[4], bad = 0;
         __m512 x[4];
         __m512 mx = _mm512_set1_ps(-INFINITY);
         UNROLL for (int v = 0; v < 4; v++) {
             const int left = nv - 16 * v;
             k[v] = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (left > 0 ? left : 0)) - 1u);
             x[v] = _mm512_mul_ps(_mm512_loadu_ps(si + 16 * v), sc);
+            bad |= _mm512_mask_fpclass_ps_mask(k[v], x[v], 0x99); /* QNaN, SNaN, +inf, -inf */
             mx = _mm512_mask_max_ps(mx, k[v], mx, x[v]);
         }
         float mnew = _mm512_reduce_max_ps(mx);
         if (mrun[i] > mnew) mnew = mrun[i];
+        if (bad) lrun[i] = NAN; /* the driver recomputes this row (kernels.h) */
         if (mnew == -INFINITY) {
             alpha[i] = 1.0f;
             UNROLL for (int v = 0; v < 4; v++) _mm512_storeu_ps(pi + 16 * v, _mm512_setzero_ps());
@@ -118,9 +122,9 @@ static void f32_prep_q(const attn_geom *g, const void *const *qrows, int m, void
 AI __m512 kv16_f32(const attn_geom *g, const void *row, int32_t c, int32_t n) {
     if (g->kv_dtype != PKV_FP8_MLA656) return load16_f32(row, g->kv_dtype, c, n);
     const uint8_t *r8 = (const uint8_t *)row;
-    if (c >= 512) return load16_f32(r8 + ATTN_FP8_ROPE, PKV_BF16, c - 512, n);
+    if (c >= PKV_MLA656_LATENT) return load16_f32(r8 + PKV_MLA656_ROPE, PKV_BF16, c - PKV_MLA656_LATENT, n);
     float sc;
-    memcpy(&sc, r8 + ATTN_FP8_SCALES + 4 * (c / 128), sizeof sc);
+    memcpy(&sc, r8 + PKV_MLA656_SCALES + 4 * (c / 128), sizeof sc);
     const __m512 v = _mm512_cvtph_ps(e4m3x16_f16bits(_mm_loadu_si128((const __m128i *)(const void *)(r8 + c))));
     return _mm512_mul_ps(v, _mm512_set1_ps(sc * 256.0f));
 }
@@ -291,8 +295,8 @@ static void dp_tile_from_bf16(const attn_geom *g, const void *const *krows, cons
 void attn_avx512_fp8_expand(const uint8_t *r8, uint16_t *dst) {
     UNROLL for (int c = 0; c < 512; c += 32)
         _mm512_storeu_si512(dst + c, e4m3x32_bf16(_mm256_loadu_si256((const __m256i *)(const void *)(r8 + c))));
-    _mm512_storeu_si512(dst + 512, _mm512_loadu_si512(r8 + ATTN_FP8_ROPE));
-    _mm512_storeu_si512(dst + 544, _mm512_loadu_si512(r8 + ATTN_FP8_ROPE + 64));
+    _mm512_storeu_si512(dst + 512, _mm512_loadu_si512(r8 + PKV_MLA656_ROPE));
+    _mm512_storeu_si512(dst + 544, _mm512_loadu_si512(r8 + PKV_MLA656_ROPE + 64));
 }
 
 void attn_avx512_dp_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
@@ -314,7 +318,7 @@ void attn_avx512_fp8_load_tile(const attn_geom *g, const void *const *krows, con
     const void *rows[ATTN_TILE];
     for (int j = 0; j < n; j++) {
         const uint8_t *r8 = (const uint8_t *)krows[j];
-        uint16_t *dst = wk + (size_t)j * 576;
+        uint16_t *dst = wk + (size_t)j * PKV_MLA656_DIM;
         attn_avx512_fp8_expand(r8, dst);
         rows[j] = dst;
         float sc[4];
@@ -470,11 +474,24 @@ void attn_avx512_dp_pv(const attn_geom *g, const void *pp, int m, int n, const v
  * kt holds the tile's K row pointers, vt its V row pointers (of the group's
  * first KV head: a group spans g->rph rows per KV head); qp is f32. */
 
+/* kt and vt both get the tile's row pointers, K then V, each ATTN_TILE +
+ * ATTN_PF long (the next tile's first K / V rows at [n, n + ATTN_PF)): the
+ * kernels prefetch along the order the cache is read, K rows of the tile, then
+ * its V rows, then the next tile's K rows, ATTN_PF rows ahead. */
+#define RP (ATTN_TILE + ATTN_PF)
 static void rows_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows, int n,
                            void *ktv, void *vtv) {
     (void)g;
-    memcpy(ktv, krows, (size_t)n * sizeof(void *));
-    memcpy(vtv, vrows, (size_t)n * sizeof(void *));
+    const void **kt = (const void **)ktv, **vt = (const void **)vtv;
+    memcpy(kt, krows, (size_t)(n + ATTN_PF) * sizeof(void *));
+    memcpy(kt + RP, vrows, (size_t)(n + ATTN_PF) * sizeof(void *));
+    memcpy(vt, kt, (size_t)(RP + n + ATTN_PF) * sizeof(void *));
+}
+
+/* Prefetches bytes [off, off + len) of row p (NULL: nothing) into L1. */
+AI void pf_row(const void *p, size_t off, size_t len) {
+    if (!p) return;
+    for (size_t o = 0; o < len; o += 64) _mm_prefetch((const char *)p + off + o, _MM_HINT_T0);
 }
 
 /* out[j] = sum of the lanes of v[j], j < 16 (a transposing add tree: ~3 ops per sum). */
@@ -494,12 +511,20 @@ AI __m512 hsum16(const __m512 v[16]) {
     return _mm512_permutexvar_ps(idx, w);
 }
 
-/* 16 keys [j0, j0 + 16) of R rows (K rows at kr[j] + koff): s[r][j0..j0+16). */
-AI void rows_qk_batch(const float *q, int32_t ldq, const void *const *kr, size_t koff, int j0, int n, float *s,
-                      int32_t d, int dt, int R) {
+/* 16 keys [j0, j0 + 16) of R rows (K rows at kr[j] + koff): s[r][j0..j0+16).
+ * pf: also prefetch, per key, the row read ATTN_PF rows later: a K row of this
+ * head, or past the tile's keys its V rows (at kr[RP + j] + voff). */
+AI void rows_qk_batch(const float *q, int32_t ldq, const void *const *kr, size_t koff, size_t voff, int pf, int j0,
+                      int n, float *s, int32_t d, int32_t dv, int dt, int R) {
     __m512 part[RB][16];
+    const size_t es = dt == PKV_F32 ? 4 : 2;
     UNROLL for (int jj = 0; jj < 16; jj++) {
         const int j = j0 + jj;
+        if (pf && j < n) {
+            const int nx = j + ATTN_PF;
+            if (nx < n) pf_row(kr[nx], koff, (size_t)d * es);
+            else if (nx - n < n) pf_row(kr[RP + nx - n], voff, (size_t)dv * es);
+        }
         __m512 acc[RB];
         UNROLL for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
         if (j < n) {
@@ -528,15 +553,16 @@ AI void rows_qk_dt(const attn_geom *g, const float *q, int m, const void *const 
         }
         for (int h0 = 0; h0 < m; h0 += rph) {
             const int h1 = h0 + rph < m ? h0 + rph : m;
-            const size_t koff = (size_t)(h0 / rph) * g->khead;
+            const size_t koff = (size_t)(h0 / rph) * g->khead, voff = (size_t)(h0 / rph) * g->vhead;
             for (int i = h0; i < h1; i += RB) {
                 const float *qi = q + (size_t)i * (size_t)ldq;
                 float *si = s + (size_t)i * ATTN_TILE;
+                const int pf = i == h0;
                 switch (h1 - i >= RB ? RB : h1 - i) {
-                case 4: rows_qk_batch(qi, ldq, kr, koff, j0, n, si, g->d, dt, 4); break;
-                case 3: rows_qk_batch(qi, ldq, kr, koff, j0, n, si, g->d, dt, 3); break;
-                case 2: rows_qk_batch(qi, ldq, kr, koff, j0, n, si, g->d, dt, 2); break;
-                default: rows_qk_batch(qi, ldq, kr, koff, j0, n, si, g->d, dt, 1); break;
+                case 4: rows_qk_batch(qi, ldq, kr, koff, voff, pf, j0, n, si, g->d, g->dv, dt, 4); break;
+                case 3: rows_qk_batch(qi, ldq, kr, koff, voff, pf, j0, n, si, g->d, g->dv, dt, 3); break;
+                case 2: rows_qk_batch(qi, ldq, kr, koff, voff, pf, j0, n, si, g->d, g->dv, dt, 2); break;
+                default: rows_qk_batch(qi, ldq, kr, koff, voff, pf, j0, n, si, g->d, g->dv, dt, 1); break;
                 }
             }
         }
@@ -553,10 +579,13 @@ static void rows_qk(const attn_geom *g, const void *qp, int m, int n, const void
     }
 }
 
-/* Dims [c, c + 16 NV) of R rows over keys [j0, j1) (V rows at vr[j] + voff);
- * scale: the softmax rescale factors (first key batch of the tile), or NULL. */
-AI void rows_pv_block(const float *p, int j0, int j1, const void *const *vr, size_t voff, float *const *o,
-                      const float *scale, int32_t c, int32_t dv, int dt, int R, int NV) {
+/* Dims [c, c + 16 NV) of R rows over keys [j0, j1) (V rows at vr[RP + j] + voff);
+ * scale: the softmax rescale factors (first key batch of the tile), or NULL.
+ * pf (> 0: bytes of a K row of this head, at koff): per key, prefetch the row
+ * read ATTN_PF rows later: a V row, or past the tile's keys the next tile's K
+ * row (vr[j + ATTN_PF]). */
+AI void rows_pv_block(const float *p, int j0, int j1, int n, const void *const *vr, size_t voff, size_t koff,
+                      size_t pf, float *const *o, const float *scale, int32_t c, int32_t dv, int dt, int R, int NV) {
     __m512 acc[RB][4];
     __mmask16 km[4];
     UNROLL for (int v = 0; v < NV; v++) km[v] = tail_mask(dv - c - 16 * v);
@@ -566,8 +595,14 @@ AI void rows_pv_block(const float *p, int j0, int j1, const void *const *vr, siz
             if (scale) acc[r][v] = _mm512_mul_ps(_mm512_set1_ps(scale[r]), acc[r][v]);
         }
     }
+    const size_t es = dt == PKV_F32 ? 4 : 2;
     for (int j = j0; j < j1; j++) {
-        const char *row = (const char *)vr[j] + voff;
+        if (pf) {
+            const int nx = j + ATTN_PF;
+            if (nx < n) pf_row(vr[RP + nx], voff, (size_t)dv * es);
+            else pf_row(vr[nx], koff, pf);
+        }
+        const char *row = (const char *)vr[RP + j] + voff;
         __m512 vv[4];
         UNROLL for (int v = 0; v < NV; v++) vv[v] = load16_f32(row, dt, c + 16 * v, dv - c - 16 * v);
         UNROLL for (int r = 0; r < R; r++) {
@@ -579,11 +614,11 @@ AI void rows_pv_block(const float *p, int j0, int j1, const void *const *vr, siz
         UNROLL for (int v = 0; v < NV; v++) _mm512_mask_storeu_ps(o[r] + c + 16 * v, km[v], acc[r][v]);
 }
 
-AI void rows_pv_rows(const float *p, int j0, int j1, const void *const *vr, size_t voff, float *const *o,
-                     const float *scale, int32_t dv, int dt, int R) {
+AI void rows_pv_rows(const float *p, int j0, int j1, int n, const void *const *vr, size_t voff, size_t koff,
+                     size_t pf, float *const *o, const float *scale, int32_t dv, int dt, int R) {
     int32_t c = 0;
-    for (; c + 64 <= dv; c += 64) rows_pv_block(p, j0, j1, vr, voff, o, scale, c, dv, dt, R, 4);
-    for (; c < dv; c += 16) rows_pv_block(p, j0, j1, vr, voff, o, scale, c, dv, dt, R, 1);
+    for (; c + 64 <= dv; c += 64, pf = 0) rows_pv_block(p, j0, j1, n, vr, voff, koff, pf, o, scale, c, dv, dt, R, 4);
+    for (; c < dv; c += 16, pf = 0) rows_pv_block(p, j0, j1, n, vr, voff, koff, pf, o, scale, c, dv, dt, R, 1);
 }
 
 AI void rows_pv_dt(const attn_geom *g, const float *p, int m, int n, const void *const *vr, float *const *o,
@@ -593,15 +628,17 @@ AI void rows_pv_dt(const attn_geom *g, const float *p, int m, int n, const void 
         const int j1 = j0 + 16 < n ? j0 + 16 : n;
         for (int h0 = 0; h0 < m; h0 += rph) {
             const int h1 = h0 + rph < m ? h0 + rph : m;
-            const size_t voff = (size_t)(h0 / rph) * g->vhead;
+            const size_t voff = (size_t)(h0 / rph) * g->vhead, koff = (size_t)(h0 / rph) * g->khead;
+            const size_t kbytes = (size_t)g->d * (dt == PKV_F32 ? 4 : 2);
             for (int i = h0; i < h1; i += RB) {
                 const float *pi = p + (size_t)i * ATTN_TILE;
                 const float *sc = j0 == 0 ? alpha + i : NULL;
+                const size_t pf = i == h0 ? kbytes : 0;
                 switch (h1 - i >= RB ? RB : h1 - i) {
-                case 4: rows_pv_rows(pi, j0, j1, vr, voff, o + i, sc, g->dv, dt, 4); break;
-                case 3: rows_pv_rows(pi, j0, j1, vr, voff, o + i, sc, g->dv, dt, 3); break;
-                case 2: rows_pv_rows(pi, j0, j1, vr, voff, o + i, sc, g->dv, dt, 2); break;
-                default: rows_pv_rows(pi, j0, j1, vr, voff, o + i, sc, g->dv, dt, 1); break;
+                case 4: rows_pv_rows(pi, j0, j1, n, vr, voff, koff, pf, o + i, sc, g->dv, dt, 4); break;
+                case 3: rows_pv_rows(pi, j0, j1, n, vr, voff, koff, pf, o + i, sc, g->dv, dt, 3); break;
+                case 2: rows_pv_rows(pi, j0, j1, n, vr, voff, koff, pf, o + i, sc, g->dv, dt, 2); break;
+                default: rows_pv_rows(pi, j0, j1, n, vr, voff, koff, pf, o + i, sc, g->dv, dt, 1); break;
                 }
             }
         }
@@ -619,11 +656,11 @@ static void rows_pv(const attn_geom *g, const void *pp, int m, int n, const void
     }
 }
 
-const attn_ops attn_avx512_ops_rows = {"avx512-f32-rows", 16, 4, 1, f32_prep_q, rows_load_tile, rows_qk, attn_avx512_softmax, rows_pv, NULL, 1};
-static const attn_ops ops_f32 = {"avx512-f32", 16, 4, 1, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, &attn_avx512_ops_rows, 0};
-static const attn_ops ops_fp8f32 = {"avx512-fp8-f32", 16, 4, 1, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, NULL, 0};
-static const attn_ops ops_bf16dp = {"avx512-bf16dp", 32, 2, 1, attn_avx512_dp_prep_q, attn_avx512_dp_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, &attn_avx512_ops_rows, 0};
-static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, 2, 1, attn_avx512_dp_prep_q, attn_avx512_fp8_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, NULL, 0};
+const attn_ops attn_avx512_ops_rows = {"avx512-f32-rows", 16, 4, 1, f32_prep_q, rows_load_tile, rows_qk, attn_avx512_softmax, rows_pv, NULL, 1, 1};
+static const attn_ops ops_f32 = {"avx512-f32", 16, 4, 1, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, &attn_avx512_ops_rows, 0, 0};
+static const attn_ops ops_fp8f32 = {"avx512-fp8-f32", 16, 4, 1, f32_prep_q, f32_load_tile, f32_qk, attn_avx512_softmax, f32_pv, NULL, 0, 0};
+static const attn_ops ops_bf16dp = {"avx512-bf16dp", 32, 2, 1, attn_avx512_dp_prep_q, attn_avx512_dp_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, &attn_avx512_ops_rows, 0, 0};
+static const attn_ops ops_fp8dp = {"avx512-fp8-bf16dp", 32, 2, 1, attn_avx512_dp_prep_q, attn_avx512_fp8_load_tile, attn_avx512_dp_qk, attn_avx512_softmax, attn_avx512_dp_pv, NULL, 0, 0};
 
 const attn_ops *attn_ops_avx512(int q_dtype, int kv_dtype) {
     if (q_dtype == PKV_BF16 && kv_dtype == PKV_BF16) return &ops_bf16dp;

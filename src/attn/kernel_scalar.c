@@ -15,11 +15,11 @@ static void to_f32(const void *row, int dtype, int32_t n, float *dst) {
 /* One FP8_MLA656 token row dequantized to float32 (first n of 576 values). */
 static void fp8_row_f32(const uint8_t *row, int32_t n, float *dst) {
     float sc[4];
-    memcpy(sc, row + ATTN_FP8_SCALES, sizeof sc); /* little-endian hosts only (x86) */
-    for (int32_t i = 0; i < n && i < 512; i++) dst[i] = fp8_e4m3_to_f32(row[i]) * sc[i / 128];
-    for (int32_t i = 512; i < n; i++) {
+    memcpy(sc, row + PKV_MLA656_SCALES, sizeof sc); /* little-endian hosts only (x86) */
+    for (int32_t i = 0; i < n && i < PKV_MLA656_LATENT; i++) dst[i] = fp8_e4m3_to_f32(row[i]) * sc[i / PKV_MLA656_TILE];
+    for (int32_t i = PKV_MLA656_LATENT; i < n; i++) {
         uint16_t h;
-        memcpy(&h, row + ATTN_FP8_ROPE + 2 * (i - 512), 2);
+        memcpy(&h, row + PKV_MLA656_ROPE + 2 * (i - PKV_MLA656_LATENT), 2);
         dst[i] = pkv_bf16_to_f32(h);
     }
 }
@@ -77,10 +77,13 @@ static void softmax(const attn_geom *g, const float *s, int m, const int32_t *nv
         float *pi = p + (size_t)i * ATTN_TILE;
         const int nv = nvalid[i];
         float mx = mrun[i];
+        int bad = 0;
         for (int j = 0; j < nv; j++) {
             const float x = si[j] * g->scale_log2;
+            bad |= !isfinite(x);
             if (x > mx) mx = x;
         }
+        if (bad) lrun[i] = NAN; /* the driver recomputes this row (kernels.h) */
         if (mx == -INFINITY) { /* nothing seen yet: keep the (zero) accumulator */
             alpha[i] = 1.0f;
             for (int j = 0; j < ATTN_TILE; j++) pi[j] = 0.0f;
@@ -107,14 +110,13 @@ static void pv(const attn_geom *g, const void *pp, int m, int n, const void *vt,
         for (int32_t c = 0; c < g->dv; c++) oi[c] *= a;
         for (int j = 0; j < n; j++) {
             const float w = p[(size_t)i * ATTN_TILE + (size_t)j];
-            if (w == 0.0f) continue;
             const float *vj = v + (size_t)j * (size_t)g->dvpad;
             for (int32_t c = 0; c < g->dv; c++) oi[c] += w * vj[c];
         }
     }
 }
 
-static const attn_ops scalar_ops = {"scalar-f32", 1, 4, 1, prep_q, load_tile, qk, softmax, pv, NULL, 0};
+static const attn_ops scalar_ops = {"scalar-f32", 1, 4, 1, prep_q, load_tile, qk, softmax, pv, NULL, 0, 0};
 
 const attn_ops *attn_ops_scalar(int q_dtype, int kv_dtype) {
     (void)q_dtype;

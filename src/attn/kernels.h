@@ -9,7 +9,7 @@
  * so every query row of the group reuses it), qk (scores), softmax (online
  * softmax in float32) and pv (rescale + accumulate).
  *
- * Kernel families (attn_kernel_name() tells which one a dtype pair gets):
+ * Kernel families (pkv_attn_kernel_name() tells which one a dtype pair gets):
  *  scalar-f32         plain C, the reference semantics for the SIMD paths
  *  avx2-f32           AVX2+FMA+F16C, rows read in place, lanes over d
  *  avx512-f32         K^T tile (lanes over keys), FMA; any dtype pair
@@ -17,19 +17,21 @@
  *  avx512-bf16dp      q bf16 with bf16 / FP8 KV: vdpbf16ps on bf16 pairs
  *  amx-bf16           AMX tiles (TDPBF16PS): S^T = K Q^T from contiguous K rows,
  *                     P V on the AVX-512 bf16 pair layout of V; FP8 variant too
- * ISA levels: scalar < avx2 < avx512 < amx; a level without kernels for a dtype
- * pair falls back to the next lower one (attn_ops_best). */
+ * ISA levels (pkv_isa, chosen by src/cpu.c): scalar < avx2 < avx512 < amx; a
+ * level without kernels for a dtype pair falls back to the next lower one
+ * (attn_ops_best). */
 #ifndef PKV_ATTN_KERNELS_H
 #define PKV_ATTN_KERNELS_H
 
 #include "attn.h"
+#include "fp8.h" /* PKV_MLA656_*: the FP8 row layout */
 
 #define ATTN_TILE 64 /* keys per tile; also the granularity of split-KV */
 #define ATTN_MB 128  /* query rows per group at most (MLA: all 128 heads at once) */
 #define ATTN_SMALL_M 8 /* groups of at most this many rows may use ops->small_m */
-
-/* Levels in order; AMX means AVX-512 plus AMX-BF16 tiles (the OS granted). */
-enum { ATTN_ISA_SCALAR = 0, ATTN_ISA_AVX2 = 1, ATTN_ISA_AVX512 = 2, ATTN_ISA_AMX = 3, ATTN_ISA_COUNT = 4 };
+#ifndef ATTN_PF
+#define ATTN_PF 32 /* rows of the next tile the driver hands to self-prefetching kernels (tuned: 8 < 16 < 32 ~ 64) */
+#endif
 
 /* Geometry of one call as the kernels see it. */
 typedef struct attn_geom {
@@ -52,7 +54,10 @@ struct attn_ops {
     int32_t qalign; /* prep_q of m rows takes room for m rounded up to this many rows */
     /* qp <- the m query rows qrows[0..m) (q_dtype, d elements each). */
     void (*prep_q)(const attn_geom *g, const void *const *qrows, int m, void *qp);
-    /* kt, vt <- the n <= ATTN_TILE keys of a tile; rows past n read as zero. */
+    /* kt, vt <- the n <= ATTN_TILE keys of a tile; rows past n read as zero.
+     * krows / vrows hold n + ATTN_PF pointers: [n, n + ATTN_PF) are the next
+     * tile's first rows (NULL where the group has no more keys), for kernels
+     * with self_prefetch. */
     void (*load_tile)(const attn_geom *g, const void *const *krows, const void *const *vrows,
                       int n, void *kt, void *vt);
     /* s[m][ATTN_TILE] <- raw dot products q_i . k_j (unscaled), for j < n; s is
@@ -60,7 +65,9 @@ struct attn_ops {
     void (*qk)(const attn_geom *g, const void *qp, int m, int n, const void *kt, float *s);
     /* Online softmax over the tile: keys j < nvalid[i] count for row i. Updates the
      * running max mrun (log2 domain) and sum lrun, writes alpha[i] (factor for the
-     * old accumulator) and the weights p (kernel's format, zero past nvalid). */
+     * old accumulator) and the weights p (kernel's format, zero past nvalid).
+     * A scaled score of a counted key that is NaN or +-inf sets lrun[i] to NaN
+     * for good: the driver then recomputes the row the oracle's way. */
     void (*softmax)(const attn_geom *g, const float *s, int m, const int32_t *nvalid,
                     float *mrun, float *lrun, float *alpha, void *p);
     /* o[i][0..dv) <- alpha[i] * o[i] + sum_{j<n} p[i][j] * v_j. */
@@ -73,6 +80,10 @@ struct attn_ops {
      * heads: row r reads KV head r / g->rph, counted from the head of the row
      * pointers (groups then start at a head boundary). 0: one head per call. */
     int32_t multi_head;
+    /* 1: the kernels prefetch the rows they read next themselves (from the row
+     * pointers, which then carry ATTN_PF more: see load_tile); 0: the driver
+     * prefetches the next tile's rows before each tile. */
+    int32_t self_prefetch;
 };
 
 /* Per-worker scratch, carved from one allocation. Sizes in floats: qp ATTN_MB *
@@ -87,6 +98,7 @@ typedef struct attn_scratch {
     int32_t *nvalid;
     const void **krows, **vrows, **qrows;
     float **orows;
+    double *xs;            /* pkv__attn_row_doubles(d, dv): a row recomputed by the oracle */
 } attn_scratch;
 
 /* A call's units are cut into at most ATTN_MAX_CHUNKS chunks at fixed
@@ -106,22 +118,12 @@ PKV_HIDDEN size_t attn_scratch_bytes(const attn_geom *g);
 /* Points s's fields into mem (bytes from attn_scratch_bytes). */
 PKV_HIDDEN void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geom *g);
 
-/* ---- dispatch (cpu.c) ---- */
-/* The ISA pkv_attn uses: the best the CPU supports, or PKV_ISA=scalar|avx2|avx512
- * if that is supported (an unsupported or unknown request falls back to the best
- * supported path not above it). Decided once, then cached. */
-PKV_HIDDEN int attn_isa_active(void);
-/* 1 if this CPU (and OS) can run the ISA's kernels. */
-PKV_HIDDEN int attn_isa_supported(int isa);
-/* "scalar", "avx2", "avx512", "amx" for an ATTN_ISA_* value, and for the active one. */
-PKV_HIDDEN const char *attn_isa_label(int isa);
-PKV_HIDDEN const char *attn_isa_name(void);
-/* Kernels for (isa, q_dtype, kv_dtype); NULL if isa is not compiled in. */
+/* ---- dispatch (dispatch.c) ---- */
+/* Kernels for (isa, q_dtype, kv_dtype), isa a pkv_isa level; NULL if that level
+ * has none for the pair (AMX: only q bf16 with bf16 or FP8 KV). */
 PKV_HIDDEN const attn_ops *attn_ops_for(int isa, int q_dtype, int kv_dtype);
-/* The kernels pkv_attn uses: the active ISA's, else the next lower ISA's. */
+/* The kernels pkv_attn uses: the active level's, else the next lower level's. */
 PKV_HIDDEN const attn_ops *attn_ops_best(int q_dtype, int kv_dtype);
-/* Name of the kernel pkv_attn uses for this dtype pair, e.g. "avx512-bf16dp". */
-PKV_HIDDEN const char *attn_kernel_name(int q_dtype, int kv_dtype);
 
 PKV_HIDDEN const attn_ops *attn_ops_scalar(int q_dtype, int kv_dtype);
 PKV_HIDDEN const attn_ops *attn_ops_avx2(int q_dtype, int kv_dtype);
@@ -160,10 +162,5 @@ PKV_HIDDEN void workers_end(pkv_workers *w);
 PKV_HIDDEN attn_scratch *workers_scratch(pkv_workers *w, int idx);
 /* Runs fn(ctx, idx) on every participant idx in [0, count) and waits for all. */
 PKV_HIDDEN void workers_run(pkv_workers *w, void (*fn)(void *ctx, int idx), void *ctx);
-
-/* FP8_MLA656: bytes of a token row and the offsets inside it (see fp8.h). */
-#define ATTN_FP8_ROW 656
-#define ATTN_FP8_SCALES 512
-#define ATTN_FP8_ROPE 528
 
 #endif

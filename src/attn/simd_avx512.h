@@ -47,7 +47,8 @@ AI __m512i bf16x32(const void *row, int32_t c, int32_t n) {
 }
 
 /* 32 e4m3 codes -> their exact values as bf16: rebias the exponent (7 -> 127);
- * the 8 subnormal codes (m * 2^-9) come from a table. */
+ * the 8 subnormal codes (m * 2^-9) come from a table; the NaN codes 0x7f and
+ * 0xff (e4m3fn has no infinity) become bf16 NaN, as the oracle reads them. */
 AI __m512i e4m3x32_bf16(__m256i b) {
     const __m512i w = _mm512_cvtepu8_epi16(b);
     const __m512i mag = _mm512_and_si512(w, _mm512_set1_epi16(0x7f));
@@ -56,6 +57,7 @@ AI __m512i e4m3x32_bf16(__m256i b) {
     const __m512i sub = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                                          0x3c60, 0x3c40, 0x3c20, 0x3c00, 0x3bc0, 0x3b80, 0x3b00, 0);
     v = _mm512_mask_permutexvar_epi16(v, _mm512_cmplt_epu16_mask(mag, _mm512_set1_epi16(8)), mag, sub);
+    v = _mm512_mask_mov_epi16(v, _mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x7f)), _mm512_set1_epi16(0x7fc0));
     return _mm512_or_si512(v, sign);
 }
 

@@ -4,6 +4,7 @@
 #include <stdint.h>
 
 #include "attn.h"
+#include "fp8.h"
 
 /* Product of the factors (each >= 1) times elem_bytes, or 0 when it exceeds
  * PTRDIFF_MAX: then some pointer offset into that array could not be formed. */
@@ -34,7 +35,7 @@ static int check_shapes(const pkv_attn_args *a, int sparse) {
 static int check_dtypes(const pkv_attn_args *a) {
     RETURN_IF(!is_plain_dtype(a->q_dtype), PKV_ERR_DTYPE);
     if (a->kv_dtype == PKV_FP8_MLA656) {
-        RETURN_IF(a->h_kv != 1 || a->d != 576 || a->dv != 512 || a->v_cache != NULL,
+        RETURN_IF(a->h_kv != 1 || a->d != PKV_MLA656_DIM || a->dv != PKV_MLA656_LATENT || a->v_cache != NULL,
                   PKV_ERR_DTYPE);
         return PKV_OK;
     }

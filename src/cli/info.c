@@ -1,19 +1,27 @@
-/* `pkv info`: version, build, CPU features and the kernel each dtype uses. */
+/* `pkv info`: version, build, CPU features and the kernel each dtype uses.
+ * Uses the public API only (the CPU features section of pagedkv.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "attn/kernels.h"
 #include "cli/cli.h"
+
+/* The build's debug level (the same flags build the library and pkv). */
+#ifndef PKV_DEBUG
+#define PKV_DEBUG 0
+#endif
 
 static const char info_help[] =
     "usage: pkv info\n"
     "\n"
     "Prints the library version, how it was built (compiler, flags), the CPU and the\n"
-    "features pagedkv looks for, the ISA pkv_attn dispatches to (PKV_ISA=scalar|avx2|\n"
-    "avx512 forces a lower one) and the kernel each (q dtype, kv dtype) pair uses, and\n"
-    "the KV dtypes with their bytes per token.\n";
+    "features pagedkv looks for, the ISA level pkv_attn and the FP8 quantizer\n"
+    "dispatch to and the kernel each (q dtype, kv dtype) pair uses, and the KV dtypes\n"
+    "with their bytes per token.\n"
+    "\n"
+    "Environment: PKV_ISA=scalar|avx2|avx512|amx caps the level (the best level the\n"
+    "CPU supports not above it is used); any other value is reported and ignored.\n";
 
 static void cpu_model(char *buf, size_t n) {
     snprintf(buf, n, "unknown");
@@ -43,6 +51,8 @@ int cmd_info(int argc, char **argv) {
         }
         return cli_error("info: unknown option '%s' (see pkv info --help)", argv[i]);
     }
+    char why[200];
+    if (pkv_isa_status(why, sizeof why) != PKV_OK) fprintf(stderr, "pkv: warning: %s\n", why);
     printf("pagedkv %s\n", pkv_version());
 #if defined(__clang__)
     printf("compiler: clang %s\n", __clang_version__);
@@ -70,33 +80,17 @@ int cmd_info(int argc, char **argv) {
     cpu_model(model, sizeof model);
     printf("cpu: %s, %ld online\n", model, sysconf(_SC_NPROCESSORS_ONLN));
     printf("cpu features:");
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    struct { const char *name; int on; } feats[] = {
-        {"sse4.2", __builtin_cpu_supports("sse4.2")},
-        {"avx", __builtin_cpu_supports("avx")},
-        {"avx2", __builtin_cpu_supports("avx2")},
-        {"fma", __builtin_cpu_supports("fma")},
-        {"avx512f", __builtin_cpu_supports("avx512f")},
-        {"avx512bw", __builtin_cpu_supports("avx512bw")},
-        {"avx512vl", __builtin_cpu_supports("avx512vl")},
-        {"avx512dq", __builtin_cpu_supports("avx512dq")},
-        {"avx512bf16", __builtin_cpu_supports("avx512bf16")},
-    };
+    const uint64_t feats = pkv_cpu_features();
     int any = 0;
-    for (size_t i = 0; i < sizeof feats / sizeof feats[0]; i++)
-        if (feats[i].on) { printf(" %s", feats[i].name); any = 1; }
-    if (!any) printf(" (none of sse4.2 avx avx2 fma avx512*)");
-    printf("\n");
-#else
-    printf(" (not an x86 CPU: scalar kernels)\n");
-#endif
+    for (int bit = 0; pkv_cpu_feature_name(bit); bit++)
+        if (feats >> bit & 1u) { printf(" %s", pkv_cpu_feature_name(bit)); any = 1; }
+    printf("%s\n", any ? "" : " (none that pagedkv uses: scalar kernels)");
     printf("attention ISAs:");
-    for (int isa = 0; isa < ATTN_ISA_COUNT; isa++)
-        printf(" %s%s", attn_isa_label(isa), attn_isa_supported(isa) ? "" : " (unsupported)");
-    printf("\npkv_attn uses: %s", attn_isa_name());
+    for (int isa = 0; pkv_isa_label(isa); isa++)
+        printf(" %s%s", pkv_isa_label(isa), pkv_isa_supported(isa) ? "" : " (unsupported)");
+    printf("\npkv_attn uses: %s", pkv_isa_name());
     const char *force = getenv("PKV_ISA");
-    if (force) printf(" (PKV_ISA=%s)", force);
+    if (force && *force) printf(" (PKV_ISA=%s)", force);
     printf("\n\nkernels (q dtype x kv dtype; the oracle pkv_attn_reference is always scalar double):\n");
     static const struct { int dtype; const char *name; } kv[] = {
         {PKV_F32, "f32"}, {PKV_F16, "f16"}, {PKV_BF16, "bf16"}, {PKV_FP8_MLA656, "fp8 (MLA656)"}};
@@ -106,7 +100,7 @@ int cmd_info(int argc, char **argv) {
     for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) {
         printf("  %-14s", kv[i].name);
         for (int qd = 0; qd < 3; qd++) {
-            const char *n = attn_kernel_name(kv[qd].dtype, kv[i].dtype);
+            const char *n = pkv_attn_kernel_name(kv[qd].dtype, kv[i].dtype);
             printf("  %-18s", n ? n : "-");
         }
         printf("\n");

@@ -1,4 +1,4 @@
-/* The shared attention test vectors (see vectors.h). */
+/* Attention test vectors: the project's own and the shared ones (see vectors.h). */
 #include "vectors.h"
 
 #include <errno.h>
@@ -10,7 +10,7 @@
 
 int vectors_parse(char *line, vcase *c, char *err, size_t errcap) {
     memset(c, 0, sizeof *c);
-    c->dtype = -1;
+    c->dtype = c->kv_dtype = -1;
     char *save = NULL, *tok = strtok_r(line, " \t\r\n", &save);
     if (!tok || tok[0] == '#') return 0;
     snprintf(c->name, sizeof c->name, "%s", tok);
@@ -35,6 +35,11 @@ int vectors_parse(char *line, vcase *c, char *err, size_t errcap) {
             c->dtype = !strcmp(v, "f32") ? PKV_F32 : !strcmp(v, "f16") ? PKV_F16 : !strcmp(v, "bf16") ? PKV_BF16 : -1;
             found = c->dtype >= 0;
         }
+        if (!strcmp(k, "kv_dtype")) { /* optional: not counted among the 13 */
+            c->kv_dtype = !strcmp(v, "f32") ? PKV_F32 : !strcmp(v, "f16") ? PKV_F16 : !strcmp(v, "bf16") ? PKV_BF16
+                          : !strcmp(v, "fp8") ? PKV_FP8_MLA656 : -1;
+            if (c->kv_dtype >= 0) continue;
+        }
         if (!found) {
             snprintf(err, errcap, "case %s: unknown key or value '%s=%s' (teach the tests)", c->name, k, v);
             return -1;
@@ -45,34 +50,93 @@ int vectors_parse(char *line, vcase *c, char *err, size_t errcap) {
         snprintf(err, errcap, "case %s: %d of 13 keys", c->name, seen);
         return -1;
     }
+    if (c->kv_dtype < 0) c->kv_dtype = c->dtype;
     return 1;
 }
 
-const char *vectors_dir(char *buf, size_t cap) {
-    const char *env = getenv("PKV_VECTORS");
-    if (env && *env) return env;
-    if (access("include/pagedkv.h", F_OK) == 0) return "../shared/vectors";
-    char exe[900];
+/* The repository root: "." when the working directory is it, else the folder
+ * above this executable holding include/pagedkv.h; NULL when not found. */
+static const char *repo_root(char *buf, size_t cap) {
+    if (access("include/pagedkv.h", F_OK) == 0) return ".";
+    char exe[900], probe[1000];
     const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) return "../shared/vectors";
+    if (n <= 0) return NULL;
     exe[n] = 0;
     for (char *slash = strrchr(exe, '/'); slash && slash != exe; slash = strrchr(exe, '/')) {
         *slash = 0; /* exe is now a parent folder */
-        snprintf(buf, cap, "%s/include/pagedkv.h", exe);
-        if (access(buf, F_OK) == 0) {
-            snprintf(buf, cap, "%s/../shared/vectors", exe);
+        snprintf(probe, sizeof probe, "%s/include/pagedkv.h", exe);
+        if (access(probe, F_OK) == 0) {
+            snprintf(buf, cap, "%s", exe);
             return buf;
         }
     }
-    return "../shared/vectors";
+    return NULL;
+}
+
+const char *vectors_own_dir(char *buf, size_t cap) {
+    const char *env = getenv("PKV_OWN_VECTORS");
+    if (env && *env) return env;
+    char root[1000];
+    const char *r = repo_root(root, sizeof root);
+    snprintf(buf, cap, "%s/tests/vectors", r ? r : ".");
+    return buf;
+}
+
+const char *vectors_shared_dir(char *buf, size_t cap) {
+    const char *env = getenv("PKV_VECTORS");
+    if (env && *env) return env;
+    char root[1000];
+    const char *r = repo_root(root, sizeof root);
+    snprintf(buf, cap, "%s/../shared/vectors", r ? r : ".");
+    return buf;
+}
+
+/* Runs fn on every case of dir/cases.txt; -1 with err set when it cannot be read
+ * or a line is malformed. */
+static int run_dir(const char *dir, void (*fn)(const char *dir, const vcase *c, void *ctx), void *ctx, char *err,
+                   size_t errcap) {
+    FILE *f = vectors_open(dir, err, errcap);
+    if (!f) return -1;
+    printf("vectors: %s\n", dir);
+    char line[2048];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        vcase c;
+        const int st = vectors_parse(line, &c, err, errcap);
+        if (st < 0) {
+            fclose(f);
+            return -1;
+        }
+        if (st == 0) continue;
+        fn(dir, &c, ctx);
+        n++;
+    }
+    fclose(f);
+    if (n == 0) snprintf(err, errcap, "%s/cases.txt: no cases", dir);
+    return n ? n : -1;
+}
+
+int vectors_for_each(const char *who, void (*fn)(const char *dir, const vcase *c, void *ctx), void *ctx, char *err,
+                     size_t errcap) {
+    char own[1100], shared[1100];
+    const char *od = vectors_own_dir(own, sizeof own), *sd = vectors_shared_dir(shared, sizeof shared);
+    const int n = run_dir(od, fn, ctx, err, errcap);
+    if (n < 0) return -1;
+    char probe[1200];
+    snprintf(probe, sizeof probe, "%s/cases.txt", sd);
+    if (access(probe, F_OK) != 0) {
+        printf("%s: no shared vectors at %s: cross-check skipped\n", who, sd);
+        return n;
+    }
+    const int m = run_dir(sd, fn, ctx, err, errcap);
+    return m < 0 ? -1 : n + m;
 }
 
 FILE *vectors_open(const char *dir, char *err, size_t errcap) {
     char path[1200];
     snprintf(path, sizeof path, "%s/cases.txt", dir);
     FILE *f = fopen(path, "r");
-    if (!f) snprintf(err, errcap, "cannot open %s: %s (set PKV_VECTORS, or PKV_VECTORS_OPTIONAL=1)", path,
-                     strerror(errno));
+    if (!f) snprintf(err, errcap, "cannot open %s: %s", path, strerror(errno));
     return f;
 }
 
@@ -94,11 +158,6 @@ int vectors_load(const char *dir, const char *name, const char *what, int dtype,
     return 1;
 }
 
-int vectors_optional(void) {
-    const char *opt = getenv("PKV_VECTORS_OPTIONAL");
-    return opt && !strcmp(opt, "1");
-}
-
 void vectors_geometry(const vcase *c, pkv_attn_args *a) {
     pkv_attn_args_init(a);
     a->batch = c->b;
@@ -112,5 +171,6 @@ void vectors_geometry(const vcase *c, pkv_attn_args *a) {
     a->num_blocks = c->num_blocks;
     a->causal = c->causal;
     a->softmax_scale = (float)c->scale;
-    a->q_dtype = a->kv_dtype = c->dtype;
+    a->q_dtype = c->dtype;
+    a->kv_dtype = c->kv_dtype;
 }
