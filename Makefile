@@ -95,8 +95,10 @@ $(BUILD)/libpagedkv.so: $(SHARED)
 	ln -sf $(notdir $(SHARED)) $(BUILD)/$(SONAME)
 	ln -sf $(SONAME) $@
 
-$(BUILD)/pkv: $(CLI_OBJ) $(INTERNAL)
-	$(CC) $(CFLAGS) $(EXTRA_CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJ) $(INTERNAL) $(LIBS)
+# pkv links the shipped archive, which defines pkv_ names only: the program
+# is built against the public API (a use of an internal fails to link).
+$(BUILD)/pkv: $(CLI_OBJ) $(STATIC)
+	$(CC) $(CFLAGS) $(EXTRA_CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJ) $(STATIC) $(LIBS)
 
 $(BUILD)/tests/%: tests/%.c $(TEST_COMMON_OBJ) $(INTERNAL)
 	@mkdir -p $(dir $@)
