@@ -5,7 +5,7 @@
  * code (see pkv_status); pkv_strerror() describes a code. Unless a contract says
  * otherwise, a call that fails leaves the cache exactly as it was.
  *
- * Concepts (see DESIGN.md): a cache owns num_blocks blocks of block_size token
+ * Concepts (docs/ARCHITECTURE.md in the source tree): a cache owns num_blocks blocks of block_size token
  * slots; a sequence is an ordered list of block ids plus a length; a token's slot
  * is block_id * block_size + offset. Storage is optional: in host mode the cache
  * owns per-layer arenas laid out as FlashMLA's k_cache[num_blocks][block_size]
