@@ -149,36 +149,56 @@ static void blocks_portable(uint64_t acc[8], const uint8_t *p, size_t nstripes) 
 }
 
 #ifdef TF_X86
+/* nstripes: a multiple of TF_STRIPES. */
 __attribute__((target("avx2"))) static void blocks_avx2(uint64_t acc[8], const uint8_t *p, size_t nstripes) {
     __m256i a0 = _mm256_loadu_si256((const __m256i *)acc), a1 = _mm256_loadu_si256((const __m256i *)(acc + 4));
     const __m256i prime = _mm256_set1_epi64x(TF_PRIME32);
-    for (size_t s = 0; s < nstripes; s++) {
-        const uint64_t *key = tf_secret + 8 * (s % TF_STRIPES);
-        const __m256i d0 = _mm256_loadu_si256((const __m256i *)(p + 64 * s));
-        const __m256i d1 = _mm256_loadu_si256((const __m256i *)(p + 64 * s + 32));
-        const __m256i x0 = _mm256_xor_si256(d0, _mm256_loadu_si256((const __m256i *)key));
-        const __m256i x1 = _mm256_xor_si256(d1, _mm256_loadu_si256((const __m256i *)(key + 4)));
-        a0 = _mm256_add_epi64(a0, _mm256_shuffle_epi32(d0, 0x4e));
-        a1 = _mm256_add_epi64(a1, _mm256_shuffle_epi32(d1, 0x4e));
-        a0 = _mm256_add_epi64(a0, _mm256_mul_epu32(x0, _mm256_srli_epi64(x0, 32)));
-        a1 = _mm256_add_epi64(a1, _mm256_mul_epu32(x1, _mm256_srli_epi64(x1, 32)));
-        if (s % TF_STRIPES == TF_STRIPES - 1) {
-            const __m256i k0 = _mm256_loadu_si256((const __m256i *)(tf_secret + 128));
-            const __m256i k1 = _mm256_loadu_si256((const __m256i *)(tf_secret + 132));
-            a0 = _mm256_xor_si256(_mm256_xor_si256(a0, _mm256_srli_epi64(a0, 47)), k0);
-            a1 = _mm256_xor_si256(_mm256_xor_si256(a1, _mm256_srli_epi64(a1, 47)), k1);
-            a0 = _mm256_add_epi64(_mm256_mul_epu32(a0, prime),
-                                  _mm256_slli_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a0, 32), prime), 32));
-            a1 = _mm256_add_epi64(_mm256_mul_epu32(a1, prime),
-                                  _mm256_slli_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a1, 32), prime), 32));
+    const __m256i k0 = _mm256_loadu_si256((const __m256i *)(tf_secret + 128));
+    const __m256i k1 = _mm256_loadu_si256((const __m256i *)(tf_secret + 132));
+    for (size_t b = 0; b < nstripes; b += TF_STRIPES, p += 64 * TF_STRIPES) {
+        for (int s = 0; s < TF_STRIPES; s++) {
+            const uint64_t *key = tf_secret + 8 * s;
+            const __m256i d0 = _mm256_loadu_si256((const __m256i *)(p + 64 * s));
+            const __m256i d1 = _mm256_loadu_si256((const __m256i *)(p + 64 * s + 32));
+            const __m256i x0 = _mm256_xor_si256(d0, _mm256_loadu_si256((const __m256i *)key));
+            const __m256i x1 = _mm256_xor_si256(d1, _mm256_loadu_si256((const __m256i *)(key + 4)));
+            a0 = _mm256_add_epi64(a0, _mm256_shuffle_epi32(d0, 0x4e));
+            a1 = _mm256_add_epi64(a1, _mm256_shuffle_epi32(d1, 0x4e));
+            a0 = _mm256_add_epi64(a0, _mm256_mul_epu32(x0, _mm256_srli_epi64(x0, 32)));
+            a1 = _mm256_add_epi64(a1, _mm256_mul_epu32(x1, _mm256_srli_epi64(x1, 32)));
         }
+        a0 = _mm256_xor_si256(_mm256_xor_si256(a0, _mm256_srli_epi64(a0, 47)), k0);
+        a1 = _mm256_xor_si256(_mm256_xor_si256(a1, _mm256_srli_epi64(a1, 47)), k1);
+        a0 = _mm256_add_epi64(_mm256_mul_epu32(a0, prime),
+                              _mm256_slli_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a0, 32), prime), 32));
+        a1 = _mm256_add_epi64(_mm256_mul_epu32(a1, prime),
+                              _mm256_slli_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a1, 32), prime), 32));
     }
     _mm256_storeu_si256((__m256i *)acc, a0);
     _mm256_storeu_si256((__m256i *)(acc + 4), a1);
 }
+
+/* The same with all 8 lanes in one register. */
+__attribute__((target("avx512f"))) static void blocks_avx512(uint64_t acc[8], const uint8_t *p, size_t nstripes) {
+    __m512i a = _mm512_loadu_si512(acc);
+    const __m512i prime = _mm512_set1_epi64(TF_PRIME32);
+    const __m512i k = _mm512_loadu_si512(tf_secret + 128);
+    for (size_t b = 0; b < nstripes; b += TF_STRIPES, p += 64 * TF_STRIPES) {
+        for (int s = 0; s < TF_STRIPES; s++) {
+            const __m512i d = _mm512_loadu_si512(p + 64 * s);
+            const __m512i x = _mm512_xor_si512(d, _mm512_loadu_si512(tf_secret + 8 * s));
+            a = _mm512_add_epi64(a, _mm512_shuffle_epi32(d, (_MM_PERM_ENUM)0x4e));
+            a = _mm512_add_epi64(a, _mm512_mul_epu32(x, _mm512_srli_epi64(x, 32)));
+        }
+        a = _mm512_xor_si512(_mm512_xor_si512(a, _mm512_srli_epi64(a, 47)), k);
+        a = _mm512_add_epi64(_mm512_mul_epu32(a, prime),
+                             _mm512_slli_epi64(_mm512_mul_epu32(_mm512_srli_epi64(a, 32), prime), 32));
+    }
+    _mm512_storeu_si512(acc, a);
+}
 #endif
 
-/* 1 when the AVX2 body runs here (PKV_ISA=scalar forces the portable one). */
+/* The best body this CPU runs: 2 AVX-512F, 1 AVX2, 0 portable (PKV_ISA=scalar|avx2 caps it). */
 static int checksum_isa(void) {
     static int state = -1; /* racing first calls store the same value */
     int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
@@ -187,8 +207,10 @@ static int checksum_isa(void) {
 #ifdef TF_X86
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx2")) s = 1;
+        if (s == 1 && __builtin_cpu_supports("avx512f")) s = 2;
         const char *env = getenv("PKV_ISA");
         if (env && strcmp(env, "scalar") == 0) s = 0;
+        if (env && strcmp(env, "avx2") == 0 && s > 1) s = 1;
 #endif
         __atomic_store_n(&state, s, __ATOMIC_RELAXED);
     }
@@ -199,11 +221,13 @@ uint64_t pkv__tier_checksum(const void *p, size_t n, uint64_t seed, int isa) {
     const uint8_t *b = p;
     uint64_t acc[8];
     for (int i = 0; i < 8; i++) acc[i] = tf_secret[i] ^ seed;
-    if (isa < 0) isa = checksum_isa();
-    /* Whole scramble blocks first, so the stripe keys of both bodies line up. */
+    const int best = checksum_isa();
+    if (isa < 0 || isa > best) isa = best;
+    /* Whole scramble blocks first, so the stripe keys of all bodies line up. */
     const size_t full = n / 64, whole = full - full % TF_STRIPES;
 #ifdef TF_X86
-    if (isa == 1) blocks_avx2(acc, b, whole);
+    if (isa == 2) blocks_avx512(acc, b, whole);
+    else if (isa == 1) blocks_avx2(acc, b, whole);
     else blocks_portable(acc, b, whole);
 #else
     (void)isa;

@@ -25,8 +25,8 @@ extern const pkv__tier_file_io_t pkv__tier_file_io_default PKV_HIDDEN;
 
 /* The 64-bit checksum of blobs and headers: 8 lanes of 32x32->64 multiply-add
  * per 64-byte stripe with a per-stripe key, scrambled every KiB (xxh3's
- * accumulator shape), then mixed; an AVX2 body where the CPU has it (isa 1),
- * else portable (isa 0); both give the same value. isa < 0: the best one. */
+ * accumulator shape), then mixed. Bodies: 0 portable, 1 AVX2, 2 AVX-512F, all
+ * giving the same value; isa < 0 (or above what the CPU has): the best one. */
 uint64_t pkv__tier_checksum(const void *p, size_t n, uint64_t seed, int isa) PKV_HIDDEN;
 
 /* The reason of the last failure of a file tier call (its ctx), "" if none. */
