@@ -13,8 +13,7 @@ obj=${PKV_OBJ:-$root/build/obj/src}
 rank() {
     case "$1" in
         common|siphash) echo 0 ;;
-        tier_file) echo 1 ;;
-        dtype|cpu) echo 1 ;;
+        dtype|cpu|tier_file) echo 1 ;;
         fp8) echo 2 ;;
         dtypes) echo 3 ;;
         pool) echo 4 ;;
@@ -31,6 +30,7 @@ module() { # path of an object -> module name
     case "$1" in
         */attn/*) echo attn ;;
         */fp8*.o) echo fp8 ;;
+        */tier_file*.o) echo tier_file ;;
         */ops.o) echo cache ;;
         *) basename "$1" .o ;;
     esac

@@ -1,0 +1,285 @@
+/* File tier throughput (pkv_tier_file_open) against the sequential bandwidth
+ * of the same directory, measured in the same run:
+ *  - write, page cache: tier puts (no FSYNC) vs. write() of one file in
+ *    blob-sized chunks (neither synced: what the page cache absorbs);
+ *  - write, durable: puts with PKV_FILE_TIER_FSYNC vs. the same chunks with an
+ *    fdatasync after each (both durable blob by blob);
+ *  - read, warm: gets in the order stored and in random order vs. pread() of the
+ *    file in chunks, everything in the page cache;
+ *  - read, cold: the same after evicting the files from the page cache (root's
+ *    /proc/sys/vm/drop_caches when it can be written, else fdatasync and
+ *    posix_fadvise(DONTNEED) on every file; the JSON says which).
+ * Blobs default to 8 layers of a 64-token block of 1152-byte rows (FlashMLA's
+ * bf16 MLA row: 576 x 2 B), 589824 B. Each figure is the median of --reps runs.
+ *   build/bench/bench_tier_file [--dir D] [--mib M] [--layers L] [--reps R] [--quick] */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/bench.h"
+#include "pagedkv.h"
+#include "tier_file.h"
+
+static void die(const char *what, const char *why) {
+    fprintf(stderr, "bench_tier_file: %s: %s\n", what, why);
+    exit(1);
+}
+
+static void key_of(uint32_t i, uint8_t key[16]) {
+    uint64_t a = 0x9e3779b97f4a7c15ull * (i + 1), b = a ^ 0x5555aaaa5555aaaaull;
+    memcpy(key, &a, 8);
+    memcpy(key + 8, &b, 8);
+}
+
+static void rm_dir_files(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char p[1024];
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+}
+
+/* Evicts the files of dir from the page cache; returns how. */
+static const char *evict(const char *dir) {
+    sync();
+    FILE *f = fopen("/proc/sys/vm/drop_caches", "w");
+    if (f) {
+        const int ok = fputs("3\n", f) >= 0;
+        if (fclose(f) == 0 && ok) return "drop_caches";
+    }
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char p[1024];
+    while (d && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        const int fd = open(p, O_RDONLY);
+        if (fd < 0) continue;
+        fdatasync(fd);
+        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        close(fd);
+    }
+    if (d) closedir(d);
+    return "fadvise_dontneed";
+}
+
+typedef struct setup {
+    const char *dir;
+    size_t bs;
+    uint32_t n;       /* blobs */
+    uint8_t **blobs;  /* a few distinct blobs, used in turn */
+    uint8_t *buf;
+} setup;
+#define NBLOBS 4
+
+static double seq_write(const setup *s, uint32_t n, int sync_each) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s/seq.bin", s->dir);
+    unlink(p);
+    const int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) die(p, strerror(errno));
+    const double t0 = bench_now();
+    for (uint32_t i = 0; i < n; i++) {
+        if (write(fd, s->blobs[i % NBLOBS], s->bs) != (ssize_t)s->bs) die("write", strerror(errno));
+        if (sync_each && fdatasync(fd) != 0) die("fdatasync", strerror(errno));
+    }
+    const double t = bench_now() - t0;
+    close(fd);
+    return (double)n * s->bs / t / 1e9;
+}
+
+static double seq_read(const setup *s, uint32_t n) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s/seq.bin", s->dir);
+    const int fd = open(p, O_RDONLY);
+    if (fd < 0) die(p, strerror(errno));
+    const double t0 = bench_now();
+    for (uint32_t i = 0; i < n; i++)
+        if (pread(fd, s->buf, s->bs, (off_t)i * (off_t)s->bs) != (ssize_t)s->bs) die("read", "short");
+    const double t = bench_now() - t0;
+    close(fd);
+    return (double)n * s->bs / t / 1e9;
+}
+
+static double tier_write(const setup *s, pkv_tier_backend *t, uint32_t n) {
+    uint8_t key[16];
+    const double t0 = bench_now();
+    for (uint32_t i = 0; i < n; i++) {
+        key_of(i, key);
+        const int st = t->put(t->ctx, key, s->blobs[i % NBLOBS], s->bs);
+        if (st != PKV_OK) die("put", pkv__tier_file_last_error(t->ctx));
+    }
+    return (double)n * s->bs / (bench_now() - t0) / 1e9;
+}
+
+static double tier_read(const setup *s, pkv_tier_backend *t, uint32_t n, int random) {
+    uint8_t key[16];
+    uint64_t x = 88172645463325252ull;
+    const double t0 = bench_now();
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t k = i;
+        if (random) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            k = (uint32_t)(x % n);
+        }
+        key_of(k, key);
+        size_t len;
+        const int st = t->get(t->ctx, key, s->buf, s->bs, &len);
+        if (st != PKV_OK) die("get", pkv_strerror(st));
+    }
+    return (double)n * s->bs / (bench_now() - t0) / 1e9;
+}
+
+static pkv_tier_backend open_tier(const setup *s, uint32_t n, uint32_t flags) {
+    pkv_tier_backend t;
+    char detail[256];
+    const int st = pkv_tier_file_open(s->dir, (uint64_t)n * (s->bs + 4096) + 4096, s->bs, flags, &t, detail);
+    if (st != PKV_OK) die("pkv_tier_file_open", detail);
+    return t;
+}
+
+/* ratio: the median over runs of tier / file within one run (the pairs share
+ * the machine's state, which on a shared VM moves more than the ratio). */
+static void report(const char *op, const char *cache, const char *how, double tier, double file, double ratio,
+                   const setup *s, uint32_t n) {
+    bench_json j;
+    json_begin(&j, stdout);
+    json_str(&j, "bench", "tier_file");
+    json_str(&j, "op", op);
+    json_str(&j, "cache", cache);
+    json_str(&j, "evicted_by", how);
+    json_int(&j, "blob_bytes", (long long)s->bs);
+    json_int(&j, "bytes", (long long)n * (long long)s->bs);
+    json_num(&j, "tier_gbs", tier);
+    json_num(&j, "file_gbs", file);
+    json_num(&j, "ratio", ratio);
+    json_end(&j);
+    fprintf(stderr, "%-12s %-8s %8.3f GB/s tier %8.3f GB/s file  tier/file %5.1f%%\n", op, cache, tier, file,
+            100 * ratio);
+}
+
+int main(int argc, char **argv) {
+    const char *dir = NULL;
+    long mib = 1024, layers = 8, reps = 3;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick")) mib = 256, reps = 1;
+        else if (i + 1 < argc && !strcmp(argv[i], "--dir")) dir = argv[++i];
+        else if (i + 1 < argc && !strcmp(argv[i], "--mib")) mib = atol(argv[++i]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--layers")) layers = atol(argv[++i]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--reps")) reps = atol(argv[++i]);
+    }
+    char tmp[64];
+    int own = 0;
+    if (!dir) {
+        snprintf(tmp, sizeof tmp, "/tmp/pkv_bench_tier_XXXXXX");
+        if (!mkdtemp(tmp)) die("mkdtemp", strerror(errno));
+        dir = tmp;
+        own = 1;
+    } else {
+        mkdir(dir, 0777);
+    }
+    setup s = {dir, (size_t)(64 * 1152 * layers), 0, NULL, NULL};
+    s.n = (uint32_t)(((uint64_t)mib << 20) / s.bs);
+    s.blobs = malloc(sizeof *s.blobs * NBLOBS);
+    for (int b = 0; b < NBLOBS; b++) {
+        s.blobs[b] = malloc(s.bs);
+        for (size_t k = 0; k < s.bs; k++) s.blobs[b][k] = (uint8_t)(k * 31 + (size_t)b * 7 + (k >> 12));
+    }
+    s.buf = malloc(s.bs);
+    const uint32_t nsync = s.n / 8 ? s.n / 8 : 1; /* durable runs: an eighth of the data */
+    fprintf(stderr, "bench_tier_file: %s, %u blobs of %zu B (%ld MiB), %ld reps, checksum %s\n", dir, s.n, s.bs,
+            mib, reps, pkv__tier_checksum(s.buf, 0, 0, -1) == pkv__tier_checksum(s.buf, 0, 0, 0) ? "ok" : "?");
+    enum { WR, WR_SYNC, RD_WARM, RD_WARM_RAND, RD_COLD, RD_COLD_RAND, NM };
+    double *tier[NM], *file[NM];
+    for (int m = 0; m < NM; m++) tier[m] = calloc((size_t)reps, sizeof(double)), file[m] = calloc((size_t)reps, sizeof(double));
+    const char *how = "none";
+    /* Checksum speed alone, for the reader of the ratios. */
+    double c0 = bench_now();
+    uint64_t sink = 0;
+    for (int k = 0; k < 200; k++) sink += pkv__tier_checksum(s.blobs[k % NBLOBS], s.bs, 1, -1);
+    const double csum_gbs = 200.0 * s.bs / (bench_now() - c0) / 1e9;
+    char sdir[1024];
+    snprintf(sdir, sizeof sdir, "%s/durable", dir);
+    for (long r = 0; r < reps; r++) {
+        /* Tier and file take turns going first; both exist side by side. */
+        const int tier_first = (int)(r & 1) == 0;
+        rm_dir_files(dir);
+        pkv_tier_backend t = open_tier(&s, s.n, 0);
+        for (int k = 0; k < 2; k++) {
+            if ((k == 0) == tier_first) tier[WR][r] = tier_write(&s, &t, s.n);
+            else file[WR][r] = seq_write(&s, s.n, 0);
+        }
+        for (int k = 0; k < 2; k++) {
+            if ((k == 0) == tier_first) {
+                tier[RD_WARM][r] = tier_read(&s, &t, s.n, 0);
+                tier[RD_WARM_RAND][r] = tier_read(&s, &t, s.n, 1);
+            } else {
+                file[RD_WARM][r] = file[RD_WARM_RAND][r] = seq_read(&s, s.n);
+            }
+        }
+        /* Write-back of the host below a VM can linger after sync: settle first. */
+        sync();
+        sleep(2);
+        for (int k = 0; k < 2; k++) {
+            how = evict(dir);
+            if ((k == 0) == tier_first) {
+                tier[RD_COLD][r] = tier_read(&s, &t, s.n, 0);
+                how = evict(dir);
+                tier[RD_COLD_RAND][r] = tier_read(&s, &t, s.n, 1);
+            } else {
+                file[RD_COLD][r] = file[RD_COLD_RAND][r] = seq_read(&s, s.n);
+            }
+        }
+        if (getenv("PKV_BENCH_VERBOSE"))
+            fprintf(stderr, "rep %ld (%s first): write %.3f/%.3f warm %.3f/%.3f cold %.3f/%.3f GB/s tier/file\n", r,
+                    tier_first ? "tier" : "file", tier[WR][r], file[WR][r], tier[RD_WARM][r], file[RD_WARM][r],
+                    tier[RD_COLD][r], file[RD_COLD][r]);
+        t.close(t.ctx);
+        rm_dir_files(dir);
+        mkdir(sdir, 0777);
+        rm_dir_files(sdir);
+        setup ss = s;
+        ss.dir = sdir;
+        for (int k = 0; k < 2; k++) {
+            if ((k == 0) == tier_first) {
+                pkv_tier_backend ts = open_tier(&ss, nsync, PKV_FILE_TIER_FSYNC);
+                tier[WR_SYNC][r] = tier_write(&ss, &ts, nsync);
+                ts.close(ts.ctx);
+            } else {
+                file[WR_SYNC][r] = seq_write(&s, nsync, 1);
+            }
+        }
+        rm_dir_files(sdir);
+        rmdir(sdir);
+    }
+    static const char *ops[NM] = {"write", "write_fsync", "read", "read_random", "read", "read_random"};
+    static const char *caches[NM] = {"warm", "durable", "warm", "warm", "cold", "cold"};
+    double *ratio = calloc((size_t)reps, sizeof(double));
+    for (int m = 0; m < NM; m++) {
+        for (long r = 0; r < reps; r++) ratio[r] = tier[m][r] / file[m][r];
+        const double rm = bench_median(ratio, (int)reps);
+        report(ops[m], caches[m], m >= RD_COLD ? how : "none", bench_median(tier[m], (int)reps),
+               bench_median(file[m], (int)reps), rm, &s, m == WR_SYNC ? nsync : s.n);
+    }
+    bench_json j;
+    json_begin(&j, stdout);
+    json_str(&j, "bench", "tier_file");
+    json_str(&j, "op", "checksum");
+    json_int(&j, "blob_bytes", (long long)s.bs);
+    json_num(&j, "gbs", csum_gbs);
+    json_int(&j, "sink", (long long)(sink & 1));
+    json_end(&j);
+    fprintf(stderr, "checksum alone: %.2f GB/s\n", csum_gbs);
+    rm_dir_files(dir);
+    if (own) rmdir(dir);
+    return 0;
+}
