@@ -1,0 +1,20 @@
+#!/bin/sh
+# The README's examples run as shown: quickstart's output, and the tier example
+# run twice on one directory (the second run, a new process, is served from
+# the file tier with every value checked).
+set -eu
+root=$(cd "$(dirname "$0")/.." && pwd)
+ex="$root/${PKV_BUILD:-build}/examples"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "test_examples: $*"; exit 1; }
+
+"$ex/quickstart" >"$tmp/q.out" || fail "quickstart failed"
+grep -q "append: ok, copy block 1 -> 2, new slot 164" "$tmp/q.out" || fail "quickstart output: $(cat "$tmp/q.out")"
+
+"$ex/tier_restart" "$tmp/tier" >"$tmp/1.out" || fail "tier_restart (first run) failed: $(cat "$tmp/1.out")"
+grep -q "3 blocks written to the file tier" "$tmp/1.out" || fail "first run: $(cat "$tmp/1.out")"
+"$ex/tier_restart" "$tmp/tier" >"$tmp/2.out" || fail "tier_restart (restart) failed: $(cat "$tmp/2.out")"
+grep -q "restarted: 192 of 200 prompt tokens served from the file tier (3 blocks promoted, 0 values off)" "$tmp/2.out" ||
+    fail "restart: $(cat "$tmp/2.out")"
+echo "test_examples: quickstart and the file-tier restart example give the README's output"
