@@ -498,6 +498,10 @@ typedef struct pkv_attn_args {
     const int32_t *indices;    /* NULL: dense over block_table; else sparse (below) */
     int32_t topk;              /* entries per query row of indices */
     const float *attn_sink;    /* NULL, or [h_q]: one extra logit per head in the denominator */
+    int32_t window;            /* 0: full attention; W > 0: sliding window, a query row sees
+                                * only the last W of the keys it would see (decode: keys
+                                * [L - W, L); FlashInfer's window_left = W - 1). Dense only. */
+    int32_t reserved;          /* 0 */
 } pkv_attn_args;
 
 /*! Zeroes *args and sets args->size; then fill the fields. Every pkv_attn_args

@@ -41,7 +41,7 @@
 #define PKV_CONFIG_SIZE_1_0 ((size_t)88)
 #define PKV_STATS_SIZE_1_0 ((size_t)112)
 #define PKV_TIER_STATS_SIZE_1_0 sizeof(pkv_tier_stats)
-#define PKV_ATTN_ARGS_SIZE_1_0 ((size_t)136)
+#define PKV_ATTN_ARGS_SIZE_1_0 ((size_t)144)
 /* Copies a caller's struct (its first field the uint32_t size) into dst, which
  * holds the library's defaults and is dst_size bytes: PKV_ERR_INVALID when the
  * caller's size is below min_size, or above dst_size with a non-zero byte the

@@ -89,7 +89,8 @@ int main(void) {
     CHECK_INT(offsetof(pkv_attn_args, indices), 112);
     CHECK_INT(offsetof(pkv_attn_args, topk), 120);
     CHECK_INT(offsetof(pkv_attn_args, attn_sink), 128);
-    CHECK_INT(sizeof(pkv_attn_args), 136);
+    CHECK_INT(offsetof(pkv_attn_args, window), 136);
+    CHECK_INT(sizeof(pkv_attn_args), 144);
 #endif
     CHECK_INT(sizeof(pkv_seq), 8);
     CHECK_INT(sizeof(pkv_block_copy), 8);

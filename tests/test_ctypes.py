@@ -27,7 +27,8 @@ class Args(ctypes.Structure):
         ("q", ctypes.c_void_p), ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
         ("block_table", ctypes.c_void_p), ("cache_seqlens", ctypes.c_void_p),
         ("out", ctypes.c_void_p), ("lse", ctypes.c_void_p), ("indices", ctypes.c_void_p),
-        ("topk", ctypes.c_int32), ("attn_sink", ctypes.c_void_p)]
+        ("topk", ctypes.c_int32), ("attn_sink", ctypes.c_void_p),
+        ("window", ctypes.c_int32), ("reserved", ctypes.c_int32)]
 
 def run(lib, vec):
     """The oracle on vec's gqa_sepv_f32 through the mirror; returns the number of checks."""
@@ -66,7 +67,7 @@ def main():
     lib = ctypes.CDLL(lib_path)
     lib.pkv_attn_reference.argtypes = [ctypes.POINTER(Args)]
     lib.pkv_strerror.restype = ctypes.c_char_p
-    assert ctypes.sizeof(Args) == 136, ctypes.sizeof(Args)
+    assert ctypes.sizeof(Args) == 144, ctypes.sizeof(Args)
     checks = 1 + run(lib, own)
     if os.path.exists(os.path.join(shared, "cases.txt")):
         checks += run(lib, shared)

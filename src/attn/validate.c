@@ -29,6 +29,8 @@ static int check_shapes(const pkv_attn_args *a, int sparse) {
     RETURN_IF(sparse && a->causal != 0, PKV_ERR_INVALID);
     RETURN_IF(sparse && a->topk < 1, PKV_ERR_INVALID);
     RETURN_IF(!isfinite(a->softmax_scale), PKV_ERR_INVALID);
+    RETURN_IF(a->window < 0 || a->reserved != 0 || (sparse && a->window != 0), PKV_ERR_INVALID);
+    RETURN_IF(a->window != 0, PKV_ERR_INVALID); /* sliding windows: not implemented yet */
     return PKV_OK;
 }
 
