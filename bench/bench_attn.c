@@ -2,15 +2,23 @@
  *
  *   build/bench/bench_attn [--quick] [--threads N] [--only NAME]   (or PKV_BENCH_QUICK=1)
  *
- * First measures the FP32 FMA ceiling (register-only loop, one core and all
- * cores) and the streaming-read bandwidth, then for each shape and block size:
- * median time, GFLOP/s (2 * h_q * s_q * keys * (d + dv)), % of the all-core FMA
- * ceiling, effective GB/s of KV read and % of the bandwidth ceiling, speed-up
- * over the oracle, and paged / contiguous time (the same rows behind an
- * identity table with one block per sequence). The oracle (double precision)
- * is timed once on a reduced shape (1 sequence, <= 256 keys) and scaled by
- * FLOPs; the JSON says so ("oracle_scaled_from"). JSON lines on stdout, a
- * table on stderr. */
+ * First measures the ceilings of each instruction kind the kernels execute
+ * (FP32 FMA at 512 and 256 bits, vdpbf16ps, AMX tdpbf16ps where present: one
+ * core and all cores, best and median of the runs) and the streaming-read
+ * bandwidth, then for each shape and block size: median time, GFLOP/s
+ * (2 * h_q * keys * (d + dv), causal rows counting the keys they see), the
+ * kernel's roofline and its share of it, effective GB/s of KV read and % of the
+ * bandwidth, speed-up over the oracle, and paged / contiguous time (the same
+ * rows behind an identity table with one block per sequence).
+ *
+ * Roofline of a row: min(compute, bandwidth * FLOPs / KV bytes), where compute
+ * is what the kernel's instruction mix allows on all cores: Q K^T FLOPs at the
+ * ceiling of the instruction that computes them plus P V FLOPs at theirs (AMX
+ * computes P V twice, a bf16 high and low part), i.e. FLOPs / (F_qk / C_qk +
+ * m_pv * F_pv / C_pv). Ceilings are the best of their runs, so a loaded machine
+ * lowers a kernel's share, never raises it. The oracle (double precision) is
+ * timed once on a reduced shape (1 sequence, <= 256 keys, <= 2 query tokens)
+ * and scaled by FLOPs. JSON lines on stdout, a table on stderr. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,21 +30,25 @@
 typedef struct shape {
     const char *name;
     int32_t b, h_q, h_kv, d, dv, s_q, s_k, causal, q_dtype, kv_dtype, v_shared;
+    int32_t prefill; /* chunked prefill: block size 64 only, 3 runs, no contiguous twin */
 } shape;
 
 static const shape shapes[] = {
-    {"mla_bf16", 1, 128, 1, 576, 512, 1, 8192, 0, PKV_BF16, PKV_BF16, 1},
-    {"mla_bf16", 8, 128, 1, 576, 512, 1, 4096, 0, PKV_BF16, PKV_BF16, 1},
-    {"mla_bf16", 8, 16, 1, 576, 512, 1, 8192, 0, PKV_BF16, PKV_BF16, 1},
-    {"mla_bf16", 64, 16, 1, 576, 512, 1, 1024, 0, PKV_BF16, PKV_BF16, 1},
-    {"mla_bf16_mtp", 8, 64, 1, 576, 512, 2, 4096, 1, PKV_BF16, PKV_BF16, 1},
-    {"mla_fp8", 1, 128, 1, 576, 512, 1, 8192, 0, PKV_BF16, PKV_FP8_MLA656, 1},
-    {"mla_fp8", 8, 128, 1, 576, 512, 1, 4096, 0, PKV_BF16, PKV_FP8_MLA656, 1},
-    {"mla_fp8", 8, 16, 1, 576, 512, 1, 8192, 0, PKV_BF16, PKV_FP8_MLA656, 1},
-    {"mla_fp8", 64, 16, 1, 576, 512, 1, 1024, 0, PKV_BF16, PKV_FP8_MLA656, 1},
-    {"mla_fp8_mtp", 8, 64, 1, 576, 512, 2, 4096, 1, PKV_BF16, PKV_FP8_MLA656, 1},
-    {"gqa_f16", 1, 32, 8, 128, 128, 1, 16384, 0, PKV_F16, PKV_F16, 0},
-    {"gqa_f16", 16, 32, 8, 128, 128, 1, 2048, 0, PKV_F16, PKV_F16, 0},
+    {"mla_bf16", 1, 128, 1, 576, 512, 1, 8192, 0, PKV_BF16, PKV_BF16, 1, 0},
+    {"mla_bf16", 8, 128, 1, 576, 512, 1, 4096, 0, PKV_BF16, PKV_BF16, 1, 0},
+    {"mla_bf16", 8, 16, 1, 576, 512, 1, 8192, 0, PKV_BF16, PKV_BF16, 1, 0},
+    {"mla_bf16", 64, 16, 1, 576, 512, 1, 1024, 0, PKV_BF16, PKV_BF16, 1, 0},
+    {"mla_bf16_mtp", 8, 64, 1, 576, 512, 2, 4096, 1, PKV_BF16, PKV_BF16, 1, 0},
+    {"mla_fp8", 1, 128, 1, 576, 512, 1, 8192, 0, PKV_BF16, PKV_FP8_MLA656, 1, 0},
+    {"mla_fp8", 8, 128, 1, 576, 512, 1, 4096, 0, PKV_BF16, PKV_FP8_MLA656, 1, 0},
+    {"mla_fp8", 8, 16, 1, 576, 512, 1, 8192, 0, PKV_BF16, PKV_FP8_MLA656, 1, 0},
+    {"mla_fp8", 64, 16, 1, 576, 512, 1, 1024, 0, PKV_BF16, PKV_FP8_MLA656, 1, 0},
+    {"mla_fp8_mtp", 8, 64, 1, 576, 512, 2, 4096, 1, PKV_BF16, PKV_FP8_MLA656, 1, 0},
+    {"gqa_f16", 1, 32, 8, 128, 128, 1, 16384, 0, PKV_F16, PKV_F16, 0, 0},
+    {"gqa_f16", 16, 32, 8, 128, 128, 1, 2048, 0, PKV_F16, PKV_F16, 0, 0},
+    /* causal chunked prefill: 1024 new tokens over a 4096-token sequence */
+    {"mla_bf16_prefill", 1, 16, 1, 576, 512, 1024, 4096, 1, PKV_BF16, PKV_BF16, 1, 1},
+    {"gqa_bf16_prefill", 1, 32, 8, 128, 128, 1024, 4096, 1, PKV_BF16, PKV_BF16, 0, 1},
 };
 
 static const char *dt_name(int t) {
@@ -184,21 +196,68 @@ static double time_attn(const pkv_attn_args *a, pkv_workers *w, int min_reps, do
     return med;
 }
 
-/* Oracle seconds for the full shape, from one run on 1 sequence of <= 256 keys. */
+/* Keys the query rows of shape s see, summed over its query tokens (one sequence). */
+static double seen_keys(int32_t s_q, int32_t s_k, int causal) {
+    double keys = 0;
+    for (int32_t i = 0; i < s_q; i++) keys += causal ? s_k - s_q + i + 1 : s_k;
+    return keys;
+}
+
+/* Oracle seconds for the full shape, from one run on 1 sequence of <= 256 keys
+ * and <= 2 query tokens, scaled by FLOPs. */
 static double time_oracle(const shape *s, const bdata *d, double *scaled_from_keys) {
-    shape r = *s;
-    r.b = 1;
-    r.s_k = s->s_k < 256 ? s->s_k : 256;
+    const int32_t keys = s->s_k < 256 ? s->s_k : 256, sq = s->s_q < 2 ? s->s_q : 2;
     pkv_attn_args a = args_of(s, d, 0, 0);
     a.batch = 1;
-    int32_t len = r.s_k;
+    a.s_q = sq;
+    int32_t len = keys;
     a.cache_seqlens = &len;
     a.block_size = s->s_k;
     const double t0 = bench_now();
     pkv_attn_reference(&a);
     const double t = bench_now() - t0;
-    *scaled_from_keys = r.s_k;
-    return t * ((double)s->b * s->s_k) / (double)r.s_k;
+    *scaled_from_keys = keys;
+    return t * ((double)s->b * seen_keys(s->s_q, s->s_k, s->causal)) / seen_keys(sq, keys, s->causal);
+}
+
+/* The ceilings of one run (GFLOP/s, all threads; 0: kind not on this CPU). */
+static double ceil_all[BENCH_KINDS];
+
+/* What a kernel family executes: the instruction kind of Q K^T and of P V and
+ * how many times P V's FLOPs are computed. */
+static void kernel_mix(const char *name, int *kqk, int *kpv, double *mpv) {
+    *mpv = 1;
+    if (!strncmp(name, "amx", 3)) {
+        *kqk = *kpv = BENCH_AMX_BF16;
+        *mpv = 2; /* P as a bf16 high part and a residual */
+    } else if (strstr(name, "bf16dp")) {
+        *kqk = BENCH_DPBF16;
+        *kpv = BENCH_FMA512;
+    } else if (!strncmp(name, "avx512", 6)) {
+        *kqk = *kpv = BENCH_FMA512;
+    } else if (!strncmp(name, "avx2", 4)) {
+        *kqk = *kpv = BENCH_FMA256;
+    } else {
+        *kqk = *kpv = BENCH_SCALAR;
+    }
+}
+
+/* GFLOP/s the kernel's instruction mix allows on all threads (0 when a kind it
+ * needs was not measured). */
+static double compute_roof(const char *kernel, const shape *s) {
+    int kqk, kpv;
+    double mpv;
+    kernel_mix(kernel, &kqk, &kpv, &mpv);
+    if (ceil_all[kqk] <= 0 || ceil_all[kpv] <= 0) return 0;
+    const double fqk = s->d, fpv = s->dv; /* per key and query row, up to the common factor */
+    return (fqk + fpv) / (fqk / ceil_all[kqk] + mpv * fpv / ceil_all[kpv]);
+}
+
+/* The kernels pkv_attn runs for shape s (few rows per KV head: the rows variant). */
+static const attn_ops *ops_for_shape(const shape *s, const attn_ops *forced) {
+    const attn_ops *o = forced ? forced : attn_ops_best(s->q_dtype, s->kv_dtype);
+    if (o && o->small_m && (int64_t)(s->h_q / s->h_kv) * s->s_q <= ATTN_SMALL_M) o = o->small_m;
+    return o;
 }
 
 int main(int argc, char **argv) {
@@ -212,27 +271,39 @@ int main(int argc, char **argv) {
     const int cpus = bench_cpus();
     const int nthreads = threads > 0 ? threads : cpus;
     const int reps = quick ? 3 : 7;
-    const char *fisa = "";
-    const double fma1 = bench_fma_gflops(1, reps, &fisa);
-    const double fmaN = bench_fma_gflops(nthreads, reps, NULL);
-    const double bw = bench_read_gbs((size_t)1 << 30, nthreads, quick ? 3 : 5);
     bench_json j;
     json_begin(&j, stdout);
     json_str(&j, "bench", "ceilings");
     json_str(&j, "cpu", bench_cpu_model());
     json_int(&j, "cpus", cpus);
     json_int(&j, "threads", nthreads);
-    json_str(&j, "fma_isa", fisa);
-    json_num(&j, "fma_gflops_1core", fma1);
-    json_num(&j, "fma_gflops_all", fmaN);
+    fprintf(stderr, "CPU: %s, %d threads; attention ISA %s\n", bench_cpu_model(), nthreads, pkv_isa_name());
+    fprintf(stderr, "ceilings, GFLOP/s (best / median of %d runs of ~0.1 s):\n", reps);
+    for (int k = 0; k < BENCH_KINDS; k++) {
+        if (!bench_kind_available(k)) continue;
+        double m1, mn;
+        const double c1 = bench_ceiling(k, 1, reps, &m1);
+        ceil_all[k] = bench_ceiling(k, nthreads, reps, &mn);
+        char key[64];
+        snprintf(key, sizeof key, "%s_gflops_1core", bench_kind_name(k));
+        json_num(&j, key, c1);
+        snprintf(key, sizeof key, "%s_gflops_all", bench_kind_name(k));
+        json_num(&j, key, ceil_all[k]);
+        snprintf(key, sizeof key, "%s_gflops_all_median", bench_kind_name(k));
+        json_num(&j, key, mn);
+        fprintf(stderr, "  %-14s one core %7.1f / %7.1f   all cores %7.1f / %7.1f\n", bench_kind_name(k), c1, m1,
+                ceil_all[k], mn);
+    }
+    double bw_best = 0;
+    const double bw_med = bench_read_gbs((size_t)1 << 30, nthreads, quick ? 3 : 5, &bw_best);
+    const double bw = bw_best;
     json_num(&j, "read_gbs", bw);
+    json_num(&j, "read_gbs_median", bw_med);
     json_str(&j, "attn_isa", pkv_isa_name());
     json_end(&j);
-    fprintf(stderr, "CPU: %s, %d threads; attention ISA %s\n", bench_cpu_model(), nthreads, pkv_isa_name());
-    fprintf(stderr, "FP32 FMA ceiling (%s): %.1f GFLOP/s one core, %.1f all; streaming read %.1f GB/s\n\n", fisa,
-            fma1, fmaN, bw);
-    fprintf(stderr, "%-13s %3s %4s %2s %6s %3s %-17s %9s %8s %6s %7s %5s %6s %9s %7s\n", "shape", "b", "h_q", "sq",
-            "s_k", "bs", "kernel", "time_ms", "GFLOP/s", "%fma", "GB/s", "%bw", "B/tok", "x_oracle", "pg/ct");
+    fprintf(stderr, "  streaming read %.1f GB/s (best), %.1f (median)\n\n", bw, bw_med);
+    fprintf(stderr, "%-16s %3s %4s %4s %6s %3s %-17s %9s %8s %8s %5s %7s %5s %6s %9s %7s\n", "shape", "b", "h_q", "sq",
+            "s_k", "bs", "kernel", "time_ms", "GFLOP/s", "roof", "%roof", "GB/s", "%bw", "B/tok", "x_oracle", "pg/ct");
 
     pkv_workers *w = NULL, *w1 = NULL;
     if (pkv_workers_create(nthreads, &w) != PKV_OK || pkv_workers_create(1, &w1) != PKV_OK) return 1;
@@ -252,26 +323,28 @@ int main(int argc, char **argv) {
             if (s->h_q != 128 || s->s_q != 1) continue;
             forced_ops = attn_ops_for(PKV_ISA_AVX512, s->q_dtype, s->kv_dtype);
         }
-        for (int bi = 0; bi < (quick || forced_ops ? 1 : 2); bi++) {
+        for (int bi = 0; bi < (quick || forced_ops || s->prefill ? 1 : 2); bi++) {
             const int32_t bs = bss[bi];
             bdata d;
             build(s, bs, &d);
             pkv_attn_args ap = args_of(s, &d, 1, bs), ac = args_of(s, &d, 0, bs);
-            const double budget = quick ? 0.3 : 1.0;
+            const double budget = quick || s->prefill ? 0.3 : 1.0;
+            const int nrep = s->prefill ? 3 : reps;
             double tpmin = 0;
-            const double tp = time_attn(&ap, w, reps, budget, &tpmin);
-            const double tc = time_attn(&ac, w, reps, budget, NULL);
-            /* causal: query i sees s_k - s_q + i + 1 keys */
-            double keys = 0;
-            for (int32_t i = 0; i < s->s_q; i++) keys += s->causal ? s->s_k - s->s_q + i + 1 : s->s_k;
-            const double flops = 2.0 * s->b * s->h_q * keys * (s->d + s->dv);
+            const double tp = time_attn(&ap, w, nrep, budget, &tpmin);
+            const double tc = s->prefill ? NAN : time_attn(&ac, w, reps, budget, NULL);
+            const double flops = 2.0 * s->b * s->h_q * seen_keys(s->s_q, s->s_k, s->causal) * (s->d + s->dv);
             const double tok_bytes = (double)(d.krow + d.vrow);
             const double kv_bytes = (double)s->b * s->s_k * tok_bytes;
             if (bi == 0 && !forced_ops) oracle_t[si] = time_oracle(s, &d, &oracle_from[si]);
             const double to = oracle_t[si], from = oracle_from[si];
             double t1 = NAN;
             if (s->b == 1 && s->h_q == 128 && bi == 0 && !forced_ops) t1 = time_attn(&ap, w1, quick ? 2 : 3, budget, NULL);
-            const char *kname = forced_ops ? forced_ops->name : pkv_attn_kernel_name(s->q_dtype, s->kv_dtype);
+            const attn_ops *kops = ops_for_shape(s, forced_ops);
+            const char *kname = kops ? kops->name : "?";
+            const double croof = compute_roof(kname, s), mroof = bw * flops / kv_bytes;
+            const double roof = croof > 0 && croof < mroof ? croof : mroof;
+            const double gflops = flops / tp * 1e-9;
             json_begin(&j, stdout);
             json_str(&j, "bench", "attn");
             json_str(&j, "shape", s->name);
@@ -283,13 +356,18 @@ int main(int argc, char **argv) {
             json_int(&j, "threads", nthreads);
             json_num(&j, "time_ms", tp * 1e3);
             json_num(&j, "time_ms_min", tpmin * 1e3);
-            json_num(&j, "gflops", flops / tp * 1e-9);
-            json_num(&j, "pct_fma", 100.0 * flops / tp * 1e-9 / fmaN);
+            json_num(&j, "gflops", gflops);
+            json_num(&j, "roof_compute_gflops", croof);
+            json_num(&j, "roof_memory_gflops", mroof);
+            json_num(&j, "roof_gflops", roof);
+            json_num(&j, "pct_roof", 100.0 * gflops / roof);
             json_num(&j, "kv_bytes_per_token", tok_bytes);
             json_num(&j, "kv_gbs", kv_bytes / tp * 1e-9);
             json_num(&j, "pct_bw", 100.0 * kv_bytes / tp * 1e-9 / bw);
-            json_num(&j, "contig_time_ms", tc * 1e3);
-            json_num(&j, "paged_over_contig", tp / tc);
+            if (!s->prefill) {
+                json_num(&j, "contig_time_ms", tc * 1e3);
+                json_num(&j, "paged_over_contig", tp / tc);
+            }
             json_num(&j, "oracle_ms_est", to * 1e3);
             json_str(&j, "oracle_method", "one run on 1 sequence of oracle_scaled_from_keys keys, scaled by FLOPs");
             json_num(&j, "oracle_scaled_from_keys", from);
@@ -299,10 +377,10 @@ int main(int argc, char **argv) {
                 json_num(&j, "scaling_vs_1thread", t1 / tp);
             }
             json_end(&j);
-            fprintf(stderr, "%-13s %3d %4d %2d %6d %3d %-17s %9.2f %8.1f %5.0f%% %7.1f %4.0f%% %6.0f %9.0f %7.3f", s->name,
-                    s->b, s->h_q, s->s_q, s->s_k, bs, kname, tp * 1e3, flops / tp * 1e-9,
-                    100.0 * flops / tp * 1e-9 / fmaN, kv_bytes / tp * 1e-9, 100.0 * kv_bytes / tp * 1e-9 / bw,
-                    tok_bytes, to / tp, tp / tc);
+            fprintf(stderr, "%-16s %3d %4d %4d %6d %3d %-17s %9.2f %8.1f %7.0f%c %4.0f%% %7.1f %4.0f%% %6.0f %9.0f %7.3f",
+                    s->name, s->b, s->h_q, s->s_q, s->s_k, bs, kname, tp * 1e3, gflops, roof, roof == mroof ? 'm' : 'c',
+                    100.0 * gflops / roof, kv_bytes / tp * 1e-9, 100.0 * kv_bytes / tp * 1e-9 / bw, tok_bytes, to / tp,
+                    s->prefill ? 0.0 : tp / tc);
             if (!isnan(t1)) fprintf(stderr, "  (1 thread %.2f ms: x%.2f)", t1 * 1e3, t1 / tp);
             fputc('\n', stderr);
             release(&d);

@@ -18,12 +18,29 @@ int bench_cpus(void);
 /* CPU model string from /proc/cpuinfo ("unknown" elsewhere). */
 const char *bench_cpu_model(void);
 
-/* FP32 FMA GFLOP/s of threads threads running a register-only FMA loop with the
- * widest vectors the CPU has (AVX-512, AVX2+FMA, else scalar), median of reps.
- * *isa (may be NULL) names the vector width used. */
-double bench_fma_gflops(int threads, int reps, const char **isa);
-/* Streaming-read GB/s over a buffer of bytes, threads threads, median of reps. */
-double bench_read_gbs(size_t bytes, int threads, int reps);
+/* The machine's compute ceilings, one per instruction kind the kernels run:
+ * register-only loops with 16 independent chains written out (fma_avx512.c,
+ * fma_avx2.c). */
+typedef enum bench_kind {
+    BENCH_SCALAR = 0, /* scalar float multiply-add (the portable kernels) */
+    BENCH_FMA256,     /* FP32 FMA on 256-bit vectors */
+    BENCH_FMA512,     /* FP32 FMA on 512-bit vectors */
+    BENCH_DPBF16,     /* vdpbf16ps (AVX-512 BF16) */
+    BENCH_AMX_BF16,   /* AMX tdpbf16ps */
+    BENCH_KINDS
+} bench_kind;
+/* "scalar", "fma256", "fma512", "vdpbf16ps", "amx-tdpbf16ps". */
+const char *bench_kind_name(int kind);
+/* 1 if this CPU runs kind's loop. */
+int bench_kind_available(int kind);
+/* GFLOP/s of threads threads each running kind's loop for ~0.1 s: the best of
+ * reps runs (the ceiling; a loaded machine only lowers it), *median (may be
+ * NULL) the median. 0 when the kind is unavailable. */
+double bench_ceiling(int kind, int threads, int reps, double *median);
+
+/* Streaming-read GB/s over a buffer of bytes, threads threads: median of reps
+ * (*best, may be NULL: the best run). */
+double bench_read_gbs(size_t bytes, int threads, int reps, double *best);
 
 /* JSON lines: json_begin(f); json_str(f, "k", "v"); json_num(f, "k", 1.5); json_end(f). */
 typedef struct bench_json {
@@ -36,9 +53,11 @@ void json_num(bench_json *j, const char *key, double val);
 void json_int(bench_json *j, const char *key, long long val);
 void json_end(bench_json *j);
 
-/* Register-only FMA kernels per ISA (fma_avx512.c, fma_avx2.c): iters loop
- * iterations; returns the FLOPs done (and a value that keeps the loop alive). */
-double bench_fma_avx512(long iters, float *sink);
-double bench_fma_avx2(long iters, float *sink);
+/* The loops (fma_avx512.c, fma_avx2.c): iters iterations; return the FLOPs. */
+double bench_fma512(long iters, float *sink);
+double bench_fma256(long iters, float *sink);     /* EVEX: needs AVX-512VL */
+double bench_fma256_vex(long iters, float *sink); /* AVX2 + FMA */
+double bench_dpbf16(long iters, float *sink);
+double bench_amx_bf16(long iters, float *sink);
 
 #endif
