@@ -370,6 +370,36 @@ PKV_API int pkv_prefix_register(pkv_cache *cache, pkv_seq seq, int32_t *register
 PKV_API int pkv_prefix_lookup(pkv_cache *cache, uint64_t ns, const int32_t *tokens, int32_t n,
                               pkv_seq *out, int32_t *cached_tokens);
 
+/*! Counts how many tokens of tokens[0..n) in namespace ns a lookup would find
+ *  cached right now (a multiple of block_size), without taking references,
+ *  touching the LRU order, promoting from tiers or counting a query: an
+ *  admission check before a request is scheduled (vLLM's get_computed_blocks).
+ *  *pool_tokens (may be NULL): of those, the tokens whose blocks are in the
+ *  pool (the rest are in tiers and would be loaded).
+ *  @return PKV_OK; PKV_ERR_MODE (prefix caching off), PKV_ERR_NULL, PKV_ERR_INVALID. */
+PKV_API int pkv_prefix_peek(pkv_cache *cache, uint64_t ns, const int32_t *tokens, int32_t n,
+                            int32_t *cached_tokens, int32_t *pool_tokens);
+
+/*! Evicts up to n evictable cached blocks (least recently used first; with tiers
+ *  they move to tier 0 as the pool's own evictions do), returning them to the free
+ *  list; *evicted (may be NULL) = how many. Blocks held by sequences are not
+ *  touched. @return PKV_OK; PKV_ERR_MODE, PKV_ERR_INVALID (n < 0). */
+PKV_API int pkv_prefix_evict(pkv_cache *cache, int32_t n, int32_t *evicted);
+
+/*! Empties the prefix index: every cached block is forgotten (evictable ones go
+ *  to the free list) and the tiers are emptied. Refused with PKV_ERR_STATE
+ *  while a sequence holds registered blocks (free them first), as vLLM's
+ *  reset_prefix_cache refuses while requests run. Statistics are kept.
+ *  @return PKV_OK; PKV_ERR_MODE, PKV_ERR_STATE. */
+PKV_API int pkv_prefix_reset(pkv_cache *cache);
+
+/*! The number of blocks whose KV storage (every layer, K and V arenas) fits in
+ *  bytes for cfg's geometry and dtype (host mode's arenas; for a GPU engine in
+ *  metadata mode, the same arithmetic sizes its pool). Metadata is not counted.
+ *  @return PKV_OK and *num_blocks (>= 1); PKV_ERR_NULL, PKV_ERR_DTYPE,
+ *  PKV_ERR_INVALID (geometry, or bytes below one block, or over INT32_MAX blocks). */
+PKV_API int pkv_config_blocks_for_bytes(const pkv_config *cfg, uint64_t bytes, int32_t *num_blocks);
+
 /*! SipHash-2-4 with a 128-bit output (the reference's siphash with outlen 16)
  *  of in[0..len) under key[16]; out[16]. Public so its test vectors can be
  *  checked; also handy for engines that key their own tables. */

@@ -104,6 +104,9 @@ int32_t pool_alloc(pkv_pool *p, int *reclaimed);
 void pool_ref(pkv_pool *p, int32_t block);
 /* One holder fewer; at 0 the block becomes evictable (cached) or free. */
 void pool_unref(pkv_pool *p, int32_t block);
+/* Reclaims the least recently used evictable block onto the free list (its
+ * contents intact until reused; the caller tells the index). -1 when none. */
+int32_t pool_evict_lru(pkv_pool *p);
 /* Evictable block -> head of the LRU list (evicted next). */
 void pool_evict_first(pkv_pool *p, int32_t block);
 /* The index stops promising block's contents: an evictable block goes to the
@@ -245,6 +248,7 @@ void prefix_place(pkv_prefix *p, int32_t e, int32_t b);
  * pool block, if any, stops being cached). Returns 1 when an evictable pool
  * block went to the free list. */
 int32_t prefix_first_child(const pkv_prefix *p, int32_t e);
+int32_t prefix_entry_parent(const pkv_prefix *p, int32_t e);
 /* Whether id e names an entry (ids of dropped entries are not reused within a call). */
 int prefix_entry_live(const pkv_prefix *p, int32_t e);
 /* Tier membership of entry e (bit t: tier t holds it). */
@@ -259,6 +263,9 @@ int32_t prefix_find_key(const pkv_prefix *p, const uint64_t key[2]);
 /* The longest chain matching tokens[0..n) in ns, as entry ids (wherever they
  * live) into ents[] (room for n / bs); returns its length. No statistics. */
 int32_t prefix_match_entries(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *ents);
+/* The chain's length as prefix_match_entries finds it, without writing it;
+ * *pool_lead = how many of its first blocks are in the pool. */
+int32_t prefix_peek(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *pool_lead);
 void prefix_count_query(pkv_prefix *p, int32_t n, int32_t hit_tokens);
 /* Invariants of the index, and of the sequences' registered blocks against it. */
 int prefix_check(pkv_prefix *p, pkv_seqtab *t, const pkv_allocator *al, pkv_detail *d);
@@ -333,6 +340,9 @@ void tier_evicted(struct pkv_cache *c, int32_t b);
  * *block on success, 0 on a miss (the entry is dropped from that tier). */
 int tier_promote(struct pkv_cache *c, int32_t e, int32_t (*take)(struct pkv_cache *), int32_t *block);
 int tier_check(struct pkv_cache *c, pkv_detail *d);
+/* Drops entry e and its descendants from the index, the tiers and the pool's
+ * cached marks (works without tiers too). */
+void tier_drop_tree(struct pkv_cache *c, int32_t e);
 void tier_stats(const struct pkv_cache *c, int ti, pkv_tier_stats *out);
 
 /* ---- the cache handle (cache.c, ops.c): the top, the only orchestrator ---- */

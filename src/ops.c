@@ -330,3 +330,47 @@ int pkv_tier_stats_get(pkv_cache *c, int32_t tier, pkv_tier_stats *user_out) {
     pkv__struct_export(user_out, &full, sizeof full);
     CACHE_LEAVE(c, PKV_OK);
 }
+
+/* ---- scheduler calls ---- */
+
+int pkv_prefix_peek(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *cached_tokens,
+                    int32_t *pool_tokens) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !cached_tokens, "cached_tokens");
+    if (!c->prefix) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)"));
+    if (n < 0) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "prompt length %d is negative", n));
+    CACHE_NULL_IF(c, n > 0 && !tokens, "tokens");
+    int32_t lead, m = prefix_peek(c->prefix, ns, tokens, n, &lead);
+    *cached_tokens = m * c->pool.block_size;
+    if (pool_tokens) *pool_tokens = lead * c->pool.block_size;
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_prefix_evict(pkv_cache *c, int32_t n, int32_t *evicted) {
+    CACHE_ENTER(c);
+    if (!c->prefix) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)"));
+    if (n < 0) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "n = %d is negative", n));
+    int32_t k = 0;
+    for (; k < n; k++) {
+        int32_t b = pool_evict_lru(&c->pool);
+        if (b < 0) break;
+        /* The block is free but its contents are intact until reused: offload now. */
+        if (c->tiers.n) tier_evicted(c, b);
+        else prefix_forget(c->prefix, b);
+    }
+    if (evicted) *evicted = k;
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_prefix_reset(pkv_cache *c) {
+    CACHE_ENTER(c);
+    if (!c->prefix) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)"));
+    for (int32_t i = 0; i < c->seqs.seqs_cap; i++)
+        if (c->seqs.seqs[i].live && c->seqs.seqs[i].nregistered)
+            CACHE_LEAVE(c, cache_fail(c, PKV_ERR_STATE, "sequence record %d holds %d registered blocks", i,
+                                      c->seqs.seqs[i].nregistered));
+    int32_t ecap = prefix_ecap(c->prefix);
+    for (int32_t e = 0; e < ecap; e++)
+        if (prefix_entry_live(c->prefix, e) && prefix_entry_parent(c->prefix, e) < 0) tier_drop_tree(c, e);
+    CACHE_LEAVE(c, PKV_OK);
+}

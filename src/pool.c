@@ -121,6 +121,17 @@ void pool_unref(pkv_pool *p, int32_t b) {
     }
 }
 
+int32_t pool_evict_lru(pkv_pool *p) {
+    int32_t b = p->lru_head;
+    if (b < 0) return -1;
+    lru_unlink(p, b);
+    p->cached[b] = 0;
+    p->evictions++;
+    p->state[b] = BLOCK_FREE;
+    p->free_stack[p->free_top++] = b;
+    return b;
+}
+
 void pool_evict_first(pkv_pool *p, int32_t b) {
     if (p->state[b] != BLOCK_EVICTABLE) return;
     lru_unlink(p, b);

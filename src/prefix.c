@@ -250,6 +250,7 @@ int32_t prefix_entry_of_block(const pkv_prefix *p, int32_t b) { return p->ent_of
 int32_t prefix_entry_block(const pkv_prefix *p, int32_t e) { return p->loc[e]; }
 int32_t prefix_first_child(const pkv_prefix *p, int32_t e) { return p->child[e]; }
 int prefix_entry_live(const pkv_prefix *p, int32_t e) { return p->emask[e] & 1; }
+int32_t prefix_entry_parent(const pkv_prefix *p, int32_t e) { return p->parent[e]; }
 uint8_t prefix_tiers_of(const pkv_prefix *p, int32_t e) { return (uint8_t)(p->emask[e] >> 1); }
 
 void prefix_set_tier(pkv_prefix *p, int32_t e, int t, int on) {
@@ -542,8 +543,12 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
 
 /* ---- lookup ---- */
 
-int32_t prefix_match_entries(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *ents) {
-    int32_t bs = p->bs, full = n / bs;
+/* The chain walk: entry ids into ents (NULL: not written), and the length of
+ * its leading run of pool-resident entries into *lead (may be NULL). */
+static int32_t match_walk(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *ents,
+                          int32_t *lead) {
+    int32_t bs = p->bs, full = n / bs, in_pool = 1;
+    if (lead) *lead = 0;
     /* Below a parent with few children the children's tokens are compared
      * directly (the chain's keys are stored, nothing to hash); elsewhere the
      * block's key is computed and probed. Token words are absorbed a window of
@@ -573,10 +578,21 @@ int32_t prefix_match_entries(pkv_prefix *p, uint64_t ns, const int32_t *tokens, 
             e = index_find(p, key, pe, ns, t, 1, 0);
         }
         if (e < 0) break;
-        ents[m++] = e;
+        if (ents) ents[m] = e;
+        in_pool = in_pool && p->loc[e] >= 0;
+        if (lead && in_pool) *lead = m + 1;
+        m++;
         pe = e;
     }
     return m;
+}
+
+int32_t prefix_match_entries(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *ents) {
+    return match_walk(p, ns, tokens, n, ents, NULL);
+}
+
+int32_t prefix_peek(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *pool_lead) {
+    return match_walk(p, ns, tokens, n, NULL, pool_lead);
 }
 
 void prefix_count_query(pkv_prefix *p, int32_t n, int32_t hit_tokens) {

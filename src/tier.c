@@ -215,6 +215,8 @@ static void drop_tree(pkv_cache *c, int32_t e) {
     }
 }
 
+void tier_drop_tree(pkv_cache *c, int32_t e) { drop_tree(c, e); }
+
 static int tier_put(pkv_cache *c, int ti, int32_t e, const uint8_t *blob);
 
 /* Makes room in tier ti: its least recently used entry (not the pinned one)

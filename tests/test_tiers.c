@@ -446,7 +446,30 @@ static void test_file_tier_restart(void) {
     rm_dir(dir);
 }
 
+/* evict(n) sends blocks to the tier like the pool's own evictions; reset
+ * empties the index and the tiers. */
+static void test_evict_reset_with_tiers(void) {
+    pkv_cache *c = make(4, NULL);
+    CHECK_OK(pkv_cache_add_host_tier(c, 8));
+    int32_t a[12] = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8}, n = -1, cached = -1, pool = -1;
+    pkv_seq s = prompt(c, a, 12);
+    CHECK_OK(pkv_seq_free(c, s));
+    CHECK_OK(pkv_prefix_evict(c, 2, &n));
+    CHECK_INT(n, 2);
+    CHECK_INT(tstats(c, 0).stores, 2);
+    CHECK_OK(pkv_prefix_peek(c, 0, a, 12, &cached, &pool));
+    CHECK_INT(cached, 12); /* the whole chain, two of its blocks in the tier */
+    CHECK_INT(pool, 4);
+    CHECK_INT(lookup_check(c, a, 12), 12);
+    CHECK_OK(pkv_prefix_reset(c));
+    CHECK_INT(tstats(c, 0).blocks, 0);
+    CHECK_INT(lookup_check(c, a, 12), 0);
+    CHECK_OK(pkv_cache_check(c));
+    pkv_cache_destroy(c);
+}
+
 int main(void) {
+    test_evict_reset_with_tiers();
     test_file_tier_restart();
     test_offload_promote();
     test_tier_eviction_and_demotion();

@@ -1,0 +1,128 @@
+/* Scheduler calls (issue 14 item 3): peek counts cached tokens without taking
+ * references, touching the LRU order or counting a query; evict(n) and reset
+ * of the prefix cache; sizing a pool from a byte budget. */
+#include "internal.h"
+#include "test.h"
+
+static pkv_cache *make(int32_t nb, int32_t bs) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = nb;
+    cfg.block_size = bs;
+    cfg.flags = PKV_FLAG_PREFIX_CACHE;
+    pkv_cache *c = NULL;
+    CHECK_OK(pkv_cache_create(&cfg, &c));
+    return c;
+}
+
+static pkv_seq registered(pkv_cache *c, const int32_t *toks, int32_t n) {
+    pkv_seq s;
+    pkv_block_copy cow;
+    CHECK_OK(pkv_seq_create(c, 0, &s));
+    CHECK_OK(pkv_seq_append(c, s, n, toks, NULL, &cow));
+    CHECK_OK(pkv_prefix_register(c, s, NULL, NULL));
+    return s;
+}
+
+static pkv_stats stats(pkv_cache *c) {
+    pkv_stats st = PKV_STATS_INIT;
+    CHECK_OK(pkv_cache_stats(c, &st));
+    return st;
+}
+
+static void test_peek(void) {
+    pkv_cache *c = make(8, 2);
+    int32_t a[5] = {1, 2, 3, 4, 5}, b[4] = {7, 8, 9, 10}, cached = -1, pool = -1;
+    pkv_seq sa = registered(c, a, 5), sb = registered(c, b, 4);
+    CHECK_OK(pkv_seq_free(c, sa));
+    CHECK_OK(pkv_seq_free(c, sb)); /* LRU: a1 a0 b1 b0 (a's blocks released first) */
+    pkv_stats before = stats(c);
+    CHECK_OK(pkv_prefix_peek(c, 0, a, 5, &cached, &pool));
+    CHECK_INT(cached, 4);
+    CHECK_INT(pool, 4);
+    CHECK_OK(pkv_prefix_peek(c, 0, a, 3, &cached, NULL));
+    CHECK_INT(cached, 2);
+    CHECK_OK(pkv_prefix_peek(c, 1, a, 5, &cached, NULL)); /* another namespace */
+    CHECK_INT(cached, 0);
+    pkv_stats after = stats(c);
+    CHECK_INT(after.prefix_queries, before.prefix_queries);
+    CHECK_INT(after.evictable_blocks, before.evictable_blocks);
+    /* LRU order untouched: the next eviction still takes a's deepest block. */
+    int32_t n = 0;
+    CHECK_OK(pkv_prefix_evict(c, 1, &n));
+    CHECK_INT(n, 1);
+    CHECK_OK(pkv_prefix_peek(c, 0, a, 5, &cached, NULL));
+    CHECK_INT(cached, 2);
+    CHECK_OK(pkv_prefix_peek(c, 0, b, 4, &cached, NULL));
+    CHECK_INT(cached, 4);
+    CHECK_STATUS(pkv_prefix_peek(c, 0, a, -1, &cached, NULL), PKV_ERR_INVALID);
+    CHECK_STATUS(pkv_prefix_peek(c, 0, NULL, 4, &cached, NULL), PKV_ERR_NULL);
+    CHECK_OK(pkv_cache_check(c));
+    pkv_cache_destroy(c);
+}
+
+static void test_evict_and_reset(void) {
+    pkv_cache *c = make(8, 2);
+    int32_t a[6] = {1, 2, 3, 4, 5, 6}, n = -1;
+    pkv_seq sa = registered(c, a, 6);
+    CHECK_STATUS(pkv_prefix_reset(c), PKV_ERR_STATE); /* sa holds registered blocks */
+    CHECK(strstr(pkv_cache_last_error(c), "registered") != NULL);
+    CHECK_OK(pkv_prefix_evict(c, 5, &n));
+    CHECK_INT(n, 0); /* nothing evictable: held blocks are not touched */
+    CHECK_OK(pkv_seq_free(c, sa));
+    CHECK_INT(stats(c).evictable_blocks, 3);
+    CHECK_OK(pkv_prefix_evict(c, 2, &n));
+    CHECK_INT(n, 2);
+    pkv_stats st = stats(c);
+    CHECK_INT(st.evictable_blocks, 1);
+    CHECK_INT(st.free_blocks, 7);
+    CHECK_INT(st.evictions, 2);
+    CHECK_OK(pkv_prefix_evict(c, 10, &n));
+    CHECK_INT(n, 1);
+    CHECK_STATUS(pkv_prefix_evict(c, -1, &n), PKV_ERR_INVALID);
+    sa = registered(c, a, 6);
+    CHECK_OK(pkv_seq_free(c, sa));
+    CHECK_OK(pkv_prefix_reset(c));
+    st = stats(c);
+    CHECK_INT(st.cached_blocks, 0);
+    CHECK_INT(st.free_blocks, 8);
+    pkv_seq s;
+    int32_t hit = -1;
+    CHECK_OK(pkv_prefix_lookup(c, 0, a, 6, &s, &hit));
+    CHECK_INT(hit, 0);
+    CHECK_OK(pkv_cache_check(c));
+    pkv_cache_destroy(c);
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    CHECK_OK(pkv_cache_create(&cfg, &c));
+    CHECK_STATUS(pkv_prefix_reset(c), PKV_ERR_MODE);
+    CHECK_STATUS(pkv_prefix_evict(c, 1, &n), PKV_ERR_MODE);
+    pkv_cache_destroy(c);
+}
+
+static void test_blocks_for_bytes(void) {
+    pkv_config cfg;
+    pkv_config_init(&cfg); /* MLA: 1 layer, 576 bf16 per token, 64 per block */
+    int32_t nb = 0;
+    CHECK_OK(pkv_config_blocks_for_bytes(&cfg, 1ull << 30, &nb));
+    CHECK_INT(nb, (1 << 30) / (64 * 576 * 2));
+    cfg.num_layers = 61;
+    cfg.kv_dtype = PKV_FP8_MLA656;
+    CHECK_OK(pkv_config_blocks_for_bytes(&cfg, 80ull << 30, &nb));
+    CHECK_INT(nb, (int32_t)((80ull << 30) / (64ull * 656 * 61)));
+    cfg.kv_dtype = PKV_F16;
+    cfg.num_layers = 32, cfg.h_kv = 8, cfg.d = 128, cfg.dv = 128, cfg.v_separate = 1, cfg.block_size = 16;
+    CHECK_OK(pkv_config_blocks_for_bytes(&cfg, 16ull << 30, &nb));
+    CHECK_INT(nb, (int32_t)((16ull << 30) / (16ull * 32 * 2 * 8 * 128 * 2)));
+    CHECK_STATUS(pkv_config_blocks_for_bytes(&cfg, 100, &nb), PKV_ERR_INVALID);
+    cfg.kv_dtype = 99;
+    CHECK_STATUS(pkv_config_blocks_for_bytes(&cfg, 1ull << 30, &nb), PKV_ERR_DTYPE);
+    CHECK_STATUS(pkv_config_blocks_for_bytes(NULL, 1, &nb), PKV_ERR_NULL);
+}
+
+int main(void) {
+    test_peek();
+    test_evict_and_reset();
+    test_blocks_for_bytes();
+    return test_report("test_sched");
+}
