@@ -400,6 +400,30 @@ PKV_API int pkv_prefix_reset(pkv_cache *cache);
  *  PKV_ERR_INVALID (geometry, or bytes below one block, or over INT32_MAX blocks). */
 PKV_API int pkv_config_blocks_for_bytes(const pkv_config *cfg, uint64_t bytes, int32_t *num_blocks);
 
+/* KV events for external KV-aware routers (vLLM's BlockStored / BlockRemoved):
+ * a bounded queue, filled as blocks enter and leave the prefix index (a block
+ * that moves between the pool and the tiers stays stored), drained by the
+ * engine. When the queue is full, new events are dropped and counted. */
+enum pkv_event_kind { PKV_EVENT_STORED = 1, PKV_EVENT_REMOVED = 2 };
+typedef struct pkv_event {
+    int32_t kind;            /* pkv_event_kind */
+    int32_t has_parent;      /* 0 for a chain's first block */
+    uint8_t key[16];         /* the block's identity key (prefix key) */
+    uint8_t parent_key[16];  /* its parent's key (zero without a parent) */
+    uint64_t ns;             /* namespace */
+} pkv_event;
+
+/*! Starts recording events in a queue of capacity entries (allocated now);
+ *  capacity 0 stops recording and frees the queue (pending events are lost).
+ *  @return PKV_OK; PKV_ERR_MODE (prefix caching off), PKV_ERR_INVALID, PKV_ERR_NOMEM. */
+PKV_API int pkv_events_enable(pkv_cache *cache, int32_t capacity);
+
+/*! Moves up to cap pending events, oldest first, into out[0..cap) and sets *n;
+ *  *dropped (may be NULL) = events lost to a full queue since the last drain
+ *  (then reset to 0). A router that sees dropped > 0 resynchronizes.
+ *  @return PKV_OK; PKV_ERR_NULL, PKV_ERR_INVALID (cap < 0), PKV_ERR_STATE (not enabled). */
+PKV_API int pkv_events_drain(pkv_cache *cache, pkv_event *out, int32_t cap, int32_t *n, int64_t *dropped);
+
 /*! SipHash-2-4 with a 128-bit output (the reference's siphash with outlen 16)
  *  of in[0..len) under key[16]; out[16]. Public so its test vectors can be
  *  checked; also handy for engines that key their own tables. */

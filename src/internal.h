@@ -224,6 +224,9 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
  * its blocks into blocks[] (room for n / bs) and returns their count. Counts
  * the query in the statistics; changes nothing else. */
 int32_t prefix_match(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *blocks);
+/* KV events (the queue lives with the index). */
+int prefix_events_enable(pkv_prefix *p, const pkv_allocator *al, int32_t cap);
+int prefix_events_drain(pkv_prefix *p, pkv_event *out, int32_t cap, int32_t *n, int64_t *dropped);
 /* The token ids of cached block b (the entry located there), or NULL. */
 const int32_t *prefix_block_tokens(const pkv_prefix *p, int32_t b);
 

@@ -374,3 +374,25 @@ int pkv_prefix_reset(pkv_cache *c) {
         if (prefix_entry_live(c->prefix, e) && prefix_entry_parent(c->prefix, e) < 0) tier_drop_tree(c, e);
     CACHE_LEAVE(c, PKV_OK);
 }
+
+/* ---- KV events ---- */
+
+int pkv_events_enable(pkv_cache *c, int32_t capacity) {
+    CACHE_ENTER(c);
+    if (!c->prefix) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)"));
+    if (capacity < 0) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "capacity %d is negative", capacity));
+    int st = prefix_events_enable(c->prefix, &c->al, capacity);
+    if (st < 0) CACHE_LEAVE(c, cache_fail(c, st, "no memory for %d events", capacity));
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_events_drain(pkv_cache *c, pkv_event *out, int32_t cap, int32_t *n, int64_t *dropped) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !n, "n");
+    CACHE_NULL_IF(c, cap > 0 && !out, "out");
+    if (cap < 0) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "cap %d is negative", cap));
+    if (!c->prefix) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)"));
+    int st = prefix_events_drain(c->prefix, out, cap, n, dropped);
+    if (st < 0) CACHE_LEAVE(c, cache_fail(c, st, "events are not enabled (pkv_events_enable)"));
+    CACHE_LEAVE(c, PKV_OK);
+}

@@ -71,6 +71,10 @@ struct pkv_prefix {
     int32_t *toks;    /* [ecap * bs] token ids */
     int32_t efree;    /* head of the free entry ids */
     int32_t child_scan; /* a parent with at most this many children is searched by its list */
+    /* KV events: a ring of ev_cap, ev_n pending from ev_head; ev_dropped lost */
+    pkv_event *ev;
+    int32_t ev_cap, ev_head, ev_n;
+    int64_t ev_dropped;
     prefix_slot *tab; /* [mask + 1] */
     size_t mask;
     int shift;
@@ -152,6 +156,22 @@ static int32_t index_find(pkv_prefix *p, const uint64_t key[2], int32_t parent, 
     }
 }
 
+static void event(pkv_prefix *p, int kind, int32_t e) {
+    if (!p->ev) return;
+    if (p->ev_n == p->ev_cap) {
+        p->ev_dropped++;
+        return;
+    }
+    pkv_event *x = &p->ev[(p->ev_head + p->ev_n++) % p->ev_cap];
+    int32_t par = p->parent[e];
+    x->kind = kind;
+    x->has_parent = par >= 0;
+    memcpy(x->key, p->key + 2 * e, 16);
+    if (par >= 0) memcpy(x->parent_key, p->key + 2 * par, 16);
+    else memset(x->parent_key, 0, 16);
+    x->ns = p->ns[e];
+}
+
 /* A new entry at pool block b (cannot fail: at most ecap entries exist, one
  * per cached block). */
 static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int32_t parent, uint64_t ns,
@@ -182,6 +202,7 @@ static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int
     }
     memcpy(p->toks + (size_t)e * (size_t)p->bs, toks, (size_t)p->bs * sizeof *toks);
     p->count++;
+    event(p, PKV_EVENT_STORED, e);
     return e;
 }
 
@@ -189,6 +210,7 @@ static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int
  * unlinks e from its parent's children and frees its id. e's own children
  * keep parent = e: the caller drops them first or right after. */
 static void entry_remove(pkv_prefix *p, int32_t e) {
+    event(p, PKV_EVENT_REMOVED, e);
     size_t i = home_slot(p, (uint32_t)p->key[2 * e]);
     while (p->tab[i].ent != e) i = (i + 1) & p->mask;
     for (size_t j = i;;) {
@@ -377,8 +399,34 @@ int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap) {
 
 /* ---- creation ---- */
 
+int prefix_events_enable(pkv_prefix *p, const pkv_allocator *al, int32_t cap) {
+    pkv_event *ev = NULL;
+    if (cap > 0 && !(ev = pkv_mem_alloc(al, (size_t)cap * sizeof *ev))) return PKV_ERR_NOMEM;
+    pkv_mem_free(al, p->ev);
+    p->ev = ev;
+    p->ev_cap = cap;
+    p->ev_head = p->ev_n = 0;
+    p->ev_dropped = 0;
+    return PKV_OK;
+}
+
+int prefix_events_drain(pkv_prefix *p, pkv_event *out, int32_t cap, int32_t *n, int64_t *dropped) {
+    if (!p->ev) return PKV_ERR_STATE;
+    int32_t k = 0;
+    for (; k < cap && p->ev_n > 0; k++) {
+        out[k] = p->ev[p->ev_head];
+        p->ev_head = (p->ev_head + 1) % p->ev_cap;
+        p->ev_n--;
+    }
+    *n = k;
+    if (dropped) *dropped = p->ev_dropped;
+    p->ev_dropped = 0;
+    return PKV_OK;
+}
+
 static void prefix_free(const pkv_allocator *al, pkv_prefix *p) {
     if (!p) return;
+    pkv_mem_free(al, p->ev);
     pkv_mem_free(al, p->ent_of_block);
     pkv_mem_free(al, p->key);
     pkv_mem_free(al, p->ns);

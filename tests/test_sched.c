@@ -120,7 +120,123 @@ static void test_blocks_for_bytes(void) {
     CHECK_STATUS(pkv_config_blocks_for_bytes(NULL, 1, &nb), PKV_ERR_NULL);
 }
 
+/* KV events replayed into a shadow index equal the real one: every stored
+ * key is live in the index, and the shadow holds as many keys as the cache has
+ * cached blocks; a full queue drops and counts. */
+typedef struct shadow {
+    int n;
+    uint8_t keys[4096][16];
+} shadow;
+
+static int shadow_find(const shadow *sh, const uint8_t key[16]) {
+    for (int i = 0; i < sh->n; i++)
+        if (memcmp(sh->keys[i], key, 16) == 0) return i;
+    return -1;
+}
+
+static void replay(pkv_cache *c, shadow *sh) {
+    pkv_event ev[64];
+    int32_t n;
+    int64_t dropped = 0;
+    do {
+        CHECK_OK(pkv_events_drain(c, ev, 64, &n, &dropped));
+        CHECK_INT(dropped, 0);
+        for (int32_t i = 0; i < n; i++) {
+            int at = shadow_find(sh, ev[i].key);
+            if (ev[i].kind == PKV_EVENT_STORED) {
+                CHECK(at < 0);
+                if (at < 0 && sh->n < 4096) memcpy(sh->keys[sh->n++], ev[i].key, 16);
+            } else {
+                CHECK_INT(ev[i].kind, PKV_EVENT_REMOVED);
+                CHECK(at >= 0);
+                if (at >= 0) memcpy(sh->keys[at], sh->keys[--sh->n], 16);
+            }
+        }
+    } while (n == 64);
+}
+
+static void shadow_equal(pkv_cache *c, const shadow *sh) {
+    CHECK_INT(sh->n, stats(c).cached_blocks);
+    int missing = 0;
+    for (int i = 0; i < sh->n; i++) {
+        uint64_t k[2];
+        memcpy(k, sh->keys[i], 16);
+        missing += prefix_find_key(c->prefix, k) < 0;
+    }
+    CHECK_INT(missing, 0);
+}
+
+static void test_events(void) {
+    static shadow sh;
+    sh.n = 0;
+    pkv_cache *c = make(12, 2);
+    int32_t n;
+    CHECK_STATUS(pkv_events_drain(c, NULL, 0, &n, NULL), PKV_ERR_STATE);
+    CHECK_OK(pkv_events_enable(c, 256));
+    test_rng rng = {0xe7e7};
+    pkv_seq live[6] = {0};
+    long ops = test_scaled(20000);
+    for (long op = 0; op < ops; op++) {
+        int slot = (int)test_below(&rng, 6);
+        if (live[slot]) {
+            if (test_below(&rng, 3) == 0) {
+                pkv_seq f;
+                CHECK_OK(pkv_seq_fork(c, live[slot], &f));
+                CHECK_OK(pkv_seq_free(c, live[slot]));
+                live[slot] = f;
+            } else {
+                CHECK_OK(pkv_seq_free(c, live[slot]));
+                live[slot] = 0;
+            }
+        } else {
+            int32_t toks[10], len = 2 + (int32_t)test_below(&rng, 9), stem = (int32_t)test_below(&rng, 4);
+            for (int32_t i = 0; i < len; i++) toks[i] = i < 4 ? stem : (int32_t)test_below(&rng, 3);
+            pkv_seq s;
+            int32_t hit;
+            CHECK_OK(pkv_prefix_lookup(c, (uint64_t)test_below(&rng, 2), toks, len, &s, &hit));
+            pkv_block_copy cow;
+            int st = pkv_seq_append(c, s, len - hit, toks + hit, NULL, &cow);
+            if (st == PKV_OK) {
+                CHECK_OK(pkv_prefix_register(c, s, NULL, NULL));
+                live[slot] = s;
+            } else {
+                CHECK_STATUS(st, PKV_ERR_CAPACITY);
+                CHECK_OK(pkv_seq_free(c, s));
+            }
+        }
+        if (test_below(&rng, 50) == 0) CHECK_OK(pkv_prefix_evict(c, 2, NULL));
+        if (op % 7 == 0) {
+            replay(c, &sh);
+            shadow_equal(c, &sh);
+        }
+    }
+    for (int i = 0; i < 6; i++)
+        if (live[i]) CHECK_OK(pkv_seq_free(c, live[i]));
+    CHECK_OK(pkv_prefix_reset(c));
+    replay(c, &sh);
+    CHECK_INT(sh.n, 0);
+    /* A small queue overflows, and says so. */
+    CHECK_OK(pkv_events_enable(c, 2));
+    int32_t toks[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    pkv_seq s = registered(c, toks, 8);
+    pkv_event ev[4];
+    int64_t dropped = -1;
+    CHECK_OK(pkv_events_drain(c, ev, 4, &n, &dropped));
+    CHECK_INT(n, 2);
+    CHECK_INT(dropped, 2);
+    CHECK_INT(ev[0].kind, PKV_EVENT_STORED);
+    CHECK_INT(ev[0].has_parent, 0);
+    CHECK(memcmp(ev[1].parent_key, ev[0].key, 16) == 0);
+    CHECK_OK(pkv_events_drain(c, ev, 4, &n, &dropped));
+    CHECK_INT(n, 0);
+    CHECK_INT(dropped, 0);
+    CHECK_OK(pkv_seq_free(c, s));
+    CHECK_OK(pkv_cache_check(c));
+    pkv_cache_destroy(c);
+}
+
 int main(void) {
+    test_events();
     test_peek();
     test_evict_and_reset();
     test_blocks_for_bytes();
