@@ -260,6 +260,24 @@ PKV_API int pkv_seq_create(pkv_cache *cache, uint64_t ns, pkv_seq *out);
 PKV_API int pkv_seq_append(pkv_cache *cache, pkv_seq seq, int32_t n, const int32_t *tokens,
                            int64_t *slots, pkv_block_copy *cow);
 
+/*! Appends n draft tokens (speculative decoding) as pkv_seq_append does, but
+ *  marks them lookahead: a block that holds a lookahead token is never
+ *  registered nor deduplicated, so rejecting drafts costs no copy-on-write.
+ *  Further lookahead appends extend the drafts; pkv_seq_append is refused
+ *  (PKV_ERR_STATE) until pkv_seq_accept settles them.
+ *  @return as pkv_seq_append. */
+PKV_API int pkv_seq_append_lookahead(pkv_cache *cache, pkv_seq seq, int32_t n, const int32_t *tokens,
+                                     int64_t *slots, pkv_block_copy *cow);
+
+/*! Settles the lookahead tokens: the first `accepted` of them become ordinary
+ *  tokens (with PKV_FLAG_AUTO_REGISTER, full blocks are registered now), the rest
+ *  are truncated away. 0 <= accepted <= the lookahead count (*lookahead of
+ *  pkv_seq_lookahead). @return PKV_OK; PKV_ERR_NO_SEQ, PKV_ERR_INVALID. */
+PKV_API int pkv_seq_accept(pkv_cache *cache, pkv_seq seq, int32_t accepted);
+
+/*! The number of lookahead (draft) tokens at the end of seq. */
+PKV_API int pkv_seq_lookahead(pkv_cache *cache, pkv_seq seq, int32_t *out);
+
 /*! Number of blocks an append of n tokens to seq would take from the pool,
  *  counting a copy-on-write copy. */
 PKV_API int pkv_seq_blocks_needed(pkv_cache *cache, pkv_seq seq, int32_t n, int32_t *out);

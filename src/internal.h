@@ -129,6 +129,7 @@ typedef struct pkv_seq_rec {
     int32_t *tokens;      /* [tokens_cap] ids of positions [tok_base, ntokens) */
     int32_t nregistered;  /* blocks [0, nregistered) are entries of the prefix index */
     int32_t last_start, last_n; /* range of the last append, for the slot mapping */
+    int32_t lookahead;    /* the last lookahead tokens are drafts: never registered */
     uint64_t ns;          /* namespace */
     uint32_t gen;         /* generation of this record slot; part of the handle */
     int32_t live;         /* 1 in use; 0 on the free list */

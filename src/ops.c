@@ -79,9 +79,12 @@ static void use_spare_tokens(pkv_cache *c, pkv_seq_rec *r, int32_t *spare, int32
 }
 
 static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *tokens, int64_t *slots,
-                         pkv_block_copy *cow) {
+                         pkv_block_copy *cow, int lookahead) {
     pkv_seq_rec *r = live_seq(c, h);
     if (!r) return PKV_ERR_NO_SEQ;
+    if (r->lookahead && !lookahead)
+        return cache_fail(c, PKV_ERR_STATE, "the sequence has %d lookahead tokens: pkv_seq_accept them first",
+                          r->lookahead);
     if (n < 0) return cache_fail(c, PKV_ERR_INVALID, "n = %d is negative", n);
     if (n > INT32_MAX - r->len)
         return cache_fail(c, PKV_ERR_INVALID, "n = %d would take the sequence past INT32_MAX tokens", n);
@@ -122,6 +125,7 @@ static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *toke
     for (int32_t j = 0; j < new_blocks; j++) r->blocks[r->nblocks++] = take_block(c);
     int32_t old_len = r->len;
     seq_extend(&c->seqs, r, n, record_tokens ? tokens : NULL, slots);
+    if (lookahead) r->lookahead += n;
     /* Blocks filled before this append (KV written) may be deduplicated; ones
      * it filled are indexed but not moved, since their slots were just handed out. */
     if (auto_reg) {
@@ -197,7 +201,46 @@ int pkv_seq_create(pkv_cache *c, uint64_t ns, pkv_seq *out) {
 int pkv_seq_append(pkv_cache *c, pkv_seq seq, int32_t n, const int32_t *tokens, int64_t *slots,
                    pkv_block_copy *cow) {
     CACHE_ENTER(c);
-    CACHE_LEAVE(c, seq_append_op(c, seq, n, tokens, slots, cow));
+    CACHE_LEAVE(c, seq_append_op(c, seq, n, tokens, slots, cow, 0));
+}
+
+int pkv_seq_append_lookahead(pkv_cache *c, pkv_seq seq, int32_t n, const int32_t *tokens, int64_t *slots,
+                             pkv_block_copy *cow) {
+    CACHE_ENTER(c);
+    CACHE_LEAVE(c, seq_append_op(c, seq, n, tokens, slots, cow, 1));
+}
+
+int pkv_seq_accept(pkv_cache *c, pkv_seq seq, int32_t accepted) {
+    CACHE_ENTER(c);
+    pkv_seq_rec *r = live_seq(c, seq);
+    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    if (accepted < 0 || accepted > r->lookahead)
+        CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "accepted %d outside [0, %d] (the lookahead tokens)", accepted,
+                                  r->lookahead));
+    int auto_reg = c->prefix != NULL && (c->cfg.flags & PKV_FLAG_AUTO_REGISTER);
+    int32_t spare_cap = 0, *spare = NULL, st = PKV_OK;
+    int32_t new_len = r->len - (r->lookahead - accepted);
+    if (auto_reg) {
+        spare = spare_tokens(c, r, r->ntokens < new_len ? r->ntokens : new_len, &spare_cap, &st);
+        if (st < 0) CACHE_LEAVE(c, cache_fail(c, st, "accept: no memory for the token ids"));
+    }
+    /* Rejected drafts: their blocks were never registered, so this copies nothing. */
+    int32_t j = seq_truncate_needs_tokens(&c->seqs, r, new_len);
+    seq_truncate(&c->seqs, r, new_len, j >= 0 ? prefix_block_tokens(c->prefix, r->blocks[j]) : NULL);
+    r->lookahead = 0;
+    if (auto_reg) {
+        prefix_register_seq(c->prefix, &c->seqs, r, -1, NULL, NULL);
+        use_spare_tokens(c, r, spare, spare_cap);
+    }
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_seq_lookahead(pkv_cache *c, pkv_seq seq, int32_t *out) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !out, "out");
+    pkv_seq_rec *r = live_seq(c, seq);
+    if (r) *out = r->lookahead;
+    CACHE_LEAVE(c, r ? PKV_OK : PKV_ERR_NO_SEQ);
 }
 
 int pkv_seq_blocks_needed(pkv_cache *c, pkv_seq seq, int32_t n, int32_t *out) {

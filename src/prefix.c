@@ -526,7 +526,9 @@ static int32_t scan_children(const pkv_prefix *p, int32_t pe, uint64_t ns, const
  * deduplicated by a later call once its KV is written. */
 void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t written_len,
                          int32_t *registered, int32_t *deduped) {
-    int32_t bs = p->bs, full = r->ntokens / bs, j = r->nregistered, reg = 0, dd = 0;
+    /* Only tokens known and not drafts: a block holding a lookahead token waits. */
+    int32_t settled = r->len - r->lookahead < r->ntokens ? r->len - r->lookahead : r->ntokens;
+    int32_t bs = p->bs, full = settled / bs, j = r->nregistered, reg = 0, dd = 0;
     int32_t first = j;
     uint64_t pk[2] = {0, 0};
     int32_t pe = -1;

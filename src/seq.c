@@ -77,7 +77,7 @@ pkv_seq_rec *seq_slot_commit(pkv_seqtab *t, int32_t idx, uint64_t ns) {
     r->gen++;
     r->live = 1;
     r->next_free = -1;
-    r->len = r->nblocks = r->ntokens = r->nregistered = r->tok_base = 0;
+    r->len = r->nblocks = r->ntokens = r->nregistered = r->tok_base = r->lookahead = 0;
     r->last_start = r->last_n = 0;
     r->ns = ns;
     t->num_seqs++;
@@ -130,7 +130,7 @@ static void release_tail(pkv_seqtab *t, pkv_seq_rec *r, int32_t keep) {
 void seq_retire(pkv_seqtab *t, pkv_seq_rec *r) {
     release_tail(t, r, 0);
     t->tokens -= r->len;
-    r->len = r->ntokens = r->nregistered = r->tok_base = 0;
+    r->len = r->ntokens = r->nregistered = r->tok_base = r->lookahead = 0;
     r->live = 0;
     t->num_seqs--;
     /* Wrapping the generation would hand out this slot's old handles again. */
@@ -182,6 +182,8 @@ void seq_truncate(pkv_seqtab *t, pkv_seq_rec *r, int32_t new_len, const int32_t 
     int32_t j = seq_truncate_needs_tokens(t, r, new_len);
     release_tail(t, r, seq_blocks_for(t, new_len));
     t->tokens -= r->len - new_len;
+    r->lookahead -= r->len - new_len; /* drafts go first */
+    if (r->lookahead < 0) r->lookahead = 0;
     r->len = new_len;
     if (r->ntokens > new_len) r->ntokens = new_len;
     if (r->nregistered > new_len / bs) {
@@ -204,6 +206,7 @@ void seq_copy(pkv_seqtab *t, const pkv_seq_rec *p, pkv_seq_rec *r) {
         memcpy(r->tokens, p->tokens, (size_t)(p->ntokens - p->tok_base) * sizeof *r->tokens);
     r->ntokens = p->ntokens;
     r->tok_base = p->tok_base;
+    r->lookahead = p->lookahead;
     r->nregistered = p->nregistered;
     r->last_start = r->len;
     r->last_n = 0;
@@ -234,6 +237,9 @@ int seq_check(pkv_seqtab *t, int has_prefix, int32_t *count, int32_t *owner, pkv
         if (r->nregistered && !has_prefix)
             return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d has %d registered blocks without a prefix cache", i,
                              r->nregistered);
+        if (r->lookahead < 0 || r->lookahead > r->len || r->nregistered * p->block_size > r->len - r->lookahead)
+            return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: %d lookahead tokens of %d, %d blocks registered", i,
+                             r->lookahead, r->len, r->nregistered);
         if (r->last_start < 0 || r->last_n < 0 || (int64_t)r->last_start + r->last_n > r->len)
             return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: last append [%d, +%d) outside its %d tokens", i,
                              r->last_start, r->last_n, r->len);

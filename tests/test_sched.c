@@ -235,7 +235,83 @@ static void test_events(void) {
     pkv_cache_destroy(c);
 }
 
+/* Speculative decoding with AUTO_REGISTER: 10 steps of 3 drafts of which 1 is
+ * accepted. Drafts appended as ordinary tokens get registered when they fill a
+ * block, and the rollback by truncate then leaves a cached partial block that
+ * the next append must copy; as lookahead tokens they never are: no copy. */
+static int64_t spec_decode(int use_lookahead) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = 64;
+    cfg.block_size = 4;
+    cfg.flags = PKV_FLAG_PREFIX_CACHE | PKV_FLAG_AUTO_REGISTER;
+    pkv_cache *c = NULL;
+    CHECK_OK(pkv_cache_create(&cfg, &c));
+    if (!c) return -1;
+    pkv_seq s;
+    pkv_block_copy cow;
+    int32_t prompt[6] = {1, 2, 3, 4, 5, 6}, la = -1;
+    CHECK_OK(pkv_seq_create(c, 0, &s));
+    CHECK_OK(pkv_seq_append(c, s, 6, prompt, NULL, &cow));
+    int32_t next = 100;
+    for (int step = 0; step < 10; step++) {
+        int32_t drafts[3] = {next, next + 1, next + 2}, len;
+        CHECK_OK(pkv_seq_length(c, s, &len));
+        if (use_lookahead) {
+            CHECK_OK(pkv_seq_append_lookahead(c, s, 3, drafts, NULL, &cow));
+            CHECK_OK(pkv_seq_lookahead(c, s, &la));
+            CHECK_INT(la, 3);
+            CHECK_STATUS(pkv_seq_append(c, s, 1, drafts, NULL, &cow), PKV_ERR_STATE);
+            CHECK_OK(pkv_seq_accept(c, s, 1));
+        } else {
+            CHECK_OK(pkv_seq_append(c, s, 3, drafts, NULL, &cow));
+            CHECK_OK(pkv_seq_truncate(c, s, len + 1));
+        }
+        int32_t after;
+        CHECK_OK(pkv_seq_length(c, s, &after));
+        CHECK_INT(after, len + 1);
+        next += 3;
+    }
+    /* The accepted tokens' full blocks are registered: 6 + 10 = 16 tokens, 4 blocks. */
+    pkv_stats st = stats(c);
+    if (use_lookahead) CHECK_INT(st.cached_blocks, 4);
+    CHECK_OK(pkv_cache_check(c));
+    pkv_cache_destroy(c);
+    return st.cow_copies;
+}
+
+static void test_lookahead(void) {
+    int64_t plain = spec_decode(0), la = spec_decode(1);
+    printf("speculative decoding, 10 steps of 3 drafts with AUTO_REGISTER: %lld copy-on-write copies as "
+           "ordinary tokens, %lld as lookahead tokens\n", (long long)plain, (long long)la);
+    CHECK(plain > 0);
+    CHECK_INT(la, 0);
+    /* accept's range, and drafts truncated away like any tokens */
+    pkv_cache *c = make(8, 2);
+    pkv_seq s;
+    pkv_block_copy cow;
+    int32_t t[4] = {1, 2, 3, 4}, la_n = -1;
+    CHECK_OK(pkv_seq_create(c, 0, &s));
+    CHECK_OK(pkv_seq_append_lookahead(c, s, 4, t, NULL, &cow));
+    CHECK_STATUS(pkv_seq_accept(c, s, 5), PKV_ERR_INVALID);
+    CHECK_STATUS(pkv_seq_accept(c, s, -1), PKV_ERR_INVALID);
+    CHECK_OK(pkv_prefix_register(c, s, NULL, NULL)); /* drafts are not registered */
+    CHECK_INT(stats(c).cached_blocks, 0);
+    CHECK_OK(pkv_seq_truncate(c, s, 1));
+    CHECK_OK(pkv_seq_lookahead(c, s, &la_n));
+    CHECK_INT(la_n, 1);
+    CHECK_OK(pkv_seq_accept(c, s, 1));
+    CHECK_OK(pkv_seq_lookahead(c, s, &la_n));
+    CHECK_INT(la_n, 0);
+    CHECK_OK(pkv_seq_append(c, s, 3, t + 1, NULL, &cow));
+    CHECK_OK(pkv_prefix_register(c, s, NULL, NULL));
+    CHECK_INT(stats(c).cached_blocks, 2);
+    CHECK_OK(pkv_cache_check(c));
+    pkv_cache_destroy(c);
+}
+
 int main(void) {
+    test_lookahead();
     test_events();
     test_peek();
     test_evict_and_reset();

@@ -103,6 +103,7 @@ static void dump_seqs(dump_w *w, const pkv_cache *c) {
         put_i32(w, r->nregistered);
         put_i32(w, r->last_start);
         put_i32(w, r->last_n);
+        put_i32(w, r->lookahead);
         put_i64(w, (int64_t)r->ns);
     }
     /* Reuse order: recycled slots as listed; never-used slots follow in index
