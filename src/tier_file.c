@@ -23,7 +23,10 @@
  * open the newest generation of a key wins and the older copy is zeroed.
  *
  * The directory is locked (flock) while open: a second opener is refused.
- * Open verifies every stored blob (it reads the whole tier once). */
+ * Restart: a close that synced every slab leaves a file CLEAN; an open that
+ * finds (and removes) it trusts the slot headers, else it also reads every
+ * blob and checks its checksum (after a crash, torn slots are found then).
+ * Either way every get checks the blob again. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -49,6 +52,7 @@
 #define MAX_SLABS 256                          /* ...unless that needs more files */
 #define MAX_BLOB ((size_t)1 << 30)
 #define MAX_SLOTS ((int64_t)1 << 28)
+#define CLEAN_NAME "CLEAN"
 #define HDR_SEED 0x5eedu
 #define BLOB_SEED 0xb10bu
 
@@ -274,6 +278,8 @@ typedef struct tier_file {
     int32_t *stale, nstale; /* slots whose invalidation failed: retried */
     int32_t live;
     uint64_t next_gen, dropped;
+    int32_t opened;   /* open completed: close may mark the directory clean */
+    int32_t verified; /* the open read and checked every blob (no CLEAN marker) */
     uint8_t *hdr_buf; /* hdr_area bytes: a slot header followed by zeros */
     pkv_detail err;
 } tier_file;
@@ -573,10 +579,23 @@ static int tf_scan(void *ctx, int (*fn)(void *arg, const uint8_t key[16], size_t
     return PKV_OK;
 }
 
+/* Syncs every slab and, when all of it is on disk, leaves the CLEAN marker
+ * that lets the next open skip reading every blob. */
+static void mark_clean(tier_file *tf) {
+    if (retry_stale(tf) != 0) return;
+    for (int32_t i = 0; i < tf->nslabs; i++)
+        if (tf->slabs[i].gone || tf_sync(tf->slabs[i].fd) != 0) return;
+    const int fd = openat(tf->dirfd, CLEAN_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0) return;
+    const int ok = pkv__tier_file_io.fsync(fd) == 0;
+    close(fd);
+    if (!ok || pkv__tier_file_io.fsync(tf->dirfd) != 0) unlinkat(tf->dirfd, CLEAN_NAME, 0);
+}
+
 static void tf_close(void *ctx) {
     tier_file *tf = ctx;
     if (!tf) return;
-    if (tf->slabs && tf->meta) (void)retry_stale(tf);
+    if (tf->opened) mark_clean(tf);
     if (tf->slabs)
         for (int32_t i = 0; i < tf->nslabs; i++)
             if (tf->slabs[i].fd >= 0) close(tf->slabs[i].fd);
@@ -605,6 +624,7 @@ void pkv__tier_file_info(void *ctx, pkv__tier_file_info_t *out) {
     out->stride = tf->stride;
     out->hdr_area = tf->hdr_area;
     out->dropped = tf->dropped;
+    out->verified = tf->verified;
 }
 
 /* ---- open ---- */
@@ -628,6 +648,7 @@ static int slot_valid(tier_file *tf, int32_t s, const slot_hdr *h, uint8_t *scra
         h->index != (uint32_t)(s % tf->per_slab) ||
         h->check != pkv__tier_checksum(h, offsetof(slot_hdr, check), HDR_SEED, -1))
         return 0;
+    if (!tf->verified) return 1; /* a clean close: the headers are enough */
     const int64_t r = tf_pread(tf->slabs[slot_slab(tf, s)].fd, scratch, h->len, slot_off(tf, s) + tf->hdr_area);
     if (r < 0) *io_err = 1;
     return r == (int64_t)h->len && pkv__tier_checksum(scratch, h->len, BLOB_SEED, -1) == h->blob_check;
@@ -748,6 +769,20 @@ static int open_slab(tier_file *tf, int32_t i, uint8_t *scratch, pkv_detail *d) 
     return scan_slab(tf, i, have, scratch, d);
 }
 
+/* Slabs of ours past the capacity (it shrank) go: their blobs could come back,
+ * outdated, when it grows again. A file that is not ours stops the sweep. */
+static void remove_extra_slabs(tier_file *tf) {
+    char path[4096 + 32], magic[8];
+    for (int32_t i = tf->nslabs;; i++) {
+        slab_name(tf, i, path, sizeof path);
+        const int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return;
+        const int ours = pread(fd, magic, 8, 0) == 8 && memcmp(magic, SLAB_MAGIC, 8) == 0;
+        close(fd);
+        if (!ours || unlink(path) != 0) return;
+    }
+}
+
 static int tier_open(tier_file *tf, const char *dir, uint64_t capacity, pkv_detail *d) {
     tf->dir = strdup(dir);
     RETURN_IF(!tf->dir, PKV_ERR_NOMEM);
@@ -763,6 +798,10 @@ static int tier_open(tier_file *tf, const char *dir, uint64_t capacity, pkv_deta
     if (flock(tf->dirfd, LOCK_EX | LOCK_NB) != 0)
         return pkv__fail(d, PKV_ERR_IO, "file tier: %s is in use by another tier (%s)", dir,
                          errno == EWOULDBLOCK ? "locked" : strerror(errno));
+    /* The marker goes (durably) before anything is written: a crash from
+     * here on must make the next open verify everything. */
+    tf->verified = 1;
+    if (unlinkat(tf->dirfd, CLEAN_NAME, 0) == 0 && pkv__tier_file_io.fsync(tf->dirfd) == 0) tf->verified = 0;
 
     const int64_t nslots = (int64_t)(capacity / tf->stride);
     tf->nslots = (int32_t)nslots;
@@ -793,9 +832,11 @@ static int tier_open(tier_file *tf, const char *dir, uint64_t capacity, pkv_deta
     for (int32_t i = 0; i < tf->nslabs && rc == PKV_OK; i++) rc = open_slab(tf, i, scratch, d);
     free(scratch);
     FORWARD_IF_ERROR(rc);
-    if (tf->flags & PKV_FILE_TIER_FSYNC) (void)fsync(tf->dirfd); /* new slab names are durable */
+    remove_extra_slabs(tf);
+    if (tf->flags & PKV_FILE_TIER_FSYNC) (void)pkv__tier_file_io.fsync(tf->dirfd); /* new slab names are durable */
     for (int32_t s = tf->nslots - 1; s >= 0; s--)
         if (tf->meta[s].state == SLOT_FREE) tf->free_stack[tf->free_top++] = s;
+    tf->opened = 1;
     return PKV_OK;
 }
 

@@ -38,6 +38,7 @@ typedef struct pkv__tier_file_info_t {
     uint64_t stride;     /* bytes per slot (header area + blob, padded) */
     uint64_t hdr_area;   /* bytes before the blob in a slot */
     uint64_t dropped;    /* slots found invalid at open or at a get, since open */
+    int32_t verified;    /* 1: the open read every blob (no clean close before it) */
 } pkv__tier_file_info_t;
 void pkv__tier_file_info(void *ctx, pkv__tier_file_info_t *out) PKV_HIDDEN;
 
