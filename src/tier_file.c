@@ -642,20 +642,21 @@ static void make_slab_hdr(const tier_file *tf, int32_t i, int32_t nslots, slab_h
 
 /* Checks slot s's header h (read from disk) and its blob (read into scratch);
  * 1 when it is a complete blob of this tier. */
-static int slot_valid(tier_file *tf, int32_t s, const slot_hdr *h, uint8_t *scratch, int *io_err) {
+static int slot_valid(tier_file *tf, int32_t s, const slot_hdr *h, int verify, uint8_t *scratch, int *io_err) {
     if (h->magic != SLOT_MAGIC || h->version != TF_VERSION || h->hdr_size != SLOT_HDR ||
         h->blob_size != tf->blob_size || h->len > tf->blob_size || h->slab != (uint32_t)slot_slab(tf, s) ||
         h->index != (uint32_t)(s % tf->per_slab) ||
         h->check != pkv__tier_checksum(h, offsetof(slot_hdr, check), HDR_SEED, -1))
         return 0;
-    if (!tf->verified) return 1; /* a clean close: the headers are enough */
+    if (!verify) return 1; /* a clean close: the headers are enough */
     const int64_t r = tf_pread(tf->slabs[slot_slab(tf, s)].fd, scratch, h->len, slot_off(tf, s) + tf->hdr_area);
     if (r < 0) *io_err = 1;
     return r == (int64_t)h->len && pkv__tier_checksum(scratch, h->len, BLOB_SEED, -1) == h->blob_check;
 }
 
-/* Finds the valid slots of slab i (its first `have` slots exist on disk). */
-static int scan_slab(tier_file *tf, int32_t i, int32_t have, uint8_t *scratch, pkv_detail *d) {
+/* Finds the valid slots of slab i (its first `have` slots exist on disk);
+ * verify: read and check every blob too. */
+static int scan_slab(tier_file *tf, int32_t i, int32_t have, int verify, uint8_t *scratch, pkv_detail *d) {
     static const uint8_t zeros[SLOT_HDR];
     const int32_t first = i * tf->per_slab;
     const int32_t count = (i == tf->nslabs - 1) ? tf->nslots - first : tf->per_slab;
@@ -676,7 +677,7 @@ static int scan_slab(tier_file *tf, int32_t i, int32_t have, uint8_t *scratch, p
             continue;
         }
         int io_err = 0;
-        if (!slot_valid(tf, s, &h, scratch, &io_err)) {
+        if (!slot_valid(tf, s, &h, verify, scratch, &io_err)) {
             if (io_err) {
                 tf->meta[s].state = SLOT_BAD;
                 continue;
@@ -756,6 +757,8 @@ static int open_slab(tier_file *tf, int32_t i, uint8_t *scratch, pkv_detail *d) 
         have = on_disk < (uint64_t)count ? (int32_t)on_disk : count;
         /* A damaged slab header: the slot headers still vouch for themselves. */
     }
+    /* A slab not as its last close left it is read in full even after a clean close. */
+    const int verify = tf->verified || !hdr_ok || h.nslots != (uint32_t)count || (uint64_t)st.st_size != size;
     if (!hdr_ok || h.nslots != (uint32_t)count || (uint64_t)st.st_size != size) {
         slab_hdr nh;
         make_slab_hdr(tf, i, count, &nh);
@@ -766,7 +769,7 @@ static int open_slab(tier_file *tf, int32_t i, uint8_t *scratch, pkv_detail *d) 
         if (!e) e = tf_sync(fd);
         if (e) return pkv__fail(d, PKV_ERR_IO, "file tier: writing the header of %s: %s", path, strerror(-e));
     }
-    return scan_slab(tf, i, have, scratch, d);
+    return scan_slab(tf, i, have, verify, scratch, d);
 }
 
 /* Slabs of ours past the capacity (it shrank) go: their blobs could come back,
