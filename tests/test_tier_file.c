@@ -703,6 +703,7 @@ static void test_injection(void) {
                 if (!reached) break;
             }
     CHECK(runs > 100);
+    if (getenv("PKV_TIER_TIMES")) fprintf(stderr, "  injection: %d runs\n", runs);
     /* Writes failing for good (a full disk): puts say so, reads go on. */
     rm_tree(sub);
     pkv_tier_backend t;
