@@ -292,7 +292,7 @@ static void slab_name(const tier_file *tf, int32_t i, char *buf, size_t n) {
     snprintf(buf, n, "%s/slab-%04d.pkv", tf->dir, (int)i);
 }
 
-/* Bytes written or -errno; a short count only at end of file (reads). */
+/* Bytes read (fewer only at the end of the file) or -errno. */
 static int64_t tf_pread(int fd, void *p, size_t n, uint64_t off) {
     size_t done = 0;
     while (done < n) {
@@ -304,6 +304,7 @@ static int64_t tf_pread(int fd, void *p, size_t n, uint64_t off) {
     }
     return (int64_t)done;
 }
+/* 0 or -errno. */
 static int tf_pwrite(int fd, const void *p, size_t n, uint64_t off) {
     size_t done = 0;
     while (done < n) {
