@@ -225,7 +225,7 @@ int main(int argc, char **argv) {
     const uint32_t nsync = s.n / 8 ? s.n / 8 : 1; /* durable runs: an eighth of the data */
     fprintf(stderr, "bench_tier_file: %s, %u blobs of %zu B (%ld MiB), %ld reps, checksum %s\n", dir, s.n, s.bs,
             mib, reps, pkv__tier_checksum(s.buf, 0, 0, -1) == pkv__tier_checksum(s.buf, 0, 0, 0) ? "ok" : "?");
-    enum { WR, WR_SYNC, RD_WARM, RD_WARM_RAND, RD_COLD, RD_COLD_RAND, NM };
+    enum { WR, WR_SYNC, RD_WARM, RD_WARM_RAND, RD_WARM_TRUST, RD_COLD, RD_COLD_RAND, NM };
     double *tier[NM], *file[NM], *tierc[NM], *filec[NM]; /* GB/s of wall time, of CPU time */
     for (int m = 0; m < NM; m++) {
         tier[m] = calloc((size_t)reps, sizeof(double));
@@ -257,9 +257,13 @@ int main(int argc, char **argv) {
                 tierc[RD_WARM][r] = cpu_gbs;
                 tier[RD_WARM_RAND][r] = tier_read(&s, &t, s.n, 1);
                 tierc[RD_WARM_RAND][r] = cpu_gbs;
+                pkv__tier_file_trust_gets(t.ctx, 1); /* the caller checks blobs: header only */
+                tier[RD_WARM_TRUST][r] = tier_read(&s, &t, s.n, 0);
+                tierc[RD_WARM_TRUST][r] = cpu_gbs;
+                pkv__tier_file_trust_gets(t.ctx, 0);
             } else {
-                file[RD_WARM][r] = file[RD_WARM_RAND][r] = seq_read(&s, s.n);
-                filec[RD_WARM][r] = filec[RD_WARM_RAND][r] = cpu_gbs;
+                file[RD_WARM][r] = file[RD_WARM_RAND][r] = file[RD_WARM_TRUST][r] = seq_read(&s, s.n);
+                filec[RD_WARM][r] = filec[RD_WARM_RAND][r] = filec[RD_WARM_TRUST][r] = cpu_gbs;
             }
         }
         /* Write-back of the host below a VM can linger after sync: settle first. */
@@ -315,8 +319,9 @@ int main(int argc, char **argv) {
         rm_dir_files(sdir);
         rmdir(sdir);
     }
-    static const char *ops[NM] = {"write", "write_fsync", "read", "read_random", "read", "read_random"};
-    static const char *caches[NM] = {"warm", "durable", "warm", "warm", "cold", "cold"};
+    static const char *ops[NM] = {"write", "write_fsync", "read", "read_random", "read_trusted", "read",
+                                  "read_random"};
+    static const char *caches[NM] = {"warm", "durable", "warm", "warm", "warm", "cold", "cold"};
     double *ratio = calloc((size_t)reps, sizeof(double)), *ratioc = calloc((size_t)reps, sizeof(double));
     fprintf(stderr, "%-12s %-8s %s\n", "op", "cache", "tier / file GB/s (wall), tier/file; the same per CPU second");
     for (int m = 0; m < NM; m++) {
