@@ -23,7 +23,10 @@
  * open the newest generation of a key wins and the older copy is zeroed.
  *
  * The directory is locked (flock) while open: a second opener is refused.
- * Open verifies every stored blob (it reads the whole tier once). */
+ * Restart: a close that synced every slab leaves a file CLEAN; an open that
+ * finds (and removes) it trusts the slot headers, else it also reads every
+ * blob and checks its checksum (after a crash, torn slots are found then).
+ * Either way every get checks the blob again. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -49,6 +52,7 @@
 #define MAX_SLABS 256                          /* ...unless that needs more files */
 #define MAX_BLOB ((size_t)1 << 30)
 #define MAX_SLOTS ((int64_t)1 << 28)
+#define CLEAN_NAME "CLEAN"
 #define HDR_SEED 0x5eedu
 #define BLOB_SEED 0xb10bu
 
@@ -274,6 +278,9 @@ typedef struct tier_file {
     int32_t *stale, nstale; /* slots whose invalidation failed: retried */
     int32_t live;
     uint64_t next_gen, dropped;
+    int32_t opened;   /* open completed: close may mark the directory clean */
+    int32_t verified; /* the open read and checked every blob (no CLEAN marker) */
+    int32_t trust_gets; /* the caller checks what get returns: skip the blob checksum there */
     uint8_t *hdr_buf; /* hdr_area bytes: a slot header followed by zeros */
     pkv_detail err;
 } tier_file;
@@ -286,7 +293,7 @@ static void slab_name(const tier_file *tf, int32_t i, char *buf, size_t n) {
     snprintf(buf, n, "%s/slab-%04d.pkv", tf->dir, (int)i);
 }
 
-/* Bytes written or -errno; a short count only at end of file (reads). */
+/* Bytes read (fewer only at the end of the file) or -errno. */
 static int64_t tf_pread(int fd, void *p, size_t n, uint64_t off) {
     size_t done = 0;
     while (done < n) {
@@ -298,6 +305,7 @@ static int64_t tf_pread(int fd, void *p, size_t n, uint64_t off) {
     }
     return (int64_t)done;
 }
+/* 0 or -errno. */
 static int tf_pwrite(int fd, const void *p, size_t n, uint64_t off) {
     size_t done = 0;
     while (done < n) {
@@ -504,7 +512,7 @@ static int tf_get(void *ctx, const uint8_t key[16], void *buf, size_t cap, size_
         return tf_fail_errno(tf, r < 0 ? (int)r : (int)rb, "reading", slot);
     }
     if (r != SLOT_HDR || rb != (int64_t)m->len || memcmp(&want, &have, SLOT_HDR) != 0 ||
-        pkv__tier_checksum(buf, m->len, BLOB_SEED, -1) != m->blob_check) {
+        (!tf->trust_gets && pkv__tier_checksum(buf, m->len, BLOB_SEED, -1) != m->blob_check)) {
         /* Truncated, overwritten or corrupted behind our back: a miss, and the
          * caller's buffer does not keep the wrong bytes. */
         if (m->len) memset(buf, 0, m->len);
@@ -573,10 +581,23 @@ static int tf_scan(void *ctx, int (*fn)(void *arg, const uint8_t key[16], size_t
     return PKV_OK;
 }
 
+/* Syncs every slab and, when all of it is on disk, leaves the CLEAN marker
+ * that lets the next open skip reading every blob. */
+static void mark_clean(tier_file *tf) {
+    if (retry_stale(tf) != 0) return;
+    for (int32_t i = 0; i < tf->nslabs; i++)
+        if (tf->slabs[i].gone || tf_sync(tf->slabs[i].fd) != 0) return;
+    const int fd = openat(tf->dirfd, CLEAN_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0) return;
+    const int ok = pkv__tier_file_io.fsync(fd) == 0;
+    close(fd);
+    if (!ok || pkv__tier_file_io.fsync(tf->dirfd) != 0) unlinkat(tf->dirfd, CLEAN_NAME, 0);
+}
+
 static void tf_close(void *ctx) {
     tier_file *tf = ctx;
     if (!tf) return;
-    if (tf->slabs && tf->meta) (void)retry_stale(tf);
+    if (tf->opened) mark_clean(tf);
     if (tf->slabs)
         for (int32_t i = 0; i < tf->nslabs; i++)
             if (tf->slabs[i].fd >= 0) close(tf->slabs[i].fd);
@@ -590,6 +611,8 @@ static void tf_close(void *ctx) {
     free(tf->hdr_buf);
     free(tf);
 }
+
+void pkv__tier_file_trust_gets(void *ctx, int on) { ((tier_file *)ctx)->trust_gets = on != 0; }
 
 const char *pkv__tier_file_last_error(void *ctx) { return ctx ? ((tier_file *)ctx)->err.text : ""; }
 
@@ -605,6 +628,7 @@ void pkv__tier_file_info(void *ctx, pkv__tier_file_info_t *out) {
     out->stride = tf->stride;
     out->hdr_area = tf->hdr_area;
     out->dropped = tf->dropped;
+    out->verified = tf->verified;
 }
 
 /* ---- open ---- */
@@ -622,19 +646,21 @@ static void make_slab_hdr(const tier_file *tf, int32_t i, int32_t nslots, slab_h
 
 /* Checks slot s's header h (read from disk) and its blob (read into scratch);
  * 1 when it is a complete blob of this tier. */
-static int slot_valid(tier_file *tf, int32_t s, const slot_hdr *h, uint8_t *scratch, int *io_err) {
+static int slot_valid(tier_file *tf, int32_t s, const slot_hdr *h, int verify, uint8_t *scratch, int *io_err) {
     if (h->magic != SLOT_MAGIC || h->version != TF_VERSION || h->hdr_size != SLOT_HDR ||
         h->blob_size != tf->blob_size || h->len > tf->blob_size || h->slab != (uint32_t)slot_slab(tf, s) ||
         h->index != (uint32_t)(s % tf->per_slab) ||
         h->check != pkv__tier_checksum(h, offsetof(slot_hdr, check), HDR_SEED, -1))
         return 0;
+    if (!verify) return 1; /* a clean close: the headers are enough */
     const int64_t r = tf_pread(tf->slabs[slot_slab(tf, s)].fd, scratch, h->len, slot_off(tf, s) + tf->hdr_area);
     if (r < 0) *io_err = 1;
     return r == (int64_t)h->len && pkv__tier_checksum(scratch, h->len, BLOB_SEED, -1) == h->blob_check;
 }
 
-/* Finds the valid slots of slab i (its first `have` slots exist on disk). */
-static int scan_slab(tier_file *tf, int32_t i, int32_t have, uint8_t *scratch, pkv_detail *d) {
+/* Finds the valid slots of slab i (its first `have` slots exist on disk);
+ * verify: read and check every blob too. */
+static int scan_slab(tier_file *tf, int32_t i, int32_t have, int verify, uint8_t *scratch, pkv_detail *d) {
     static const uint8_t zeros[SLOT_HDR];
     const int32_t first = i * tf->per_slab;
     const int32_t count = (i == tf->nslabs - 1) ? tf->nslots - first : tf->per_slab;
@@ -655,7 +681,7 @@ static int scan_slab(tier_file *tf, int32_t i, int32_t have, uint8_t *scratch, p
             continue;
         }
         int io_err = 0;
-        if (!slot_valid(tf, s, &h, scratch, &io_err)) {
+        if (!slot_valid(tf, s, &h, verify, scratch, &io_err)) {
             if (io_err) {
                 tf->meta[s].state = SLOT_BAD;
                 continue;
@@ -735,6 +761,8 @@ static int open_slab(tier_file *tf, int32_t i, uint8_t *scratch, pkv_detail *d) 
         have = on_disk < (uint64_t)count ? (int32_t)on_disk : count;
         /* A damaged slab header: the slot headers still vouch for themselves. */
     }
+    /* A slab not as its last close left it is read in full even after a clean close. */
+    const int verify = tf->verified || !hdr_ok || h.nslots != (uint32_t)count || (uint64_t)st.st_size != size;
     if (!hdr_ok || h.nslots != (uint32_t)count || (uint64_t)st.st_size != size) {
         slab_hdr nh;
         make_slab_hdr(tf, i, count, &nh);
@@ -745,7 +773,21 @@ static int open_slab(tier_file *tf, int32_t i, uint8_t *scratch, pkv_detail *d) 
         if (!e) e = tf_sync(fd);
         if (e) return pkv__fail(d, PKV_ERR_IO, "file tier: writing the header of %s: %s", path, strerror(-e));
     }
-    return scan_slab(tf, i, have, scratch, d);
+    return scan_slab(tf, i, have, verify, scratch, d);
+}
+
+/* Slabs of ours past the capacity (it shrank) go: their blobs could come back,
+ * outdated, when it grows again. A file that is not ours stops the sweep. */
+static void remove_extra_slabs(tier_file *tf) {
+    char path[4096 + 32], magic[8];
+    for (int32_t i = tf->nslabs;; i++) {
+        slab_name(tf, i, path, sizeof path);
+        const int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return;
+        const int ours = pread(fd, magic, 8, 0) == 8 && memcmp(magic, SLAB_MAGIC, 8) == 0;
+        close(fd);
+        if (!ours || unlink(path) != 0) return;
+    }
 }
 
 static int tier_open(tier_file *tf, const char *dir, uint64_t capacity, pkv_detail *d) {
@@ -763,6 +805,10 @@ static int tier_open(tier_file *tf, const char *dir, uint64_t capacity, pkv_deta
     if (flock(tf->dirfd, LOCK_EX | LOCK_NB) != 0)
         return pkv__fail(d, PKV_ERR_IO, "file tier: %s is in use by another tier (%s)", dir,
                          errno == EWOULDBLOCK ? "locked" : strerror(errno));
+    /* The marker goes (durably) before anything is written: a crash from
+     * here on must make the next open verify everything. */
+    tf->verified = 1;
+    if (unlinkat(tf->dirfd, CLEAN_NAME, 0) == 0 && pkv__tier_file_io.fsync(tf->dirfd) == 0) tf->verified = 0;
 
     const int64_t nslots = (int64_t)(capacity / tf->stride);
     tf->nslots = (int32_t)nslots;
@@ -793,9 +839,11 @@ static int tier_open(tier_file *tf, const char *dir, uint64_t capacity, pkv_deta
     for (int32_t i = 0; i < tf->nslabs && rc == PKV_OK; i++) rc = open_slab(tf, i, scratch, d);
     free(scratch);
     FORWARD_IF_ERROR(rc);
-    if (tf->flags & PKV_FILE_TIER_FSYNC) (void)fsync(tf->dirfd); /* new slab names are durable */
+    remove_extra_slabs(tf);
+    if (tf->flags & PKV_FILE_TIER_FSYNC) (void)pkv__tier_file_io.fsync(tf->dirfd); /* new slab names are durable */
     for (int32_t s = tf->nslots - 1; s >= 0; s--)
         if (tf->meta[s].state == SLOT_FREE) tf->free_stack[tf->free_top++] = s;
+    tf->opened = 1;
     return PKV_OK;
 }
 

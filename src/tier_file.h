@@ -29,6 +29,13 @@ extern const pkv__tier_file_io_t pkv__tier_file_io_default PKV_HIDDEN;
  * giving the same value; isa < 0 (or above what the CPU has): the best one. */
 uint64_t pkv__tier_checksum(const void *p, size_t n, uint64_t seed, int isa) PKV_HIDDEN;
 
+/* For a caller that checks every blob it loads itself (the cache's tier logic
+ * does: identity and checksum): get then verifies the slot header (key,
+ * generation, length) but not the blob's checksum, which costs about a quarter
+ * of a warm read (bench/README.md). Restart still verifies blobs after a crash.
+ * Off by default: the backend alone never returns other bytes. */
+void pkv__tier_file_trust_gets(void *ctx, int on) PKV_HIDDEN;
+
 /* The reason of the last failure of a file tier call (its ctx), "" if none. */
 const char *pkv__tier_file_last_error(void *ctx) PKV_HIDDEN;
 
@@ -38,6 +45,7 @@ typedef struct pkv__tier_file_info_t {
     uint64_t stride;     /* bytes per slot (header area + blob, padded) */
     uint64_t hdr_area;   /* bytes before the blob in a slot */
     uint64_t dropped;    /* slots found invalid at open or at a get, since open */
+    int32_t verified;    /* 1: the open read every blob (no clean close before it) */
 } pkv__tier_file_info_t;
 void pkv__tier_file_info(void *ctx, pkv__tier_file_info_t *out) PKV_HIDDEN;
 

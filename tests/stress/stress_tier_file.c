@@ -29,6 +29,7 @@ int main(int argc, char **argv) {
     test_checksum();
     test_args();
     test_capacity();
+    test_trust_gets();
     for (uint64_t s = 0; s < 40; s++) test_corruption((int)(s & 1), seed + s);
     test_foreign();
     test_deleted_slab();
