@@ -12,95 +12,15 @@
 #include "npy.h"
 #include "internal.h"
 #include "test.h"
+#include "common/clirun.h"
 
-static const char *bin;
 static char tmpdir[256];
 
-typedef struct run_out {
-    int status;   /* exit code, or -1 when killed */
-    char *text;   /* stdout + stderr */
-    size_t len;
-} run_out;
 
-/* Runs "$bin args" through the shell, stdout and stderr together. */
-static run_out run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static run_out run(const char *fmt, ...) {
-    char args[4096], cmd[4608];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", bin, args);
-    run_out r = {-1, NULL, 0};
-    FILE *p = popen(cmd, "r");
-    if (!p) return r;
-    size_t cap = 0;
-    char buf[8192];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) {
-        if (r.len + n + 1 > cap) {
-            cap = (r.len + n + 1) * 2;
-            r.text = realloc(r.text, cap);
-        }
-        memcpy(r.text + r.len, buf, n);
-        r.len += n;
-    }
-    if (!r.text) r.text = calloc(1, 1);
-    r.text[r.len] = 0;
-    int st = pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return r;
-}
 
-/* Runs a whole shell command line (environment assignments, redirections). */
-static run_out run_sh(const char *cmd) {
-    run_out r = {-1, NULL, 0};
-    FILE *p = popen(cmd, "r");
-    if (!p) return r;
-    size_t cap = 0, n;
-    char buf[8192];
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) {
-        if (r.len + n + 1 > cap) {
-            cap = (r.len + n + 1) * 2;
-            r.text = realloc(r.text, cap);
-        }
-        memcpy(r.text + r.len, buf, n);
-        r.len += n;
-    }
-    if (!r.text) r.text = calloc(1, 1);
-    r.text[r.len] = 0;
-    const int st = pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return r;
-}
 
-#define CHECK_RUN(r, want_status, needle)                                                           \
-    do {                                                                                            \
-        CHECK_INT((r).status, want_status);                                                         \
-        if ((needle) && !strstr((r).text, (needle)))                                                \
-            TEST_FAIL_("output lacks \"%s\":\n%.2000s", (const char *)(needle), (r).text);         \
-        else if ((r).status != (want_status))                                                       \
-            fprintf(stderr, "output was:\n%.2000s\n", (r).text);                                     \
-    } while (0)
 
-/* The value column(s) of table row `name` (text after the name), or "". */
-static const char *row(const char *text, const char *name, char *buf, size_t n) {
-    buf[0] = 0;
-    const char *p = text;
-    size_t len = strlen(name);
-    while ((p = strstr(p, name)) != NULL) {
-        if ((p == text || p[-1] == '\n') && p[len] == ' ') {
-            const char *e = strchr(p, '\n');
-            size_t m = e ? (size_t)(e - p - len) : strlen(p + len);
-            if (m >= n) m = n - 1;
-            memcpy(buf, p + len, m);
-            buf[m] = 0;
-            return buf;
-        }
-        p += len;
-    }
-    return buf;
-}
+
 
 /* ---- a small strict JSON validator (the --json output must parse) ---- */
 static const char *jv(const char *p, int depth);
@@ -152,13 +72,6 @@ static int json_valid(const char *s) {
     return p && *jws(p) == 0;
 }
 
-static void write_file(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL);
-    if (!f) return;
-    fputs(text, f);
-    fclose(f);
-}
 
 static void test_help(void) {
     run_out r = run("--help");
@@ -884,22 +797,7 @@ static void test_attn_fp8(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    /* PKV_BIN, else the pkv next to this build: BUILD/tests/test_cli -> BUILD/pkv */
-    static char guess[1024];
-    bin = getenv("PKV_BIN");
-    if (!bin) {
-        snprintf(guess, sizeof guess, "%s", argv[0]);
-        char *slash = strrchr(guess, '/');
-        if (slash) *slash = 0;
-        slash = strrchr(guess, '/');
-        if (slash && (size_t)(slash - guess) + 5 < sizeof guess) strcpy(slash + 1, "pkv");
-        else snprintf(guess, sizeof guess, "build/pkv");
-        bin = guess;
-    }
-    if (access(bin, X_OK) != 0) {
-        fprintf(stderr, "test_cli: %s is not an executable (set PKV_BIN)\n", bin);
-        return 1;
-    }
+    if (clirun_find_bin(argv[0], "test_cli")) return 1;
     snprintf(tmpdir, sizeof tmpdir, "/tmp/pkv_test_cli.XXXXXX");
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");

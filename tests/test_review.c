@@ -178,15 +178,22 @@ static void test_generation_exhausted(void) {
     pkv_cache_destroy(c);
 }
 
+/* A metadata-mode cache of nb blocks of bs slots (NULL on failure, reported). */
+static pkv_cache *meta_cache(int32_t nb, int32_t bs, uint32_t flags) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = nb;
+    cfg.block_size = bs;
+    cfg.flags = flags;
+    pkv_cache *c = NULL;
+    CHECK_OK(pkv_cache_create(&cfg, &c));
+    return c;
+}
+
 /* Issue 16, item 16: every failing call leaves a detail, also for a negative
  * count and a NULL argument (which used to keep the previous call's text). */
 static void test_last_error_always_set(void) {
-    pkv_config cfg;
-    pkv_config_init(&cfg);
-    cfg.num_blocks = 4;
-    cfg.block_size = 4;
-    pkv_cache *c = NULL;
-    CHECK_OK(pkv_cache_create(&cfg, &c));
+    pkv_cache *c = meta_cache(4, 4, 0);
     if (!c) return;
     pkv_seq s;
     pkv_block_copy cow;
@@ -211,13 +218,7 @@ static void test_last_error_always_set(void) {
  * cached block that is still held by a sequence when its parent is evicted
  * only leaves the index (its holder keeps it): that is not an eviction. */
 static void test_used_orphan_is_not_an_eviction(void) {
-    pkv_config cfg;
-    pkv_config_init(&cfg);
-    cfg.num_blocks = 5;
-    cfg.block_size = 2;
-    cfg.flags = PKV_FLAG_PREFIX_CACHE;
-    pkv_cache *c = NULL;
-    CHECK_OK(pkv_cache_create(&cfg, &c));
+    pkv_cache *c = meta_cache(5, 2, PKV_FLAG_PREFIX_CACHE);
     if (!c) return;
     const int32_t toks[4] = {1, 1, 2, 2};
     pkv_seq z, x, y, filler;

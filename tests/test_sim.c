@@ -11,8 +11,8 @@
 #include <unistd.h>
 
 #include "test.h"
+#include "common/clirun.h"
 
-static const char *bin;
 static char tmpdir[256];
 
 #define SMALL "tests/data/mooncake_small.jsonl"
@@ -20,54 +20,7 @@ static char tmpdir[256];
 /* What tests/data/mooncake_hits.py prints for SMALL (hit tokens, prompt tokens). */
 static const struct { int bs; long long hit, query; } small_hits[] = {{16, 1806, 3939}, {7, 1792, 3939}, {64, 1727, 3939}};
 
-typedef struct run_out {
-    int status; /* exit code, or -1 when killed */
-    char *text; /* stdout + stderr */
-    double secs;
-} run_out;
 
-static run_out run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static run_out run(const char *fmt, ...) {
-    char args[4096], cmd[4608];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", bin, args);
-    run_out r = {-1, NULL, 0};
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    FILE *p = popen(cmd, "r");
-    if (!p) return r;
-    size_t cap = 0, len = 0, n;
-    char buf[8192];
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) {
-        if (len + n + 1 > cap) {
-            cap = (len + n + 1) * 2;
-            r.text = realloc(r.text, cap);
-        }
-        memcpy(r.text + len, buf, n);
-        len += n;
-    }
-    if (!r.text) r.text = calloc(1, 1);
-    r.text[len] = 0;
-    int st = pclose(p);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    r.secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return r;
-}
-
-/* Exit status and (unless NULL) a piece of the output. */
-static void check_run(const run_out *r, int want_status, const char *needle, int line) {
-    test_checks_++;
-    if (r->status != want_status || (needle && !strstr(r->text, needle))) {
-        test_fails_++;
-        fprintf(stderr, "%s:%d: status %d (want %d)%s%s%s; output:\n%.2000s\n", __FILE__, line, r->status,
-                want_status, needle ? ", want \"" : "", needle ? needle : "", needle ? "\"" : "", r->text);
-    }
-}
-#define CHECK_RUN(r, want_status, needle) check_run(&(r), (want_status), (needle), __LINE__)
 
 /* The integer after the n-th (from 0) occurrence of "key": in text, or -1. */
 static long long json_int(const char *text, const char *key, int nth) {
@@ -88,29 +41,7 @@ static int count(const char *text, const char *needle) {
     return n;
 }
 
-/* The text of table row `name` after the name, or "". */
-static const char *row(const char *text, const char *name, char *buf, size_t n) {
-    buf[0] = 0;
-    size_t len = strlen(name);
-    for (const char *p = text; (p = strstr(p, name)) != NULL; p += len)
-        if ((p == text || p[-1] == '\n') && p[len] == ' ') {
-            const char *e = strchr(p, '\n');
-            size_t m = e ? (size_t)(e - p - len) : strlen(p + len);
-            if (m >= n) m = n - 1;
-            memcpy(buf, p + len, m);
-            buf[m] = 0;
-            break;
-        }
-    return buf;
-}
 
-static void write_file(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL);
-    if (!f) return;
-    fputs(text, f);
-    fclose(f);
-}
 
 /* An unbounded pool on a trace served one request at a time reaches the
  * infinite cache's hits, and both equal the independent script's numbers. */
@@ -452,21 +383,7 @@ static void test_table(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    static char guess[1024];
-    bin = getenv("PKV_BIN");
-    if (!bin) {
-        snprintf(guess, sizeof guess, "%s", argv[0]);
-        char *slash = strrchr(guess, '/');
-        if (slash) *slash = 0;
-        slash = strrchr(guess, '/');
-        if (slash && (size_t)(slash - guess) + 5 < sizeof guess) strcpy(slash + 1, "pkv");
-        else snprintf(guess, sizeof guess, "build/pkv");
-        bin = guess;
-    }
-    if (access(bin, X_OK) != 0) {
-        fprintf(stderr, "test_sim: %s is not an executable (set PKV_BIN)\n", bin);
-        return 1;
-    }
+    if (clirun_find_bin(argv[0], "test_sim")) return 1;
     static char cmdbin[1200];
     snprintf(cmdbin, sizeof cmdbin, "%s sim", bin);
     bin = cmdbin;
