@@ -31,7 +31,7 @@ int main(int argc, char **argv) {
     pkv_tier_backend file;
     char why[256] = "";
     if (pkv_tier_file_open(argv[1], 64 * (uint64_t)blob, blob, PKV_FILE_TIER_FSYNC, &file, why) != PKV_OK ||
-        pkv_cache_add_tier(c, &file, 64) != PKV_OK) {
+        pkv_cache_add_tier(c, &file, 64, 0) != PKV_OK) {
         fprintf(stderr, "file tier: %s %s\n", why, pkv_cache_last_error(c));
         return 1;
     }

@@ -498,20 +498,25 @@ PKV_API int pkv_tier_file_open(const char *dir, uint64_t capacity_bytes, size_t 
 /* Tiers of a cache. Tiers need host storage and prefix caching, and are added
  * to a new cache before it holds sequences (tier 0 first, just below the pool;
  * at most 3). Placement: a cached block the pool reclaims is written to tier 0
- * (write-back; registration does not write through), stays findable, and a
+ * (write-back; with PKV_TIER_WRITE_THROUGH also when registered), stays findable, and a
  * lookup that runs past the pool's chain continues through the tiers and
  * copies each block found back into the pool (the tier keeps its copy). A full
  * tier moves its least recently used block to the next tier, or, from the
  * last, drops it (and the blocks that chain below it). Every block read back
  * is checked (geometry, identity, checksum): a bad one is a miss. */
 enum pkv_tier_kind { PKV_TIER_HOST = 0, PKV_TIER_BACKEND = 1 };
+/* Tier flags. PKV_TIER_WRITE_THROUGH (tier 0 only): a block is written to the
+ * tier when it is registered, not only when the pool evicts it, so that it
+ * survives a crash or restart of the process (at the cost of a write per
+ * registered block). */
+enum pkv_tier_flags { PKV_TIER_WRITE_THROUGH = 1u << 0 };
 
 /*! Adds a host-memory tier of capacity_blocks blocks (each pkv_tier_blob_size
- *  bytes, allocated now through the cache's allocator).
+ *  bytes, allocated now through the cache's allocator). flags: pkv_tier_flags.
  *  @return PKV_OK; PKV_ERR_MODE (metadata mode or no prefix caching),
  *  PKV_ERR_STATE (the cache already holds sequences or cached blocks),
  *  PKV_ERR_INVALID (capacity, or 3 tiers already), PKV_ERR_NOMEM. Unchanged on error. */
-PKV_API int pkv_cache_add_host_tier(pkv_cache *cache, int64_t capacity_blocks);
+PKV_API int pkv_cache_add_host_tier(pkv_cache *cache, int64_t capacity_blocks, uint32_t flags);
 
 /*! Adds a tier on a backend (the cache takes it over and closes it when it is
  *  destroyed, also when this call fails). Blobs the backend already holds
@@ -519,7 +524,8 @@ PKV_API int pkv_cache_add_host_tier(pkv_cache *cache, int64_t capacity_blocks);
  *  key and geometry) are checked and indexed again: their prefixes are found.
  *  @return as pkv_cache_add_host_tier; PKV_ERR_INVALID when a required
  *  function is NULL or backend->size is not set. */
-PKV_API int pkv_cache_add_tier(pkv_cache *cache, const pkv_tier_backend *backend, int64_t capacity_blocks);
+PKV_API int pkv_cache_add_tier(pkv_cache *cache, const pkv_tier_backend *backend, int64_t capacity_blocks,
+                               uint32_t flags);
 
 /*! Bytes of one block's blob in this cache's tiers (what pkv_tier_file_open
  *  takes as blob_size). PKV_ERR_MODE in metadata mode. */

@@ -330,12 +330,17 @@ typedef struct pkv_tiers {
     pkv_tier t[PKV_MAX_TIERS];
     uint8_t *scratch[PKV_MAX_TIERS + 1]; /* blob buffers: one per level, one for promotion */
     int64_t dropped;          /* evictable pool blocks freed by dropping entries */
+    int write_through;        /* PKV_TIER_WRITE_THROUGH on tier 0 */
 } pkv_tiers;
 
 struct pkv_cache;
 /* Bytes of one blob of this cache's geometry. */
 size_t tier_blob_size(const struct pkv_cache *c);
-int tier_add(struct pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, int host, pkv_detail *d);
+int tier_add(struct pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, int host, uint32_t flags,
+             pkv_detail *d);
+/* Write-through: copies the entries at blocks[0..n) (just registered) into
+ * tier 0 unless a tier holds them; a failure only counts (the pool keeps them). */
+void tier_write_through(struct pkv_cache *c, const int32_t *blocks, int32_t n);
 void tier_destroy(struct pkv_cache *c);
 /* The pool reclaimed cached block b for a new owner: its entry moves to the
  * tiers (write-back) or, failing that, is dropped with its descendants. */

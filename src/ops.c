@@ -129,8 +129,10 @@ static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *toke
     /* Blocks filled before this append (KV written) may be deduplicated; ones
      * it filled are indexed but not moved, since their slots were just handed out. */
     if (auto_reg) {
+        int32_t before = r->nregistered;
         prefix_register_seq(c->prefix, &c->seqs, r, old_len, NULL, NULL);
         use_spare_tokens(c, r, spare, spare_cap);
+        if (c->tiers.write_through) tier_write_through(c, r->blocks + before, r->nregistered - before);
     }
     return PKV_OK;
 }
@@ -156,8 +158,10 @@ static int prefix_register_op(pkv_cache *c, pkv_seq h, int32_t *registered, int3
     int st;
     int32_t *spare = spare_tokens(c, r, r->ntokens, &spare_cap, &st);
     if (st < 0) return cache_fail(c, st, "register: no memory for the sequence's token ids");
+    int32_t before = r->nregistered;
     prefix_register_seq(c->prefix, &c->seqs, r, -1, registered, deduped);
     use_spare_tokens(c, r, spare, spare_cap);
+    if (c->tiers.write_through) tier_write_through(c, r->blocks + before, r->nregistered - before);
     return PKV_OK;
 }
 
@@ -333,19 +337,19 @@ int pkv_store_arenas(pkv_cache *c, int32_t layer, void **k, void **v) {
 
 /* ---- tiers ---- */
 
-int pkv_cache_add_host_tier(pkv_cache *c, int64_t capacity_blocks) {
+int pkv_cache_add_host_tier(pkv_cache *c, int64_t capacity_blocks, uint32_t flags) {
     CACHE_ENTER(c);
-    CACHE_LEAVE(c, tier_add(c, NULL, capacity_blocks, 1, &c->err));
+    CACHE_LEAVE(c, tier_add(c, NULL, capacity_blocks, 1, flags, &c->err));
 }
 
-int pkv_cache_add_tier(pkv_cache *c, const pkv_tier_backend *backend, int64_t capacity_blocks) {
+int pkv_cache_add_tier(pkv_cache *c, const pkv_tier_backend *backend, int64_t capacity_blocks, uint32_t flags) {
     if (!c) {
         if (backend && backend->close) backend->close(backend->ctx);
         return PKV_ERR_NULL;
     }
     CACHE_ENTER(c);
     CACHE_NULL_IF(c, !backend, "backend");
-    int st = tier_add(c, backend, capacity_blocks, 0, &c->err);
+    int st = tier_add(c, backend, capacity_blocks, 0, flags, &c->err);
     if (st < 0 && backend->close) backend->close(backend->ctx); /* the cache took it over */
     CACHE_LEAVE(c, st);
 }

@@ -300,6 +300,19 @@ void tier_evicted(pkv_cache *c, int32_t b) {
     else if (prefix_entry_live(p, e)) drop_tree(c, e);
 }
 
+void tier_write_through(pkv_cache *c, const int32_t *blocks, int32_t n) {
+    pkv_prefix *p = c->prefix;
+    for (int32_t j = 0; j < n; j++) {
+        int32_t e = prefix_entry_of_block(p, blocks[j]);
+        if (e < 0 || prefix_tiers_of(p, e)) continue;
+        uint8_t *blob = c->tiers.scratch[0];
+        blob_pack(c, e, blocks[j], blob);
+        c->tiers.pinned[1] = e;
+        (void)tier_put(c, 0, e, blob); /* a failure is counted; the pool still holds the block */
+        c->tiers.pinned[1] = -1;
+    }
+}
+
 int tier_promote(pkv_cache *c, int32_t e, int32_t (*take)(pkv_cache *), int32_t *block) {
     pkv_prefix *p = c->prefix;
     uint8_t have = prefix_tiers_of(p, e);
@@ -424,9 +437,13 @@ static void restore(pkv_cache *c, int ti) {
 
 static void *host_be_create(const pkv_allocator *al, int64_t capacity, size_t blob_size, pkv_tier_backend *out);
 
-int tier_add(pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, int host, pkv_detail *d) {
+int tier_add(pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, int host, uint32_t flags,
+             pkv_detail *d) {
     pkv_tiers *ts = &c->tiers;
     if (ts->n >= PKV_MAX_TIERS) return pkv__fail(d, PKV_ERR_INVALID, "at most %d tiers", PKV_MAX_TIERS);
+    if (flags & ~(uint32_t)PKV_TIER_WRITE_THROUGH) return pkv__fail(d, PKV_ERR_INVALID, "unknown tier flags 0x%x", flags);
+    if ((flags & PKV_TIER_WRITE_THROUGH) && ts->n != 0)
+        return pkv__fail(d, PKV_ERR_INVALID, "write-through applies to tier 0 only");
     if (!c->store.enabled) return pkv__fail(d, PKV_ERR_MODE, "tiers need host storage (PKV_STORAGE_HOST)");
     if (!c->prefix) return pkv__fail(d, PKV_ERR_MODE, "tiers need prefix caching (PKV_FLAG_PREFIX_CACHE)");
     if (c->seqs.num_seqs || c->pool.used || c->pool.num_evictable)
@@ -492,6 +509,7 @@ int tier_add(pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, 
     }
     ts->n++;
     ts->pinned[0] = ts->pinned[1] = -1;
+    if (flags & PKV_TIER_WRITE_THROUGH) ts->write_through = 1;
     restore(c, ts->n - 1);
     return PKV_OK;
 }

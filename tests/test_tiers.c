@@ -99,7 +99,7 @@ static void flush_pool(pkv_cache *c, int32_t nb) {
 
 static void test_offload_promote(void) {
     pkv_cache *c = make(4, NULL);
-    CHECK_OK(pkv_cache_add_host_tier(c, 8));
+    CHECK_OK(pkv_cache_add_host_tier(c, 8, 0));
     int32_t a[12] = {5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
     pkv_seq s = prompt(c, a, 12);
     CHECK_OK(pkv_seq_free(c, s));
@@ -121,13 +121,13 @@ static void test_offload_promote(void) {
     CHECK_INT(tstats(c, 0).hits, 3);
     CHECK_OK(pkv_cache_check(c));
     /* errors: not on a used cache, not in metadata mode */
-    CHECK_STATUS(pkv_cache_add_host_tier(c, 4), PKV_ERR_STATE);
+    CHECK_STATUS(pkv_cache_add_host_tier(c, 4, 0), PKV_ERR_STATE);
     pkv_cache_destroy(c);
     pkv_config cfg;
     pkv_config_init(&cfg);
     cfg.flags = PKV_FLAG_PREFIX_CACHE;
     CHECK_OK(pkv_cache_create(&cfg, &c));
-    CHECK_STATUS(pkv_cache_add_host_tier(c, 4), PKV_ERR_MODE);
+    CHECK_STATUS(pkv_cache_add_host_tier(c, 4, 0), PKV_ERR_MODE);
     CHECK(strstr(pkv_cache_last_error(c), "host storage") != NULL);
     pkv_cache_destroy(c);
 }
@@ -138,8 +138,8 @@ static void test_tier_eviction_and_demotion(void) {
     int32_t a[8] = {1, 2, 3, 4, 5, 6, 7, 8}, b[8] = {21, 22, 23, 24, 25, 26, 27, 28};
     for (int two = 0; two <= 1; two++) {
         pkv_cache *c = make(4, NULL);
-        CHECK_OK(pkv_cache_add_host_tier(c, 2));
-        if (two) CHECK_OK(pkv_cache_add_host_tier(c, 4));
+        CHECK_OK(pkv_cache_add_host_tier(c, 2, 0));
+        if (two) CHECK_OK(pkv_cache_add_host_tier(c, 4, 0));
         pkv_seq s = prompt(c, a, 8);
         CHECK_OK(pkv_seq_free(c, s));
         flush_pool(c, 4); /* a's 2 blocks fill tier 0 */
@@ -245,7 +245,7 @@ static void test_corrupt_and_failing_backend(void) {
     memset(&m, 0, sizeof m);
     pkv_tier_backend be = mb_backend(&m);
     pkv_cache *c = make(4, NULL);
-    CHECK_OK(pkv_cache_add_tier(c, &be, 16));
+    CHECK_OK(pkv_cache_add_tier(c, &be, 16, 0));
     int32_t a[8] = {1, 2, 3, 4, 5, 6, 7, 8};
     pkv_seq s = prompt(c, a, 8);
     CHECK_OK(pkv_seq_free(c, s));
@@ -287,7 +287,7 @@ static void test_restart(void) {
     int32_t a[12] = {4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9};
     pkv_tier_backend be = mb_backend(&m);
     pkv_cache *c = make(4, key);
-    CHECK_OK(pkv_cache_add_tier(c, &be, 16));
+    CHECK_OK(pkv_cache_add_tier(c, &be, 16, 0));
     pkv_seq s = prompt(c, a, 12);
     CHECK_OK(pkv_seq_free(c, s));
     flush_pool(c, 4);
@@ -295,14 +295,14 @@ static void test_restart(void) {
     CHECK_INT(m.n, 3);
 
     c = make(4, key);
-    CHECK_OK(pkv_cache_add_tier(c, &be, 16));
+    CHECK_OK(pkv_cache_add_tier(c, &be, 16, 0));
     CHECK_INT(tstats(c, 0).restored, 3);
     CHECK_INT(lookup_check(c, a, 12), 12);
     CHECK_OK(pkv_cache_check(c));
     pkv_cache_destroy(c);
 
     c = make(4, other);
-    CHECK_OK(pkv_cache_add_tier(c, &be, 16));
+    CHECK_OK(pkv_cache_add_tier(c, &be, 16, 0));
     CHECK_INT(lookup_check(c, a, 12), 0);
     pkv_cache_destroy(c);
 
@@ -319,7 +319,7 @@ static void test_restart(void) {
     cfg.hash_key_set = 1;
     memcpy(cfg.hash_key, key, 16);
     CHECK_OK(pkv_cache_create(&cfg, &c));
-    CHECK_OK(pkv_cache_add_tier(c, &be, 16));
+    CHECK_OK(pkv_cache_add_tier(c, &be, 16, 0));
     CHECK_INT(tstats(c, 0).restored, 0);
     CHECK_INT(m.n, 0); /* foreign blobs deleted */
     pkv_cache_destroy(c);
@@ -334,8 +334,8 @@ static void test_random(void) {
     if (ops < 200) ops = 200;
     for (int two = 0; two <= 1; two++) {
         pkv_cache *c = make(12, NULL);
-        CHECK_OK(pkv_cache_add_host_tier(c, 6));
-        if (two) CHECK_OK(pkv_cache_add_host_tier(c, 10));
+        CHECK_OK(pkv_cache_add_host_tier(c, 6, 0));
+        if (two) CHECK_OK(pkv_cache_add_host_tier(c, 10, 0));
         int64_t hits = 0;
         for (long op = 0; op < ops; op++) {
             int32_t toks[32], n = 4 + (int32_t)test_below(&rng, 28), stem = (int32_t)test_below(&rng, 5);
@@ -389,7 +389,7 @@ static pkv_cache *with_file_tier(const char *dir, const uint8_t key[16]) {
     int st = pkv_tier_file_open(dir, 64 * (uint64_t)blob, blob, PKV_FILE_TIER_FSYNC, &be, detail);
     if (st != PKV_OK) printf("file tier: %s\n", detail);
     CHECK_OK(st);
-    if (st == PKV_OK) CHECK_OK(pkv_cache_add_tier(c, &be, 32));
+    if (st == PKV_OK) CHECK_OK(pkv_cache_add_tier(c, &be, 32, 0));
     return c;
 }
 
@@ -450,7 +450,7 @@ static void test_file_tier_restart(void) {
  * empties the index and the tiers. */
 static void test_evict_reset_with_tiers(void) {
     pkv_cache *c = make(4, NULL);
-    CHECK_OK(pkv_cache_add_host_tier(c, 8));
+    CHECK_OK(pkv_cache_add_host_tier(c, 8, 0));
     int32_t a[12] = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8}, n = -1, cached = -1, pool = -1;
     pkv_seq s = prompt(c, a, 12);
     CHECK_OK(pkv_seq_free(c, s));
@@ -468,7 +468,27 @@ static void test_evict_reset_with_tiers(void) {
     pkv_cache_destroy(c);
 }
 
+/* Write-through: registered blocks reach tier 0 at once; a process that dies
+ * without evicting anything still leaves them for the next one. */
+static void test_write_through(void) {
+    pkv_cache *c = make(8, NULL);
+    CHECK_STATUS(pkv_cache_add_host_tier(c, 8, 0x80), PKV_ERR_INVALID);
+    CHECK_OK(pkv_cache_add_host_tier(c, 8, PKV_TIER_WRITE_THROUGH));
+    CHECK_STATUS(pkv_cache_add_host_tier(c, 8, PKV_TIER_WRITE_THROUGH), PKV_ERR_INVALID); /* tier 0 only */
+    int32_t a[10] = {9, 8, 7, 6, 5, 4, 3, 2, 1, 0};
+    pkv_seq s = prompt(c, a, 10);
+    CHECK_INT(tstats(c, 0).stores, 2);
+    CHECK_INT(tstats(c, 0).blocks, 2);
+    CHECK_OK(pkv_seq_free(c, s));
+    flush_pool(c, 8); /* already in the tier: nothing more written */
+    CHECK_INT(tstats(c, 0).stores, 2);
+    CHECK_INT(lookup_check(c, a, 10), 8);
+    CHECK_OK(pkv_cache_check(c));
+    pkv_cache_destroy(c);
+}
+
 int main(void) {
+    test_write_through();
     test_evict_reset_with_tiers();
     test_file_tier_restart();
     test_offload_promote();
