@@ -100,8 +100,11 @@ def test_fp8_mla_cache():
 def _load_case(d, name, meta):
     arr = {p: np.load(os.path.join(d, f"{name}.{p}.npy")) for p in
            ("q", "k_cache", "block_table", "cache_seqlens", "out", "lse")}
-    vpath = os.path.join(d, f"{name}.v_cache.npy")
-    arr["v_cache"] = np.load(vpath) if os.path.exists(vpath) else None
+    for opt in ("v_cache", "indices", "attn_sink"):
+        path = os.path.join(d, f"{name}.{opt}.npy")
+        arr[opt] = np.load(path) if os.path.exists(path) else None
+    if meta.get("kv_dtype") == "fp8":  # [num_blocks][block_size][656] rows -> one KV head
+        arr["k_cache"] = arr["k_cache"].reshape(arr["k_cache"].shape[0], arr["k_cache"].shape[1], 1, 656)
     return arr
 
 
@@ -117,10 +120,12 @@ def test_shared_vectors():
         meta = dict(x.split("=") for x in kv)
         a = _load_case(d, name, meta)
         dtype = "bf16" if meta["dtype"] == "bf16" else None
+        kv_dtype = "fp8_mla656" if meta.get("kv_dtype") == "fp8" else None
         for fast in (False, True):
             out, lse = pagedkv.attention(a["q"], a["k_cache"], a["block_table"], a["cache_seqlens"],
                                          float(meta["softmax_scale"]), causal=meta["causal"] == "1",
-                                         v_cache=a["v_cache"], dv=int(meta["dv"]), fast=fast, dtype=dtype)
+                                         v_cache=a["v_cache"], dv=int(meta["dv"]), fast=fast, dtype=dtype,
+                                         kv_dtype=kv_dtype, indices=a["indices"], attn_sink=a["attn_sink"])
             _close(out, lse, a["out"], a["lse"], fast)
         cases += 1
     assert cases >= 7
