@@ -78,9 +78,11 @@ static void blob_pack(const pkv_cache *c, int32_t e, int32_t b, uint8_t *blob) {
     size_t size = tier_blob_size(c), bs = (size_t)c->cfg.block_size;
     prefix_identity id;
     prefix_identity_of(c->prefix, e, &id);
-    uint64_t head[12] = {BLOB_MAGIC, size};
-    blob_geometry(c, (uint32_t *)(void *)&head[2]);
-    memcpy(blob, head, 48);
+    uint64_t head[2] = {BLOB_MAGIC, size};
+    uint32_t g[8];
+    blob_geometry(c, g);
+    memcpy(blob, head, 16);
+    memcpy(blob + 16, g, 32);
     memcpy(blob + 48, id.key, 16);
     memcpy(blob + 64, id.parent_key, 16);
     memcpy(blob + 80, &id.ns, 8);
@@ -106,11 +108,11 @@ static int blob_parse(const pkv_cache *c, const uint8_t *blob, size_t len, uint6
                       uint64_t *ns, int *has_parent, const int32_t **toks) {
     size_t size = tier_blob_size(c);
     if (len != size) return 0;
-    uint64_t head[6], sum;
-    memcpy(head, blob, 48);
+    uint64_t head[2], sum;
+    memcpy(head, blob, 16);
     uint32_t g[8];
     blob_geometry(c, g);
-    if (head[0] != BLOB_MAGIC || head[1] != size || memcmp(&head[2], g, 32) != 0) return 0;
+    if (head[0] != BLOB_MAGIC || head[1] != size || memcmp(blob + 16, g, 32) != 0) return 0;
     memcpy(&sum, blob + size - 8, 8);
     if (sum != checksum64(blob, size - 8)) return 0;
     memcpy(key, blob + 48, 16);
