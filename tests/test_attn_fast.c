@@ -465,6 +465,23 @@ static void test_validation(void) {
     t.table[0] = -1; CHECK_STATUS(pkv_attn(&t.a, pools[1]), PKV_ERR_BLOCK_ID); t.table[0] = saved;
     bad.out = NULL; CHECK_STATUS(pkv_attn(&bad, NULL), PKV_ERR_NULL); bad = t.a;
     bad.softmax_scale = NAN; CHECK_STATUS(pkv_attn(&bad, NULL), PKV_ERR_INVALID); bad = t.a;
+    bad.window = -1; CHECK_STATUS(pkv_attn(&bad, pools[1]), PKV_ERR_INVALID); bad = t.a;
+    bad.reserved = 1; CHECK_STATUS(pkv_attn(&bad, NULL), PKV_ERR_INVALID); bad = t.a;
+    int32_t ix[2] = {0, -1};
+    bad.indices = ix; bad.topk = 1; bad.window = 4;
+    CHECK_STATUS(pkv_attn(&bad, NULL), PKV_ERR_INVALID);
+    CHECK_STATUS(pkv_attn_reference(&bad), PKV_ERR_INVALID); bad = t.a;
+    /* a released entry before every window is not read; one inside a window is refused */
+    if (t.lens[0] > 16) {
+        saved = t.table[0];
+        t.table[0] = -1;
+        bad.window = t.lens[0] - 16;
+        CHECK_STATUS(pkv_attn(&bad, pools[1]), PKV_OK);
+        bad.window = t.lens[0];
+        CHECK_STATUS(pkv_attn(&bad, pools[1]), PKV_ERR_BLOCK_ID);
+        t.table[0] = saved;
+        bad = t.a;
+    }
     free_case(&t);
 }
 
