@@ -18,7 +18,10 @@
  * m_pv * F_pv / C_pv). Ceilings are the best of their runs, so a loaded machine
  * lowers a kernel's share, never raises it. The oracle (double precision) is
  * timed once on a reduced shape (1 sequence, <= 256 keys, <= 2 query tokens)
- * and scaled by FLOPs. JSON lines on stdout, a table on stderr. */
+ * and scaled by FLOPs. Then windowed decode (window W = 1024) at L = 4096,
+ * 16384 and 65536, the blocks before the window released (table entries -1),
+ * against full attention over the same cache: windowed time should be flat in L.
+ * JSON lines on stdout, a table on stderr. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,6 +263,104 @@ static const attn_ops *ops_for_shape(const shape *s, const attn_ops *forced) {
     return o;
 }
 
+/* ---- windowed decode: time flat in L beyond the window ---- */
+typedef struct wshape {
+    const char *name;
+    int32_t b, h_q, h_kv, d, dv, q_dtype, kv_dtype, v_shared, window, bs;
+} wshape;
+
+static const wshape wshapes[] = {
+    {"mla_bf16_win", 4, 16, 1, 576, 512, PKV_BF16, PKV_BF16, 1, 1024, 64},
+    {"mla_fp8_win", 4, 16, 1, 576, 512, PKV_BF16, PKV_FP8_MLA656, 1, 1024, 64},
+    {"gqa_f16_win", 1, 32, 8, 128, 128, PKV_F16, PKV_F16, 0, 1024, 16},
+};
+static const int32_t wlens[] = {4096, 16384, 65536};
+
+/* Times windowed decode of ws at each length of wlens (and full attention over
+ * the same cache for contrast): one JSON line and one table row per length. */
+static void bench_window(const wshape *ws, pkv_workers *w, int reps, double budget) {
+    double t_first = 0;
+    for (size_t li = 0; li < sizeof wlens / sizeof wlens[0]; li++) {
+        const int32_t L = wlens[li], bs = ws->bs, per = (L + bs - 1) / bs, nblocks = per * ws->b;
+        const int fp8 = ws->kv_dtype == PKV_FP8_MLA656;
+        const size_t krow = fp8 ? 656 : (size_t)ws->h_kv * (size_t)ws->d * pkv_dtype_size(ws->kv_dtype);
+        const size_t vrow = ws->v_shared ? 0 : (size_t)ws->h_kv * (size_t)ws->dv * pkv_dtype_size(ws->kv_dtype);
+        const size_t slots = (size_t)nblocks * (size_t)bs;
+        void *k = malloc(slots * krow), *v = vrow ? malloc(slots * vrow) : NULL;
+        const size_t nq = (size_t)ws->b * (size_t)ws->h_q * (size_t)ws->d;
+        void *q = malloc(nq * pkv_dtype_size(ws->q_dtype));
+        float *out = malloc(sizeof(float) * (size_t)ws->b * (size_t)ws->h_q * (size_t)ws->dv);
+        float *lse = malloc(sizeof(float) * (size_t)ws->b * (size_t)ws->h_q);
+        int32_t *full = malloc(sizeof(int32_t) * (size_t)nblocks), *win = malloc(sizeof(int32_t) * (size_t)nblocks);
+        int32_t *lens = malloc(sizeof(int32_t) * (size_t)ws->b);
+        if (!k || (vrow && !v) || !q || !out || !lse || !full || !win || !lens) {
+            fprintf(stderr, "%s: out of memory at L = %d\n", ws->name, L);
+            free(k); free(v); free(q); free(out); free(lse); free(full); free(win); free(lens);
+            return;
+        }
+        if (fp8) {
+            float x[576];
+            for (size_t t = 0; t < slots; t++) {
+                for (int c = 0; c < 576; c++) x[c] = frand();
+                pkv_mla656_quantize(x, (uint8_t *)k + t * 656, 0);
+            }
+        } else {
+            fill(k, ws->kv_dtype, slots * krow / pkv_dtype_size(ws->kv_dtype));
+            if (v) fill(v, ws->kv_dtype, slots * vrow / pkv_dtype_size(ws->kv_dtype));
+        }
+        fill(q, ws->q_dtype, nq);
+        for (int32_t i = 0; i < nblocks; i++) full[i] = i;
+        for (int32_t i = nblocks - 1; i > 0; i--) { /* scattered blocks */
+            const int32_t j = (int32_t)((rng_state = rng_state * 6364136223846793005ull + 1) >> 33) % (i + 1);
+            const int32_t t = full[i];
+            full[i] = full[j];
+            full[j] = t;
+        }
+        /* an engine's windowed table: blocks wholly before the window released */
+        const int32_t first = L > ws->window ? (L - ws->window) / bs : 0;
+        for (int32_t b = 0; b < ws->b; b++) {
+            lens[b] = L;
+            for (int32_t j = 0; j < per; j++) win[b * per + j] = j < first ? -1 : full[b * per + j];
+        }
+        pkv_attn_args a;
+        pkv_attn_args_init(&a);
+        a.batch = ws->b; a.s_q = 1; a.h_q = ws->h_q; a.h_kv = ws->h_kv; a.d = ws->d; a.dv = ws->dv;
+        a.block_size = bs; a.max_blocks_per_seq = per; a.num_blocks = nblocks;
+        a.softmax_scale = 1.0f / sqrtf(192.0f);
+        a.q_dtype = ws->q_dtype; a.kv_dtype = ws->kv_dtype;
+        a.q = q; a.k_cache = k; a.v_cache = v; a.cache_seqlens = lens; a.out = out; a.lse = lse;
+        a.block_table = win;
+        a.window = ws->window;
+        double tmin = 0;
+        const double tw = time_attn(&a, w, reps, budget, &tmin);
+        a.block_table = full;
+        a.window = 0;
+        const double tf = time_attn(&a, w, reps, budget, NULL);
+        if (li == 0) t_first = tw;
+        const attn_ops *o = attn_ops_best(ws->q_dtype, ws->kv_dtype);
+        if (o && o->small_m && ws->h_q / ws->h_kv <= ATTN_SMALL_M) o = o->small_m;
+        const char *kname = o ? o->name : "?";
+        bench_json j;
+        json_begin(&j, stdout);
+        json_str(&j, "bench", "attn_window");
+        json_str(&j, "shape", ws->name);
+        json_int(&j, "b", ws->b); json_int(&j, "h_q", ws->h_q); json_int(&j, "h_kv", ws->h_kv);
+        json_int(&j, "d", ws->d); json_int(&j, "dv", ws->dv); json_int(&j, "s_q", 1);
+        json_int(&j, "s_k", L); json_int(&j, "window", ws->window); json_int(&j, "block_size", bs);
+        json_str(&j, "q_dtype", dt_name(ws->q_dtype)); json_str(&j, "kv_dtype", dt_name(ws->kv_dtype));
+        json_str(&j, "kernel", kname);
+        json_int(&j, "threads", workers_count(w));
+        json_num(&j, "time_ms", tw * 1e3);
+        json_num(&j, "time_ms_min", tmin * 1e3);
+        json_num(&j, "full_time_ms", tf * 1e3);
+        json_num(&j, "time_over_first_length", tw / t_first);
+        json_end(&j);
+        fprintf(stderr, "%-14s %3d %4d %6d %5d %3d %-17s %9.3f %9.3f %11.2f %8.2f\n", ws->name, ws->b, ws->h_q, L,
+                ws->window, bs, kname, tw * 1e3, tf * 1e3, tw / t_first, tf / tw);
+        free(k); free(v); free(q); free(out); free(lse); free(full); free(win); free(lens);
+    }
+}
+
 int main(int argc, char **argv) {
     int quick = getenv("PKV_BENCH_QUICK") != NULL, threads = 0;
     const char *only = NULL;
@@ -385,6 +486,14 @@ int main(int argc, char **argv) {
             fputc('\n', stderr);
             release(&d);
         }
+    }
+    fprintf(stderr, "\nwindowed decode (blocks before the window released, table entries -1) vs full attention:\n");
+    fprintf(stderr, "%-14s %3s %4s %6s %5s %3s %-17s %9s %9s %11s %8s\n", "shape", "b", "h_q", "s_k", "W", "bs",
+            "kernel", "win_ms", "full_ms", "win/first", "full/win");
+    for (size_t i = 0; i < sizeof wshapes / sizeof wshapes[0]; i++) {
+        if (only && !strstr(wshapes[i].name, only)) continue;
+        forced_ops = NULL;
+        bench_window(&wshapes[i], w, reps, quick ? 0.3 : 1.0);
     }
     pkv_workers_destroy(w);
     pkv_workers_destroy(w1);

@@ -578,7 +578,10 @@ typedef struct pkv_attn_args {
     const float *attn_sink;    /* NULL, or [h_q]: one extra logit per head in the denominator */
     int32_t window;            /* 0: full attention; W > 0: sliding window, a query row sees
                                 * only the last W of the keys it would see (decode: keys
-                                * [L - W, L); FlashInfer's window_left = W - 1). Dense only. */
+                                * [L - W, L); causal s_q > 1: each row its own last W;
+                                * FlashInfer's window_left = W - 1). Dense mode only. Table
+                                * entries of blocks wholly before query 0's window are
+                                * never read (released blocks may hold -1 there). */
     int32_t reserved;          /* 0 */
 } pkv_attn_args;
 
@@ -589,13 +592,19 @@ PKV_API void pkv_attn_args_init(pkv_attn_args *args);
 /*! The oracle: attention over the paged cache, gathered through the block
  *  table and accumulated in double precision.
  *  Query head h uses KV head h / (h_q / h_kv). Causal with s_q > 1: query i of
- *  a sequence of length L sees keys [0, L - s_q + i]. out[b][s_q][h_q][dv]
+ *  a sequence of length L sees keys [0, L - s_q + i]. Sliding window W > 0:
+ *  a query row that would see keys [0, n) sees [max(0, n - W), n) (decode:
+ *  [L - W, L)); a row whose window is empty is a row with no key; window 0 is
+ *  full attention. out[b][s_q][h_q][dv]
  *  (float32); lse[b][h_q][s_q] natural-log log-sum-exp of the scaled scores;
  *  a row with no key gives out = 0, lse = +inf.
  *  Sparse mode (indices != NULL): indices[batch][s_q][topk] holds slot ids,
  *  -1 skipped; block_table and cache_seqlens are not read; causal must be 0.
  *  attn_sink[h]: exp(sink) joins head h's denominator; lse is unchanged.
- *  Table entries past a sequence's used blocks are never read.
+ *  Table entries past a sequence's used blocks are never read, nor, with a
+ *  window, those of blocks wholly before query 0's window start (the earliest
+ *  key any row of the sequence sees): only entries [start / block_size,
+ *  ceil(L / block_size)) are checked and read.
  *  Non-finite values are computed through, not refused: per row, in double,
  *  score_t = (q . k_t) * softmax_scale, m = max score (NaN scores skipped),
  *  p_t = exp(score_t - m), out = (sum p_t v_t) / (sum p_t), lse = m + log(sum
@@ -604,7 +613,8 @@ PKV_API void pkv_attn_args_init(pkv_attn_args *args);
  *  non-finite scale) gives that row NaN out and NaN lse, never the empty-row
  *  0 / +inf; a NaN in V gives NaN in that out column only; infinities follow
  *  IEEE arithmetic of the same steps (e.g. +inf in K: inf - inf = NaN).
- *  @return PKV_OK; PKV_ERR_NULL, PKV_ERR_INVALID, PKV_ERR_HEADS, PKV_ERR_DTYPE,
+ *  @return PKV_OK; PKV_ERR_NULL, PKV_ERR_INVALID (also: window < 0, window != 0
+ *  in sparse mode, reserved != 0), PKV_ERR_HEADS, PKV_ERR_DTYPE,
  *  PKV_ERR_BLOCK_ID (a used table entry outside [0, num_blocks)),
  *  PKV_ERR_SEQLEN (negative, or longer than the table row covers),
  *  PKV_ERR_SLOT (a sparse index outside the cache); PKV_ERR_NOMEM (per-call
@@ -623,6 +633,8 @@ PKV_API void pkv_workers_destroy(pkv_workers *w);
 
 /*! Fast attention: same arguments, validation and results (within out max abs
  *  error <= 2e-3 * max|out| and lse abs error <= 1e-3 of pkv_attn_reference).
+ *  With a window, work starts at each row's window: keys before it cost
+ *  nothing, so windowed decode time is flat in L beyond W.
  *  w == NULL: the calling thread only. Scratch lives in the pool (or, without
  *  one, in a per-thread buffer freed at thread exit) and grows only when a call
  *  needs more than before: calls of a seen shape allocate nothing. A row that

@@ -28,6 +28,8 @@ typedef struct tcase {
     int32_t topk;
     int sink;
     int empty_some; /* force some sequences to length 0 */
+    int32_t window; /* sliding window W (dense): blocks before every row's window are released */
+    int32_t min_len; /* 0, or each sequence at least this long (windows shorter than L) */
 } tcase;
 
 typedef struct tdata {
@@ -69,6 +71,7 @@ static void make_case(const tcase *tc, uint64_t seed, tdata *t) {
         double x = tc->mean_len + test_normal(&r) * tc->mean_len / 2.0;
         int32_t len = (int32_t)x;
         if (len < tc->s_q) len = tc->s_q;
+        if (len < tc->min_len) len = tc->min_len + (int32_t)test_below(&r, 64);
         if (tc->empty_some && test_below(&r, 3) == 0) len = 0;
         lens[b] = len;
         if (len > maxlen) maxlen = len;
@@ -122,6 +125,29 @@ static void make_case(const tcase *tc, uint64_t seed, tdata *t) {
         }
     }
     free(row);
+    if (tc->window > 0) {
+        /* released blocks, as an engine leaves them: those wholly before query 0's
+         * window start (the earliest key any row needs) turn NaN and their table
+         * entries -1 or garbage (computed here from the definition) */
+        a->window = tc->window;
+        for (int32_t b = 0; b < tc->batch; b++) {
+            const int32_t last0 = tc->causal ? lens[b] - tc->s_q : lens[b] - 1;
+            const int32_t first = last0 - tc->window + 1;
+            for (int32_t j = 0; (int64_t)(j + 1) * bs <= first; j++) {
+                int32_t *e = &t->table[b * a->max_blocks_per_seq + j];
+                const size_t s0 = (size_t)*e * (size_t)bs;
+                if (fp8) {
+                    fill_nan((uint8_t *)t->k + s0 * 656, tc->kv_dtype, (size_t)bs * 656);
+                } else {
+                    const size_t kr = (size_t)tc->h_kv * (size_t)tc->d, vr = (size_t)tc->h_kv * (size_t)tc->dv;
+                    fill_nan((char *)t->k + s0 * kr * pkv_dtype_size(tc->kv_dtype), tc->kv_dtype, (size_t)bs * kr);
+                    if (t->v)
+                        fill_nan((char *)t->v + s0 * vr * pkv_dtype_size(tc->kv_dtype), tc->kv_dtype, (size_t)bs * vr);
+                }
+                *e = test_below(&r, 2) ? -1 : (int32_t)(0x7fff0000 + (int32_t)test_below(&r, 65536));
+            }
+        }
+    }
     const size_t nq = (size_t)tc->batch * (size_t)tc->s_q * (size_t)tc->h_q * (size_t)tc->d;
     t->q = malloc(nq * pkv_dtype_size(tc->q_dtype));
     /* a few peaky rows make the softmax nearly one-hot */
@@ -341,33 +367,54 @@ static void test_vectors(void) {
 
 static const tcase shared_shapes[] = {
     /* the shapes of the shared vector files (vectors/cases.txt) */
-    {"mla_decode_bf16", 3, 1, 16, 1, 576, 512, 64, 0, PKV_BF16, PKV_BF16, 1, 150, 0, 0, 0, 0},
-    {"mla_mtp_causal", 2, 2, 16, 1, 576, 512, 64, 1, PKV_BF16, PKV_BF16, 1, 200, 0, 0, 0, 0},
-    {"mla_peaky_f32", 2, 1, 8, 1, 576, 512, 64, 0, PKV_F32, PKV_F32, 1, 150, 0, 0, 0, 0},
-    {"gqa_sepv_f32", 2, 1, 8, 2, 64, 64, 16, 0, PKV_F32, PKV_F32, 0, 40, 0, 0, 0, 0},
-    {"mha_f16_empty", 3, 1, 4, 4, 32, 32, 4, 0, PKV_F16, PKV_F16, 0, 10, 0, 0, 0, 1},
-    {"block1_causal_f32", 2, 3, 4, 2, 16, 8, 1, 1, PKV_F32, PKV_F32, 0, 6, 0, 0, 0, 0},
-    {"odd_block_bf16", 2, 1, 6, 3, 48, 48, 24, 0, PKV_BF16, PKV_BF16, 0, 60, 0, 0, 0, 0},
+    {"mla_decode_bf16", 3, 1, 16, 1, 576, 512, 64, 0, PKV_BF16, PKV_BF16, 1, 150, 0, 0, 0, 0, 0, 0},
+    {"mla_mtp_causal", 2, 2, 16, 1, 576, 512, 64, 1, PKV_BF16, PKV_BF16, 1, 200, 0, 0, 0, 0, 0, 0},
+    {"mla_peaky_f32", 2, 1, 8, 1, 576, 512, 64, 0, PKV_F32, PKV_F32, 1, 150, 0, 0, 0, 0, 0, 0},
+    {"gqa_sepv_f32", 2, 1, 8, 2, 64, 64, 16, 0, PKV_F32, PKV_F32, 0, 40, 0, 0, 0, 0, 0, 0},
+    {"mha_f16_empty", 3, 1, 4, 4, 32, 32, 4, 0, PKV_F16, PKV_F16, 0, 10, 0, 0, 0, 1, 0, 0},
+    {"block1_causal_f32", 2, 3, 4, 2, 16, 8, 1, 1, PKV_F32, PKV_F32, 0, 6, 0, 0, 0, 0, 0, 0},
+    {"odd_block_bf16", 2, 1, 6, 3, 48, 48, 24, 0, PKV_BF16, PKV_BF16, 0, 60, 0, 0, 0, 0, 0, 0},
     /* the benchmark's shapes, shortened */
-    {"mla_h128", 1, 1, 128, 1, 576, 512, 64, 0, PKV_BF16, PKV_BF16, 1, 700, 0, 0, 0, 0},
-    {"mla_h64_mtp", 2, 2, 64, 1, 576, 512, 64, 1, PKV_BF16, PKV_BF16, 1, 300, 0, 0, 0, 0},
-    {"mla_h16_b16", 3, 1, 16, 1, 576, 512, 16, 0, PKV_BF16, PKV_BF16, 1, 300, 0, 0, 0, 0},
-    {"gqa_f16_128", 2, 1, 32, 8, 128, 128, 16, 0, PKV_F16, PKV_F16, 0, 500, 0, 0, 0, 0},
-    {"gqa_f16_128_b64", 2, 1, 32, 8, 128, 128, 64, 0, PKV_F16, PKV_F16, 0, 300, 0, 0, 0, 0},
+    {"mla_h128", 1, 1, 128, 1, 576, 512, 64, 0, PKV_BF16, PKV_BF16, 1, 700, 0, 0, 0, 0, 0, 0},
+    {"mla_h64_mtp", 2, 2, 64, 1, 576, 512, 64, 1, PKV_BF16, PKV_BF16, 1, 300, 0, 0, 0, 0, 0, 0},
+    {"mla_h16_b16", 3, 1, 16, 1, 576, 512, 16, 0, PKV_BF16, PKV_BF16, 1, 300, 0, 0, 0, 0, 0, 0},
+    {"gqa_f16_128", 2, 1, 32, 8, 128, 128, 16, 0, PKV_F16, PKV_F16, 0, 500, 0, 0, 0, 0, 0, 0},
+    {"gqa_f16_128_b64", 2, 1, 32, 8, 128, 128, 64, 0, PKV_F16, PKV_F16, 0, 300, 0, 0, 0, 0, 0, 0},
     /* bf16 with many heads per KV head: tile kernels (AMX) with output rows not
      * equally spaced (s_q > 1, h_kv > 1) and a dv that is no multiple of 16 */
-    {"gqa_bf16_h16_mtp", 2, 2, 32, 2, 128, 128, 16, 1, PKV_BF16, PKV_BF16, 0, 200, 0, 0, 0, 0},
-    {"gqa_bf16_dv40", 2, 1, 34, 2, 96, 40, 64, 0, PKV_BF16, PKV_BF16, 0, 150, 0, 0, 1, 0},
+    {"gqa_bf16_h16_mtp", 2, 2, 32, 2, 128, 128, 16, 1, PKV_BF16, PKV_BF16, 0, 200, 0, 0, 0, 0, 0, 0},
+    {"gqa_bf16_dv40", 2, 1, 34, 2, 96, 40, 64, 0, PKV_BF16, PKV_BF16, 0, 150, 0, 0, 1, 0, 0, 0},
     /* long sequences: more split-KV chunks than workers, taken dynamically */
-    {"long_split_f32", 1, 1, 16, 1, 16, 16, 64, 0, PKV_F32, PKV_F32, 0, 20000, 0, 0, 0, 0},
-    {"long_split_bf16_causal", 2, 3, 24, 2, 32, 32, 16, 1, PKV_BF16, PKV_BF16, 0, 9000, 0, 0, 1, 0},
+    {"long_split_f32", 1, 1, 16, 1, 16, 16, 64, 0, PKV_F32, PKV_F32, 0, 20000, 0, 0, 0, 0, 0, 0},
+    {"long_split_bf16_causal", 2, 3, 24, 2, 32, 32, 16, 1, PKV_BF16, PKV_BF16, 0, 9000, 0, 0, 1, 0, 0, 0},
     /* FP8 MLA rows */
-    {"mla_fp8", 2, 1, 16, 1, 576, 512, 64, 0, PKV_BF16, PKV_FP8_MLA656, 1, 200, 0, 0, 0, 0},
-    {"mla_fp8_h128", 1, 1, 128, 1, 576, 512, 64, 0, PKV_BF16, PKV_FP8_MLA656, 1, 300, 0, 0, 0, 0},
-    {"mla_fp8_qf32_mtp", 2, 2, 16, 1, 576, 512, 16, 1, PKV_F32, PKV_FP8_MLA656, 1, 150, 0, 0, 1, 0},
+    {"mla_fp8", 2, 1, 16, 1, 576, 512, 64, 0, PKV_BF16, PKV_FP8_MLA656, 1, 200, 0, 0, 0, 0, 0, 0},
+    {"mla_fp8_h128", 1, 1, 128, 1, 576, 512, 64, 0, PKV_BF16, PKV_FP8_MLA656, 1, 300, 0, 0, 0, 0, 0, 0},
+    {"mla_fp8_qf32_mtp", 2, 2, 16, 1, 576, 512, 16, 1, PKV_F32, PKV_FP8_MLA656, 1, 150, 0, 0, 1, 0, 0, 0},
     /* sparse (V3.2 style), sink */
-    {"mla_sparse", 2, 2, 16, 1, 576, 512, 64, 0, PKV_BF16, PKV_BF16, 1, 300, 1, 100, 1, 0},
-    {"gqa_sparse_f32", 2, 1, 8, 2, 64, 48, 24, 0, PKV_F32, PKV_F32, 0, 200, 1, 70, 0, 1},
+    {"mla_sparse", 2, 2, 16, 1, 576, 512, 64, 0, PKV_BF16, PKV_BF16, 1, 300, 1, 100, 1, 0, 0, 0},
+    {"gqa_sparse_f32", 2, 1, 8, 2, 64, 48, 24, 0, PKV_F32, PKV_F32, 0, 200, 1, 70, 0, 1, 0, 0},
+};
+
+/* Sliding windows: released blocks NaN behind -1 or garbage entries; windows of
+ * 1, below and past a tile, past the length; decode, MTP and longer causal runs
+ * whose rows start their windows at different keys of one tile. */
+static const tcase window_shapes[] = {
+    {"win_mla_decode_bf16", 3, 1, 16, 1, 576, 512, 64, 0, PKV_BF16, PKV_BF16, 1, 300, 0, 0, 0, 0, 100, 200},
+    {"win_mla_w1_b16", 2, 1, 16, 1, 576, 512, 16, 1, PKV_BF16, PKV_BF16, 1, 200, 0, 0, 0, 0, 1, 100},
+    {"win_mla_mtp_causal", 2, 2, 16, 1, 576, 512, 64, 1, PKV_BF16, PKV_BF16, 1, 300, 0, 0, 0, 0, 70, 150},
+    {"win_mla_h128_split", 1, 1, 128, 1, 576, 512, 64, 0, PKV_BF16, PKV_BF16, 1, 3000, 0, 0, 0, 0, 1500, 2000},
+    {"win_mla_f32_sink", 2, 1, 8, 1, 576, 512, 16, 0, PKV_F32, PKV_F32, 1, 300, 0, 0, 1, 0, 129, 150},
+    {"win_mla_fp8", 2, 1, 16, 1, 576, 512, 64, 0, PKV_BF16, PKV_FP8_MLA656, 1, 400, 0, 0, 0, 0, 130, 200},
+    {"win_mla_fp8_qf32_mtp", 2, 2, 16, 1, 576, 512, 16, 1, PKV_F32, PKV_FP8_MLA656, 1, 200, 0, 0, 0, 0, 50, 100},
+    {"win_gqa_f16_128", 3, 1, 32, 8, 128, 128, 16, 0, PKV_F16, PKV_F16, 0, 400, 0, 0, 0, 0, 64, 100},
+    {"win_gqa_f32_b1_causal", 2, 3, 8, 2, 64, 64, 1, 1, PKV_F32, PKV_F32, 0, 100, 0, 0, 0, 0, 33, 40},
+    {"win_gqa_bf16_h16_mtp", 2, 2, 32, 2, 128, 128, 16, 1, PKV_BF16, PKV_BF16, 0, 300, 0, 0, 0, 0, 90, 100},
+    {"win_gqa_bf16_s5", 3, 5, 4, 2, 48, 40, 16, 1, PKV_BF16, PKV_BF16, 0, 120, 0, 0, 0, 1, 7, 0},
+    {"win_prefill_f16", 2, 40, 4, 2, 32, 32, 16, 1, PKV_F16, PKV_F16, 0, 100, 0, 0, 0, 0, 20, 0},
+    {"win_prefill_mla", 1, 24, 8, 1, 576, 512, 64, 1, PKV_BF16, PKV_BF16, 1, 200, 0, 0, 0, 0, 50, 100},
+    {"win_long_split_f32", 1, 1, 16, 1, 16, 16, 64, 0, PKV_F32, PKV_F32, 0, 20000, 0, 0, 0, 0, 3000, 10000},
+    {"win_past_len", 3, 2, 6, 3, 40, 24, 24, 1, PKV_F16, PKV_BF16, 0, 80, 0, 0, 0, 1, 50000, 0},
 };
 
 static const int32_t dts[3] = {PKV_F32, PKV_F16, PKV_BF16};
@@ -398,6 +445,8 @@ static void random_case(test_rng *r, tcase *tc) {
         tc->h_q = 1 + (int32_t)test_below(r, 140);
         if (test_below(r, 2)) tc->kv_dtype = PKV_FP8_MLA656;
     }
+    if (!tc->sparse && test_below(r, 3) == 0) /* a sliding window, often shorter than L */
+        tc->window = 1 + (int32_t)test_below(r, (uint32_t)tc->mean_len + 64);
 }
 
 /* Same status as the oracle on malformed arguments. */
@@ -416,6 +465,23 @@ static void test_validation(void) {
     t.table[0] = -1; CHECK_STATUS(pkv_attn(&t.a, pools[1]), PKV_ERR_BLOCK_ID); t.table[0] = saved;
     bad.out = NULL; CHECK_STATUS(pkv_attn(&bad, NULL), PKV_ERR_NULL); bad = t.a;
     bad.softmax_scale = NAN; CHECK_STATUS(pkv_attn(&bad, NULL), PKV_ERR_INVALID); bad = t.a;
+    bad.window = -1; CHECK_STATUS(pkv_attn(&bad, pools[1]), PKV_ERR_INVALID); bad = t.a;
+    bad.reserved = 1; CHECK_STATUS(pkv_attn(&bad, NULL), PKV_ERR_INVALID); bad = t.a;
+    int32_t ix[2] = {0, -1};
+    bad.indices = ix; bad.topk = 1; bad.window = 4;
+    CHECK_STATUS(pkv_attn(&bad, NULL), PKV_ERR_INVALID);
+    CHECK_STATUS(pkv_attn_reference(&bad), PKV_ERR_INVALID); bad = t.a;
+    /* a released entry before every window is not read; one inside a window is refused */
+    if (t.lens[0] > 16) {
+        saved = t.table[0];
+        t.table[0] = -1;
+        bad.window = t.lens[0] - 16;
+        CHECK_STATUS(pkv_attn(&bad, pools[1]), PKV_OK);
+        bad.window = t.lens[0];
+        CHECK_STATUS(pkv_attn(&bad, pools[1]), PKV_ERR_BLOCK_ID);
+        t.table[0] = saved;
+        bad = t.a;
+    }
     free_case(&t);
 }
 
@@ -569,6 +635,11 @@ int main(int argc, char **argv) {
         tcase tc = shared_shapes[i];
         if (test_scaled(100) < 50 && tc.mean_len > 100) tc.mean_len /= 4;
         run_case(&tc, 1000 + i);
+    }
+    for (size_t i = 0; i < sizeof window_shapes / sizeof window_shapes[0]; i++) {
+        tcase tc = window_shapes[i];
+        if (test_scaled(100) < 50 && tc.mean_len > 1000) { tc.mean_len /= 4; tc.min_len /= 4; }
+        run_case(&tc, 3000 + i);
     }
     test_rng r = {42};
     const long n = test_scaled(60);

@@ -139,8 +139,10 @@ static void naive(const pkv_attn_args *a, double *out_n, double *lse_n) {
                     }
                 } else {
                     int L = a->cache_seqlens[b];
+                    int last = a->causal ? L - a->s_q + i : L - 1; /* the row's latest key */
                     for (int pos = 0; pos < L; pos++) {
-                        if (a->causal && pos > L - a->s_q + i) continue;
+                        if (pos > last) continue;
+                        if (a->window > 0 && pos <= last - a->window) continue; /* outside the last W */
                         int blk = a->block_table[b * a->max_blocks_per_seq + pos / a->block_size];
                         sl[n++] = (int64_t)blk * a->block_size + pos % a->block_size;
                     }
@@ -390,6 +392,14 @@ static void test_validation(void) {
     TRY(a.softmax_scale = NAN, PKV_ERR_INVALID);
     TRY(a.softmax_scale = INFINITY, PKV_ERR_INVALID);
     TRY(a.softmax_scale = -0.5f, PKV_OK);      /* any finite scale */
+    TRY(a.window = -1, PKV_ERR_INVALID);
+    TRY(a.window = INT32_MIN, PKV_ERR_INVALID);
+    TRY(a.reserved = 1, PKV_ERR_INVALID);
+    TRY((a.window = 3, a.reserved = -1), PKV_ERR_INVALID);
+    TRY((a.indices = ix, a.topk = 3, a.window = 2), PKV_ERR_INVALID); /* windows are dense only */
+    TRY((a.indices = ix, a.topk = 3, a.window = 0), PKV_OK);
+    TRY(a.window = 1, PKV_OK);
+    TRY(a.window = INT32_MAX, PKV_OK);
     TRY(a.h_q = 3, PKV_ERR_HEADS);
     TRY(a.h_kv = 3, PKV_ERR_HEADS);
     TRY(a.q_dtype = PKV_FP8_MLA656, PKV_ERR_DTYPE);
@@ -415,6 +425,18 @@ static void test_validation(void) {
     TRY((memcpy(tb, t.table, sizeof tb), tb[6] = a.num_blocks, a.block_table = tb), PKV_ERR_BLOCK_ID);
     TRY((memcpy(tb, t.table, sizeof tb), tb[2] = -5, tb[3] = INT32_MAX, a.block_table = tb), PKV_OK);
     TRY((sl[0] = 0, sl[1] = 0, a.cache_seqlens = sl, memset(tb, 0xff, sizeof tb), a.block_table = tb), PKV_OK);
+    /* windows: only the entries covering [query 0's window start, len) are checked.
+     * Sequence 1 (len 9, blocks of 4): window 4 sees keys [5, 9), block 0 released. */
+    TRY((memcpy(tb, t.table, sizeof tb), tb[4] = -1, a.block_table = tb), PKV_ERR_BLOCK_ID);
+    TRY((memcpy(tb, t.table, sizeof tb), tb[4] = -1, a.block_table = tb, a.window = 4), PKV_OK);
+    TRY((memcpy(tb, t.table, sizeof tb), tb[4] = INT32_MIN, a.block_table = tb, a.window = 4), PKV_OK);
+    TRY((memcpy(tb, t.table, sizeof tb), tb[4] = -1, a.block_table = tb, a.window = 6), PKV_ERR_BLOCK_ID);
+    TRY((memcpy(tb, t.table, sizeof tb), tb[5] = -1, a.block_table = tb, a.window = 4), PKV_ERR_BLOCK_ID);
+    TRY((memcpy(tb, t.table, sizeof tb), tb[0] = -1, a.block_table = tb, a.window = 4), PKV_ERR_BLOCK_ID);
+    /* causal s_q 2, window 2: query 0 sees [6, 8), query 1 [7, 9): block 0 released, 1 needed */
+    TRY((memcpy(tb, t.table, sizeof tb), tb[4] = -1, a.block_table = tb, a.window = 2, a.causal = 1), PKV_OK);
+    TRY((memcpy(tb, t.table, sizeof tb), tb[5] = -1, a.block_table = tb, a.window = 2, a.causal = 1),
+        PKV_ERR_BLOCK_ID);
 
     int32_t bad_ix[12];
     const int32_t nslots = good.num_blocks * good.block_size;
@@ -631,6 +653,110 @@ static void test_unused_entries(void) {
     }
 }
 
+/* ---------------- 4. sliding windows ---------------- */
+
+/* What an engine does to a windowed sequence: every block wholly before the
+ * earliest key any query row of it still needs (query 0's window start) is
+ * released: its cache rows become NaN and its table entry -1 or garbage.
+ * Computed here from the definition, not from the library's helper. */
+static void release_outside_window(tcase *t, int garbage) {
+    pkv_attn_args *a = &t->a;
+    for (int b = 0; b < a->batch; b++) {
+        int L = a->cache_seqlens[b];
+        int last0 = a->causal ? L - a->s_q : L - 1; /* query 0's latest key */
+        int first = last0 - a->window + 1;          /* and its earliest */
+        if (first < 0) first = 0;
+        for (int j = 0; (j + 1) * a->block_size <= first; j++) {
+            int32_t *e = &t->table[b * a->max_blocks_per_seq + j];
+            size_t s0 = (size_t)*e * a->block_size, n = (size_t)a->block_size;
+            for (size_t i = s0 * a->h_kv * a->d; i < (s0 + n) * a->h_kv * a->d; i++) {
+                if (a->kv_dtype == PKV_F32) ((float *)t->k)[i] = NAN;
+                else ((uint16_t *)t->k)[i] = 0x7fff;
+            }
+            for (size_t i = s0 * a->h_kv * a->dv; t->v && i < (s0 + n) * a->h_kv * a->dv; i++) {
+                if (a->kv_dtype == PKV_F32) ((float *)t->v)[i] = NAN;
+                else ((uint16_t *)t->v)[i] = 0x7fff;
+            }
+            *e = garbage ? (int32_t)(0x7fff0000 + j * 977) : -1;
+        }
+    }
+}
+
+/* Windowed attention against the naive computation (which keeps a key when it
+ * is among the row's last W): decode and causal s_q > 1, GQA with a separate V
+ * and MLA-shaped (V = K's first dims), windows of 1, below, at and past the
+ * length, block sizes 1, 16, 64, released blocks NaN with -1 or garbage entries. */
+static void test_window(void) {
+    test_rng r = {31};
+    const int32_t lens[4] = {150, 37, 0, 64};
+    const int bss[3] = {1, 16, 64};
+    const int wins[6] = {1, 5, 37, 64, 100, 1000};
+    const int sqs[3] = {1, 1, 4}; /* decode non-causal, decode causal, causal s_q 4 */
+    int cases = 0;
+    for (int k = 0; k < 3; k++)
+        for (int wi = 0; wi < 6; wi++)
+            for (int qi = 0; qi < 3; qi++)
+                for (int mla = 0; mla < 2; mla++) {
+                    if (mla && (wi % 2 || k == 0)) continue; /* MLA geometry is slow in long double */
+                    tcase t;
+                    const int bs = bss[k], mbps = (150 + bs - 1) / bs + 1;
+                    if (mla)
+                        tc_make(&t, &r, 4, sqs[qi], 4, 1, 576, 512, 0, bs, mbps, lens, PKV_BF16, PKV_BF16, 2147480000);
+                    else
+                        tc_make(&t, &r, 4, sqs[qi], 6, 2, 24, 16, 1, bs, mbps, lens, PKV_F32, PKV_F16, 2147480000);
+                    t.a.causal = qi > 0;
+                    t.a.window = wins[wi];
+                    release_outside_window(&t, (wi + qi) % 2);
+                    CHECK_OK(pkv_attn_reference(&t.a));
+                    char what[96];
+                    snprintf(what, sizeof what, "window %d bs %d s_q %d causal %d mla %d", wins[wi], bs, sqs[qi],
+                             t.a.causal, mla);
+                    CHECK(compare_naive(&t.a, what));
+                    const size_t no = (size_t)4 * sqs[qi] * t.a.h_q * t.a.dv;
+                    int finite = 1;
+                    for (size_t i = 0; i < no; i++) finite &= isfinite(t.out[i]) != 0;
+                    if (!finite) TEST_FAIL_("%s: NaN from a released block", what);
+                    cases++;
+                    tc_free(&t);
+                }
+    /* W = 1: each row is its latest key's V exactly, lse its score */
+    {
+        tcase t;
+        const int32_t l2[2] = {9, 3};
+        tc_make(&t, &r, 2, 3, 2, 1, 8, 8, 1, 4, 4, l2, PKV_F32, PKV_F32, -1);
+        t.a.causal = 1;
+        t.a.window = 1;
+        release_outside_window(&t, 0);
+        CHECK_OK(pkv_attn_reference(&t.a));
+        for (int b = 0; b < 2; b++)
+            for (int i = 0; i < 3; i++)
+                for (int h = 0; h < 2; h++) {
+                    const int pos = l2[b] - 3 + i;
+                    const int32_t blk = t.table[b * 4 + pos / 4];
+                    const float *v = (const float *)t.v + ((size_t)blk * 4 + pos % 4) * 8;
+                    const float *o = t.out + (((size_t)b * 3 + i) * 2 + h) * 8;
+                    for (int c = 0; c < 8; c++) CHECK(o[c] == v[c]);
+                }
+        tc_free(&t);
+    }
+    /* a window at least the length equals full attention, bit for bit */
+    {
+        tcase t;
+        const int32_t l3[2] = {40, 17};
+        tc_make(&t, &r, 2, 2, 4, 2, 16, 16, 0, 16, 3, l3, PKV_BF16, PKV_BF16, 2147480000);
+        t.a.causal = 1;
+        float o[2 * 2 * 4 * 16], l[16];
+        CHECK_OK(pkv_attn_reference(&t.a));
+        memcpy(o, t.out, sizeof o);
+        memcpy(l, t.lse, sizeof l);
+        t.a.window = 40;
+        CHECK_OK(pkv_attn_reference(&t.a));
+        CHECK(!memcmp(o, t.out, sizeof o) && !memcmp(l, t.lse, sizeof l));
+        tc_free(&t);
+    }
+    printf("test_attn_ref: %d windowed cases against the naive computation\n", cases);
+}
+
 int main(void) {
     test_vectors();
     test_validation();
@@ -640,5 +766,6 @@ int main(void) {
     test_sink();
     test_dtypes();
     test_unused_entries();
+    test_window();
     return test_report("test_attn_ref");
 }

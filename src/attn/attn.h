@@ -14,14 +14,18 @@
  *  PKV_ERR_INVALID  batch, s_q, h_q, h_kv, d, dv, block_size, num_blocks < 1;
  *                   max_blocks_per_seq < 1 (dense mode only); dv > d with
  *                   v_cache == NULL; causal not 0/1; causal == 1 in sparse mode;
- *                   topk < 1 in sparse mode; softmax_scale not finite; any array
+ *                   topk < 1 in sparse mode; softmax_scale not finite; window < 0,
+ *                   reserved != 0, window != 0 in sparse mode; any array
  *                   size (in bytes) above PTRDIFF_MAX
  *  PKV_ERR_HEADS    h_q % h_kv != 0
  *  PKV_ERR_DTYPE    q_dtype not F32/F16/BF16; kv_dtype not F32/F16/BF16/FP8_MLA656;
  *                   FP8_MLA656 unless h_kv == 1, d == 576, dv == 512, v_cache == NULL
  *  PKV_ERR_SEQLEN   dense: cache_seqlens[b] outside [0, max_blocks_per_seq*block_size]
- *  PKV_ERR_BLOCK_ID dense: one of the first ceil(len/block_size) entries of row b
- *                   outside [0, num_blocks) (later entries are never read)
+ *  PKV_ERR_BLOCK_ID dense: one of the entries of row b covering the keys
+ *                   [start, len) outside [0, num_blocks), start the first key of
+ *                   query 0 (attn_key_range; 0 without a window): entries
+ *                   [start / block_size, ceil(len / block_size)); the others
+ *                   are never read
  *  PKV_ERR_SLOT     sparse: an index neither -1 nor in [0, num_blocks*block_size)
  * On PKV_OK, every index computed from the arguments (element offsets of q, out,
  * lse, the caches, table and indices) fits in ptrdiff_t, and every slot a kernel
@@ -57,6 +61,17 @@ static inline int32_t attn_visible_keys(const pkv_attn_args *a, int32_t len, int
     if (!a->causal || a->s_q <= 1) return len;
     int64_t n = (int64_t)len - a->s_q + i + 1;
     return n < 0 ? 0 : (n > len ? len : (int32_t)n);
+}
+
+/* The keys [*start, *end) query i (0 <= i < s_q) of a dense sequence of length
+ * len attends to: end = attn_visible_keys, start = max(0, end - window) with a
+ * sliding window (window > 0), else 0. Both grow with i, so query 0 has the
+ * earliest start of a sequence: table entries of blocks wholly before it are
+ * never read (an engine may have released them). */
+static inline void attn_key_range(const pkv_attn_args *a, int32_t len, int32_t i, int32_t *start, int32_t *end) {
+    const int32_t n = attn_visible_keys(a, len, i);
+    *end = n;
+    *start = a->window > 0 && n > a->window ? n - a->window : 0;
 }
 
 #endif

@@ -101,7 +101,7 @@ size_t attn_scratch_bytes(const attn_geom *g) {
     n += ALIGN64(mul_ok(mul_ok(t, (size_t)g->dpad + 16 + mb, &ovf), f, &ovf));  /* kt (+scales, S^T) */
     n += ALIGN64(mul_ok(mul_ok(t, (size_t)g->dvpad, &ovf), f, &ovf));           /* vt */
     n += 2 * ALIGN64(mb * t * f);                                               /* s, p */
-    n += 3 * ALIGN64(mb * f) + ALIGN64(mb * sizeof(int32_t));                   /* mrun lrun alpha nvalid */
+    n += 3 * ALIGN64(mb * f) + 2 * ALIGN64(mb * sizeof(int32_t));               /* mrun lrun alpha nfirst nvalid */
     n += 2 * ALIGN64((t + ATTN_PF) * sizeof(void *)) + 2 * ALIGN64(mb * sizeof(void *)); /* row pointers */
     n += ALIGN64(mul_ok(pkv__attn_row_doubles(g->d, g->dv), sizeof(double), &ovf)); /* xs */
     n += 64;
@@ -122,6 +122,7 @@ void attn_scratch_carve(attn_scratch *s, void *mem, size_t bytes, const attn_geo
     TAKE(mrun, float *, mb * f);
     TAKE(lrun, float *, mb * f);
     TAKE(alpha, float *, mb * f);
+    TAKE(nfirst, int32_t *, mb * sizeof(int32_t));
     TAKE(nvalid, int32_t *, mb * sizeof(int32_t));
     TAKE(krows, const void **, (t + ATTN_PF) * sizeof(void *));
     TAKE(vrows, const void **, (t + ATTN_PF) * sizeof(void *));
@@ -141,7 +142,8 @@ typedef struct group {
     int32_t b, s;       /* s: query token (sparse only) */
     int64_t r0;         /* rows [r0, r0 + m) of the unit */
     int32_t m;
-    int32_t keys;       /* keys (dense) or index entries (sparse) the group spans */
+    int32_t k0;         /* dense: the first key any row of the group sees (a window's start); sparse: 0 */
+    int32_t keys;       /* the keys [k0, keys) (dense) or index entries [0, keys) (sparse) the group spans */
 } group;
 
 static void group_at(const plan *pl, int64_t gi, group *gr) {
@@ -158,16 +160,23 @@ static void group_at(const plan *pl, int64_t gi, group *gr) {
     gr->r0 = rb * pl->mb;
     gr->m = pl->rows - gr->r0 < pl->mb ? (int32_t)(pl->rows - gr->r0) : pl->mb;
     if (pl->sparse) {
+        gr->k0 = 0;
         gr->keys = a->topk;
     } else {
-        /* the block's latest query token has the most visible keys (causal) */
+        /* the block's latest query token has the most visible keys (causal), its
+         * earliest the first window start; tiles begin there, so keys before
+         * every row's window are skipped, not masked */
         const int64_t first = gr->r0, last = gr->r0 + gr->m - 1;
-        const int32_t smax = last / pl->rph != first / pl->rph ? a->s_q - 1 : (int32_t)(last % pl->rph / pl->hpg);
-        gr->keys = attn_visible_keys(a, a->cache_seqlens[gr->b], smax);
+        const int span = last / pl->rph != first / pl->rph; /* more than one KV head: all tokens */
+        const int32_t smax = span ? a->s_q - 1 : (int32_t)(last % pl->rph / pl->hpg);
+        const int32_t smin = span ? 0 : (int32_t)(first % pl->rph / pl->hpg);
+        int32_t st, en;
+        attn_key_range(a, a->cache_seqlens[gr->b], smin, &gr->k0, &en);
+        attn_key_range(a, a->cache_seqlens[gr->b], smax, &st, &gr->keys);
     }
 }
 
-static int64_t group_tiles(const group *gr) { return ((int64_t)gr->keys + ATTN_TILE - 1) / ATTN_TILE; }
+static int64_t group_tiles(const group *gr) { return ((int64_t)gr->keys - gr->k0 + ATTN_TILE - 1) / ATTN_TILE; }
 
 /* Query token, query head and KV head of row r of a group. */
 static void row_pos(const plan *pl, const group *gr, int32_t r, int32_t *s, int32_t *h, int32_t *kvh) {
@@ -197,7 +206,7 @@ static inline void prefetch_bytes(const char *p, size_t n) {
 static int gather(const plan *pl, const group *gr, int32_t kvh, int32_t nheads, int64_t t, attn_scratch *sc) {
     const pkv_attn_args *a = pl->a;
     const int self = pl->ops->self_prefetch;
-    const int64_t k0 = t * ATTN_TILE;
+    const int64_t k0 = gr->k0 + t * ATTN_TILE;
     const int64_t k1 = k0 + ATTN_TILE < gr->keys ? k0 + ATTN_TILE : gr->keys;
     const int64_t k2 = self ? (k1 + ATTN_PF < gr->keys ? k1 + ATTN_PF : gr->keys)
                             : (k1 + ATTN_TILE < gr->keys ? k1 + ATTN_TILE : gr->keys);
@@ -288,15 +297,18 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
             const int32_t nheads = ops->multi_head ? (int32_t)((gr->r0 + m - 1) / pl->rph) - kvh + 1 : 1;
             const int n = gather(pl, gr, kvh, nheads, t, sc);
             for (int32_t r = ra; r < rb; r++) {
-                int32_t vis = n;
+                int32_t lo = 0, hi = n;
                 if (!pl->sparse) {
-                    int32_t s, h, g;
+                    /* the row's keys [st, en) within this tile's [base, base + n) */
+                    int32_t s, h, g, st, en;
                     row_pos(pl, gr, r, &s, &h, &g);
-                    const int64_t left =
-                        (int64_t)attn_visible_keys(a, a->cache_seqlens[gr->b], s) - t * ATTN_TILE;
-                    vis = left < 0 ? 0 : (left < n ? (int32_t)left : n);
+                    attn_key_range(a, a->cache_seqlens[gr->b], s, &st, &en);
+                    const int64_t base = gr->k0 + t * ATTN_TILE, left = en - base, skip = st - base;
+                    hi = left < 0 ? 0 : (left < n ? (int32_t)left : n);
+                    lo = skip < 0 ? 0 : (skip < hi ? (int32_t)skip : hi);
                 }
-                sc->nvalid[r] = vis;
+                sc->nfirst[r] = lo;
+                sc->nvalid[r] = hi;
             }
             const int mm = rb - ra;
             void *qseg = (char *)sc->qp + qoff * qrow_bytes;
@@ -307,7 +319,7 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
                 void *prow = (char *)sc->p + (size_t)ra * ATTN_TILE * sizeof(float);
                 ops->load_tile(&pl->g, sc->krows, sc->vrows, n, sc->kt, sc->vt);
                 ops->qk(&pl->g, qseg, mm, n, sc->kt, srow);
-                ops->softmax(&pl->g, srow, mm, sc->nvalid + ra, sc->mrun + ra, sc->lrun + ra, sc->alpha + ra, prow);
+                ops->softmax(&pl->g, srow, mm, sc->nfirst + ra, sc->nvalid + ra, sc->mrun + ra, sc->lrun + ra, sc->alpha + ra, prow);
                 ops->pv(&pl->g, prow, mm, n, sc->vt, sc->orows + ra, sc->alpha + ra);
             }
             ra = rb;

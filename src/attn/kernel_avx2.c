@@ -145,19 +145,22 @@ AI float hadd8(__m256 v) {
     return _mm_cvtss_f32(m);
 }
 
-static void softmax(const attn_geom *g, const float *s, int m, const int32_t *nvalid, float *mrun, float *lrun,
-                    float *alpha, void *pv) {
+static void softmax(const attn_geom *g, const float *s, int m, const int32_t *nfirst, const int32_t *nvalid,
+                    float *mrun, float *lrun, float *alpha, void *pv) {
     float *p = (float *)pv;
     const __m256 sc = _mm256_set1_ps(g->scale_log2), ninf = _mm256_set1_ps(-INFINITY);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int i = 0; i < m; i++) {
         const float *si = s + (size_t)i * ATTN_TILE;
         float *pi = p + (size_t)i * ATTN_TILE;
-        const int nv = nvalid[i];
+        const int n0 = nfirst[i], nv = nvalid[i];
         __m256 x[8], k[8];
         __m256 mx = ninf, bad = _mm256_setzero_ps();
         UNROLL for (int v = 0; v < 8; v++) {
-            k[v] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(nv - 8 * v), lane));
+            /* lanes with n0 <= 8v + lane < nv */
+            const __m256i in = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(n0 - 8 * v), lane),
+                                                   _mm256_cmpgt_epi32(_mm256_set1_epi32(nv - 8 * v), lane));
+            k[v] = _mm256_castsi256_ps(in);
             const __m256 raw = _mm256_mul_ps(_mm256_loadu_ps(si + 8 * v), sc);
             /* x - x is NaN exactly when x is NaN or +-inf */
             bad = _mm256_or_ps(bad, _mm256_and_ps(k[v], _mm256_cmp_ps(_mm256_sub_ps(raw, raw), raw, _CMP_UNORD_Q)));

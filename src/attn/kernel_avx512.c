@@ -69,20 +69,22 @@ AI __m512 exp2_ps(__m512 x) {
 }
 
 /* Online softmax over one tile (shared by both families; p is float32 [m][64]). */
-void attn_avx512_softmax(const attn_geom *g, const float *s, int m, const int32_t *nvalid, float *mrun,
-                    float *lrun, float *alpha, void *pv) {
+void attn_avx512_softmax(const attn_geom *g, const float *s, int m, const int32_t *nfirst, const int32_t *nvalid,
+                         float *mrun, float *lrun, float *alpha, void *pv) {
     float *p = (float *)pv;
     const __m512 sc = _mm512_set1_ps(g->scale_log2);
     for (int i = 0; i < m; i++) {
         const float *si = s + (size_t)i * ATTN_TILE;
         float *pi = p + (size_t)i * ATTN_TILE;
-        const int nv = nvalid[i];
+        const int n0 = nfirst[i], nv = nvalid[i];
         __mmask16 k[4], bad = 0;
         __m512 x[4];
         __m512 mx = _mm512_set1_ps(-INFINITY);
         UNROLL for (int v = 0; v < 4; v++) {
             const int left = nv - 16 * v;
+            const int skip = n0 - 16 * v; /* lanes below the window's start */
             k[v] = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (left > 0 ? left : 0)) - 1u);
+            if (skip > 0) k[v] &= skip >= 16 ? (__mmask16)0 : (__mmask16)~((1u << skip) - 1u);
             x[v] = _mm512_mul_ps(_mm512_loadu_ps(si + 16 * v), sc);
             bad |= _mm512_mask_fpclass_ps_mask(k[v], x[v], 0x99); /* QNaN, SNaN, +inf, -inf */
             mx = _mm512_mask_max_ps(mx, k[v], mx, x[v]);

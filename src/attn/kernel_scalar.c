@@ -69,16 +69,16 @@ static void qk(const attn_geom *g, const void *qp, int m, int n, const void *kt,
     }
 }
 
-static void softmax(const attn_geom *g, const float *s, int m, const int32_t *nvalid, float *mrun,
-                    float *lrun, float *alpha, void *pv) {
+static void softmax(const attn_geom *g, const float *s, int m, const int32_t *nfirst, const int32_t *nvalid,
+                    float *mrun, float *lrun, float *alpha, void *pv) {
     float *p = (float *)pv;
     for (int i = 0; i < m; i++) {
         const float *si = s + (size_t)i * ATTN_TILE;
         float *pi = p + (size_t)i * ATTN_TILE;
-        const int nv = nvalid[i];
+        const int n0 = nfirst[i], nv = nvalid[i];
         float mx = mrun[i];
         int bad = 0;
-        for (int j = 0; j < nv; j++) {
+        for (int j = n0; j < nv; j++) {
             const float x = si[j] * g->scale_log2;
             bad |= !isfinite(x);
             if (x > mx) mx = x;
@@ -92,7 +92,7 @@ static void softmax(const attn_geom *g, const float *s, int m, const int32_t *nv
         alpha[i] = exp2f(mrun[i] - mx);
         float sum = 0.0f;
         for (int j = 0; j < ATTN_TILE; j++) {
-            const float e = j < nv ? exp2f(si[j] * g->scale_log2 - mx) : 0.0f;
+            const float e = j >= n0 && j < nv ? exp2f(si[j] * g->scale_log2 - mx) : 0.0f;
             pi[j] = e;
             sum += e;
         }

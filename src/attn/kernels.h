@@ -63,12 +63,14 @@ struct attn_ops {
     /* s[m][ATTN_TILE] <- raw dot products q_i . k_j (unscaled), for j < n; s is
      * finite (any value) for n <= j < ATTN_TILE. */
     void (*qk)(const attn_geom *g, const void *qp, int m, int n, const void *kt, float *s);
-    /* Online softmax over the tile: keys j < nvalid[i] count for row i. Updates the
-     * running max mrun (log2 domain) and sum lrun, writes alpha[i] (factor for the
-     * old accumulator) and the weights p (kernel's format, zero past nvalid).
+    /* Online softmax over the tile: keys nfirst[i] <= j < nvalid[i] count for row i
+     * (nfirst > 0 only where a sliding window starts inside the tile; nfirst >=
+     * nvalid: none). Updates the running max mrun (log2 domain) and sum lrun,
+     * writes alpha[i] (factor for the old accumulator) and the weights p (kernel's
+     * format, zero outside [nfirst, nvalid)).
      * A scaled score of a counted key that is NaN or +-inf sets lrun[i] to NaN
      * for good: the driver then recomputes the row the oracle's way. */
-    void (*softmax)(const attn_geom *g, const float *s, int m, const int32_t *nvalid,
+    void (*softmax)(const attn_geom *g, const float *s, int m, const int32_t *nfirst, const int32_t *nvalid,
                     float *mrun, float *lrun, float *alpha, void *p);
     /* o[i][0..dv) <- alpha[i] * o[i] + sum_{j<n} p[i][j] * v_j. */
     void (*pv)(const attn_geom *g, const void *p, int m, int n, const void *vt, float *const *o,
@@ -95,7 +97,7 @@ typedef struct attn_scratch {
     void *qp, *kt, *vt, *p;
     float *s;
     float *mrun, *lrun, *alpha;
-    int32_t *nvalid;
+    int32_t *nfirst, *nvalid;
     const void **krows, **vrows, **qrows;
     float **orows;
     double *xs;            /* pkv__attn_row_doubles(d, dv): a row recomputed by the oracle */
@@ -132,8 +134,8 @@ PKV_HIDDEN const attn_ops *attn_ops_amx(int q_dtype, int kv_dtype); /* NULL: not
 
 /* AVX-512 pieces the AMX kernels reuse (kernel_avx512.c). */
 PKV_HIDDEN extern const attn_ops attn_avx512_ops_rows;
-PKV_HIDDEN void attn_avx512_softmax(const attn_geom *g, const float *s, int m, const int32_t *nvalid, float *mrun,
-                                    float *lrun, float *alpha, void *p);
+PKV_HIDDEN void attn_avx512_softmax(const attn_geom *g, const float *s, int m, const int32_t *nfirst,
+                                    const int32_t *nvalid, float *mrun, float *lrun, float *alpha, void *p);
 PKV_HIDDEN void attn_avx512_dp_prep_q(const attn_geom *g, const void *const *qrows, int m, void *qp);
 PKV_HIDDEN void attn_avx512_dp_load_tile(const attn_geom *g, const void *const *krows, const void *const *vrows,
                                          int n, void *kt, void *vt);

@@ -42,9 +42,16 @@ static int64_t key_slot(const pkv_attn_args *a, int32_t b, int32_t i, int32_t t)
     return (int64_t)table[t / a->block_size] * a->block_size + t % a->block_size;
 }
 
-/* Entries of row (b, i)'s key list: visible keys (dense) or topk (sparse). */
-static int32_t key_count(const pkv_attn_args *a, int32_t b, int32_t i) {
-    return a->indices ? a->topk : attn_visible_keys(a, a->cache_seqlens[b], i);
+/* Entries [*t0, *t1) of row (b, i)'s key list: the keys of its (windowed)
+ * causal range (dense; attn_key_range) or all topk (sparse). Keys before t0 are
+ * not gathered at all: their table entries may be released ones. */
+static void key_span(const pkv_attn_args *a, int32_t b, int32_t i, int32_t *t0, int32_t *t1) {
+    if (a->indices) {
+        *t0 = 0;
+        *t1 = a->topk;
+        return;
+    }
+    attn_key_range(a, a->cache_seqlens[b], i, t0, t1);
 }
 
 static double dot(const double *q, const double *k, int32_t d) {
@@ -71,14 +78,16 @@ float pkv__f32_sat(double x) {
 float pkv__attn_ref_row(const pkv_attn_args *a, int32_t b, int32_t i, int32_t h, double *xs, double *scores,
                    float *out_row) {
     double *q = xs, *row = xs + a->d, *acc = row + (pkv__attn_row_doubles(a->d, a->dv) - (size_t)a->d - (size_t)a->dv);
-    const int32_t nk = key_count(a, b, i), kvh = h / (a->h_q / a->h_kv);
+    const int32_t kvh = h / (a->h_q / a->h_kv);
+    int32_t t0, t1;
+    key_span(a, b, i, &t0, &t1);
     const size_t qrow = ((size_t)b * (size_t)a->s_q + (size_t)i) * (size_t)a->h_q + (size_t)h;
     load_f64(a->q, a->q_dtype, qrow * (size_t)a->d, a->d, q);
     /* pass 1: scores and their max (kept in scores[] when the caller has room) */
     const double scale = (double)a->softmax_scale;
     double mx = -INFINITY;
     int32_t seen = 0;
-    for (int32_t t = 0; t < nk; t++) {
+    for (int32_t t = t0; t < t1; t++) {
         const int64_t slot = key_slot(a, b, i, t);
         if (slot < 0) continue;
         load_k(a, slot, kvh, a->d, row);
@@ -95,7 +104,7 @@ float pkv__attn_ref_row(const pkv_attn_args *a, int32_t b, int32_t i, int32_t h,
      * the same way when not kept: the same double values) */
     double sum = 0.0;
     for (int32_t c = 0; c < a->dv; c++) acc[c] = 0.0;
-    for (int32_t t = 0, j = 0; t < nk; t++) {
+    for (int32_t t = t0, j = 0; t < t1; t++) {
         const int64_t slot = key_slot(a, b, i, t);
         if (slot < 0) continue;
         double sc;
@@ -122,7 +131,7 @@ static int32_t max_keys(const pkv_attn_args *a) {
     int32_t m = 0;
     for (int32_t b = 0; b < a->batch; b++)
         if (a->cache_seqlens[b] > m) m = a->cache_seqlens[b];
-    return m;
+    return a->window > 0 && m > a->window ? a->window : m; /* a row sees at most window keys */
 }
 
 int pkv_attn_reference(const pkv_attn_args *args) {

@@ -30,7 +30,6 @@ static int check_shapes(const pkv_attn_args *a, int sparse) {
     RETURN_IF(sparse && a->topk < 1, PKV_ERR_INVALID);
     RETURN_IF(!isfinite(a->softmax_scale), PKV_ERR_INVALID);
     RETURN_IF(a->window < 0 || a->reserved != 0 || (sparse && a->window != 0), PKV_ERR_INVALID);
-    RETURN_IF(a->window != 0, PKV_ERR_INVALID); /* sliding windows: not implemented yet */
     return PKV_OK;
 }
 
@@ -75,7 +74,9 @@ static int check_dense_tables(const pkv_attn_args *a) {
         RETURN_IF(len < 0 || len > cap, PKV_ERR_SEQLEN);
         const int32_t *row = a->block_table + (size_t)b * (size_t)a->max_blocks_per_seq;
         const int32_t used = (int32_t)(((int64_t)len + a->block_size - 1) / a->block_size);
-        for (int32_t j = 0; j < used; j++)
+        int32_t start, end;
+        attn_key_range(a, len, 0, &start, &end); /* query 0 starts first (attn.h) */
+        for (int32_t j = start / a->block_size; j < used; j++)
             RETURN_IF(row[j] < 0 || row[j] >= a->num_blocks, PKV_ERR_BLOCK_ID);
     }
     return PKV_OK;
