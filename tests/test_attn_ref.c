@@ -677,7 +677,7 @@ static void release_outside_window(tcase *t, int garbage) {
                 if (a->kv_dtype == PKV_F32) ((float *)t->v)[i] = NAN;
                 else ((uint16_t *)t->v)[i] = 0x7fff;
             }
-            *e = garbage ? (int32_t)(0x7fff0000 + j * 977) : -1;
+            *e = garbage ? INT32_MAX - j * 977 : -1;
         }
     }
 }

@@ -319,7 +319,8 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
                 void *prow = (char *)sc->p + (size_t)ra * ATTN_TILE * sizeof(float);
                 ops->load_tile(&pl->g, sc->krows, sc->vrows, n, sc->kt, sc->vt);
                 ops->qk(&pl->g, qseg, mm, n, sc->kt, srow);
-                ops->softmax(&pl->g, srow, mm, sc->nfirst + ra, sc->nvalid + ra, sc->mrun + ra, sc->lrun + ra, sc->alpha + ra, prow);
+                ops->softmax(&pl->g, srow, mm, sc->nfirst + ra, sc->nvalid + ra, sc->mrun + ra, sc->lrun + ra,
+                             sc->alpha + ra, prow);
                 ops->pv(&pl->g, prow, mm, n, sc->vt, sc->orows + ra, sc->alpha + ra);
             }
             ra = rb;
