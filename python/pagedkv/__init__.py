@@ -197,7 +197,7 @@ class Cache(_pagedkv.Cache):
 # --------------------------------------------------------------------------- attention
 
 def attention(q, k_cache, block_table, cache_seqlens, softmax_scale, causal=False, v_cache=None, dv=None,
-              indices=None, attn_sink=None, fast=True, threads=None, dtype=None, kv_dtype=None):
+              indices=None, attn_sink=None, fast=True, threads=None, dtype=None, kv_dtype=None, window=0):
     """Attention over a paged KV cache (FlashMLA's convention) -> (out, lse).
 
     q: [b, s_q, h_q, d] float32 / float16 / bf16 (uint16 with dtype="bf16", or torch bfloat16).
@@ -208,7 +208,9 @@ def attention(q, k_cache, block_table, cache_seqlens, softmax_scale, causal=Fals
     v_cache: None (V = the first dv dims of K, MLA) or [num_blocks, block_size, h_kv, dv].
     dv: V's head dim (default: v_cache's, else d; 512 for FP8 MLA).
     indices: None, or int32 [b, s_q, topk] slot ids (sparse attention, -1 skipped; causal off).
-    attn_sink: None or float32 [h_q]. fast: pkv_attn (else the float64 oracle,
+    attn_sink: None or float32 [h_q]. window: 0 (full attention) or W > 0, a sliding window:
+    a query row sees only the last W keys it would see (FlashInfer's window_left = W - 1;
+    dense only). fast: pkv_attn (else the float64 oracle,
     pkv_attn_reference). threads: None (the calling thread), 0 (all CPUs) or a count: a
     worker pool per count, created once and reused. The GIL is released during the call.
 
@@ -287,12 +289,14 @@ def attention(q, k_cache, block_table, cache_seqlens, softmax_scale, causal=Fals
         raise InvalidError("causal: sparse attention (indices) is not causal; pass causal=False")
     if idx is not None and topk < 1:
         raise InvalidError(f"indices: topk must be >= 1, got shape {idx.shape}")
+    if window < 0 or (idx is not None and window):
+        raise InvalidError(f"window: must be 0 or positive, and 0 with indices; got {window}")
     if not np.isfinite(softmax_scale):
         raise InvalidError(f"softmax_scale: must be finite, got {softmax_scale}")
     out = np.empty((b, s_q, h_q, dv), np.float32)
     lse = np.empty((b, h_q, s_q), np.float32)
     geom = (b, s_q, h_q, h_kv, d, dv, block_size, mbps, num_blocks, 1 if causal else 0, softmax_scale,
-            qcode, kcode, topk)
+            qcode, kcode, topk, int(window))
     _pagedkv._attn(qa, ka, va, table, lens, idx, sink, out, lse, geom, bool(fast), threads)
     like = q if _is_torch(q) else None
     return _out(out, like), _out(lse, like)

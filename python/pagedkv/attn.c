@@ -28,7 +28,7 @@ static const void *opt_data(PyObject *o) { return o == Py_None ? NULL : PyArray_
 
 /* _attn(q, k, v, table, seqlens, indices, sink, out, lse, geom, fast, threads):
  * geom = (batch, s_q, h_q, h_kv, d, dv, block_size, max_blocks, num_blocks,
- * causal, softmax_scale, q_dtype, kv_dtype, topk). The Python layer derived geom
+ * causal, softmax_scale, q_dtype, kv_dtype, topk, window). The Python layer derived geom
  * from the shapes; each buffer is checked here to be large enough for it. */
 PyObject *mod_attn(PyObject *mod, PyObject *args) {
     (void)mod;
@@ -36,10 +36,10 @@ PyObject *mod_attn(PyObject *mod, PyObject *args) {
     pkv_attn_args a;
     pkv_attn_args_init(&a);
     int fast;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOO(iiiiiiiiiifiii)pO", &q, &k, &v, &table, &lens, &idx, &sink, &out, &lse,
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO(iiiiiiiiiifiiii)pO", &q, &k, &v, &table, &lens, &idx, &sink, &out, &lse,
                           &a.batch, &a.s_q, &a.h_q, &a.h_kv, &a.d, &a.dv, &a.block_size, &a.max_blocks_per_seq,
-                          &a.num_blocks, &a.causal, &a.softmax_scale, &a.q_dtype, &a.kv_dtype, &a.topk, &fast,
-                          &threads_o))
+                          &a.num_blocks, &a.causal, &a.softmax_scale, &a.q_dtype, &a.kv_dtype, &a.topk, &a.window,
+                          &fast, &threads_o))
         return NULL;
     if (a.batch < 0 || a.s_q < 0 || a.h_q < 0 || a.h_kv < 0 || a.d < 0 || a.dv < 0 || a.block_size < 0 ||
         a.max_blocks_per_seq < 0 || a.num_blocks < 0 || a.topk < 0)

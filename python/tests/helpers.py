@@ -28,7 +28,7 @@ def bf16_round(x):
 
 
 def attn_oracle(q, k_cache, block_table, seqlens, scale, causal=False, v_cache=None, dv=None, indices=None,
-                sink=None):
+                sink=None, window=0):
     """Attention over a paged cache in float64, straight from DESIGN.md section 4."""
     q = np.asarray(q, np.float64)
     k = np.asarray(k_cache, np.float64)
@@ -49,8 +49,8 @@ def attn_oracle(q, k_cache, block_table, seqlens, scale, causal=False, v_cache=N
             if indices is not None:
                 sl = np.array([x for x in indices[i][t] if x >= 0], np.int64)
             else:
-                n = n_i - s_q + t + 1 if causal else n_i
-                sl = slots[:max(n, 0)]
+                n = min(n_i - s_q + t + 1, n_i) if causal else n_i
+                sl = slots[max(n - window, 0) if window else 0:max(n, 0)]
             if len(sl) == 0:
                 continue
             for h in range(h_q):

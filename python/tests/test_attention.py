@@ -67,6 +67,25 @@ def test_gqa_separate_v_causal_mtp(fast):
 
 
 @pytest.mark.parametrize("fast", [False, True])
+def test_sliding_window(fast):
+    """window = W: each query row sees its last W keys (decode and causal MTP)."""
+    rng = np.random.default_rng(5)
+    lens = [3, 40, 130]
+    cache, seqs = host_cache(16, 16, 2, 32, 32, True, "f32", lens, rng)
+    table, seqlens = cache.export_flashmla(seqs)
+    k_cache, v_cache = cache.arenas(0)
+    for s_q, causal in ((1, False), (3, True)):
+        q = rng.standard_normal((3, s_q, 4, 32)).astype(np.float32)
+        for w in (1, 17, 200):
+            out, lse = pagedkv.attention(q, k_cache, table, seqlens, 0.2, causal=causal, v_cache=v_cache, fast=fast,
+                                         window=w)
+            ref = attn_oracle(q, k_cache, table, seqlens, 0.2, causal=causal, v_cache=v_cache, window=w)
+            _close(out, lse, ref[0], ref[1], fast)
+    with pytest.raises(pagedkv.InvalidError, match="^window"):
+        pagedkv.attention(q, k_cache, table, seqlens, 0.2, v_cache=v_cache, window=-1)
+
+
+@pytest.mark.parametrize("fast", [False, True])
 def test_sparse_indices_and_sink(fast):
     rng = np.random.default_rng(4)
     cache, seqs = host_cache(8, 8, 1, 32, 16, False, "f32", [20, 30], rng)
