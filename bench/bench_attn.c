@@ -184,18 +184,60 @@ static int run_attn(const pkv_attn_args *a, pkv_workers *w) {
     return forced_ops ? attn_fast_run(a, w, forced_ops) : pkv_attn(a, w);
 }
 
-static double time_attn(const pkv_attn_args *a, pkv_workers *w, int min_reps, double budget, double *tmin) {
-    double v[64];
+/* Timing cold: the KV bytes of a call are flushed from every cache level
+ * before each timed run, so a decode reads them from DRAM as in an engine
+ * (where one layer's KV is long gone from the caches when the next step comes
+ * back to it). Without the flush, a KV cache smaller than the last-level cache
+ * (260 MiB on some of these machines) is served from it, and a comparison with
+ * the DRAM streaming bandwidth would report more than 100%. */
+static int cold = 1;
+static int bench_threads = 1;
+
+/* Bytes of the K and V arrays of a call (all slots of its blocks). */
+static void kv_arrays(const pkv_attn_args *a, size_t *kb, size_t *vb) {
+    const size_t slots = (size_t)a->num_blocks * (size_t)a->block_size;
+    *kb = slots * (a->kv_dtype == PKV_FP8_MLA656 ? 656 : (size_t)a->h_kv * (size_t)a->d * pkv_dtype_size(a->kv_dtype));
+    *vb = a->v_cache ? slots * (size_t)a->h_kv * (size_t)a->dv * pkv_dtype_size(a->kv_dtype) : 0;
+}
+
+static void flush_kv(const pkv_attn_args *a) {
+    size_t kb, vb;
+    kv_arrays(a, &kb, &vb);
+    bench_flush(a->k_cache, kb);
+    if (vb) bench_flush(a->v_cache, vb);
+}
+
+/* Median seconds of a call (cold: see above); *tmin the fastest. paired (may
+ * be NULL): before each timed run, the same K and V arrays are read
+ * sequentially from DRAM (bench_read_buf_gbs) and *paired gets the median over
+ * runs of (that read's seconds / the call's seconds): the share of the
+ * streaming bandwidth of the very bytes, both measured under the same load
+ * (this VM's bandwidth drifts by a third from minute to minute, so a ratio to
+ * one figure measured at start is mostly noise). */
+static double time_attn(const pkv_attn_args *a, pkv_workers *w, int min_reps, double budget, double *tmin,
+                        double *paired) {
+    double v[64], ratio[64];
     int n = 0;
     if (run_attn(a, w) != PKV_OK) return NAN;
+    size_t kb, vb;
+    kv_arrays(a, &kb, &vb);
     const double start = bench_now();
     while (n < 64 && (n < min_reps || bench_now() - start < budget)) {
+        double ts = 0;
+        if (paired) {
+            ts = (double)kb / bench_read_buf_gbs(a->k_cache, kb, bench_threads) * 1e-9;
+            if (vb) ts += (double)vb / bench_read_buf_gbs(a->v_cache, vb, bench_threads) * 1e-9;
+        }
+        if (cold) flush_kv(a);
         const double t0 = bench_now();
         run_attn(a, w);
-        v[n++] = bench_now() - t0;
+        v[n] = bench_now() - t0;
+        ratio[n] = ts / v[n];
+        n++;
     }
     const double med = bench_median(v, n);
     if (tmin) *tmin = v[0];
+    if (paired) *paired = bench_median(ratio, n);
     return med;
 }
 
@@ -332,10 +374,10 @@ static void bench_window(const wshape *ws, pkv_workers *w, int reps, double budg
         a.block_table = win;
         a.window = ws->window;
         double tmin = 0;
-        const double tw = time_attn(&a, w, reps, budget, &tmin);
+        const double tw = time_attn(&a, w, reps, budget, &tmin, NULL);
         a.block_table = full;
         a.window = 0;
-        const double tf = time_attn(&a, w, reps, budget, NULL);
+        const double tf = time_attn(&a, w, reps, budget, NULL, NULL);
         if (li == 0) t_first = tw;
         const attn_ops *o = attn_ops_best(ws->q_dtype, ws->kv_dtype);
         if (o && o->small_m && ws->h_q / ws->h_kv <= ATTN_SMALL_M) o = o->small_m;
@@ -371,6 +413,7 @@ int main(int argc, char **argv) {
     }
     const int cpus = bench_cpus();
     const int nthreads = threads > 0 ? threads : cpus;
+    bench_threads = nthreads;
     const int reps = quick ? 3 : 7;
     bench_json j;
     json_begin(&j, stdout);
@@ -403,8 +446,8 @@ int main(int argc, char **argv) {
     json_str(&j, "attn_isa", pkv_isa_name());
     json_end(&j);
     fprintf(stderr, "  streaming read %.1f GB/s (best), %.1f (median)\n\n", bw, bw_med);
-    fprintf(stderr, "%-16s %3s %4s %4s %6s %3s %-17s %9s %8s %8s %5s %7s %5s %6s %9s %7s\n", "shape", "b", "h_q", "sq",
-            "s_k", "bs", "kernel", "time_ms", "GFLOP/s", "roof", "%roof", "GB/s", "%bw", "B/tok", "x_oracle", "pg/ct");
+    fprintf(stderr, "%-16s %3s %4s %4s %6s %3s %-17s %9s %8s %8s %5s %7s %5s %5s %6s %9s %7s\n", "shape", "b", "h_q", "sq",
+            "s_k", "bs", "kernel", "time_ms", "GFLOP/s", "roof", "%roof", "GB/s", "%bw", "%st", "B/tok", "x_oracle", "pg/ct");
 
     pkv_workers *w = NULL, *w1 = NULL;
     if (pkv_workers_create(nthreads, &w) != PKV_OK || pkv_workers_create(1, &w1) != PKV_OK) return 1;
@@ -431,16 +474,16 @@ int main(int argc, char **argv) {
             pkv_attn_args ap = args_of(s, &d, 1, bs), ac = args_of(s, &d, 0, bs);
             const double budget = quick || s->prefill ? 0.3 : 1.0;
             const int nrep = s->prefill ? 3 : reps;
-            double tpmin = 0;
-            const double tp = time_attn(&ap, w, nrep, budget, &tpmin);
-            const double tc = s->prefill ? NAN : time_attn(&ac, w, reps, budget, NULL);
+            double tpmin = 0, paired = NAN;
+            const double tp = time_attn(&ap, w, nrep, budget, &tpmin, s->prefill ? NULL : &paired);
+            const double tc = s->prefill ? NAN : time_attn(&ac, w, reps, budget, NULL, NULL);
             const double flops = 2.0 * s->b * s->h_q * seen_keys(s->s_q, s->s_k, s->causal) * (s->d + s->dv);
             const double tok_bytes = (double)(d.krow + d.vrow);
             const double kv_bytes = (double)s->b * s->s_k * tok_bytes;
             if (bi == 0 && !forced_ops) oracle_t[si] = time_oracle(s, &d, &oracle_from[si]);
             const double to = oracle_t[si], from = oracle_from[si];
             double t1 = NAN;
-            if (s->b == 1 && s->h_q == 128 && bi == 0 && !forced_ops) t1 = time_attn(&ap, w1, quick ? 2 : 3, budget, NULL);
+            if (s->b == 1 && s->h_q == 128 && bi == 0 && !forced_ops) t1 = time_attn(&ap, w1, quick ? 2 : 3, budget, NULL, NULL);
             const attn_ops *kops = ops_for_shape(s, forced_ops);
             const char *kname = kops ? kops->name : "?";
             const double croof = compute_roof(kname, s), mroof = bw * flops / kv_bytes;
@@ -465,6 +508,8 @@ int main(int argc, char **argv) {
             json_num(&j, "kv_bytes_per_token", tok_bytes);
             json_num(&j, "kv_gbs", kv_bytes / tp * 1e-9);
             json_num(&j, "pct_bw", 100.0 * kv_bytes / tp * 1e-9 / bw);
+            json_str(&j, "cache_state", cold ? "cold: K and V flushed from every cache level before each run" : "warm");
+            if (!isnan(paired)) json_num(&j, "pct_stream_paired", 100.0 * paired);
             if (!s->prefill) {
                 json_num(&j, "contig_time_ms", tc * 1e3);
                 json_num(&j, "paged_over_contig", tp / tc);
@@ -478,9 +523,9 @@ int main(int argc, char **argv) {
                 json_num(&j, "scaling_vs_1thread", t1 / tp);
             }
             json_end(&j);
-            fprintf(stderr, "%-16s %3d %4d %4d %6d %3d %-17s %9.2f %8.1f %7.0f%c %4.0f%% %7.1f %4.0f%% %6.0f %9.0f %7.3f",
+            fprintf(stderr, "%-16s %3d %4d %4d %6d %3d %-17s %9.2f %8.1f %7.0f%c %4.0f%% %7.1f %4.0f%% %4.0f%% %6.0f %9.0f %7.3f",
                     s->name, s->b, s->h_q, s->s_q, s->s_k, bs, kname, tp * 1e3, gflops, roof, roof == mroof ? 'm' : 'c',
-                    100.0 * gflops / roof, kv_bytes / tp * 1e-9, 100.0 * kv_bytes / tp * 1e-9 / bw, tok_bytes, to / tp,
+                    100.0 * gflops / roof, kv_bytes / tp * 1e-9, 100.0 * kv_bytes / tp * 1e-9 / bw, 100.0 * paired, tok_bytes, to / tp,
                     s->prefill ? 0.0 : tp / tc);
             if (!isnan(t1)) fprintf(stderr, "  (1 thread %.2f ms: x%.2f)", t1 * 1e3, t1 / tp);
             fputc('\n', stderr);

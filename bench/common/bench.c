@@ -25,6 +25,29 @@ double bench_median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+__attribute__((target("clflushopt"))) static void flush_opt(const char *p, size_t n) {
+    for (size_t o = 0; o < n; o += 64) _mm_clflushopt((void *)(uintptr_t)(p + o));
+}
+#endif
+
+void bench_flush(const void *p, size_t n) {
+    if (!p || n == 0) return;
+#if defined(__x86_64__) || defined(__i386__)
+    const char *c = (const char *)((uintptr_t)p & ~(uintptr_t)63);
+    n += (size_t)((const char *)p - c);
+    if (__builtin_cpu_supports("avx512f")) { /* every AVX-512 CPU has clflushopt */
+        flush_opt(c, n);
+    } else {
+        for (size_t o = 0; o < n; o += 64) _mm_clflush(c + o);
+    }
+    _mm_mfence();
+#else
+    (void)n;
+#endif
+}
+
 int bench_cpus(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n < 1 ? 1 : (int)n;
@@ -161,6 +184,26 @@ static void *read_thread(void *arg) {
     return NULL;
 }
 
+/* One timed parallel read of n 8-byte words at p by threads threads: GB/s. */
+static double read_once(const uint64_t *p, size_t n, int threads, read_job *jobs, pthread_t *th,
+                        pthread_barrier_t *bar, volatile uint64_t *keep) {
+    const size_t per = n / (size_t)threads / 8 * 8;
+    for (int i = 0; i < threads; i++) {
+        jobs[i].p = p + (size_t)i * per;
+        jobs[i].n = per;
+        jobs[i].bar = bar;
+        pthread_create(&th[i], NULL, read_thread, &jobs[i]);
+    }
+    double t0 = 1e300, t1 = 0;
+    for (int i = 0; i < threads; i++) {
+        pthread_join(th[i], NULL);
+        *keep += jobs[i].sum;
+        if (jobs[i].t0 < t0) t0 = jobs[i].t0;
+        if (jobs[i].t1 > t1) t1 = jobs[i].t1;
+    }
+    return (double)(per * (size_t)threads * sizeof(uint64_t)) / (t1 - t0) * 1e-9;
+}
+
 double bench_read_gbs(size_t bytes, int threads, int reps, double *best) {
     if (threads < 1) threads = 1;
     if (reps > 64) reps = 64;
@@ -175,29 +218,34 @@ double bench_read_gbs(size_t bytes, int threads, int reps, double *best) {
     double v[64];
     volatile uint64_t keep = 0;
     for (int r = 0; r < reps; r++) {
-        const size_t per = n / (size_t)threads / 8 * 8;
-        for (int i = 0; i < threads; i++) {
-            jobs[i].p = buf + (size_t)i * per;
-            jobs[i].n = per;
-            jobs[i].bar = &bar;
-            pthread_create(&th[i], NULL, read_thread, &jobs[i]);
-        }
-        double t0 = 1e300, t1 = 0;
-        for (int i = 0; i < threads; i++) {
-            pthread_join(th[i], NULL);
-            keep += jobs[i].sum;
-            if (jobs[i].t0 < t0) t0 = jobs[i].t0;
-            if (jobs[i].t1 > t1) t1 = jobs[i].t1;
-        }
-        v[r] = (double)(per * (size_t)threads * sizeof(uint64_t)) / (t1 - t0) * 1e-9;
+        v[r] = read_once(buf, n, threads, jobs, th, &bar, &keep);
         if (best && (r == 0 || v[r] > *best)) *best = v[r];
     }
-    (void)keep;
     pthread_barrier_destroy(&bar);
     free(jobs);
     free(th);
     free(buf);
     return bench_median(v, reps);
+}
+
+double bench_read_buf_gbs(const void *p, size_t bytes, int threads) {
+    if (threads < 1) threads = 1;
+    read_job *jobs = calloc((size_t)threads, sizeof *jobs);
+    pthread_t *th = calloc((size_t)threads, sizeof *th);
+    if (!jobs || !th) {
+        free(jobs);
+        free(th);
+        return 0.0;
+    }
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, (unsigned)threads);
+    volatile uint64_t keep = 0;
+    bench_flush(p, bytes);
+    const double g = read_once((const uint64_t *)p, bytes / sizeof(uint64_t), threads, jobs, th, &bar, &keep);
+    pthread_barrier_destroy(&bar);
+    free(jobs);
+    free(th);
+    return g;
 }
 
 /* ---- JSON lines ---- */

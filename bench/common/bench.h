@@ -13,6 +13,9 @@
 double bench_now(void);
 /* Median of v[0..n) (sorts v). */
 double bench_median(double *v, int n);
+/* Evicts [p, p + n) from every cache level (clflushopt where the CPU has it,
+ * else clflush; nothing on other architectures), then fences. */
+void bench_flush(const void *p, size_t n);
 /* Online CPUs. */
 int bench_cpus(void);
 /* CPU model string from /proc/cpuinfo ("unknown" elsewhere). */
@@ -41,6 +44,10 @@ double bench_ceiling(int kind, int threads, int reps, double *median);
 /* Streaming-read GB/s over a buffer of bytes, threads threads: median of reps
  * (*best, may be NULL: the best run). */
 double bench_read_gbs(size_t bytes, int threads, int reps, double *best);
+/* GB/s of one parallel sequential read of p[0..bytes) by threads threads,
+ * flushed from the caches first (so from DRAM): the streaming bandwidth of the
+ * very bytes a kernel reads, measured under the same conditions. */
+double bench_read_buf_gbs(const void *p, size_t bytes, int threads);
 
 /* JSON lines: json_begin(f); json_str(f, "k", "v"); json_num(f, "k", 1.5); json_end(f). */
 typedef struct bench_json {
