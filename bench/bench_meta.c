@@ -37,15 +37,7 @@ static void count_free(void *o, void *ptr) {
     free(p);
 }
 
-static void die(const char *what, int st) {
-    fprintf(stderr, "bench_meta: %s: %s\n", what, pkv_strerror(st));
-    exit(1);
-}
-#define OK(call)                            \
-    do {                                    \
-        int st_ = (call);                   \
-        if (st_ != PKV_OK) die(#call, st_); \
-    } while (0)
+#define OK(call) BENCH_OK(call)
 
 typedef struct result {
     const char *name;
@@ -109,6 +101,7 @@ static result run(const char *name, int32_t nb, int prefix, int with_tokens, int
 }
 
 int main(int argc, char **argv) {
+    bench_set_name(argv[0]);
     int32_t nb = 262144;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--blocks") == 0 && i + 1 < argc) nb = atoi(argv[++i]);

@@ -20,15 +20,7 @@ enum { BS = 64 };
 
 static int quick;
 
-static void die(const char *what, int st) {
-    fprintf(stderr, "bench_prefix: %s: %s\n", what, pkv_strerror(st));
-    exit(1);
-}
-#define OK(call)                                  \
-    do {                                          \
-        int st_ = (call);                         \
-        if (st_ != PKV_OK) die(#call, st_);       \
-    } while (0)
+#define OK(call) BENCH_OK(call)
 
 static pkv_cache *make_cache(int32_t nb) {
     pkv_config cfg;
@@ -132,7 +124,7 @@ static int time_lookups(pkv_cache *c, const int32_t *prompt, int32_t n, int32_t 
         for (int i = 0; i < batch; i++) {
             int32_t cached;
             OK(pkv_prefix_lookup(c, 0, prompt, n, &h[i], &cached));
-            if (cached != expect) die("unexpected cached length", PKV_ERR_STATE);
+            if (cached != expect) bench_die("unexpected cached length", PKV_ERR_STATE);
         }
         v[r] = (bench_now() - t0) / batch;
         for (int i = 0; i < batch; i++) OK(pkv_seq_free(c, h[i]));
@@ -160,7 +152,7 @@ static void bench_size(int32_t n) {
         double t0 = bench_now();
         OK(pkv_prefix_register(c, s, &reg, &dd));
         v[r] = bench_now() - t0;
-        if (reg != nblk) die("registration count", PKV_ERR_STATE);
+        if (reg != nblk) bench_die("registration count", PKV_ERR_STATE);
         OK(pkv_seq_free(c, s));
     }
     emit("register_new", n, v, reps, nblk);
@@ -178,7 +170,7 @@ static void bench_size(int32_t n) {
         double t0 = bench_now();
         OK(pkv_prefix_register(c, s, &reg, &dd));
         v[r] = bench_now() - t0;
-        if (dd != nblk) die("dedup count", PKV_ERR_STATE);
+        if (dd != nblk) bench_die("dedup count", PKV_ERR_STATE);
         OK(pkv_seq_free(c, s));
     }
     emit("register_dedup", n, v, reps, nblk);
@@ -222,7 +214,7 @@ static void bench_size(int32_t n) {
     }
     pkv_stats st = PKV_STATS_INIT;
     OK(pkv_cache_stats(c, &st));
-    if (st.evictions != (int64_t)reps * nblk) die("eviction count", PKV_ERR_STATE);
+    if (st.evictions != (int64_t)reps * nblk) bench_die("eviction count", PKV_ERR_STATE);
     for (int r = 0; r < reps; r++) vx[r] = ve[r] > vf[r] ? ve[r] - vf[r] : 0;
     emit("append_evicting", n, ve, reps, nblk);
     emit("append_free_blocks", n, vf, reps, nblk);
@@ -233,6 +225,7 @@ static void bench_size(int32_t n) {
 }
 
 int main(int argc, char **argv) {
+    bench_set_name(argv[0]);
     quick = getenv("PKV_BENCH_QUICK") != NULL;
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--quick") == 0) quick = 1;

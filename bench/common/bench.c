@@ -48,6 +48,19 @@ void bench_flush(const void *p, size_t n) {
 #endif
 }
 
+static const char *bench_name = "bench";
+
+void bench_set_name(const char *argv0) {
+    if (!argv0) return;
+    const char *b = strrchr(argv0, '/');
+    bench_name = b ? b + 1 : argv0;
+}
+
+void bench_die(const char *what, int st) {
+    fprintf(stderr, "%s: %s: %s\n", bench_name, what, pkv_strerror(st));
+    exit(1);
+}
+
 int bench_cpus(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n < 1 ? 1 : (int)n;

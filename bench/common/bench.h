@@ -67,4 +67,15 @@ double bench_fma256_vex(long iters, float *sink); /* AVX2 + FMA */
 double bench_dpbf16(long iters, float *sink);
 double bench_amx_bf16(long iters, float *sink);
 
+/* Prints "prog: what: pkv_strerror(st)" on stderr and exits 1 (prog: argv[0]'s
+ * base name, set by bench_set_name; "bench" before). */
+void bench_die(const char *what, int st);
+void bench_set_name(const char *argv0);
+/* Runs a library call; any status but PKV_OK ends the benchmark (bench_die). */
+#define BENCH_OK(call)                              \
+    do {                                            \
+        int bench_st_ = (call);                     \
+        if (bench_st_ != 0) bench_die(#call, bench_st_);  \
+    } while (0)
+
 #endif
