@@ -186,12 +186,19 @@ static void report(const char *op, const char *cache, const char *how, double ti
     json_num(&j, "tier_gbs", tier);
     json_num(&j, "file_gbs", file);
     json_num(&j, "ratio", ratio);
-    json_num(&j, "tier_cpu_gbs", tier_cpu);
-    json_num(&j, "file_cpu_gbs", file_cpu);
-    json_num(&j, "ratio_cpu", ratio_cpu);
+    /* per CPU second only where neither side waits on the device: a cold read's
+     * CPU time is not its cost, and its "ratio" would not be a share */
+    const int cpu = strcmp(cache, "cold") != 0;
+    if (cpu) {
+        json_num(&j, "tier_cpu_gbs", tier_cpu);
+        json_num(&j, "file_cpu_gbs", file_cpu);
+        json_num(&j, "ratio_cpu", ratio_cpu);
+    }
     json_end(&j);
-    fprintf(stderr, "%-12s %-8s %7.3f / %7.3f GB/s %5.1f%%   per CPU s: %7.3f / %7.3f GB/s %5.1f%%\n", op, cache,
-            tier, file, 100 * ratio, tier_cpu, file_cpu, 100 * ratio_cpu);
+    fprintf(stderr, "%-12s %-8s %7.3f / %7.3f GB/s %5.1f%%", op, cache, tier, file, 100 * ratio);
+    if (cpu)
+        fprintf(stderr, "   per CPU s: %7.3f / %7.3f GB/s %5.1f%%", tier_cpu, file_cpu, 100 * ratio_cpu);
+    fputc('\n', stderr);
 }
 
 int main(int argc, char **argv) {
@@ -269,17 +276,23 @@ int main(int argc, char **argv) {
         /* Write-back of the host below a VM can linger after sync: settle first. */
         sync();
         sleep(2);
-        for (int k = 0; k < 2; k++) {
+        /* Cold: the directory's read is measured before and after the tier's
+         * and the faster counts (the disk of a VM sits on the host's own page
+         * cache, which can speed up whichever read comes later: with one
+         * baseline read, "cold" ratios of 1.5-3 were seen). */
+        file[RD_COLD][r] = filec[RD_COLD][r] = 0;
+        for (int k = 0; k < 3; k++) {
             how = evict(dir);
-            if ((k == 0) == tier_first) {
+            if (k == 1) {
                 tier[RD_COLD][r] = tier_read(&s, &t, s.n, 0);
                 tierc[RD_COLD][r] = cpu_gbs;
                 how = evict(dir);
                 tier[RD_COLD_RAND][r] = tier_read(&s, &t, s.n, 1);
                 tierc[RD_COLD_RAND][r] = cpu_gbs;
             } else {
-                file[RD_COLD][r] = file[RD_COLD_RAND][r] = seq_read(&s, s.n);
-                filec[RD_COLD][r] = filec[RD_COLD_RAND][r] = cpu_gbs;
+                const double g = seq_read(&s, s.n);
+                if (g > file[RD_COLD][r]) file[RD_COLD][r] = file[RD_COLD_RAND][r] = g;
+                if (cpu_gbs > filec[RD_COLD][r]) filec[RD_COLD][r] = filec[RD_COLD_RAND][r] = cpu_gbs;
             }
         }
         if (getenv("PKV_BENCH_VERBOSE"))
