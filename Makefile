@@ -7,7 +7,14 @@
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 LDFLAGS ?=
+# make REDIS=1: the Redis tier (src/tier_redis.c) on hiredis, built in its own
+# directory; the default build has no dependency (pkv_tier_redis_open says so).
+REDIS   ?=
+ifeq ($(REDIS),1)
+BUILD   ?= build/redis
+else
 BUILD   ?= build
+endif
 PREFIX  ?= /usr/local
 VECTORS ?= $(abspath ../shared/vectors)
 WERROR  ?=
@@ -15,8 +22,12 @@ WERROR  ?=
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes $(WERROR)
 BASE    := -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L -fPIC -fvisibility=hidden \
            -Iinclude -Isrc -pthread
-ALL_CFLAGS := $(BASE) $(WARN) $(CFLAGS) $(EXTRA_CFLAGS)
 LIBS    := -pthread -lm
+ifeq ($(REDIS),1)
+BASE    += -DPKV_REDIS
+LIBS    += -lhiredis
+endif
+ALL_CFLAGS := $(BASE) $(WARN) $(CFLAGS) $(EXTRA_CFLAGS)
 
 # Kernels for one ISA live in files named *_avx2.c / *_avx512.c and get that ISA's flags;
 # everything else is built for the baseline and dispatches at run time.

@@ -1,0 +1,574 @@
+/* The Redis tier: blobs as Redis strings, on one server or a Redis Cluster,
+ * through hiredis (compiled in with `make REDIS=1`; otherwise the open says so).
+ *
+ * Keys. A block's Redis key is the prefix (default "pkv:") and the 32 lower-case
+ * hex digits of its 16-byte identity key. Cluster slots: CRC16 of the key, or of
+ * its first non-empty {hash tag} (a tag in the prefix puts all blocks on one
+ * slot; without one, the blocks of a chain spread over the masters).
+ *
+ * Values. blob || MAC, MAC = SipHash-128 of the blob under a per-key MAC key,
+ * itself SipHash-128 of the Redis identity key under a key derived from the
+ * caches' hash key. The library's own blob check (tier.c) is an unkeyed
+ * checksum, which a third party writing to Redis could forge; the MAC cannot be
+ * forged without the hash key and cannot be replayed under another key.
+ *
+ * Connections. One per node (standalone: the server; cluster: each master met),
+ * opened lazily with a connect timeout, then a command timeout (hiredis socket
+ * timeouts). A failure closes it and schedules the next attempt after a backoff
+ * (100 ms doubling to 5 s); until then calls to that node fail at once, so a
+ * server that is down or paused costs one timeout per backoff period.
+ *
+ * Batches. get_many / put_many append every command for a node to its
+ * connection and then read the replies: one round trip per node per batch.
+ * A MOVED or ASK reply (slots moved) updates the slot map and that key is
+ * retried alone. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tier_redis.h"
+
+#define CLUSTER_SLOTS 16384
+
+unsigned pkv__redis_key_slot(const char *key, size_t len) {
+    size_t s = 0, e = len;
+    for (size_t i = 0; i < len; i++)
+        if (key[i] == '{') {
+            size_t j = i + 1;
+            while (j < len && key[j] != '}') j++;
+            if (j < len && j > i + 1) {
+                s = i + 1;
+                e = j;
+            }
+            break;
+        }
+    uint16_t crc = 0;
+    for (size_t i = s; i < e; i++) {
+        crc ^= (uint16_t)((uint8_t)key[i] << 8);
+        for (int b = 0; b < 8; b++) crc = (uint16_t)(crc & 0x8000 ? (crc << 1) ^ 0x1021 : crc << 1);
+    }
+    return crc & (CLUSTER_SLOTS - 1);
+}
+
+#ifndef PKV_REDIS
+
+int pkv_tier_redis_open(const char *url, const uint8_t hash_key[16], const char *key_prefix, int32_t timeout_ms,
+                        pkv_tier_backend *out, char *detail) {
+    (void)url, (void)hash_key, (void)key_prefix, (void)timeout_ms, (void)out;
+    pkv_detail d;
+    int st = pkv__fail(&d, PKV_ERR_MODE, "redis tier: this library was built without REDIS=1 (no hiredis)");
+    if (detail) memcpy(detail, d.text, sizeof d.text);
+    return st;
+}
+
+void pkv__tier_redis_info(void *ctx, pkv__tier_redis_info_t *out) {
+    (void)ctx;
+    memset(out, 0, sizeof *out);
+}
+
+#else
+
+#include <hiredis/hiredis.h>
+
+#define MAX_NODES 64
+#define MAC_BYTES 16
+#define KEY_MAX (64 + 32)
+#define BACKOFF_MIN 0.1
+#define BACKOFF_MAX 5.0
+
+typedef struct rnode {
+    char host[128];
+    int port;
+    redisContext *rc;
+    double retry_at, backoff; /* next connect attempt; current backoff (s) */
+} rnode;
+
+typedef struct rtier {
+    int cluster;
+    char user[128], password[128];
+    int db;
+    char prefix[65];
+    size_t plen;
+    uint8_t mac_key[16];
+    struct timeval tv;
+    int nnodes;
+    rnode node[MAX_NODES];
+    uint8_t slot_node[CLUSTER_SLOTS]; /* node index, 0xff unknown */
+    int have_slots;
+    double slots_retry_at;
+    uint8_t *vbuf; /* one value (blob + MAC) for puts */
+    size_t vcap;
+    pkv__tier_redis_info_t info;
+} rtier;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static size_t make_key(const rtier *t, const uint8_t key[16], char *out) {
+    static const char hex[] = "0123456789abcdef";
+    memcpy(out, t->prefix, t->plen);
+    for (int i = 0; i < 16; i++) {
+        out[t->plen + 2 * i] = hex[key[i] >> 4];
+        out[t->plen + 2 * i + 1] = hex[key[i] & 15];
+    }
+    out[t->plen + 32] = 0;
+    return t->plen + 32;
+}
+
+static void value_mac(const rtier *t, const uint8_t key[16], const void *blob, size_t len, uint8_t mac[16]) {
+    uint8_t k[16];
+    pkv_siphash128(t->mac_key, key, 16, k);
+    pkv_siphash128(k, blob, len, mac);
+}
+
+/* ---- connections ---- */
+
+static void node_down(rtier *t, rnode *n) {
+    if (n->rc) redisFree(n->rc);
+    n->rc = NULL;
+    n->backoff = n->backoff <= 0 ? BACKOFF_MIN : (n->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : n->backoff * 2);
+    n->retry_at = now_s() + n->backoff;
+    t->info.errors++;
+}
+
+static int reply_ok(redisReply *r) { return r && r->type != REDIS_REPLY_ERROR; }
+
+/* The node's connection, connecting when its backoff allows; NULL when down. */
+static redisContext *node_ctx(rtier *t, rnode *n) {
+    if (n->rc) return n->rc;
+    if (now_s() < n->retry_at) {
+        t->info.refused++;
+        return NULL;
+    }
+    n->rc = redisConnectWithTimeout(n->host, n->port, t->tv);
+    if (!n->rc || n->rc->err || redisSetTimeout(n->rc, t->tv) != REDIS_OK) {
+        node_down(t, n);
+        return NULL;
+    }
+    t->info.connects++;
+    if (t->password[0]) {
+        redisReply *r = t->user[0] ? redisCommand(n->rc, "AUTH %s %s", t->user, t->password)
+                                   : redisCommand(n->rc, "AUTH %s", t->password);
+        int ok = reply_ok(r);
+        if (r) freeReplyObject(r);
+        if (!ok) {
+            node_down(t, n);
+            return NULL;
+        }
+    }
+    if (!t->cluster && t->db) {
+        redisReply *r = redisCommand(n->rc, "SELECT %d", t->db);
+        int ok = reply_ok(r);
+        if (r) freeReplyObject(r);
+        if (!ok) {
+            node_down(t, n);
+            return NULL;
+        }
+    }
+    n->backoff = 0;
+    return n->rc;
+}
+
+static int find_node(rtier *t, const char *host, size_t hlen, int port) {
+    for (int i = 0; i < t->nnodes; i++)
+        if (t->node[i].port == port && strlen(t->node[i].host) == hlen && memcmp(t->node[i].host, host, hlen) == 0)
+            return i;
+    if (t->nnodes == MAX_NODES || hlen == 0 || hlen >= sizeof t->node[0].host) return -1;
+    rnode *n = &t->node[t->nnodes];
+    memset(n, 0, sizeof *n);
+    memcpy(n->host, host, hlen);
+    n->host[hlen] = 0;
+    n->port = port;
+    return t->nnodes++;
+}
+
+/* Cluster: the slot map from CLUSTER SLOTS of the first node that answers. */
+static int load_slots(rtier *t) {
+    if (now_s() < t->slots_retry_at) return 0;
+    for (int i = 0; i < t->nnodes; i++) {
+        redisContext *rc = node_ctx(t, &t->node[i]);
+        if (!rc) continue;
+        redisReply *r = redisCommand(rc, "CLUSTER SLOTS");
+        if (!r) {
+            node_down(t, &t->node[i]);
+            continue;
+        }
+        int ok = r->type == REDIS_REPLY_ARRAY && r->elements > 0;
+        if (ok) memset(t->slot_node, 0xff, sizeof t->slot_node);
+        for (size_t k = 0; ok && k < r->elements; k++) {
+            redisReply *e = r->element[k];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 || e->element[0]->type != REDIS_REPLY_INTEGER ||
+                e->element[1]->type != REDIS_REPLY_INTEGER || e->element[2]->type != REDIS_REPLY_ARRAY ||
+                e->element[2]->elements < 2 || e->element[2]->element[0]->type != REDIS_REPLY_STRING ||
+                e->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
+                continue;
+            long long lo = e->element[0]->integer, hi = e->element[1]->integer;
+            redisReply *h = e->element[2]->element[0];
+            /* An empty host means "the address you reached me at". */
+            const char *host = h->len ? h->str : t->node[i].host;
+            size_t hlen = h->len ? h->len : strlen(t->node[i].host);
+            int ni = find_node(t, host, hlen, (int)e->element[2]->element[1]->integer);
+            if (ni < 0 || lo < 0 || hi >= CLUSTER_SLOTS || lo > hi) continue;
+            for (long long s = lo; s <= hi; s++) t->slot_node[s] = (uint8_t)ni;
+        }
+        freeReplyObject(r);
+        if (ok) {
+            t->have_slots = 1;
+            return 1;
+        }
+    }
+    t->slots_retry_at = now_s() + BACKOFF_MIN;
+    return 0;
+}
+
+/* The node that serves key (a Redis key), or -1. */
+static int route(rtier *t, const char *key, size_t klen) {
+    if (!t->cluster) return 0;
+    if (!t->have_slots && !load_slots(t)) return -1;
+    int ni = t->slot_node[pkv__redis_key_slot(key, klen)];
+    return ni == 0xff ? -1 : ni;
+}
+
+/* A MOVED / ASK error reply: the node to ask instead (its slot now maps to it
+ * after MOVED); -1 when the reply is no redirect. */
+static int redirect(rtier *t, const redisReply *r, int *ask) {
+    if (!r || r->type != REDIS_REPLY_ERROR) return -1;
+    int moved = strncmp(r->str, "MOVED ", 6) == 0;
+    *ask = strncmp(r->str, "ASK ", 4) == 0;
+    if (!moved && !*ask) return -1;
+    const char *p = strchr(r->str, ' ') + 1;
+    long slot = strtol(p, (char **)&p, 10);
+    while (*p == ' ') p++;
+    const char *colon = strrchr(p, ':');
+    if (!colon || slot < 0 || slot >= CLUSTER_SLOTS) return -1;
+    int ni = find_node(t, p, (size_t)(colon - p), atoi(colon + 1));
+    if (ni >= 0 && moved) t->slot_node[slot] = (uint8_t)ni;
+    t->info.redirects++;
+    return ni;
+}
+
+/* One command about one Redis key, following redirects. NULL on a failure
+ * (counted; the node is down). The caller frees the reply. */
+static redisReply *command(rtier *t, const char *key, size_t klen, int argc, const char **argv, const size_t *lens) {
+    int ni = route(t, key, klen), ask = 0;
+    for (int hop = 0; hop < 4 && ni >= 0; hop++) {
+        rnode *n = &t->node[ni];
+        redisContext *rc = node_ctx(t, n);
+        if (!rc) return NULL;
+        if (ask) {
+            redisReply *a = redisCommand(rc, "ASKING");
+            if (!a) {
+                node_down(t, n);
+                return NULL;
+            }
+            freeReplyObject(a);
+        }
+        t->info.round_trips++;
+        redisReply *r = redisCommandArgv(rc, argc, argv, lens);
+        if (!r) {
+            node_down(t, n);
+            return NULL;
+        }
+        int next = t->cluster ? redirect(t, r, &ask) : -1;
+        if (next < 0) return r;
+        freeReplyObject(r);
+        ni = next;
+    }
+    if (ni < 0) t->info.errors++;
+    return NULL;
+}
+
+/* ---- the backend calls ---- */
+
+static int check_value(rtier *t, const uint8_t key[16], const redisReply *r, void *buf, size_t cap, size_t *len) {
+    if (r->type == REDIS_REPLY_NIL) return PKV_ERR_NOT_FOUND;
+    if (r->type != REDIS_REPLY_STRING) {
+        t->info.errors++;
+        return PKV_ERR_IO;
+    }
+    if (r->len < MAC_BYTES) {
+        t->info.mac_failures++;
+        return PKV_ERR_CORRUPT;
+    }
+    size_t n = r->len - MAC_BYTES;
+    uint8_t mac[16];
+    value_mac(t, key, r->str, n, mac);
+    if (memcmp(mac, r->str + n, MAC_BYTES) != 0) {
+        t->info.mac_failures++;
+        return PKV_ERR_CORRUPT;
+    }
+    *len = n;
+    if (cap < n) return PKV_ERR_BUFFER;
+    memcpy(buf, r->str, n);
+    return PKV_OK;
+}
+
+static int r_get(void *ctx, const uint8_t key[16], void *buf, size_t cap, size_t *len) {
+    rtier *t = ctx;
+    char k[KEY_MAX + 1];
+    size_t klen = make_key(t, key, k);
+    const char *argv[2] = {"GET", k};
+    size_t lens[2] = {3, klen};
+    redisReply *r = command(t, k, klen, 2, argv, lens);
+    if (!r) return PKV_ERR_IO;
+    int st = check_value(t, key, r, buf, cap, len);
+    freeReplyObject(r);
+    return st;
+}
+
+static int fill_value(rtier *t, const uint8_t key[16], const void *blob, size_t len) {
+    if (len > SIZE_MAX - MAC_BYTES) return PKV_ERR_INVALID;
+    if (t->vcap < len + MAC_BYTES) {
+        uint8_t *nb = realloc(t->vbuf, len + MAC_BYTES);
+        if (!nb) return PKV_ERR_NOMEM;
+        t->vbuf = nb;
+        t->vcap = len + MAC_BYTES;
+    }
+    memcpy(t->vbuf, blob, len);
+    value_mac(t, key, blob, len, t->vbuf + len);
+    return PKV_OK;
+}
+
+static int r_put(void *ctx, const uint8_t key[16], const void *blob, size_t len) {
+    rtier *t = ctx;
+    FORWARD_IF_ERROR(fill_value(t, key, blob, len));
+    char k[KEY_MAX + 1];
+    size_t klen = make_key(t, key, k);
+    const char *argv[3] = {"SET", k, (const char *)t->vbuf};
+    size_t lens[3] = {3, klen, len + MAC_BYTES};
+    redisReply *r = command(t, k, klen, 3, argv, lens);
+    if (!r) return PKV_ERR_IO;
+    int st = r->type == REDIS_REPLY_ERROR ? PKV_ERR_IO : PKV_OK;
+    if (st != PKV_OK) t->info.errors++;
+    freeReplyObject(r);
+    return st;
+}
+
+static int key_command(rtier *t, const char *cmd, const uint8_t key[16], long long *out) {
+    char k[KEY_MAX + 1];
+    size_t klen = make_key(t, key, k);
+    const char *argv[2] = {cmd, k};
+    size_t lens[2] = {strlen(cmd), klen};
+    redisReply *r = command(t, k, klen, 2, argv, lens);
+    if (!r) return PKV_ERR_IO;
+    int st = r->type == REDIS_REPLY_INTEGER ? PKV_OK : PKV_ERR_IO;
+    if (st == PKV_OK) *out = r->integer;
+    else t->info.errors++;
+    freeReplyObject(r);
+    return st;
+}
+
+static int r_exists(void *ctx, const uint8_t key[16]) {
+    long long n = 0;
+    FORWARD_IF_ERROR(key_command(ctx, "EXISTS", key, &n));
+    return n > 0;
+}
+
+static int r_del(void *ctx, const uint8_t key[16]) {
+    long long n = 0;
+    FORWARD_IF_ERROR(key_command(ctx, "DEL", key, &n));
+    return n > 0 ? PKV_OK : PKV_ERR_NOT_FOUND;
+}
+
+/* A batch: per node, every command appended, then every reply read (one
+ * round trip per node). do_get selects GET (into bufs) or SET (of blobs). */
+static int batch(rtier *t, int32_t n, const uint8_t (*keys)[16], void *const *bufs, const void *const *blobs,
+                 size_t size, size_t *lens, int *status) {
+    if (n < 0 || !keys || !status || (bufs && !lens)) return PKV_ERR_INVALID;
+    if (n == 0) return PKV_OK;
+    int *node_of = malloc((size_t)n * sizeof *node_of);
+    char(*k)[KEY_MAX + 1] = malloc((size_t)n * sizeof *k);
+    size_t *klen = malloc((size_t)n * sizeof *klen);
+    uint8_t *vals = NULL;
+    if (blobs && size <= (SIZE_MAX - MAC_BYTES) / (size_t)n) vals = malloc((size_t)n * (size + MAC_BYTES));
+    if (!node_of || !k || !klen || (blobs && !vals)) {
+        free(node_of), free(k), free(klen), free(vals);
+        return PKV_ERR_NOMEM;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        klen[i] = make_key(t, keys[i], k[i]);
+        node_of[i] = route(t, k[i], klen[i]);
+        status[i] = PKV_ERR_IO;
+        if (blobs) {
+            memcpy(vals + (size_t)i * (size + MAC_BYTES), blobs[i], size);
+            value_mac(t, keys[i], blobs[i], size, vals + (size_t)i * (size + MAC_BYTES) + size);
+        }
+    }
+    int retry_alone = 0;
+    for (int ni = 0; ni < t->nnodes; ni++) {
+        int sent = 0;
+        rnode *nd = &t->node[ni];
+        redisContext *rc = NULL;
+        for (int32_t i = 0; i < n; i++) {
+            if (node_of[i] != ni) continue;
+            if (!rc && !(rc = node_ctx(t, nd))) break;
+            const char *argv[3] = {blobs ? "SET" : "GET", k[i], (const char *)(vals + (size_t)i * (size + MAC_BYTES))};
+            size_t al[3] = {3, klen[i], size + MAC_BYTES};
+            if (redisAppendCommandArgv(rc, blobs ? 3 : 2, argv, al) != REDIS_OK) break;
+            sent++;
+        }
+        if (!sent) continue;
+        t->info.round_trips++;
+        int broken = 0;
+        for (int32_t i = 0; i < n && sent > 0; i++) {
+            if (node_of[i] != ni) continue;
+            sent--;
+            void *rv = NULL;
+            if (broken || redisGetReply(rc, &rv) != REDIS_OK || !rv) {
+                broken = 1;
+                continue;
+            }
+            redisReply *r = rv;
+            int ask;
+            if (t->cluster && redirect(t, r, &ask) >= 0) {
+                status[i] = 1; /* retried alone below */
+                retry_alone = 1;
+            } else if (bufs) {
+                status[i] = check_value(t, keys[i], r, bufs[i], size, &lens[i]);
+            } else if (r->type == REDIS_REPLY_ERROR) {
+                t->info.errors++;
+            } else {
+                status[i] = PKV_OK;
+            }
+            freeReplyObject(r);
+        }
+        if (broken) node_down(t, nd); /* the keys not answered stay PKV_ERR_IO */
+    }
+    for (int32_t i = 0; retry_alone && i < n; i++) {
+        if (status[i] != 1) continue;
+        status[i] = bufs ? r_get(t, keys[i], bufs[i], size, &lens[i])
+                         : r_put(t, keys[i], blobs[i], size);
+    }
+    free(node_of), free(k), free(klen), free(vals);
+    return PKV_OK;
+}
+
+static int r_get_many(void *ctx, int32_t n, const uint8_t (*keys)[16], void *const *bufs, size_t cap, size_t *lens,
+                      int *status) {
+    if (!bufs && n > 0) return PKV_ERR_INVALID;
+    return batch(ctx, n, keys, bufs, NULL, cap, lens, status);
+}
+
+static int r_put_many(void *ctx, int32_t n, const uint8_t (*keys)[16], const void *const *blobs, size_t len,
+                      int *status) {
+    if (!blobs && n > 0) return PKV_ERR_INVALID;
+    return batch(ctx, n, keys, NULL, blobs, len, NULL, status);
+}
+
+static void r_close(void *ctx) {
+    rtier *t = ctx;
+    for (int i = 0; i < t->nnodes; i++)
+        if (t->node[i].rc) redisFree(t->node[i].rc);
+    free(t->vbuf);
+    free(t);
+}
+
+void pkv__tier_redis_info(void *ctx, pkv__tier_redis_info_t *out) {
+    rtier *t = ctx;
+    *out = t->info;
+    out->nodes = t->nnodes;
+}
+
+/* ---- the URL ---- */
+
+static int parse_url(rtier *t, const char *url, pkv_detail *d) {
+    const char *p;
+    if (strncmp(url, "redis://", 8) == 0) {
+        p = url + 8;
+    } else if (strncmp(url, "redis+cluster://", 16) == 0) {
+        p = url + 16;
+        t->cluster = 1;
+    } else {
+        return pkv__fail(d, PKV_ERR_INVALID, "redis tier: url \"%.64s\" starts with neither redis:// nor "
+                         "redis+cluster://", url);
+    }
+    const char *at = strrchr(p, '@');
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        size_t ul = colon ? (size_t)(colon - p) : 0, pl = colon ? (size_t)(at - colon - 1) : (size_t)(at - p);
+        const char *pw = colon ? colon + 1 : p;
+        if (ul >= sizeof t->user || pl >= sizeof t->password || pl == 0)
+            return pkv__fail(d, PKV_ERR_INVALID, "redis tier: user or password empty or too long");
+        memcpy(t->user, p, ul);
+        memcpy(t->password, pw, pl);
+        p = at + 1;
+    }
+    while (*p && *p != '/') {
+        const char *end = p + strcspn(p, ",/");
+        const char *colon = NULL;
+        for (const char *q = p; q < end; q++)
+            if (*q == ':') colon = q;
+        char *pe;
+        long port = colon ? strtol(colon + 1, &pe, 10) : -1;
+        if (!colon || colon == p || pe != end || port < 1 || port > 65535)
+            return pkv__fail(d, PKV_ERR_INVALID, "redis tier: \"%.*s\" is not host:port", (int)(end - p), p);
+        if (find_node(t, p, (size_t)(colon - p), (int)port) < 0)
+            return pkv__fail(d, PKV_ERR_INVALID, "redis tier: too many nodes or host name too long");
+        p = *end == ',' ? end + 1 : end;
+    }
+    if (t->nnodes == 0) return pkv__fail(d, PKV_ERR_INVALID, "redis tier: url names no host:port");
+    if (!t->cluster && t->nnodes > 1)
+        return pkv__fail(d, PKV_ERR_INVALID, "redis tier: several hosts need redis+cluster://");
+    if (*p == '/') {
+        char *pe;
+        long db = strtol(p + 1, &pe, 10);
+        if (t->cluster || *pe || pe == p + 1 || db < 0 || db > 1 << 20)
+            return pkv__fail(d, PKV_ERR_INVALID, "redis tier: database \"%.16s\" invalid%s", p + 1,
+                             t->cluster ? " (a cluster has only database 0)" : "");
+        t->db = (int)db;
+    }
+    return PKV_OK;
+}
+
+int pkv_tier_redis_open(const char *url, const uint8_t hash_key[16], const char *key_prefix, int32_t timeout_ms,
+                        pkv_tier_backend *out, char *detail) {
+    pkv_detail d;
+    d.text[0] = 0;
+    int st = PKV_OK;
+    rtier *t = NULL;
+    if (!url || !hash_key || !out) {
+        st = pkv__fail(&d, PKV_ERR_NULL, "redis tier: %s is NULL", !url ? "url" : !hash_key ? "hash_key" : "out");
+    } else if (key_prefix && strlen(key_prefix) > 64) {
+        st = pkv__fail(&d, PKV_ERR_INVALID, "redis tier: key prefix longer than 64 bytes");
+    } else if (timeout_ms < 0 || timeout_ms > 600000) {
+        st = pkv__fail(&d, PKV_ERR_INVALID, "redis tier: timeout %d ms outside [0, 600000]", timeout_ms);
+    } else if (!(t = calloc(1, sizeof *t))) {
+        st = pkv__fail(&d, PKV_ERR_NOMEM, "redis tier: no memory");
+    } else {
+        st = parse_url(t, url, &d);
+    }
+    if (st != PKV_OK) {
+        free(t);
+        if (detail) memcpy(detail, d.text, sizeof d.text);
+        return st;
+    }
+    snprintf(t->prefix, sizeof t->prefix, "%s", key_prefix ? key_prefix : "pkv:");
+    t->plen = strlen(t->prefix);
+    static const char label[] = "pagedkv redis tier MAC v1";
+    pkv_siphash128(hash_key, label, sizeof label - 1, t->mac_key);
+    if (timeout_ms == 0) timeout_ms = 1000;
+    t->tv.tv_sec = timeout_ms / 1000;
+    t->tv.tv_usec = (timeout_ms % 1000) * 1000;
+    memset(t->slot_node, 0xff, sizeof t->slot_node);
+    /* Connect now when the server is there; when not, the first call retries. */
+    if (t->cluster) (void)load_slots(t);
+    else (void)node_ctx(t, &t->node[0]);
+    memset(out, 0, sizeof *out);
+    out->size = sizeof *out;
+    out->ctx = t;
+    out->put = r_put;
+    out->get = r_get;
+    out->exists = r_exists;
+    out->del = r_del;
+    out->close = r_close;
+    out->get_many = r_get_many;
+    out->put_many = r_put_many;
+    if (detail) detail[0] = 0;
+    return PKV_OK;
+}
+
+#endif
