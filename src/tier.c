@@ -304,8 +304,11 @@ void tier_evicted(pkv_cache *c, int32_t b) {
     else if (prefix_entry_live(p, e)) drop_tree(c, e);
 }
 
+static int write_through_many(pkv_cache *c, const int32_t *blocks, int32_t n);
+
 void tier_write_through(pkv_cache *c, const int32_t *blocks, int32_t n) {
     pkv_prefix *p = c->prefix;
+    if (n > 1 && c->tiers.t[0].be.put_many && write_through_many(c, blocks, n)) return;
     for (int32_t j = 0; j < n; j++) {
         int32_t e = prefix_entry_of_block(p, blocks[j]);
         if (e < 0 || prefix_tiers_of(p, e)) continue;
@@ -470,6 +473,70 @@ int32_t tier_shared_extend(pkv_cache *c, uint64_t ns, const int32_t *tokens, int
         m += shared_batch(c, ns, tokens, m, want, blocks, take, &stop);
     }
     return m;
+}
+
+/* Write-through of a registration's blocks with the backend's put_many: up
+ * to SHARED_BATCH blobs per call (one round trip to a remote store). Entries
+ * join tier 0 before the call and leave it again where their put failed.
+ * Returns 0 (nothing done) when its buffers cannot be allocated. */
+static int write_through_many(pkv_cache *c, const int32_t *blocks, int32_t n) {
+    pkv_prefix *p = c->prefix;
+    pkv_tier *t = &c->tiers.t[0];
+    size_t size = tier_blob_size(c);
+    int32_t cap = n < SHARED_BATCH ? n : SHARED_BATCH;
+    int32_t *ents = pkv_mem_alloc(&c->al, (size_t)cap * sizeof *ents);
+    uint8_t(*keys)[16] = pkv_mem_alloc(&c->al, (size_t)cap * 16);
+    uint8_t *bufs = pkv_mem_alloc(&c->al, (size_t)cap * size);
+    const void **ptrs = pkv_mem_alloc(&c->al, (size_t)cap * sizeof *ptrs);
+    int *status = pkv_mem_alloc(&c->al, (size_t)cap * sizeof *status);
+    int ok = ents && keys && bufs && ptrs && status;
+    for (int32_t j = 0; ok && j < n;) {
+        int32_t k = 0;
+        for (; j < n && k < cap; j++) {
+            int32_t e = prefix_entry_of_block(p, blocks[j]);
+            if (e < 0 || prefix_tiers_of(p, e)) continue;
+            int full = 0;
+            while (!full && t->count >= t->capacity) {
+                int64_t before = t->count;
+                tier_evict_one(c, 0);
+                full = t->count == before;
+            }
+            if (full) break;
+            ptrs[k] = bufs + (size_t)k * size;
+            blob_pack(c, e, blocks[j], bufs + (size_t)k * size);
+            key_bytes(c, e, keys[k]);
+            ents[k++] = e;
+            lru_push(t, e);
+            prefix_set_tier(p, e, 0, 1);
+        }
+        if (k == 0) break;
+        double t0 = now_s();
+        int st = t->be.put_many(t->be.ctx, k, (const uint8_t(*)[16])keys, ptrs, size, status);
+        t->seconds_in += now_s() - t0;
+        for (int32_t i = 0; i < k; i++) {
+            int32_t e = ents[i];
+            int in_tier = prefix_entry_live(p, e) && (prefix_tiers_of(p, e) & 1u);
+            int put = st == PKV_OK && status[i] == PKV_OK;
+            if (put) {
+                t->stores++;
+                t->bytes_in += (int64_t)size;
+            } else {
+                tier_error(t, st != PKV_OK ? st : status[i]);
+            }
+            if (!put && in_tier) {
+                lru_unlink(t, e);
+                prefix_set_tier(p, e, 0, 0);
+            } else if (put && !in_tier && !t->shared) {
+                (void)t->be.del(t->be.ctx, keys[i]); /* evicted meanwhile: no stray blob */
+            }
+        }
+    }
+    pkv_mem_free(&c->al, ents);
+    pkv_mem_free(&c->al, keys);
+    pkv_mem_free(&c->al, bufs);
+    pkv_mem_free(&c->al, ptrs);
+    pkv_mem_free(&c->al, status);
+    return ok;
 }
 
 /* ---- restart: re-index what a backend holds ---- */
