@@ -220,7 +220,7 @@ install: all
 	ln -sf libpagedkv.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(PREFIX)/lib/libpagedkv.so
 	install -m 755 $(PKV) $(DESTDIR)$(PREFIX)/bin/
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' pagedkv.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/pagedkv.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|^Libs.private:.*|Libs.private: $(LIBS)|' pagedkv.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/pagedkv.pc
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(PREFIX)/,$(INSTALLED))
