@@ -135,7 +135,7 @@ tests: $(TEST_BIN) $(PKV) $(SHARED) $(BUILD)/libpagedkv.so $(EXAMPLE_BIN)
 # The test run: every tests/test_* binary, then a summary line "N passed, N failed".
 test:
 	@$(MAKE) --no-print-directory WERROR=-Werror tests
-	@PKV_VECTORS=$(VECTORS) PKV_BIN=$(PKV) PKV_LIB=$(SHARED) PKV_STATIC=$(STATIC) CC="$(CC)" \
+	@PKV_VECTORS=$(VECTORS) PKV_BIN=$(PKV) PKV_LIB=$(SHARED) PKV_STATIC=$(STATIC) CC="$(CC)" PKV_LIBS="$(LIBS)" \
 	  PKV_BUILD=$(BUILD) PKV_OBJ=$(abspath $(BUILD))/obj/src \
 	  sh tests/run.sh $(TEST_BIN) $(TEST_SCRIPTS)
 
@@ -246,10 +246,10 @@ clean:
 PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 .PHONY: python test-python bench-python clean-python
 python: $(STATIC)
-	cd python && PKV_STATIC=$(abspath $(STATIC)) $(PYTHON) setup.py -q build_ext --inplace --force \
+	cd python && PKV_STATIC=$(abspath $(STATIC)) PKV_LIBS="$(LIBS)" $(PYTHON) setup.py -q build_ext --inplace --force \
 	  --build-temp $(abspath $(BUILD))/python-temp
 test-python: $(STATIC) $(SHARED) $(BUILD)/libpagedkv.so
-	@PYTHON=$(PYTHON) PKV_VECTORS=$(VECTORS) PKV_LIB=$(SHARED) PKV_STATIC=$(STATIC) CC="$(CC)" \
+	@PYTHON=$(PYTHON) PKV_VECTORS=$(VECTORS) PKV_LIB=$(SHARED) PKV_STATIC=$(STATIC) CC="$(CC)" PKV_LIBS="$(LIBS)" \
 	  sh tests/test_python.sh
 bench-python: python
 	cd python && $(PYTHON) -m pagedkv.bench
