@@ -71,6 +71,7 @@ void pkv__tier_redis_info(void *ctx, pkv__tier_redis_info_t *out) {
 
 #include <errno.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <hiredis/hiredis.h>
 
@@ -94,13 +95,15 @@ typedef struct rtier {
     char prefix[65];
     size_t plen;
     uint8_t mac_key[16];
-    uint64_t r[4]; /* the polynomial's point and its powers r, r^2, r^3, r^4 */
+    uint64_t r[16]; /* the polynomial's point r and its powers: r[k] = r^(k+1) */
     struct timeval tv;
     int nnodes;
     rnode node[MAX_NODES];
     uint8_t slot_node[CLUSTER_SLOTS]; /* node index, 0xff unknown */
     int have_slots;
     double slots_retry_at;
+    uint8_t rbuf[1 << 16]; /* replies of a batch of GETs, read past hiredis */
+    size_t rpos, rlen;
     uint8_t *vbuf; /* one value (blob + MAC) for puts */
     size_t vcap;
     pkv__tier_redis_info_t info;
@@ -138,14 +141,26 @@ static inline uint64_t fold61(u128 x) { /* x < 2^125 -> a value < 2^62, congruen
     return (uint64_t)((y & P61) + (y >> 61));
 }
 
-static uint64_t poly61(const uint64_t r[4], const uint8_t *p, size_t n) {
-    uint64_t h = 0;
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        uint32_t w[4];
-        memcpy(w, p + i, 16);
-        h = fold61((u128)h * r[3] + (u128)w[0] * r[2] + (u128)w[1] * r[1] + (u128)w[2] * r[0] + w[3]);
+/* Horner's rule 16 words (64 bytes) at a time: h * r^16 + sum w_k r^(15-k),
+ * the 16 products independent (r[k] = r^(k+1)). */
+static uint64_t poly61_blocks(const uint64_t r[16], uint64_t h, const uint8_t *p, size_t nblk) {
+    for (size_t b = 0; b < nblk; b++, p += 64) {
+        uint32_t w[16];
+        memcpy(w, p, 64);
+        u128 a = (u128)h * r[15], c = w[15];
+        for (int k = 0; k < 14; k += 2) {
+            a += (u128)w[k] * r[14 - k];
+            c += (u128)w[k + 1] * r[13 - k];
+        }
+        a += (u128)w[14] * r[0];
+        h = fold61(a + c);
     }
+    return h;
+}
+
+/* The words past the last whole 64 bytes, one at a time; the final residue. */
+static uint64_t poly61_tail(const uint64_t r[16], uint64_t h, const uint8_t *p, size_t n) {
+    size_t i = 0;
     for (; i + 4 <= n; i += 4) {
         uint32_t w;
         memcpy(&w, p + i, 4);
@@ -160,10 +175,16 @@ static uint64_t poly61(const uint64_t r[4], const uint8_t *p, size_t n) {
     return h >= P61 ? h - P61 : h;
 }
 
-static void value_mac(const rtier *t, const uint8_t key[16], const void *blob, size_t len, uint8_t mac[16]) {
-    uint64_t msg[4] = {poly61(t->r, blob, len), (uint64_t)len};
+static void mac_finish(const rtier *t, const uint8_t key[16], uint64_t poly, size_t len, uint8_t mac[16]) {
+    uint64_t msg[4] = {poly, (uint64_t)len};
     memcpy(msg + 2, key, 16);
     pkv_siphash128(t->mac_key, msg, sizeof msg, mac);
+}
+
+static void value_mac(const rtier *t, const uint8_t key[16], const void *blob, size_t len, uint8_t mac[16]) {
+    const uint8_t *p = blob;
+    uint64_t h = poly61_blocks(t->r, 0, p, len / 64);
+    mac_finish(t, key, poly61_tail(t->r, h, p + len / 64 * 64, len % 64), len, mac);
 }
 
 /* ---- connections ---- */
@@ -452,6 +473,125 @@ static int send_set(redisContext *rc, const char *key, size_t klen, const void *
     return 0;
 }
 
+/* ---- replies of pipelined GETs, read straight into the caller's buffers ----
+ * hiredis would copy each value twice (its input buffer, then the reply
+ * object); this reader takes the RESP header from a small buffer and reads the
+ * value's bytes from the socket into their destination. Used only while the
+ * connection's hiredis reader holds nothing (its input is consumed whole). */
+
+static int rd_fill(rtier *t, int fd) {
+    if (t->rpos == t->rlen) {
+        t->rpos = t->rlen = 0;
+    } else if (t->rlen == sizeof t->rbuf) {
+        memmove(t->rbuf, t->rbuf + t->rpos, t->rlen - t->rpos);
+        t->rlen -= t->rpos;
+        t->rpos = 0;
+    }
+    ssize_t g;
+    do g = read(fd, t->rbuf + t->rlen, sizeof t->rbuf - t->rlen);
+    while (g < 0 && errno == EINTR);
+    if (g <= 0) return -1; /* closed, failed, or the command timeout (SO_RCVTIMEO) */
+    t->rlen += (size_t)g;
+    return 0;
+}
+
+/* One line without its CRLF into out (cap bytes, NUL-terminated). */
+static int rd_line(rtier *t, int fd, char *out, size_t cap) {
+    for (;;) {
+        uint8_t *nl = memchr(t->rbuf + t->rpos, '\n', t->rlen - t->rpos);
+        if (nl) {
+            size_t n = (size_t)(nl - (t->rbuf + t->rpos));
+            size_t m = n > 0 && t->rbuf[t->rpos + n - 1] == '\r' ? n - 1 : n;
+            if (m >= cap) m = cap - 1;
+            memcpy(out, t->rbuf + t->rpos, m);
+            out[m] = 0;
+            t->rpos += n + 1;
+            return 0;
+        }
+        if (t->rlen - t->rpos > 4096 || rd_fill(t, fd) != 0) return -1;
+    }
+}
+
+/* n bytes into dst (NULL: dropped). */
+static int rd_exact(rtier *t, int fd, void *dst, size_t n) {
+    size_t have = t->rlen - t->rpos, k = have < n ? have : n;
+    if (dst) memcpy(dst, t->rbuf + t->rpos, k);
+    t->rpos += k;
+    for (size_t off = k; off < n;) {
+        if (!dst) {
+            if (rd_fill(t, fd) != 0) return -1;
+            size_t take = t->rlen - t->rpos < n - off ? t->rlen - t->rpos : n - off;
+            t->rpos += take;
+            off += take;
+            continue;
+        }
+        ssize_t g = read(fd, (uint8_t *)dst + off, n - off);
+        if (g < 0 && errno == EINTR) continue;
+        if (g <= 0) return -1;
+        off += (size_t)g;
+    }
+    return 0;
+}
+
+/* The reply of GET keys[i]: its status, or 1 for a redirect (retried alone);
+ * -100 when the connection failed or is out of step. */
+static int rd_get_reply(rtier *t, int fd, const uint8_t key[16], void *buf, size_t cap, size_t *len) {
+    char line[512];
+    if (rd_line(t, fd, line, sizeof line) != 0) return -100;
+    if (line[0] == '-') {
+        redisReply fake;
+        memset(&fake, 0, sizeof fake);
+        fake.type = REDIS_REPLY_ERROR;
+        fake.str = line;
+        fake.len = strlen(line);
+        int ask;
+        if (t->cluster && redirect(t, &fake, &ask) >= 0) return 1;
+        t->info.errors++;
+        return PKV_ERR_IO;
+    }
+    if (line[0] != '$') return -100;
+    char *end;
+    long long v = strtoll(line + 1, &end, 10);
+    if (*end) return -100;
+    if (v < 0) return PKV_ERR_NOT_FOUND;
+    size_t total = (size_t)v;
+    if (total < MAC_BYTES || total - MAC_BYTES > cap) {
+        if (rd_exact(t, fd, NULL, total + 2) != 0) return -100;
+        if (total < MAC_BYTES) {
+            t->info.mac_failures++;
+            return PKV_ERR_CORRUPT;
+        }
+        *len = total - MAC_BYTES;
+        return PKV_ERR_BUFFER;
+    }
+    size_t n = total - MAC_BYTES;
+    uint8_t mac[MAC_BYTES + 2], want[MAC_BYTES], *d = buf;
+    /* The MAC's polynomial runs over each 64 bytes as they arrive, while the
+     * server sends the rest (the check costs no extra pass over the value). */
+    size_t have = t->rlen - t->rpos, off = have < n ? have : n, hashed = 0;
+    memcpy(d, t->rbuf + t->rpos, off);
+    t->rpos += off;
+    uint64_t h = 0;
+    for (;;) {
+        size_t blk = (off - hashed) / 64;
+        h = poly61_blocks(t->r, h, d + hashed, blk);
+        hashed += blk * 64;
+        if (off == n) break;
+        ssize_t g = read(fd, d + off, n - off);
+        if (g < 0 && errno == EINTR) continue;
+        if (g <= 0) return -100;
+        off += (size_t)g;
+    }
+    if (rd_exact(t, fd, mac, sizeof mac) != 0) return -100;
+    *len = n;
+    mac_finish(t, key, poly61_tail(t->r, h, d + hashed, n - hashed), n, want);
+    if (memcmp(want, mac, MAC_BYTES) != 0) {
+        t->info.mac_failures++;
+        return PKV_ERR_CORRUPT;
+    }
+    return PKV_OK;
+}
+
 /* A batch: per node, every command appended, then every reply read (one
  * round trip per node). do_get selects GET (into bufs) or SET (of blobs). */
 static int batch(rtier *t, int32_t n, const uint8_t (*keys)[16], void *const *bufs, const void *const *blobs,
@@ -501,6 +641,21 @@ static int batch(rtier *t, int32_t n, const uint8_t (*keys)[16], void *const *bu
         if (!sent) continue;
         t->info.round_trips++;
         int broken = 0;
+        if (bufs) {
+            int done = 0;
+            while (!done && !broken) broken = redisBufferWrite(rc, &done) != REDIS_OK;
+            t->rpos = t->rlen = 0;
+            for (int32_t i = 0; i < n && sent > 0 && !broken; i++) {
+                if (node_of[i] != ni) continue;
+                sent--;
+                int st = rd_get_reply(t, rc->fd, keys[i], bufs[i], size, &lens[i]);
+                if (st == -100) broken = 1;
+                else status[i] = st;
+                retry_alone |= st == 1;
+            }
+            if (broken || t->rpos != t->rlen) node_down(t, nd); /* the keys not answered stay PKV_ERR_IO */
+            continue;
+        }
         for (int32_t i = 0; i < n && sent > 0; i++) {
             if (node_of[i] != ni) continue;
             sent--;
@@ -645,7 +800,7 @@ int pkv_tier_redis_open(const char *url, const uint8_t hash_key[16], const char 
     r = (r & P61) % P61;
     if (r < 2) r += 2;
     t->r[0] = r;
-    for (int i = 1; i < 4; i++) {
+    for (int i = 1; i < 16; i++) {
         uint64_t x = fold61((u128)t->r[i - 1] * r);
         x = (x & P61) + (x >> 61);
         t->r[i] = x >= P61 ? x - P61 : x;
