@@ -560,9 +560,11 @@ PKV_API int pkv_cache_add_tier(pkv_cache *cache, const pkv_tier_backend *backend
  *   one pipeline per node). No TLS: Debian's hiredis 0.14 has none.
  * hash_key: the caches' prefix hash key (pkv_config.hash_key: a deployment
  *   secret shared by the caches that share blocks). Each value is the blob
- *   followed by a 16-byte SipHash-128 MAC under a key derived from it and
- *   bound to the Redis key, so a value written without the hash key, moved
- *   to another key, truncated or overwritten is a miss (get: PKV_ERR_CORRUPT).
+ *   followed by a 16-byte MAC under keys derived from it, bound to the block's
+ *   key (a polynomial hash over GF(2^61 - 1) at a secret point, then
+ *   SipHash-128 of that hash, the length and the key), so a value written
+ *   without the hash key, moved to another key, truncated or overwritten is
+ *   a miss (get: PKV_ERR_CORRUPT).
  * key_prefix: NULL for "pkv:", else up to 64 bytes put before the 32 hex
  *   digits of the block's identity key (a {hash tag} in it puts every block
  *   in one cluster slot).

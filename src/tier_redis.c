@@ -6,11 +6,12 @@
  * its first non-empty {hash tag} (a tag in the prefix puts all blocks on one
  * slot; without one, the blocks of a chain spread over the masters).
  *
- * Values. blob || MAC, MAC = SipHash-128 of the blob under a per-key MAC key,
- * itself SipHash-128 of the Redis identity key under a key derived from the
- * caches' hash key. The library's own blob check (tier.c) is an unkeyed
- * checksum, which a third party writing to Redis could forge; the MAC cannot be
- * forged without the hash key and cannot be replayed under another key.
+ * Values. blob || MAC (value_mac below: a polynomial hash of the blob at a
+ * secret point, then SipHash-128 of it with the length and the block's key;
+ * both keys derived from the caches' hash key). The library's own blob check
+ * (tier.c) is an unkeyed checksum, which a third party writing to Redis could
+ * forge; the MAC cannot be forged without the hash key and cannot be replayed
+ * under another key.
  *
  * Connections. One per node (standalone: the server; cluster: each master met),
  * opened lazily with a connect timeout, then a command timeout (hiredis socket
@@ -18,8 +19,9 @@
  * (100 ms doubling to 5 s); until then calls to that node fail at once, so a
  * server that is down or paused costs one timeout per backoff period.
  *
- * Batches. get_many / put_many append every command for a node to its
- * connection and then read the replies: one round trip per node per batch.
+ * Batches. get_many / put_many send every command for a node and then read
+ * the replies: one round trip per node per batch. SETs are written with
+ * writev from the caller's blobs, GET replies read into the caller's buffers.
  * A MOVED or ASK reply (slots moved) updates the slot map and that key is
  * retried alone. */
 #include <stdio.h>
