@@ -140,12 +140,14 @@ test:
 	  sh tests/run.sh $(TEST_BIN) $(TEST_SCRIPTS)
 
 SAN_CC ?= $(CC)
+# Sanitizer builds of REDIS=1 live apart from the plain ones (build/redis-asan, ...).
+SAN_BUILD := $(if $(filter 1,$(REDIS)),build/redis-,build/)
 asan:
-	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(SAN_CC) NO_SCRIPTS=1 \
+	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD)asan CC=$(SAN_CC) NO_SCRIPTS=1 \
 	  CFLAGS="-O1 -g -fsanitize=address -fno-omit-frame-pointer" \
 	  LDFLAGS="-fsanitize=address" test
 ubsan:
-	@$(MAKE) --no-print-directory BUILD=build/ubsan CC=$(SAN_CC) NO_SCRIPTS=1 \
+	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD)ubsan CC=$(SAN_CC) NO_SCRIPTS=1 \
 	  CFLAGS="-O1 -g -fsanitize=undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
 	  LDFLAGS="-fsanitize=undefined" test
 # Prefix keys weakened to 8 bits: collisions everywhere, the token comparison
@@ -153,7 +155,7 @@ ubsan:
 test-weakhash:
 	@$(MAKE) --no-print-directory BUILD=build/weakhash EXTRA_CFLAGS="$(EXTRA_CFLAGS) -DPKV_WEAK_HASH=8" test
 tsan:
-	@$(MAKE) --no-print-directory BUILD=build/tsan CC=$(SAN_CC) NO_SCRIPTS=1 \
+	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD)tsan CC=$(SAN_CC) NO_SCRIPTS=1 \
 	  CFLAGS="-O1 -g -fsanitize=thread" LDFLAGS="-fsanitize=thread" \
 	  PKV_TEST_SCALE=$${PKV_TEST_SCALE:-0.1} test
 valgrind:
