@@ -11,6 +11,8 @@
  *   - forged (flipped byte), truncated, foreign-key (MAC under another hash
  *     key) values, another geometry (same and other blob size): misses;
  *   - namespaces never share; a cache with another hash key finds nothing;
+ *   - a model-based run: two caches, random prompts written and looked up on
+ *     either, every served value equal to what was written for its token;
  *   - faults: Redis absent at start, killed, restarted (the tier reconnects),
  *     paused with SIGSTOP (calls come back, errors counted, the pool serves). */
 #include <errno.h>
@@ -592,6 +594,97 @@ static void test_unshared(const char *url, int port) {
     pkv_cache_destroy(c);
 }
 
+/* A model-based run: two caches with small pools and small local indexes share
+ * one Redis; random prompts (common stems, random tails) are registered on
+ * either and looked up on either, and every token a lookup serves must carry
+ * the KV written for its token id and position (whoever wrote it), with both
+ * caches' invariants checked as it goes. */
+static float kv_tok(int32_t tok, int32_t pos, int32_t l, int32_t i) {
+    return (float)((tok * 131 + pos * 17 + l * 7 + i) % 4099) * 0.25f;
+}
+
+static void model_write(pkv_cache *c, const int32_t *toks, int32_t n) {
+    pkv_seq s;
+    int64_t slots[64];
+    float k[64 * HKV * D], v[64 * HKV * D];
+    CHECK_OK(pkv_seq_create(c, 0, &s));
+    CHECK_OK(pkv_seq_append(c, s, n, toks, slots, NULL));
+    for (int32_t l = 0; l < LAYERS; l++) {
+        for (int32_t p = 0; p < n; p++)
+            for (int32_t i = 0; i < HKV * D; i++) {
+                k[p * HKV * D + i] = kv_tok(toks[p], p, l, i);
+                v[p * HKV * D + i] = kv_tok(toks[p], p, l, 1000 + i);
+            }
+        CHECK_OK(pkv_store_write(c, l, slots, n, k, v, PKV_F32));
+    }
+    CHECK_OK(pkv_prefix_register(c, s, NULL, NULL));
+    CHECK_OK(pkv_seq_free(c, s));
+}
+
+static int32_t model_lookup(pkv_cache *c, const int32_t *toks, int32_t n) {
+    pkv_seq s;
+    int32_t got = -1, blocks[64], nb = 0;
+    CHECK_OK(pkv_prefix_lookup(c, 0, toks, n, &s, &got));
+    CHECK_OK(pkv_seq_blocks(c, s, blocks, 64, &nb));
+    int64_t slots[64];
+    float k[64 * HKV * D], v[64 * HKV * D];
+    for (int32_t p = 0; p < got; p++) slots[p] = (int64_t)blocks[p / BS] * BS + p % BS;
+    long bad = 0;
+    for (int32_t l = 0; l < LAYERS && got > 0; l++) {
+        CHECK_OK(pkv_store_read(c, l, slots, got, k, v));
+        for (int32_t p = 0; p < got; p++)
+            for (int32_t i = 0; i < HKV * D; i++)
+                bad += k[p * HKV * D + i] != kv_tok(toks[p], p, l, i) ||
+                       v[p * HKV * D + i] != kv_tok(toks[p], p, l, 1000 + i);
+    }
+    CHECK_INT(bad, 0);
+    CHECK_OK(pkv_seq_free(c, s));
+    return got;
+}
+
+static void test_model(const char *url, const char *prefix) {
+    pkv_cache *c[2];
+    for (int i = 0; i < 2; i++) {
+        c[i] = make_cache(g_key, D, HKV, 12);
+        pkv_tier_backend be;
+        CHECK_OK(pkv_tier_redis_open(url, g_key, prefix, 2000, &be, NULL));
+        CHECK_OK(pkv_cache_add_tier(c[i], &be, 8, PKV_TIER_SHARED | PKV_TIER_WRITE_THROUGH));
+    }
+    test_rng rng = {0x12ed15};
+    long ops = test_scaled(2000);
+    if (ops < 200) ops = 200;
+    int64_t served[2] = {0, 0};
+    for (long op = 0; op < ops; op++) {
+        int w = (int)test_below(&rng, 2);
+        int32_t toks[32], n = 4 + (int32_t)test_below(&rng, 28), stem = (int32_t)test_below(&rng, 6);
+        for (int32_t i = 0; i < n; i++)
+            toks[i] = i < 16 ? stem * 100 + i : (int32_t)test_below(&rng, 3) * 1000 + i;
+        if (test_below(&rng, 3)) {
+            served[w] += model_lookup(c[w], toks, n);
+        } else {
+            pkv_stats st = PKV_STATS_INIT;
+            CHECK_OK(pkv_cache_stats(c[w], &st));
+            if (st.free_blocks + st.evictable_blocks >= (n + BS - 1) / BS) model_write(c[w], toks, n);
+        }
+        if (op % 25 == 0)
+            for (int i = 0; i < 2; i++)
+                if (pkv_cache_check(c[i]) != PKV_OK) {
+                    TEST_FAIL_("op %ld, cache %d: %s", op, i, pkv_cache_last_error(c[i]));
+                    op = ops;
+                }
+    }
+    for (int i = 0; i < 2; i++) {
+        CHECK_OK(pkv_cache_check(c[i]));
+        pkv_tier_stats st = tier0(c[i]);
+        CHECK(st.hits > 0);
+        CHECK_INT(st.errors, 0);
+        CHECK_INT(st.corrupt, 0);
+        printf("model: cache %d served %lld tokens, %lld promoted from Redis, %lld written\n", i,
+               (long long)served[i], (long long)st.hits, (long long)st.stores);
+        pkv_cache_destroy(c[i]);
+    }
+}
+
 static void test_open_errors(void) {
     pkv_tier_backend be;
     char detail[256];
@@ -685,6 +778,8 @@ int main(void) {
     test_two_processes(url, "pkv-test:", 5);
     fprintf(stderr, "test_redis: values that lie\n");
     test_bad_values(url, port);
+    fprintf(stderr, "test_redis: a model-based run of two caches\n");
+    test_model(url, "model:");
     fprintf(stderr, "test_redis: an unshared Redis tier\n");
     test_unshared(url, port);
     fprintf(stderr, "test_redis: AUTH\n");
