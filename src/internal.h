@@ -334,6 +334,8 @@ typedef struct pkv_tiers {
     int64_t dropped;          /* evictable pool blocks freed by dropping entries */
     int write_through;        /* PKV_TIER_WRITE_THROUGH on tier 0 */
     int shared;               /* 1 + the index of the PKV_TIER_SHARED tier, 0 when none */
+    uint8_t *batch_buf;       /* blobs of a shared lookup's batch, kept between lookups */
+    size_t batch_cap;
 } pkv_tiers;
 
 struct pkv_cache;

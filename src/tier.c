@@ -383,7 +383,14 @@ static int32_t shared_batch(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
     pkv_tier *t = &c->tiers.t[ti];
     size_t size = tier_blob_size(c), bs = (size_t)c->cfg.block_size;
     uint8_t(*keys)[16] = pkv_mem_alloc(&c->al, (size_t)(want + 1) * 16);
-    uint8_t *bufs = pkv_mem_alloc(&c->al, (size_t)want * size);
+    /* The blobs' buffer stays for the next lookup (a fresh one of many MB
+     * would be faulted in page by page every time). */
+    if (c->tiers.batch_cap < (size_t)want * size) {
+        pkv_mem_free(&c->al, c->tiers.batch_buf);
+        c->tiers.batch_buf = pkv_mem_alloc(&c->al, (size_t)want * size);
+        c->tiers.batch_cap = c->tiers.batch_buf ? (size_t)want * size : 0;
+    }
+    uint8_t *bufs = c->tiers.batch_buf;
     void **ptrs = pkv_mem_alloc(&c->al, (size_t)want * sizeof *ptrs);
     size_t *lens = pkv_mem_alloc(&c->al, (size_t)want * sizeof *lens);
     int *status = pkv_mem_alloc(&c->al, (size_t)want * sizeof *status);
@@ -455,7 +462,6 @@ static int32_t shared_batch(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
     *stop = 0;
 out:
     pkv_mem_free(&c->al, keys);
-    pkv_mem_free(&c->al, bufs);
     pkv_mem_free(&c->al, ptrs);
     pkv_mem_free(&c->al, lens);
     pkv_mem_free(&c->al, status);
@@ -725,6 +731,7 @@ void tier_destroy(pkv_cache *c) {
         pkv_mem_free(&c->al, t->next);
     }
     for (int i = 0; i <= PKV_MAX_TIERS; i++) pkv_mem_free(&c->al, ts->scratch[i]);
+    pkv_mem_free(&c->al, ts->batch_buf);
     memset(ts, 0, sizeof *ts);
 }
 
