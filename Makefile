@@ -1,6 +1,7 @@
 # pagedkv — plain GNU make. Build output goes to $(BUILD) only.
 #   make            libraries (build/libpagedkv.a, build/libpagedkv.so) and build/pkv
 #   make test       all tests with -Werror      make run     the main job
+#   make REDIS=1 ... with the Redis tier (hiredis) in build/redis; make test-redis runs its tests
 #   make asan|ubsan|tsan|valgrind               make stress  long seeded model run
 #   make bench      benchmarks (JSON on stdout) make install|uninstall PREFIX=/usr/local
 #   make check-abi  exported symbols and struct layouts against abi/pagedkv.abi
@@ -70,7 +71,7 @@ SHARED   := $(BUILD)/libpagedkv.so.$(VERSION)
 INTERNAL := $(BUILD)/libpagedkv_internal.a
 PKV      := $(if $(CLI_SRC),$(BUILD)/pkv)
 
-.PHONY: all lib test tests asan ubsan test-weakhash tsan valgrind stress bench run install uninstall clean \
+.PHONY: all lib test test-redis tests asan ubsan test-weakhash tsan valgrind stress bench run install uninstall clean \
         fuzz fuzz-run check-abi abi-update
 all: lib $(PKV)
 lib: $(STATIC) $(SHARED) $(BUILD)/libpagedkv.so
@@ -138,6 +139,12 @@ test:
 	@PKV_VECTORS=$(VECTORS) PKV_BIN=$(PKV) PKV_LIB=$(SHARED) PKV_STATIC=$(STATIC) CC="$(CC)" PKV_LIBS="$(LIBS)" \
 	  PKV_BUILD=$(BUILD) PKV_OBJ=$(abspath $(BUILD))/obj/src \
 	  sh tests/run.sh $(TEST_BIN) $(TEST_SCRIPTS)
+
+# make test-redis: a standalone server and a 3-master cluster on 127.0.0.1
+# (tests/redis_env.sh), make REDIS=1 test against them, the servers stopped after.
+test-redis:
+	@d=$$(mktemp -d /tmp/pkv-redis.XXXXXX); e=$$(sh tests/redis_env.sh start $$d) || { sh tests/redis_env.sh stop $$d; exit 1; }; \
+	  env $$e $(MAKE) --no-print-directory REDIS=1 test; st=$$?; sh tests/redis_env.sh stop $$d; exit $$st
 
 SAN_CC ?= $(CC)
 # Sanitizer builds of REDIS=1 live apart from the plain ones (build/redis-asan, ...).
