@@ -1,13 +1,21 @@
 # pagedkv — plain GNU make. Build output goes to $(BUILD) only.
 #   make            libraries (build/libpagedkv.a, build/libpagedkv.so) and build/pkv
 #   make test       all tests with -Werror      make run     the main job
+#   make REDIS=1 ... with the Redis tier (hiredis) in build/redis; make test-redis runs its tests
 #   make asan|ubsan|tsan|valgrind               make stress  long seeded model run
 #   make bench      benchmarks (JSON on stdout) make install|uninstall PREFIX=/usr/local
 #   make check-abi  exported symbols and struct layouts against abi/pagedkv.abi
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 LDFLAGS ?=
+# make REDIS=1: the Redis tier (src/tier_redis.c) on hiredis, built in its own
+# directory; the default build has no dependency (pkv_tier_redis_open says so).
+REDIS   ?=
+ifeq ($(REDIS),1)
+BUILD   ?= build/redis
+else
 BUILD   ?= build
+endif
 PREFIX  ?= /usr/local
 VECTORS ?= $(abspath ../shared/vectors)
 WERROR  ?=
@@ -15,8 +23,12 @@ WERROR  ?=
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes $(WERROR)
 BASE    := -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L -fPIC -fvisibility=hidden \
            -Iinclude -Isrc -pthread
-ALL_CFLAGS := $(BASE) $(WARN) $(CFLAGS) $(EXTRA_CFLAGS)
 LIBS    := -pthread -lm
+ifeq ($(REDIS),1)
+BASE    += -DPKV_REDIS
+LIBS    += -lhiredis
+endif
+ALL_CFLAGS := $(BASE) $(WARN) $(CFLAGS) $(EXTRA_CFLAGS)
 
 # Kernels for one ISA live in files named *_avx2.c / *_avx512.c and get that ISA's flags;
 # everything else is built for the baseline and dispatches at run time.
@@ -59,7 +71,7 @@ SHARED   := $(BUILD)/libpagedkv.so.$(VERSION)
 INTERNAL := $(BUILD)/libpagedkv_internal.a
 PKV      := $(if $(CLI_SRC),$(BUILD)/pkv)
 
-.PHONY: all lib test tests asan ubsan test-weakhash tsan valgrind stress bench run install uninstall clean \
+.PHONY: all lib test test-redis tests asan ubsan test-weakhash tsan valgrind stress bench run install uninstall clean \
         fuzz fuzz-run check-abi abi-update
 all: lib $(PKV)
 lib: $(STATIC) $(SHARED) $(BUILD)/libpagedkv.so
@@ -124,17 +136,25 @@ tests: $(TEST_BIN) $(PKV) $(SHARED) $(BUILD)/libpagedkv.so $(EXAMPLE_BIN)
 # The test run: every tests/test_* binary, then a summary line "N passed, N failed".
 test:
 	@$(MAKE) --no-print-directory WERROR=-Werror tests
-	@PKV_VECTORS=$(VECTORS) PKV_BIN=$(PKV) PKV_LIB=$(SHARED) PKV_STATIC=$(STATIC) CC="$(CC)" \
+	@PKV_VECTORS=$(VECTORS) PKV_BIN=$(PKV) PKV_LIB=$(SHARED) PKV_STATIC=$(STATIC) CC="$(CC)" PKV_LIBS="$(LIBS)" \
 	  PKV_BUILD=$(BUILD) PKV_OBJ=$(abspath $(BUILD))/obj/src \
 	  sh tests/run.sh $(TEST_BIN) $(TEST_SCRIPTS)
 
+# make test-redis: a standalone server and a 3-master cluster on 127.0.0.1
+# (tests/redis_env.sh), make REDIS=1 test against them, the servers stopped after.
+test-redis:
+	@d=$$(mktemp -d /tmp/pkv-redis.XXXXXX); e=$$(sh tests/redis_env.sh start $$d) || { sh tests/redis_env.sh stop $$d; exit 1; }; \
+	  env $$e $(MAKE) --no-print-directory REDIS=1 test; st=$$?; sh tests/redis_env.sh stop $$d; exit $$st
+
 SAN_CC ?= $(CC)
+# Sanitizer builds of REDIS=1 live apart from the plain ones (build/redis-asan, ...).
+SAN_BUILD := $(if $(filter 1,$(REDIS)),build/redis-,build/)
 asan:
-	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(SAN_CC) NO_SCRIPTS=1 \
+	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD)asan CC=$(SAN_CC) NO_SCRIPTS=1 \
 	  CFLAGS="-O1 -g -fsanitize=address -fno-omit-frame-pointer" \
 	  LDFLAGS="-fsanitize=address" test
 ubsan:
-	@$(MAKE) --no-print-directory BUILD=build/ubsan CC=$(SAN_CC) NO_SCRIPTS=1 \
+	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD)ubsan CC=$(SAN_CC) NO_SCRIPTS=1 \
 	  CFLAGS="-O1 -g -fsanitize=undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
 	  LDFLAGS="-fsanitize=undefined" test
 # Prefix keys weakened to 8 bits: collisions everywhere, the token comparison
@@ -142,7 +162,7 @@ ubsan:
 test-weakhash:
 	@$(MAKE) --no-print-directory BUILD=build/weakhash EXTRA_CFLAGS="$(EXTRA_CFLAGS) -DPKV_WEAK_HASH=8" test
 tsan:
-	@$(MAKE) --no-print-directory BUILD=build/tsan CC=$(SAN_CC) NO_SCRIPTS=1 \
+	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD)tsan CC=$(SAN_CC) NO_SCRIPTS=1 \
 	  CFLAGS="-O1 -g -fsanitize=thread" LDFLAGS="-fsanitize=thread" \
 	  PKV_TEST_SCALE=$${PKV_TEST_SCALE:-0.1} test
 valgrind:
@@ -209,7 +229,7 @@ install: all
 	ln -sf libpagedkv.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(PREFIX)/lib/libpagedkv.so
 	install -m 755 $(PKV) $(DESTDIR)$(PREFIX)/bin/
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' pagedkv.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/pagedkv.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|^Libs.private:.*|Libs.private: $(LIBS)|' pagedkv.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/pagedkv.pc
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(PREFIX)/,$(INSTALLED))
@@ -235,10 +255,10 @@ clean:
 PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 .PHONY: python test-python bench-python clean-python
 python: $(STATIC)
-	cd python && PKV_STATIC=$(abspath $(STATIC)) $(PYTHON) setup.py -q build_ext --inplace --force \
+	cd python && PKV_STATIC=$(abspath $(STATIC)) PKV_LIBS="$(LIBS)" $(PYTHON) setup.py -q build_ext --inplace --force \
 	  --build-temp $(abspath $(BUILD))/python-temp
 test-python: $(STATIC) $(SHARED) $(BUILD)/libpagedkv.so
-	@PYTHON=$(PYTHON) PKV_VECTORS=$(VECTORS) PKV_LIB=$(SHARED) PKV_STATIC=$(STATIC) CC="$(CC)" \
+	@PYTHON=$(PYTHON) PKV_VECTORS=$(VECTORS) PKV_LIB=$(SHARED) PKV_STATIC=$(STATIC) CC="$(CC)" PKV_LIBS="$(LIBS)" \
 	  sh tests/test_python.sh
 bench-python: python
 	cd python && $(PYTHON) -m pagedkv.bench

@@ -37,9 +37,9 @@ extern "C" {
  * `make check-abi` compares the exported symbols and every public struct's layout
  * with abi/pagedkv.abi and fails when they change without the matching bump. */
 #define PKV_VERSION_MAJOR 1
-#define PKV_VERSION_MINOR 0
+#define PKV_VERSION_MINOR 1
 #define PKV_VERSION_PATCH 0
-#define PKV_VERSION_STRING "1.0.0"
+#define PKV_VERSION_STRING "1.1.0"
 #define PKV_VERSION_NUMBER (PKV_VERSION_MAJOR * 10000 + PKV_VERSION_MINOR * 100 + PKV_VERSION_PATCH)
 
 /*! Returns the library's version string, e.g. "1.0.0". */
@@ -481,6 +481,17 @@ typedef struct pkv_tier_backend {
     int (*scan)(void *ctx, int (*fn)(void *arg, const uint8_t key[16], size_t len), void *arg);
     /* Releases the backend (files stay on disk). NULL: nothing to release. */
     void (*close)(void *ctx);
+    /* Optional batch calls (since 1.1; NULL: the library calls get or put once
+     * per key). get_many: the blobs of keys[0..n) in as few round trips as the
+     * store allows; keys[i]'s blob into bufs[i] (cap bytes each), its length
+     * into lens[i], and what get would have returned for it into status[i].
+     * put_many: n puts of blobs[i] (len bytes each) under keys[i], status[i] as
+     * put would return. Both return PKV_OK when every key was tried (the
+     * outcome is in status[]), or a negative status when none could be. */
+    int (*get_many)(void *ctx, int32_t n, const uint8_t (*keys)[16], void *const *bufs, size_t cap, size_t *lens,
+                    int *status);
+    int (*put_many)(void *ctx, int32_t n, const uint8_t (*keys)[16], const void *const *blobs, size_t len,
+                    int *status);
 } pkv_tier_backend;
 
 /* The file tier: a directory (local disk, or a 3FS / NFS mount) of fixed-size
@@ -509,7 +520,18 @@ enum pkv_tier_kind { PKV_TIER_HOST = 0, PKV_TIER_BACKEND = 1 };
  * tier when it is registered, not only when the pool evicts it, so that it
  * survives a crash or restart of the process (at the cost of a write per
  * registered block). */
-enum pkv_tier_flags { PKV_TIER_WRITE_THROUGH = 1u << 0 };
+/* PKV_TIER_SHARED (a backend tier; since 1.1): the backend may hold blocks
+ * this cache never indexed, written by other caches (other processes or
+ * machines) configured with the same hash key and geometry, e.g. the Redis
+ * tier. A lookup that runs past the pool's chain and the indexed tier entries
+ * computes the keys of the prompt's next full blocks (namespace, parent key,
+ * token ids, under the hash key) and asks the shared tier for them (get_many:
+ * one round trip per batch of 32 blocks), promoting every block whose blob
+ * checks into the pool. The cache never deletes a shared tier's blobs (other
+ * caches may use them; the store's own eviction bounds it) and does not scan
+ * it when added; its capacity_blocks bounds only the entries this cache
+ * indexes. pkv_prefix_peek counts only indexed blocks. At most one shared tier. */
+enum pkv_tier_flags { PKV_TIER_WRITE_THROUGH = 1u << 0, PKV_TIER_SHARED = 1u << 1 };
 
 /*! Adds a host-memory tier of capacity_blocks blocks (each pkv_tier_blob_size
  *  bytes, allocated now through the cache's allocator). flags: pkv_tier_flags.
@@ -526,6 +548,38 @@ PKV_API int pkv_cache_add_host_tier(pkv_cache *cache, int64_t capacity_blocks, u
  *  function is NULL or backend->size is not set. */
 PKV_API int pkv_cache_add_tier(pkv_cache *cache, const pkv_tier_backend *backend, int64_t capacity_blocks,
                                uint32_t flags);
+
+/* The Redis tier (a build with `make REDIS=1`, on hiredis): blobs as Redis
+ * strings, for a tier shared by many caches (add it with PKV_TIER_SHARED and,
+ * so that others see a block as soon as it is registered, on tier 0 with
+ * PKV_TIER_WRITE_THROUGH).
+ * url: "redis://[[user]:password@]host:port[/db]" (one server; AUTH with the
+ *   password, SELECT db), or "redis+cluster://[[user]:password@]host:port[,host:port...]"
+ *   (seed nodes of a Redis Cluster: the slot map comes from CLUSTER SLOTS,
+ *   MOVED and ASK replies are followed, one connection per master, a batch is
+ *   one pipeline per node). No TLS: Debian's hiredis 0.14 has none.
+ * hash_key: the caches' prefix hash key (pkv_config.hash_key: a deployment
+ *   secret shared by the caches that share blocks). Each value is the blob
+ *   followed by a 16-byte MAC under keys derived from it, bound to the block's
+ *   key (a polynomial hash over GF(2^61 - 1) at a secret point, then
+ *   SipHash-128 of that hash, the length and the key), so a value written
+ *   without the hash key, moved to another key, truncated or overwritten is
+ *   a miss (get: PKV_ERR_CORRUPT).
+ * key_prefix: NULL for "pkv:", else up to 64 bytes put before the 32 hex
+ *   digits of the block's identity key (a {hash tag} in it puts every block
+ *   in one cluster slot).
+ * timeout_ms: bound of a connect and of each command's wait, 1..600000
+ *   (0: 1000). No call blocks much past it.
+ * A connection that fails is closed and retried after a backoff (100 ms,
+ * doubling to 5 s; calls meanwhile fail at once with PKV_ERR_IO), so a Redis
+ * that is down costs one timeout per backoff period, not per call. The open
+ * itself does not fail when the server is unreachable (it is retried later).
+ * @return PKV_OK and *out filled (close it with out->close(out->ctx), or hand
+ * it to a cache, which then owns it); PKV_ERR_NULL, PKV_ERR_INVALID (url,
+ * prefix, timeout; the reason in detail when detail != NULL: 256 bytes),
+ * PKV_ERR_NOMEM, PKV_ERR_MODE (a library built without REDIS=1). */
+PKV_API int pkv_tier_redis_open(const char *url, const uint8_t hash_key[16], const char *key_prefix,
+                                int32_t timeout_ms, pkv_tier_backend *out, char *detail);
 
 /*! Bytes of one block's blob in this cache's tiers (what pkv_tier_file_open
  *  takes as blob_size). PKV_ERR_MODE in metadata mode. */

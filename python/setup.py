@@ -27,13 +27,15 @@ ext = Extension(
     extra_objects=[archive],
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
                         "-fvisibility=hidden"],
-    extra_link_args=["-pthread", "-lm", "-Wl,--exclude-libs,ALL"],  # export PyInit only
+    # PKV_LIBS: the libraries the archive needs beyond these (make sets it: -lhiredis with REDIS=1).
+    extra_link_args=["-pthread", "-lm", "-Wl,--exclude-libs,ALL"]  # export PyInit only
+    + [a for a in os.environ.get("PKV_LIBS", "").split() if a not in ("-pthread", "-lm")],
     depends=[archive, os.path.join(root, "include", "pagedkv.h"), os.path.join("pagedkv", "_pagedkv.h")],
 )
 
 setup(
     name="pagedkv",
-    version="1.0.0",
+    version="1.1.0",
     description="A paged KV cache for LLM inference and attention over it (FlashMLA conventions)",
     packages=["pagedkv"],
     package_dir={"pagedkv": "pagedkv"},

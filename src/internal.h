@@ -41,6 +41,7 @@
 #define PKV_CONFIG_SIZE_1_0 ((size_t)88)
 #define PKV_STATS_SIZE_1_0 ((size_t)112)
 #define PKV_TIER_STATS_SIZE_1_0 sizeof(pkv_tier_stats)
+#define PKV_TIER_BACKEND_SIZE_1_0 ((size_t)64)
 #define PKV_ATTN_ARGS_SIZE_1_0 ((size_t)144)
 /* Copies a caller's struct (its first field the uint32_t size) into dst, which
  * holds the library's defaults and is dst_size bytes: PKV_ERR_INVALID when the
@@ -320,6 +321,7 @@ typedef struct pkv_tier {
     int32_t *prev, *next;     /* [ecap] LRU over the entries it holds, head = least recent */
     int32_t head, tail;
     int32_t host, degraded;
+    int32_t shared;           /* PKV_TIER_SHARED: may hold blocks never indexed; never deleted from */
     int64_t hits, misses, stores, evictions, errors, corrupt, restored, stray, bytes_in, bytes_out;
     double seconds_in, seconds_out;
 } pkv_tier;
@@ -331,6 +333,9 @@ typedef struct pkv_tiers {
     uint8_t *scratch[PKV_MAX_TIERS + 1]; /* blob buffers: one per level, one for promotion */
     int64_t dropped;          /* evictable pool blocks freed by dropping entries */
     int write_through;        /* PKV_TIER_WRITE_THROUGH on tier 0 */
+    int shared;               /* 1 + the index of the PKV_TIER_SHARED tier, 0 when none */
+    uint8_t *batch_buf;       /* blobs of a shared lookup's batch, kept between lookups */
+    size_t batch_cap;
 } pkv_tiers;
 
 struct pkv_cache;
@@ -348,6 +353,12 @@ void tier_evicted(struct pkv_cache *c, int32_t b);
 /* Copies entry e (in a tier, not the pool) into a block from take(c); 1 and
  * *block on success, 0 on a miss (the entry is dropped from that tier). */
 int tier_promote(struct pkv_cache *c, int32_t e, int32_t (*take)(struct pkv_cache *), int32_t *block);
+/* Shared tier: blocks[0..m) hold the pool blocks of the indexed chain of
+ * tokens[0..n) in ns; asks the shared tier for the blocks that follow (keys
+ * computed from the tokens), indexes and promotes each one that checks into a
+ * block from take(c), appending it to blocks. Returns the new chain length. */
+int32_t tier_shared_extend(struct pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, int32_t m,
+                           int32_t *blocks, int32_t (*take)(struct pkv_cache *));
 int tier_check(struct pkv_cache *c, pkv_detail *d);
 /* Drops entry e and its descendants from the index, the tiers and the pool's
  * cached marks (works without tiers too). */

@@ -51,6 +51,7 @@ static int32_t match_through_tiers(pkv_cache *c, uint64_t ns, const int32_t *tok
         else if (pool_available(&c->pool) == 0 || !tier_promote(c, e, take_block, &b)) break;
         blocks[m] = b;
     }
+    if (m == k && c->tiers.shared) m = tier_shared_extend(c, ns, tokens, n, m, blocks, take_block);
     prefix_count_query(c->prefix, n, m * c->pool.block_size);
     return m;
 }

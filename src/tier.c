@@ -187,10 +187,12 @@ static void tier_remove(pkv_cache *c, int ti, int32_t e) {
     pkv_tier *t = &c->tiers.t[ti];
     uint8_t key[16];
     key_bytes(c, e, key);
-    double t0 = now_s();
-    int st = t->be.del(t->be.ctx, key);
-    t->seconds_in += now_s() - t0;
-    tier_error(t, st);
+    if (!t->shared) { /* other caches may use a shared tier's blobs */
+        double t0 = now_s();
+        int st = t->be.del(t->be.ctx, key);
+        t->seconds_in += now_s() - t0;
+        tier_error(t, st);
+    }
     lru_unlink(t, e);
     prefix_set_tier(c->prefix, e, ti, 0);
 }
@@ -302,8 +304,11 @@ void tier_evicted(pkv_cache *c, int32_t b) {
     else if (prefix_entry_live(p, e)) drop_tree(c, e);
 }
 
+static int write_through_many(pkv_cache *c, const int32_t *blocks, int32_t n);
+
 void tier_write_through(pkv_cache *c, const int32_t *blocks, int32_t n) {
     pkv_prefix *p = c->prefix;
+    if (n > 1 && c->tiers.t[0].be.put_many && write_through_many(c, blocks, n)) return;
     for (int32_t j = 0; j < n; j++) {
         int32_t e = prefix_entry_of_block(p, blocks[j]);
         if (e < 0 || prefix_tiers_of(p, e)) continue;
@@ -349,6 +354,195 @@ int tier_promote(pkv_cache *c, int32_t e, int32_t (*take)(pkv_cache *), int32_t 
     prefix_place(p, e, b);
     *block = b;
     return 1;
+}
+
+/* ---- shared tiers: blocks that other caches wrote ---- */
+
+#define SHARED_BATCH 32
+
+/* Whether blob (got for key, the child of parent_key) is the block of toks in ns. */
+static int blob_is_block(const pkv_cache *c, const uint8_t *blob, size_t len, const uint8_t key[16],
+                         const uint8_t parent_key[16], int has_parent, uint64_t ns, const int32_t *toks) {
+    uint64_t k[2], pk[2], bns, want[2], wantp[2];
+    int hp;
+    const int32_t *bt;
+    if (!blob_parse(c, blob, len, k, pk, &bns, &hp, &bt)) return 0;
+    memcpy(want, key, 16);
+    memcpy(wantp, parent_key, 16);
+    return k[0] == want[0] && k[1] == want[1] && pk[0] == wantp[0] && pk[1] == wantp[1] && bns == ns &&
+           hp == has_parent && memcmp(bt, toks, (size_t)c->cfg.block_size * sizeof(int32_t)) == 0;
+}
+
+/* One batch: the keys of blocks m..m+want of the prompt, fetched in one call
+ * (get_many, or get per key), then indexed and promoted in order until the
+ * first block that is missing or fails its checks. */
+static int32_t shared_batch(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t m, int32_t want,
+                            int32_t *blocks, int32_t (*take)(pkv_cache *), int *stop) {
+    pkv_prefix *p = c->prefix;
+    int ti = c->tiers.shared - 1;
+    pkv_tier *t = &c->tiers.t[ti];
+    size_t size = tier_blob_size(c), bs = (size_t)c->cfg.block_size;
+    uint8_t(*keys)[16] = pkv_mem_alloc(&c->al, (size_t)(want + 1) * 16);
+    /* The blobs' buffer stays for the next lookup (a fresh one of many MB
+     * would be faulted in page by page every time). */
+    if (c->tiers.batch_cap < (size_t)want * size) {
+        pkv_mem_free(&c->al, c->tiers.batch_buf);
+        c->tiers.batch_buf = pkv_mem_alloc(&c->al, (size_t)want * size);
+        c->tiers.batch_cap = c->tiers.batch_buf ? (size_t)want * size : 0;
+    }
+    uint8_t *bufs = c->tiers.batch_buf;
+    void **ptrs = pkv_mem_alloc(&c->al, (size_t)want * sizeof *ptrs);
+    size_t *lens = pkv_mem_alloc(&c->al, (size_t)want * sizeof *lens);
+    int *status = pkv_mem_alloc(&c->al, (size_t)want * sizeof *status);
+    int32_t got = 0;
+    *stop = 1;
+    if (!keys || !bufs || !ptrs || !lens || !status) goto out;
+    int32_t parent = m ? prefix_entry_of_block(p, blocks[m - 1]) : -1;
+    /* keys[0] is the parent's key (zero for a chain's first block); keys[j + 1] block m + j's. */
+    memset(keys[0], 0, 16);
+    if (parent >= 0) key_bytes(c, parent, keys[0]);
+    uint8_t secret[16];
+    prefix_get_secret(p, secret);
+    for (int32_t j = 0; j < want; j++) {
+        prefix_block_key(secret, tokens + (size_t)(m + j) * bs, (int32_t)bs, ns, keys[j], keys[j + 1]);
+        ptrs[j] = bufs + (size_t)j * size;
+        lens[j] = 0;
+    }
+    double t0 = now_s();
+    int st = PKV_OK;
+    if (t->be.get_many) {
+        st = t->be.get_many(t->be.ctx, want, (const uint8_t(*)[16])(keys + 1), ptrs, size, lens, status);
+    } else {
+        for (int32_t j = 0; j < want; j++) {
+            status[j] = t->be.get(t->be.ctx, keys[j + 1], ptrs[j], size, &lens[j]);
+            if (status[j] != PKV_OK) break; /* the chain ends at the first miss */
+        }
+    }
+    t->seconds_out += now_s() - t0;
+    if (st != PKV_OK) {
+        tier_error(t, st);
+        goto out;
+    }
+    for (int32_t j = 0; j < want; j++) {
+        const int32_t *toks = tokens + (size_t)(m + j) * bs;
+        if (status[j] != PKV_OK) {
+            /* Failed the backend's MAC, or a blob of another size (another geometry). */
+            if (status[j] == PKV_ERR_CORRUPT || status[j] == PKV_ERR_BUFFER) t->corrupt++;
+            else tier_error(t, status[j]);
+            goto out;
+        }
+        uint64_t key[2];
+        memcpy(key, keys[j + 1], 16);
+        if (!blob_is_block(c, ptrs[j], lens[j], keys[j + 1], keys[j], parent >= 0, ns, toks)) {
+            t->corrupt++; /* another geometry, a collision, or a blob that lies */
+            goto out;
+        }
+        if (pool_available(&c->pool) == 0 || prefix_find_key(p, key) >= 0) goto out;
+        while (t->count >= t->capacity) {
+            int64_t before = t->count;
+            tier_evict_one(c, ti);
+            if (t->count == before) goto out;
+        }
+        /* Making room may drop entries without a location, never the chain's
+         * (its blocks are held in the pool). */
+        int32_t e = prefix_insert_unplaced(p, key, parent, ns, toks);
+        if (e < 0) goto out;
+        lru_push(t, e);
+        prefix_set_tier(p, e, ti, 1);
+        c->tiers.pinned[0] = e;
+        int32_t b = take(c);
+        c->tiers.pinned[0] = -1;
+        blob_unpack_rows(c, ptrs[j], b);
+        prefix_place(p, e, b);
+        blocks[m + got++] = b;
+        t->hits++;
+        t->bytes_out += (int64_t)lens[j];
+        parent = e;
+    }
+    *stop = 0;
+out:
+    pkv_mem_free(&c->al, keys);
+    pkv_mem_free(&c->al, ptrs);
+    pkv_mem_free(&c->al, lens);
+    pkv_mem_free(&c->al, status);
+    return got;
+}
+
+int32_t tier_shared_extend(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, int32_t m, int32_t *blocks,
+                           int32_t (*take)(pkv_cache *)) {
+    int32_t full = n / c->cfg.block_size;
+    int stop = 0;
+    while (!stop && m < full) {
+        int32_t want = full - m < SHARED_BATCH ? full - m : SHARED_BATCH;
+        if (want > pool_available(&c->pool)) want = pool_available(&c->pool);
+        if (want <= 0) break;
+        m += shared_batch(c, ns, tokens, m, want, blocks, take, &stop);
+    }
+    return m;
+}
+
+/* Write-through of a registration's blocks with the backend's put_many: up
+ * to SHARED_BATCH blobs per call (one round trip to a remote store). Entries
+ * join tier 0 before the call and leave it again where their put failed.
+ * Returns 0 (nothing done) when its buffers cannot be allocated. */
+static int write_through_many(pkv_cache *c, const int32_t *blocks, int32_t n) {
+    pkv_prefix *p = c->prefix;
+    pkv_tier *t = &c->tiers.t[0];
+    size_t size = tier_blob_size(c);
+    int32_t cap = n < SHARED_BATCH ? n : SHARED_BATCH;
+    int32_t *ents = pkv_mem_alloc(&c->al, (size_t)cap * sizeof *ents);
+    uint8_t(*keys)[16] = pkv_mem_alloc(&c->al, (size_t)cap * 16);
+    uint8_t *bufs = pkv_mem_alloc(&c->al, (size_t)cap * size);
+    const void **ptrs = pkv_mem_alloc(&c->al, (size_t)cap * sizeof *ptrs);
+    int *status = pkv_mem_alloc(&c->al, (size_t)cap * sizeof *status);
+    int ok = ents && keys && bufs && ptrs && status;
+    for (int32_t j = 0; ok && j < n;) {
+        int32_t k = 0;
+        for (; j < n && k < cap; j++) {
+            int32_t e = prefix_entry_of_block(p, blocks[j]);
+            if (e < 0 || prefix_tiers_of(p, e)) continue;
+            int full = 0;
+            while (!full && t->count >= t->capacity) {
+                int64_t before = t->count;
+                tier_evict_one(c, 0);
+                full = t->count == before;
+            }
+            if (full) break;
+            ptrs[k] = bufs + (size_t)k * size;
+            blob_pack(c, e, blocks[j], bufs + (size_t)k * size);
+            key_bytes(c, e, keys[k]);
+            ents[k++] = e;
+            lru_push(t, e);
+            prefix_set_tier(p, e, 0, 1);
+        }
+        if (k == 0) break;
+        double t0 = now_s();
+        int st = t->be.put_many(t->be.ctx, k, (const uint8_t(*)[16])keys, ptrs, size, status);
+        t->seconds_in += now_s() - t0;
+        for (int32_t i = 0; i < k; i++) {
+            int32_t e = ents[i];
+            int in_tier = prefix_entry_live(p, e) && (prefix_tiers_of(p, e) & 1u);
+            int put = st == PKV_OK && status[i] == PKV_OK;
+            if (put) {
+                t->stores++;
+                t->bytes_in += (int64_t)size;
+            } else {
+                tier_error(t, st != PKV_OK ? st : status[i]);
+            }
+            if (!put && in_tier) {
+                lru_unlink(t, e);
+                prefix_set_tier(p, e, 0, 0);
+            } else if (put && !in_tier && !t->shared) {
+                (void)t->be.del(t->be.ctx, keys[i]); /* evicted meanwhile: no stray blob */
+            }
+        }
+    }
+    pkv_mem_free(&c->al, ents);
+    pkv_mem_free(&c->al, keys);
+    pkv_mem_free(&c->al, bufs);
+    pkv_mem_free(&c->al, ptrs);
+    pkv_mem_free(&c->al, status);
+    return ok;
 }
 
 /* ---- restart: re-index what a backend holds ---- */
@@ -443,9 +637,12 @@ int tier_add(pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, 
              pkv_detail *d) {
     pkv_tiers *ts = &c->tiers;
     if (ts->n >= PKV_MAX_TIERS) return pkv__fail(d, PKV_ERR_INVALID, "at most %d tiers", PKV_MAX_TIERS);
-    if (flags & ~(uint32_t)PKV_TIER_WRITE_THROUGH) return pkv__fail(d, PKV_ERR_INVALID, "unknown tier flags 0x%x", flags);
+    if (flags & ~(uint32_t)(PKV_TIER_WRITE_THROUGH | PKV_TIER_SHARED))
+        return pkv__fail(d, PKV_ERR_INVALID, "unknown tier flags 0x%x", flags);
     if ((flags & PKV_TIER_WRITE_THROUGH) && ts->n != 0)
         return pkv__fail(d, PKV_ERR_INVALID, "write-through applies to tier 0 only");
+    if ((flags & PKV_TIER_SHARED) && (host || ts->shared))
+        return pkv__fail(d, PKV_ERR_INVALID, host ? "a host tier cannot be shared" : "at most one shared tier");
     if (!c->store.enabled) return pkv__fail(d, PKV_ERR_MODE, "tiers need host storage (PKV_STORAGE_HOST)");
     if (!c->prefix) return pkv__fail(d, PKV_ERR_MODE, "tiers need prefix caching (PKV_FLAG_PREFIX_CACHE)");
     if (c->seqs.num_seqs || c->pool.used || c->pool.num_evictable)
@@ -456,13 +653,20 @@ int tier_add(pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, 
                           INT32_MAX - old);
     size_t size = tier_blob_size(c);
     pkv_tier_backend hb;
+    memset(&hb, 0, sizeof hb);
     if (host) {
         if (!host_be_create(&c->al, capacity_blocks, size, &hb))
             return pkv__fail(d, PKV_ERR_NOMEM, "host tier of %lld blocks of %zu bytes: no memory",
                               (long long)capacity_blocks, size);
         be = &hb;
-    } else if (!be || !be->put || !be->get || !be->exists || !be->del || be->size < sizeof(pkv_tier_backend)) {
-        return pkv__fail(d, PKV_ERR_INVALID, "backend: put, get, exists and del are required, size set");
+    } else {
+        /* A backend of an older header lacks the batch calls: they read as NULL. */
+        if (!be || be->size < PKV_TIER_BACKEND_SIZE_1_0 ||
+            pkv__struct_import(&hb, sizeof hb, be, PKV_TIER_BACKEND_SIZE_1_0) != PKV_OK || !hb.put || !hb.get ||
+            !hb.exists || !hb.del)
+            return pkv__fail(d, PKV_ERR_INVALID, "backend: put, get, exists and del are required, size set "
+                             "(unknown trailing fields zero)");
+        be = &hb;
     }
     int32_t ecap = old + (int32_t)capacity_blocks;
     /* Everything that can fail, first: entries, every tier's LRU arrays, scratch. */
@@ -503,6 +707,7 @@ int tier_add(pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, 
     t->count = 0;
     t->head = t->tail = -1;
     t->host = host;
+    t->shared = (flags & PKV_TIER_SHARED) != 0;
     if (ts->n == 0) {
         ts->scratch[0] = scratch[0];
         ts->scratch[1] = scratch[1];
@@ -512,7 +717,8 @@ int tier_add(pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, 
     ts->n++;
     ts->pinned[0] = ts->pinned[1] = -1;
     if (flags & PKV_TIER_WRITE_THROUGH) ts->write_through = 1;
-    restore(c, ts->n - 1);
+    if (t->shared) ts->shared = ts->n; /* found by lookups, not by a scan */
+    else restore(c, ts->n - 1);
     return PKV_OK;
 }
 
@@ -525,6 +731,7 @@ void tier_destroy(pkv_cache *c) {
         pkv_mem_free(&c->al, t->next);
     }
     for (int i = 0; i <= PKV_MAX_TIERS; i++) pkv_mem_free(&c->al, ts->scratch[i]);
+    pkv_mem_free(&c->al, ts->batch_buf);
     memset(ts, 0, sizeof *ts);
 }
 

@@ -13,7 +13,7 @@ obj=${PKV_OBJ:-$root/build/obj/src}
 rank() {
     case "$1" in
         common|siphash) echo 0 ;;
-        dtype|cpu|tier_file) echo 1 ;;
+        dtype|cpu|tier_file|tier_redis) echo 1 ;;
         fp8) echo 2 ;;
         dtypes) echo 3 ;;
         pool) echo 4 ;;
