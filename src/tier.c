@@ -14,9 +14,10 @@
  *
  * Blob. What leaves memory is self-describing and checked when it comes back:
  *   magic, blob size, geometry (block size, layers, heads, dims, dtype),
- *   key, parent key, namespace, the block's token ids, its rows in every
- *   layer (K then V), a 64-bit checksum of all of it.
- * A load whose geometry, identity (key, parent key, namespace, token ids) or
+ *   key, parent key, namespace, extras digest, the block's token ids, its rows
+ *   in every layer (K then V), a 64-bit checksum of all of it.
+ * A load whose geometry, identity (key, parent key, namespace, extras digest,
+ * token ids) or
  * checksum disagrees is a miss: a torn file, a crash, a foreign writer or a
  * cache of another model never yields wrong KV. Blobs are in the host's byte
  * order, marked by the magic (a host of the other order sees a bad magic).
@@ -29,8 +30,8 @@
 
 #include "internal.h"
 
-#define BLOB_MAGIC 0x31424f4c42564b50ull /* "PKVBLOB1" little-endian */
-#define BLOB_HEAD 96
+#define BLOB_MAGIC 0x32424f4c42564b50ull /* "PKVBLOB2" little-endian (2: the extras digest) */
+#define BLOB_HEAD 104
 
 static double now_s(void) {
     struct timespec ts;
@@ -88,6 +89,7 @@ static void blob_pack(const pkv_cache *c, int32_t e, int32_t b, uint8_t *blob) {
     memcpy(blob + 80, &id.ns, 8);
     uint32_t flags[2] = {id.parent >= 0, 0};
     memcpy(blob + 88, flags, 8);
+    memcpy(blob + 96, &id.xd, 8);
     memcpy(blob + BLOB_HEAD, id.toks, bs * sizeof(int32_t));
     uint8_t *o = blob + BLOB_HEAD + bs * sizeof(int32_t);
     for (int32_t l = 0; l < c->cfg.num_layers; l++) {
@@ -105,7 +107,7 @@ static void blob_pack(const pkv_cache *c, int32_t e, int32_t b, uint8_t *blob) {
 /* Whether blob[0..len) is a sound blob of this cache's geometry; fills the
  * identity it carries (toks points into the blob). */
 static int blob_parse(const pkv_cache *c, const uint8_t *blob, size_t len, uint64_t key[2], uint64_t parent_key[2],
-                      uint64_t *ns, int *has_parent, const int32_t **toks) {
+                      uint64_t *ns, uint64_t *xd, int *has_parent, const int32_t **toks) {
     size_t size = tier_blob_size(c);
     if (len != size) return 0;
     uint64_t head[2], sum;
@@ -118,6 +120,7 @@ static int blob_parse(const pkv_cache *c, const uint8_t *blob, size_t len, uint6
     memcpy(key, blob + 48, 16);
     memcpy(parent_key, blob + 64, 16);
     memcpy(ns, blob + 80, 8);
+    memcpy(xd, blob + 96, 8);
     uint32_t flags[2];
     memcpy(flags, blob + 88, 8);
     *has_parent = flags[0] == 1;
@@ -128,14 +131,14 @@ static int blob_parse(const pkv_cache *c, const uint8_t *blob, size_t len, uint6
 
 /* The blob matches entry e exactly (its identity and its parent's key). */
 static int blob_is_entry(const pkv_cache *c, const uint8_t *blob, size_t len, int32_t e) {
-    uint64_t key[2], pkey[2], ns;
+    uint64_t key[2], pkey[2], ns, xd;
     int has_parent;
     const int32_t *toks;
-    if (!blob_parse(c, blob, len, key, pkey, &ns, &has_parent, &toks)) return 0;
+    if (!blob_parse(c, blob, len, key, pkey, &ns, &xd, &has_parent, &toks)) return 0;
     prefix_identity id;
     prefix_identity_of(c->prefix, e, &id);
     return key[0] == id.key[0] && key[1] == id.key[1] && pkey[0] == id.parent_key[0] &&
-           pkey[1] == id.parent_key[1] && ns == id.ns && has_parent == (id.parent >= 0) &&
+           pkey[1] == id.parent_key[1] && ns == id.ns && xd == id.xd && has_parent == (id.parent >= 0) &&
            memcmp(toks, id.toks, (size_t)c->cfg.block_size * sizeof(int32_t)) == 0;
 }
 
@@ -370,15 +373,15 @@ static int scan_one(void *arg, const uint8_t key_b[16], size_t len) {
     memcpy(want, key_b, 16);
     if (prefix_find_key(c->prefix, want) >= 0) return 0; /* already indexed */
     if (len != size || t->be.get(t->be.ctx, key_b, blob, size, &got) != PKV_OK) return 0;
-    uint64_t key[2], pkey[2], ns;
+    uint64_t key[2], pkey[2], ns, xd;
     int has_parent;
     const int32_t *toks;
-    if (!blob_parse(c, blob, got, key, pkey, &ns, &has_parent, &toks) || key[0] != want[0] || key[1] != want[1])
+    if (!blob_parse(c, blob, got, key, pkey, &ns, &xd, &has_parent, &toks) || key[0] != want[0] || key[1] != want[1])
         return 0;
     int32_t parent = -1;
     if (has_parent && (parent = prefix_find_key(c->prefix, pkey)) < 0) return 0; /* parent not yet indexed */
     if (t->count >= t->capacity) return 1;
-    int32_t e = prefix_insert_unplaced(c->prefix, key, parent, ns, toks);
+    int32_t e = prefix_insert_unplaced(c->prefix, key, parent, ns, xd, toks);
     if (e < 0) return 0;
     lru_push(t, e);
     prefix_set_tier(c->prefix, e, sc->ti, 1);
