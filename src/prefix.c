@@ -597,9 +597,10 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
     sip_state st[SIP_LANES];
     int32_t win = 0, nwin = 0, cursor = 0;
     prefix_extras x = {r->adapter, r->mm, r->nmm};
+    int extras = r->adapter || r->nmm;
     for (; j < full; j++) {
         const int32_t *tk = seq_tokens_at(t, r, j * bs);
-        uint64_t key[2], xd = prefix_extras_digest(p, &x, j, &cursor);
+        uint64_t key[2], xd = extras ? prefix_extras_digest(p, &x, j, &cursor) : 0;
         int32_t own = r->blocks[j], scanned;
         int32_t found = scan_children(p, pe, r->ns, xd, tk, &scanned);
         if (found >= 0) {
@@ -658,10 +659,11 @@ static int32_t match_walk(pkv_prefix *p, uint64_t ns, const prefix_extras *x, co
      * block's key is computed and probed. Token words are absorbed a window of
      * blocks at a time so that consecutive hashed levels run in parallel lanes. */
     int32_t pe = -1, m = 0, win = 0, nwin = 0, cursor = 0;
+    int extras = x && (x->adapter || x->nmm); /* without, every digest is 0: no call per block */
     sip_state lanes[SIP_LANES];
     while (m < full) {
         const int32_t *t = tokens + (size_t)m * (size_t)bs;
-        uint64_t xd = prefix_extras_digest(p, x, m, &cursor);
+        uint64_t xd = extras ? prefix_extras_digest(p, x, m, &cursor) : 0;
         int scanned;
         int32_t e = scan_children(p, pe, ns, xd, t, &scanned);
         if (!scanned) {
