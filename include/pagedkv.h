@@ -459,8 +459,11 @@ typedef struct pkv_extra_keys {
 /*! pkv_prefix_lookup with the prompt's extra keys (extra may be NULL: none,
  *  which is pkv_prefix_lookup): a cached block matches only when its adapter
  *  and the ranges overlapping it (hash, start relative to the block, length)
- *  are the prompt's, compared exactly through a 64-bit keyed digest of them
- *  stored with each block (never through the index's hash alone). The new
+ *  are the prompt's, compared on every hit through a 64-bit digest of them
+ *  under the cache's hash key, stored with each block (not through the index's
+ *  hash: two different extras of the same tokens share KV only if their
+ *  digests collide, probability 2^-64, and not by a choice of hashes made
+ *  without the key). The new
  *  sequence takes extra->adapter_id and every range of extra (also those past
  *  the cached part), as pkv_seq_set_adapter and pkv_seq_add_mm would give it.
  *  @return as pkv_prefix_lookup; PKV_ERR_INVALID also for extra->size below
