@@ -10,7 +10,8 @@
  *  - many adapters over the same tokens each find their own blocks, also in
  *    the PKV_WEAK_HASH build where block keys collide;
  *  - a file tier restart keeps a block's extras: the restored blocks are found
- *    with the same extra keys only.
+ *    with the same extra keys only;
+ *  - pkv_cache_check sees extra keys that disagree with registered blocks.
  * The random comparison with an independent model is in test_prefix_model.c. */
 #include <dirent.h>
 #include <stdio.h>
@@ -490,11 +491,36 @@ static void test_tier_restart(void) {
     rm_dir(dir);
 }
 
+/* pkv_cache_check sees a sequence whose extra keys disagree with its
+ * registered blocks, and ranges out of order. */
+static void test_check(void) {
+    pkv_cache *c = make(16, 0);
+    int32_t t[12] = {9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2}, reg, dd;
+    pkv_mm_range r[2] = {mm(5, 2, 1), mm(9, 5, 2)};
+    pkv_seq s = seq_with(c, 3, r, 2, t, 12, &reg, &dd);
+    CHECK_INT(reg, 3);
+    CHECK_OK(pkv_cache_check(c));
+    pkv_seq_rec *rec = seq_get(&c->seqs, s);
+    rec->adapter = 4;
+    CHECK_STATUS(pkv_cache_check(c), PKV_ERR_CORRUPT);
+    rec->adapter = 3;
+    rec->mm[0].hash[3] ^= 1; /* block 1's image */
+    CHECK_STATUS(pkv_cache_check(c), PKV_ERR_CORRUPT);
+    rec->mm[0].hash[3] ^= 1;
+    rec->mm[1].start = 6; /* overlaps the first */
+    CHECK_STATUS(pkv_cache_check(c), PKV_ERR_CORRUPT);
+    rec->mm[1].start = 9;
+    CHECK_OK(pkv_cache_check(c));
+    CHECK_OK(pkv_seq_free(c, s));
+    pkv_cache_destroy(c);
+}
+
 int main(void) {
     test_contracts();
     test_sharing();
     test_keys();
     test_many_adapters();
     test_tier_restart();
+    test_check();
     return test_report("test_extrakeys");
 }
