@@ -17,9 +17,8 @@
  *   key, parent key, namespace, extras digest, the block's token ids, its rows
  *   in every layer (K then V), a 64-bit checksum of all of it.
  * A load whose geometry, identity (key, parent key, namespace, extras digest,
- * token ids) or
- * checksum disagrees is a miss: a torn file, a crash, a foreign writer or a
- * cache of another model never yields wrong KV. Blobs are in the host's byte
+ * token ids) or checksum disagrees is a miss: a torn file, a crash, a foreign
+ * writer or a cache of another model never yields wrong KV. Blobs are in the host's byte
  * order, marked by the magic (a host of the other order sees a bad magic).
  *
  * Errors. A backend failure other than "not found" counts as an error and
