@@ -425,7 +425,9 @@ PKV_API int pkv_prefix_register(pkv_cache *cache, pkv_seq seq, int32_t *register
  *  truncates by one token and appends it again; copy-on-write keeps the cached
  *  block intact). The engine
  *  then appends tokens[*cached_tokens..n). Token ids, namespace and parent are
- *  compared on every hit, so a hash collision never shares KV.
+ *  compared on every hit, so a hash collision never shares KV. The prompt has
+ *  no extra keys: blocks of an adapter or with an image are found by
+ *  pkv_prefix_lookup_ex.
  *  @return PKV_OK (also on a miss: an empty sequence); PKV_ERR_MODE,
  *  PKV_ERR_NULL, PKV_ERR_INVALID (n < 0), PKV_ERR_NOMEM (nothing changed). */
 PKV_API int pkv_prefix_lookup(pkv_cache *cache, uint64_t ns, const int32_t *tokens, int32_t n,
