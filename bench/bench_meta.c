@@ -4,7 +4,9 @@
  *  - no prefix caching, appends without token ids (what a plain engine does);
  *  - no prefix caching, appends with token ids (4 B per token more, by design);
  *  - prefix caching, every block registered (token ids stored once, in the index);
- *  - prefix caching, half the sequences forks of the others (shared blocks).
+ *  - prefix caching, half the sequences forks of the others (shared blocks);
+ *  - prefix caching, all registered, each sequence with a LoRA adapter id and
+ *    one 576-token image (extra keys: every block's identity holds a digest).
  * Targets (architecture issue): <= 16 B per block without prefix caching, and
  * <= 4 B per token + 48 B per block with it.
  *   build/bench/bench_meta [--blocks N]   (default 262144 blocks, 16.8M tokens) */
@@ -44,7 +46,7 @@ typedef struct result {
     double bytes_per_block, bytes_per_token_ids, overhead_per_block, seconds;
 } result;
 
-static result run(const char *name, int32_t nb, int prefix, int with_tokens, int forks) {
+static result run(const char *name, int32_t nb, int prefix, int with_tokens, int forks, int extras) {
     counter cnt = {0, 0};
     pkv_config cfg;
     pkv_config_init(&cfg);
@@ -67,6 +69,12 @@ static result run(const char *name, int32_t nb, int prefix, int with_tokens, int
         if (forks && (s & 1)) continue; /* the fork made with sequence s - 1 takes these blocks */
         for (int32_t i = 0; i < n; i++) toks[i] = s * n + i; /* every block distinct */
         OK(pkv_seq_create(c, 0, &q));
+        if (extras) {
+            uint8_t hash[16];
+            for (int i = 0; i < 16; i++) hash[i] = (uint8_t)(s * 16 + i);
+            OK(pkv_seq_set_adapter(c, q, (uint64_t)s + 1));
+            OK(pkv_seq_add_mm(c, q, 3 * BS + 5, 576, hash));
+        }
         OK(pkv_seq_append(c, q, n, with_tokens ? toks : NULL, NULL, &cow));
         if (with_tokens) ntok_stored += n;
         if (prefix) OK(pkv_prefix_register(c, q, NULL, NULL));
@@ -110,16 +118,17 @@ int main(int argc, char **argv) {
     if (getenv("PKV_BENCH_QUICK")) nb = 16384;
     nb -= nb % (2 * SEQ_BLOCKS);
     if (nb < 2 * SEQ_BLOCKS) nb = 2 * SEQ_BLOCKS;
-    result rs[4] = {
-        run("no prefix caching, no token ids", nb, 0, 0, 0),
-        run("no prefix caching, token ids", nb, 0, 1, 0),
-        run("prefix caching, all registered", nb, 1, 1, 0),
-        run("prefix caching, half forks (shared)", nb, 1, 1, 1),
+    result rs[5] = {
+        run("no prefix caching, no token ids", nb, 0, 0, 0, 0),
+        run("no prefix caching, token ids", nb, 0, 1, 0, 0),
+        run("prefix caching, all registered", nb, 1, 1, 0, 0),
+        run("prefix caching, half forks (shared)", nb, 1, 1, 1, 0),
+        run("prefix caching, all registered, adapter + image per sequence", nb, 1, 1, 0, 1),
     };
-    const double target[4] = {16, 16, 48, 48};
+    const double target[5] = {16, 16, 48, 48, 48};
     fprintf(stderr, "metadata bytes per %d-slot block, %d blocks in the pool, all in use (metadata mode)\n", BS, nb);
     fprintf(stderr, "| setting | bytes/block | of which token ids | other | target (other) |\n|---|---:|---:|---:|---:|\n");
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         bench_json j;
         json_begin(&j, stdout);
         json_str(&j, "bench", "meta");

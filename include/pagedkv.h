@@ -302,6 +302,49 @@ PKV_API int pkv_seq_length(pkv_cache *cache, pkv_seq seq, int32_t *out);
 PKV_API int pkv_seq_blocks(pkv_cache *cache, pkv_seq seq, int32_t *blocks, int32_t cap,
                            int32_t *n);
 
+/* Extra keys (vLLM's extra_keys): besides its namespace and the token ids from
+ * position 0, a block's identity in the prefix cache holds the sequence's LoRA
+ * adapter id and every multimodal range that overlaps the block (the item's
+ * content hash, its start relative to the block and its length), so equal
+ * token ids under another adapter or with another image never share KV, and
+ * equal adapters, images and tokens do. A block without extra keys (adapter 0,
+ * no range over it) has the identity and the key it had before extra keys. */
+
+/* A multimodal item (an image, an audio clip) occupying the token positions
+ * [start, start + len) of a sequence or prompt; hash is its content hash,
+ * computed by the engine (e.g. a 128-bit hash of the pixels), compared as
+ * bytes. */
+typedef struct pkv_mm_range {
+    int64_t start;    /* first token position, >= 0 */
+    int64_t len;      /* tokens, >= 1; start + len <= INT32_MAX */
+    uint8_t hash[16]; /* content hash of the item */
+} pkv_mm_range;
+
+/*! Sets seq's adapter id (0: none, the default), an extra key of every block
+ *  the sequence registers. Only on an empty sequence (length 0); a fork
+ *  inherits it, a sequence from pkv_prefix_lookup_ex takes its extra keys'.
+ *  @return PKV_OK; PKV_ERR_NO_SEQ, PKV_ERR_STATE (seq is not empty).
+ *  Unchanged on error. */
+PKV_API int pkv_seq_set_adapter(pkv_cache *cache, pkv_seq seq, uint64_t adapter_id);
+
+/*! Adds a multimodal range [start, start + len) with content hash hash[16]
+ *  (copied) to seq: every block it overlaps carries the hash, the range's start
+ *  relative to the block and len in its identity. Add it before appending its
+ *  tokens: start must be >= seq's length and >= the end of seq's last range
+ *  (ranges are added in order and never overlap). A fork inherits the ranges;
+ *  a truncation to new_len drops the ranges that start at or past new_len
+ *  (a range cut by it stays whole).
+ *  @return PKV_OK; PKV_ERR_NULL (hash), PKV_ERR_NO_SEQ, PKV_ERR_INVALID
+ *  (start or len out of range, overlap), PKV_ERR_NOMEM. Unchanged on error. */
+PKV_API int pkv_seq_add_mm(pkv_cache *cache, pkv_seq seq, int64_t start, int64_t len, const uint8_t hash[16]);
+
+/*! The extra keys of seq: *adapter_id (may be NULL) and *num_mm (may be NULL),
+ *  its number of ranges, copied into mm[0..cap) when mm != NULL (cap >= the
+ *  count, else PKV_ERR_BUFFER with *num_mm set and nothing copied).
+ *  @return PKV_OK; PKV_ERR_NO_SEQ, PKV_ERR_NULL (mm with num_mm NULL), PKV_ERR_BUFFER. */
+PKV_API int pkv_seq_extra_keys(pkv_cache *cache, pkv_seq seq, uint64_t *adapter_id, pkv_mm_range *mm, int32_t cap,
+                               int32_t *num_mm);
+
 /* ------------------------------------------------------------------------- */
 /* Host storage                                                              */
 /* ------------------------------------------------------------------------- */
@@ -382,7 +425,9 @@ PKV_API int pkv_prefix_register(pkv_cache *cache, pkv_seq seq, int32_t *register
  *  truncates by one token and appends it again; copy-on-write keeps the cached
  *  block intact). The engine
  *  then appends tokens[*cached_tokens..n). Token ids, namespace and parent are
- *  compared on every hit, so a hash collision never shares KV.
+ *  compared on every hit, so a hash collision never shares KV. The prompt has
+ *  no extra keys: blocks of an adapter or with an image are found by
+ *  pkv_prefix_lookup_ex.
  *  @return PKV_OK (also on a miss: an empty sequence); PKV_ERR_MODE,
  *  PKV_ERR_NULL, PKV_ERR_INVALID (n < 0), PKV_ERR_NOMEM (nothing changed). */
 PKV_API int pkv_prefix_lookup(pkv_cache *cache, uint64_t ns, const int32_t *tokens, int32_t n,
@@ -397,6 +442,43 @@ PKV_API int pkv_prefix_lookup(pkv_cache *cache, uint64_t ns, const int32_t *toke
  *  @return PKV_OK; PKV_ERR_MODE (prefix caching off), PKV_ERR_NULL, PKV_ERR_INVALID. */
 PKV_API int pkv_prefix_peek(pkv_cache *cache, uint64_t ns, const int32_t *tokens, int32_t n,
                             int32_t *cached_tokens, int32_t *pool_tokens);
+
+/* The extra keys of a prompt, for the _ex lookups (NULL there: none). */
+typedef struct pkv_extra_keys {
+    uint32_t size;           /* sizeof(pkv_extra_keys): start from PKV_EXTRA_KEYS_INIT */
+    int32_t num_mm;          /* ranges in mm, >= 0 */
+    uint64_t adapter_id;     /* LoRA adapter id, 0 none */
+    const pkv_mm_range *mm;  /* [num_mm], sorted by start, non-overlapping; NULL when num_mm is 0 */
+} pkv_extra_keys;
+
+/* Initializer: pkv_extra_keys x = PKV_EXTRA_KEYS_INIT; then set the fields. */
+#ifdef __cplusplus
+#define PKV_EXTRA_KEYS_INIT {sizeof(pkv_extra_keys)}
+#else
+#define PKV_EXTRA_KEYS_INIT {.size = sizeof(pkv_extra_keys)}
+#endif
+
+/*! pkv_prefix_lookup with the prompt's extra keys (extra may be NULL: none,
+ *  which is pkv_prefix_lookup): a cached block matches only when its adapter
+ *  and the ranges overlapping it (hash, start relative to the block, length)
+ *  are the prompt's, compared on every hit through a 64-bit digest of them
+ *  under the cache's hash key, stored with each block (not through the index's
+ *  hash: two different extras of the same tokens share KV only if their
+ *  digests collide, probability 2^-64, and not by a choice of hashes made
+ *  without the key). The new
+ *  sequence takes extra->adapter_id and every range of extra (also those past
+ *  the cached part), as pkv_seq_set_adapter and pkv_seq_add_mm would give it.
+ *  @return as pkv_prefix_lookup; PKV_ERR_INVALID also for extra->size below
+ *  the first layout's, num_mm < 0, a range out of range, unsorted or
+ *  overlapping; PKV_ERR_NULL for mm NULL with num_mm > 0. Unchanged on error. */
+PKV_API int pkv_prefix_lookup_ex(pkv_cache *cache, uint64_t ns, const int32_t *tokens, int32_t n,
+                                 const pkv_extra_keys *extra, pkv_seq *out, int32_t *cached_tokens);
+
+/*! pkv_prefix_peek with the prompt's extra keys (NULL: none), matched as
+ *  pkv_prefix_lookup_ex matches them. @return as pkv_prefix_peek, and the
+ *  extra-key errors of pkv_prefix_lookup_ex. */
+PKV_API int pkv_prefix_peek_ex(pkv_cache *cache, uint64_t ns, const int32_t *tokens, int32_t n,
+                               const pkv_extra_keys *extra, int32_t *cached_tokens, int32_t *pool_tokens);
 
 /*! Evicts up to n evictable cached blocks (least recently used first; with tiers
  *  they move to tier 0 as the pool's own evictions do), returning them to the free

@@ -43,6 +43,7 @@
 #define PKV_TIER_STATS_SIZE_1_0 sizeof(pkv_tier_stats)
 #define PKV_TIER_BACKEND_SIZE_1_0 ((size_t)64)
 #define PKV_ATTN_ARGS_SIZE_1_0 ((size_t)144)
+#define PKV_EXTRA_KEYS_SIZE_1_1 sizeof(pkv_extra_keys)
 /* Copies a caller's struct (its first field the uint32_t size) into dst, which
  * holds the library's defaults and is dst_size bytes: PKV_ERR_INVALID when the
  * caller's size is below min_size, or above dst_size with a non-zero byte the
@@ -132,6 +133,9 @@ typedef struct pkv_seq_rec {
     int32_t last_start, last_n; /* range of the last append, for the slot mapping */
     int32_t lookahead;    /* the last lookahead tokens are drafts: never registered */
     uint64_t ns;          /* namespace */
+    uint64_t adapter;     /* extra key of every block (LoRA adapter id), 0 none */
+    int32_t nmm, mm_cap;  /* multimodal ranges, by start, non-overlapping */
+    pkv_mm_range *mm;     /* [mm_cap] */
     uint32_t gen;         /* generation of this record slot; part of the handle */
     int32_t live;         /* 1 in use; 0 on the free list */
     int32_t next_free;    /* free-list link of record slots */
@@ -168,6 +172,8 @@ static inline const int32_t *seq_tokens_at(const pkv_seqtab *t, const pkv_seq_re
     (void)t;
     return r->tokens + (pos - r->tok_base);
 }
+/* Makes room for nmm multimodal ranges (all or nothing). */
+int seq_reserve_mm(pkv_seqtab *t, pkv_seq_rec *r, int32_t nmm);
 /* After registration moved nregistered up: the ids of registered blocks now
  * live in the index; the record keeps the rest. */
 void seq_drop_registered_tokens(pkv_seqtab *t, pkv_seq_rec *r);
@@ -211,6 +217,21 @@ int seq_check(pkv_seqtab *t, int has_prefix, int32_t *count, int32_t *owner, pkv
 /* ---- prefix index (prefix.c): above sequences ---- */
 typedef struct pkv_prefix pkv_prefix; /* defined by prefix.c */
 
+/* The extra keys of a prompt or sequence (adapter, multimodal ranges sorted by
+ * start and non-overlapping); a block's share of them is its extras digest. */
+typedef struct prefix_extras {
+    uint64_t adapter;
+    const pkv_mm_range *mm;
+    int32_t nmm;
+} prefix_extras;
+/* The extras digest of block j (tokens [j * bs, (j + 1) * bs)) under x (NULL:
+ * none): 0 when the block has no extra key (no adapter, no range overlaps it),
+ * else a non-zero keyed 64-bit SipHash of the adapter and, for each range
+ * overlapping the block in order, its hash, its start relative to the block
+ * and its length. *cursor (start 0, j increasing between calls) skips the
+ * ranges wholly before the block. */
+uint64_t prefix_extras_digest(const pkv_prefix *p, const prefix_extras *x, int32_t j, int32_t *cursor);
+
 /* NULL-free creation: secret = the 16-byte hash key. */
 int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[16], pkv_prefix **out);
 void prefix_destroy(pkv_prefix *p, const pkv_allocator *al);
@@ -225,7 +246,8 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
 /* The longest chain of cached full blocks matching tokens[0..n) in ns: writes
  * its blocks into blocks[] (room for n / bs) and returns their count. Counts
  * the query in the statistics; changes nothing else. */
-int32_t prefix_match(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *blocks);
+int32_t prefix_match(pkv_prefix *p, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n,
+                     int32_t *blocks);
 /* KV events (the queue lives with the index). */
 int prefix_events_enable(pkv_prefix *p, const pkv_allocator *al, int32_t cap);
 int prefix_events_drain(pkv_prefix *p, pkv_event *out, int32_t cap, int32_t *n, int64_t *dropped);
@@ -235,6 +257,7 @@ const int32_t *prefix_block_tokens(const pkv_prefix *p, int32_t b);
 /* Entries for the tier layer (an entry may live in the pool, in tiers, or both). */
 typedef struct prefix_identity {
     uint64_t key[2], parent_key[2], ns;
+    uint64_t xd;           /* extras digest, 0 none */
     int32_t parent;        /* parent entry, -1 for a chain's first block */
     const int32_t *toks;   /* [block_size] */
 } prefix_identity;
@@ -262,15 +285,18 @@ void prefix_set_tier(pkv_prefix *p, int32_t e, int t, int on);
 int prefix_remove_entry(pkv_prefix *p, int32_t e);
 /* A new entry of the identity id, at no location yet (restart); -1 when the
  * identity is already indexed or no entry id is free. */
-int32_t prefix_insert_unplaced(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, const int32_t *toks);
+int32_t prefix_insert_unplaced(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, uint64_t xd,
+                               const int32_t *toks);
 /* The entry whose full key is key, or -1 (restart links chains by key). */
 int32_t prefix_find_key(const pkv_prefix *p, const uint64_t key[2]);
 /* The longest chain matching tokens[0..n) in ns, as entry ids (wherever they
  * live) into ents[] (room for n / bs); returns its length. No statistics. */
-int32_t prefix_match_entries(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *ents);
+int32_t prefix_match_entries(pkv_prefix *p, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n,
+                             int32_t *ents);
 /* The chain's length as prefix_match_entries finds it, without writing it;
  * *pool_lead = how many of its first blocks are in the pool. */
-int32_t prefix_peek(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *pool_lead);
+int32_t prefix_peek(pkv_prefix *p, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n,
+                    int32_t *pool_lead);
 void prefix_count_query(pkv_prefix *p, int32_t n, int32_t hit_tokens);
 /* Invariants of the index, and of the sequences' registered blocks against it. */
 int prefix_check(pkv_prefix *p, pkv_seqtab *t, const pkv_allocator *al, pkv_detail *d);
@@ -282,7 +308,7 @@ void prefix_dump(const pkv_prefix *p, void (*put)(void *w, const void *data, siz
 void prefix_stats(const pkv_prefix *p, pkv_stats *out);
 /* For tests: a block key from bytes, the cache's secret, key collisions seen. */
 void prefix_block_key(const uint8_t secret[16], const int32_t *toks, int32_t bs, uint64_t ns,
-                      const uint8_t parent[16], uint8_t out[16]);
+                      const uint8_t parent[16], uint64_t xd, uint8_t out[16]);
 /* Accessors for the cache's test hooks. */
 void prefix_get_secret(const pkv_prefix *p, uint8_t out[16]);
 int64_t prefix_get_collisions(const pkv_prefix *p);
@@ -357,7 +383,7 @@ int tier_promote(struct pkv_cache *c, int32_t e, int32_t (*take)(struct pkv_cach
  * tokens[0..n) in ns; asks the shared tier for the blocks that follow (keys
  * computed from the tokens), indexes and promotes each one that checks into a
  * block from take(c), appending it to blocks. Returns the new chain length. */
-int32_t tier_shared_extend(struct pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, int32_t m,
+int32_t tier_shared_extend(struct pkv_cache *c, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n, int32_t m,
                            int32_t *blocks, int32_t (*take)(struct pkv_cache *));
 int tier_check(struct pkv_cache *c, pkv_detail *d);
 /* Drops entry e and its descendants from the index, the tiers and the pool's
@@ -419,6 +445,13 @@ void sip_finish_block(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns
 /* Only the key's low word (half the finalization): enough to probe the index,
  * whose hits are confirmed by comparing the block's identity. */
 uint64_t sip_finish_block_lo(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2]);
+/* The same with a block's extras digest xd: xd != 0 appends its 8 bytes to the
+ * message (xd == 0 gives the key above, so blocks without extra keys keep
+ * their keys). */
+void sip_finish_block_x(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2],
+                        uint64_t xd, uint64_t out[2]);
+uint64_t sip_finish_block_lo_x(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2],
+                               uint64_t xd);
 size_t cache_dump(pkv_cache *c, void *buf, size_t cap); /* canonical state dump, tests/common/dump.c */
 
 /* ---- the dtype table (dtypes.c) ---- */

@@ -42,16 +42,17 @@ static int32_t take_block(pkv_cache *c) {
  * which may move other blocks between tiers or drop them: an entry further
  * down the chain that was dropped meanwhile lives nowhere (its id is not
  * reused during the call) and ends the match there. Returns the blocks held. */
-static int32_t match_through_tiers(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *blocks) {
+static int32_t match_through_tiers(pkv_cache *c, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n,
+                                   int32_t *blocks) {
     int32_t *ents = blocks; /* entry ids, replaced in place by the blocks held */
-    int32_t k = prefix_match_entries(c->prefix, ns, tokens, n, ents), m;
+    int32_t k = prefix_match_entries(c->prefix, ns, x, tokens, n, ents), m;
     for (m = 0; m < k; m++) {
         int32_t e = ents[m], b = prefix_entry_block(c->prefix, e);
         if (b >= 0) pool_ref(&c->pool, b);
         else if (pool_available(&c->pool) == 0 || !tier_promote(c, e, take_block, &b)) break;
         blocks[m] = b;
     }
-    if (m == k && c->tiers.shared) m = tier_shared_extend(c, ns, tokens, n, m, blocks, take_block);
+    if (m == k && c->tiers.shared) m = tier_shared_extend(c, ns, x, tokens, n, m, blocks, take_block);
     prefix_count_query(c->prefix, n, m * c->pool.block_size);
     return m;
 }
@@ -144,6 +145,7 @@ static int seq_fork_op(pkv_cache *c, pkv_seq parent, pkv_seq *child) {
     int st = seq_slot_prepare(&c->seqs, &idx);
     const pkv_seq_rec *p = seq_get(&c->seqs, parent); /* the record table may have moved */
     if (st == PKV_OK) st = seq_reserve(&c->seqs, &c->seqs.seqs[idx], p->nblocks, p->ntokens - p->tok_base);
+    if (st == PKV_OK) st = seq_reserve_mm(&c->seqs, &c->seqs.seqs[idx], p->nmm);
     if (st < 0) return cache_fail(c, st, "fork: no memory for the child's record");
     pkv_seq_rec *r = seq_slot_commit(&c->seqs, idx, p->ns);
     seq_copy(&c->seqs, p, r);
@@ -166,24 +168,65 @@ static int prefix_register_op(pkv_cache *c, pkv_seq h, int32_t *registered, int3
     return PKV_OK;
 }
 
-static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, pkv_seq *out,
-                            int32_t *cached_tokens) {
+/* Multimodal ranges in order, within the int32 positions, never overlapping. */
+static int check_ranges(pkv_cache *c, const pkv_mm_range *mm, int32_t nmm, int64_t min_start) {
+    for (int32_t k = 0; k < nmm; k++) {
+        int64_t s = mm[k].start, len = mm[k].len;
+        if (s < 0 || len < 1 || s > INT32_MAX || len > INT32_MAX - s)
+            return cache_fail(c, PKV_ERR_INVALID, "multimodal range %d [%lld, +%lld) outside the positions [0, INT32_MAX]",
+                              k, (long long)s, (long long)len);
+        if (s < min_start)
+            return cache_fail(c, PKV_ERR_INVALID, "multimodal range %d starts at %lld, before %lld (%s)", k,
+                              (long long)s, (long long)min_start,
+                              k ? "the end of the range before it" : "the sequence's length or last range");
+        min_start = s + len;
+    }
+    return PKV_OK;
+}
+
+/* The caller's extra keys (NULL: none) checked into *x. */
+static int import_extras(pkv_cache *c, const pkv_extra_keys *user, prefix_extras *x) {
+    x->adapter = 0;
+    x->mm = NULL;
+    x->nmm = 0;
+    if (!user) return PKV_OK;
+    pkv_extra_keys e;
+    memset(&e, 0, sizeof e);
+    if (pkv__struct_import(&e, sizeof e, user, PKV_EXTRA_KEYS_SIZE_1_1) < 0)
+        return cache_fail(c, PKV_ERR_INVALID, "extra->size is %u: start from PKV_EXTRA_KEYS_INIT", user->size);
+    if (e.num_mm < 0) return cache_fail(c, PKV_ERR_INVALID, "extra->num_mm = %d is negative", e.num_mm);
+    if (e.num_mm > 0 && !e.mm) return cache_fail(c, PKV_ERR_NULL, "extra->mm is NULL with num_mm = %d", e.num_mm);
+    FORWARD_IF_ERROR(check_ranges(c, e.mm, e.num_mm, 0));
+    x->adapter = e.adapter_id;
+    x->mm = e.mm;
+    x->nmm = e.num_mm;
+    return PKV_OK;
+}
+
+static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n,
+                            const pkv_extra_keys *extra, pkv_seq *out, int32_t *cached_tokens) {
     if (!c->prefix) return cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)");
     if (n < 0) return cache_fail(c, PKV_ERR_INVALID, "prompt length %d is negative", n);
     if (n > 0 && !tokens) return cache_fail(c, PKV_ERR_NULL, "tokens is NULL with n = %d", n);
+    prefix_extras x;
+    FORWARD_IF_ERROR(import_extras(c, extra, &x));
     int32_t bs = c->pool.block_size, idx;
     int st = seq_slot_prepare(&c->seqs, &idx);
     /* Room for the prompt's blocks (the engine appends the rest next), reserved
      * before the record is taken so that a failure changes nothing; the ids of
      * the cached blocks stay in the index. */
     if (st == PKV_OK) st = seq_reserve(&c->seqs, &c->seqs.seqs[idx], (int32_t)(((int64_t)n + bs - 1) / bs), 0);
+    if (st == PKV_OK) st = seq_reserve_mm(&c->seqs, &c->seqs.seqs[idx], x.nmm);
     if (st < 0) return cache_fail(c, st, "lookup: no memory for the sequence of a %d-token prompt", n);
     pkv_seq_rec *r = seq_slot_commit(&c->seqs, idx, ns);
+    r->adapter = x.adapter;
+    if (x.nmm) memcpy(r->mm, x.mm, (size_t)x.nmm * sizeof *r->mm);
+    r->nmm = x.nmm;
     if (c->tiers.n) {
-        int32_t m = match_through_tiers(c, ns, tokens, n, r->blocks);
+        int32_t m = match_through_tiers(c, ns, &x, tokens, n, r->blocks);
         seq_adopt_prefix(&c->seqs, r, r->blocks, m, 1);
     } else {
-        int32_t m = prefix_match(c->prefix, ns, tokens, n, r->blocks);
+        int32_t m = prefix_match(c->prefix, ns, &x, tokens, n, r->blocks);
         seq_adopt_prefix(&c->seqs, r, r->blocks, m, 0);
     }
     *out = seq_handle(&c->seqs, r);
@@ -317,7 +360,64 @@ int pkv_prefix_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t 
     CACHE_ENTER(c);
     CACHE_NULL_IF(c, !out, "out");
     CACHE_NULL_IF(c, !cached_tokens, "cached_tokens");
-    CACHE_LEAVE(c, prefix_lookup_op(c, ns, tokens, n, out, cached_tokens));
+    CACHE_LEAVE(c, prefix_lookup_op(c, ns, tokens, n, NULL, out, cached_tokens));
+}
+
+int pkv_prefix_lookup_ex(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, const pkv_extra_keys *extra,
+                         pkv_seq *out, int32_t *cached_tokens) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !out, "out");
+    CACHE_NULL_IF(c, !cached_tokens, "cached_tokens");
+    CACHE_LEAVE(c, prefix_lookup_op(c, ns, tokens, n, extra, out, cached_tokens));
+}
+
+/* ---- extra keys of a sequence ---- */
+
+int pkv_seq_set_adapter(pkv_cache *c, pkv_seq seq, uint64_t adapter_id) {
+    CACHE_ENTER(c);
+    pkv_seq_rec *r = live_seq(c, seq);
+    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    if (r->len != 0)
+        CACHE_LEAVE(c, cache_fail(c, PKV_ERR_STATE, "the sequence holds %d tokens: set the adapter before any", r->len));
+    r->adapter = adapter_id;
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_seq_add_mm(pkv_cache *c, pkv_seq seq, int64_t start, int64_t len, const uint8_t hash[16]) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !hash, "hash");
+    pkv_seq_rec *r = live_seq(c, seq);
+    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    pkv_mm_range x;
+    x.start = start;
+    x.len = len;
+    memcpy(x.hash, hash, 16);
+    /* At or past the length (no registered block can change identity) and the last range. */
+    int64_t min_start = r->len;
+    if (r->nmm && r->mm[r->nmm - 1].start + r->mm[r->nmm - 1].len > min_start)
+        min_start = r->mm[r->nmm - 1].start + r->mm[r->nmm - 1].len;
+    int st = check_ranges(c, &x, 1, min_start);
+    if (st < 0) CACHE_LEAVE(c, st);
+    if (r->nmm == INT32_MAX || seq_reserve_mm(&c->seqs, r, r->nmm + 1) < 0)
+        CACHE_LEAVE(c, cache_fail(c, PKV_ERR_NOMEM, "no memory for %d multimodal ranges", r->nmm + 1));
+    r->mm[r->nmm++] = x;
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_seq_extra_keys(pkv_cache *c, pkv_seq seq, uint64_t *adapter_id, pkv_mm_range *mm, int32_t cap,
+                       int32_t *num_mm) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, mm && !num_mm, "num_mm");
+    pkv_seq_rec *r = live_seq(c, seq);
+    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    if (mm && cap < r->nmm) {
+        *num_mm = r->nmm;
+        CACHE_LEAVE(c, cache_fail(c, PKV_ERR_BUFFER, "the sequence has %d multimodal ranges, mm holds %d", r->nmm, cap));
+    }
+    if (adapter_id) *adapter_id = r->adapter;
+    if (num_mm) *num_mm = r->nmm;
+    if (mm && r->nmm) memcpy(mm, r->mm, (size_t)r->nmm * sizeof *mm);
+    CACHE_LEAVE(c, PKV_OK);
 }
 
 int pkv_store_write(pkv_cache *c, int32_t layer, const int64_t *slots, int32_t n, const void *k_rows,
@@ -381,17 +481,30 @@ int pkv_tier_stats_get(pkv_cache *c, int32_t tier, pkv_tier_stats *user_out) {
 
 /* ---- scheduler calls ---- */
 
+static int prefix_peek_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, const pkv_extra_keys *extra,
+                          int32_t *cached_tokens, int32_t *pool_tokens) {
+    if (!cached_tokens) return cache_fail(c, PKV_ERR_NULL, "cached_tokens is NULL");
+    if (!c->prefix) return cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)");
+    if (n < 0) return cache_fail(c, PKV_ERR_INVALID, "prompt length %d is negative", n);
+    if (n > 0 && !tokens) return cache_fail(c, PKV_ERR_NULL, "tokens is NULL with n = %d", n);
+    prefix_extras x;
+    FORWARD_IF_ERROR(import_extras(c, extra, &x));
+    int32_t lead, m = prefix_peek(c->prefix, ns, &x, tokens, n, &lead);
+    *cached_tokens = m * c->pool.block_size;
+    if (pool_tokens) *pool_tokens = lead * c->pool.block_size;
+    return PKV_OK;
+}
+
 int pkv_prefix_peek(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *cached_tokens,
                     int32_t *pool_tokens) {
     CACHE_ENTER(c);
-    CACHE_NULL_IF(c, !cached_tokens, "cached_tokens");
-    if (!c->prefix) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)"));
-    if (n < 0) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "prompt length %d is negative", n));
-    CACHE_NULL_IF(c, n > 0 && !tokens, "tokens");
-    int32_t lead, m = prefix_peek(c->prefix, ns, tokens, n, &lead);
-    *cached_tokens = m * c->pool.block_size;
-    if (pool_tokens) *pool_tokens = lead * c->pool.block_size;
-    CACHE_LEAVE(c, PKV_OK);
+    CACHE_LEAVE(c, prefix_peek_op(c, ns, tokens, n, NULL, cached_tokens, pool_tokens));
+}
+
+int pkv_prefix_peek_ex(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, const pkv_extra_keys *extra,
+                       int32_t *cached_tokens, int32_t *pool_tokens) {
+    CACHE_ENTER(c);
+    CACHE_LEAVE(c, prefix_peek_op(c, ns, tokens, n, extra, cached_tokens, pool_tokens));
 }
 
 int pkv_prefix_evict(pkv_cache *c, int32_t n, int32_t *evicted) {

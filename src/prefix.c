@@ -18,10 +18,23 @@
  * events); inside the index a hit is confirmed by the identity itself.
  *
  * Identity. A key only finds candidates: a hit requires the token ids, the
- * namespace and the parent entry to match. The parent entry is itself the
- * unique entry of the parent's identity, so by induction a hit means "the same
- * tokens from position 0, in the same namespace" and a hash collision can never
- * hand out another prompt's KV (tests build with PKV_WEAK_HASH=8 to prove it).
+ * namespace, the extras digest and the parent entry to match. The parent entry
+ * is itself the unique entry of the parent's identity, so by induction a hit
+ * means "the same tokens from position 0, in the same namespace, with the same
+ * extra keys on every block" and a hash collision can never hand out another
+ * prompt's KV (tests build with PKV_WEAK_HASH=8 to prove it).
+ *
+ * Extra keys. A block's adapter id and the multimodal ranges overlapping it
+ * (content hash, start relative to the block, length) are variable in size;
+ * the entry stores their 64-bit digest xd (0: none), a SipHash chain under a
+ * key derived from the cache's secret, and the block key absorbs xd after the
+ * parent key when it is non-zero (so blocks without extras keep their keys).
+ * The index key may be weakened (PKV_WEAK_HASH), xd never is: two different
+ * extras share KV only if their digests collide, which for a keyed 128-bit
+ * PRF chain cut to 64 bits is a 2^-64 event per pair of extras compared under
+ * the same parent and tokens, and which an engine cannot aim at without the
+ * secret. Storing the extras themselves would cost up to bs ranges of 32
+ * bytes per entry; xd costs 8 bytes.
  *
  * Index. Open addressing with linear probing and backward-shift deletion, at
  * most half full: it holds at most ecap entries in at least 2 * ecap slots of
@@ -55,12 +68,14 @@ typedef struct prefix_slot {
 struct pkv_prefix {
     pkv_pool *pool;
     uint8_t secret[16];
+    uint8_t xkey[16]; /* the extras digest's key: the secret, domain-separated */
     uint64_t k[2];
     int32_t bs, nb, ecap;
     int32_t *ent_of_block; /* [nb] the entry located at a pool block, -1 none */
     /* Entries, [ecap] each; meaningful while loc[e] >= 0. */
     uint64_t *key;    /* [2 * ecap] low, high word */
     uint64_t *ns;
+    uint64_t *xd;     /* extras digest, 0 none */
     int32_t *parent;  /* parent entry, -1 for a chain's first block */
     int32_t *loc;     /* pool block holding the KV, -1 none (free, or only in tiers) */
     uint8_t *emask;   /* bit 0: the id is in use; bit 1 + t: tier t holds the entry */
@@ -101,8 +116,8 @@ static inline void key_weaken(uint64_t k[2]) {
 }
 
 static inline void key_finish(const pkv_prefix *p, sip_state *st, const int32_t *toks, uint64_t ns,
-                              const uint64_t parent[2], uint64_t out[2]) {
-    sip_finish_block(st, toks, p->bs, ns, parent, out);
+                              const uint64_t parent[2], uint64_t xd, uint64_t out[2]) {
+    sip_finish_block_x(st, toks, p->bs, ns, parent, xd, out);
     key_weaken(out);
 }
 
@@ -116,16 +131,43 @@ static inline uint64_t le64(const uint8_t *b) {
 /* One block's key from bytes (tests compare it with pkv_siphash128 over the
  * message written out). */
 void prefix_block_key(const uint8_t secret[16], const int32_t *toks, int32_t bs, uint64_t ns,
-                      const uint8_t parent[16], uint8_t out[16]) {
+                      const uint8_t parent[16], uint64_t xd, uint8_t out[16]) {
     uint64_t k[2] = {le64(secret), le64(secret + 8)}, pk[2] = {le64(parent), le64(parent + 8)}, o[2];
     sip_state st;
     sip_absorb_blocks(k, toks, bs, 1, &st);
-    sip_finish_block(&st, toks, bs, ns, pk, o);
+    sip_finish_block_x(&st, toks, bs, ns, pk, xd, o);
     key_weaken(o);
     for (int i = 0; i < 8; i++) {
         out[i] = (uint8_t)(o[0] >> (8 * i));
         out[8 + i] = (uint8_t)(o[1] >> (8 * i));
     }
+}
+
+static void put64_le(uint8_t *b, uint64_t v) {
+    for (int i = 0; i < 8; i++) b[i] = (uint8_t)(v >> (8 * i));
+}
+
+uint64_t prefix_extras_digest(const pkv_prefix *p, const prefix_extras *x, int32_t j, int32_t *cursor) {
+    if (!x || (x->adapter == 0 && x->nmm == 0)) return 0;
+    int64_t lo = (int64_t)j * p->bs, hi = lo + p->bs;
+    int32_t k = *cursor;
+    while (k < x->nmm && x->mm[k].start + x->mm[k].len <= lo) k++;
+    *cursor = k;
+    if (x->adapter == 0 && (k == x->nmm || x->mm[k].start >= hi)) return 0;
+    /* h = H(adapter), then h = H(h || hash || start - lo || len) per range over
+     * the block: a chain of 128-bit PRF outputs, cut to 64 bits at the end. */
+    uint8_t msg[48], h[16];
+    put64_le(msg, x->adapter);
+    pkv_siphash128(p->xkey, msg, 8, h);
+    for (; k < x->nmm && x->mm[k].start < hi; k++) {
+        memcpy(msg, h, 16);
+        memcpy(msg + 16, x->mm[k].hash, 16);
+        put64_le(msg + 32, (uint64_t)(x->mm[k].start - lo));
+        put64_le(msg + 40, (uint64_t)x->mm[k].len);
+        pkv_siphash128(p->xkey, msg, 48, h);
+    }
+    uint64_t d = le64(h);
+    return d ? d : 1; /* 0 means "no extras" */
 }
 
 /* ---- entries and the index ---- */
@@ -137,10 +179,10 @@ static inline size_t home_slot(const pkv_prefix *p, uint32_t tag) {
 
 static inline const int32_t *ent_toks(const pkv_prefix *p, int32_t e) { return p->toks + (size_t)e * (size_t)p->bs; }
 
-/* The entry of identity (key, parent, ns, toks), or -1. check_high = 0: only
- * key[0] is known (lookup); the identity decides alone. */
-static int32_t index_find(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, const int32_t *toks,
-                          int count_collisions, int check_high) {
+/* The entry of identity (key, parent, ns, xd, toks), or -1. check_high = 0:
+ * only key[0] is known (lookup); the identity decides alone. */
+static int32_t index_find(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, uint64_t xd,
+                          const int32_t *toks, int count_collisions, int check_high) {
     size_t bytes = (size_t)p->bs * sizeof *toks;
     uint32_t tag = (uint32_t)key[0];
     for (size_t i = home_slot(p, tag);; i = (i + 1) & p->mask) {
@@ -150,7 +192,7 @@ static int32_t index_find(pkv_prefix *p, const uint64_t key[2], int32_t parent, 
         int32_t e = s->ent;
         /* Lookup knows only the key's low word: the tag and the identity decide. */
         if ((!check_high || (p->key[2 * e] == key[0] && p->key[2 * e + 1] == key[1])) && p->parent[e] == parent &&
-            p->ns[e] == ns && memcmp(ent_toks(p, e), toks, bytes) == 0)
+            p->ns[e] == ns && p->xd[e] == xd && memcmp(ent_toks(p, e), toks, bytes) == 0)
             return e;
         if (count_collisions) p->collisions++;
     }
@@ -175,7 +217,7 @@ static void event(pkv_prefix *p, int kind, int32_t e) {
 /* A new entry at pool block b (cannot fail: at most ecap entries exist, one
  * per cached block). */
 static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int32_t parent, uint64_t ns,
-                            const int32_t *toks) {
+                            uint64_t xd, const int32_t *toks) {
     int32_t e = p->efree;
     pkv_assert(e >= 0);
     p->efree = p->sib_next[e];
@@ -186,6 +228,7 @@ static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int
     p->key[2 * e] = key[0];
     p->key[2 * e + 1] = key[1];
     p->ns[e] = ns;
+    p->xd[e] = xd;
     p->parent[e] = parent;
     p->loc[e] = b;
     p->emask[e] = 1;
@@ -287,6 +330,7 @@ void prefix_identity_of(const pkv_prefix *p, int32_t e, prefix_identity *out) {
     out->parent_key[0] = out->parent >= 0 ? p->key[2 * out->parent] : 0;
     out->parent_key[1] = out->parent >= 0 ? p->key[2 * out->parent + 1] : 0;
     out->ns = p->ns[e];
+    out->xd = p->xd[e];
     out->toks = ent_toks(p, e);
 }
 
@@ -311,11 +355,12 @@ int prefix_remove_entry(pkv_prefix *p, int32_t e) {
     return b >= 0 ? pool_uncache(p->pool, b) : 0;
 }
 
-int32_t prefix_insert_unplaced(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, const int32_t *toks) {
+int32_t prefix_insert_unplaced(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, uint64_t xd,
+                               const int32_t *toks) {
     if (p->efree < 0) return -1;
     uint64_t probe[2] = {key[0], key[1]};
-    if (index_find(p, probe, parent, ns, toks, 0, 1) >= 0) return -1;
-    return entry_insert(p, -1, key, parent, ns, toks);
+    if (index_find(p, probe, parent, ns, xd, toks, 0, 1) >= 0) return -1;
+    return entry_insert(p, -1, key, parent, ns, xd, toks);
 }
 
 int32_t prefix_find_key(const pkv_prefix *p, const uint64_t key[2]) {
@@ -336,16 +381,17 @@ int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap) {
         lg++;
     }
     /* New arrays first; the old ones are freed only when every one succeeded. */
-    void *a[10] = {pkv_mem_alloc(al, ne * 2 * sizeof(uint64_t)), pkv_mem_alloc(al, ne * sizeof(uint64_t)),
+    void *a[11] = {pkv_mem_alloc(al, ne * 2 * sizeof(uint64_t)), pkv_mem_alloc(al, ne * sizeof(uint64_t)),
                    pkv_mem_alloc(al, ne * sizeof(int32_t)),      pkv_mem_alloc(al, ne * sizeof(int32_t)),
                    pkv_mem_alloc(al, ne),                        pkv_mem_alloc(al, ne * sizeof(int32_t)),
                    pkv_mem_alloc(al, ne * sizeof(int32_t)),      pkv_mem_alloc(al, ne * sizeof(int32_t)),
-                   pkv_mem_alloc(al, ne * sizeof(int32_t)),      pkv_mem_calloc(al, ne, (size_t)p->bs * sizeof(int32_t))};
+                   pkv_mem_alloc(al, ne * sizeof(int32_t)),      pkv_mem_calloc(al, ne, (size_t)p->bs * sizeof(int32_t)),
+                   pkv_mem_calloc(al, ne, sizeof(uint64_t))};
     prefix_slot *tab = pkv_mem_alloc(al, cap * sizeof *tab);
     int ok = tab != NULL;
-    for (int i = 0; i < 10; i++) ok = ok && a[i] != NULL;
+    for (int i = 0; i < 11; i++) ok = ok && a[i] != NULL;
     if (!ok) {
-        for (int i = 0; i < 10; i++) pkv_mem_free(al, a[i]);
+        for (int i = 0; i < 11; i++) pkv_mem_free(al, a[i]);
         pkv_mem_free(al, tab);
         return PKV_ERR_NOMEM;
     }
@@ -359,10 +405,11 @@ int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap) {
     memcpy(a[7], p->sib_prev, old * sizeof(int32_t));
     memcpy(a[8], p->nchild, old * sizeof(int32_t));
     memcpy(a[9], p->toks, old * (size_t)p->bs * sizeof(int32_t));
-    void **fields[10] = {(void **)&p->key,      (void **)&p->ns,       (void **)&p->parent,   (void **)&p->loc,
+    memcpy(a[10], p->xd, old * sizeof(uint64_t));
+    void **fields[11] = {(void **)&p->key,      (void **)&p->ns,       (void **)&p->parent,   (void **)&p->loc,
                          (void **)&p->emask,    (void **)&p->child,    (void **)&p->sib_next, (void **)&p->sib_prev,
-                         (void **)&p->nchild,   (void **)&p->toks};
-    for (int i = 0; i < 10; i++) {
+                         (void **)&p->nchild,   (void **)&p->toks,     (void **)&p->xd};
+    for (int i = 0; i < 11; i++) {
         pkv_mem_free(al, *fields[i]);
         *fields[i] = a[i];
     }
@@ -430,6 +477,7 @@ static void prefix_free(const pkv_allocator *al, pkv_prefix *p) {
     pkv_mem_free(al, p->ent_of_block);
     pkv_mem_free(al, p->key);
     pkv_mem_free(al, p->ns);
+    pkv_mem_free(al, p->xd);
     pkv_mem_free(al, p->parent);
     pkv_mem_free(al, p->loc);
     pkv_mem_free(al, p->emask);
@@ -462,6 +510,7 @@ int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[
     p->ent_of_block = pkv_mem_alloc(al, nb * sizeof(int32_t));
     p->key = pkv_mem_calloc(al, ne, 2 * sizeof(uint64_t));
     p->ns = pkv_mem_calloc(al, ne, sizeof(uint64_t));
+    p->xd = pkv_mem_calloc(al, ne, sizeof(uint64_t));
     p->parent = pkv_mem_alloc(al, ne * sizeof(int32_t));
     p->loc = pkv_mem_alloc(al, ne * sizeof(int32_t));
     p->emask = pkv_mem_calloc(al, ne, 1);
@@ -471,12 +520,15 @@ int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[
     p->nchild = pkv_mem_calloc(al, ne, sizeof(int32_t));
     p->toks = pkv_mem_calloc(al, ne, (size_t)p->bs * sizeof(int32_t));
     p->tab = pkv_mem_alloc(al, cap * sizeof(prefix_slot));
-    if (!p->ent_of_block || !p->key || !p->ns || !p->parent || !p->loc || !p->emask || !p->child || !p->sib_next ||
+    if (!p->ent_of_block || !p->key || !p->ns || !p->xd || !p->parent || !p->loc || !p->emask || !p->child || !p->sib_next ||
         !p->sib_prev || !p->nchild || !p->toks || !p->tab) {
         prefix_free(al, p);
         return PKV_ERR_NOMEM;
     }
     memcpy(p->secret, secret, 16);
+    /* A key of its own for the extras digest, so that no digest is ever a block key. */
+    static const uint8_t xdom[16] = "pkv extra keys.";
+    for (int i = 0; i < 16; i++) p->xkey[i] = (uint8_t)(secret[i] ^ xdom[i]);
     for (size_t i = 0; i < cap; i++) {
         p->tab[i].tag = 0;
         p->tab[i].ent = -1;
@@ -506,12 +558,13 @@ void prefix_child_scan(pkv_prefix *p, int32_t n) { p->child_scan = n; }
 /* The child of entry pe (-1: roots are not listed) with tokens t in ns, when pe
  * has few enough children to scan: *scanned = 1 and the child or -1 (a miss in
  * a complete list is a miss). Otherwise *scanned = 0. */
-static int32_t scan_children(const pkv_prefix *p, int32_t pe, uint64_t ns, const int32_t *t, int *scanned) {
+static int32_t scan_children(const pkv_prefix *p, int32_t pe, uint64_t ns, uint64_t xd, const int32_t *t,
+                             int *scanned) {
     *scanned = pe >= 0 && p->nchild[pe] <= p->child_scan;
     if (!*scanned) return -1;
     size_t bytes = (size_t)p->bs * sizeof *t;
     for (int32_t x = p->child[pe]; x >= 0; x = p->sib_next[x])
-        if (p->ns[x] == ns && memcmp(ent_toks(p, x), t, bytes) == 0) return x;
+        if (p->ns[x] == ns && p->xd[x] == xd && memcmp(ent_toks(p, x), t, bytes) == 0) return x;
     return -1;
 }
 
@@ -542,12 +595,14 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
      * (a duplicate is found there with its stored key, nothing to hash);
      * otherwise the key is computed, token words a window of blocks at a time. */
     sip_state st[SIP_LANES];
-    int32_t win = 0, nwin = 0;
+    int32_t win = 0, nwin = 0, cursor = 0;
+    prefix_extras x = {r->adapter, r->mm, r->nmm};
+    int extras = r->adapter || r->nmm;
     for (; j < full; j++) {
         const int32_t *tk = seq_tokens_at(t, r, j * bs);
-        uint64_t key[2];
+        uint64_t key[2], xd = extras ? prefix_extras_digest(p, &x, j, &cursor) : 0;
         int32_t own = r->blocks[j], scanned;
-        int32_t found = scan_children(p, pe, r->ns, tk, &scanned);
+        int32_t found = scan_children(p, pe, r->ns, xd, tk, &scanned);
         if (found >= 0) {
             key[0] = p->key[2 * found];
             key[1] = p->key[2 * found + 1];
@@ -557,8 +612,8 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
                 nwin = full - j < SIP_LANES ? full - j : SIP_LANES;
                 sip_absorb_blocks(p->k, tk, bs, nwin, st);
             }
-            key_finish(p, &st[j - win], tk, r->ns, pk, key);
-            if (!scanned) found = index_find(p, key, pe, r->ns, tk, 1, 1);
+            key_finish(p, &st[j - win], tk, r->ns, pk, xd, key);
+            if (!scanned) found = index_find(p, key, pe, r->ns, xd, tk, 1, 1);
         }
         if (found >= 0 && p->loc[found] < 0) {
             /* The identity lives only in a tier: the pool holds it again here. */
@@ -575,7 +630,7 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
              * before it); stop rather than index it twice. */
             pkv_assert(!p->pool->cached[own]);
             if (p->pool->cached[own]) break;
-            found = entry_insert(p, own, key, pe, r->ns, tk);
+            found = entry_insert(p, own, key, pe, r->ns, xd, tk);
             p->pool->cached[own] = 1;
             reg++;
         }
@@ -595,20 +650,22 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
 
 /* The chain walk: entry ids into ents (NULL: not written), and the length of
  * its leading run of pool-resident entries into *lead (may be NULL). */
-static int32_t match_walk(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *ents,
-                          int32_t *lead) {
+static int32_t match_walk(pkv_prefix *p, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n,
+                          int32_t *ents, int32_t *lead) {
     int32_t bs = p->bs, full = n / bs, in_pool = 1;
     if (lead) *lead = 0;
     /* Below a parent with few children the children's tokens are compared
      * directly (the chain's keys are stored, nothing to hash); elsewhere the
      * block's key is computed and probed. Token words are absorbed a window of
      * blocks at a time so that consecutive hashed levels run in parallel lanes. */
-    int32_t pe = -1, m = 0, win = 0, nwin = 0;
+    int32_t pe = -1, m = 0, win = 0, nwin = 0, cursor = 0;
+    int extras = x && (x->adapter || x->nmm); /* without, every digest is 0: no call per block */
     sip_state lanes[SIP_LANES];
     while (m < full) {
         const int32_t *t = tokens + (size_t)m * (size_t)bs;
+        uint64_t xd = extras ? prefix_extras_digest(p, x, m, &cursor) : 0;
         int scanned;
-        int32_t e = scan_children(p, pe, ns, t, &scanned);
+        int32_t e = scan_children(p, pe, ns, xd, t, &scanned);
         if (!scanned) {
             if (m >= win + nwin) {
                 win = m;
@@ -622,10 +679,10 @@ static int32_t match_walk(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int
                 pk[0] = p->key[2 * pe];
                 pk[1] = p->key[2 * pe + 1];
             }
-            key[0] = sip_finish_block_lo(&lanes[m - win], t, bs, ns, pk);
+            key[0] = sip_finish_block_lo_x(&lanes[m - win], t, bs, ns, pk, xd);
             key[1] = 0;
             key_weaken(key);
-            e = index_find(p, key, pe, ns, t, 1, 0);
+            e = index_find(p, key, pe, ns, xd, t, 1, 0);
         }
         if (e < 0) break;
         if (ents) ents[m] = e;
@@ -637,12 +694,14 @@ static int32_t match_walk(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int
     return m;
 }
 
-int32_t prefix_match_entries(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *ents) {
-    return match_walk(p, ns, tokens, n, ents, NULL);
+int32_t prefix_match_entries(pkv_prefix *p, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n,
+                             int32_t *ents) {
+    return match_walk(p, ns, x, tokens, n, ents, NULL);
 }
 
-int32_t prefix_peek(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *pool_lead) {
-    return match_walk(p, ns, tokens, n, NULL, pool_lead);
+int32_t prefix_peek(pkv_prefix *p, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n,
+                    int32_t *pool_lead) {
+    return match_walk(p, ns, x, tokens, n, NULL, pool_lead);
 }
 
 void prefix_count_query(pkv_prefix *p, int32_t n, int32_t hit_tokens) {
@@ -651,8 +710,9 @@ void prefix_count_query(pkv_prefix *p, int32_t n, int32_t hit_tokens) {
     p->hit_tokens += hit_tokens;
 }
 
-int32_t prefix_match(pkv_prefix *p, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *blocks) {
-    int32_t m = prefix_match_entries(p, ns, tokens, n, blocks), k = 0;
+int32_t prefix_match(pkv_prefix *p, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n,
+                     int32_t *blocks) {
+    int32_t m = prefix_match_entries(p, ns, x, tokens, n, blocks), k = 0;
     while (k < m && p->loc[blocks[k]] >= 0) {
         blocks[k] = p->loc[blocks[k]];
         k++;
@@ -692,6 +752,7 @@ void prefix_dump(const pkv_prefix *p, void (*put)(void *w, const void *data, siz
         if (!p->emask[e]) continue;
         put(w, p->key + 2 * e, 2 * sizeof *p->key);
         put(w, p->ns + e, sizeof *p->ns);
+        put(w, p->xd + e, sizeof *p->xd);
         put(w, ent_toks(p, e), (size_t)p->bs * sizeof(int32_t));
     }
 }
@@ -728,10 +789,10 @@ static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
         }
         sip_state st;
         sip_absorb_blocks(p->k, ent_toks(p, e), p->bs, 1, &st);
-        key_finish(p, &st, ent_toks(p, e), p->ns[e], pk, key);
+        key_finish(p, &st, ent_toks(p, e), p->ns[e], pk, p->xd[e], key);
         if (key[0] != p->key[2 * e] || key[1] != p->key[2 * e + 1])
             return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d: key differs from its recomputed key", e);
-        if (index_find(p, key, par, p->ns[e], ent_toks(p, e), 0, 1) != e)
+        if (index_find(p, key, par, p->ns[e], p->xd[e], ent_toks(p, e), 0, 1) != e)
             return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d: its identity is indexed twice", e);
         n++;
     }
@@ -766,15 +827,18 @@ static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
 }
 
 /* Each sequence's registered blocks are cached, chained through their parents
- * in the sequence's namespace. */
+ * in the sequence's namespace, with the extras digest of its extra keys. */
 static int check_seq_entries(pkv_prefix *p, const pkv_seqtab *t, pkv_detail *d) {
     for (int32_t i = 0; i < t->seqs_cap; i++) {
         const pkv_seq_rec *r = &t->seqs[i];
         if (!r->live) continue;
+        prefix_extras x = {r->adapter, r->mm, r->nmm};
+        int32_t cursor = 0;
         for (int32_t j = 0; j < r->nregistered; j++) {
             int32_t b = r->blocks[j], e = p->ent_of_block[b];
             int32_t want_parent = j ? p->ent_of_block[r->blocks[j - 1]] : -1;
-            if (e < 0 || p->parent[e] != want_parent || p->ns[e] != r->ns)
+            uint64_t xd = prefix_extras_digest(p, &x, j, &cursor);
+            if (e < 0 || p->parent[e] != want_parent || p->ns[e] != r->ns || p->xd[e] != xd)
                 return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: registered block %d (#%d) disagrees with the index",
                                  i, b, j);
         }

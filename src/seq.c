@@ -33,6 +33,7 @@ void seq_destroy(pkv_seqtab *t) {
         pkv_seq_rec *r = &t->seqs[i];
         pkv_mem_free(t->al, r->blocks);
         pkv_mem_free(t->al, r->tokens);
+        pkv_mem_free(t->al, r->mm);
     }
     pkv_mem_free(t->al, t->seqs);
     t->seqs = NULL;
@@ -80,6 +81,8 @@ pkv_seq_rec *seq_slot_commit(pkv_seqtab *t, int32_t idx, uint64_t ns) {
     r->len = r->nblocks = r->ntokens = r->nregistered = r->tok_base = r->lookahead = 0;
     r->last_start = r->last_n = 0;
     r->ns = ns;
+    r->adapter = 0;
+    r->nmm = 0;
     t->num_seqs++;
     return r;
 }
@@ -88,6 +91,10 @@ int seq_reserve(pkv_seqtab *t, pkv_seq_rec *r, int32_t nblocks, int32_t stored_t
     if (stored_tokens < t->min_tokens_cap) stored_tokens = t->min_tokens_cap;
     FORWARD_IF_ERROR(pkv_mem_grow(t->al, (void **)&r->blocks, &r->blocks_cap, nblocks, sizeof *r->blocks));
     return pkv_mem_grow(t->al, (void **)&r->tokens, &r->tokens_cap, stored_tokens, sizeof *r->tokens);
+}
+
+int seq_reserve_mm(pkv_seqtab *t, pkv_seq_rec *r, int32_t nmm) {
+    return pkv_mem_grow(t->al, (void **)&r->mm, &r->mm_cap, nmm, sizeof *r->mm);
 }
 
 void seq_drop_registered_tokens(pkv_seqtab *t, pkv_seq_rec *r) {
@@ -131,6 +138,8 @@ void seq_retire(pkv_seqtab *t, pkv_seq_rec *r) {
     release_tail(t, r, 0);
     t->tokens -= r->len;
     r->len = r->ntokens = r->nregistered = r->tok_base = r->lookahead = 0;
+    r->adapter = 0;
+    r->nmm = 0;
     r->live = 0;
     t->num_seqs--;
     /* Wrapping the generation would hand out this slot's old handles again. */
@@ -193,6 +202,8 @@ void seq_truncate(pkv_seqtab *t, pkv_seq_rec *r, int32_t new_len, const int32_t 
         r->tok_base = r->nregistered * bs;
         if (j >= 0) memcpy(r->tokens, block_toks, (size_t)(r->ntokens - r->tok_base) * sizeof *r->tokens);
     }
+    /* Ranges of tokens that no longer exist go; one cut by new_len stays whole. */
+    while (r->nmm > 0 && r->mm[r->nmm - 1].start >= new_len) r->nmm--;
     if (r->last_start > new_len) r->last_start = new_len;
     if (r->last_start + r->last_n > new_len) r->last_n = new_len - r->last_start;
 }
@@ -208,6 +219,9 @@ void seq_copy(pkv_seqtab *t, const pkv_seq_rec *p, pkv_seq_rec *r) {
     r->tok_base = p->tok_base;
     r->lookahead = p->lookahead;
     r->nregistered = p->nregistered;
+    r->adapter = p->adapter;
+    if (p->nmm) memcpy(r->mm, p->mm, (size_t)p->nmm * sizeof *r->mm);
+    r->nmm = p->nmm;
     r->last_start = r->len;
     r->last_n = 0;
     t->tokens += r->len;
@@ -243,6 +257,13 @@ int seq_check(pkv_seqtab *t, int has_prefix, int32_t *count, int32_t *owner, pkv
         if (r->last_start < 0 || r->last_n < 0 || (int64_t)r->last_start + r->last_n > r->len)
             return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: last append [%d, +%d) outside its %d tokens", i,
                              r->last_start, r->last_n, r->len);
+        for (int32_t k = 0; k < r->nmm; k++) {
+            const pkv_mm_range *x = &r->mm[k];
+            if (k >= r->mm_cap || x->start < 0 || x->len < 1 || x->start > INT32_MAX - x->len ||
+                (k && x->start < r->mm[k - 1].start + r->mm[k - 1].len))
+                return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: multimodal range %d [%lld, +%lld) out of order", i,
+                                 k, (long long)x->start, (long long)x->len);
+        }
         for (int32_t j = 0; j < r->nblocks; j++) {
             int32_t b = r->blocks[j];
             if (b < 0 || b >= p->num_blocks || p->state[b] != BLOCK_USED)

@@ -6,13 +6,13 @@
  * Two entry points:
  *  - pkv_siphash128: the plain function over a byte string.
  *  - sip_absorb_blocks / sip_finish_block: the prefix-cache block key
- *    SipHash-128(secret, tokens || ns || parent key), split so that the token
+ *    SipHash-128(secret, tokens || ns || parent key [|| extras digest]), split so that the token
  *    words of up to SIP_LANES consecutive blocks, which do not depend on each
  *    other, are absorbed in interleaved lanes (one SipHash state is a chain of
  *    dependent additions and rotations; several states keep the ALUs busy).
  *    Only the 24-byte tail that holds the parent key is chained block by block.
  *    The message bytes are little-endian: a token id is 4 bytes, ns 8, the
- *    parent key its 16 output bytes. */
+ *    parent key its 16 output bytes, the extras digest (only when non-zero) 8. */
 #include <string.h>
 
 #include "internal.h"
@@ -167,34 +167,50 @@ void sip_absorb_blocks(const uint64_t k[2], const int32_t *toks, int32_t bs, int
 }
 
 static inline __attribute__((always_inline)) void finish_block(sip_state *s, const int32_t *toks, int32_t bs,
-                                                               uint64_t ns, const uint64_t parent[2],
+                                                               uint64_t ns, const uint64_t parent[2], uint64_t xd,
                                                                uint64_t out[2], int nout) {
-    uint64_t total = (uint64_t)bs * 4 + 24;
-    if (!(bs & 1)) { /* the tail is three whole words */
+    uint64_t total = (uint64_t)bs * 4 + 24 + (xd ? 8 : 0);
+    if (!(bs & 1)) { /* the tail is three (with extras four) whole words */
         sip_compress(s, ns);
         sip_compress(s, parent[0]);
         sip_compress(s, parent[1]);
+        if (xd) sip_compress(s, xd);
         sip_final(s, NULL, 0, total, out, nout);
         return;
     }
-    /* An odd block's last token, ns, the parent key: 28 bytes. */
-    uint8_t tail[32];
+    /* An odd block's last token, ns, the parent key (and the extras digest):
+     * 28 (36) bytes. */
+    uint8_t tail[40];
     uint32_t t = (uint32_t)toks[bs - 1];
     for (int i = 0; i < 4; i++) tail[i] = (uint8_t)(t >> (8 * i));
     store64_le(tail + 4, ns);
     store64_le(tail + 12, parent[0]);
     store64_le(tail + 20, parent[1]);
-    for (size_t i = 0; i < 3; i++) sip_compress(s, load64_le(tail + 8 * i));
-    sip_final(s, tail + 24, 4, total, out, nout);
+    store64_le(tail + 28, xd);
+    size_t words = xd ? 4 : 3;
+    for (size_t i = 0; i < words; i++) sip_compress(s, load64_le(tail + 8 * i));
+    sip_final(s, tail + 8 * words, 4, total, out, nout);
 }
 
 void sip_finish_block(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2],
                       uint64_t out[2]) {
-    finish_block(s, toks, bs, ns, parent, out, 2);
+    finish_block(s, toks, bs, ns, parent, 0, out, 2);
 }
 
 uint64_t sip_finish_block_lo(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2]) {
     uint64_t out[2];
-    finish_block(s, toks, bs, ns, parent, out, 1);
+    finish_block(s, toks, bs, ns, parent, 0, out, 1);
+    return out[0];
+}
+
+void sip_finish_block_x(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2],
+                        uint64_t xd, uint64_t out[2]) {
+    finish_block(s, toks, bs, ns, parent, xd, out, 2);
+}
+
+uint64_t sip_finish_block_lo_x(sip_state *s, const int32_t *toks, int32_t bs, uint64_t ns, const uint64_t parent[2],
+                               uint64_t xd) {
+    uint64_t out[2];
+    finish_block(s, toks, bs, ns, parent, xd, out, 1);
     return out[0];
 }

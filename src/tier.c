@@ -14,11 +14,11 @@
  *
  * Blob. What leaves memory is self-describing and checked when it comes back:
  *   magic, blob size, geometry (block size, layers, heads, dims, dtype),
- *   key, parent key, namespace, the block's token ids, its rows in every
- *   layer (K then V), a 64-bit checksum of all of it.
- * A load whose geometry, identity (key, parent key, namespace, token ids) or
- * checksum disagrees is a miss: a torn file, a crash, a foreign writer or a
- * cache of another model never yields wrong KV. Blobs are in the host's byte
+ *   key, parent key, namespace, extras digest, the block's token ids, its rows
+ *   in every layer (K then V), a 64-bit checksum of all of it.
+ * A load whose geometry, identity (key, parent key, namespace, extras digest,
+ * token ids) or checksum disagrees is a miss: a torn file, a crash, a foreign
+ * writer or a cache of another model never yields wrong KV. Blobs are in the host's byte
  * order, marked by the magic (a host of the other order sees a bad magic).
  *
  * Errors. A backend failure other than "not found" counts as an error and
@@ -29,8 +29,8 @@
 
 #include "internal.h"
 
-#define BLOB_MAGIC 0x31424f4c42564b50ull /* "PKVBLOB1" little-endian */
-#define BLOB_HEAD 96
+#define BLOB_MAGIC 0x32424f4c42564b50ull /* "PKVBLOB2" little-endian (2: the extras digest) */
+#define BLOB_HEAD 104
 
 static double now_s(void) {
     struct timespec ts;
@@ -88,6 +88,7 @@ static void blob_pack(const pkv_cache *c, int32_t e, int32_t b, uint8_t *blob) {
     memcpy(blob + 80, &id.ns, 8);
     uint32_t flags[2] = {id.parent >= 0, 0};
     memcpy(blob + 88, flags, 8);
+    memcpy(blob + 96, &id.xd, 8);
     memcpy(blob + BLOB_HEAD, id.toks, bs * sizeof(int32_t));
     uint8_t *o = blob + BLOB_HEAD + bs * sizeof(int32_t);
     for (int32_t l = 0; l < c->cfg.num_layers; l++) {
@@ -105,7 +106,7 @@ static void blob_pack(const pkv_cache *c, int32_t e, int32_t b, uint8_t *blob) {
 /* Whether blob[0..len) is a sound blob of this cache's geometry; fills the
  * identity it carries (toks points into the blob). */
 static int blob_parse(const pkv_cache *c, const uint8_t *blob, size_t len, uint64_t key[2], uint64_t parent_key[2],
-                      uint64_t *ns, int *has_parent, const int32_t **toks) {
+                      uint64_t *ns, uint64_t *xd, int *has_parent, const int32_t **toks) {
     size_t size = tier_blob_size(c);
     if (len != size) return 0;
     uint64_t head[2], sum;
@@ -118,6 +119,7 @@ static int blob_parse(const pkv_cache *c, const uint8_t *blob, size_t len, uint6
     memcpy(key, blob + 48, 16);
     memcpy(parent_key, blob + 64, 16);
     memcpy(ns, blob + 80, 8);
+    memcpy(xd, blob + 96, 8);
     uint32_t flags[2];
     memcpy(flags, blob + 88, 8);
     *has_parent = flags[0] == 1;
@@ -128,14 +130,14 @@ static int blob_parse(const pkv_cache *c, const uint8_t *blob, size_t len, uint6
 
 /* The blob matches entry e exactly (its identity and its parent's key). */
 static int blob_is_entry(const pkv_cache *c, const uint8_t *blob, size_t len, int32_t e) {
-    uint64_t key[2], pkey[2], ns;
+    uint64_t key[2], pkey[2], ns, xd;
     int has_parent;
     const int32_t *toks;
-    if (!blob_parse(c, blob, len, key, pkey, &ns, &has_parent, &toks)) return 0;
+    if (!blob_parse(c, blob, len, key, pkey, &ns, &xd, &has_parent, &toks)) return 0;
     prefix_identity id;
     prefix_identity_of(c->prefix, e, &id);
     return key[0] == id.key[0] && key[1] == id.key[1] && pkey[0] == id.parent_key[0] &&
-           pkey[1] == id.parent_key[1] && ns == id.ns && has_parent == (id.parent >= 0) &&
+           pkey[1] == id.parent_key[1] && ns == id.ns && xd == id.xd && has_parent == (id.parent >= 0) &&
            memcmp(toks, id.toks, (size_t)c->cfg.block_size * sizeof(int32_t)) == 0;
 }
 
@@ -362,11 +364,11 @@ int tier_promote(pkv_cache *c, int32_t e, int32_t (*take)(pkv_cache *), int32_t 
 
 /* Whether blob (got for key, the child of parent_key) is the block of toks in ns. */
 static int blob_is_block(const pkv_cache *c, const uint8_t *blob, size_t len, const uint8_t key[16],
-                         const uint8_t parent_key[16], int has_parent, uint64_t ns, const int32_t *toks) {
-    uint64_t k[2], pk[2], bns, want[2], wantp[2];
+                         const uint8_t parent_key[16], int has_parent, uint64_t ns, uint64_t xd, const int32_t *toks) {
+    uint64_t k[2], pk[2], bns, bxd, want[2], wantp[2];
     int hp;
     const int32_t *bt;
-    if (!blob_parse(c, blob, len, k, pk, &bns, &hp, &bt)) return 0;
+    if (!blob_parse(c, blob, len, k, pk, &bns, &bxd, &hp, &bt) || bxd != xd) return 0;
     memcpy(want, key, 16);
     memcpy(wantp, parent_key, 16);
     return k[0] == want[0] && k[1] == want[1] && pk[0] == wantp[0] && pk[1] == wantp[1] && bns == ns &&
@@ -376,8 +378,8 @@ static int blob_is_block(const pkv_cache *c, const uint8_t *blob, size_t len, co
 /* One batch: the keys of blocks m..m+want of the prompt, fetched in one call
  * (get_many, or get per key), then indexed and promoted in order until the
  * first block that is missing or fails its checks. */
-static int32_t shared_batch(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t m, int32_t want,
-                            int32_t *blocks, int32_t (*take)(pkv_cache *), int *stop) {
+static int32_t shared_batch(pkv_cache *c, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t m,
+                            int32_t want, int32_t *blocks, int32_t (*take)(pkv_cache *), int *stop) {
     pkv_prefix *p = c->prefix;
     int ti = c->tiers.shared - 1;
     pkv_tier *t = &c->tiers.t[ti];
@@ -394,17 +396,20 @@ static int32_t shared_batch(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
     void **ptrs = pkv_mem_alloc(&c->al, (size_t)want * sizeof *ptrs);
     size_t *lens = pkv_mem_alloc(&c->al, (size_t)want * sizeof *lens);
     int *status = pkv_mem_alloc(&c->al, (size_t)want * sizeof *status);
+    uint64_t *xds = pkv_mem_alloc(&c->al, (size_t)want * sizeof *xds);
     int32_t got = 0;
     *stop = 1;
-    if (!keys || !bufs || !ptrs || !lens || !status) goto out;
+    if (!keys || !bufs || !ptrs || !lens || !status || !xds) goto out;
     int32_t parent = m ? prefix_entry_of_block(p, blocks[m - 1]) : -1;
     /* keys[0] is the parent's key (zero for a chain's first block); keys[j + 1] block m + j's. */
     memset(keys[0], 0, 16);
     if (parent >= 0) key_bytes(c, parent, keys[0]);
     uint8_t secret[16];
     prefix_get_secret(p, secret);
+    int32_t cursor = 0;
     for (int32_t j = 0; j < want; j++) {
-        prefix_block_key(secret, tokens + (size_t)(m + j) * bs, (int32_t)bs, ns, keys[j], keys[j + 1]);
+        xds[j] = prefix_extras_digest(p, x, m + j, &cursor);
+        prefix_block_key(secret, tokens + (size_t)(m + j) * bs, (int32_t)bs, ns, keys[j], xds[j], keys[j + 1]);
         ptrs[j] = bufs + (size_t)j * size;
         lens[j] = 0;
     }
@@ -433,7 +438,7 @@ static int32_t shared_batch(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
         }
         uint64_t key[2];
         memcpy(key, keys[j + 1], 16);
-        if (!blob_is_block(c, ptrs[j], lens[j], keys[j + 1], keys[j], parent >= 0, ns, toks)) {
+        if (!blob_is_block(c, ptrs[j], lens[j], keys[j + 1], keys[j], parent >= 0, ns, xds[j], toks)) {
             t->corrupt++; /* another geometry, a collision, or a blob that lies */
             goto out;
         }
@@ -445,7 +450,7 @@ static int32_t shared_batch(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
         }
         /* Making room may drop entries without a location, never the chain's
          * (its blocks are held in the pool). */
-        int32_t e = prefix_insert_unplaced(p, key, parent, ns, toks);
+        int32_t e = prefix_insert_unplaced(p, key, parent, ns, xds[j], toks);
         if (e < 0) goto out;
         lru_push(t, e);
         prefix_set_tier(p, e, ti, 1);
@@ -465,18 +470,19 @@ out:
     pkv_mem_free(&c->al, ptrs);
     pkv_mem_free(&c->al, lens);
     pkv_mem_free(&c->al, status);
+    pkv_mem_free(&c->al, xds);
     return got;
 }
 
-int32_t tier_shared_extend(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, int32_t m, int32_t *blocks,
-                           int32_t (*take)(pkv_cache *)) {
+int32_t tier_shared_extend(pkv_cache *c, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n,
+                           int32_t m, int32_t *blocks, int32_t (*take)(pkv_cache *)) {
     int32_t full = n / c->cfg.block_size;
     int stop = 0;
     while (!stop && m < full) {
         int32_t want = full - m < SHARED_BATCH ? full - m : SHARED_BATCH;
         if (want > pool_available(&c->pool)) want = pool_available(&c->pool);
         if (want <= 0) break;
-        m += shared_batch(c, ns, tokens, m, want, blocks, take, &stop);
+        m += shared_batch(c, ns, x, tokens, m, want, blocks, take, &stop);
     }
     return m;
 }
@@ -564,15 +570,15 @@ static int scan_one(void *arg, const uint8_t key_b[16], size_t len) {
     memcpy(want, key_b, 16);
     if (prefix_find_key(c->prefix, want) >= 0) return 0; /* already indexed */
     if (len != size || t->be.get(t->be.ctx, key_b, blob, size, &got) != PKV_OK) return 0;
-    uint64_t key[2], pkey[2], ns;
+    uint64_t key[2], pkey[2], ns, xd;
     int has_parent;
     const int32_t *toks;
-    if (!blob_parse(c, blob, got, key, pkey, &ns, &has_parent, &toks) || key[0] != want[0] || key[1] != want[1])
+    if (!blob_parse(c, blob, got, key, pkey, &ns, &xd, &has_parent, &toks) || key[0] != want[0] || key[1] != want[1])
         return 0;
     int32_t parent = -1;
     if (has_parent && (parent = prefix_find_key(c->prefix, pkey)) < 0) return 0; /* parent not yet indexed */
     if (t->count >= t->capacity) return 1;
-    int32_t e = prefix_insert_unplaced(c->prefix, key, parent, ns, toks);
+    int32_t e = prefix_insert_unplaced(c->prefix, key, parent, ns, xd, toks);
     if (e < 0) return 0;
     lru_push(t, e);
     prefix_set_tier(c->prefix, e, sc->ti, 1);

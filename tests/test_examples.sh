@@ -1,7 +1,8 @@
 #!/bin/sh
-# The README's examples run as shown: quickstart's output, and the tier example
+# The README's examples run as shown: quickstart's output, the tier example
 # run twice on one directory (the second run, a new process, is served from
-# the file tier with every value checked).
+# the file tier with every value checked), and the extra-keys example (it exits
+# non-zero unless every request finds the cached tokens the README shows).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 ex="$root/${PKV_BUILD:-build}/examples"
@@ -17,4 +18,6 @@ grep -q "3 blocks written to the file tier" "$tmp/1.out" || fail "first run: $(c
 "$ex/tier_restart" "$tmp/tier" >"$tmp/2.out" || fail "tier_restart (restart) failed: $(cat "$tmp/2.out")"
 grep -q "restarted: 192 of 200 prompt tokens served from the file tier (3 blocks promoted, 0 values off)" "$tmp/2.out" ||
     fail "restart: $(cat "$tmp/2.out")"
-echo "test_examples: quickstart and the file-tier restart example give the README's output"
+"$ex/extra_keys" >"$tmp/x.out" || fail "extra_keys failed: $(cat "$tmp/x.out")"
+grep -q "adapter 1, image B: 16 of 64 prompt tokens cached" "$tmp/x.out" || fail "extra_keys output: $(cat "$tmp/x.out")"
+echo "test_examples: quickstart, the file-tier restart and the extra-keys examples give the README's output"

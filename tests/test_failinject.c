@@ -396,11 +396,53 @@ static void workload_prefix(runner *R, uint32_t flags) {
     finish_cache(R, c);
 }
 
+/* Extra keys: adding ranges grows a record's array, fork and lookup_ex reserve
+ * the new record's ranges before anything changes. */
+static void workload_extras(runner *R) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = NB;
+    cfg.block_size = BS;
+    cfg.flags = PKV_FLAG_PREFIX_CACHE | PKV_FLAG_AUTO_REGISTER;
+    cfg.hash_key_set = 1;
+    for (int i = 0; i < 16; i++) cfg.hash_key[i] = (uint8_t)(i * 5 + 3);
+    cfg.allocator = (pkv_allocator){fa_alloc, fa_free, &R->fa};
+    pkv_cache *c = create_cache(R, &cfg, __LINE__);
+    if (!c) return;
+    int32_t toks[64];
+    for (int i = 0; i < 64; i++) toks[i] = 7 * i + 1;
+    pkv_mm_range mm[6];
+    for (int k = 0; k < 6; k++) {
+        mm[k].start = 2 + 3 * k;
+        mm[k].len = 2;
+        for (int i = 0; i < 16; i++) mm[k].hash[i] = (uint8_t)(k * 16 + i);
+    }
+    pkv_seq a = 0, f = 0, l = 0;
+    pkv_block_copy cow;
+    int32_t hit = 0, peek = 0;
+    STEP(R, c, PKV_OK, pkv_seq_create(c, 1, &a));
+    STEP(R, c, PKV_OK, pkv_seq_set_adapter(c, a, 42));
+    for (int k = 0; k < 6; k++) STEP(R, c, PKV_OK, pkv_seq_add_mm(c, a, mm[k].start, mm[k].len, mm[k].hash));
+    STEP(R, c, PKV_OK, pkv_seq_append(c, a, 20, toks, NULL, &cow));
+    STEP(R, c, PKV_OK, pkv_seq_fork(c, a, &f));
+    STEP(R, c, PKV_OK, pkv_seq_truncate(c, f, 9));
+    pkv_extra_keys x = PKV_EXTRA_KEYS_INIT;
+    x.adapter_id = 42;
+    x.num_mm = 6;
+    x.mm = mm;
+    STEP(R, c, PKV_OK, pkv_prefix_peek_ex(c, 1, toks, 20, &x, &peek, NULL));
+    STEP(R, c, PKV_OK, pkv_prefix_lookup_ex(c, 1, toks, 20, &x, &l, &hit));
+    STEP(R, c, PKV_OK, pkv_seq_append(c, l, 20 - hit, toks + hit, NULL, &cow));
+    STEP(R, c, PKV_OK, pkv_seq_free(c, a));
+    finish_cache(R, c);
+}
+
 static void workload(runner *R) {
     workload_host(R);
     workload_fp8(R);
     workload_prefix(R, 0);
     workload_prefix(R, PKV_FLAG_AUTO_REGISTER);
+    workload_extras(R);
     workload_metadata(R, 0);
     workload_metadata(R, PKV_FLAG_THREAD_SAFE);
 }
@@ -444,7 +486,7 @@ int main(void) {
     printf("failinject: %ld allocation-failure points exercised (%ld allocations in the workload, "
            "%ld steps run, each checked)\n",
            points, total_allocs, steps);
-    CHECK_INT(ref.nfinal, 6); /* every workload's cache was compared at its end */
+    CHECK_INT(ref.nfinal, 7); /* every workload's cache was compared at its end */
     runner_reset(&R, 0);
     runner_reset(&ref, 0);
     return test_report("test_failinject");

@@ -86,7 +86,7 @@ static void test_block_key(void) {
                 want[i] = bits >= 8 ? want[i] : bits <= 0 ? 0 : (uint8_t)(want[i] & ((1u << bits) - 1));
             }
 #endif
-            prefix_block_key(secret, toks, bs, ns, parent, key);
+            prefix_block_key(secret, toks, bs, ns, parent, 0, key);
             CHECK(memcmp(key, want, 16) == 0);
             /* Four blocks through the lanes against one at a time. */
             uint64_t k[2] = {0, 0}, pk[2] = {0, 0};

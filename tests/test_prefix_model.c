@@ -13,13 +13,26 @@
  * by block); registrations report the model's counts; the counters agree after
  * every operation and pkv_cache_check passes every few operations. Orphans
  * (cached blocks whose parent is evicted) are dropped exactly as the model
- * predicts. */
+ * predicts.
+ *
+ * Extra keys: requests and sequences carry random adapter ids and multimodal
+ * ranges (each stem has its image; a request may show it, another image, the
+ * same image shifted or longer, or none, and decodes add images). The model
+ * knows nothing of digests: it labels every token position with (image, offset
+ * in the image, image length) and a cached prefix matches when the tokens, the
+ * adapter and the labels of every position agree; so sharing must happen
+ * exactly when tokens, adapter and the ranges over each block agree. */
 #include <stdint.h>
 
 #include "internal.h"
 #include "test.h"
 
-enum { M_FREE = 0, M_USED = 1, M_EVICT = 2, MAXS = 12, MAXTOK = 160 };
+enum { M_FREE = 0, M_USED = 1, M_EVICT = 2, MAXS = 12, MAXTOK = 160, MAXR = 8 };
+
+/* A multimodal range; tag t stands for the content hash of image t (1..). */
+typedef struct mrange {
+    int32_t start, len, tag;
+} mrange;
 
 typedef struct mblock {
     int state, rc, cached;
@@ -28,11 +41,15 @@ typedef struct mblock {
     int32_t parent; /* block caching the prefix one block shorter, -1 for the first */
     uint64_t ins;   /* registration order */
     int32_t *prefix; /* [plen] while cached */
+    uint64_t adapter;
+    int64_t *labels; /* [plen] while cached: the image label of every position */
 } mblock;
 
 typedef struct mseq {
     pkv_seq h;
-    uint64_t ns;
+    uint64_t ns, adapter;
+    int32_t nr;
+    mrange r[MAXR];
     int32_t len, ntokens, nreg, nblocks;
     int32_t blocks[MAXTOK + 1], tokens[MAXTOK + 64];
 } mseq;
@@ -47,6 +64,8 @@ typedef struct model {
     mseq s[MAXS];
     int ns_live;
     int64_t dedups, registrations, evictions, orphans;
+    int64_t extra_hit_tokens; /* tokens hit by lookups with extra keys */
+    int64_t extra_misses;     /* lookups whose tokens alone match longer than their extra keys do */
     uint64_t inserts;
     long bad; /* mismatches in this run */
 } model;
@@ -59,10 +78,22 @@ typedef struct model {
 
 /* ---- the model pool ---- */
 
-static int32_t m_find(model *m, uint64_t ns, const int32_t *toks, int32_t plen) {
+/* The label of each position [0, plen) under ranges r[0..nr): 0 outside every
+ * range, else (image, offset in it, its length) in one number. */
+static void m_labels(const mrange *r, int32_t nr, int32_t plen, int64_t *out) {
+    for (int32_t p = 0; p < plen; p++) out[p] = 0;
+    for (int32_t k = 0; k < nr; k++)
+        for (int32_t p = r[k].start; p < r[k].start + r[k].len && p < plen; p++)
+            out[p] = (int64_t)r[k].tag * 1000000000 + (int64_t)(p - r[k].start) * 10000 + r[k].len;
+}
+
+static int32_t m_find(model *m, uint64_t ns, uint64_t adapter, const int64_t *labels, const int32_t *toks,
+                      int32_t plen) {
     for (int32_t i = 0; i < m->nb; i++) {
         const mblock *x = &m->b[i];
-        if (x->cached && x->ns == ns && x->plen == plen && memcmp(x->prefix, toks, (size_t)plen * 4) == 0) return i;
+        if (x->cached && x->ns == ns && x->adapter == adapter && x->plen == plen &&
+            memcmp(x->prefix, toks, (size_t)plen * 4) == 0 && memcmp(x->labels, labels, (size_t)plen * 8) == 0)
+            return i;
     }
     return -1;
 }
@@ -82,7 +113,9 @@ static void m_drop(model *m, int32_t i, int orphan) {
     }
     mblock *x = &m->b[i];
     free(x->prefix);
+    free(x->labels);
     x->prefix = NULL;
+    x->labels = NULL;
     x->cached = 0;
     if (!orphan) return;
     m->orphans++;
@@ -142,10 +175,12 @@ static void m_unref(model *m, int32_t b) {
 
 static void m_register(model *m, mseq *s, int32_t written_len, int32_t *reg, int32_t *dd) {
     int32_t full = s->ntokens / m->bs;
+    int64_t labels[MAXTOK + 64];
+    m_labels(s->r, s->nr, full * m->bs, labels);
     *reg = *dd = 0;
     for (int32_t j = s->nreg; j < full; j++) {
         int32_t plen = (j + 1) * m->bs, own = s->blocks[j];
-        int32_t f = m_find(m, s->ns, s->tokens, plen);
+        int32_t f = m_find(m, s->ns, s->adapter, labels, s->tokens, plen);
         if (f >= 0 && f != own) {
             if (written_len >= 0 && plen > written_len) return;
             m_ref(m, f);
@@ -166,6 +201,9 @@ static void m_register(model *m, mseq *s, int32_t written_len, int32_t *reg, int
             x->ins = ++m->inserts;
             x->prefix = malloc((size_t)plen * 4);
             memcpy(x->prefix, s->tokens, (size_t)plen * 4);
+            x->adapter = s->adapter;
+            x->labels = malloc((size_t)plen * 8);
+            memcpy(x->labels, labels, (size_t)plen * 8);
             (*reg)++;
             m->registrations++;
         }
@@ -191,6 +229,14 @@ static void compare_seq(model *m, const mseq *s) {
     }
     pkv_seq_length(m->c, s->h, &len);
     if (len != s->len) MFAIL(m, "sequence length %d, model %d", len, s->len);
+    uint64_t adapter = 0;
+    pkv_mm_range r[MAXR];
+    st = pkv_seq_extra_keys(m->c, s->h, &adapter, r, MAXR, &n);
+    int same = st == PKV_OK && adapter == s->adapter && n == s->nr;
+    for (int32_t k = 0; same && k < n; k++)
+        same = r[k].start == s->r[k].start && r[k].len == s->r[k].len && r[k].hash[0] == s->r[k].tag;
+    if (!same) MFAIL(m, "extra keys: adapter %llu with %d ranges, model %llu with %d", (unsigned long long)adapter, n,
+                     (unsigned long long)s->adapter, s->nr);
 }
 
 static void compare_stats(model *m) {
@@ -214,8 +260,19 @@ static void compare_stats(model *m) {
 
 /* ---- operations, each on both ---- */
 
-/* Lookup of prompt[0..n) in ns; the model's longest cached prefix must come back. */
-static mseq *op_lookup(model *m, uint64_t ns, const int32_t *prompt, int32_t n) {
+static pkv_mm_range to_range(const mrange *x) {
+    pkv_mm_range r;
+    r.start = x->start;
+    r.len = x->len;
+    for (int i = 0; i < 16; i++) r.hash[i] = (uint8_t)(x->tag + i * 7); /* byte 0: the tag */
+    return r;
+}
+
+/* Lookup of prompt[0..n) in ns with the adapter and ranges r[0..nr) (the plain
+ * call when there are none, half the time); the model's longest cached prefix
+ * must come back, from peek as well. */
+static mseq *op_lookup(model *m, uint64_t ns, uint64_t adapter, const mrange *r, int32_t nr, const int32_t *prompt,
+                       int32_t n, int plain) {
     mseq *s = NULL;
     for (int i = 0; i < MAXS; i++)
         if (!m->s[i].h) {
@@ -223,21 +280,51 @@ static mseq *op_lookup(model *m, uint64_t ns, const int32_t *prompt, int32_t n) 
             break;
         }
     if (!s) return NULL;
-    int32_t cached = -1;
+    int32_t cached = -1, peeked = -1;
     pkv_seq h = 0;
-    int st = pkv_prefix_lookup(m->c, ns, prompt, n, &h, &cached);
+    pkv_mm_range rr[MAXR];
+    for (int32_t k = 0; k < nr; k++) rr[k] = to_range(&r[k]);
+    pkv_extra_keys x = PKV_EXTRA_KEYS_INIT;
+    x.adapter_id = adapter;
+    x.num_mm = nr;
+    x.mm = nr ? rr : NULL;
+    plain = plain && adapter == 0 && nr == 0;
+    int st = plain ? pkv_prefix_peek(m->c, ns, prompt, n, &peeked, NULL)
+                   : pkv_prefix_peek_ex(m->c, ns, prompt, n, &x, &peeked, NULL);
+    if (st == PKV_OK)
+        st = plain ? pkv_prefix_lookup(m->c, ns, prompt, n, &h, &cached)
+                   : pkv_prefix_lookup_ex(m->c, ns, prompt, n, &x, &h, &cached);
     if (st != PKV_OK) {
-        MFAIL(m, "lookup: %s", pkv_strerror(st));
+        MFAIL(m, "lookup: %s (%s)", pkv_strerror(st), pkv_cache_last_error(m->c));
         return NULL;
     }
+    int64_t labels[MAXTOK + 64];
+    m_labels(r, nr, n, labels);
     int32_t mm = 0;
-    while ((mm + 1) * m->bs <= n && m_find(m, ns, prompt, (mm + 1) * m->bs) >= 0) mm++;
-    if (cached != mm * m->bs) MFAIL(m, "lookup of %d tokens: %d cached, model %d", n, cached, mm * m->bs);
+    while ((mm + 1) * m->bs <= n && m_find(m, ns, adapter, labels, prompt, (mm + 1) * m->bs) >= 0) mm++;
+    int32_t by_tokens = 0;
+    for (int found = 1; found && (by_tokens + 1) * m->bs <= n;) {
+        found = 0;
+        for (int32_t i = 0; i < m->nb && !found; i++) {
+            const mblock *b = &m->b[i];
+            found = b->cached && b->ns == ns && b->plen == (by_tokens + 1) * m->bs &&
+                    memcmp(b->prefix, prompt, (size_t)b->plen * 4) == 0;
+        }
+        by_tokens += found;
+    }
+    if (adapter || nr) m->extra_hit_tokens += (int64_t)mm * m->bs;
+    m->extra_misses += by_tokens > mm;
+    if (cached != mm * m->bs || peeked != cached)
+        MFAIL(m, "lookup of %d tokens (adapter %llu, %d ranges): %d cached (peek %d), model %d", n,
+              (unsigned long long)adapter, nr, cached, peeked, mm * m->bs);
     memset(s, 0, sizeof *s);
     s->h = h;
     s->ns = ns;
+    s->adapter = adapter;
+    s->nr = nr;
+    memcpy(s->r, r, (size_t)nr * sizeof *r);
     for (int32_t j = 0; j < mm; j++) {
-        s->blocks[j] = m_find(m, ns, prompt, (j + 1) * m->bs);
+        s->blocks[j] = m_find(m, ns, adapter, labels, prompt, (j + 1) * m->bs);
         m_ref(m, s->blocks[j]);
     }
     s->nblocks = s->nreg = mm;
@@ -321,9 +408,25 @@ static void op_truncate(model *m, mseq *s, int32_t new_len) {
         return;
     }
     m_release_tail(m, s, blocks_for(m, new_len));
+    while (s->nr > 0 && s->r[s->nr - 1].start >= new_len) s->nr--;
     s->len = new_len;
     if (s->ntokens > new_len) s->ntokens = new_len;
     if (s->nreg > new_len / m->bs) s->nreg = new_len / m->bs;
+    compare_seq(m, s);
+}
+
+/* An image added while decoding, at or past the length and the last range;
+ * sometimes one that must be refused (before the length, or overlapping). */
+static void op_add_mm(model *m, mseq *s, test_rng *rng) {
+    int32_t end = s->nr ? s->r[s->nr - 1].start + s->r[s->nr - 1].len : 0, min = s->len > end ? s->len : end;
+    mrange x = {min + (int32_t)test_below(rng, 3), 1 + (int32_t)test_below(rng, 2 * (uint32_t)m->bs), 1 + (int32_t)test_below(rng, 4)};
+    int bad = test_below(rng, 6) == 0 && min > 0;
+    if (bad) x.start = min - 1 - (int32_t)test_below(rng, (uint32_t)min);
+    pkv_mm_range r = to_range(&x);
+    int st = pkv_seq_add_mm(m->c, s->h, r.start, r.len, r.hash);
+    int expect = bad ? PKV_ERR_INVALID : PKV_OK;
+    if (st != expect) MFAIL(m, "add_mm [%d, +%d): %s, model %s", x.start, x.len, pkv_strerror(st), pkv_strerror(expect));
+    if (st == PKV_OK) s->r[s->nr++] = x; /* the caller left room (nr < MAXR) */
     compare_seq(m, s);
 }
 
@@ -337,7 +440,9 @@ static void op_free(model *m, mseq *s) {
 
 /* ---- the run ---- */
 
-typedef struct run_stats { long ops, lookups, hit_tokens, evictions, orphans, dedups, capacity, collisions; } run_stats;
+typedef struct run_stats {
+    long ops, lookups, hit_tokens, evictions, orphans, dedups, capacity, collisions, extra_hit_tokens, extra_misses;
+} run_stats;
 
 static mseq *pick_live(model *m, test_rng *rng) {
     int idx[MAXS], n = 0;
@@ -373,10 +478,16 @@ static void run(uint64_t seed, long ops, run_stats *rs) {
 
     int32_t stems[4][MAXTOK];
     int32_t stem_len[4];
+    mrange stem_img[4]; /* each stem's image (len 0: none), inside the stem */
     for (int s = 0; s < 4; s++) {
         stem_len[s] = (int32_t)test_below(&rng, MAXTOK / 2);
         for (int i = 0; i < MAXTOK; i++) stems[s][i] = (int32_t)test_below(&rng, alph);
+        stem_img[s].tag = 1 + s;
+        stem_img[s].start = (int32_t)test_below(&rng, (uint32_t)stem_len[s] + 1);
+        stem_img[s].len = (int32_t)test_below(&rng, (uint32_t)(stem_len[s] - stem_img[s].start) + 1);
     }
+    /* How often requests carry extra keys: never in some runs (the old identity alone). */
+    uint32_t extra_pct = test_below(&rng, 4) == 0 ? 0 : 20 + test_below(&rng, 60);
     static const uint64_t spaces[] = {0, 1, 0x8000000000000000ull};
     for (long i = 0; i < ops && !m.bad; i++) {
         uint32_t r = test_below(&rng, 100);
@@ -393,7 +504,25 @@ static void run(uint64_t seed, long ops, run_stats *rs) {
             memcpy(prompt, stems[st], sizeof prompt);
             for (int32_t k = stem_len[st]; k < n; k++) prompt[k] = (int32_t)test_below(&rng, alph);
             uint64_t ns = spaces[test_below(&rng, 8) == 0 ? 1 + test_below(&rng, 2) : 0];
-            mseq *q = op_lookup(&m, ns, prompt, n);
+            uint64_t adapter = 0;
+            mrange rg[3];
+            int32_t nr = 0;
+            if (test_below(&rng, 100) < extra_pct) {
+                static const uint64_t adapters[] = {0, 0, 0, 5, 6, 0xfedcba9876543210ull};
+                adapter = adapters[test_below(&rng, 6)];
+                mrange img = stem_img[st];
+                uint32_t how = test_below(&rng, 10);
+                if (how == 6) img.tag = 1 + (int32_t)test_below(&rng, 6);      /* maybe another image */
+                else if (how == 7 && img.start > 0) img.start--;                 /* the same image shifted */
+                else if (how == 8 && img.start + img.len < stem_len[st]) img.len++; /* longer */
+                if (how != 9 && img.len > 0) rg[nr++] = img;
+                if (test_below(&rng, 3) == 0) { /* an image in the request's own tail */
+                    mrange t = {stem_len[st] + (int32_t)test_below(&rng, 2 * (uint32_t)m.bs + 1),
+                                1 + (int32_t)test_below(&rng, (uint32_t)m.bs + 1), 1 + (int32_t)test_below(&rng, 6)};
+                    if (nr == 0 || t.start >= rg[0].start + rg[0].len) rg[nr++] = t;
+                }
+            }
+            mseq *q = op_lookup(&m, ns, adapter, rg, nr, prompt, n, (int)test_below(&rng, 2));
             if (!q) continue;
             rs->lookups++;
             rs->hit_tokens += q->len;
@@ -404,7 +533,8 @@ static void run(uint64_t seed, long ops, run_stats *rs) {
             } else if (test_below(&rng, 3) == 0) {
                 op_free(&m, q); /* a lookup that only looked */
             }
-        } else if (r < 45) { /* decode */
+        } else if (r < 45) { /* decode, sometimes after an image */
+            if (s->nr < MAXR && test_below(&rng, 100) < extra_pct / 4) op_add_mm(&m, s, &rng);
             int32_t n = 1 + (int32_t)test_below(&rng, (uint32_t)m.bs + 2), t[32];
             for (int32_t k = 0; k < n; k++) t[k] = (int32_t)test_below(&rng, alph);
             if (op_append(&m, s, n, test_below(&rng, 5) ? t : NULL) == PKV_ERR_CAPACITY) rs->capacity++;
@@ -433,7 +563,12 @@ static void run(uint64_t seed, long ops, run_stats *rs) {
     rs->orphans += m.orphans;
     rs->collisions += (long)prefix_collisions(m.c);
     rs->dedups += m.dedups;
-    for (int32_t i = 0; i < m.nb; i++) free(m.b[i].prefix);
+    rs->extra_hit_tokens += m.extra_hit_tokens;
+    rs->extra_misses += m.extra_misses;
+    for (int32_t i = 0; i < m.nb; i++) {
+        free(m.b[i].prefix);
+        free(m.b[i].labels);
+    }
     free(m.b);
     free(m.free_stack);
     pkv_cache_destroy(m.c);
@@ -454,7 +589,11 @@ int main(int argc, char **argv) {
            "%ld capacity refusals\n",
            rs.ops, rs.lookups, rs.hit_tokens, rs.evictions, rs.orphans, rs.dedups, rs.capacity);
     CHECK(rs.ops >= total);
+    printf("prefix model: %ld tokens hit with extra keys, %ld lookups matched shorter for their extra keys than for "
+           "their tokens\n",
+           rs.extra_hit_tokens, rs.extra_misses);
     CHECK(rs.evictions > 0 && rs.dedups > 0 && rs.hit_tokens > 0);
+    CHECK(rs.extra_hit_tokens > 0 && rs.extra_misses > 0);
     /* orphans are rare (fork + dedup): a short scaled run (valgrind's 0.02) may see none */
     if (total >= 200000) CHECK(rs.orphans > 0);
     printf("prefix model: %ld key collisions rejected by the identity check\n", rs.collisions);

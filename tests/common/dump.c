@@ -7,7 +7,7 @@
  * is the test's), the pool arrays (refcounts, states, cached marks, the free
  * stack in order, the LRU list in order) and counters, the sequence records
  * that are live (index, generation, lengths, blocks, the token ids they
- * store, registered blocks, last-append range, namespace), the generations of recycled record
+ * store, registered blocks, last-append range, namespace, extra keys), the generations of recycled record
  * slots and the order in which they will be reused, the cache counters, the
  * host arenas' bytes, and the prefix index (prefix_dump in prefix.c).
  *
@@ -105,6 +105,9 @@ static void dump_seqs(dump_w *w, const pkv_cache *c) {
         put_i32(w, r->last_n);
         put_i32(w, r->lookahead);
         put_i64(w, (int64_t)r->ns);
+        put_i64(w, (int64_t)r->adapter);
+        put_i32(w, r->nmm);
+        put(w, r->mm, (size_t)r->nmm * sizeof *r->mm);
     }
     /* Reuse order: recycled slots as listed; never-used slots follow in index
      * order, so only where they start matters (seqs_cap when none exist yet). */

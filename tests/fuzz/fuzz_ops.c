@@ -12,17 +12,27 @@
  *  - host mode: every position of every sequence reads back (pkv_store_read)
  *    the value the model expects.
  * Values: a position appended with recorded token ids holds a hash of (ns,
- * tokens up to it), the KV a real model would compute, so prefix-cache sharing
- * and deduplication keep them valid; other positions hold unique values. */
+ * adapter, tokens and image labels up to it), the KV a real model would
+ * compute, so prefix-cache sharing and deduplication keep them valid (and a
+ * block shared across adapters or images would read back wrong values); other
+ * positions hold unique values. Sequences and lookups carry random extra keys
+ * (adapter ids, multimodal ranges), valid and invalid. */
 #include "fuzz.h"
 
 int fuzz_ops(const uint8_t *data, size_t size);
 
-enum { OPS_MAXSEQ = 8, OPS_MAXLEN = 160, OPS_MAXSTALE = 8 };
+enum { OPS_MAXSEQ = 8, OPS_MAXLEN = 160, OPS_MAXSTALE = 8, OPS_MAXR = 4 };
+
+/* A multimodal range; tag t stands for the content hash of image t. */
+typedef struct ops_range {
+    int32_t start, len, tag;
+} ops_range;
 
 typedef struct ops_seq {
     pkv_seq h;
-    uint64_t ns;
+    uint64_t ns, adapter;
+    int32_t nr;
+    ops_range r[OPS_MAXR];
     int32_t len, ntokens, nblocks, registered;
     int32_t last_start, last_n; /* the last append, for the slot mapping */
     int32_t tokens[OPS_MAXLEN];
@@ -46,15 +56,43 @@ static int32_t ops_blocks_for(const ops_model *m, int64_t len) {
     return (int32_t)((len + m->cfg.block_size - 1) / m->cfg.block_size);
 }
 
-/* Value of position pos of a sequence whose tokens [0, pos] are known. */
-static float ops_token_value(uint64_t ns, const int32_t *tokens, int32_t pos) {
-    uint64_t h = 0x9e3779b97f4a7c15ull ^ ns;
+/* Value of position pos of sequence s whose tokens [0, pos] are known: what
+ * its tokens, namespace, adapter and the images over them determine. */
+static float ops_token_value(const ops_seq *s, const int32_t *tokens, int32_t pos) {
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ s->ns ^ (s->adapter * 0x2545f4914f6cdd1dull);
     for (int32_t i = 0; i <= pos; i++) {
-        h ^= (uint32_t)tokens[i];
+        uint64_t label = 0;
+        for (int32_t k = 0; k < s->nr; k++)
+            if (i >= s->r[k].start && i < s->r[k].start + s->r[k].len)
+                label = ((uint64_t)s->r[k].tag << 40) | ((uint64_t)(i - s->r[k].start) << 20) | (uint64_t)s->r[k].len;
+        h ^= (uint32_t)tokens[i] ^ (label * 0x9e3779b97f4a7c15ull);
         h *= 0xbf58476d1ce4e5b9ull;
         h ^= h >> 29;
     }
     return (float)(h % 1000003u);
+}
+
+static pkv_mm_range ops_mm(const ops_range *r) {
+    pkv_mm_range x;
+    x.start = r->start;
+    x.len = r->len;
+    for (int i = 0; i < 16; i++) x.hash[i] = (uint8_t)(r->tag * 31 + i);
+    return x;
+}
+
+/* The library's extra keys of s against the model's. */
+static void ops_verify_extras(ops_model *m, const ops_seq *s) {
+    uint64_t adapter = 0;
+    int32_t n = -1;
+    pkv_mm_range r[OPS_MAXR];
+    int st = pkv_seq_extra_keys(m->c, s->h, &adapter, r, OPS_MAXR, &n);
+    int same = st == PKV_OK && adapter == s->adapter && n == s->nr;
+    for (int32_t k = 0; same && k < n; k++) {
+        pkv_mm_range want = ops_mm(&s->r[k]);
+        same = r[k].start == want.start && r[k].len == want.len && memcmp(r[k].hash, want.hash, 16) == 0;
+    }
+    FUZZ_CHECK(same, "op %ld: extra keys %llu with %d ranges, model %llu with %d", m->op, (unsigned long long)adapter, n,
+               (unsigned long long)s->adapter, s->nr);
 }
 
 static float ops_unique_value(ops_model *m) { return (float)(2000000u + (m->unique++ % 8000000u)); }
@@ -67,6 +105,7 @@ static void ops_verify_seq(ops_model *m, const ops_seq *s) {
     FUZZ_CHECK(pkv_seq_blocks(m->c, s->h, blocks, OPS_MAXLEN, &n) == PKV_OK && n == s->nblocks,
                "op %ld: %d blocks, model %d", m->op, n, s->nblocks);
     FUZZ_CHECK(n == ops_blocks_for(m, s->len), "op %ld: %d blocks for %d tokens", m->op, n, s->len);
+    ops_verify_extras(m, s);
     for (int32_t j = 0; j < n; j++)
         FUZZ_CHECK(blocks[j] == s->blocks[j], "op %ld: block %d is %d, model %d", m->op, j, blocks[j], s->blocks[j]);
     if (!m->host || !s->len) return;
@@ -220,7 +259,7 @@ static void ops_append(ops_model *m, fuzz_in *in, ops_seq *s) {
     s->last_start = old_len;
     s->last_n = n;
     for (int32_t p = old_len; p < s->len; p++)
-        s->val[p] = record ? ops_token_value(s->ns, s->tokens, p) : ops_unique_value(m);
+        s->val[p] = record ? ops_token_value(s, s->tokens, p) : ops_unique_value(m);
     ops_write(m, s, old_len, s->len);
     /* A copy-on-write copy carries the old contents (the copied positions
      * [old_len rounded down, old_len) are checked by ops_verify). */
@@ -233,20 +272,49 @@ static void ops_lookup(ops_model *m, fuzz_in *in) {
     uint64_t ns = fuzz_u8(in) % 3;
     ops_seq *src = ops_pick(m, in);
     int32_t expect_min = 0;
+    ops_seq *s = &m->seq[m->nseq];
+    memset(s, 0, sizeof *s);
     if (src && (fuzz_u8(in) & 1)) { /* a known prompt: must hit at least its registered blocks */
         ns = src->ns;
         n = src->ntokens < n ? src->ntokens : n;
         memcpy(toks, src->tokens, (size_t)n * sizeof *toks);
-        /* src holds its registered blocks, so they are cached and must be found */
+        s->adapter = src->adapter;
+        s->nr = src->nr;
+        memcpy(s->r, src->r, sizeof s->r);
+        /* src holds its registered blocks, so they are cached and must be found
+         * (unless the extra keys are changed: then anything may be found) */
         int32_t full = n / m->cfg.block_size;
         expect_min = (src->registered < full ? src->registered : full) * m->cfg.block_size;
+        uint8_t tweak = fuzz_u8(in);
+        if (tweak < 32) {
+            s->adapter ^= 1 + (tweak & 1);
+            expect_min = 0;
+        } else if (tweak < 64 && s->nr) {
+            s->r[tweak % s->nr].tag ^= 1 + (tweak & 3);
+            expect_min = 0;
+        }
     } else {
         for (int32_t i = 0; i < n; i++) toks[i] = (int32_t)(fuzz_u8(in) % 3);
+        uint8_t e = fuzz_u8(in);
+        s->adapter = e & 1 ? (e >> 1) % 3 : 0;
+        for (int32_t k = 0, at = 0; k < (e >> 3) % 3; k++) {
+            ops_range x = {at + (int32_t)fuzz_below(in, 6), 1 + (int32_t)fuzz_below(in, 6), 1 + (int32_t)fuzz_below(in, 3)};
+            s->r[s->nr++] = x;
+            at = x.start + x.len;
+        }
     }
-    ops_seq *s = &m->seq[m->nseq];
-    memset(s, 0, sizeof *s);
-    int32_t hit = -1;
-    int st = pkv_prefix_lookup(m->c, ns, toks, n, &s->h, &hit);
+    pkv_mm_range mm[OPS_MAXR];
+    for (int32_t k = 0; k < s->nr; k++) mm[k] = ops_mm(&s->r[k]);
+    pkv_extra_keys x = PKV_EXTRA_KEYS_INIT;
+    x.adapter_id = s->adapter;
+    x.num_mm = s->nr;
+    x.mm = mm;
+    int32_t hit = -1, peek = -1;
+    int plain = s->adapter == 0 && s->nr == 0 && (fuzz_u8(in) & 1);
+    int st = plain ? pkv_prefix_peek(m->c, ns, toks, n, &peek, NULL) : pkv_prefix_peek_ex(m->c, ns, toks, n, &x, &peek, NULL);
+    FUZZ_CHECK(st == (m->prefix ? PKV_OK : PKV_ERR_MODE), "op %ld: peek: %s", m->op, pkv_strerror(st));
+    st = plain ? pkv_prefix_lookup(m->c, ns, toks, n, &s->h, &hit)
+               : pkv_prefix_lookup_ex(m->c, ns, toks, n, &x, &s->h, &hit);
     if (!m->prefix) {
         FUZZ_CHECK(st == PKV_ERR_MODE, "op %ld: lookup without a prefix cache: %d", m->op, st);
         return;
@@ -255,13 +323,14 @@ static void ops_lookup(ops_model *m, fuzz_in *in) {
     int32_t bs = m->cfg.block_size;
     FUZZ_CHECK(hit >= expect_min && hit <= n && hit % bs == 0, "op %ld: lookup hit %d of %d, expected at least %d",
                m->op, hit, n, expect_min);
+    FUZZ_CHECK(peek == hit, "op %ld: peek found %d, lookup %d", m->op, peek, hit);
     m->nseq++;
     s->ns = ns;
     s->len = s->ntokens = hit;
     s->last_start = hit;
     s->registered = hit / bs;
     memcpy(s->tokens, toks, (size_t)hit * sizeof *toks);
-    for (int32_t p = 0; p < hit; p++) s->val[p] = ops_token_value(ns, toks, p);
+    for (int32_t p = 0; p < hit; p++) s->val[p] = ops_token_value(s, toks, p);
     /* The hit blocks are cached ones; whatever they are, their contents must be
      * this prompt's (ops_verify reads them back). */
     int32_t blocks[OPS_MAXLEN], nb = 0;
@@ -271,7 +340,7 @@ static void ops_lookup(ops_model *m, fuzz_in *in) {
 }
 
 static void ops_step(ops_model *m, fuzz_in *in) {
-    uint8_t op = fuzz_u8(in) % 12;
+    uint8_t op = fuzz_u8(in) % 13;
     ops_seq *s = ops_pick(m, in);
     int st;
     switch (op) {
@@ -307,6 +376,7 @@ static void ops_step(ops_model *m, fuzz_in *in) {
             }
             FUZZ_CHECK(st == PKV_OK, "truncate: %s", pkv_strerror(st));
             s->len = len;
+            while (s->nr > 0 && s->r[s->nr - 1].start >= len) s->nr--;
             if (s->ntokens > len) s->ntokens = len;
             if (s->registered > len / m->cfg.block_size) s->registered = len / m->cfg.block_size;
             s->nblocks = ops_blocks_for(m, len);
@@ -378,6 +448,36 @@ static void ops_step(ops_model *m, fuzz_in *in) {
                                "op %ld: slot mapping entry %d", m->op, at);
             }
             FUZZ_CHECK(at == ns, "op %ld: slot mapping has %d entries, model %d", m->op, ns, at);
+        }
+        break;
+    case 11: /* extra keys: an adapter or an image, valid or not; a refused one changes nothing */
+        if (!s) break;
+        {
+            uint8_t k = fuzz_u8(in);
+            if (!(k & 1) && s->nr == OPS_MAXR) break; /* the model holds no more ranges */
+            size_t bl, al;
+            uint8_t *before = fuzz_dump(m->c, &bl);
+            int32_t end = s->nr ? s->r[s->nr - 1].start + s->r[s->nr - 1].len : 0;
+            int32_t min = s->len > end ? s->len : end, expect;
+            if (k & 1) {
+                uint64_t a = (k >> 1) % 3;
+                st = pkv_seq_set_adapter(m->c, s->h, a);
+                expect = s->len == 0 ? PKV_OK : PKV_ERR_STATE;
+                if (st == PKV_OK) s->adapter = a;
+            } else {
+                ops_range x = {min - 2 + (int32_t)fuzz_below(in, 6), (int32_t)fuzz_below(in, 7), 1 + (int32_t)fuzz_below(in, 3)};
+                pkv_mm_range r = ops_mm(&x);
+                st = pkv_seq_add_mm(m->c, s->h, r.start, r.len, (k & 6) ? r.hash : NULL);
+                expect = !(k & 6) ? PKV_ERR_NULL : x.start < min || x.len < 1 ? PKV_ERR_INVALID : PKV_OK;
+                if (st == PKV_OK) s->r[s->nr++] = x;
+            }
+            FUZZ_CHECK(st == expect, "op %ld: extra keys call: %s, model %s", m->op, pkv_strerror(st), pkv_strerror(expect));
+            if (st != PKV_OK) {
+                uint8_t *after = fuzz_dump(m->c, &al);
+                FUZZ_CHECK(al == bl && memcmp(before, after, bl) == 0, "op %ld: refused extra keys changed state", m->op);
+                free(after);
+            }
+            free(before);
         }
         break;
     default: /* an invalid call: refused with the cache unchanged */
