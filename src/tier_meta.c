@@ -230,9 +230,7 @@ void tmeta_swap_take(pkv_cache *c, int32_t n, int32_t *slots) {
     }
     pkv_assert(t->nfree >= n);
     for (int32_t i = 0; i < n; i++) slots[i] = t->free_slots[--t->nfree];
-    t->swapped += n;
-    t->stores += n;
-    t->bytes_in += n * block_bytes(c);
+    t->swapped += n; /* not a store: stores count cached blocks (swap traffic is the caller's to count) */
 }
 
 void tmeta_swap_give(pkv_cache *c, int32_t slot) {
