@@ -426,12 +426,13 @@ static void test_tiers(void) {
     free(a.text);
     /* swap preemption on a pool too small for the load: every swapped request
      * comes back, everything finishes */
-    a = run("--requests 400 --no-progress --kv-mem-gib 0.5 --tier host:4 --preempt swap --json");
+    a = run("--requests 1500 --no-progress --kv-mem-gib 1 --tier host:8 --preempt swap --json");
     CHECK_RUN(a, 0, "\"preempt\": \"swap\"");
     long long out = json_int(a.text, "swaps_out", 0), in = json_int(a.text, "swaps_in", 0);
     CHECK(out > 0);
     CHECK_INT(in, out);
-    CHECK_INT(json_int(a.text, "requests_done", 0) + json_int(a.text, "rejected", 0), 400);
+    /* 1500: a request swapped out in the step that finished it once never came back (a hang) */
+    CHECK_INT(json_int(a.text, "requests_done", 0) + json_int(a.text, "rejected", 0), 1500);
     free(a.text);
     /* the same with --verify: host mode, attention over swapped-in and promoted blocks */
     a = run("--requests 120 --no-progress --kv-mem-gib 0.5 --tier host:0.5 --preempt swap --verify");

@@ -268,6 +268,9 @@ static int resume_swapped(engine *e, int32_t id) {
     e->res->swaps_in++;
     e->res->swap_blocks += 2 * need; /* out and back in */
     e->step_swap_blocks += need;
+    /* Swapped out in the step that finished its prefill or its last token, it
+     * missed that step's bookkeeping: this step's end does it. */
+    touch(e, id);
     return 1;
 }
 
