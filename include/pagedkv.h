@@ -557,7 +557,11 @@ typedef struct pkv_tier_stats {
 #define PKV_TIER_STATS_INIT {.size = sizeof(pkv_tier_stats)}
 #endif
 
-/*! Counters of tier `tier` (0-based) into *out (up to out->size bytes). */
+/*! Counters of tier `tier` (0-based) into *out (up to out->size bytes).
+ *  Metadata mode: bytes count blocks of the config's geometry (num_layers,
+ *  kv_dtype, h_kv, d, dv; 0 when it is not a valid one), the seconds stay 0
+ *  (the engine moves the bytes), and slots held by swapped-out sequences are
+ *  not counted in blocks nor stores. */
 PKV_API int pkv_tier_stats_get(pkv_cache *cache, int32_t tier, pkv_tier_stats *out);
 
 /* Tiers in metadata mode. The engine owns the KV memory of the pool (GPU) and

@@ -192,7 +192,9 @@ static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
     if (n < 0) return cache_fail(c, PKV_ERR_INVALID, "prompt length %d is negative", n);
     if (n > 0 && !tokens) return cache_fail(c, PKV_ERR_NULL, "tokens is NULL with n = %d", n);
     int32_t bs = c->pool.block_size, idx;
-    int st = tmeta_reserve(c, n / bs, n / bs);
+    /* Each promotion takes (and holds) a pool block: at most num_blocks of them. */
+    int32_t most = n / bs < c->pool.num_blocks ? n / bs : c->pool.num_blocks;
+    int st = tmeta_reserve(c, most, most);
     if (st == PKV_OK) st = seq_slot_prepare(&c->seqs, &idx);
     /* Room for the prompt's blocks (the engine appends the rest next), reserved
      * before the record is taken so that a failure changes nothing; the ids of

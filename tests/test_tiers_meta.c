@@ -544,6 +544,59 @@ static void test_failures(void) {
     printf("tiers_meta: %ld calls met an allocation failure and left the cache unchanged\n", exercised);
 }
 
+/* Host mode: a swap out that meets an allocation failure (its buffer, the
+ * token ids of its registered blocks) changes nothing; the retry works. */
+static void test_host_swap_failures(void) {
+    int exercised = 0;
+    for (long k = 1; k <= 3; k++) {
+        fa f = {0, 0, 0};
+        pkv_allocator al = {fa_alloc, fa_free, &f};
+        pkv_config cfg;
+        pkv_config_init(&cfg);
+        cfg.num_blocks = 6;
+        cfg.block_size = BS;
+        cfg.storage = PKV_STORAGE_HOST;
+        cfg.flags = PKV_FLAG_PREFIX_CACHE | PKV_FLAG_AUTO_REGISTER;
+        cfg.num_layers = 1;
+        cfg.h_kv = 1;
+        cfg.d = 4;
+        cfg.dv = 4;
+        cfg.kv_dtype = PKV_F32;
+        cfg.allocator = al;
+        pkv_cache *c;
+        CHECK_OK(pkv_cache_create(&cfg, &c));
+        pkv_seq s;
+        int32_t toks[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+        CHECK_OK(pkv_seq_create(c, 0, &s));
+        CHECK_OK(pkv_seq_append(c, s, 10, toks, NULL, NULL));
+        uint8_t *before, *after;
+        size_t nb = dump(c, &before);
+        f.count = 0;
+        f.fail_at = k;
+        f.armed = 1;
+        int st = pkv_seq_swap_out(c, s);
+        f.armed = 0;
+        if (st == PKV_ERR_NOMEM) {
+            exercised++;
+            size_t na = dump(c, &after);
+            CHECK(na == nb && memcmp(before, after, nb) == 0);
+            free(after);
+            int32_t sw = -1;
+            CHECK_OK(pkv_seq_swapped(c, s, &sw));
+            CHECK_INT(sw, 0);
+            CHECK_OK(pkv_seq_swap_out(c, s));
+        } else {
+            CHECK_OK(st);
+        }
+        free(before);
+        CHECK_OK(pkv_cache_check(c));
+        CHECK_OK(pkv_seq_swap_in(c, s));
+        CHECK_OK(pkv_cache_check(c));
+        pkv_cache_destroy(c);
+    }
+    CHECK_INT(exercised, 2); /* the buffer and the token ids */
+}
+
 /* Tier metadata per stored block, measured through the allocator: a cache
  * with a tier of N slots against one without. */
 static size_t meas_bytes;
@@ -588,6 +641,7 @@ int main(void) {
     random_run(2, 0x5eed2, ops);
     random_run(3, 0x5eed3, ops);
     test_failures();
+    test_host_swap_failures();
     test_metadata_size();
     return test_report("test_tiers_meta");
 }
