@@ -523,7 +523,8 @@ enum pkv_tier_flags { PKV_TIER_WRITE_THROUGH = 1u << 0 };
 PKV_API int pkv_cache_add_host_tier(pkv_cache *cache, int64_t capacity_blocks, uint32_t flags);
 
 /*! Adds a tier on a backend (the cache takes it over and closes it when it is
- *  destroyed, also when this call fails). Blobs the backend already holds
+ *  destroyed, also when this call fails). Host mode only: in metadata mode the
+ *  library holds no bytes to store (PKV_ERR_MODE; use host tiers of slots). Blobs the backend already holds
  *  (a file tier opened on the directory of an earlier run with the same hash
  *  key and geometry) are checked and indexed again: their prefixes are found.
  *  @return as pkv_cache_add_host_tier; PKV_ERR_INVALID when a required

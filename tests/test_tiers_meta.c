@@ -379,7 +379,7 @@ static void test_host_swap(void) {
     CHECK_OK(pkv_cache_create(&cfg, &c));
     pkv_seq s, o;
     int32_t toks[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
-    int64_t slots[16];
+    int64_t slots[24];
     float k[16 * 4], v[16 * 2], k2[16 * 4], v2[16 * 2];
     CHECK_OK(pkv_seq_create(c, 0, &s));
     CHECK_OK(pkv_seq_append(c, s, 10, toks, slots, NULL));
