@@ -18,12 +18,6 @@
 
 enum { BS = 64 };
 
-static void die(const char *what, int st, pkv_cache *c) {
-    fprintf(stderr, "bench_tier_host: %s: %s: %s\n", what, pkv_strerror(st), c ? pkv_cache_last_error(c) : "");
-    exit(1);
-}
-#define OK(c, call) do { int st_ = (call); if (st_ != PKV_OK) die(#call, st_, (c)); } while (0)
-
 static pkv_cache *make(int host, int32_t nb, int32_t layers, int64_t tier_blocks) {
     pkv_config cfg;
     pkv_config_init(&cfg);
@@ -34,35 +28,35 @@ static pkv_cache *make(int host, int32_t nb, int32_t layers, int64_t tier_blocks
     cfg.num_layers = layers; /* MLA bf16: 576 x 2 B per token, V shared */
     cfg.hash_key_set = 1;
     pkv_cache *c;
-    OK(NULL, pkv_cache_create(&cfg, &c));
-    if (tier_blocks) OK(c, pkv_cache_add_host_tier(c, tier_blocks, 0));
+    BENCH_OK(pkv_cache_create(&cfg, &c));
+    if (tier_blocks) BENCH_OK(pkv_cache_add_host_tier(c, tier_blocks, 0));
     return c;
 }
 
 static void drain(pkv_cache *c) {
     pkv_tier_transfer x[512];
     int32_t n;
-    do OK(c, pkv_tier_transfers_drain(c, x, 512, &n)); while (n == 512);
+    do BENCH_OK(pkv_tier_transfers_drain(c, x, 512, &n)); while (n == 512);
 }
 
 /* A registered sequence of n tokens (ids from base), rows written in host mode. */
 static pkv_seq fill(pkv_cache *c, int host, int32_t base, int32_t n, int32_t layers) {
     int32_t *toks = malloc((size_t)n * sizeof *toks);
     int64_t *slots = malloc((size_t)n * sizeof *slots);
-    if (!toks || !slots) die("malloc", PKV_ERR_NOMEM, NULL);
+    if (!toks || !slots) bench_die("malloc", PKV_ERR_NOMEM);
     for (int32_t i = 0; i < n; i++) toks[i] = base + i;
     pkv_seq s;
     pkv_block_copy cow;
-    OK(c, pkv_seq_create(c, 0, &s));
-    OK(c, pkv_seq_append(c, s, n, toks, slots, &cow));
+    BENCH_OK(pkv_seq_create(c, 0, &s));
+    BENCH_OK(pkv_seq_append(c, s, n, toks, slots, &cow));
     if (host) {
         uint16_t *rows = malloc((size_t)n * 576 * 2);
-        if (!rows) die("malloc", PKV_ERR_NOMEM, NULL);
+        if (!rows) bench_die("malloc", PKV_ERR_NOMEM);
         for (size_t i = 0; i < (size_t)n * 576; i++) rows[i] = (uint16_t)(0x3c00 + (i * 7 % 512));
-        for (int32_t l = 0; l < layers; l++) OK(c, pkv_store_write(c, l, slots, n, rows, NULL, PKV_BF16));
+        for (int32_t l = 0; l < layers; l++) BENCH_OK(pkv_store_write(c, l, slots, n, rows, NULL, PKV_BF16));
         free(rows);
     }
-    OK(c, pkv_prefix_register(c, s, NULL, NULL));
+    BENCH_OK(pkv_prefix_register(c, s, NULL, NULL));
     drain(c);
     free(toks);
     free(slots);
@@ -71,7 +65,7 @@ static pkv_seq fill(pkv_cache *c, int host, int32_t base, int32_t n, int32_t lay
 
 static double memcpy_gbs(size_t block, int32_t nblocks, int reps) {
     uint8_t *a = malloc(block * (size_t)nblocks), *b = malloc(block * (size_t)nblocks);
-    if (!a || !b) die("malloc", PKV_ERR_NOMEM, NULL);
+    if (!a || !b) bench_die("malloc", PKV_ERR_NOMEM);
     memset(a, 1, block * (size_t)nblocks);
     memset(b, 2, block * (size_t)nblocks);
     double *t = malloc((size_t)reps * sizeof *t);
@@ -93,6 +87,7 @@ static double memcpy_gbs(size_t block, int32_t nblocks, int reps) {
 int main(int argc, char **argv) {
     int32_t layers = 8, tokens = 16384;
     int reps = 7;
+    bench_set_name(argv[0]);
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--layers") && i + 1 < argc) layers = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
@@ -111,66 +106,66 @@ int main(int argc, char **argv) {
     double *t_mprom = malloc((size_t)reps * sizeof(double)), *t_sout = malloc((size_t)reps * sizeof(double));
     double *t_sin = malloc((size_t)reps * sizeof(double)), *t_msout = malloc((size_t)reps * sizeof(double));
     double *t_msin = malloc((size_t)reps * sizeof(double));
-    if (!t_off || !t_prom || !t_mprom || !t_sout || !t_sin || !t_msout || !t_msin) die("malloc", PKV_ERR_NOMEM, NULL);
+    if (!t_off || !t_prom || !t_mprom || !t_sout || !t_sin || !t_msout || !t_msin) bench_die("malloc", PKV_ERR_NOMEM);
 
     /* host mode: offload nblocks (pkv_prefix_evict), promote them (lookup) */
     pkv_cache *c = make(1, nblocks + 1, layers, nblocks);
     int32_t *toks = malloc((size_t)tokens * sizeof *toks);
     for (int32_t i = 0; i < tokens; i++) toks[i] = 1000 + i;
     for (int r = 0; r < reps; r++) {
-        OK(c, pkv_prefix_reset(c));
+        BENCH_OK(pkv_prefix_reset(c));
         pkv_seq s = fill(c, 1, 1000, tokens, layers);
-        OK(c, pkv_seq_free(c, s));
+        BENCH_OK(pkv_seq_free(c, s));
         int32_t ev = 0;
         double t0 = bench_now();
-        OK(c, pkv_prefix_evict(c, nblocks, &ev));
+        BENCH_OK(pkv_prefix_evict(c, nblocks, &ev));
         t_off[r] = bench_now() - t0;
-        if (ev != nblocks) die("evict count", PKV_ERR_STATE, c);
+        if (ev != nblocks) bench_die("evict count", PKV_ERR_STATE);
         int32_t cached = 0;
         t0 = bench_now();
-        OK(c, pkv_prefix_lookup(c, 0, toks, tokens, &s, &cached));
+        BENCH_OK(pkv_prefix_lookup(c, 0, toks, tokens, &s, &cached));
         t_prom[r] = bench_now() - t0;
-        if (cached != tokens) die("promotion incomplete", PKV_ERR_STATE, c);
+        if (cached != tokens) bench_die("promotion incomplete", PKV_ERR_STATE);
         /* swap of the promoted (registered) sequence with a partial block appended */
         pkv_block_copy cow;
         int32_t one = 7;
-        OK(c, pkv_seq_append(c, s, 1, &one, NULL, &cow));
+        BENCH_OK(pkv_seq_append(c, s, 1, &one, NULL, &cow));
         t0 = bench_now();
-        OK(c, pkv_seq_swap_out(c, s));
+        BENCH_OK(pkv_seq_swap_out(c, s));
         t_sout[r] = bench_now() - t0;
         t0 = bench_now();
-        OK(c, pkv_seq_swap_in(c, s));
+        BENCH_OK(pkv_seq_swap_in(c, s));
         t_sin[r] = bench_now() - t0;
-        OK(c, pkv_seq_free(c, s));
+        BENCH_OK(pkv_seq_free(c, s));
     }
-    OK(c, pkv_cache_check(c));
+    BENCH_OK(pkv_cache_check(c));
     pkv_cache_destroy(c);
 
     /* metadata mode: the same operations, the library's side only */
     c = make(0, nblocks + 1, layers, 2 * (int64_t)nblocks + 2);
     for (int r = 0; r < reps; r++) {
-        OK(c, pkv_prefix_reset(c));
+        BENCH_OK(pkv_prefix_reset(c));
         pkv_seq s = fill(c, 0, 1000, tokens, layers);
-        OK(c, pkv_seq_free(c, s));
-        OK(c, pkv_prefix_evict(c, nblocks, NULL));
+        BENCH_OK(pkv_seq_free(c, s));
+        BENCH_OK(pkv_prefix_evict(c, nblocks, NULL));
         drain(c);
         int32_t cached = 0;
         double t0 = bench_now();
-        OK(c, pkv_prefix_lookup(c, 0, toks, tokens, &s, &cached));
+        BENCH_OK(pkv_prefix_lookup(c, 0, toks, tokens, &s, &cached));
         t_mprom[r] = bench_now() - t0;
         drain(c);
-        if (cached != tokens) die("metadata promotion incomplete", PKV_ERR_STATE, c);
+        if (cached != tokens) bench_die("metadata promotion incomplete", PKV_ERR_STATE);
         t0 = bench_now();
-        OK(c, pkv_seq_swap_out(c, s));
+        BENCH_OK(pkv_seq_swap_out(c, s));
         t_msout[r] = bench_now() - t0;
         drain(c);
         t0 = bench_now();
-        OK(c, pkv_seq_swap_in(c, s));
+        BENCH_OK(pkv_seq_swap_in(c, s));
         t_msin[r] = bench_now() - t0;
         drain(c);
-        OK(c, pkv_seq_free(c, s));
+        BENCH_OK(pkv_seq_free(c, s));
     }
-    OK(c, pkv_cache_check(c));
+    BENCH_OK(pkv_cache_check(c));
     pkv_cache_destroy(c);
 
     double mc = memcpy_gbs(block, nblocks, reps);
