@@ -131,12 +131,12 @@ static int32_t make_prompt(test_rng *rng, int32_t *toks) {
     return n;
 }
 
-static void random_run(int ntiers, uint64_t seed, long ops) {
+static void random_run(int ntiers, uint64_t seed, long ops, uint32_t flags) {
     static engine E;
     memset(&E, 0, sizeof E);
     E.nb = 24;
     E.ntiers = ntiers;
-    E.c = make_meta(E.nb, 0, NULL);
+    E.c = make_meta(E.nb, flags, NULL);
     int32_t caps[3] = {10, 14, 6};
     for (int t = 0; t < ntiers; t++) {
         E.cap[t] = caps[t];
@@ -234,10 +234,10 @@ static void random_run(int ntiers, uint64_t seed, long ops) {
     CHECK(E.loads > 0 && E.offloads > 0);
     CHECK(swaps_out > 0 && swaps_in > 0);
     if (ntiers > 1) CHECK(E.demotes > 0);
-    printf("tiers_meta: %ld operations, %d tier(s): %lld cached tokens served, %lld offloads, %lld loads, %lld demotions, "
+    printf("tiers_meta: %ld operations, %d tier(s)%s: %lld cached tokens served, %lld offloads, %lld loads, %lld demotions, "
            "%lld swaps out, %lld in, %lld refused for capacity\n",
-           ops, ntiers, (long long)hits, (long long)E.offloads, (long long)E.loads, (long long)E.demotes,
-           (long long)swaps_out, (long long)swaps_in, (long long)refused);
+           ops, ntiers, flags ? ", auto-register" : "", (long long)hits, (long long)E.offloads, (long long)E.loads,
+           (long long)E.demotes, (long long)swaps_out, (long long)swaps_in, (long long)refused);
     for (int j = 0; j < nseq; j++) CHECK_OK(pkv_seq_free(E.c, seqs[j].h));
     CHECK_OK(pkv_cache_check(E.c));
     pkv_cache_destroy(E.c);
@@ -637,9 +637,10 @@ int main(void) {
     test_host_swap();
     long ops = test_scaled(3000);
     if (ops < 300) ops = 300;
-    random_run(1, 0x5eed1, ops);
-    random_run(2, 0x5eed2, ops);
-    random_run(3, 0x5eed3, ops);
+    random_run(1, 0x5eed1, ops, 0);
+    random_run(2, 0x5eed2, ops, 0);
+    random_run(3, 0x5eed3, ops, 0);
+    random_run(2, 0x5eed4, ops, PKV_FLAG_AUTO_REGISTER); /* swap-in registers again, onto cached duplicates */
     test_failures();
     test_host_swap_failures();
     test_metadata_size();
