@@ -6,6 +6,7 @@
  * [0, i], so a block served for the wrong prefix or a transfer performed out
  * of order shows up as a wrong value. Every resident sequence is compared
  * with its own tokens after every operation, with pkv_cache_check. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -632,6 +633,82 @@ static void test_metadata_size(void) {
     CHECK(per - toks <= 100.0); /* a guard against growth: the target (64 B) is not met, see the report */
 }
 
+/* A thread-safe metadata cache with two tiers driven by 4 threads (lookups,
+ * appends, swaps, frees, drains): every call succeeds or reports capacity,
+ * and the invariants hold at the end (run under TSan by make tsan). */
+typedef struct thr_arg {
+    pkv_cache *c;
+    uint64_t seed;
+    long ops;
+    int fails;
+} thr_arg;
+
+static void *thr_main(void *p) {
+    thr_arg *a = p;
+    test_rng rng = {a->seed};
+    pkv_seq mine[4];
+    int32_t swapped[4] = {0}, n = 0;
+    for (long op = 0; op < a->ops; op++) {
+        uint32_t k = test_below(&rng, 6);
+        int st = PKV_OK;
+        if (k < 2 && n < 4) {
+            int32_t toks[MAXTOK], len = make_prompt(&rng, toks), cached;
+            st = pkv_prefix_lookup(a->c, 0, toks, len, &mine[n], &cached);
+            if (st == PKV_OK) {
+                pkv_block_copy cow;
+                st = pkv_seq_append(a->c, mine[n], len - cached, toks + cached, NULL, &cow);
+                if (st == PKV_OK) st = pkv_prefix_register(a->c, mine[n], NULL, NULL);
+                swapped[n++] = 0;
+            }
+        } else if (k == 2 && n > 0) {
+            int i = (int)test_below(&rng, (uint32_t)n);
+            st = swapped[i] ? pkv_seq_swap_in(a->c, mine[i]) : pkv_seq_swap_out(a->c, mine[i]);
+            if (st == PKV_OK) swapped[i] ^= 1;
+        } else if (k == 3 && n > 0) {
+            int i = (int)test_below(&rng, (uint32_t)n);
+            st = pkv_seq_free(a->c, mine[i]);
+            mine[i] = mine[--n];
+            swapped[i] = swapped[n];
+        } else if (k == 4) {
+            pkv_tier_transfer x[16];
+            int32_t m;
+            st = pkv_tier_transfers_drain(a->c, x, 16, &m);
+        } else {
+            st = pkv_prefix_evict(a->c, 2, NULL);
+        }
+        if (st != PKV_OK && st != PKV_ERR_CAPACITY) a->fails++;
+    }
+    for (int i = 0; i < n; i++)
+        if (pkv_seq_free(a->c, mine[i]) != PKV_OK) a->fails++;
+    return NULL;
+}
+
+static void test_threads(void) {
+    pkv_cache *c = make_meta(64, PKV_FLAG_THREAD_SAFE, NULL);
+    CHECK_OK(pkv_cache_add_host_tier(c, 40, 0));
+    CHECK_OK(pkv_cache_add_host_tier(c, 60, 0));
+    thr_arg a[4];
+    pthread_t th[4];
+    long ops = test_scaled(4000);
+    for (int i = 0; i < 4; i++) {
+        a[i] = (thr_arg){c, 0x7a11 + (uint64_t)i, ops, 0};
+        CHECK_INT(pthread_create(&th[i], NULL, thr_main, &a[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_INT(a[i].fails, 0);
+    }
+    CHECK_OK(pkv_cache_check(c));
+    pkv_stats st = PKV_STATS_INIT;
+    CHECK_OK(pkv_cache_stats(c, &st));
+    CHECK_INT(st.num_seqs, 0);
+    CHECK_INT(st.used_blocks, 0);
+    pkv_tier_stats ts = PKV_TIER_STATS_INIT;
+    CHECK_OK(pkv_tier_stats_get(c, 0, &ts));
+    CHECK(ts.hits > 0 && ts.stores > 0);
+    pkv_cache_destroy(c);
+}
+
 int main(void) {
     test_basic();
     test_host_swap();
@@ -643,6 +720,7 @@ int main(void) {
     random_run(2, 0x5eed4, ops, PKV_FLAG_AUTO_REGISTER); /* swap-in registers again, onto cached duplicates */
     test_failures();
     test_host_swap_failures();
+    test_threads();
     test_metadata_size();
     return test_report("test_tiers_meta");
 }
