@@ -419,6 +419,20 @@ static void test_tiers(void) {
            "(%lld from the tier; max %lld)\n", hit_a, hit_b, t0, max);
     free(a.text);
     free(b.text);
+    /* the SVG's title names each level's share */
+    char svg[512], buf[4096];
+    snprintf(svg, sizeof svg, "%s/tiers.svg", tmpdir);
+    a = run("--requests 200 --no-progress --tier host:8 --svg %s", svg);
+    CHECK_RUN(a, 0, "hits by level");
+    free(a.text);
+    FILE *f = fopen(svg, "r");
+    CHECK(f != NULL);
+    if (f) {
+        size_t got = fread(buf, 1, sizeof buf - 1, f);
+        buf[got] = 0;
+        fclose(f);
+        CHECK(strstr(buf, "; hits: pool ") != NULL && strstr(buf, "% + host ") != NULL);
+    }
     /* two levels: a small host tier, then a file tier (simulated at SSD bandwidth) */
     a = run("--requests 600 --no-progress --kv-mem-gib 2 --tier host:2 --tier file:%s:32 --json", tmpdir);
     CHECK_RUN(a, 0, "\"kind\": \"file\"");
