@@ -588,7 +588,8 @@ enum { PKV_FILE_TIER_FSYNC = 1 };
 PKV_API int pkv_tier_file_open(const char *dir, uint64_t capacity_bytes, size_t blob_size, uint32_t flags,
                                pkv_tier_backend *out, char *detail);
 
-/* Tiers of a cache. Tiers need host storage and prefix caching, and are added
+/* Tiers of a cache. Tiers need prefix caching (backend tiers also host storage;
+ * metadata mode takes host tiers of slots: see pkv_tier_transfers_drain), and are added
  * to a new cache before it holds sequences (tier 0 first, just below the pool;
  * at most 3). Placement: a cached block the pool reclaims is written to tier 0
  * (write-back; with PKV_TIER_WRITE_THROUGH also when registered), stays findable, and a
@@ -617,13 +618,17 @@ enum pkv_tier_flags { PKV_TIER_WRITE_THROUGH = 1u << 0, PKV_TIER_SHARED = 1u << 
 
 /*! Adds a host-memory tier of capacity_blocks blocks (each pkv_tier_blob_size
  *  bytes, allocated now through the cache's allocator). flags: pkv_tier_flags.
- *  @return PKV_OK; PKV_ERR_MODE (metadata mode or no prefix caching),
+ *  In metadata mode the tier holds no bytes: it hands out slots and queues
+ *  transfers (see pkv_tier_transfers_drain); PKV_TIER_WRITE_THROUGH is then
+ *  refused (PKV_ERR_MODE).
+ *  @return PKV_OK; PKV_ERR_MODE (no prefix caching),
  *  PKV_ERR_STATE (the cache already holds sequences or cached blocks),
  *  PKV_ERR_INVALID (capacity, or 3 tiers already), PKV_ERR_NOMEM. Unchanged on error. */
 PKV_API int pkv_cache_add_host_tier(pkv_cache *cache, int64_t capacity_blocks, uint32_t flags);
 
 /*! Adds a tier on a backend (the cache takes it over and closes it when it is
- *  destroyed, also when this call fails). Blobs the backend already holds
+ *  destroyed, also when this call fails). Host mode only: in metadata mode the
+ *  library holds no bytes to store (PKV_ERR_MODE; use host tiers of slots). Blobs the backend already holds
  *  (a file tier opened on the directory of an earlier run with the same hash
  *  key and geometry) are checked and indexed again: their prefixes are found.
  *  @return as pkv_cache_add_host_tier; PKV_ERR_INVALID when a required
@@ -689,8 +694,78 @@ typedef struct pkv_tier_stats {
 #define PKV_TIER_STATS_INIT {.size = sizeof(pkv_tier_stats)}
 #endif
 
-/*! Counters of tier `tier` (0-based) into *out (up to out->size bytes). */
+/*! Counters of tier `tier` (0-based) into *out (up to out->size bytes).
+ *  Metadata mode: bytes count blocks of the config's geometry (num_layers,
+ *  kv_dtype, h_kv, d, dv; 0 when it is not a valid one), the seconds stay 0
+ *  (the engine moves the bytes), and slots held by swapped-out sequences are
+ *  not counted in blocks nor stores. */
 PKV_API int pkv_tier_stats_get(pkv_cache *cache, int32_t tier, pkv_tier_stats *out);
+
+/* Tiers in metadata mode. The engine owns the KV memory of the pool (GPU) and
+ * of the tiers (pinned host memory, SSD); the library decides placement and
+ * queues the data movements for the engine, as copy-on-write returns copies.
+ * pkv_cache_add_host_tier in metadata mode adds a tier of capacity_blocks
+ * *slots* (slot ids 0..capacity_blocks-1 of that tier, one block of KV each,
+ * in every layer); at most 3 such tiers, with the placement of host mode
+ * (offload on pool reclaim, promotion on lookup, demotion to the next tier, drop
+ * from the last; each tier its own LRU). Transfers, in the order queued:
+ *   PKV_XFER_OFFLOAD: device block `block` -> slot `slot` of tier `tier`;
+ *   PKV_XFER_LOAD:    slot `slot` of tier `tier` -> device block `block`;
+ *   PKV_XFER_DEMOTE:  slot `slot` of tier `tier` -> slot `dst_slot` of tier + 1.
+ * Ordering contract (vLLM's KV offloading connector works the same way): the
+ * engine drains the queue after every call that may take pool blocks (append,
+ * lookup, pkv_prefix_evict, swap in and out) and performs the transfers in
+ * queue order, before the copy-on-write copy that call returned and before
+ * launching any kernel that reads or writes the blocks involved. Then an
+ * offload reads a reclaimed block before its new owner writes it, a slot is
+ * read before it is reused, and a block a lookup (or swap-in) returned is
+ * filled by its LOAD before attention reads it. key is the block's identity
+ * key (zero for the slots of a swapped-out sequence). */
+enum pkv_transfer_op { PKV_XFER_OFFLOAD = 1, PKV_XFER_LOAD = 2, PKV_XFER_DEMOTE = 3 };
+typedef struct pkv_tier_transfer {
+    int32_t op;       /* pkv_transfer_op */
+    int32_t tier;     /* OFFLOAD: destination tier; LOAD, DEMOTE: source tier */
+    int32_t block;    /* OFFLOAD: source device block; LOAD: destination; DEMOTE: -1 */
+    int32_t reserved; /* 0 */
+    int64_t slot;     /* the tier's slot: OFFLOAD destination; LOAD, DEMOTE source */
+    int64_t dst_slot; /* DEMOTE: the slot in tier + 1; else -1 */
+    uint8_t key[16];  /* the block's prefix key; zero for a swapped sequence's slot */
+} pkv_tier_transfer;
+
+/*! Moves up to cap queued transfers, oldest first, into out[0..cap) and sets
+ *  *n (0 when none are pending; call again while *n == cap). Host mode and
+ *  caches without tiers never queue any (*n = 0).
+ *  @return PKV_OK; PKV_ERR_NULL (n, or out with cap > 0), PKV_ERR_INVALID (cap < 0). */
+PKV_API int pkv_tier_transfers_drain(pkv_cache *cache, pkv_tier_transfer *out, int32_t cap, int32_t *n);
+
+/*! Preemption: moves the whole of seq (partial last block included) out of the
+ *  pool and releases its blocks (registered full blocks stay in the prefix
+ *  cache as evictable blocks). The handle stays live: pkv_seq_length and
+ *  pkv_seq_free work; append, lookahead, truncate, fork, register, blocks and
+ *  the exports are refused with PKV_ERR_STATE until pkv_seq_swap_in.
+ *  Metadata mode: the rows go to slots of tier 0 (queued OFFLOAD transfers);
+ *  these slots are pinned, never evicted, until swap-in or free (cached
+ *  entries of tier 0 are demoted or dropped to make room), so swap-in never
+ *  loses data. Host mode: the rows are copied into memory from the cache's
+ *  allocator (no tier needed).
+ *  @return PKV_OK; PKV_ERR_NO_SEQ; PKV_ERR_STATE (already swapped out, or
+ *  lookahead tokens pending); PKV_ERR_MODE (metadata mode without a tier);
+ *  PKV_ERR_CAPACITY (tier 0 has fewer slots than the sequence's blocks that
+ *  are not already held by other swaps); PKV_ERR_NOMEM. Unchanged on error. */
+PKV_API int pkv_seq_swap_out(pkv_cache *cache, pkv_seq seq);
+
+/*! Brings a swapped-out seq back: takes its blocks from the pool (all or
+ *  nothing) and restores its rows (host mode: copied; metadata mode: queued
+ *  LOAD transfers, performed before attention reads the blocks). With
+ *  PKV_FLAG_AUTO_REGISTER its full blocks are registered again (moved onto
+ *  cached duplicates where they exist). New block ids: export the page tables
+ *  again. @return PKV_OK; PKV_ERR_NO_SEQ; PKV_ERR_STATE (not swapped out);
+ *  PKV_ERR_CAPACITY (fewer available pool blocks than it needs); PKV_ERR_NOMEM.
+ *  Unchanged on error. */
+PKV_API int pkv_seq_swap_in(pkv_cache *cache, pkv_seq seq);
+
+/*! 1 in *out when seq is swapped out, else 0. */
+PKV_API int pkv_seq_swapped(pkv_cache *cache, pkv_seq seq, int32_t *out);
 
 /* ------------------------------------------------------------------------- */
 /* Attention (FlashMLA argument convention)                                  */

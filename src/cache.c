@@ -125,7 +125,9 @@ int pkv_config_blocks_for_bytes(const pkv_config *user_cfg, uint64_t bytes, int3
 void pkv_cache_destroy(pkv_cache *c) {
     if (!c) return;
     pkv_allocator al = c->al;
+    swap_destroy(c);
     seq_destroy(&c->seqs);
+    tmeta_destroy(c);
     tier_destroy(c);
     if (c->prefix) prefix_destroy(c->prefix, &al);
     store_destroy(&c->store);
@@ -189,6 +191,8 @@ int pkv_cache_check(pkv_cache *c) {
     if (st == PKV_OK)
         st = c->prefix ? prefix_check(c->prefix, &c->seqs, &c->al, &c->err) : prefix_check_off(&c->pool, &c->err);
     if (st == PKV_OK) st = tier_check(c, &c->err);
+    if (st == PKV_OK) st = tmeta_check(c, &c->err);
+    if (st == PKV_OK) st = swap_check(c, &c->err);
     pkv_mem_free(&c->al, count);
     if (st == PKV_OK) c->err.text[0] = 0;
     else if (!c->err.text[0]) cache_fail(c, st, "pkv_cache_check: %s", pkv_strerror(st));

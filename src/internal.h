@@ -132,6 +132,9 @@ typedef struct pkv_seq_rec {
     int32_t nregistered;  /* blocks [0, nregistered) are entries of the prefix index */
     int32_t last_start, last_n; /* range of the last append, for the slot mapping */
     int32_t lookahead;    /* the last lookahead tokens are drafts: never registered */
+    int32_t swapped;      /* 1: swapped out (swap.c): blocks[] holds tier-0 slots (metadata
+                           * mode) or nothing (host mode: the rows are in swap_buf) */
+    void *swap_buf;       /* host mode: the rows of a swapped-out sequence */
     uint64_t ns;          /* namespace */
     uint64_t adapter;     /* extra key of every block (LoRA adapter id), 0 none */
     int32_t nmm, mm_cap;  /* multimodal ranges, by start, non-overlapping */
@@ -348,6 +351,10 @@ typedef struct pkv_tier {
     int32_t head, tail;
     int32_t host, degraded;
     int32_t shared;           /* PKV_TIER_SHARED: may hold blocks never indexed; never deleted from */
+    /* Metadata mode (tier_meta.c): the tier hands out slots; the engine holds the bytes. */
+    int32_t *slot_of;         /* [ecap] the slot of each entry it holds, -1 none */
+    int32_t *free_slots;      /* [capacity] stack of free slots */
+    int64_t nfree, swapped;   /* free slots; slots held by swapped-out sequences */
     int64_t hits, misses, stores, evictions, errors, corrupt, restored, stray, bytes_in, bytes_out;
     double seconds_in, seconds_out;
 } pkv_tier;
@@ -362,6 +369,10 @@ typedef struct pkv_tiers {
     int shared;               /* 1 + the index of the PKV_TIER_SHARED tier, 0 when none */
     uint8_t *batch_buf;       /* blobs of a shared lookup's batch, kept between lookups */
     size_t batch_cap;
+    int meta;                 /* metadata mode: slot tiers (tier_meta.c), transfers queued */
+    pkv_tier_transfer *xfer;  /* [xfer_cap] transfers for the engine, oldest first */
+    int32_t nxfer, xfer_cap;
+    int64_t xfer_lost;        /* pushed without room: a missing reservation (a bug; check fails) */
 } pkv_tiers;
 
 struct pkv_cache;
@@ -391,6 +402,28 @@ int tier_check(struct pkv_cache *c, pkv_detail *d);
 void tier_drop_tree(struct pkv_cache *c, int32_t e);
 void tier_stats(const struct pkv_cache *c, int ti, pkv_tier_stats *out);
 
+/* ---- metadata-mode tiers (tier_meta.c): slots and transfer lists ----
+ * The same placement as tier.c (offload on pool reclaim, promotion on lookup,
+ * demotion to the next tier, drop from the last), but a tier holds no bytes:
+ * it hands out slots and queues the transfers the engine performs. */
+int tmeta_add(struct pkv_cache *c, int64_t capacity_blocks, uint32_t flags, pkv_detail *d);
+void tmeta_destroy(struct pkv_cache *c);
+/* Room for the transfers of an operation that takes up to `blocks` pool blocks
+ * (each may cascade through every tier) plus `extra` transfers: all or nothing. */
+int tmeta_reserve(struct pkv_cache *c, int64_t blocks, int64_t extra);
+void tmeta_evicted(struct pkv_cache *c, int32_t b);
+int tmeta_promote(struct pkv_cache *c, int32_t e, int32_t (*take)(struct pkv_cache *), int32_t *block);
+void tmeta_drop_tree(struct pkv_cache *c, int32_t e);
+int tmeta_check(struct pkv_cache *c, pkv_detail *d);
+/* Swap slots of tier 0: how many could be taken now (evicting cached entries
+ * as needed), taking them (the caller checked), and giving one back. */
+int64_t tmeta_swap_room(const struct pkv_cache *c);
+void tmeta_swap_take(struct pkv_cache *c, int32_t n, int32_t *slots);
+void tmeta_swap_give(struct pkv_cache *c, int32_t slot);
+/* Queues one transfer (room reserved by tmeta_reserve). */
+void tmeta_push(struct pkv_cache *c, int op, int tier, int32_t block, int64_t slot, int64_t dst_slot, int32_t e);
+int tmeta_drain(struct pkv_cache *c, pkv_tier_transfer *out, int32_t cap, int32_t *n);
+
 /* ---- the cache handle (cache.c, ops.c): the top, the only orchestrator ---- */
 struct pkv_cache {
     pkv_config cfg;
@@ -405,6 +438,18 @@ struct pkv_cache {
     int64_t cow_copies;
     pkv_detail err;
 };
+
+/* A block from the pool for a new owner (ops.c); a reclaimed cached block is
+ * offloaded to the tiers or forgotten first. The caller checked availability. */
+int32_t cache_take_block(pkv_cache *c);
+/* Swap (swap.c): the bodies of pkv_seq_swap_out / _in on a live record; the
+ * release of a swapped record's slots or buffer (free); buffers at destroy;
+ * the invariants of swapped records. */
+int swap_out_op(pkv_cache *c, pkv_seq_rec *r);
+int swap_in_op(pkv_cache *c, pkv_seq_rec *r);
+void swap_release(pkv_cache *c, pkv_seq_rec *r);
+void swap_destroy(pkv_cache *c);
+int swap_check(pkv_cache *c, pkv_detail *d);
 
 /* Records err detail for pkv_cache_last_error and returns status. */
 int cache_fail(pkv_cache *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -23,6 +23,18 @@ static pkv_seq_rec *live_seq(pkv_cache *c, pkv_seq h) {
     return r;
 }
 
+/* A live record whose blocks are in the pool; NULL with *st set (PKV_ERR_STATE
+ * for a swapped-out sequence). */
+static pkv_seq_rec *resident_seq(pkv_cache *c, pkv_seq h, int *st) {
+    pkv_seq_rec *r = live_seq(c, h);
+    *st = r ? PKV_OK : PKV_ERR_NO_SEQ;
+    if (r && r->swapped) {
+        *st = cache_fail(c, PKV_ERR_STATE, "sequence %lld is swapped out: pkv_seq_swap_in it first", (long long)h);
+        r = NULL;
+    }
+    return r;
+}
+
 /* A block from the pool for a new owner; a reclaimed cached block leaves the
  * prefix index first (the caller checked that one is available). */
 static int32_t take_block(pkv_cache *c) {
@@ -30,11 +42,14 @@ static int32_t take_block(pkv_cache *c) {
     int32_t b = pool_alloc(&c->pool, &reclaimed);
     pkv_assert(b >= 0);
     if (reclaimed) {
-        if (c->tiers.n) tier_evicted(c, b);
+        if (c->tiers.meta) tmeta_evicted(c, b);
+        else if (c->tiers.n) tier_evicted(c, b);
         else prefix_forget(c->prefix, b);
     }
     return b;
 }
+
+int32_t cache_take_block(pkv_cache *c) { return take_block(c); }
 
 /* Lookup through the tiers: the chain's blocks found in the pool are held at
  * once, in order, so that no promotion reclaims them; an entry found only in
@@ -49,7 +64,9 @@ static int32_t match_through_tiers(pkv_cache *c, uint64_t ns, const prefix_extra
     for (m = 0; m < k; m++) {
         int32_t e = ents[m], b = prefix_entry_block(c->prefix, e);
         if (b >= 0) pool_ref(&c->pool, b);
-        else if (pool_available(&c->pool) == 0 || !tier_promote(c, e, take_block, &b)) break;
+        else if (pool_available(&c->pool) == 0 ||
+                 !(c->tiers.meta ? tmeta_promote(c, e, take_block, &b) : tier_promote(c, e, take_block, &b)))
+            break;
         blocks[m] = b;
     }
     if (m == k && c->tiers.shared) m = tier_shared_extend(c, ns, x, tokens, n, m, blocks, take_block);
@@ -82,8 +99,9 @@ static void use_spare_tokens(pkv_cache *c, pkv_seq_rec *r, int32_t *spare, int32
 
 static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *tokens, int64_t *slots,
                          pkv_block_copy *cow, int lookahead) {
-    pkv_seq_rec *r = live_seq(c, h);
-    if (!r) return PKV_ERR_NO_SEQ;
+    int st;
+    pkv_seq_rec *r = resident_seq(c, h, &st);
+    if (!r) return st;
     if (r->lookahead && !lookahead)
         return cache_fail(c, PKV_ERR_STATE, "the sequence has %d lookahead tokens: pkv_seq_accept them first",
                           r->lookahead);
@@ -102,7 +120,9 @@ static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *toke
                           new_blocks + cow_needed, avail);
     int record_tokens = tokens != NULL && r->ntokens == r->len;
     int auto_reg = c->prefix != NULL && (c->cfg.flags & PKV_FLAG_AUTO_REGISTER);
-    int st = seq_reserve(&c->seqs, r, r->nblocks + new_blocks, record_tokens ? (int32_t)new_len - r->tok_base : 0);
+    st = tmeta_reserve(c, new_blocks + cow_needed, 0);
+    if (st < 0) return cache_fail(c, st, "append of %d tokens: no memory for the transfer list", n);
+    st = seq_reserve(&c->seqs, r, r->nblocks + new_blocks, record_tokens ? (int32_t)new_len - r->tok_base : 0);
     if (st < 0) return cache_fail(c, st, "append of %d tokens: no memory for the block list", n);
     int32_t spare_cap, *spare = NULL;
     if (auto_reg && record_tokens) {
@@ -140,9 +160,10 @@ static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *toke
 }
 
 static int seq_fork_op(pkv_cache *c, pkv_seq parent, pkv_seq *child) {
-    if (!live_seq(c, parent)) return PKV_ERR_NO_SEQ;
+    int st;
+    if (!resident_seq(c, parent, &st)) return st;
     int32_t idx;
-    int st = seq_slot_prepare(&c->seqs, &idx);
+    st = seq_slot_prepare(&c->seqs, &idx);
     const pkv_seq_rec *p = seq_get(&c->seqs, parent); /* the record table may have moved */
     if (st == PKV_OK) st = seq_reserve(&c->seqs, &c->seqs.seqs[idx], p->nblocks, p->ntokens - p->tok_base);
     if (st == PKV_OK) st = seq_reserve_mm(&c->seqs, &c->seqs.seqs[idx], p->nmm);
@@ -155,10 +176,10 @@ static int seq_fork_op(pkv_cache *c, pkv_seq parent, pkv_seq *child) {
 
 static int prefix_register_op(pkv_cache *c, pkv_seq h, int32_t *registered, int32_t *deduped) {
     if (!c->prefix) return cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)");
-    pkv_seq_rec *r = live_seq(c, h);
-    if (!r) return PKV_ERR_NO_SEQ;
-    int32_t spare_cap;
     int st;
+    pkv_seq_rec *r = resident_seq(c, h, &st);
+    if (!r) return st;
+    int32_t spare_cap;
     int32_t *spare = spare_tokens(c, r, r->ntokens, &spare_cap, &st);
     if (st < 0) return cache_fail(c, st, "register: no memory for the sequence's token ids");
     int32_t before = r->nregistered;
@@ -211,7 +232,10 @@ static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
     prefix_extras x;
     FORWARD_IF_ERROR(import_extras(c, extra, &x));
     int32_t bs = c->pool.block_size, idx;
-    int st = seq_slot_prepare(&c->seqs, &idx);
+    /* Each promotion takes (and holds) a pool block: at most num_blocks of them. */
+    int32_t most = n / bs < c->pool.num_blocks ? n / bs : c->pool.num_blocks;
+    int st = tmeta_reserve(c, most, most);
+    if (st == PKV_OK) st = seq_slot_prepare(&c->seqs, &idx);
     /* Room for the prompt's blocks (the engine appends the rest next), reserved
      * before the record is taken so that a failure changes nothing; the ids of
      * the cached blocks stay in the index. */
@@ -260,8 +284,9 @@ int pkv_seq_append_lookahead(pkv_cache *c, pkv_seq seq, int32_t n, const int32_t
 
 int pkv_seq_accept(pkv_cache *c, pkv_seq seq, int32_t accepted) {
     CACHE_ENTER(c);
-    pkv_seq_rec *r = live_seq(c, seq);
-    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    int rst;
+    pkv_seq_rec *r = resident_seq(c, seq, &rst);
+    if (!r) CACHE_LEAVE(c, rst);
     if (accepted < 0 || accepted > r->lookahead)
         CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "accepted %d outside [0, %d] (the lookahead tokens)", accepted,
                                   r->lookahead));
@@ -294,8 +319,9 @@ int pkv_seq_lookahead(pkv_cache *c, pkv_seq seq, int32_t *out) {
 int pkv_seq_blocks_needed(pkv_cache *c, pkv_seq seq, int32_t n, int32_t *out) {
     CACHE_ENTER(c);
     CACHE_NULL_IF(c, !out, "out");
-    pkv_seq_rec *r = live_seq(c, seq);
-    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    int rst;
+    pkv_seq_rec *r = resident_seq(c, seq, &rst);
+    if (!r) CACHE_LEAVE(c, rst);
     if (n < 0 || n > INT32_MAX - r->len)
         CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "n = %d outside [0, %d]", n, INT32_MAX - r->len));
     *out = seq_blocks_for(&c->seqs, (int64_t)r->len + n) - r->nblocks + seq_needs_cow(&c->seqs, r, n);
@@ -304,8 +330,9 @@ int pkv_seq_blocks_needed(pkv_cache *c, pkv_seq seq, int32_t n, int32_t *out) {
 
 int pkv_seq_truncate(pkv_cache *c, pkv_seq seq, int32_t new_len) {
     CACHE_ENTER(c);
-    pkv_seq_rec *r = live_seq(c, seq);
-    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    int rst;
+    pkv_seq_rec *r = resident_seq(c, seq, &rst);
+    if (!r) CACHE_LEAVE(c, rst);
     if (new_len < 0 || new_len > r->len)
         CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "truncate to %d outside [0, %d]", new_len, r->len));
     int32_t j = seq_truncate_needs_tokens(&c->seqs, r, new_len);
@@ -323,6 +350,7 @@ int pkv_seq_free(pkv_cache *c, pkv_seq seq) {
     CACHE_ENTER(c);
     pkv_seq_rec *r = live_seq(c, seq);
     if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    swap_release(c, r);
     seq_retire(&c->seqs, r);
     CACHE_LEAVE(c, PKV_OK);
 }
@@ -338,8 +366,9 @@ int pkv_seq_length(pkv_cache *c, pkv_seq seq, int32_t *out) {
 int pkv_seq_blocks(pkv_cache *c, pkv_seq seq, int32_t *blocks, int32_t cap, int32_t *n) {
     CACHE_ENTER(c);
     CACHE_NULL_IF(c, !n, "n");
-    pkv_seq_rec *r = live_seq(c, seq);
-    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    int rst;
+    pkv_seq_rec *r = resident_seq(c, seq, &rst);
+    if (!r) CACHE_LEAVE(c, rst);
     *n = r->nblocks;
     if (cap < r->nblocks)
         CACHE_LEAVE(c, cache_fail(c, PKV_ERR_BUFFER, "sequence has %d blocks, buffer holds %d", r->nblocks, cap));
@@ -440,6 +469,7 @@ int pkv_store_arenas(pkv_cache *c, int32_t layer, void **k, void **v) {
 
 int pkv_cache_add_host_tier(pkv_cache *c, int64_t capacity_blocks, uint32_t flags) {
     CACHE_ENTER(c);
+    if (!c->store.enabled) CACHE_LEAVE(c, tmeta_add(c, capacity_blocks, flags, &c->err));
     CACHE_LEAVE(c, tier_add(c, NULL, capacity_blocks, 1, flags, &c->err));
 }
 
@@ -512,11 +542,14 @@ int pkv_prefix_evict(pkv_cache *c, int32_t n, int32_t *evicted) {
     if (!c->prefix) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)"));
     if (n < 0) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "n = %d is negative", n));
     int32_t k = 0;
+    int st = tmeta_reserve(c, n < c->pool.num_evictable ? n : c->pool.num_evictable, 0);
+    if (st < 0) CACHE_LEAVE(c, cache_fail(c, st, "evict: no memory for the transfer list"));
     for (; k < n; k++) {
         int32_t b = pool_evict_lru(&c->pool);
         if (b < 0) break;
         /* The block is free but its contents are intact until reused: offload now. */
-        if (c->tiers.n) tier_evicted(c, b);
+        if (c->tiers.meta) tmeta_evicted(c, b);
+        else if (c->tiers.n) tier_evicted(c, b);
         else prefix_forget(c->prefix, b);
     }
     if (evicted) *evicted = k;
@@ -532,7 +565,10 @@ int pkv_prefix_reset(pkv_cache *c) {
                                       c->seqs.seqs[i].nregistered));
     int32_t ecap = prefix_ecap(c->prefix);
     for (int32_t e = 0; e < ecap; e++)
-        if (prefix_entry_live(c->prefix, e) && prefix_entry_parent(c->prefix, e) < 0) tier_drop_tree(c, e);
+        if (prefix_entry_live(c->prefix, e) && prefix_entry_parent(c->prefix, e) < 0) {
+            if (c->tiers.meta) tmeta_drop_tree(c, e);
+            else tier_drop_tree(c, e);
+        }
     CACHE_LEAVE(c, PKV_OK);
 }
 
@@ -556,4 +592,36 @@ int pkv_events_drain(pkv_cache *c, pkv_event *out, int32_t cap, int32_t *n, int6
     int st = prefix_events_drain(c->prefix, out, cap, n, dropped);
     if (st < 0) CACHE_LEAVE(c, cache_fail(c, st, "events are not enabled (pkv_events_enable)"));
     CACHE_LEAVE(c, PKV_OK);
+}
+
+/* ---- metadata-mode transfers and swap ---- */
+
+int pkv_tier_transfers_drain(pkv_cache *c, pkv_tier_transfer *out, int32_t cap, int32_t *n) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !n, "n");
+    CACHE_NULL_IF(c, cap > 0 && !out, "out");
+    if (cap < 0) CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "cap %d is negative", cap));
+    CACHE_LEAVE(c, tmeta_drain(c, out, cap, n));
+}
+
+int pkv_seq_swap_out(pkv_cache *c, pkv_seq seq) {
+    CACHE_ENTER(c);
+    pkv_seq_rec *r = live_seq(c, seq);
+    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    CACHE_LEAVE(c, swap_out_op(c, r));
+}
+
+int pkv_seq_swap_in(pkv_cache *c, pkv_seq seq) {
+    CACHE_ENTER(c);
+    pkv_seq_rec *r = live_seq(c, seq);
+    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    CACHE_LEAVE(c, swap_in_op(c, r));
+}
+
+int pkv_seq_swapped(pkv_cache *c, pkv_seq seq, int32_t *out) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !out, "out");
+    pkv_seq_rec *r = live_seq(c, seq);
+    if (r) *out = r->swapped;
+    CACHE_LEAVE(c, r ? PKV_OK : PKV_ERR_NO_SEQ);
 }

@@ -238,6 +238,7 @@ int seq_check(pkv_seqtab *t, int has_prefix, int32_t *count, int32_t *owner, pkv
         if (!r->live) continue;
         live++;
         tokens += r->len;
+        if (r->swapped) continue; /* its blocks[] are slots, not pool blocks (swap_check) */
         int32_t want = seq_blocks_for(t, r->len);
         if (r->nblocks != want || r->len < 0)
             return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: %d tokens in %d blocks (want %d)", i, r->len,

@@ -20,7 +20,7 @@ rank() {
         seq) echo 5 ;;
         prefix) echo 6 ;;
         store) echo 7 ;;
-        tier) echo 8 ;;
+        tier|tier_meta) echo 8 ;;
         cache) echo 9 ;;
         export|attn) echo 10 ;;
         *) echo "?" ;;
@@ -31,7 +31,7 @@ module() { # path of an object -> module name
         */attn/*) echo attn ;;
         */fp8*.o) echo fp8 ;;
         */tier_file*.o) echo tier_file ;;
-        */ops.o) echo cache ;;
+        */ops.o|*/swap.o) echo cache ;;
         *) basename "$1" .o ;;
     esac
 }

@@ -381,6 +381,97 @@ static void test_table(void) {
     free(r.text);
 }
 
+/* Element idx of the JSON integer array after the first "key". */
+static long long json_arr(const char *text, const char *key, int idx) {
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"%s\": [", key);
+    const char *p = strstr(text, pat);
+    if (!p) return -1;
+    p += strlen(pat);
+    for (int i = 0; i < idx; i++) {
+        p = strchr(p, ',');
+        if (!p) return -1;
+        p++;
+    }
+    return strtoll(p, NULL, 10);
+}
+
+/* Issue 11: tiers below the pool (metadata mode: slots and transfer lists)
+ * and swap preemption. A host tier recovers hits the pool lost on a long
+ * multi-turn workload; the levels' hits add up to the total; swap preemption
+ * brings every swapped request back and finishes the workload. */
+static void test_tiers(void) {
+    run_out a = run("--requests 600 --no-progress --kv-mem-gib 2 --json");
+    run_out b = run("--requests 600 --no-progress --kv-mem-gib 2 --tier host:16 --json");
+    CHECK_RUN(a, 0, "\"tiers\": []");
+    CHECK_RUN(b, 0, "\"kind\": \"host\"");
+    long long hit_a = json_int(a.text, "prefix_hit_tokens", 0), hit_b = json_int(b.text, "prefix_hit_tokens", 0);
+    long long max = json_int(b.text, "prefix_hit_tokens_max", 0);
+    CHECK(hit_b > hit_a + hit_a / 5); /* clearly more: the tier keeps what the pool evicted */
+    CHECK(hit_b <= max);
+    long long t0 = json_arr(b.text, "tier_hit_tokens", 0), pool = json_int(b.text, "pool_hit_tokens", 0);
+    CHECK(t0 > 0);
+    CHECK_INT(pool + t0, hit_b);
+    CHECK_INT(json_arr(a.text, "tier_hit_tokens", 0), 0);
+    CHECK(json_arr(b.text, "tier_blocks_in", 0) > 0 && json_arr(b.text, "tier_blocks_out", 0) > 0);
+    CHECK_INT(json_int(a.text, "requests_done", 0), json_int(b.text, "requests_done", 0));
+    printf("test_sim: 600 requests, 2 GiB pool: prefix hit tokens %lld without a tier, %lld with host:16 "
+           "(%lld from the tier; max %lld)\n", hit_a, hit_b, t0, max);
+    free(a.text);
+    free(b.text);
+    /* the SVG's title names each level's share */
+    char svg[512], buf[4096];
+    snprintf(svg, sizeof svg, "%s/tiers.svg", tmpdir);
+    a = run("--requests 200 --no-progress --tier host:8 --svg %s", svg);
+    CHECK_RUN(a, 0, "hits by level");
+    free(a.text);
+    FILE *f = fopen(svg, "r");
+    CHECK(f != NULL);
+    if (f) {
+        size_t got = fread(buf, 1, sizeof buf - 1, f);
+        buf[got] = 0;
+        fclose(f);
+        CHECK(strstr(buf, "; hits: pool ") != NULL && strstr(buf, "% + host ") != NULL);
+    }
+    /* two levels: a small host tier, then a file tier (simulated at SSD bandwidth) */
+    a = run("--requests 600 --no-progress --kv-mem-gib 2 --tier host:2 --tier file:%s:32 --json", tmpdir);
+    CHECK_RUN(a, 0, "\"kind\": \"file\"");
+    CHECK(json_arr(a.text, "tier_hit_tokens", 0) > 0 && json_arr(a.text, "tier_hit_tokens", 1) > 0);
+    free(a.text);
+    /* swap preemption on a pool too small for the load: every swapped request
+     * comes back, everything finishes */
+    a = run("--requests 1500 --no-progress --kv-mem-gib 1 --tier host:8 --preempt swap --json");
+    CHECK_RUN(a, 0, "\"preempt\": \"swap\"");
+    long long out = json_int(a.text, "swaps_out", 0), in = json_int(a.text, "swaps_in", 0);
+    CHECK(out > 0);
+    CHECK_INT(in, out);
+    /* 1500: a request swapped out in the step that finished it once never came back (a hang) */
+    CHECK_INT(json_int(a.text, "requests_done", 0) + json_int(a.text, "rejected", 0), 1500);
+    free(a.text);
+    /* the same with --verify: host mode, attention over swapped-in and promoted blocks */
+    a = run("--requests 120 --no-progress --kv-mem-gib 0.5 --tier host:0.5 --preempt swap --verify");
+    CHECK_RUN(a, 0, "swaps out / in");
+    char x[256];
+    CHECK(strstr(row(a.text, "verify", x, sizeof x), "ok") != NULL);
+    CHECK(strstr(row(a.text, "hits by level", x, sizeof x), "+ host") != NULL);
+    free(a.text);
+    static const struct { const char *args; const char *msg; } bad[] = {
+        {"--tier ram:3", "--tier: 'ram:3' is not host:GIB or file:DIR:GIB"},
+        {"--tier host:0", "--tier host:0: '0' is not a number of GiB"},
+        {"--tier file:/nonexistent-pkv:3", "/nonexistent-pkv is not a directory"},
+        {"--preempt swap", "--preempt swap moves preempted sequences to tier 0: add --tier host:GIB"},
+        {"--tier host:1 --prefix-cache off", "--tier needs the prefix cache"},
+        {"--tier host:1 --ssd-bw-gbs 3", "--ssd-bw-gbs has no effect without --tier file:DIR:GIB"},
+        {"--host-bw-gbs 3", "--host-bw-gbs has no effect without --tier host:GIB"},
+        {"--tier host:1 --tier host:1 --tier host:1 --tier host:1", "--tier: at most 3 tiers"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        run_out r = run("--requests 10 --no-progress %s", bad[i].args);
+        CHECK_RUN(r, 2, bad[i].msg);
+        free(r.text);
+    }
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     if (clirun_find_bin(argv[0], "test_sim")) return 1;
@@ -402,6 +493,7 @@ int main(int argc, char **argv) {
     test_outputs_first();
     test_trace_files();
     test_table();
+    test_tiers();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "test_sim: could not remove %s\n", tmpdir);

@@ -121,15 +121,15 @@ static void test_offload_promote(void) {
     CHECK_INT(lookup_check(c, a, 12), 12);
     CHECK_INT(tstats(c, 0).hits, 3);
     CHECK_OK(pkv_cache_check(c));
-    /* errors: not on a used cache, not in metadata mode */
+    /* errors: not on a used cache, not without prefix caching (metadata mode:
+     * tests/test_tiers_meta.c) */
     CHECK_STATUS(pkv_cache_add_host_tier(c, 4, 0), PKV_ERR_STATE);
     pkv_cache_destroy(c);
     pkv_config cfg;
     pkv_config_init(&cfg);
-    cfg.flags = PKV_FLAG_PREFIX_CACHE;
     CHECK_OK(pkv_cache_create(&cfg, &c));
     CHECK_STATUS(pkv_cache_add_host_tier(c, 4, 0), PKV_ERR_MODE);
-    CHECK(strstr(pkv_cache_last_error(c), "host storage") != NULL);
+    CHECK(strstr(pkv_cache_last_error(c), "prefix caching") != NULL);
     pkv_cache_destroy(c);
 }
 

@@ -23,6 +23,7 @@ typedef struct rstate {
     int64_t admit;
     int32_t touched;                  /* in this step's touched list */
     int64_t preempt_step;             /* step of the last preemption, or -1 */
+    int32_t swapped;                  /* 1: preempted by swap; sample 0's sequence is swapped out */
 } rstate;
 
 typedef struct fleet fleet;
@@ -54,6 +55,8 @@ typedef struct engine {
     int64_t last_tokens;              /* tokens of its last step */
     int32_t load;                     /* requests routed here, not finished */
     double util_sum, waste_sum, occ_sum;
+    int64_t tier_last[SIM_MAX_TIERS][2]; /* tier stats (hits, stores) at the end of the last step */
+    int64_t step_swap_blocks;         /* blocks swapped out or in during this step */
 } engine;
 
 struct fleet {

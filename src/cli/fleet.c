@@ -158,6 +158,17 @@ static void aggregate(const fleet *f, const sim_result *inst, sim_result *g) {
         g->query_tokens += x->query_tokens;
         g->preemptions += x->preemptions;
         g->recomputed_tokens += x->recomputed_tokens;
+        for (int t = 0; t < SIM_MAX_TIERS; t++) {
+            g->tier_hit_tokens[t] += x->tier_hit_tokens[t];
+            g->tier_blocks_in[t] += x->tier_blocks_in[t];
+            g->tier_blocks_out[t] += x->tier_blocks_out[t];
+            g->tier_capacity[t] = x->tier_capacity[t];
+        }
+        g->swaps_out += x->swaps_out;
+        g->swaps_in += x->swaps_in;
+        g->swap_blocks += x->swap_blocks;
+        g->swap_fallbacks += x->swap_fallbacks;
+        if (x->transfer_s > g->transfer_s) g->transfer_s = x->transfer_s;
         g->evictions += x->evictions;
         g->cow_copies += x->cow_copies;
         g->forks += x->forks;

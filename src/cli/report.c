@@ -67,6 +67,36 @@ CELL(c_lib, snprintf(b, n, "%.2f", x->lib_us_per_step))
 CELL(c_calls, snprintf(b, n, "%.1f", x->steps ? (double)x->lib_calls / (double)x->steps : 0.0))
 CELL(c_call, snprintf(b, n, "%.1f (+%.0f clock)", x->lib_ns_per_call, x->clock_ns))
 CELL(c_wall, snprintf(b, n, "%.2f", x->wall_s))
+/* "pool 21.0% + host 14.2% + file 3.1%": the prompt tokens of first admissions
+ * each level served. */
+static void tier_hits(char *b, size_t n, const sim_run_desc *r) {
+    const sim_result *x = &r->res;
+    double q = x->query_tokens ? (double)x->query_tokens : 1;
+    int64_t pool = x->hit_tokens;
+    for (int32_t t = 0; t < r->cfg.ntiers; t++) pool -= x->tier_hit_tokens[t];
+    int k = snprintf(b, n, "pool %.1f%%", 100.0 * (double)pool / q);
+    for (int32_t t = 0; t < r->cfg.ntiers && k > 0 && (size_t)k < n; t++)
+        k += snprintf(b + k, n - (size_t)k, " + %s %.1f%%", r->cfg.tier_file[t] ? "file" : "host",
+                      100.0 * (double)x->tier_hit_tokens[t] / q);
+}
+CELL(c_tierhit, if (!c->ntiers) snprintf(b, n, "-"); else tier_hits(b, n, r))
+static void tier_moves(char *b, size_t n, const sim_run_desc *r) {
+    int k = 0;
+    b[0] = 0;
+    for (int32_t t = 0; t < r->cfg.ntiers && k >= 0 && (size_t)k < n; t++)
+        k += snprintf(b + k, n - (size_t)k, "%s%lld / %lld", t ? ", " : "", (long long)r->res.tier_blocks_in[t],
+                      (long long)r->res.tier_blocks_out[t]);
+}
+CELL(c_tiermove, if (!c->ntiers) snprintf(b, n, "-"); else tier_moves(b, n, r))
+CELL(c_tiercap, if (!c->ntiers) snprintf(b, n, "-");
+     else { int k = 0; b[0] = 0;
+            for (int32_t t = 0; t < c->ntiers && k >= 0 && (size_t)k < n; t++)
+                k += snprintf(b + k, n - (size_t)k, "%s%s %g GiB (%lld)", t ? ", " : "", c->tier_file[t] ? "file" : "host",
+                              c->tier_gib[t], (long long)x->tier_capacity[t]); })
+CELL(c_xfer, snprintf(b, n, "%.2f", x->transfer_s))
+CELL(c_swaps, if (!c->preempt_swap) snprintf(b, n, "-");
+     else snprintf(b, n, "%lld / %lld (%lld recomputed)", (long long)x->swaps_out, (long long)x->swaps_in,
+                   (long long)x->swap_fallbacks))
 CELL(c_verify, if (!c->verify) snprintf(b, n, "-");
      else snprintf(b, n, "%lld ok, err %.1e", (long long)x->verify_checks, x->verify_max_err))
 
@@ -92,6 +122,11 @@ static const struct row {
     {"internal waste", c_waste},
     {"pool occupancy", c_occ},
     {"prefix hit rate", c_hit},
+    {"tiers (blocks)", c_tiercap},
+    {"hits by level", c_tierhit},
+    {"tier blocks in / out", c_tiermove},
+    {"tier transfer time (s)", c_xfer},
+    {"swaps out / in", c_swaps},
     {"load balance (max/mean)", c_balance},
     {"prompt tokens computed", c_computed},
     {"preemptions", c_preempt},
@@ -164,10 +199,12 @@ void report_table(FILE *f, const sim_workload *w, const sim_run_desc *runs, int 
                 w->source, w->n, w->conversations, w->multi_turn, w->with_system_prompt, w->parallel,
                 (long long)w->prompt_tokens, (long long)w->output_tokens);
     const sim_config *c = &runs[0].cfg;
-    fprintf(f, "scheduler: %d tokens/step, <= %d running, watermark %.0f%%, recompute preemption; "
-               "cost: %.1f ms + %.0f us/token + KV reads at %.1f TB/s, %d layers\n\n",
-            c->max_batch_tokens, c->max_seqs, c->watermark * 100, c->cost_a * 1e3, c->cost_b * 1e6,
-            c->kv_bw * 1e-12, c->layers);
+    fprintf(f, "scheduler: %d tokens/step, <= %d running, watermark %.0f%%, %s preemption; "
+               "cost: %.1f ms + %.0f us/token + KV reads at %.1f TB/s, %d layers",
+            c->max_batch_tokens, c->max_seqs, c->watermark * 100, c->preempt_swap ? "swap" : "recompute",
+            c->cost_a * 1e3, c->cost_b * 1e6, c->kv_bw * 1e-12, c->layers);
+    if (c->ntiers) fprintf(f, "; tier transfers at %.0f GB/s (host), %.0f GB/s (file)", c->host_bw * 1e-9, c->ssd_bw * 1e-9);
+    fputs("\n\n", f);
     int width[65];
     char cell[64][64];
     int namew = 24;
@@ -196,6 +233,10 @@ void report_table(FILE *f, const sim_workload *w, const sim_run_desc *runs, int 
         if (rows[i].fn == c_verify && !runs[0].cfg.verify) continue;
         if (rows[i].fn == knob_row(sweep_key)) continue;
         if ((rows[i].fn == c_fleet || rows[i].fn == c_balance) && !any_fleet(runs, nruns)) continue;
+        if ((rows[i].fn == c_tiercap || rows[i].fn == c_tierhit || rows[i].fn == c_tiermove || rows[i].fn == c_xfer) &&
+            !runs[0].cfg.ntiers)
+            continue;
+        if (rows[i].fn == c_swaps && !runs[0].cfg.preempt_swap) continue;
         for (int j = 0; j < nruns && j < 64; j++) rows[i].fn(cell[j], sizeof cell[j], &runs[j]);
         fprintf(f, "%-*s", namew, rows[i].name);
         for (int j = 0; j < nruns && j < 64; j++) fprintf(f, "  %*s", width[j + 1], cell[j]);
@@ -256,6 +297,22 @@ static void json_metrics(FILE *f, const sim_result *x) {
     }
     fprintf(f, ", \"prefix_hit_tokens_max\": %lld, \"hit_rate_max\": ", (long long)x->hit_max_tokens);
     json_num(f, x->hit_rate_max);
+    int64_t pool = x->hit_tokens;
+    for (int t = 0; t < SIM_MAX_TIERS; t++) pool -= x->tier_hit_tokens[t];
+    fprintf(f, ", \"pool_hit_tokens\": %lld, \"tier_hit_tokens\": [%lld, %lld, %lld], \"tier_hit_rate\": [",
+            (long long)pool, (long long)x->tier_hit_tokens[0], (long long)x->tier_hit_tokens[1],
+            (long long)x->tier_hit_tokens[2]);
+    for (int t = 0; t < SIM_MAX_TIERS; t++) {
+        if (t) fputs(", ", f);
+        json_num(f, x->query_tokens ? (double)x->tier_hit_tokens[t] / (double)x->query_tokens : 0);
+    }
+    fprintf(f, "], \"tier_blocks_in\": [%lld, %lld, %lld], \"tier_blocks_out\": [%lld, %lld, %lld], "
+               "\"swaps_out\": %lld, \"swaps_in\": %lld, \"swap_blocks\": %lld, \"swap_fallbacks\": %lld, "
+               "\"tier_transfer_s\": ",
+            (long long)x->tier_blocks_in[0], (long long)x->tier_blocks_in[1], (long long)x->tier_blocks_in[2],
+            (long long)x->tier_blocks_out[0], (long long)x->tier_blocks_out[1], (long long)x->tier_blocks_out[2],
+            (long long)x->swaps_out, (long long)x->swaps_in, (long long)x->swap_blocks, (long long)x->swap_fallbacks);
+    json_num(f, x->transfer_s);
 }
 
 void report_json(FILE *f, const sim_workload *w, const sim_run_desc *runs, int nruns, const char *sweep_key) {
@@ -290,8 +347,17 @@ void report_json(FILE *f, const sim_workload *w, const sim_run_desc *runs, int n
         json_num(f, c->cost_b);
         fputs(", \"kv_bandwidth_bytes_per_s\": ", f);
         json_num(f, c->kv_bw);
-        fprintf(f, ", \"verify\": %s, \"instances\": %d, \"router\": \"%s\"},\n   \"metrics\": {",
-                c->verify ? "true" : "false", c->instances, sim_router_name(c->router));
+        fprintf(f, ", \"verify\": %s, \"instances\": %d, \"router\": \"%s\", \"preempt\": \"%s\", \"tiers\": [",
+                c->verify ? "true" : "false", c->instances, sim_router_name(c->router),
+                c->preempt_swap ? "swap" : "recompute");
+        for (int32_t t = 0; t < c->ntiers; t++) {
+            fprintf(f, "%s{\"kind\": \"%s\", \"gib\": ", t ? ", " : "", c->tier_file[t] ? "file" : "host");
+            json_num(f, c->tier_gib[t]);
+            fprintf(f, ", \"blocks\": %lld, \"bandwidth_bytes_per_s\": ", (long long)x->tier_capacity[t]);
+            json_num(f, c->tier_file[t] ? c->ssd_bw : c->host_bw);
+            fputc('}', f);
+        }
+        fputs("]},\n   \"metrics\": {", f);
         json_metrics(f, x);
         if (x->ninst > 1) {
             fputs(", \"load_balance\": ", f);
@@ -371,6 +437,15 @@ static void time_panel(FILE *f, double oy, const sim_result *x, const sim_config
     fprintf(f, "pkv sim: block size %d, %d blocks, %s, prefix cache %s", c->block_size, x->num_blocks,
             sim_dtype_name(c->kv_dtype), c->prefix_cache ? "on" : "off");
     if (inst >= 0) fprintf(f, ", instance %d of %d (%s)", inst, c->instances, sim_router_name(c->router));
+    if (c->ntiers && c->prefix_cache) {
+        char hits[160];
+        sim_run_desc rd;
+        memset(&rd, 0, sizeof rd);
+        rd.cfg = *c;
+        rd.res = *x;
+        tier_hits(hits, sizeof hits, &rd);
+        fprintf(f, "; hits: %s", hits);
+    }
     if (sweep_key && label) {
         fprintf(f, " (sweep %s=", sweep_key);
         svg_escaped(f, label);

@@ -73,7 +73,52 @@ double sim_cache_bytes(const sim_config *cfg) {
     double nb = sim_pool_blocks(cfg), bs = cfg->block_size;
     double per_block = 24 + 4 * bs + (cfg->prefix_cache ? 128 + 4 * bs : 0);
     if (cfg->verify) per_block += bs * 2.0 * VERIFY_H_KV * (VERIFY_D + VERIFY_DV);
-    return nb * per_block;
+    /* a tier's block: its index entry, slot and links (about 100 B) and token ids */
+    double tiers = 0;
+    for (int32_t t = 0; t < cfg->ntiers; t++) tiers += (double)sim_tier_blocks(cfg, t) * (112 + 4 * bs);
+    return nb * per_block + tiers;
+}
+
+int64_t sim_tier_blocks(const sim_config *cfg, int32_t t) {
+    double per_block = (double)cfg->block_size * (double)sim_token_bytes(cfg->kv_dtype) * cfg->layers;
+    double b = floor(cfg->tier_gib[t] * 1073741824.0 / per_block);
+    if (b > (double)(INT32_MAX / 4)) b = (double)(INT32_MAX / 4);
+    return b < 1 ? 1 : (int64_t)b;
+}
+
+/* Counter k (0: hits, 1: stores) of tier t. */
+static int64_t tier_counter(engine *e, int32_t t, int k) {
+    pkv_tier_stats ts = PKV_TIER_STATS_INIT;
+    if (LIB(e, pkv_tier_stats_get(e->cache, t, &ts)) != PKV_OK) return 0;
+    return k ? ts.stores : ts.hits;
+}
+
+/* The engine's side of the tiers at the end of a step: the transfer list is
+ * drained (metadata mode: these are the copies a GPU engine would launch
+ * before the step's kernels) and the step pays for the blocks each tier moved
+ * (promotions out of it, offloads and demotions into it, swaps) at its
+ * bandwidth: host tiers --host-bw-gbs (PCIe), file tiers --ssd-bw-gbs. */
+static double transfer_time(engine *e) {
+    const sim_config *cfg = e->f->cfg;
+    if (!cfg->ntiers) return 0;
+    pkv_tier_transfer x[256];
+    int32_t n;
+    do {
+        if (LIB(e, pkv_tier_transfers_drain(e->cache, x, 256, &n)) != PKV_OK) break;
+    } while (n == 256);
+    double block = (double)e->bs * (double)sim_token_bytes(cfg->kv_dtype) * cfg->layers, s = 0;
+    for (int32_t t = 0; t < cfg->ntiers; t++) {
+        int64_t hits = tier_counter(e, t, 0), stores = tier_counter(e, t, 1);
+        int64_t out = hits - e->tier_last[t][0], in = stores - e->tier_last[t][1];
+        e->tier_last[t][0] = hits;
+        e->tier_last[t][1] = stores;
+        e->res->tier_blocks_out[t] += out;
+        e->res->tier_blocks_in[t] += in;
+        if (t == 0) in += e->step_swap_blocks;
+        s += (double)(out + in) * block / (cfg->tier_file[t] ? cfg->ssd_bw : cfg->host_bw);
+    }
+    e->step_swap_blocks = 0;
+    return s;
 }
 
 static int lib_fail(engine *e, const char *what, int st) {
@@ -182,10 +227,58 @@ static void run_remove(engine *e, int32_t id) {
         }
 }
 
+/* Swap preemption (--preempt swap) of running request id: its one sequence
+ * goes to tier 0 and keeps its state. 0 when it was swapped out; -1 when it
+ * cannot be (n > 1, or tier 0 is full of other swapped sequences): recompute. */
+static int preempt_swap(engine *e, int32_t id) {
+    rstate *st = &e->f->rs[id];
+    if (!e->f->cfg->preempt_swap) return -1;
+    if (st->nseq != 1 || LIB(e, pkv_seq_swap_out(e->cache, st->seq[0])) != PKV_OK) {
+        e->res->swap_fallbacks++;
+        return -1;
+    }
+    run_remove(e, id);
+    st->state = R_WAITING;
+    st->swapped = 1;
+    st->preempted++;
+    st->preempt_step = e->res->steps;
+    e->res->preemptions++;
+    e->res->swaps_out++;
+    e->step_swap_blocks += blocks_for(e, st->len[0]);
+    ring_push_front(e, id);
+    return 0;
+}
+
+/* Brings swapped request id back when the pool has room for its blocks above
+ * the watermark. Returns 1 (running again), 0 (must wait), or a negative
+ * fatal status. */
+static int resume_swapped(engine *e, int32_t id) {
+    rstate *st = &e->f->rs[id];
+    int32_t need = blocks_for(e, st->len[0]);
+    pkv_stats stats = PKV_STATS_INIT;
+    LIB(e, sim_cache_stats(e->cache, &stats));
+    if (stats.free_blocks + stats.evictable_blocks - need < e->watermark_blocks) return 0;
+    int rc = LIB(e, pkv_seq_swap_in(e->cache, st->seq[0]));
+    if (rc == PKV_ERR_CAPACITY) return 0;
+    if (rc != PKV_OK) return lib_fail(e, "pkv_seq_swap_in", rc), -1;
+    st->swapped = 0;
+    st->state = R_RUNNING;
+    st->admit = e->admit_counter++;
+    e->run[e->nrun++] = id;
+    e->res->swaps_in++;
+    e->res->swap_blocks += 2 * need; /* out and back in */
+    e->step_swap_blocks += need;
+    /* Swapped out in the step that finished its prefill or its last token, it
+     * missed that step's bookkeeping: this step's end does it. */
+    touch(e, id);
+    return 1;
+}
+
 /* Recompute preemption of running request id. */
 static void preempt(engine *e, int32_t id) {
     const sim_request *r = &e->f->w->req[id];
     rstate *st = &e->f->rs[id];
+    if (preempt_swap(e, id) == 0) return;
     int64_t kv = 0;
     for (int32_t k = 0; k < st->nseq; k++) kv += st->len[k];
     e->res->recomputed_tokens += kv;
@@ -259,6 +352,8 @@ static int32_t admit(engine *e, int32_t id, int32_t budget) {
     pkv_seq seq;
     int32_t cached = 0;
     int rc;
+    int64_t tier_hits0[SIM_MAX_TIERS];
+    for (int32_t t = 0; t < e->f->cfg->ntiers; t++) tier_hits0[t] = tier_counter(e, t, 0);
     if (e->prefix) {
         rc = LIB(e, pkv_prefix_lookup(e->cache, 0, toks, n, &seq, &cached));
         if (rc != PKV_OK) return lib_fail(e, "pkv_prefix_lookup", rc), -1;
@@ -293,6 +388,15 @@ static int32_t admit(engine *e, int32_t id, int32_t budget) {
     if (!st->preempted) { /* a resumed request finding its own blocks is not a prefix hit */
         e->res->hit_tokens += cached;
         e->res->query_tokens += n;
+        /* the lookup's promotions, per tier (a fully cached prompt's last block is
+         * truncated and computed again: not a hit of any tier) */
+        int64_t left = cached;
+        for (int32_t t = e->f->cfg->ntiers - 1; t >= 0; t--) {
+            int64_t got = (tier_counter(e, t, 0) - tier_hits0[t]) * e->bs;
+            if (got > left) got = left;
+            e->res->tier_hit_tokens[t] += got;
+            left -= got;
+        }
     }
     st->state = R_RUNNING;
     st->admit = e->admit_counter++;
@@ -441,6 +545,13 @@ int engine_step(engine *e) {
     while (e->ring_n > 0 && budget > 0 && e->nrun < cfg->max_seqs) {
         int32_t id = ring_front(e);
         if (f->rs[id].preempt_step == e->res->steps) break; /* not back in the step that evicted it */
+        if (f->rs[id].swapped) {
+            int got = resume_swapped(e, id);
+            if (got < 0) return EXIT_LIB;
+            if (got == 0) break;
+            ring_pop_front(e);
+            continue;
+        }
         if (!fits_pool(e, &f->w->req[id])) {
             ring_pop_front(e);
             f->rs[id].state = R_REJECTED;
@@ -464,6 +575,9 @@ int engine_step(engine *e) {
     double c = (double)sim_token_bytes(cfg->kv_dtype) * cfg->layers / cfg->kv_bw;
     double dt = cfg->cost_a + cfg->cost_b * (double)tokens + c * (double)ctx;
     if (tokens == 0) dt = 0;
+    double xfer = transfer_time(e);
+    dt += xfer;
+    e->res->transfer_s += xfer;
     e->last_tokens = tokens;
     e->res->tokens_computed += tokens;
     double t_end = e->now + dt;
@@ -527,6 +641,16 @@ int engine_init(engine *e, fleet *f, int32_t idx, sim_result *res) {
         fprintf(stderr, "pkv sim: cannot create a cache of %d blocks of %d: %s\n", e->num_blocks, e->bs,
                 pkv_strerror(st));
         return EXIT_LIB;
+    }
+    for (int32_t t = 0; t < cfg->ntiers; t++) {
+        int64_t cap = sim_tier_blocks(cfg, t);
+        st = pkv_cache_add_host_tier(e->cache, cap, 0);
+        if (st != PKV_OK) {
+            fprintf(stderr, "pkv sim: cannot add tier %d of %lld blocks: %s: %s\n", t, (long long)cap,
+                    pkv_strerror(st), pkv_cache_last_error(e->cache));
+            return EXIT_LIB;
+        }
+        res->tier_capacity[t] = cap;
     }
     int32_t n = f->w->n;
     e->ring_cap = n;

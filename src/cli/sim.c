@@ -8,6 +8,8 @@
 
 #include "cli/sim.h"
 
+#define MAX_TIER_GIB 1048576.0
+
 static const char sim_help[] =
     "usage: pkv sim [options]\n"
     "\n"
@@ -45,9 +47,20 @@ static const char sim_help[] =
     "  --max-batch-tokens N    token budget of a step: decodes + prefill chunks (2048)\n"
     "  --max-seqs N            running requests at most (256)\n"
     "  --watermark F           fraction of the pool kept available at admission (0.01)\n"
-    "  --preempt recompute     preemption policy (swap needs a tier: not available yet)\n"
+    "  --preempt P             recompute (the preempted request's blocks are freed and its\n"
+    "                          tokens computed again) or swap (its sequence moves to tier 0\n"
+    "                          and back; needs --tier; n > 1 requests recompute) (recompute)\n"
     "\n"
-    "cost model, per step: a + b * tokens + (KV bytes read) / bandwidth\n"
+    "tiers (below each instance's pool; the library runs in metadata mode, so a tier is a\n"
+    "set of slots and the simulator pays for the transfers the library lists):\n"
+    "  --tier host:GIB         a host-memory tier of GIB GiB (given again: the next tier down;\n"
+    "                          at most 3)\n"
+    "  --tier file:DIR:GIB     a file tier (local SSD, 3FS) of GIB GiB; DIR must exist. Simulated\n"
+    "                          as a tier of slots at --ssd-bw-gbs (no KV bytes are written)\n"
+    "  --host-bw-gbs G         host tier transfer bandwidth, GB/s (25: PCIe 5 x16)\n"
+    "  --ssd-bw-gbs G          file tier transfer bandwidth, GB/s (5: one NVMe SSD)\n"
+    "\n"
+    "cost model, per step: a + b * tokens + (KV bytes read) / bandwidth + tier transfers\n"
     "  --cost-a-ms A           fixed time per step (12)\n"
     "  --cost-b-us B           time per prefill or decode token (25)\n"
     "  --kv-bw-tbs W           KV read bandwidth, TB/s (3)\n"
@@ -108,6 +121,32 @@ static int parse_router(const char *s, int32_t *out) {
             return 0;
         }
     return -1;
+}
+
+/* --tier host:GIB or file:DIR:GIB into tier t of c. */
+static int parse_tier(const char *v, sim_config *c, int32_t t) {
+    double gib;
+    const char *num;
+    if (!strncmp(v, "host:", 5)) {
+        c->tier_file[t] = 0;
+        num = v + 5;
+    } else if (!strncmp(v, "file:", 5) && (num = strrchr(v + 5, ':')) != NULL && num > v + 5) {
+        char dir[4096];
+        size_t len = (size_t)(num - (v + 5));
+        if (len >= sizeof dir) return cli_error("--tier %s: directory name too long", v);
+        memcpy(dir, v + 5, len);
+        dir[len] = 0;
+        struct stat sb;
+        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) return cli_error("--tier %s: %s is not a directory", v, dir);
+        c->tier_file[t] = 1;
+        num++;
+    } else {
+        return cli_error("--tier: '%s' is not host:GIB or file:DIR:GIB", v);
+    }
+    if (cli_parse_f64(num, 1e-6, MAX_TIER_GIB, &gib))
+        return cli_error("--tier %s: '%s' is not a number of GiB in 1e-06..%.0f", v, num, MAX_TIER_GIB);
+    c->tier_gib[t] = gib;
+    return 0;
 }
 
 #define MAX_POOL_BLOCKS (1 << 30)
@@ -258,6 +297,7 @@ int cmd_sim(int argc, char **argv) {
         .block_size = 64, .kv_mem_gib = 4.0, .kv_dtype = PKV_BF16, .layers = 61, .prefix_cache = 1,
         .max_batch_tokens = 2048, .max_seqs = 256, .watermark = 0.01, .cost_a = 12e-3, .cost_b = 25e-6,
         .kv_bw = 3e12, .verify_seqs = 4, .instances = 1, .router = SIM_ROUTER_ROUND_ROBIN,
+        .host_bw = 25e9, .ssd_bw = 5e9,
     };
     sim_workload_opts wo = {.requests = 3000, .rate = 4.0, .seed = 1, .max_context = 16384};
     const char *trace = NULL, *svg = NULL, *sweep = NULL;
@@ -323,8 +363,22 @@ int cmd_sim(int argc, char **argv) {
             cfg.kv_bw = d * 1e12;
         } else if (OPT("--preempt")) {
             if (m < 0) return EXIT_USAGE;
-            if (!strcmp(v, "swap")) return cli_error("--preempt swap needs a storage tier, which pagedkv does not have yet; use recompute");
-            if (strcmp(v, "recompute")) return cli_error("--preempt: '%s' is not recompute or swap", v);
+            if (!strcmp(v, "swap")) cfg.preempt_swap = 1;
+            else if (strcmp(v, "recompute")) return cli_error("--preempt: '%s' is not recompute or swap", v);
+        } else if ((m = cli_opt(argc, argv, &i, "--tier", &v)) != 0) {
+            if (m < 0) return EXIT_USAGE;
+            if (cfg.ntiers == SIM_MAX_TIERS) return cli_error("--tier: at most %d tiers", SIM_MAX_TIERS);
+            int rc = parse_tier(v, &cfg, cfg.ntiers);
+            if (rc) return rc;
+            cfg.ntiers++;
+        } else if (OPT("--host-bw-gbs")) {
+            if (m < 0) return EXIT_USAGE;
+            if (cli_parse_f64(v, 1e-3, 1e6, &d)) return cli_error("--host-bw-gbs: '%s' is not a number in 0.001..1e+06", v);
+            cfg.host_bw = d * 1e9;
+        } else if (OPT("--ssd-bw-gbs")) {
+            if (m < 0) return EXIT_USAGE;
+            if (cli_parse_f64(v, 1e-3, 1e6, &d)) return cli_error("--ssd-bw-gbs: '%s' is not a number in 0.001..1e+06", v);
+            cfg.ssd_bw = d * 1e9;
         } else {
             int k = 0;
             while (k < NKNOBS && !OPT(knob_opts[k])) k++;
@@ -344,6 +398,14 @@ int cmd_sim(int argc, char **argv) {
                                  gen_only[k]);
     } else if (given(&seen, "--trace-block")) {
         return cli_error("--trace-block applies to Mooncake traces and has no effect without --trace");
+    }
+    if (cfg.preempt_swap && !cfg.ntiers)
+        return cli_error("--preempt swap moves preempted sequences to tier 0: add --tier host:GIB");
+    if (given(&seen, "--host-bw-gbs") || given(&seen, "--ssd-bw-gbs")) {
+        int host = 0, file = 0;
+        for (int32_t t = 0; t < cfg.ntiers; t++) file += cfg.tier_file[t], host += !cfg.tier_file[t];
+        if (given(&seen, "--host-bw-gbs") && !host) return cli_error("--host-bw-gbs has no effect without --tier host:GIB");
+        if (given(&seen, "--ssd-bw-gbs") && !file) return cli_error("--ssd-bw-gbs has no effect without --tier file:DIR:GIB");
     }
     if (given(&seen, "--verify-seqs") && !cfg.verify)
         return cli_error("--verify-seqs has no effect without --verify (or --verify-fast)");
@@ -400,6 +462,10 @@ int cmd_sim(int argc, char **argv) {
             runs[j].label = vals[j];
             rc = set_knob(&runs[j].cfg, key, vals[j]);
             if (rc) break;
+        }
+        if (runs[j].cfg.ntiers && !runs[j].cfg.prefix_cache) {
+            rc = cli_error("--tier needs the prefix cache (blocks are offloaded and found again by their prefix)");
+            break;
         }
         if (runs[j].cfg.verify && runs[j].cfg.kv_dtype != PKV_BF16) {
             rc = cli_error("--verify cannot sweep kv-dtype");

@@ -11,6 +11,7 @@
 
 #define SIM_VOCAB 32000
 #define SIM_MAX_SAMPLES 4
+#define SIM_MAX_TIERS 3
 
 /* One request. A follow-up turn of a chat (parent >= 0) arrives `arrival`
  * seconds (think time) after its parent finished; others at `arrival`.
@@ -100,6 +101,14 @@ typedef struct sim_config {
     int32_t progress;         /* progress bar on stderr */
     const char *progress_label;
     int32_t instances;        /* engine instances behind the router (1) */
+    /* tiers below each instance's pool (--tier): host memory or a file tier; in
+     * metadata mode both are tiers of slots (the sim holds no KV bytes), told
+     * apart by their bandwidth in the cost model */
+    int32_t ntiers;
+    int32_t tier_file[SIM_MAX_TIERS];  /* 1: file:DIR:GIB */
+    double tier_gib[SIM_MAX_TIERS];
+    double host_bw, ssd_bw;   /* bytes/s of host (PCIe) and file (SSD) tier transfers */
+    int32_t preempt_swap;     /* --preempt swap: preempted requests swap to tier 0 */
     int32_t router;           /* sim_router */
 } sim_config;
 
@@ -120,6 +129,8 @@ double sim_cache_bytes(const sim_config *cfg);
 /* Bytes of one token of one layer for the simulated model (DeepSeek-V3-like
  * MLA: d 576): 1152 bf16/f16, 2304 f32, 656 FP8. */
 int64_t sim_token_bytes(int32_t kv_dtype);
+/* Blocks of tier t of cfg (its GiB over the bytes of one block, all layers). */
+int64_t sim_tier_blocks(const sim_config *cfg, int32_t t);
 /* Pool blocks for cfg (pool_blocks or the memory budget). */
 int32_t sim_pool_blocks(const sim_config *cfg);
 
@@ -144,6 +155,12 @@ typedef struct sim_result {
     int32_t ninst;                   /* fleet: per-instance results in inst[0..ninst) */
     struct sim_result *inst;
     int64_t preemptions, recomputed_tokens, evictions, cow_copies, forks, dedups;
+    /* tiers: prompt tokens of first admissions served by each tier (the rest of
+     * hit_tokens came from the pool), blocks moved to and from it, its capacity */
+    int64_t tier_hit_tokens[SIM_MAX_TIERS], tier_blocks_in[SIM_MAX_TIERS], tier_blocks_out[SIM_MAX_TIERS];
+    int64_t tier_capacity[SIM_MAX_TIERS];
+    int64_t swaps_out, swaps_in, swap_blocks, swap_fallbacks; /* swap fallbacks: recomputed instead */
+    double transfer_s;               /* time the tier transfers added to steps */
     int32_t peak_blocks;
     int64_t lib_calls;
     double lib_us_per_step, lib_ns_per_call, wall_s;

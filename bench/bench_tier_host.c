@@ -1,0 +1,214 @@
+/* Host tier and swap (issue 11), measured in one run:
+ *  - host tier copies against memcpy: offloading N cached blocks into a host
+ *    tier (pkv_prefix_evict) and promoting them back (pkv_prefix_lookup),
+ *    against memcpy of the same bytes in block-sized chunks between two
+ *    buffers of the same total size;
+ *  - promotion of a 16K-token prefix (host mode: the rows copied back;
+ *    metadata mode: the library's time to place it and list the loads);
+ *  - swap out and in of a 16K-token sequence (host mode: copies; metadata
+ *    mode: tier-0 slots and the transfer list).
+ * Blocks default to 8 layers of 64 tokens of 1152-byte rows (FlashMLA's bf16
+ * MLA row), 589824 B. Each figure is the median of --reps runs.
+ *   build/bench/bench_tier_host [--layers L] [--tokens T] [--reps R] [--quick] */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/bench.h"
+#include "pagedkv.h"
+
+enum { BS = 64 };
+
+static pkv_cache *make(int host, int32_t nb, int32_t layers, int64_t tier_blocks) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = nb;
+    cfg.block_size = BS;
+    cfg.flags = PKV_FLAG_PREFIX_CACHE;
+    cfg.storage = host ? PKV_STORAGE_HOST : PKV_STORAGE_METADATA;
+    cfg.num_layers = layers; /* MLA bf16: 576 x 2 B per token, V shared */
+    cfg.hash_key_set = 1;
+    pkv_cache *c;
+    BENCH_OK(pkv_cache_create(&cfg, &c));
+    if (tier_blocks) BENCH_OK(pkv_cache_add_host_tier(c, tier_blocks, 0));
+    return c;
+}
+
+static void drain(pkv_cache *c) {
+    pkv_tier_transfer x[512];
+    int32_t n;
+    do BENCH_OK(pkv_tier_transfers_drain(c, x, 512, &n)); while (n == 512);
+}
+
+/* A registered sequence of n tokens (ids from base), rows written in host mode. */
+static pkv_seq fill(pkv_cache *c, int host, int32_t base, int32_t n, int32_t layers) {
+    int32_t *toks = malloc((size_t)n * sizeof *toks);
+    int64_t *slots = malloc((size_t)n * sizeof *slots);
+    if (!toks || !slots) bench_die("malloc", PKV_ERR_NOMEM);
+    for (int32_t i = 0; i < n; i++) toks[i] = base + i;
+    pkv_seq s;
+    pkv_block_copy cow;
+    BENCH_OK(pkv_seq_create(c, 0, &s));
+    BENCH_OK(pkv_seq_append(c, s, n, toks, slots, &cow));
+    if (host) {
+        uint16_t *rows = malloc((size_t)n * 576 * 2);
+        if (!rows) bench_die("malloc", PKV_ERR_NOMEM);
+        for (size_t i = 0; i < (size_t)n * 576; i++) rows[i] = (uint16_t)(0x3c00 + (i * 7 % 512));
+        for (int32_t l = 0; l < layers; l++) BENCH_OK(pkv_store_write(c, l, slots, n, rows, NULL, PKV_BF16));
+        free(rows);
+    }
+    BENCH_OK(pkv_prefix_register(c, s, NULL, NULL));
+    drain(c);
+    free(toks);
+    free(slots);
+    return s;
+}
+
+static double memcpy_gbs(size_t block, int32_t nblocks, int reps) {
+    uint8_t *a = malloc(block * (size_t)nblocks), *b = malloc(block * (size_t)nblocks);
+    if (!a || !b) bench_die("malloc", PKV_ERR_NOMEM);
+    memset(a, 1, block * (size_t)nblocks);
+    memset(b, 2, block * (size_t)nblocks);
+    double *t = malloc((size_t)reps * sizeof *t);
+    for (int r = 0; r < reps; r++) {
+        double t0 = bench_now();
+        for (int32_t i = 0; i < nblocks; i++) memcpy(b + (size_t)i * block, a + (size_t)i * block, block);
+        t[r] = bench_now() - t0;
+        uint8_t *x = a; /* alternate directions so neither buffer stays hot */
+        a = b;
+        b = x;
+    }
+    double gbs = (double)block * nblocks / bench_median(t, reps) * 1e-9;
+    free(t);
+    free(a);
+    free(b);
+    return gbs;
+}
+
+int main(int argc, char **argv) {
+    int32_t layers = 8, tokens = 16384;
+    int reps = 7;
+    bench_set_name(argv[0]);
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--layers") && i + 1 < argc) layers = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick")) reps = 3, tokens = 4096, layers = 4;
+        else {
+            fprintf(stderr, "usage: bench_tier_host [--layers L] [--tokens T] [--reps R] [--quick]\n");
+            return 2;
+        }
+    }
+    if (layers < 1 || tokens < BS || reps < 1) return 2;
+    int32_t nblocks = tokens / BS;
+    tokens = nblocks * BS;
+    size_t block = (size_t)BS * 1152 * (size_t)layers;
+    double *t_off = malloc((size_t)reps * sizeof(double)), *t_prom = malloc((size_t)reps * sizeof(double));
+    double *t_mprom = malloc((size_t)reps * sizeof(double)), *t_sout = malloc((size_t)reps * sizeof(double));
+    double *t_sin = malloc((size_t)reps * sizeof(double)), *t_msout = malloc((size_t)reps * sizeof(double));
+    double *t_msin = malloc((size_t)reps * sizeof(double));
+    if (!t_off || !t_prom || !t_mprom || !t_sout || !t_sin || !t_msout || !t_msin) bench_die("malloc", PKV_ERR_NOMEM);
+
+    /* host mode: offload nblocks (pkv_prefix_evict), promote them (lookup) */
+    pkv_cache *c = make(1, nblocks + 1, layers, nblocks);
+    int32_t *toks = malloc((size_t)tokens * sizeof *toks);
+    for (int32_t i = 0; i < tokens; i++) toks[i] = 1000 + i;
+    for (int r = 0; r < reps; r++) {
+        BENCH_OK(pkv_prefix_reset(c));
+        pkv_seq s = fill(c, 1, 1000, tokens, layers);
+        BENCH_OK(pkv_seq_free(c, s));
+        int32_t ev = 0;
+        double t0 = bench_now();
+        BENCH_OK(pkv_prefix_evict(c, nblocks, &ev));
+        t_off[r] = bench_now() - t0;
+        if (ev != nblocks) bench_die("evict count", PKV_ERR_STATE);
+        int32_t cached = 0;
+        t0 = bench_now();
+        BENCH_OK(pkv_prefix_lookup(c, 0, toks, tokens, &s, &cached));
+        t_prom[r] = bench_now() - t0;
+        if (cached != tokens) bench_die("promotion incomplete", PKV_ERR_STATE);
+        /* swap of the promoted (registered) sequence with a partial block appended */
+        pkv_block_copy cow;
+        int32_t one = 7;
+        BENCH_OK(pkv_seq_append(c, s, 1, &one, NULL, &cow));
+        t0 = bench_now();
+        BENCH_OK(pkv_seq_swap_out(c, s));
+        t_sout[r] = bench_now() - t0;
+        t0 = bench_now();
+        BENCH_OK(pkv_seq_swap_in(c, s));
+        t_sin[r] = bench_now() - t0;
+        BENCH_OK(pkv_seq_free(c, s));
+    }
+    BENCH_OK(pkv_cache_check(c));
+    pkv_cache_destroy(c);
+
+    /* metadata mode: the same operations, the library's side only */
+    c = make(0, nblocks + 1, layers, 2 * (int64_t)nblocks + 2);
+    for (int r = 0; r < reps; r++) {
+        BENCH_OK(pkv_prefix_reset(c));
+        pkv_seq s = fill(c, 0, 1000, tokens, layers);
+        BENCH_OK(pkv_seq_free(c, s));
+        BENCH_OK(pkv_prefix_evict(c, nblocks, NULL));
+        drain(c);
+        int32_t cached = 0;
+        double t0 = bench_now();
+        BENCH_OK(pkv_prefix_lookup(c, 0, toks, tokens, &s, &cached));
+        t_mprom[r] = bench_now() - t0;
+        drain(c);
+        if (cached != tokens) bench_die("metadata promotion incomplete", PKV_ERR_STATE);
+        t0 = bench_now();
+        BENCH_OK(pkv_seq_swap_out(c, s));
+        t_msout[r] = bench_now() - t0;
+        drain(c);
+        t0 = bench_now();
+        BENCH_OK(pkv_seq_swap_in(c, s));
+        t_msin[r] = bench_now() - t0;
+        drain(c);
+        BENCH_OK(pkv_seq_free(c, s));
+    }
+    BENCH_OK(pkv_cache_check(c));
+    pkv_cache_destroy(c);
+
+    double mc = memcpy_gbs(block, nblocks, reps);
+    double bytes = (double)block * nblocks;
+    double off = bytes / bench_median(t_off, reps) * 1e-9, prom = bytes / bench_median(t_prom, reps) * 1e-9;
+    double sw_out = bytes / bench_median(t_sout, reps) * 1e-9, sw_in = bytes / bench_median(t_sin, reps) * 1e-9;
+    double mprom = bench_median(t_mprom, reps), msout = bench_median(t_msout, reps), msin = bench_median(t_msin, reps);
+    fprintf(stderr, "host tier, %d blocks of %zu B (%d layers x %d tokens x 1152 B), median of %d:\n", nblocks, block,
+            layers, BS, reps);
+    fprintf(stderr, "  memcpy (same chunks)        %7.2f GB/s\n", mc);
+    fprintf(stderr, "  offload (evict -> tier)     %7.2f GB/s  %5.1f%% of memcpy\n", off, 100 * off / mc);
+    fprintf(stderr, "  promotion of %d tokens   %7.2f GB/s  %5.1f%% of memcpy (%.2f ms)\n", tokens, prom,
+            100 * prom / mc, bench_median(t_prom, reps) * 1e3);
+    fprintf(stderr, "  swap out / in (host mode)   %7.2f / %.2f GB/s\n", sw_out, sw_in);
+    fprintf(stderr, "metadata mode, %d tokens: promotion %.1f us, swap out %.1f us, swap in %.1f us (lists only)\n",
+            tokens, mprom * 1e6, msout * 1e6, msin * 1e6);
+    bench_json j;
+    json_begin(&j, stdout);
+    json_str(&j, "bench", "tier_host");
+    json_int(&j, "blocks", nblocks);
+    json_int(&j, "block_bytes", (long long)block);
+    json_int(&j, "layers", layers);
+    json_int(&j, "tokens", tokens);
+    json_int(&j, "reps", reps);
+    json_num(&j, "memcpy_gbs", mc);
+    json_num(&j, "offload_gbs", off);
+    json_num(&j, "promote_gbs", prom);
+    json_num(&j, "offload_vs_memcpy", off / mc);
+    json_num(&j, "promote_vs_memcpy", prom / mc);
+    json_num(&j, "promote_prefix_s", bench_median(t_prom, reps));
+    json_num(&j, "swap_out_gbs", sw_out);
+    json_num(&j, "swap_in_gbs", sw_in);
+    json_num(&j, "meta_promote_prefix_s", mprom);
+    json_num(&j, "meta_swap_out_s", msout);
+    json_num(&j, "meta_swap_in_s", msin);
+    json_end(&j);
+    free(toks);
+    free(t_off);
+    free(t_prom);
+    free(t_mprom);
+    free(t_sout);
+    free(t_sin);
+    free(t_msout);
+    free(t_msin);
+    return 0;
+}
