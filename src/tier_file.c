@@ -614,6 +614,8 @@ static void tf_close(void *ctx) {
 
 void pkv__tier_file_trust_gets(void *ctx, int on) { ((tier_file *)ctx)->trust_gets = on != 0; }
 
+int pkv__tier_file_is(const pkv_tier_backend *be) { return be && be->get == tf_get; }
+
 const char *pkv__tier_file_last_error(void *ctx) { return ctx ? ((tier_file *)ctx)->err.text : ""; }
 
 void pkv__tier_file_info(void *ctx, pkv__tier_file_info_t *out) {

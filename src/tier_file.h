@@ -35,6 +35,8 @@ uint64_t pkv__tier_checksum(const void *p, size_t n, uint64_t seed, int isa) PKV
  * of a warm read (bench/README.md). Restart still verifies blobs after a crash.
  * Off by default: the backend alone never returns other bytes. */
 void pkv__tier_file_trust_gets(void *ctx, int on) PKV_HIDDEN;
+/* Whether be is a file tier (pkv_tier_file_open's functions). */
+int pkv__tier_file_is(const pkv_tier_backend *be) PKV_HIDDEN;
 
 /* The reason of the last failure of a file tier call (its ctx), "" if none. */
 const char *pkv__tier_file_last_error(void *ctx) PKV_HIDDEN;
