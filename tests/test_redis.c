@@ -223,11 +223,16 @@ static void prompt(int32_t *toks, int32_t n, uint32_t seed) {
     for (int32_t i = 0; i < n; i++) toks[i] = (int32_t)((seed * 1000003u + (uint32_t)i * 7u) % 50000u);
 }
 
+/* The LoRA adapter of the prompts write_prompt writes and lookup_check looks up
+ * (0: none; the extra keys of a block's identity). */
+static uint64_t g_adapter;
+
 /* Appends the prompt with its rows (seed) in ns, registers it (written through
  * to the shared tier) and frees the sequence. */
 static void write_prompt(pkv_cache *c, uint64_t ns, const int32_t *toks, int32_t n, uint32_t seed, int32_t d) {
     pkv_seq s;
     CHECK_OK(pkv_seq_create(c, ns, &s));
+    if (g_adapter) CHECK_OK(pkv_seq_set_adapter(c, s, g_adapter));
     int64_t *slots = malloc((size_t)n * sizeof *slots);
     float *k = malloc((size_t)n * HKV * (size_t)d * sizeof *k), *v = malloc((size_t)n * HKV * (size_t)d * sizeof *v);
     CHECK_OK(pkv_seq_append(c, s, n, toks, slots, NULL));
@@ -249,7 +254,9 @@ static void write_prompt(pkv_cache *c, uint64_t ns, const int32_t *toks, int32_t
 static int32_t lookup_check(pkv_cache *c, uint64_t ns, const int32_t *toks, int32_t n, uint32_t seed, int32_t d) {
     pkv_seq s;
     int32_t got = -1;
-    CHECK_OK(pkv_prefix_lookup(c, ns, toks, n, &s, &got));
+    pkv_extra_keys x = PKV_EXTRA_KEYS_INIT;
+    x.adapter_id = g_adapter;
+    CHECK_OK(pkv_prefix_lookup_ex(c, ns, toks, n, g_adapter ? &x : NULL, &s, &got));
     if (got > 0) {
         int32_t blocks[256], nb = 0;
         CHECK_OK(pkv_seq_blocks(c, s, blocks, 256, &nb));
@@ -327,6 +334,40 @@ static void test_two_processes(const char *url, const char *prefix, int32_t nblo
     add_redis(f, url, other, prefix, 2000);
     CHECK_INT(lookup_check(f, 0, toks, n, 11, D), 0);
     pkv_cache_destroy(f);
+}
+
+/* Extra keys through the shared tier: process A writes a prompt under a LoRA
+ * adapter; process B finds it under that adapter only (the keys B computes for
+ * the blocks it asks Redis for carry the adapter, and each blob's identity is
+ * checked with it). */
+static void test_shared_extras(const char *url, const char *prefix, int32_t nblocks) {
+    int32_t n = nblocks * BS, toks[1024];
+    prompt(toks, n, 23);
+    pid_t pid = fork();
+    if (pid == 0) {
+        pkv_cache *a = make_cache(g_key, D, HKV, 256);
+        add_redis(a, url, g_key, prefix, 2000);
+        g_adapter = 5;
+        write_prompt(a, 0, toks, n, 23, D);
+        int ok = tier0(a).stores == nblocks && test_fails_ == 0;
+        pkv_cache_destroy(a);
+        _exit(ok ? 0 : 1);
+    }
+    int wst = 0;
+    waitpid(pid, &wst, 0);
+    CHECK(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+    pkv_cache *b = make_cache(g_key, D, HKV, 256);
+    add_redis(b, url, g_key, prefix, 2000);
+    g_adapter = 0; /* the same tokens without the adapter: other keys, nothing found */
+    CHECK_INT(lookup_check(b, 0, toks, n, 23, D), 0);
+    g_adapter = 6;
+    CHECK_INT(lookup_check(b, 0, toks, n, 23, D), 0);
+    g_adapter = 5; /* under the adapter: every block, with A's bytes */
+    CHECK_INT(lookup_check(b, 0, toks, n, 23, D), n);
+    CHECK_INT(tier0(b).hits, nblocks);
+    CHECK_INT(tier0(b).corrupt, 0);
+    g_adapter = 0;
+    pkv_cache_destroy(b);
 }
 
 static void test_cluster_spread(const char *url, const int *ports, int nports) {
@@ -776,6 +817,8 @@ int main(void) {
     }
     fprintf(stderr, "test_redis: two processes on %s\n", url);
     test_two_processes(url, "pkv-test:", 5);
+    fprintf(stderr, "test_redis: extra keys across processes\n");
+    test_shared_extras(url, "pkv-extras:", 4);
     fprintf(stderr, "test_redis: values that lie\n");
     test_bad_values(url, port);
     fprintf(stderr, "test_redis: a model-based run of two caches\n");
