@@ -336,6 +336,11 @@ int store_init(pkv_store *s, const pkv_config *cfg, const pkv_allocator *al, con
 void store_destroy(pkv_store *s);
 /* Copies block src to dst in every layer (host mode; no-op otherwise). */
 void store_copy_block(pkv_store *s, int32_t src, int32_t dst);
+/* Bytes of block b's rows in every layer (K then V per layer), and copies of
+ * them to o / from in (host mode). */
+size_t store_block_bytes(const pkv_store *s);
+void store_block_out(const pkv_store *s, int32_t b, uint8_t *o);
+void store_block_in(pkv_store *s, int32_t b, const uint8_t *in);
 int store_write(pkv_store *s, int32_t layer, const int64_t *slots, int32_t n, const void *k_rows,
                 const void *v_rows, int32_t src_dtype, pkv_detail *d);
 int store_read(pkv_store *s, int32_t layer, const int64_t *slots, int32_t n, float *k_out, float *v_out,
@@ -358,6 +363,24 @@ typedef struct pkv_tier {
     int64_t hits, misses, stores, evictions, errors, corrupt, restored, stray, bytes_in, bytes_out;
     double seconds_in, seconds_out;
 } pkv_tier;
+
+/* A tier's LRU over the entries it holds (head = least recent); inline so that
+ * tier.c and tier_meta.c, one layer, share it without calling each other. */
+static inline void tier_lru_unlink(pkv_tier *t, int32_t e) {
+    int32_t pr = t->prev[e], nx = t->next[e];
+    if (pr >= 0) t->next[pr] = nx; else t->head = nx;
+    if (nx >= 0) t->prev[nx] = pr; else t->tail = pr;
+    t->prev[e] = t->next[e] = -1;
+    t->count--;
+}
+
+static inline void tier_lru_push(pkv_tier *t, int32_t e) {
+    t->prev[e] = t->tail;
+    t->next[e] = -1;
+    if (t->tail >= 0) t->next[t->tail] = e; else t->head = e;
+    t->tail = e;
+    t->count++;
+}
 
 typedef struct pkv_tiers {
     int n;

@@ -72,6 +72,32 @@ void store_copy_block(pkv_store *s, int32_t src, int32_t dst) {
     }
 }
 
+size_t store_block_bytes(const pkv_store *s) {
+    return (size_t)s->cfg->num_layers * (s->k_block + s->v_block);
+}
+
+void store_block_out(const pkv_store *s, int32_t b, uint8_t *o) {
+    for (int32_t l = 0; l < s->cfg->num_layers; l++) {
+        memcpy(o, s->k[l] + (size_t)b * s->k_block, s->k_block);
+        o += s->k_block;
+        if (s->v_block) {
+            memcpy(o, s->v[l] + (size_t)b * s->v_block, s->v_block);
+            o += s->v_block;
+        }
+    }
+}
+
+void store_block_in(pkv_store *s, int32_t b, const uint8_t *in) {
+    for (int32_t l = 0; l < s->cfg->num_layers; l++) {
+        memcpy(s->k[l] + (size_t)b * s->k_block, in, s->k_block);
+        in += s->k_block;
+        if (s->v_block) {
+            memcpy(s->v[l] + (size_t)b * s->v_block, in, s->v_block);
+            in += s->v_block;
+        }
+    }
+}
+
 static int nonfinite(const float *x, size_t count) {
     for (size_t i = 0; i < count; i++)
         if (!(x[i] - x[i] == 0.0f)) return 1;

@@ -18,34 +18,6 @@
 
 #include "internal.h"
 
-static size_t block_row_bytes(const pkv_cache *c) {
-    return (size_t)c->cfg.num_layers * (c->store.k_block + c->store.v_block);
-}
-
-static void rows_out(pkv_cache *c, int32_t b, uint8_t *o) {
-    const pkv_store *s = &c->store;
-    for (int32_t l = 0; l < c->cfg.num_layers; l++) {
-        memcpy(o, s->k[l] + (size_t)b * s->k_block, s->k_block);
-        o += s->k_block;
-        if (s->v_block) {
-            memcpy(o, s->v[l] + (size_t)b * s->v_block, s->v_block);
-            o += s->v_block;
-        }
-    }
-}
-
-static void rows_in(pkv_cache *c, int32_t b, const uint8_t *o) {
-    pkv_store *s = &c->store;
-    for (int32_t l = 0; l < c->cfg.num_layers; l++) {
-        memcpy(s->k[l] + (size_t)b * s->k_block, o, s->k_block);
-        o += s->k_block;
-        if (s->v_block) {
-            memcpy(s->v[l] + (size_t)b * s->v_block, o, s->v_block);
-            o += s->v_block;
-        }
-    }
-}
-
 int swap_out_op(pkv_cache *c, pkv_seq_rec *r) {
     int32_t k = r->nblocks, bs = c->pool.block_size;
     if (r->swapped) return cache_fail(c, PKV_ERR_STATE, "the sequence is swapped out already");
@@ -61,7 +33,7 @@ int swap_out_op(pkv_cache *c, pkv_seq_rec *r) {
     /* Reserve: the transfers or the buffer, and the token ids of the registered blocks. */
     int32_t *toks = NULL, cap = 0;
     uint8_t *buf = NULL;
-    size_t rb = block_row_bytes(c);
+    size_t rb = store_block_bytes(&c->store);
     int st = meta ? tmeta_reserve(c, 0, k + (int64_t)k * c->tiers.n) : PKV_OK;
     if (st == PKV_OK && !meta && k && !(buf = pkv_mem_alloc(&c->al, (size_t)k * rb))) st = PKV_ERR_NOMEM;
     if (st == PKV_OK && r->nregistered) {
@@ -94,7 +66,7 @@ int swap_out_op(pkv_cache *c, pkv_seq_rec *r) {
             tmeta_push(c, PKV_XFER_OFFLOAD, 0, b, s, -1, -1);
             r->blocks[j] = s;
         } else {
-            rows_out(c, b, buf + (size_t)j * rb);
+            store_block_out(&c->store, b, buf + (size_t)j * rb);
             r->blocks[j] = -1;
         }
         pool_unref(&c->pool, b);
@@ -111,7 +83,7 @@ int swap_in_op(pkv_cache *c, pkv_seq_rec *r) {
     int meta = !c->store.enabled;
     int st = meta ? tmeta_reserve(c, k, k) : PKV_OK;
     if (st != PKV_OK) return cache_fail(c, st, "swap in of %d blocks: no memory for the transfer list", k);
-    size_t rb = block_row_bytes(c);
+    size_t rb = store_block_bytes(&c->store);
     uint8_t *buf = r->swap_buf;
     for (int32_t j = 0; j < k; j++) {
         int32_t b = cache_take_block(c); /* its offload, if any, is queued before the load into it */
@@ -119,7 +91,7 @@ int swap_in_op(pkv_cache *c, pkv_seq_rec *r) {
             tmeta_push(c, PKV_XFER_LOAD, 0, b, r->blocks[j], -1, -1);
             tmeta_swap_give(c, r->blocks[j]);
         } else {
-            rows_in(c, b, buf + (size_t)j * rb);
+            store_block_in(&c->store, b, buf + (size_t)j * rb);
         }
         r->blocks[j] = b;
     }

@@ -65,7 +65,6 @@ static void blob_geometry(const pkv_cache *c, uint32_t g[8]) {
 
 /* Block b's KV with entry e's identity into blob (tier_blob_size bytes). */
 static void blob_pack(const pkv_cache *c, int32_t e, int32_t b, uint8_t *blob) {
-    const pkv_store *s = &c->store;
     size_t size = tier_blob_size(c), bs = (size_t)c->cfg.block_size;
     prefix_identity id;
     prefix_identity_of(c->prefix, e, &id);
@@ -81,15 +80,7 @@ static void blob_pack(const pkv_cache *c, int32_t e, int32_t b, uint8_t *blob) {
     memcpy(blob + 88, flags, 8);
     memcpy(blob + 96, &id.xd, 8);
     memcpy(blob + BLOB_HEAD, id.toks, bs * sizeof(int32_t));
-    uint8_t *o = blob + BLOB_HEAD + bs * sizeof(int32_t);
-    for (int32_t l = 0; l < c->cfg.num_layers; l++) {
-        memcpy(o, s->k[l] + (size_t)b * s->k_block, s->k_block);
-        o += s->k_block;
-        if (s->v_block) {
-            memcpy(o, s->v[l] + (size_t)b * s->v_block, s->v_block);
-            o += s->v_block;
-        }
-    }
+    store_block_out(&c->store, b, blob + BLOB_HEAD + bs * sizeof(int32_t));
     uint64_t sum = checksum64(blob, size - 8);
     memcpy(blob + size - 8, &sum, 8);
 }
@@ -133,16 +124,7 @@ static int blob_is_entry(const pkv_cache *c, const uint8_t *blob, size_t len, in
 }
 
 static void blob_unpack_rows(pkv_cache *c, const uint8_t *blob, int32_t b) {
-    pkv_store *s = &c->store;
-    const uint8_t *o = blob + BLOB_HEAD + (size_t)c->cfg.block_size * sizeof(int32_t);
-    for (int32_t l = 0; l < c->cfg.num_layers; l++) {
-        memcpy(s->k[l] + (size_t)b * s->k_block, o, s->k_block);
-        o += s->k_block;
-        if (s->v_block) {
-            memcpy(s->v[l] + (size_t)b * s->v_block, o, s->v_block);
-            o += s->v_block;
-        }
-    }
+    store_block_in(&c->store, b, blob + BLOB_HEAD + (size_t)c->cfg.block_size * sizeof(int32_t));
 }
 
 static void key_bytes(const pkv_cache *c, int32_t e, uint8_t out[16]) {
@@ -151,23 +133,7 @@ static void key_bytes(const pkv_cache *c, int32_t e, uint8_t out[16]) {
     memcpy(out, id.key, 16);
 }
 
-/* ---- per-tier LRU over entries ---- */
-
-static void lru_unlink(pkv_tier *t, int32_t e) {
-    int32_t pr = t->prev[e], nx = t->next[e];
-    if (pr >= 0) t->next[pr] = nx; else t->head = nx;
-    if (nx >= 0) t->prev[nx] = pr; else t->tail = pr;
-    t->prev[e] = t->next[e] = -1;
-    t->count--;
-}
-
-static void lru_push(pkv_tier *t, int32_t e) {
-    t->prev[e] = t->tail;
-    t->next[e] = -1;
-    if (t->tail >= 0) t->next[t->tail] = e; else t->head = e;
-    t->tail = e;
-    t->count++;
-}
+/* ---- per-tier state (the LRU lives in internal.h) ---- */
 
 static void tier_error(pkv_tier *t, int st) {
     if (st == PKV_ERR_NOT_FOUND) return;
@@ -186,7 +152,7 @@ static void tier_remove(pkv_cache *c, int ti, int32_t e) {
         t->seconds_in += now_s() - t0;
         tier_error(t, st);
     }
-    lru_unlink(t, e);
+    tier_lru_unlink(t, e);
     prefix_set_tier(c->prefix, e, ti, 0);
 }
 
@@ -264,7 +230,7 @@ static void tier_stored(pkv_cache *c, int ti, int32_t e, size_t size) {
     pkv_tier *t = &c->tiers.t[ti];
     t->bytes_in += (int64_t)size;
     t->stores++;
-    lru_push(t, e);
+    tier_lru_push(t, e);
     prefix_set_tier(c->prefix, e, ti, 1);
 }
 
@@ -324,8 +290,8 @@ void tier_evicted(pkv_cache *c, int32_t b) {
     if (have) {
         for (int ti = 0; ti < c->tiers.n; ti++)
             if (have & (1u << ti)) { /* most recently used there now */
-                lru_unlink(&c->tiers.t[ti], e);
-                lru_push(&c->tiers.t[ti], e);
+                tier_lru_unlink(&c->tiers.t[ti], e);
+                tier_lru_push(&c->tiers.t[ti], e);
                 break;
             }
         prefix_unplace(p, b);
@@ -384,8 +350,8 @@ int tier_promote(pkv_cache *c, int32_t e, int32_t (*take)(pkv_cache *), int32_t 
     }
     t->hits++;
     t->bytes_out += (int64_t)len;
-    lru_unlink(t, e);
-    lru_push(t, e);
+    tier_lru_unlink(t, e);
+    tier_lru_push(t, e);
     c->tiers.pinned[0] = e;
     int32_t b = take(c);
     c->tiers.pinned[0] = -1;
@@ -489,7 +455,7 @@ static int32_t shared_batch(pkv_cache *c, uint64_t ns, const prefix_extras *x, c
          * (its blocks are held in the pool). */
         int32_t e = prefix_insert_unplaced(p, key, parent, ns, xds[j], toks);
         if (e < 0) goto out;
-        lru_push(t, e);
+        tier_lru_push(t, e);
         prefix_set_tier(p, e, ti, 1);
         c->tiers.pinned[0] = e;
         int32_t b = take(c);
@@ -555,7 +521,7 @@ static int write_through_many(pkv_cache *c, const int32_t *blocks, int32_t n) {
             blob_pack(c, e, blocks[j], bufs + (size_t)k * size);
             key_bytes(c, e, keys[k]);
             ents[k++] = e;
-            lru_push(t, e);
+            tier_lru_push(t, e);
             prefix_set_tier(p, e, 0, 1);
         }
         if (k == 0) break;
@@ -573,7 +539,7 @@ static int write_through_many(pkv_cache *c, const int32_t *blocks, int32_t n) {
                 tier_error(t, st != PKV_OK ? st : status[i]);
             }
             if (!put && in_tier) {
-                lru_unlink(t, e);
+                tier_lru_unlink(t, e);
                 prefix_set_tier(p, e, 0, 0);
             } else if (put && !in_tier && !t->shared) {
                 (void)t->be.del(t->be.ctx, keys[i]); /* evicted meanwhile: no stray blob */
@@ -617,7 +583,7 @@ static int scan_one(void *arg, const uint8_t key_b[16], size_t len) {
     if (t->count >= t->capacity) return 1;
     int32_t e = prefix_insert_unplaced(c->prefix, key, parent, ns, xd, toks);
     if (e < 0) return 0;
-    lru_push(t, e);
+    tier_lru_push(t, e);
     prefix_set_tier(c->prefix, e, sc->ti, 1);
     sc->kept++;
     sc->pass_progress = 1;

@@ -26,22 +26,6 @@
 
 #include "internal.h"
 
-static void lru_unlink(pkv_tier *t, int32_t e) {
-    int32_t pr = t->prev[e], nx = t->next[e];
-    if (pr >= 0) t->next[pr] = nx; else t->head = nx;
-    if (nx >= 0) t->prev[nx] = pr; else t->tail = pr;
-    t->prev[e] = t->next[e] = -1;
-    t->count--;
-}
-
-static void lru_push(pkv_tier *t, int32_t e) {
-    t->prev[e] = t->tail;
-    t->next[e] = -1;
-    if (t->tail >= 0) t->next[t->tail] = e; else t->head = e;
-    t->tail = e;
-    t->count++;
-}
-
 /* Bytes of one block of KV in the engine's memory (the config's geometry;
  * counted in the stats, 0 when the geometry is not a valid one). */
 static int64_t block_bytes(const pkv_cache *c) {
@@ -101,7 +85,7 @@ static void mt_remove(pkv_cache *c, int ti, int32_t e) {
     pkv_tier *t = &c->tiers.t[ti];
     t->free_slots[t->nfree++] = t->slot_of[e];
     t->slot_of[e] = -1;
-    lru_unlink(t, e);
+    tier_lru_unlink(t, e);
     prefix_set_tier(c->prefix, e, ti, 0);
 }
 
@@ -160,7 +144,7 @@ static int mt_put(pkv_cache *c, int ti, int32_t e) {
     }
     if (!prefix_entry_live(c->prefix, e)) return PKV_ERR_NOT_FOUND;
     t->slot_of[e] = t->free_slots[--t->nfree];
-    lru_push(t, e);
+    tier_lru_push(t, e);
     prefix_set_tier(c->prefix, e, ti, 1);
     t->stores++;
     t->bytes_in += block_bytes(c);
@@ -175,8 +159,8 @@ void tmeta_evicted(pkv_cache *c, int32_t b) {
     if (have) { /* a tier holds these bytes already: nothing to move */
         for (int ti = 0; ti < c->tiers.n; ti++)
             if (have & (1u << ti)) {
-                lru_unlink(&c->tiers.t[ti], e);
-                lru_push(&c->tiers.t[ti], e);
+                tier_lru_unlink(&c->tiers.t[ti], e);
+                tier_lru_push(&c->tiers.t[ti], e);
                 break;
             }
         prefix_unplace(p, b);
@@ -202,8 +186,8 @@ int tmeta_promote(pkv_cache *c, int32_t e, int32_t (*take)(pkv_cache *), int32_t
     pkv_tier *t = &c->tiers.t[ti];
     t->hits++;
     t->bytes_out += block_bytes(c);
-    lru_unlink(t, e);
-    lru_push(t, e);
+    tier_lru_unlink(t, e);
+    tier_lru_push(t, e);
     c->tiers.pinned[0] = e;
     int32_t b = take(c); /* may queue an offload out of b: it comes before the load into b */
     c->tiers.pinned[0] = -1;
