@@ -678,8 +678,9 @@ int tier_add(pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, 
         be = &hb;
     }
     int32_t ecap = old + (int32_t)capacity_blocks;
-    /* Everything that can fail, first: entries, every tier's LRU arrays, scratch. */
-    int st = prefix_grow(c->prefix, &c->al, ecap);
+    /* Everything that can fail, first: every tier's LRU arrays, scratch, and
+     * last the index's entries (the one step that changes the cache). */
+    int st = PKV_OK;
     int32_t *arr[2 * (PKV_MAX_TIERS + 1)] = {0};
     uint8_t *scratch[2] = {NULL, NULL};
     int k = 0, nscratch = ts->n == 0 ? 2 : 1; /* scratch[0..n]: one per level and one for promotion */
@@ -691,6 +692,7 @@ int tier_add(pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, 
     }
     for (int i = 0; st == PKV_OK && i < nscratch; i++)
         if (!(scratch[i] = pkv_mem_alloc(&c->al, size))) st = PKV_ERR_NOMEM;
+    if (st == PKV_OK) st = prefix_grow(c->prefix, &c->al, ecap);
     if (st != PKV_OK) {
         for (int i = 0; i < k; i++) pkv_mem_free(&c->al, arr[i]);
         for (int i = 0; i < 2; i++) pkv_mem_free(&c->al, scratch[i]);

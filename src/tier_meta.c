@@ -239,8 +239,9 @@ int tmeta_add(pkv_cache *c, int64_t capacity_blocks, uint32_t flags, pkv_detail 
         return pkv__fail(d, PKV_ERR_INVALID, "tier capacity %lld blocks outside [1, %d]", (long long)capacity_blocks,
                          INT32_MAX / 2 - old);
     int32_t ecap = old + (int32_t)capacity_blocks, n = ts->n;
-    /* Everything that can fail, first: entries, every tier's per-entry arrays, the new free stack. */
-    int st = prefix_grow(c->prefix, &c->al, ecap);
+    /* Everything that can fail, first: every tier's per-entry arrays, the new
+     * free stack, and last the index's entries (the one step that changes the cache). */
+    int st = PKV_OK;
     int32_t *arr[3 * PKV_MAX_TIERS] = {0}, *stack = NULL;
     pkv_tier_transfer *q = NULL;
     for (int i = 0; st == PKV_OK && i <= n; i++)
@@ -248,9 +249,11 @@ int tmeta_add(pkv_cache *c, int64_t capacity_blocks, uint32_t flags, pkv_detail 
             if (!(arr[3 * i + j] = pkv_mem_alloc(&c->al, (size_t)ecap * sizeof(int32_t)))) st = PKV_ERR_NOMEM;
     if (st == PKV_OK && !(stack = pkv_mem_alloc(&c->al, (size_t)capacity_blocks * sizeof(int32_t)))) st = PKV_ERR_NOMEM;
     if (st == PKV_OK && !ts->xfer && !(q = pkv_mem_alloc(&c->al, 64 * sizeof *q))) st = PKV_ERR_NOMEM;
+    if (st == PKV_OK) st = prefix_grow(c->prefix, &c->al, ecap);
     if (st != PKV_OK) {
         for (int i = 0; i < 3 * PKV_MAX_TIERS; i++) pkv_mem_free(&c->al, arr[i]);
         pkv_mem_free(&c->al, stack);
+        pkv_mem_free(&c->al, q);
         return pkv__fail(d, st, "adding a tier: no memory for its index");
     }
     for (int i = 0; i <= n; i++) {

@@ -64,7 +64,7 @@ static void fa_free(void *opaque, void *p) {
 
 /* ---- the step runner ---- */
 
-#define MAX_CACHES 8
+#define MAX_CACHES 12
 
 typedef struct runner {
     fa_state fa;
@@ -437,12 +437,117 @@ static void workload_extras(runner *R) {
     finish_cache(R, c);
 }
 
+/* Host mode with prefix caching and a host tier (its arena and index come from
+ * the cache's allocator): offload on eviction, promotion by a lookup (the
+ * promoted rows read back equal), a chain promoted over a full pool, and a
+ * host-mode swap out and in (the swap buffer is allocated), every step with
+ * its allocations failing in turn. */
+static void workload_tiers(runner *R) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = NB;
+    cfg.block_size = BS;
+    cfg.storage = PKV_STORAGE_HOST;
+    cfg.num_layers = LAYERS;
+    cfg.h_kv = HKV;
+    cfg.d = D;
+    cfg.dv = DV;
+    cfg.v_separate = 1;
+    cfg.kv_dtype = PKV_F32;
+    cfg.flags = PKV_FLAG_PREFIX_CACHE;
+    cfg.hash_key_set = 1;
+    for (int i = 0; i < 16; i++) cfg.hash_key[i] = (uint8_t)(i * 3 + 9);
+    cfg.allocator = (pkv_allocator){fa_alloc, fa_free, &R->fa};
+    pkv_cache *c = create_cache(R, &cfg, __LINE__);
+    if (!c) return;
+    STEP(R, c, PKV_OK, pkv_cache_add_host_tier(c, 2 * NB, 0));
+    int32_t toks[NB * BS], other[NB * BS];
+    for (int i = 0; i < NB * BS; i++) {
+        toks[i] = 500 + i;
+        other[i] = 90000 + i;
+    }
+    int64_t slots[NB * BS];
+    int tag[NB * BS];
+    for (int p = 0; p < NB * BS; p++) tag[p] = 4;
+    pkv_seq a = 0, b = 0, l = 0;
+    int32_t reg = 0, dd = 0, hit = 0, evicted = 0;
+    pkv_block_copy cow;
+    /* a 6-block prompt, registered and released: cached in the pool */
+    STEP(R, c, PKV_OK, pkv_seq_create(c, 0, &a));
+    STEP(R, c, PKV_OK, pkv_seq_append(c, a, 6 * BS, toks, slots, &cow));
+    write_rows(R, c, slots, 0, 6 * BS, 4);
+    STEP(R, c, PKV_OK, pkv_prefix_register(c, a, &reg, &dd));
+    STEP(R, c, PKV_OK, pkv_seq_free(c, a));
+    /* offload: evicted into the tier */
+    STEP(R, c, PKV_OK, pkv_prefix_evict(c, 3, &evicted));
+    /* pressure: another sequence takes every pool block, the rest goes to the tier */
+    STEP(R, c, PKV_OK, pkv_seq_create(c, 0, &b));
+    STEP(R, c, PKV_OK, pkv_seq_append(c, b, NB * BS, other, NULL, &cow));
+    STEP(R, c, PKV_OK, pkv_seq_free(c, b));
+    /* promotion: the prompt comes back from the tier, with its bytes */
+    STEP(R, c, PKV_OK, pkv_prefix_lookup(c, 0, toks, 6 * BS + 1, &l, &hit));
+    test_checks_++;
+    if (hit != 6 * BS) TEST_FAIL_("k=%ld: promoted %d tokens, want %d", R->fa.fail_at, hit, 6 * BS);
+    verify_rows(R, c, l, hit, tag, __LINE__);
+    /* swap out and in (host mode: a buffer from the allocator), bytes kept */
+    STEP(R, c, PKV_OK, pkv_seq_append(c, l, 2, toks + hit, slots, &cow));
+    write_rows(R, c, slots, hit, 2, 4);
+    STEP(R, c, PKV_OK, pkv_seq_swap_out(c, l));
+    STEP(R, c, PKV_ERR_STATE, pkv_seq_append(c, l, 1, toks, NULL, &cow));
+    STEP(R, c, PKV_OK, pkv_seq_swap_in(c, l));
+    verify_rows(R, c, l, hit + 2, tag, __LINE__);
+    finish_cache(R, c);
+}
+
+/* Metadata mode with two slot tiers: offloads, demotions, a promotion and a
+ * swap, with the transfer queue drained between steps. */
+static void workload_meta_tiers(runner *R) {
+    pkv_config cfg;
+    pkv_config_init(&cfg);
+    cfg.num_blocks = NB;
+    cfg.block_size = BS;
+    cfg.flags = PKV_FLAG_PREFIX_CACHE;
+    cfg.hash_key_set = 1;
+    for (int i = 0; i < 16; i++) cfg.hash_key[i] = (uint8_t)(i * 11 + 2);
+    cfg.allocator = (pkv_allocator){fa_alloc, fa_free, &R->fa};
+    pkv_cache *c = create_cache(R, &cfg, __LINE__);
+    if (!c) return;
+    STEP(R, c, PKV_OK, pkv_cache_add_host_tier(c, 4, 0));
+    STEP(R, c, PKV_OK, pkv_cache_add_host_tier(c, 8, 0));
+    int32_t toks[NB * BS], other[NB * BS];
+    for (int i = 0; i < NB * BS; i++) {
+        toks[i] = 700 + i;
+        other[i] = 80000 + i;
+    }
+    pkv_tier_transfer xf[64];
+    pkv_seq a = 0, b = 0, l = 0;
+    int32_t reg = 0, dd = 0, hit = 0, evicted = 0, nx = 0;
+    pkv_block_copy cow;
+    STEP(R, c, PKV_OK, pkv_seq_create(c, 0, &a));
+    STEP(R, c, PKV_OK, pkv_seq_append(c, a, 6 * BS, toks, NULL, &cow));
+    STEP(R, c, PKV_OK, pkv_prefix_register(c, a, &reg, &dd));
+    STEP(R, c, PKV_OK, pkv_seq_free(c, a));
+    STEP(R, c, PKV_OK, pkv_prefix_evict(c, 6, &evicted)); /* 4 into tier 0, 2 demoted to tier 1 */
+    STEP(R, c, PKV_OK, pkv_tier_transfers_drain(c, xf, 64, &nx));
+    STEP(R, c, PKV_OK, pkv_seq_create(c, 0, &b));
+    STEP(R, c, PKV_OK, pkv_seq_append(c, b, 3 * BS + 1, other, NULL, &cow));
+    STEP(R, c, PKV_OK, pkv_prefix_lookup(c, 0, toks, 6 * BS, &l, &hit));
+    STEP(R, c, PKV_OK, pkv_tier_transfers_drain(c, xf, 64, &nx));
+    STEP(R, c, PKV_OK, pkv_seq_swap_out(c, b));
+    STEP(R, c, PKV_OK, pkv_tier_transfers_drain(c, xf, 64, &nx));
+    STEP(R, c, PKV_OK, pkv_seq_swap_in(c, b));
+    STEP(R, c, PKV_OK, pkv_tier_transfers_drain(c, xf, 64, &nx));
+    finish_cache(R, c);
+}
+
 static void workload(runner *R) {
     workload_host(R);
     workload_fp8(R);
     workload_prefix(R, 0);
     workload_prefix(R, PKV_FLAG_AUTO_REGISTER);
     workload_extras(R);
+    workload_tiers(R);
+    workload_meta_tiers(R);
     workload_metadata(R, 0);
     workload_metadata(R, PKV_FLAG_THREAD_SAFE);
 }
@@ -486,7 +591,7 @@ int main(void) {
     printf("failinject: %ld allocation-failure points exercised (%ld allocations in the workload, "
            "%ld steps run, each checked)\n",
            points, total_allocs, steps);
-    CHECK_INT(ref.nfinal, 7); /* every workload's cache was compared at its end */
+    CHECK_INT(ref.nfinal, 9); /* every workload's cache was compared at its end */
     runner_reset(&R, 0);
     runner_reset(&ref, 0);
     return test_report("test_failinject");
