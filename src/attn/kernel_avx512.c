@@ -496,8 +496,8 @@ AI void pf_row(const void *p, size_t off, size_t len) {
     for (size_t o = 0; o < len; o += 64) _mm_prefetch((const char *)p + off + o, _MM_HINT_T0);
 }
 
-/* out[j] = sum of the lanes of v[j], j < 16 (a transposing add tree: ~3 ops per sum). */
-AI __m512 hsum16(const __m512 v[16]) {
+/* Lane 4 L + k = sum of the lanes of v[4 k + L], L, k < 4 (a transposing add tree). */
+AI __m512 hsum16_t(const __m512 v[16]) {
     __m512 x[8], y[4];
     UNROLL for (int i = 0; i < 8; i++)
         x[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
@@ -507,10 +507,14 @@ AI __m512 hsum16(const __m512 v[16]) {
                              _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xdd));
     const __m512 z0 = _mm512_add_ps(_mm512_unpacklo_ps(y[0], y[1]), _mm512_unpackhi_ps(y[0], y[1]));
     const __m512 z1 = _mm512_add_ps(_mm512_unpacklo_ps(y[2], y[3]), _mm512_unpackhi_ps(y[2], y[3]));
-    const __m512 w = _mm512_add_ps(_mm512_shuffle_ps(z0, z1, 0x44), _mm512_shuffle_ps(z0, z1, 0xee));
-    /* lane 4L + k of w holds the sum of v[4k + L] */
+    return _mm512_add_ps(_mm512_shuffle_ps(z0, z1, 0x44), _mm512_shuffle_ps(z0, z1, 0xee));
+}
+
+/* out[j] = sum of the lanes of v[j], j < 16 (a transposing add tree: ~3 ops per sum). */
+AI __m512 hsum16(const __m512 v[16]) {
+    /* lane 4L + k of hsum16_t holds the sum of v[4k + L] */
     const __m512i idx = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    return _mm512_permutexvar_ps(idx, w);
+    return _mm512_permutexvar_ps(idx, hsum16_t(v));
 }
 
 /* 16 keys [j0, j0 + 16) of R rows (K rows at kr[j] + koff): s[r][j0..j0+16).
@@ -542,10 +546,50 @@ AI void rows_qk_batch(const float *q, int32_t ldq, const void *const *kr, size_t
     UNROLL for (int r = 0; r < R; r++) _mm512_storeu_ps(s + (size_t)r * ATTN_TILE + j0, hsum16(part[r]));
 }
 
+/* 4 rows x 16 keys [j0, j0 + 16), all < n, as four 4 x 4 blocks: 16
+ * accumulators (key kk, row r at 4 kk + r) stay in registers and each chunk of
+ * the 4 query rows is loaded once per 4 keys (rows_qk_batch keeps 16 keys'
+ * partials per row: 64 vectors, spilled, and loads q once per key). One
+ * reduction per block gives lane 4 r + kk = s[r][j0 + kk]. Prefetches as
+ * rows_qk_batch. */
+AI void rows_qk_4x16(const float *q, int32_t ldq, const void *const *kr, size_t koff, size_t voff, int pf, int j0,
+                     int n, float *s, int32_t d, int32_t dv, int dt) {
+    const size_t es = dt == PKV_F32 ? 4 : 2;
+    for (int b = 0; b < 4; b++) {
+        const int jb = j0 + 4 * b;
+        const char *row[4];
+        UNROLL for (int kk = 0; kk < 4; kk++) {
+            const int j = jb + kk;
+            if (pf) {
+                const int nx = j + ATTN_PF;
+                if (nx < n) pf_row(kr[nx], koff, (size_t)d * es);
+                else if (nx - n < n) pf_row(kr[RP + nx - n], voff, (size_t)dv * es);
+            }
+            row[kk] = (const char *)kr[j] + koff;
+        }
+        __m512 acc[16];
+        UNROLL for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+        for (int32_t c = 0; c < d; c += 16) {
+            __m512 qv[4];
+            UNROLL for (int r = 0; r < 4; r++) qv[r] = _mm512_loadu_ps(q + (size_t)r * (size_t)ldq + c);
+            UNROLL for (int kk = 0; kk < 4; kk++) {
+                const __m512 kv = load16_f32(row[kk], dt, c, d - c);
+                UNROLL for (int r = 0; r < 4; r++) acc[4 * kk + r] = _mm512_fmadd_ps(qv[r], kv, acc[4 * kk + r]);
+            }
+        }
+        const __m512 w = hsum16_t(acc); /* lane 4 r + kk: sum of acc[4 kk + r] */
+        _mm_storeu_ps(s + jb, _mm512_extractf32x4_ps(w, 0));
+        _mm_storeu_ps(s + ATTN_TILE + jb, _mm512_extractf32x4_ps(w, 1));
+        _mm_storeu_ps(s + 2 * ATTN_TILE + jb, _mm512_extractf32x4_ps(w, 2));
+        _mm_storeu_ps(s + 3 * ATTN_TILE + jb, _mm512_extractf32x4_ps(w, 3));
+    }
+}
+
 /* Rows [0, m) of a group; row r reads KV head (r / rph) relative to the row
  * pointers, whose heads lie khead bytes apart. Keys go 16 at a time through all
  * heads, so a token's rows of every head are read close together in time. */
-AI void rows_qk_dt(const attn_geom *g, const float *q, int m, const void *const *kr, int n, float *s, int dt) {
+AI void rows_qk_dt(const attn_geom *g, const float *q, int m, const void *const *kr, int n, float *s, int dt,
+                   int32_t d, int32_t dv) {
     const int32_t ldq = g->dpad, rph = g->rph;
     for (int j0 = 0; j0 < ATTN_TILE; j0 += 16) {
         if (j0 >= n) { /* keys past n: finite scores, masked by softmax */
@@ -561,10 +605,13 @@ AI void rows_qk_dt(const attn_geom *g, const float *q, int m, const void *const 
                 float *si = s + (size_t)i * ATTN_TILE;
                 const int pf = i == h0;
                 switch (h1 - i >= RB ? RB : h1 - i) {
-                case 4: rows_qk_batch(qi, ldq, kr, koff, voff, pf, j0, n, si, g->d, g->dv, dt, 4); break;
-                case 3: rows_qk_batch(qi, ldq, kr, koff, voff, pf, j0, n, si, g->d, g->dv, dt, 3); break;
-                case 2: rows_qk_batch(qi, ldq, kr, koff, voff, pf, j0, n, si, g->d, g->dv, dt, 2); break;
-                default: rows_qk_batch(qi, ldq, kr, koff, voff, pf, j0, n, si, g->d, g->dv, dt, 1); break;
+                case 4:
+                    if (j0 + 16 <= n) rows_qk_4x16(qi, ldq, kr, koff, voff, pf, j0, n, si, d, dv, dt);
+                    else rows_qk_batch(qi, ldq, kr, koff, voff, pf, j0, n, si, d, dv, dt, 4);
+                    break;
+                case 3: rows_qk_batch(qi, ldq, kr, koff, voff, pf, j0, n, si, d, dv, dt, 3); break;
+                case 2: rows_qk_batch(qi, ldq, kr, koff, voff, pf, j0, n, si, d, dv, dt, 2); break;
+                default: rows_qk_batch(qi, ldq, kr, koff, voff, pf, j0, n, si, d, dv, dt, 1); break;
                 }
             }
         }
@@ -574,10 +621,18 @@ AI void rows_qk_dt(const attn_geom *g, const float *q, int m, const void *const 
 static void rows_qk(const attn_geom *g, const void *qp, int m, int n, const void *ktv, float *s) {
     const void *const *kr = (const void *const *)ktv;
     const float *q = (const float *)qp;
+    /* d = dv = 128 (most GQA models) compiled apart: constant masks and trip counts */
+    const int d128 = g->d == 128 && g->dv == 128;
     switch (g->kv_dtype) {
-    case PKV_F32: rows_qk_dt(g, q, m, kr, n, s, PKV_F32); break;
-    case PKV_F16: rows_qk_dt(g, q, m, kr, n, s, PKV_F16); break;
-    default: rows_qk_dt(g, q, m, kr, n, s, PKV_BF16); break;
+    case PKV_F32: rows_qk_dt(g, q, m, kr, n, s, PKV_F32, g->d, g->dv); break;
+    case PKV_F16:
+        if (d128) rows_qk_dt(g, q, m, kr, n, s, PKV_F16, 128, 128);
+        else rows_qk_dt(g, q, m, kr, n, s, PKV_F16, g->d, g->dv);
+        break;
+    default:
+        if (d128) rows_qk_dt(g, q, m, kr, n, s, PKV_BF16, 128, 128);
+        else rows_qk_dt(g, q, m, kr, n, s, PKV_BF16, g->d, g->dv);
+        break;
     }
 }
 
@@ -624,23 +679,23 @@ AI void rows_pv_rows(const float *p, int j0, int j1, int n, const void *const *v
 }
 
 AI void rows_pv_dt(const attn_geom *g, const float *p, int m, int n, const void *const *vr, float *const *o,
-                   const float *alpha, int dt) {
+                   const float *alpha, int dt, int32_t d, int32_t dv) {
     const int32_t rph = g->rph;
     for (int j0 = 0; j0 < n; j0 += 16) {
         const int j1 = j0 + 16 < n ? j0 + 16 : n;
         for (int h0 = 0; h0 < m; h0 += rph) {
             const int h1 = h0 + rph < m ? h0 + rph : m;
             const size_t voff = (size_t)(h0 / rph) * g->vhead, koff = (size_t)(h0 / rph) * g->khead;
-            const size_t kbytes = (size_t)g->d * (dt == PKV_F32 ? 4 : 2);
+            const size_t kbytes = (size_t)d * (dt == PKV_F32 ? 4 : 2);
             for (int i = h0; i < h1; i += RB) {
                 const float *pi = p + (size_t)i * ATTN_TILE;
                 const float *sc = j0 == 0 ? alpha + i : NULL;
                 const size_t pf = i == h0 ? kbytes : 0;
                 switch (h1 - i >= RB ? RB : h1 - i) {
-                case 4: rows_pv_rows(pi, j0, j1, n, vr, voff, koff, pf, o + i, sc, g->dv, dt, 4); break;
-                case 3: rows_pv_rows(pi, j0, j1, n, vr, voff, koff, pf, o + i, sc, g->dv, dt, 3); break;
-                case 2: rows_pv_rows(pi, j0, j1, n, vr, voff, koff, pf, o + i, sc, g->dv, dt, 2); break;
-                default: rows_pv_rows(pi, j0, j1, n, vr, voff, koff, pf, o + i, sc, g->dv, dt, 1); break;
+                case 4: rows_pv_rows(pi, j0, j1, n, vr, voff, koff, pf, o + i, sc, dv, dt, 4); break;
+                case 3: rows_pv_rows(pi, j0, j1, n, vr, voff, koff, pf, o + i, sc, dv, dt, 3); break;
+                case 2: rows_pv_rows(pi, j0, j1, n, vr, voff, koff, pf, o + i, sc, dv, dt, 2); break;
+                default: rows_pv_rows(pi, j0, j1, n, vr, voff, koff, pf, o + i, sc, dv, dt, 1); break;
                 }
             }
         }
@@ -651,10 +706,17 @@ static void rows_pv(const attn_geom *g, const void *pp, int m, int n, const void
                     const float *alpha) {
     const void *const *vr = (const void *const *)vtv;
     const float *p = (const float *)pp;
+    const int d128 = g->d == 128 && g->dv == 128;
     switch (g->kv_dtype) {
-    case PKV_F32: rows_pv_dt(g, p, m, n, vr, o, alpha, PKV_F32); break;
-    case PKV_F16: rows_pv_dt(g, p, m, n, vr, o, alpha, PKV_F16); break;
-    default: rows_pv_dt(g, p, m, n, vr, o, alpha, PKV_BF16); break;
+    case PKV_F32: rows_pv_dt(g, p, m, n, vr, o, alpha, PKV_F32, g->d, g->dv); break;
+    case PKV_F16:
+        if (d128) rows_pv_dt(g, p, m, n, vr, o, alpha, PKV_F16, 128, 128);
+        else rows_pv_dt(g, p, m, n, vr, o, alpha, PKV_F16, g->d, g->dv);
+        break;
+    default:
+        if (d128) rows_pv_dt(g, p, m, n, vr, o, alpha, PKV_BF16, 128, 128);
+        else rows_pv_dt(g, p, m, n, vr, o, alpha, PKV_BF16, g->d, g->dv);
+        break;
     }
 }
 
