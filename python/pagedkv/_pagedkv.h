@@ -103,6 +103,7 @@ PyObject *cache_add_host_tier(CacheObject *self, PyObject *args, PyObject *kw);
 PyObject *cache_add_file_tier(CacheObject *self, PyObject *args, PyObject *kw);
 PyObject *cache_tier_stats(CacheObject *self, PyObject *arg);
 PyObject *cache_drain_transfers(CacheObject *self, PyObject *unused);
+PyObject *cache_drain_transfers_raw(CacheObject *self, PyObject *unused);
 PyObject *seq_set_adapter(SeqObject *self, PyObject *arg);
 PyObject *seq_add_mm(SeqObject *self, PyObject *args, PyObject *kw);
 PyObject *seq_extra_keys(SeqObject *self, PyObject *unused);

@@ -630,6 +630,7 @@ static PyMethodDef cache_methods[] = {
     {"check", (PyCFunction)cache_check, METH_NOARGS, "check(): walks every invariant; raises CorruptError."},
     {"refcount", (PyCFunction)cache_refcount, METH_O, "refcount(block_id) -> int."},
     {"arenas", (PyCFunction)cache_arenas, METH_O, "arenas(layer) -> (k_cache, v_cache or None), zero-copy views."},
+    {"_drain_transfers_raw", (PyCFunction)cache_drain_transfers_raw, METH_NOARGS, NULL},
     {"_write", (PyCFunction)cache_write_raw, METH_VARARGS, NULL},
     {"_read", (PyCFunction)cache_read_raw, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL}};

@@ -319,6 +319,41 @@ PyObject *cache_drain_transfers(CacheObject *self, PyObject *unused) {
     return l;
 }
 
+/* The queue as the raw pkv_tier_transfer records (bytes, 48 each), for the
+ * package's structured-array form (pagedkv.TRANSFER_DTYPE mirrors the struct). */
+_Static_assert(sizeof(pkv_tier_transfer) == 48, "pagedkv.TRANSFER_DTYPE mirrors pkv_tier_transfer");
+PyObject *cache_drain_transfers_raw(CacheObject *self, PyObject *unused) {
+    (void)unused;
+    if (!cache_open(self)) return NULL;
+    size_t cap = 256, len = 0;
+    pkv_tier_transfer *buf = PyMem_Malloc(cap * sizeof *buf);
+    if (!buf) return PyErr_NoMemory();
+    for (;;) {
+        if (cap - len < 256) {
+            pkv_tier_transfer *nb = PyMem_Realloc(buf, 2 * cap * sizeof *buf);
+            if (!nb) {
+                /* the drained records are lost: report it rather than drop them silently */
+                PyMem_Free(buf);
+                return PyErr_NoMemory();
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        int32_t n = 0;
+        int st;
+        CALL(self, st, pkv_tier_transfers_drain(self->c, buf + len, 256, &n));
+        if (st != PKV_OK) {
+            PyMem_Free(buf);
+            return cache_raise(self, st);
+        }
+        len += (size_t)n;
+        if (n < 256) break;
+    }
+    PyObject *b = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)(len * sizeof *buf));
+    PyMem_Free(buf);
+    return b;
+}
+
 /* --------------------------------------------------------- sequence calls */
 
 static int seq_ok(SeqObject *s) { return cache_open(s->cache); }

@@ -292,11 +292,15 @@ def test_metadata_swap_queues_transfers():
     slot_of = {x["block"]: x["slot"] for x in out}
     assert len(set(slot_of.values())) == 2
     s.swap_in()
-    back = c.drain_transfers()
-    assert [x["op"] for x in back] == ["load", "load"] and len(s) == 6
+    back = c.drain_transfers(array=True)  # the structured-array form
+    assert back.dtype == pagedkv.TRANSFER_DTYPE and back.dtype.itemsize == 48
+    assert list(back["op"]) == [pagedkv.XFER_LOAD] * 2 and len(s) == 6
+    assert list(back["tier"]) == [0, 0] and list(back["dst_slot"]) == [-1, -1] and list(back["reserved"]) == [0, 0]
+    assert all(bytes(k) == bytes(16) for k in back["key"])
     # block i of the sequence is loaded from the slot block i went to
-    load_of = {x["block"]: x["slot"] for x in back}
+    load_of = {int(b): int(sl) for b, sl in zip(back["block"], back["slot"])}
     assert [load_of[int(b)] for b in s.blocks] == [slot_of[b] for b in old]
+    assert len(c.drain_transfers(array=True)) == 0 and c.drain_transfers() == []
 
 
 # --------------------------------------------------------------------------- swap (host mode)
@@ -342,3 +346,55 @@ def test_swap_in_without_room_changes_nothing():
     s.free()
     with pytest.raises(pagedkv.NoSeqError):
         s.swap_out()
+
+
+def test_metadata_two_tiers_demote_and_long_queues():
+    nb, row = 4, 3
+    c = pagedkv.Cache(num_blocks=nb, block_size=BS, prefix_cache=True)
+    c.add_host_tier(1)
+    c.add_host_tier(4)
+    device = np.zeros((nb, BS, row), np.float32)
+    tiers = [np.full((1, BS, row), np.nan, np.float32), np.full((4, BS, row), np.nan, np.float32)]
+    seen = []
+
+    def replay():
+        for x in c.drain_transfers():
+            seen.append(x["op"])
+            if x["op"] == "offload":
+                tiers[x["tier"]][x["slot"]] = device[x["block"]]
+            elif x["op"] == "load":
+                device[x["block"]] = tiers[x["tier"]][x["slot"]]
+            else:
+                assert x["block"] == -1
+                tiers[x["tier"] + 1][x["dst_slot"]] = tiers[x["tier"]][x["slot"]]
+
+    toks = list(range(400, 408))
+    s = c.sequence()
+    s.append(toks)
+    blocks = [int(b) for b in s.blocks]
+    device[blocks] = np.random.default_rng(5).standard_normal((2, BS, row))
+    want = device[blocks].copy()
+    s.register()
+    s.free()
+    assert c.evict(2) == 2
+    replay()
+    assert "demote" in seen  # tier 0 holds one block: the other went down to tier 1
+    assert c.tier_stats(0)["blocks"] + c.tier_stats(1)["blocks"] == 2
+    device[:] = 0
+    t, n = c.lookup(toks)
+    replay()
+    assert n == 8 and np.array_equal(device[[int(b) for b in t.blocks]], want)
+
+    # queues longer than one internal batch (256) come back whole, in both forms
+    big = pagedkv.Cache(num_blocks=600, block_size=1, prefix_cache=True)
+    big.add_host_tier(600)
+    a = big.sequence()
+    a.append(list(range(600)))
+    a.register()
+    a.free()
+    assert big.evict(600) == 600
+    xs = big.drain_transfers(array=True)
+    assert len(xs) == 600 and set(xs["op"]) == {pagedkv.XFER_OFFLOAD} and len(set(xs["slot"])) == 600
+    assert big.lookup(list(range(600)))[1] == 600
+    loads = big.drain_transfers()
+    assert len(loads) == 600 and {x["op"] for x in loads} == {"load"}
