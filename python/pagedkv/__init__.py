@@ -363,7 +363,8 @@ def f32_to_bf16(x):
     return r
 
 
-__all__ = ["Cache", "Sequence", "attention", "TRANSFER_DTYPE", "XFER_OFFLOAD", "XFER_LOAD", "XFER_DEMOTE", "mla656_quantize", "mla656_dequantize", "bf16_to_f32", "f32_to_bf16",
+__all__ = ["Cache", "Sequence", "attention", "TRANSFER_DTYPE", "XFER_OFFLOAD", "XFER_LOAD", "XFER_DEMOTE",
+           "mla656_quantize", "mla656_dequantize", "bf16_to_f32", "f32_to_bf16",
            "strerror", "siphash128", "library_version", "Error"] + [c.__name__ for c in BY_STATUS.values()
                                                                      if c is not Error]
 del sys

@@ -398,3 +398,40 @@ def test_metadata_two_tiers_demote_and_long_queues():
     assert big.lookup(list(range(600)))[1] == 600
     loads = big.drain_transfers()
     assert len(loads) == 600 and {x["op"] for x in loads} == {"load"}
+
+
+@pytest.mark.parametrize("thread_safe", [False, True])
+def test_new_calls_from_threads_keep_the_cache_consistent(thread_safe):
+    import threading
+    c = pagedkv.Cache(num_blocks=64, block_size=BS, storage="host", kv_dtype="f32", d=8, dv=8, prefix_cache=True,
+                      thread_safe=thread_safe)
+    c.add_host_tier(32)
+    c.enable_events(64)
+    errors = []
+
+    def work(w):
+        try:
+            for i in range(60):
+                toks = [w, i % 5] * 4
+                s, n = c.lookup(toks, adapter=w % 2, mm=[(0, 1, bytes([i % 3]) * 16)])
+                s.append(toks[n:])
+                s.register()
+                s.swap_out()
+                assert s.swapped
+                s.swap_in()
+                assert len(s) == 8 and not s.swapped
+                c.peek(toks)
+                s.free()
+                c.evict(2)
+                c.drain_events()
+        except Exception as e:  # reported below, with the thread
+            errors.append((w, e))
+
+    ts = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert errors == []
+    c.check()
+    assert c.stats()["used_blocks"] == 0 and c.tier_stats(0)["stores"] > 0
