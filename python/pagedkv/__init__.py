@@ -34,6 +34,12 @@ _DTYPE_CODES = {"f32": F32, "float32": F32, "f16": F16, "float16": F16, "bf16": 
                 "fp8_mla656": FP8_MLA656}
 _DTYPE_NAMES = {F32: "f32", F16: "f16", BF16: "bf16", FP8_MLA656: "fp8_mla656"}
 
+# Metadata-mode tier transfers (pkv_tier_transfer): the op codes and the record of
+# Cache.drain_transfers(array=True), field for field the C struct (48 bytes).
+XFER_OFFLOAD, XFER_LOAD, XFER_DEMOTE = 1, 2, 3
+TRANSFER_DTYPE = np.dtype([("op", "=i4"), ("tier", "=i4"), ("block", "=i4"), ("reserved", "=i4"), ("slot", "=i8"),
+                           ("dst_slot", "=i8"), ("key", "V16")])
+
 
 # --------------------------------------------------------------------------- arrays
 
@@ -133,11 +139,30 @@ class Cache(_pagedkv.Cache):
           hash_key=None (16 bytes; None: random))
 
     Keyword arguments only; defaults are pkv_config_init's. Use as a context manager
-    or call close(). Methods: sequence(ns=0), lookup(tokens, namespace=0), register(seq),
-    append_batch(seqs, n=1, tokens=None), export_flashmla(seqs), export_flashinfer(seqs),
-    slot_mapping(seqs), write(layer, slots, k, v=None), read(layer, slots), arenas(layer),
+    or call close(). Methods: sequence(ns=0), lookup(tokens, namespace=0, adapter=0, mm=None),
+    peek(tokens, namespace=0, adapter=0, mm=None), register(seq), evict(n), reset_prefix(),
+    enable_events(capacity=4096), drain_events(), append_batch(seqs, n=1, tokens=None),
+    export_flashmla(seqs), export_flashinfer(seqs), slot_mapping(seqs), write(layer, slots, k, v=None),
+    read(layer, slots), arenas(layer), add_host_tier(capacity_blocks, write_through=False),
+    add_file_tier(dir, capacity_bytes, fsync=False), tier_stats(tier), drain_transfers(array=False),
     stats(), check(), refcount(block_id); properties config, closed, last_error.
     """
+
+    def drain_transfers(self, array=False):
+        """The queued tier transfers of a metadata-mode cache, oldest first (empty in host
+        mode or without tiers). Perform them in this order after every call that may take
+        pool blocks (append, lookup, evict, swap_out, swap_in), before its copy-on-write
+        copy and before any kernel reads the blocks:
+          offload: device block `block` -> slot `slot` of tier `tier`;
+          load:    slot `slot` of tier `tier` -> device block `block`;
+          demote:  slot `slot` of tier `tier` -> slot `dst_slot` of tier + 1.
+        array=False: a list of dicts {op: "offload"|"load"|"demote", tier, block, slot,
+        dst_slot, key: bytes16}; array=True: a numpy array of TRANSFER_DTYPE records (op
+        as XFER_OFFLOAD / XFER_LOAD / XFER_DEMOTE), cheaper for long queues.
+        """
+        if not array:
+            return super().drain_transfers()
+        return np.frombuffer(bytearray(self._drain_transfers_raw()), TRANSFER_DTYPE)
 
     def write(self, layer, slots, k, v=None, dtype=None):
         """Writes K (and V, when v_separate) rows for `slots` into `layer` (host mode).
@@ -338,7 +363,8 @@ def f32_to_bf16(x):
     return r
 
 
-__all__ = ["Cache", "Sequence", "attention", "mla656_quantize", "mla656_dequantize", "bf16_to_f32", "f32_to_bf16",
+__all__ = ["Cache", "Sequence", "attention", "TRANSFER_DTYPE", "XFER_OFFLOAD", "XFER_LOAD", "XFER_DEMOTE",
+           "mla656_quantize", "mla656_dequantize", "bf16_to_f32", "f32_to_bf16",
            "strerror", "siphash128", "library_version", "Error"] + [c.__name__ for c in BY_STATUS.values()
                                                                      if c is not Error]
 del sys

@@ -3,6 +3,7 @@
  *   cache.c     the Cache type: sequences, prefix cache, batch append, exports, storage
  *   seq.c       the Sequence type
  *   attn.c      attention (worker pools) and FP8 MLA rows
+ *   tiers.c     extra keys, lookup / peek, evict / reset, events, tiers, swap
  *   dlpack.c    the DLPack importer (torch tensors, bfloat16 included)
  * Everything here is hidden in the extension (-fvisibility=hidden) except PyInit. */
 #ifndef PAGEDKV_PY_H
@@ -90,6 +91,25 @@ PyArrayObject *as_tokens(PyObject *obj, const char *name);
 int buf_ok(PyObject *o, const char *name, size_t bytes, int writable);
 PyObject *do_register(CacheObject *co, SeqObject *s);
 PyObject *cache_slot_mapping(CacheObject *self, PyObject *seqs);
+/* tiers.c */
+int parse_mm(PyObject *mm, pkv_mm_range **out, int32_t *n);
+PyObject *cache_lookup(CacheObject *self, PyObject *args, PyObject *kw);
+PyObject *cache_peek(CacheObject *self, PyObject *args, PyObject *kw);
+PyObject *cache_evict(CacheObject *self, PyObject *arg);
+PyObject *cache_reset_prefix(CacheObject *self, PyObject *unused);
+PyObject *cache_enable_events(CacheObject *self, PyObject *args, PyObject *kw);
+PyObject *cache_drain_events(CacheObject *self, PyObject *unused);
+PyObject *cache_add_host_tier(CacheObject *self, PyObject *args, PyObject *kw);
+PyObject *cache_add_file_tier(CacheObject *self, PyObject *args, PyObject *kw);
+PyObject *cache_tier_stats(CacheObject *self, PyObject *arg);
+PyObject *cache_drain_transfers(CacheObject *self, PyObject *unused);
+PyObject *cache_drain_transfers_raw(CacheObject *self, PyObject *unused);
+PyObject *seq_set_adapter(SeqObject *self, PyObject *arg);
+PyObject *seq_add_mm(SeqObject *self, PyObject *args, PyObject *kw);
+PyObject *seq_extra_keys(SeqObject *self, PyObject *unused);
+PyObject *seq_swap_out(SeqObject *self, PyObject *unused);
+PyObject *seq_swap_in(SeqObject *self, PyObject *unused);
+PyObject *seq_get_swapped(SeqObject *self, void *unused);
 PyObject *mod_attn(PyObject *mod, PyObject *args);
 PyObject *mod_mla656(PyObject *mod, PyObject *args);
 PyObject *mod_from_dlpack(PyObject *mod, PyObject *obj);

@@ -154,31 +154,6 @@ static PyObject *cache_sequence(CacheObject *self, PyObject *args, PyObject *kw)
     return seq_new(self, h, (uint64_t)ns);
 }
 
-static PyObject *cache_lookup(CacheObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"tokens", "namespace", NULL};
-    PyObject *tok;
-    unsigned long long ns = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|K", kwlist, &tok, &ns)) return NULL;
-    if (!cache_open(self)) return NULL;
-    PyArrayObject *t = as_tokens(tok, "tokens");
-    if (!t) return NULL;
-    npy_intp n = PyArray_DIM(t, 0);
-    if (n > INT32_MAX) {
-        Py_DECREF(t);
-        return raise_arg(PKV_ERR_INVALID, "tokens: too many");
-    }
-    pkv_seq h;
-    int32_t cached = 0;
-    int st;
-    CALL_IF(self, st, pkv_prefix_lookup(self->c, (uint64_t)ns, PyArray_DATA(t), (int32_t)n, &h, &cached),
-            n >= LONG_ITEMS);
-    Py_DECREF(t);
-    if (st != PKV_OK) return cache_raise(self, st);
-    PyObject *s = seq_new(self, h, (uint64_t)ns);
-    if (!s) return NULL;
-    return Py_BuildValue("(Ni)", s, cached);
-}
-
 PyObject *do_register(CacheObject *co, SeqObject *s) {
     int32_t reg = 0, dd = 0;
     int st;
@@ -614,7 +589,33 @@ static PyMethodDef cache_methods[] = {
     {"sequence", (PyCFunction)(void (*)(void))cache_sequence, METH_VARARGS | METH_KEYWORDS,
      "sequence(ns=0) -> a new empty Sequence in namespace ns."},
     {"lookup", (PyCFunction)(void (*)(void))cache_lookup, METH_VARARGS | METH_KEYWORDS,
-     "lookup(tokens, namespace=0) -> (Sequence, cached_tokens): a new sequence sharing the cached prefix."},
+     "lookup(tokens, namespace=0, *, adapter=0, mm=None) -> (Sequence, cached_tokens): a new sequence sharing the "
+     "cached prefix. adapter: the LoRA adapter id; mm: None or a list of (start, len, hash16) multimodal ranges, "
+     "sorted and non-overlapping (the new sequence takes both)."},
+    {"peek", (PyCFunction)(void (*)(void))cache_peek, METH_VARARGS | METH_KEYWORDS,
+     "peek(tokens, namespace=0, *, adapter=0, mm=None) -> (cached_tokens, pool_tokens): what lookup would find, "
+     "taking nothing (pool_tokens: the part already in the pool, the rest is in tiers)."},
+    {"evict", (PyCFunction)cache_evict, METH_O,
+     "evict(n) -> evicted: evicts up to n evictable cached blocks, least recently used first (to tier 0 if any)."},
+    {"reset_prefix", (PyCFunction)cache_reset_prefix, METH_NOARGS,
+     "reset_prefix(): empties the prefix index and the tiers; StateError while sequences hold registered blocks."},
+    {"enable_events", (PyCFunction)(void (*)(void))cache_enable_events, METH_VARARGS | METH_KEYWORDS,
+     "enable_events(capacity=4096): records KV events (stored / removed) in a queue; 0 stops and frees it."},
+    {"drain_events", (PyCFunction)cache_drain_events, METH_NOARGS,
+     "drain_events() -> (events, dropped): events as dicts {kind: 'stored'|'removed', key: bytes16, parent_key: "
+     "bytes16 or None, ns}, oldest first; dropped: events lost to a full queue since the last drain."},
+    {"add_host_tier", (PyCFunction)(void (*)(void))cache_add_host_tier, METH_VARARGS | METH_KEYWORDS,
+     "add_host_tier(capacity_blocks, *, write_through=False): a host-memory tier below the pool (the next one "
+     "below the last). Metadata mode: a tier of slots whose data movements drain_transfers() returns. Only on a "
+     "cache with prefix_cache=True that holds no sequences yet."},
+    {"add_file_tier", (PyCFunction)(void (*)(void))cache_add_file_tier, METH_VARARGS | METH_KEYWORDS,
+     "add_file_tier(dir, capacity_bytes, *, fsync=False, capacity_blocks=None, write_through=False): a tier of "
+     "slab files in dir (host mode). A directory of an earlier run with the same hash_key and geometry is indexed "
+     "again. capacity_blocks: default capacity_bytes // the blob size."},
+    {"tier_stats", (PyCFunction)cache_tier_stats, METH_O, "tier_stats(tier) -> dict of the tier's counters."},
+    {"drain_transfers", (PyCFunction)cache_drain_transfers, METH_NOARGS,
+     "drain_transfers() -> list of dicts {op: 'offload'|'load'|'demote', tier, block, slot, dst_slot, key: bytes16} "
+     "in queue order (metadata mode with tiers): perform them in order after every call that may take blocks."},
     {"register", (PyCFunction)cache_register, METH_O,
      "register(seq) -> (registered, deduped): enter seq's full blocks into the prefix index."},
     {"append_batch", (PyCFunction)(void (*)(void))cache_append_batch, METH_VARARGS | METH_KEYWORDS,
@@ -629,6 +630,7 @@ static PyMethodDef cache_methods[] = {
     {"check", (PyCFunction)cache_check, METH_NOARGS, "check(): walks every invariant; raises CorruptError."},
     {"refcount", (PyCFunction)cache_refcount, METH_O, "refcount(block_id) -> int."},
     {"arenas", (PyCFunction)cache_arenas, METH_O, "arenas(layer) -> (k_cache, v_cache or None), zero-copy views."},
+    {"_drain_transfers_raw", (PyCFunction)cache_drain_transfers_raw, METH_NOARGS, NULL},
     {"_write", (PyCFunction)cache_write_raw, METH_VARARGS, NULL},
     {"_read", (PyCFunction)cache_read_raw, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL}};

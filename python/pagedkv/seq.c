@@ -183,6 +183,18 @@ static PyMethodDef seq_methods[] = {
     {"blocks_needed", (PyCFunction)seq_blocks_needed, METH_O, "blocks_needed(n) -> blocks an append of n takes."},
     {"register", (PyCFunction)seq_register, METH_NOARGS, "register() -> (registered, deduped)."},
     {"slot_mapping", (PyCFunction)seq_slot_mapping, METH_NOARGS, "slot_mapping() -> the slots of the last append."},
+    {"set_adapter", (PyCFunction)seq_set_adapter, METH_O,
+     "set_adapter(adapter_id): the LoRA adapter id, an extra key of the blocks it registers (empty sequence only)."},
+    {"add_mm", (PyCFunction)(void (*)(void))seq_add_mm, METH_VARARGS | METH_KEYWORDS,
+     "add_mm(start, len, hash): a multimodal range [start, start + len) with a 16-byte content hash; add it before "
+     "appending its tokens, in order, without overlap."},
+    {"extra_keys", (PyCFunction)seq_extra_keys, METH_NOARGS,
+     "extra_keys() -> (adapter_id, [(start, len, hash16), ...])."},
+    {"swap_out", (PyCFunction)seq_swap_out, METH_NOARGS,
+     "swap_out(): moves the sequence out of the pool (host mode: into memory; metadata mode: to tier 0 slots, as "
+     "queued transfers) and releases its blocks; append and the rest raise StateError until swap_in()."},
+    {"swap_in", (PyCFunction)seq_swap_in, METH_NOARGS,
+     "swap_in(): brings a swapped-out sequence back into new blocks (export the tables again)."},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef seq_getset[] = {
@@ -191,6 +203,7 @@ static PyGetSetDef seq_getset[] = {
     {"namespace", (getter)seq_get_ns, NULL, "The prefix-cache namespace.", NULL},
     {"cache", (getter)seq_get_cache, NULL, "The owning Cache.", NULL},
     {"freed", (getter)seq_get_freed, NULL, "True after free().", NULL},
+    {"swapped", (getter)seq_get_swapped, NULL, "True while swapped out.", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PySequenceMethods seq_as_sequence = {.sq_length = (lenfunc)seq_len};

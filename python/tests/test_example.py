@@ -41,3 +41,20 @@ def test_quickstart_prints_the_readme_output():
         "decode step slots [100 165] copies []",
         "(1, 1, 16, 512) (1, 16, 1) 2 blocks used",
     ]
+
+
+def test_tiers_example_prints_the_readme_output():
+    import subprocess
+    import sys
+    path = os.path.join(HERE, "..", "examples", "tiers.py")
+    import pagedkv
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(pagedkv.__file__)))
+    out = subprocess.run([sys.executable, path], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.splitlines() == [
+        "evicted 2 -> tier 0 holds 2",
+        "peek, no adapter: (0, 0) adapter 7: (8, 0)",
+        "cached 8 rows equal: True",
+        "swapped True used blocks 0",
+        "back, len 8 extra keys (7, [])",
+        "offload device block 0 -> tier 0 slot 0",
+    ]
