@@ -490,10 +490,13 @@ static void rows_load_tile(const attn_geom *g, const void *const *krows, const v
     memcpy(vt, kt, (size_t)(RP + n + ATTN_PF) * sizeof(void *));
 }
 
+#ifndef ATTN_PF_HINT
+#define ATTN_PF_HINT _MM_HINT_T0
+#endif
 /* Prefetches bytes [off, off + len) of row p (NULL: nothing) into L1. */
 AI void pf_row(const void *p, size_t off, size_t len) {
     if (!p) return;
-    for (size_t o = 0; o < len; o += 64) _mm_prefetch((const char *)p + off + o, _MM_HINT_T0);
+    for (size_t o = 0; o < len; o += 64) _mm_prefetch((const char *)p + off + o, ATTN_PF_HINT);
 }
 
 /* Lane 4 L + k = sum of the lanes of v[4 k + L], L, k < 4 (a transposing add tree). */
