@@ -180,15 +180,27 @@ typedef struct read_job {
     size_t n;
     uint64_t sum;
     pthread_barrier_t *bar;
+    int prefetch; /* 1: software prefetch PF_AHEAD bytes ahead (into L2) */
     double t0, t1;
 } read_job;
+
+#define PF_AHEAD 4096
 
 static void *read_thread(void *arg) {
     read_job *j = (read_job *)arg;
     pthread_barrier_wait(j->bar);
     j->t0 = bench_now();
     uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
-    for (size_t i = 0; i + 8 <= j->n; i += 8) { /* one cache line per iteration; vectorizes */
+    if (j->prefetch) {
+        const char *end = (const char *)(j->p + j->n);
+        for (size_t i = 0; i + 8 <= j->n; i += 8) {
+            const char *ahead = (const char *)(j->p + i) + PF_AHEAD;
+            if (ahead < end) __builtin_prefetch(ahead, 0, 2);
+            s0 += j->p[i]; s1 += j->p[i + 1]; s2 += j->p[i + 2]; s3 += j->p[i + 3];
+            s4 += j->p[i + 4]; s5 += j->p[i + 5]; s6 += j->p[i + 6]; s7 += j->p[i + 7];
+        }
+    }
+    for (size_t i = 0; !j->prefetch && i + 8 <= j->n; i += 8) { /* one cache line per iteration; vectorizes */
         s0 += j->p[i]; s1 += j->p[i + 1]; s2 += j->p[i + 2]; s3 += j->p[i + 3];
         s4 += j->p[i + 4]; s5 += j->p[i + 5]; s6 += j->p[i + 6]; s7 += j->p[i + 7];
     }
@@ -199,12 +211,13 @@ static void *read_thread(void *arg) {
 
 /* One timed parallel read of n 8-byte words at p by threads threads: GB/s. */
 static double read_once(const uint64_t *p, size_t n, int threads, read_job *jobs, pthread_t *th,
-                        pthread_barrier_t *bar, volatile uint64_t *keep) {
+                        pthread_barrier_t *bar, volatile uint64_t *keep, int prefetch) {
     const size_t per = n / (size_t)threads / 8 * 8;
     for (int i = 0; i < threads; i++) {
         jobs[i].p = p + (size_t)i * per;
         jobs[i].n = per;
         jobs[i].bar = bar;
+        jobs[i].prefetch = prefetch;
         pthread_create(&th[i], NULL, read_thread, &jobs[i]);
     }
     double t0 = 1e300, t1 = 0;
@@ -231,7 +244,11 @@ double bench_read_gbs(size_t bytes, int threads, int reps, double *best) {
     double v[64];
     volatile uint64_t keep = 0;
     for (int r = 0; r < reps; r++) {
-        v[r] = read_once(buf, n, threads, jobs, th, &bar, &keep);
+        /* the better of a plain read (the hardware prefetchers alone) and one
+         * with software prefetch ahead: kernels that prefetch can beat the first */
+        v[r] = read_once(buf, n, threads, jobs, th, &bar, &keep, 0);
+        const double vp = read_once(buf, n, threads, jobs, th, &bar, &keep, 1);
+        if (vp > v[r]) v[r] = vp;
         if (best && (r == 0 || v[r] > *best)) *best = v[r];
     }
     pthread_barrier_destroy(&bar);
@@ -254,7 +271,10 @@ double bench_read_buf_gbs(const void *p, size_t bytes, int threads) {
     pthread_barrier_init(&bar, NULL, (unsigned)threads);
     volatile uint64_t keep = 0;
     bench_flush(p, bytes);
-    const double g = read_once((const uint64_t *)p, bytes / sizeof(uint64_t), threads, jobs, th, &bar, &keep);
+    double g = read_once((const uint64_t *)p, bytes / sizeof(uint64_t), threads, jobs, th, &bar, &keep, 0);
+    bench_flush(p, bytes);
+    const double gp = read_once((const uint64_t *)p, bytes / sizeof(uint64_t), threads, jobs, th, &bar, &keep, 1);
+    if (gp > g) g = gp;
     pthread_barrier_destroy(&bar);
     free(jobs);
     free(th);

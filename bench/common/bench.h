@@ -44,9 +44,11 @@ double bench_ceiling(int kind, int threads, int reps, double *median);
 /* Streaming-read GB/s over a buffer of bytes, threads threads: median of reps
  * (*best, may be NULL: the best run). */
 double bench_read_gbs(size_t bytes, int threads, int reps, double *best);
-/* GB/s of one parallel sequential read of p[0..bytes) by threads threads,
+/* GB/s of a parallel sequential read of p[0..bytes) by threads threads,
  * flushed from the caches first (so from DRAM): the streaming bandwidth of the
- * very bytes a kernel reads, measured under the same conditions. */
+ * very bytes a kernel reads, measured under the same conditions; the better of
+ * a plain read and one with software prefetch 4 KiB ahead (also in
+ * bench_read_gbs). */
 double bench_read_buf_gbs(const void *p, size_t bytes, int threads);
 
 /* JSON lines: json_begin(f); json_str(f, "k", "v"); json_num(f, "k", 1.5); json_end(f). */
