@@ -462,6 +462,29 @@ struct pkv_cache {
     pkv_detail err;
 };
 
+/* Drops entry e and every descendant from the index, leaf first, taking each
+ * out of the tiers that hold it with remove(c, ti, x) (the byte tiers' or the
+ * slot tiers'); counts the evictable pool blocks freed. Inline: tier.c and
+ * tier_meta.c, one layer, share it without calling each other. */
+static inline void tier_drop_subtree(pkv_cache *c, int32_t e, void (*remove)(pkv_cache *, int, int32_t)) {
+    pkv_prefix *p = c->prefix;
+    int32_t x = e;
+    for (;;) {
+        int32_t kid = prefix_first_child(p, x);
+        if (kid >= 0) {
+            x = kid;
+            continue;
+        }
+        int32_t parent = prefix_entry_parent(p, x);
+        uint8_t tiers = prefix_tiers_of(p, x);
+        for (int ti = 0; ti < c->tiers.n; ti++)
+            if (tiers & (1u << ti)) remove(c, ti, x);
+        c->tiers.dropped += prefix_remove_entry(p, x);
+        if (x == e) return;
+        x = parent;
+    }
+}
+
 /* A block from the pool for a new owner (ops.c); a reclaimed cached block is
  * offloaded to the tiers or forgotten first. The caller checked availability. */
 int32_t cache_take_block(pkv_cache *c);

@@ -158,25 +158,7 @@ static void tier_remove(pkv_cache *c, int ti, int32_t e) {
 
 /* Drops entry e and every descendant from the index, the tiers and the pool's
  * cached marks (leaf first). */
-static void drop_tree(pkv_cache *c, int32_t e) {
-    pkv_prefix *p = c->prefix;
-    int32_t x = e;
-    for (;;) {
-        int32_t kid = prefix_first_child(p, x);
-        if (kid >= 0) {
-            x = kid;
-            continue;
-        }
-        prefix_identity id;
-        prefix_identity_of(p, x, &id);
-        uint8_t tiers = prefix_tiers_of(p, x);
-        for (int ti = 0; ti < c->tiers.n; ti++)
-            if (tiers & (1u << ti)) tier_remove(c, ti, x);
-        c->tiers.dropped += prefix_remove_entry(p, x);
-        if (x == e) return;
-        x = id.parent;
-    }
-}
+static void drop_tree(pkv_cache *c, int32_t e) { tier_drop_subtree(c, e, tier_remove); }
 
 void tier_drop_tree(pkv_cache *c, int32_t e) { drop_tree(c, e); }
 

@@ -89,24 +89,7 @@ static void mt_remove(pkv_cache *c, int ti, int32_t e) {
     prefix_set_tier(c->prefix, e, ti, 0);
 }
 
-static void mt_drop_tree(pkv_cache *c, int32_t e) {
-    pkv_prefix *p = c->prefix;
-    int32_t x = e;
-    for (;;) {
-        int32_t kid = prefix_first_child(p, x);
-        if (kid >= 0) {
-            x = kid;
-            continue;
-        }
-        int32_t parent = prefix_entry_parent(p, x);
-        uint8_t tiers = prefix_tiers_of(p, x);
-        for (int ti = 0; ti < c->tiers.n; ti++)
-            if (tiers & (1u << ti)) mt_remove(c, ti, x);
-        c->tiers.dropped += prefix_remove_entry(p, x);
-        if (x == e) return;
-        x = parent;
-    }
-}
+static void mt_drop_tree(pkv_cache *c, int32_t e) { tier_drop_subtree(c, e, mt_remove); }
 
 void tmeta_drop_tree(pkv_cache *c, int32_t e) { mt_drop_tree(c, e); }
 
