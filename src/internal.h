@@ -462,6 +462,14 @@ struct pkv_cache {
     pkv_detail err;
 };
 
+/* The entry a full tier lets go first: its least recently used one that is
+ * not pinned (-1 when only pinned entries are left). */
+static inline int32_t tier_lru_victim(const pkv_cache *c, const pkv_tier *t) {
+    int32_t x = t->head;
+    while (x >= 0 && (x == c->tiers.pinned[0] || x == c->tiers.pinned[1])) x = t->next[x];
+    return x;
+}
+
 /* Drops entry e and every descendant from the index, leaf first, taking each
  * out of the tiers that hold it with remove(c, ti, x) (the byte tiers' or the
  * slot tiers'); counts the evictable pool blocks freed. Inline: tier.c and

@@ -99,8 +99,7 @@ static int mt_put(pkv_cache *c, int ti, int32_t e);
  * tier (a DEMOTE) or leaves. */
 static void mt_evict_one(pkv_cache *c, int ti) {
     pkv_tier *t = &c->tiers.t[ti];
-    int32_t x = t->head;
-    while (x >= 0 && (x == c->tiers.pinned[0] || x == c->tiers.pinned[1])) x = t->next[x];
+    int32_t x = tier_lru_victim(c, t);
     if (x < 0) return;
     t->evictions++;
     pkv_prefix *p = c->prefix;

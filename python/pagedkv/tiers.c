@@ -411,22 +411,23 @@ PyObject *seq_extra_keys(SeqObject *self, PyObject *unused) {
     return raise_status(PKV_ERR_STATE, "extra_keys: the sequence changed during the call");
 }
 
-PyObject *seq_swap_out(SeqObject *self, PyObject *unused) {
-    (void)unused;
+/* seq.swap_out() / seq.swap_in(): fn on the sequence, None or the mapped error. */
+static PyObject *seq_swap(SeqObject *self, int (*fn)(pkv_cache *, pkv_seq)) {
     if (!seq_ok(self)) return NULL;
     int st;
-    CALL_IF(self->cache, st, pkv_seq_swap_out(self->cache->c, self->h), 1);
+    CALL_IF(self->cache, st, fn(self->cache->c, self->h), 1);
     if (st != PKV_OK) return cache_raise(self->cache, st);
     Py_RETURN_NONE;
 }
 
+PyObject *seq_swap_out(SeqObject *self, PyObject *unused) {
+    (void)unused;
+    return seq_swap(self, pkv_seq_swap_out);
+}
+
 PyObject *seq_swap_in(SeqObject *self, PyObject *unused) {
     (void)unused;
-    if (!seq_ok(self)) return NULL;
-    int st;
-    CALL_IF(self->cache, st, pkv_seq_swap_in(self->cache->c, self->h), 1);
-    if (st != PKV_OK) return cache_raise(self->cache, st);
-    Py_RETURN_NONE;
+    return seq_swap(self, pkv_seq_swap_in);
 }
 
 PyObject *seq_get_swapped(SeqObject *self, void *unused) {
