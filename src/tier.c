@@ -136,7 +136,7 @@ static void key_bytes(const pkv_cache *c, int32_t e, uint8_t out[16]) {
 /* ---- per-tier state (the LRU lives in internal.h) ---- */
 
 static void tier_error(pkv_tier *t, int st) {
-    if (st == PKV_ERR_NOT_FOUND) return;
+    if (st == PKV_OK || st == PKV_ERR_NOT_FOUND) return;
     t->errors++;
     t->degraded = 1;
 }

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -26,6 +27,7 @@
 #include <unistd.h>
 
 #include "test.h"
+#include "common/clirun.h"
 #include "tier_redis.h"
 
 static void test_key_slot(void) {
@@ -39,13 +41,22 @@ static void test_key_slot(void) {
 
 #ifndef PKV_REDIS
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
     test_key_slot();
     uint8_t hk[16] = {0};
     pkv_tier_backend be;
     char detail[256] = "x";
     CHECK_STATUS(pkv_tier_redis_open("redis://127.0.0.1:6379", hk, NULL, 0, &be, detail), PKV_ERR_MODE);
     CHECK(strstr(detail, "REDIS=1") != NULL);
+    /* pkv sim says so before any work */
+    if (clirun_find_bin(argv[0], "test_redis") == 0) {
+        run_out r = run("sim --requests 10 --no-progress --tier redis://127.0.0.1:6379");
+        CHECK_RUN(r, 2, "built without the Redis tier (build it with make REDIS=1)");
+        free(r.text);
+    } else {
+        CHECK(0);
+    }
     printf("test_redis: built without REDIS=1, the server tests run under `make REDIS=1 test`\n");
     return test_report("test_redis");
 }
@@ -644,43 +655,59 @@ static float kv_tok(int32_t tok, int32_t pos, int32_t l, int32_t i) {
     return (float)((tok * 131 + pos * 17 + l * 7 + i) % 4099) * 0.25f;
 }
 
-static void model_write(pkv_cache *c, const int32_t *toks, int32_t n) {
+/* The model's two operations count their failures into *bad (no CHECK: the
+ * threaded run calls them from several threads). A write that finds no room
+ * (another thread took it) is not a failure. */
+static void model_write(pkv_cache *c, const int32_t *toks, int32_t n, long *bad) {
     pkv_seq s;
     int64_t slots[64];
     float k[64 * HKV * D], v[64 * HKV * D];
-    CHECK_OK(pkv_seq_create(c, 0, &s));
-    CHECK_OK(pkv_seq_append(c, s, n, toks, slots, NULL));
-    for (int32_t l = 0; l < LAYERS; l++) {
+    if (pkv_seq_create(c, 0, &s) != PKV_OK) {
+        ++*bad;
+        return;
+    }
+    int st = pkv_seq_append(c, s, n, toks, slots, NULL);
+    *bad += st != PKV_OK && st != PKV_ERR_CAPACITY;
+    for (int32_t l = 0; l < LAYERS && st == PKV_OK; l++) {
         for (int32_t p = 0; p < n; p++)
             for (int32_t i = 0; i < HKV * D; i++) {
                 k[p * HKV * D + i] = kv_tok(toks[p], p, l, i);
                 v[p * HKV * D + i] = kv_tok(toks[p], p, l, 1000 + i);
             }
-        CHECK_OK(pkv_store_write(c, l, slots, n, k, v, PKV_F32));
+        *bad += pkv_store_write(c, l, slots, n, k, v, PKV_F32) != PKV_OK;
     }
-    CHECK_OK(pkv_prefix_register(c, s, NULL, NULL));
-    CHECK_OK(pkv_seq_free(c, s));
+    if (st == PKV_OK) *bad += pkv_prefix_register(c, s, NULL, NULL) != PKV_OK;
+    *bad += pkv_seq_free(c, s) != PKV_OK;
 }
 
-static int32_t model_lookup(pkv_cache *c, const int32_t *toks, int32_t n) {
+static int32_t model_lookup(pkv_cache *c, const int32_t *toks, int32_t n, long *bad) {
     pkv_seq s;
-    int32_t got = -1, blocks[64], nb = 0;
-    CHECK_OK(pkv_prefix_lookup(c, 0, toks, n, &s, &got));
-    CHECK_OK(pkv_seq_blocks(c, s, blocks, 64, &nb));
+    int32_t got = 0, blocks[64], nb = 0;
+    int st = pkv_prefix_lookup(c, 0, toks, n, &s, &got);
+    if (st != PKV_OK) {
+        *bad += st != PKV_ERR_CAPACITY;
+        return 0;
+    }
+    *bad += pkv_seq_blocks(c, s, blocks, 64, &nb) != PKV_OK;
     int64_t slots[64];
     float k[64 * HKV * D], v[64 * HKV * D];
     for (int32_t p = 0; p < got; p++) slots[p] = (int64_t)blocks[p / BS] * BS + p % BS;
-    long bad = 0;
     for (int32_t l = 0; l < LAYERS && got > 0; l++) {
-        CHECK_OK(pkv_store_read(c, l, slots, got, k, v));
+        *bad += pkv_store_read(c, l, slots, got, k, v) != PKV_OK;
         for (int32_t p = 0; p < got; p++)
             for (int32_t i = 0; i < HKV * D; i++)
-                bad += k[p * HKV * D + i] != kv_tok(toks[p], p, l, i) ||
-                       v[p * HKV * D + i] != kv_tok(toks[p], p, l, 1000 + i);
+                *bad += k[p * HKV * D + i] != kv_tok(toks[p], p, l, i) ||
+                        v[p * HKV * D + i] != kv_tok(toks[p], p, l, 1000 + i);
     }
-    CHECK_INT(bad, 0);
-    CHECK_OK(pkv_seq_free(c, s));
+    *bad += pkv_seq_free(c, s) != PKV_OK;
     return got;
+}
+
+/* A random prompt of the model: 16 ids from one of 6 stems, then some of 3. */
+static int32_t model_prompt(test_rng *rng, int32_t toks[32]) {
+    int32_t n = 4 + (int32_t)test_below(rng, 28), stem = (int32_t)test_below(rng, 6);
+    for (int32_t i = 0; i < n; i++) toks[i] = i < 16 ? stem * 100 + i : (int32_t)test_below(rng, 3) * 1000 + i;
+    return n;
 }
 
 static void test_model(const char *url, const char *prefix) {
@@ -697,16 +724,16 @@ static void test_model(const char *url, const char *prefix) {
     int64_t served[2] = {0, 0};
     for (long op = 0; op < ops; op++) {
         int w = (int)test_below(&rng, 2);
-        int32_t toks[32], n = 4 + (int32_t)test_below(&rng, 28), stem = (int32_t)test_below(&rng, 6);
-        for (int32_t i = 0; i < n; i++)
-            toks[i] = i < 16 ? stem * 100 + i : (int32_t)test_below(&rng, 3) * 1000 + i;
+        int32_t toks[32], n = model_prompt(&rng, toks);
+        long bad = 0;
         if (test_below(&rng, 3)) {
-            served[w] += model_lookup(c[w], toks, n);
+            served[w] += model_lookup(c[w], toks, n, &bad);
         } else {
             pkv_stats st = PKV_STATS_INIT;
             CHECK_OK(pkv_cache_stats(c[w], &st));
-            if (st.free_blocks + st.evictable_blocks >= (n + BS - 1) / BS) model_write(c[w], toks, n);
+            if (st.free_blocks + st.evictable_blocks >= (n + BS - 1) / BS) model_write(c[w], toks, n, &bad);
         }
+        CHECK_INT(bad, 0);
         if (op % 25 == 0)
             for (int i = 0; i < 2; i++)
                 if (pkv_cache_check(c[i]) != PKV_OK) {
@@ -724,6 +751,67 @@ static void test_model(const char *url, const char *prefix) {
                (long long)served[i], (long long)st.hits, (long long)st.stores);
         pkv_cache_destroy(c[i]);
     }
+}
+
+/* The model on thread-safe caches (make tsan-redis runs it under TSan):
+ * two threads share cache 0, a third uses cache 1; all three share Redis. */
+typedef struct mt_arg {
+    pkv_cache *c;
+    uint64_t seed;
+    long ops, bad;
+    int64_t served;
+} mt_arg;
+
+static void *mt_run(void *p) {
+    mt_arg *a = p;
+    test_rng rng = {a->seed};
+    for (long op = 0; op < a->ops; op++) {
+        int32_t toks[32], n = model_prompt(&rng, toks);
+        if (test_below(&rng, 3)) a->served += model_lookup(a->c, toks, n, &a->bad);
+        else model_write(a->c, toks, n, &a->bad);
+    }
+    return NULL;
+}
+
+static void test_model_threads(const char *url, const char *prefix) {
+    pkv_cache *c[2];
+    for (int i = 0; i < 2; i++) {
+        pkv_config cfg;
+        pkv_config_init(&cfg);
+        cfg.num_blocks = 24;
+        cfg.block_size = BS;
+        cfg.flags = PKV_FLAG_PREFIX_CACHE | PKV_FLAG_THREAD_SAFE;
+        cfg.storage = PKV_STORAGE_HOST;
+        cfg.num_layers = LAYERS;
+        cfg.h_kv = HKV;
+        cfg.d = cfg.dv = D;
+        cfg.v_separate = 1;
+        cfg.kv_dtype = PKV_F32;
+        cfg.hash_key_set = 1;
+        memcpy(cfg.hash_key, g_key, 16);
+        CHECK_OK(pkv_cache_create(&cfg, &c[i]));
+        if (!c[i]) return;
+        pkv_tier_backend be;
+        CHECK_OK(pkv_tier_redis_open(url, g_key, prefix, 2000, &be, NULL));
+        CHECK_OK(pkv_cache_add_tier(c[i], &be, 16, PKV_TIER_SHARED | PKV_TIER_WRITE_THROUGH));
+    }
+    long ops = test_scaled(1500);
+    if (ops < 150) ops = 150;
+    mt_arg a[3] = {{c[0], 0x7a1, ops, 0, 0}, {c[0], 0x7a2, ops, 0, 0}, {c[1], 0x7a3, ops, 0, 0}};
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) CHECK_INT(pthread_create(&th[i], NULL, mt_run, &a[i]), 0);
+    for (int i = 0; i < 3; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 3; i++) CHECK_INT(a[i].bad, 0);
+    for (int i = 0; i < 2; i++) {
+        CHECK_OK(pkv_cache_check(c[i]));
+        pkv_tier_stats st = tier0(c[i]);
+        CHECK(st.hits > 0);
+        CHECK_INT(st.errors, 0);
+        CHECK_INT(st.corrupt, 0);
+        pkv_cache_destroy(c[i]);
+    }
+    printf("model, 3 threads: %lld, %lld, %lld tokens served\n", (long long)a[0].served, (long long)a[1].served,
+           (long long)a[2].served);
 }
 
 static void test_open_errors(void) {
@@ -794,7 +882,47 @@ static int start_cluster(server *cs, char *url, size_t cap) {
     return 0;
 }
 
-int main(void) {
+/* A hit rate in percent from a table row of pkv sim ("51.7% (max 76.1%)"). */
+static double row_percent(const char *text, const char *name) {
+    char buf[256];
+    double v = -1;
+    if (sscanf(row(text, name, buf, sizeof buf), "%lf%%", &v) != 1) return -1;
+    return v;
+}
+
+/* pkv sim --tier redis://: the instances of a fleet share one Redis. Round
+ * robin sends a conversation's turns to different instances, so without the
+ * shared tier each turn finds only what its own instance saw; with it (and
+ * --verify: attention over every promoted block checked against rows computed
+ * from the token ids) the hit rate reaches the infinite cache's. A Redis that
+ * is not there changes nothing but the warning. */
+static void test_sim_fleet(const char *url, int dead_port) {
+    const char *w = "sim --requests 200 --instances 2 --no-progress";
+    run_out base = run("%s", w);
+    run_out shared = run("%s --verify --tier %s", w, url);
+    run_out dead = run("%s --tier redis://127.0.0.1:%d", w, dead_port);
+    CHECK_RUN(base, 0, NULL);
+    CHECK_RUN(shared, 0, "redis, shared");
+    CHECK_RUN(dead, 0, "warning: the redis tier failed");
+    CHECK(strstr(shared.text, "warning") == NULL);
+    double hb = row_percent(base.text, "prefix hit rate"), hs = row_percent(shared.text, "prefix hit rate"),
+           hd = row_percent(dead.text, "prefix hit rate");
+    fprintf(stderr, "test_redis: sim, 2 instances: hit rate %.1f%% alone, %.1f%% sharing Redis\n", hb, hs);
+    CHECK(hb > 0 && hs > hb + 10);
+    CHECK(hd == hb);
+    char lv[256], vf[256];
+    double pool = -1, red = -1;
+    CHECK(sscanf(row(shared.text, "hits by level", lv, sizeof lv), " pool %lf%% + redis %lf%%", &pool, &red) == 2);
+    CHECK(red > 5 && pool + red > hs - 0.2 && pool + red < hs + 0.2);
+    long long ok = 0;
+    CHECK(sscanf(row(shared.text, "verify", vf, sizeof vf), " %lld ok", &ok) == 1 && ok > 1000);
+    free(base.text);
+    free(shared.text);
+    free(dead.text);
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
     signal(SIGPIPE, SIG_IGN);
     atexit(kill_servers);
     test_key_slot();
@@ -823,8 +951,13 @@ int main(void) {
     test_bad_values(url, port);
     fprintf(stderr, "test_redis: a model-based run of two caches\n");
     test_model(url, "model:");
+    fprintf(stderr, "test_redis: the model on thread-safe caches, 3 threads\n");
+    test_model_threads(url, "model-mt:");
     fprintf(stderr, "test_redis: an unshared Redis tier\n");
     test_unshared(url, port);
+    fprintf(stderr, "test_redis: pkv sim, a fleet sharing Redis\n");
+    if (clirun_find_bin(argv[0], "test_redis") == 0) test_sim_fleet(url, free_port());
+    else CHECK(0);
     fprintf(stderr, "test_redis: AUTH\n");
     if (s.pid) test_auth(&s);
     fprintf(stderr, "test_redis: cluster\n");

@@ -456,7 +456,8 @@ static void test_tiers(void) {
     CHECK(strstr(row(a.text, "hits by level", x, sizeof x), "+ host") != NULL);
     free(a.text);
     static const struct { const char *args; const char *msg; } bad[] = {
-        {"--tier ram:3", "--tier: 'ram:3' is not host:GIB or file:DIR:GIB"},
+        {"--tier ram:3", "--tier: 'ram:3' is not host:GIB, file:DIR:GIB or redis://HOST:PORT"},
+        {"--tier host:1 --net-bw-gbs 3", "--net-bw-gbs has no effect without --tier redis://HOST:PORT"},
         {"--tier host:0", "--tier host:0: '0' is not a number of GiB"},
         {"--tier file:/nonexistent-pkv:3", "/nonexistent-pkv is not a directory"},
         {"--preempt swap", "--preempt swap moves preempted sequences to tier 0: add --tier host:GIB"},

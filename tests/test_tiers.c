@@ -150,12 +150,16 @@ static void test_tier_eviction_and_demotion(void) {
         pkv_tier_stats t0 = tstats(c, 0);
         CHECK_INT(t0.blocks, 2);
         CHECK_INT(t0.evictions, 2);
+        /* evictions are not faults: a deleted blob is no error */
+        CHECK_INT(t0.errors, 0);
+        CHECK_INT(t0.degraded, 0);
         CHECK_INT(lookup_check(c, b, 8), 8);
         if (two) {
             CHECK_INT(tstats(c, 1).blocks, 2);
             CHECK_INT(tstats(c, 1).stores, 2);
             CHECK_INT(lookup_check(c, a, 8), 8); /* from tier 1 */
             CHECK_INT(tstats(c, 1).hits, 2);
+            CHECK_INT(tstats(c, 1).errors, 0);
         } else {
             CHECK_INT(lookup_check(c, a, 8), 0); /* gone, with its child */
         }

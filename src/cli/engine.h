@@ -29,8 +29,8 @@ typedef struct rstate {
 typedef struct fleet fleet;
 
 /* One serving engine: its own cache (pool), waiting queue and running batch,
- * and its own clock. A shared tier (a later issue) would be a fleet resource
- * handed to each engine's cache at engine_init. */
+ * and its own clock. A Redis tier is shared: every engine's cache opens it
+ * under the fleet's key prefix, so one instance finds what another stored. */
 typedef struct engine {
     fleet *f;
     int32_t idx;
@@ -70,6 +70,7 @@ struct fleet {
     int64_t rr;                       /* round-robin counter */
     int64_t done, rejected;
     int fatal;
+    char redis_prefix[64];            /* this run's keys in the shared Redis tier */
 };
 
 /* Creates engine idx's cache and queues. Returns 0, EXIT_LIB (message printed). */

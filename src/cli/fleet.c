@@ -20,6 +20,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/engine.h"
 
@@ -163,6 +164,7 @@ static void aggregate(const fleet *f, const sim_result *inst, sim_result *g) {
             g->tier_blocks_in[t] += x->tier_blocks_in[t];
             g->tier_blocks_out[t] += x->tier_blocks_out[t];
             g->tier_capacity[t] = x->tier_capacity[t];
+            g->tier_errors[t] += x->tier_errors[t];
         }
         g->swaps_out += x->swaps_out;
         g->swaps_in += x->swaps_in;
@@ -275,6 +277,11 @@ int sim_run(const sim_workload *w, const sim_config *cfg, sim_result *res) {
     f.w = w;
     f.cfg = cfg;
     f.n = cfg->instances > 0 ? cfg->instances : 1;
+    /* Each run's keys apart from every other run's (earlier ones, other
+     * processes, the other runs of a sweep): a run starts with an empty share. */
+    static int32_t run_counter;
+    snprintf(f.redis_prefix, sizeof f.redis_prefix, "pkvsim:%ld:%llx:%d:", (long)getpid(),
+             (unsigned long long)cli_now_ns(), run_counter++);
     int32_t n = w->n;
     f.rs = calloc((size_t)n, sizeof *f.rs);
     f.heap = malloc((size_t)n * sizeof *f.heap);

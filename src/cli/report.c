@@ -76,7 +76,7 @@ static void tier_hits(char *b, size_t n, const sim_run_desc *r) {
     for (int32_t t = 0; t < r->cfg.ntiers; t++) pool -= x->tier_hit_tokens[t];
     int k = snprintf(b, n, "pool %.1f%%", 100.0 * (double)pool / q);
     for (int32_t t = 0; t < r->cfg.ntiers && k > 0 && (size_t)k < n; t++)
-        k += snprintf(b + k, n - (size_t)k, " + %s %.1f%%", r->cfg.tier_file[t] ? "file" : "host",
+        k += snprintf(b + k, n - (size_t)k, " + %s %.1f%%", sim_tier_name(&r->cfg, t),
                       100.0 * (double)x->tier_hit_tokens[t] / q);
 }
 CELL(c_tierhit, if (!c->ntiers) snprintf(b, n, "-"); else tier_hits(b, n, r))
@@ -91,8 +91,11 @@ CELL(c_tiermove, if (!c->ntiers) snprintf(b, n, "-"); else tier_moves(b, n, r))
 CELL(c_tiercap, if (!c->ntiers) snprintf(b, n, "-");
      else { int k = 0; b[0] = 0;
             for (int32_t t = 0; t < c->ntiers && k >= 0 && (size_t)k < n; t++)
-                k += snprintf(b + k, n - (size_t)k, "%s%s %g GiB (%lld)", t ? ", " : "", c->tier_file[t] ? "file" : "host",
-                              c->tier_gib[t], (long long)x->tier_capacity[t]); })
+                k += c->tier_kind[t] == SIM_TIER_REDIS
+                         ? snprintf(b + k, n - (size_t)k, "%sredis, shared (%lld indexed)", t ? ", " : "",
+                                    (long long)x->tier_capacity[t])
+                         : snprintf(b + k, n - (size_t)k, "%s%s %g GiB (%lld)", t ? ", " : "", sim_tier_name(c, t),
+                                    c->tier_gib[t], (long long)x->tier_capacity[t]); })
 CELL(c_xfer, snprintf(b, n, "%.2f", x->transfer_s))
 CELL(c_swaps, if (!c->preempt_swap) snprintf(b, n, "-");
      else snprintf(b, n, "%lld / %lld (%lld recomputed)", (long long)x->swaps_out, (long long)x->swaps_in,
@@ -203,7 +206,11 @@ void report_table(FILE *f, const sim_workload *w, const sim_run_desc *runs, int 
                "cost: %.1f ms + %.0f us/token + KV reads at %.1f TB/s, %d layers",
             c->max_batch_tokens, c->max_seqs, c->watermark * 100, c->preempt_swap ? "swap" : "recompute",
             c->cost_a * 1e3, c->cost_b * 1e6, c->kv_bw * 1e-12, c->layers);
-    if (c->ntiers) fprintf(f, "; tier transfers at %.0f GB/s (host), %.0f GB/s (file)", c->host_bw * 1e-9, c->ssd_bw * 1e-9);
+    if (c->ntiers) {
+        fputs("; tier transfers at", f);
+        for (int32_t t = 0; t < c->ntiers; t++)
+            fprintf(f, "%s %.3g GB/s (%s)", t ? "," : "", sim_tier_bw(c, t) * 1e-9, sim_tier_name(c, t));
+    }
     fputs("\n\n", f);
     int width[65];
     char cell[64][64];
@@ -351,11 +358,12 @@ void report_json(FILE *f, const sim_workload *w, const sim_run_desc *runs, int n
                 c->verify ? "true" : "false", c->instances, sim_router_name(c->router),
                 c->preempt_swap ? "swap" : "recompute");
         for (int32_t t = 0; t < c->ntiers; t++) {
-            fprintf(f, "%s{\"kind\": \"%s\", \"gib\": ", t ? ", " : "", c->tier_file[t] ? "file" : "host");
-            json_num(f, c->tier_gib[t]);
+            fprintf(f, "%s{\"kind\": \"%s\", \"gib\": ", t ? ", " : "", sim_tier_name(c, t));
+            if (c->tier_kind[t] == SIM_TIER_REDIS) fputs("null, \"shared\": true", f);
+            else json_num(f, c->tier_gib[t]);
             fprintf(f, ", \"blocks\": %lld, \"bandwidth_bytes_per_s\": ", (long long)x->tier_capacity[t]);
-            json_num(f, c->tier_file[t] ? c->ssd_bw : c->host_bw);
-            fputc('}', f);
+            json_num(f, sim_tier_bw(c, t));
+            fprintf(f, ", \"errors\": %lld}", (long long)x->tier_errors[t]);
         }
         fputs("]},\n   \"metrics\": {", f);
         json_metrics(f, x);

@@ -72,14 +72,37 @@ double sim_cache_bytes(const sim_config *cfg) {
      * plus the token ids that sequences keep; --verify adds host arenas. */
     double nb = sim_pool_blocks(cfg), bs = cfg->block_size;
     double per_block = 24 + 4 * bs + (cfg->prefix_cache ? 128 + 4 * bs : 0);
-    if (cfg->verify) per_block += bs * 2.0 * VERIFY_H_KV * (VERIFY_D + VERIFY_DV);
-    /* a tier's block: its index entry, slot and links (about 100 B) and token ids */
+    double rows = cfg->verify ? bs * 2.0 * VERIFY_H_KV * (VERIFY_D + VERIFY_DV) : sim_host_mode(cfg) ? bs * 8.0 : 0;
+    per_block += rows;
+    /* a tier's block: its index entry, slot and links (about 100 B) and token
+     * ids; in host mode a host or file tier also holds the block's rows */
     double tiers = 0;
-    for (int32_t t = 0; t < cfg->ntiers; t++) tiers += (double)sim_tier_blocks(cfg, t) * (112 + 4 * bs);
+    for (int32_t t = 0; t < cfg->ntiers; t++)
+        tiers += (double)sim_tier_blocks(cfg, t) * (112 + 4 * bs + (cfg->tier_kind[t] != SIM_TIER_REDIS ? rows : 0));
     return nb * per_block + tiers;
 }
 
+const char *sim_tier_name(const sim_config *cfg, int32_t t) {
+    static const char *const names[] = {"host", "file", "redis"};
+    return names[cfg->tier_kind[t]];
+}
+
+double sim_tier_bw(const sim_config *cfg, int32_t t) {
+    return cfg->tier_kind[t] == SIM_TIER_REDIS ? cfg->net_bw : cfg->tier_kind[t] == SIM_TIER_FILE ? cfg->ssd_bw
+                                                                                                   : cfg->host_bw;
+}
+
+int sim_host_mode(const sim_config *cfg) {
+    for (int32_t t = 0; t < cfg->ntiers; t++)
+        if (cfg->tier_kind[t] == SIM_TIER_REDIS) return 1;
+    return cfg->verify;
+}
+
 int64_t sim_tier_blocks(const sim_config *cfg, int32_t t) {
+    if (cfg->tier_kind[t] == SIM_TIER_REDIS) { /* the entries one cache indexes; Redis bounds the rest */
+        int64_t b = 4 * (int64_t)sim_pool_blocks(cfg);
+        return b < 4096 ? 4096 : b > INT32_MAX / 4 ? INT32_MAX / 4 : b;
+    }
     double per_block = (double)cfg->block_size * (double)sim_token_bytes(cfg->kv_dtype) * cfg->layers;
     double b = floor(cfg->tier_gib[t] * 1073741824.0 / per_block);
     if (b > (double)(INT32_MAX / 4)) b = (double)(INT32_MAX / 4);
@@ -103,9 +126,10 @@ static double transfer_time(engine *e) {
     if (!cfg->ntiers) return 0;
     pkv_tier_transfer x[256];
     int32_t n;
-    do {
-        if (LIB(e, pkv_tier_transfers_drain(e->cache, x, 256, &n)) != PKV_OK) break;
-    } while (n == 256);
+    if (!sim_host_mode(cfg)) /* host mode: the library copies; there is no list */
+        do {
+            if (LIB(e, pkv_tier_transfers_drain(e->cache, x, 256, &n)) != PKV_OK) break;
+        } while (n == 256);
     double block = (double)e->bs * (double)sim_token_bytes(cfg->kv_dtype) * cfg->layers, s = 0;
     for (int32_t t = 0; t < cfg->ntiers; t++) {
         int64_t hits = tier_counter(e, t, 0), stores = tier_counter(e, t, 1);
@@ -114,9 +138,10 @@ static double transfer_time(engine *e) {
         e->tier_last[t][1] = stores;
         e->res->tier_blocks_out[t] += out;
         e->res->tier_blocks_in[t] += in;
-        if (t == 0) in += e->step_swap_blocks;
-        s += (double)(out + in) * block / (cfg->tier_file[t] ? cfg->ssd_bw : cfg->host_bw);
+        s += (double)(out + in) * block / sim_tier_bw(cfg, t);
     }
+    /* A swap goes to tier 0's slots (metadata mode) or to host memory (host mode). */
+    s += (double)e->step_swap_blocks * block / (sim_host_mode(cfg) ? cfg->host_bw : sim_tier_bw(cfg, 0));
     e->step_swap_blocks = 0;
     return s;
 }
@@ -334,10 +359,10 @@ int engine_probe(engine *e, int32_t id, int32_t *cached) {
     const sim_request *r = &e->f->w->req[id];
     const int32_t *toks = prefix_tokens(e, id, r->prompt_len);
     if (!toks) return cli_error("out of memory");
-    pkv_seq seq;
-    int rc = LIB(e, pkv_prefix_lookup(e->cache, 0, toks, r->prompt_len, &seq, cached));
-    if (rc != PKV_OK) return lib_fail(e, "pkv_prefix_lookup", rc);
-    LIB(e, pkv_seq_free(e->cache, seq));
+    /* A peek: the router's question takes no references, touches no LRU order
+     * and promotes nothing from the tiers. */
+    int rc = LIB(e, pkv_prefix_peek(e->cache, 0, toks, r->prompt_len, cached, NULL));
+    if (rc != PKV_OK) return lib_fail(e, "pkv_prefix_peek", rc);
     return 0;
 }
 
@@ -635,6 +660,13 @@ int engine_init(engine *e, fleet *f, int32_t idx, sim_result *res) {
         pc.dv = VERIFY_DV;
         pc.v_separate = 1;
         pc.kv_dtype = PKV_BF16;
+    } else if (sim_host_mode(cfg)) { /* a Redis tier stores bytes: rows of 4 bf16, never written */
+        pc.storage = PKV_STORAGE_HOST;
+        pc.num_layers = 1;
+        pc.h_kv = 1;
+        pc.d = pc.dv = 4;
+        pc.v_separate = 0;
+        pc.kv_dtype = PKV_BF16;
     }
     int st = pkv_cache_create(&pc, &e->cache);
     if (st != PKV_OK) {
@@ -644,10 +676,24 @@ int engine_init(engine *e, fleet *f, int32_t idx, sim_result *res) {
     }
     for (int32_t t = 0; t < cfg->ntiers; t++) {
         int64_t cap = sim_tier_blocks(cfg, t);
-        st = pkv_cache_add_host_tier(e->cache, cap, 0);
+        if (cfg->tier_kind[t] == SIM_TIER_REDIS) {
+            /* Shared; on tier 0 also written through, so the other instances
+             * see a block as soon as it is registered. */
+            pkv_tier_backend be;
+            char detail[256] = "";
+            st = pkv_tier_redis_open(cfg->redis_url, pc.hash_key, f->redis_prefix, 0, &be, detail);
+            if (st != PKV_OK) {
+                fprintf(stderr, "pkv sim: cannot open the Redis tier %s: %s%s%s\n", cfg->redis_url, pkv_strerror(st),
+                        *detail ? ": " : "", detail);
+                return EXIT_LIB;
+            }
+            st = pkv_cache_add_tier(e->cache, &be, cap, PKV_TIER_SHARED | (t == 0 ? PKV_TIER_WRITE_THROUGH : 0));
+        } else {
+            st = pkv_cache_add_host_tier(e->cache, cap, 0);
+        }
         if (st != PKV_OK) {
-            fprintf(stderr, "pkv sim: cannot add tier %d of %lld blocks: %s: %s\n", t, (long long)cap,
-                    pkv_strerror(st), pkv_cache_last_error(e->cache));
+            fprintf(stderr, "pkv sim: cannot add tier %d (%s) of %lld blocks: %s: %s\n", t, sim_tier_name(cfg, t),
+                    (long long)cap, pkv_strerror(st), pkv_cache_last_error(e->cache));
             return EXIT_LIB;
         }
         res->tier_capacity[t] = cap;
@@ -699,6 +745,10 @@ void engine_finish(engine *e) {
     res->evictions = stats.evictions;
     res->cow_copies = stats.cow_copies;
     res->dedups = stats.dedups;
+    for (int32_t t = 0; t < e->f->cfg->ntiers; t++) {
+        pkv_tier_stats ts = PKV_TIER_STATS_INIT;
+        if (pkv_tier_stats_get(e->cache, t, &ts) == PKV_OK) res->tier_errors[t] = ts.errors;
+    }
 }
 
 void engine_destroy(engine *e) {

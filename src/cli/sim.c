@@ -57,8 +57,16 @@ static const char sim_help[] =
     "                          at most 3)\n"
     "  --tier file:DIR:GIB     a file tier (local SSD, 3FS) of GIB GiB; DIR must exist. Simulated\n"
     "                          as a tier of slots at --ssd-bw-gbs (no KV bytes are written)\n"
+    "  --tier redis://HOST:PORT   a Redis tier shared by all the instances (also\n"
+    "                          redis+cluster://HOST:PORT,...; a pkv built with make REDIS=1): a\n"
+    "                          real one, so the caches run in host mode with tiny rows (--verify:\n"
+    "                          its rows) and every instance finds the blocks the others stored;\n"
+    "                          as tier 0 it is written through at registration, below a host\n"
+    "                          tier it takes that tier's demotions. Each run uses its own keys\n"
+    "                          (pkvsim:PID:...); the server's maxmemory bounds them\n"
     "  --host-bw-gbs G         host tier transfer bandwidth, GB/s (25: PCIe 5 x16)\n"
     "  --ssd-bw-gbs G          file tier transfer bandwidth, GB/s (5: one NVMe SSD)\n"
+    "  --net-bw-gbs G          Redis tier transfer bandwidth, GB/s (12.5: 100 Gb/s)\n"
     "\n"
     "cost model, per step: a + b * tokens + (KV bytes read) / bandwidth + tier transfers\n"
     "  --cost-a-ms A           fixed time per step (12)\n"
@@ -123,12 +131,29 @@ static int parse_router(const char *s, int32_t *out) {
     return -1;
 }
 
-/* --tier host:GIB or file:DIR:GIB into tier t of c. */
+/* --tier host:GIB, file:DIR:GIB, redis://... or redis+cluster://... into tier t of c. */
 static int parse_tier(const char *v, sim_config *c, int32_t t) {
     double gib;
     const char *num;
+    if (!strncmp(v, "redis://", 8) || !strncmp(v, "redis+cluster://", 16)) {
+        for (int32_t u = 0; u < t; u++)
+            if (c->tier_kind[u] == SIM_TIER_REDIS) return cli_error("--tier %s: at most one Redis tier", v);
+        if (strlen(v) >= sizeof c->redis_url) return cli_error("--tier %s: url too long", v);
+        /* Checked now, not after the work: the url's form, and a pkv built with the Redis tier. */
+        static const uint8_t key[16];
+        pkv_tier_backend be;
+        char detail[256] = "";
+        int st = pkv_tier_redis_open(v, key, NULL, 0, &be, detail);
+        if (st == PKV_ERR_MODE)
+            return cli_error("--tier %s: this pkv was built without the Redis tier (build it with make REDIS=1)", v);
+        if (st != PKV_OK) return cli_error("--tier %s: %s%s%s", v, pkv_strerror(st), *detail ? ": " : "", detail);
+        if (be.close) be.close(be.ctx);
+        snprintf(c->redis_url, sizeof c->redis_url, "%s", v);
+        c->tier_kind[t] = SIM_TIER_REDIS;
+        return 0;
+    }
     if (!strncmp(v, "host:", 5)) {
-        c->tier_file[t] = 0;
+        c->tier_kind[t] = SIM_TIER_HOST;
         num = v + 5;
     } else if (!strncmp(v, "file:", 5) && (num = strrchr(v + 5, ':')) != NULL && num > v + 5) {
         char dir[4096];
@@ -138,10 +163,10 @@ static int parse_tier(const char *v, sim_config *c, int32_t t) {
         dir[len] = 0;
         struct stat sb;
         if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) return cli_error("--tier %s: %s is not a directory", v, dir);
-        c->tier_file[t] = 1;
+        c->tier_kind[t] = SIM_TIER_FILE;
         num++;
     } else {
-        return cli_error("--tier: '%s' is not host:GIB or file:DIR:GIB", v);
+        return cli_error("--tier: '%s' is not host:GIB, file:DIR:GIB or redis://HOST:PORT", v);
     }
     if (cli_parse_f64(num, 1e-6, MAX_TIER_GIB, &gib))
         return cli_error("--tier %s: '%s' is not a number of GiB in 1e-06..%.0f", v, num, MAX_TIER_GIB);
@@ -297,7 +322,7 @@ int cmd_sim(int argc, char **argv) {
         .block_size = 64, .kv_mem_gib = 4.0, .kv_dtype = PKV_BF16, .layers = 61, .prefix_cache = 1,
         .max_batch_tokens = 2048, .max_seqs = 256, .watermark = 0.01, .cost_a = 12e-3, .cost_b = 25e-6,
         .kv_bw = 3e12, .verify_seqs = 4, .instances = 1, .router = SIM_ROUTER_ROUND_ROBIN,
-        .host_bw = 25e9, .ssd_bw = 5e9,
+        .host_bw = 25e9, .ssd_bw = 5e9, .net_bw = 12.5e9,
     };
     sim_workload_opts wo = {.requests = 3000, .rate = 4.0, .seed = 1, .max_context = 16384};
     const char *trace = NULL, *svg = NULL, *sweep = NULL;
@@ -379,6 +404,10 @@ int cmd_sim(int argc, char **argv) {
             if (m < 0) return EXIT_USAGE;
             if (cli_parse_f64(v, 1e-3, 1e6, &d)) return cli_error("--ssd-bw-gbs: '%s' is not a number in 0.001..1e+06", v);
             cfg.ssd_bw = d * 1e9;
+        } else if (OPT("--net-bw-gbs")) {
+            if (m < 0) return EXIT_USAGE;
+            if (cli_parse_f64(v, 1e-3, 1e6, &d)) return cli_error("--net-bw-gbs: '%s' is not a number in 0.001..1e+06", v);
+            cfg.net_bw = d * 1e9;
         } else {
             int k = 0;
             while (k < NKNOBS && !OPT(knob_opts[k])) k++;
@@ -401,11 +430,16 @@ int cmd_sim(int argc, char **argv) {
     }
     if (cfg.preempt_swap && !cfg.ntiers)
         return cli_error("--preempt swap moves preempted sequences to tier 0: add --tier host:GIB");
-    if (given(&seen, "--host-bw-gbs") || given(&seen, "--ssd-bw-gbs")) {
-        int host = 0, file = 0;
-        for (int32_t t = 0; t < cfg.ntiers; t++) file += cfg.tier_file[t], host += !cfg.tier_file[t];
-        if (given(&seen, "--host-bw-gbs") && !host) return cli_error("--host-bw-gbs has no effect without --tier host:GIB");
-        if (given(&seen, "--ssd-bw-gbs") && !file) return cli_error("--ssd-bw-gbs has no effect without --tier file:DIR:GIB");
+    {
+        int kinds[3] = {0, 0, 0};
+        for (int32_t t = 0; t < cfg.ntiers; t++) kinds[cfg.tier_kind[t]]++;
+        /* in host mode a swap goes to host memory at --host-bw-gbs */
+        if (given(&seen, "--host-bw-gbs") && !kinds[SIM_TIER_HOST] && !(kinds[SIM_TIER_REDIS] && cfg.preempt_swap))
+            return cli_error("--host-bw-gbs has no effect without --tier host:GIB");
+        if (given(&seen, "--ssd-bw-gbs") && !kinds[SIM_TIER_FILE])
+            return cli_error("--ssd-bw-gbs has no effect without --tier file:DIR:GIB");
+        if (given(&seen, "--net-bw-gbs") && !kinds[SIM_TIER_REDIS])
+            return cli_error("--net-bw-gbs has no effect without --tier redis://HOST:PORT");
     }
     if (given(&seen, "--verify-seqs") && !cfg.verify)
         return cli_error("--verify-seqs has no effect without --verify (or --verify-fast)");
@@ -495,6 +529,11 @@ int cmd_sim(int argc, char **argv) {
         runs[j].cfg.progress_label = label;
         rc = sim_run(&w, &runs[j].cfg, &runs[j].res);
         runs[j].cfg.progress_label = NULL;
+        for (int32_t t = 0; rc == 0 && t < runs[j].cfg.ntiers; t++)
+            if (runs[j].res.tier_errors[t])
+                fprintf(stderr, "pkv sim: warning: the %s tier failed %lld calls (served as misses; is %s up?)\n",
+                        sim_tier_name(&runs[j].cfg, t), (long long)runs[j].res.tier_errors[t],
+                        runs[j].cfg.tier_kind[t] == SIM_TIER_REDIS ? runs[j].cfg.redis_url : "its store");
     }
     if (rc == 0) {
         if (json) report_json(stdout, &w, runs, nruns, sweep ? key : NULL);

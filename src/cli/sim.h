@@ -103,14 +103,24 @@ typedef struct sim_config {
     int32_t instances;        /* engine instances behind the router (1) */
     /* tiers below each instance's pool (--tier): host memory or a file tier; in
      * metadata mode both are tiers of slots (the sim holds no KV bytes), told
-     * apart by their bandwidth in the cost model */
+     * apart by their bandwidth in the cost model. A Redis tier (one at most) is
+     * a real one, shared by every instance: the caches then run in host mode
+     * with tiny rows (or --verify's), and the other tiers hold those rows. */
     int32_t ntiers;
-    int32_t tier_file[SIM_MAX_TIERS];  /* 1: file:DIR:GIB */
-    double tier_gib[SIM_MAX_TIERS];
-    double host_bw, ssd_bw;   /* bytes/s of host (PCIe) and file (SSD) tier transfers */
+    int32_t tier_kind[SIM_MAX_TIERS];  /* sim_tier_kind */
+    double tier_gib[SIM_MAX_TIERS];    /* host and file tiers */
+    char redis_url[512];               /* the Redis tier's url */
+    double host_bw, ssd_bw, net_bw;   /* bytes/s of host (PCIe), file (SSD) and Redis (network) transfers */
     int32_t preempt_swap;     /* --preempt swap: preempted requests swap to tier 0 */
     int32_t router;           /* sim_router */
 } sim_config;
+
+enum sim_tier_kind { SIM_TIER_HOST = 0, SIM_TIER_FILE = 1, SIM_TIER_REDIS = 2 };
+/* "host", "file" or "redis", and the transfer bandwidth (bytes/s) of tier t. */
+const char *sim_tier_name(const sim_config *cfg, int32_t t);
+double sim_tier_bw(const sim_config *cfg, int32_t t);
+/* 1 when cfg's caches run in host mode (--verify, or a Redis tier). */
+int sim_host_mode(const sim_config *cfg);
 
 /* How a fleet (instances > 1) sends each arriving request to an instance. */
 enum sim_router {
@@ -159,6 +169,7 @@ typedef struct sim_result {
      * hit_tokens came from the pool), blocks moved to and from it, its capacity */
     int64_t tier_hit_tokens[SIM_MAX_TIERS], tier_blocks_in[SIM_MAX_TIERS], tier_blocks_out[SIM_MAX_TIERS];
     int64_t tier_capacity[SIM_MAX_TIERS];
+    int64_t tier_errors[SIM_MAX_TIERS];  /* backend calls that failed (a Redis tier that is down) */
     int64_t swaps_out, swaps_in, swap_blocks, swap_fallbacks; /* swap fallbacks: recomputed instead */
     double transfer_s;               /* time the tier transfers added to steps */
     int32_t peak_blocks;
