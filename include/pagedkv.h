@@ -648,8 +648,9 @@ PKV_API int pkv_cache_add_tier(pkv_cache *cache, const pkv_tier_backend *backend
  * hash_key: the caches' prefix hash key (pkv_config.hash_key: a deployment
  *   secret shared by the caches that share blocks). Each value is the blob
  *   followed by a 16-byte MAC under keys derived from it, bound to the block's
- *   key (a polynomial hash over GF(2^61 - 1) at a secret point, then
- *   SipHash-128 of that hash, the length and the key), so a value written
+ *   key (UMAC's shape: NH over 1 KiB chunks, a polynomial over GF(2^61 - 1)
+ *   at a secret point over their outputs, then SipHash-128 of that hash, the
+ *   length and the key; values of 1.1.0 fail it: a miss), so a value written
  *   without the hash key, moved to another key, truncated or overwritten is
  *   a miss (get: PKV_ERR_CORRUPT).
  * key_prefix: NULL for "pkv:", else up to 64 bytes put before the 32 hex

@@ -6,9 +6,9 @@
  * its first non-empty {hash tag} (a tag in the prefix puts all blocks on one
  * slot; without one, the blocks of a chain spread over the masters).
  *
- * Values. blob || MAC (value_mac below: a polynomial hash of the blob at a
- * secret point, then SipHash-128 of it with the length and the block's key;
- * both keys derived from the caches' hash key). The library's own blob check
+ * Values. blob || MAC (value_mac below: NH, then a polynomial at a secret
+ * point, then SipHash-128 with the length and the block's key; every key
+ * derived from the caches' hash key). The library's own blob check
  * (tier.c) is an unkeyed checksum, which a third party writing to Redis could
  * forge; the MAC cannot be forged without the hash key and cannot be replayed
  * under another key.
@@ -29,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cpu.h"
 #include "tier_redis.h"
 
 #define CLUSTER_SLOTS 16384
@@ -83,6 +84,182 @@ void pkv__tier_redis_info(void *ctx, pkv__tier_redis_info_t *out) {
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
 
+/* The MAC (hash, then PRF; Carter and Wegman's shape, UMAC's layering).
+ * 1. NH, in 1024-byte chunks: for each 64-byte block j of a chunk, its 32-bit
+ *    words w[0..15] give sum_i (w[2i] + K[16j+2i]) * (w[2i+1] + K[16j+2i+1])
+ *    (sums mod 2^32, products and total mod 2^64), twice: with K and with K
+ *    shifted by 4 words (the Toeplitz pair), two 64-bit values per chunk.
+ *    A last partial block is zero-padded (the length is authenticated in 3).
+ *    NH is 2^-32-almost-universal on equal-length chunks; the pair 2^-64.
+ * 2. A polynomial over GF(2^61 - 1) at a secret point r, over the 32-bit
+ *    halves of those values (4 words per chunk): distinct chunk sequences of
+ *    one length collide for at most (4 chunks) / 2^61 of the points.
+ * 3. SipHash-128 of (that hash, the length, the block's key) under the MAC
+ *    key: r and K never leave the PRF, so a forgery succeeds with about
+ *    2^-64 + (4 len / 1024) / 2^61 chance per try, and a value moved to
+ *    another key fails. Keys K, r and the MAC key derive from the hash key.
+ * NH runs at tens of GB/s on AVX-512 (8 products per instruction), so the
+ * check of a GET costs little beside the transfer; the polynomial and
+ * SipHash see 16 bytes per KiB and 48 bytes per value. Every body (portable,
+ * AVX2, AVX-512) gives the same bits: NH's sum is order-free mod 2^64. */
+__extension__ typedef unsigned __int128 u128;
+#define P61 ((1ull << 61) - 1)
+#define NH_BLOCKS 16                 /* 64-byte blocks per chunk */
+#define NH_WORDS (16 * NH_BLOCKS + 4) /* key words: a chunk's and the Toeplitz shift */
+
+static inline uint64_t fold61(u128 x) { /* x < 2^125 -> a value < 2^62, congruent mod P61 */
+    u128 y = (x & P61) + (x >> 61);
+    return (uint64_t)((y & P61) + (y >> 61));
+}
+
+static inline uint64_t nh_word(const uint8_t *p) {
+    uint32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+
+/* NH of nblk blocks at p, key k (k[16 j ..] for block j), added into a[0], a[1]. */
+static void nh_portable(const uint32_t *k, const uint8_t *p, size_t nblk, uint64_t a[2]) {
+    for (size_t b = 0; b < nblk; b++, p += 64, k += 16)
+        for (int i = 0; i < 16; i += 2) {
+            const uint32_t x = (uint32_t)nh_word(p + 4 * i), y = (uint32_t)nh_word(p + 4 * i + 4);
+            a[0] += (uint64_t)(uint32_t)(x + k[i]) * (uint32_t)(y + k[i + 1]);
+            a[1] += (uint64_t)(uint32_t)(x + k[i + 4]) * (uint32_t)(y + k[i + 5]);
+        }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define NH_X86 1
+/* Each 64-bit lane holds words (2i, 2i+1): mul_epu32 of x and x >> 32 is their product. */
+__attribute__((target("avx2"))) static void nh_avx2(const uint32_t *k, const uint8_t *p, size_t nblk, uint64_t a[2]) {
+    __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+    for (size_t b = 0; b < nblk; b++, p += 64, k += 16)
+        for (int h = 0; h < 16; h += 8) {
+            const __m256i m = _mm256_loadu_si256((const __m256i *)(p + 4 * h));
+            const __m256i x0 = _mm256_add_epi32(m, _mm256_loadu_si256((const __m256i *)(k + h)));
+            const __m256i x1 = _mm256_add_epi32(m, _mm256_loadu_si256((const __m256i *)(k + h + 4)));
+            s0 = _mm256_add_epi64(s0, _mm256_mul_epu32(x0, _mm256_srli_epi64(x0, 32)));
+            s1 = _mm256_add_epi64(s1, _mm256_mul_epu32(x1, _mm256_srli_epi64(x1, 32)));
+        }
+    uint64_t l0[4], l1[4];
+    _mm256_storeu_si256((__m256i *)l0, s0);
+    _mm256_storeu_si256((__m256i *)l1, s1);
+    a[0] += l0[0] + l0[1] + l0[2] + l0[3];
+    a[1] += l1[0] + l1[1] + l1[2] + l1[3];
+}
+
+__attribute__((target("avx512f"))) static void nh_avx512(const uint32_t *k, const uint8_t *p, size_t nblk,
+                                                         uint64_t a[2]) {
+    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+    for (size_t b = 0; b < nblk; b++, p += 64, k += 16) {
+        const __m512i m = _mm512_loadu_si512(p);
+        const __m512i x0 = _mm512_add_epi32(m, _mm512_loadu_si512(k));
+        const __m512i x1 = _mm512_add_epi32(m, _mm512_loadu_si512(k + 4));
+        s0 = _mm512_add_epi64(s0, _mm512_mul_epu32(x0, _mm512_srli_epi64(x0, 32)));
+        s1 = _mm512_add_epi64(s1, _mm512_mul_epu32(x1, _mm512_srli_epi64(x1, 32)));
+    }
+    a[0] += (uint64_t)_mm512_reduce_add_epi64(s0);
+    a[1] += (uint64_t)_mm512_reduce_add_epi64(s1);
+}
+#endif
+
+/* The NH body for this CPU and PKV_ISA: 2 AVX-512F, 1 AVX2, 0 portable. */
+static int mac_isa(void) {
+    const uint64_t cpu = pkv__cpu_detect();
+    const int cap = pkv__isa_cap();
+    if ((cpu & PKV_CPU_AVX512F) && cap >= PKV_ISA_AVX512) return 2;
+    if ((cpu & PKV_CPU_AVX2) && cap >= PKV_ISA_AVX2) return 1;
+    return 0;
+}
+
+/* The keys of the MAC, derived from the caches' hash key. */
+typedef struct mac_keys {
+    uint8_t sip[16];       /* SipHash-128's */
+    uint64_t r;            /* the polynomial's point */
+    uint32_t k[NH_WORDS];  /* NH's */
+    int isa;               /* the NH body (mac_isa) */
+} mac_keys;
+
+static void mac_keys_init(mac_keys *m, const uint8_t hash_key[16], int isa) {
+    static const char label[] = "pagedkv redis tier MAC v2";
+    pkv_siphash128(hash_key, label, sizeof label - 1, m->sip);
+    uint8_t in[48] = "pagedkv redis tier keys v2", out[16];
+    pkv_siphash128(hash_key, in, sizeof in, out);
+    uint64_t r;
+    memcpy(&r, out, 8);
+    r = (r & P61) % P61;
+    m->r = r < 2 ? r + 2 : r;
+    for (uint32_t i = 0; i < NH_WORDS; i += 4) { /* counter mode */
+        memcpy(in + 40, &i, 4);
+        pkv_siphash128(hash_key, in, sizeof in, out);
+        memcpy(m->k + i, out, 16);
+    }
+    m->isa = isa;
+}
+
+/* A MAC over a value that arrives in pieces (whole 64-byte blocks, then the tail). */
+typedef struct mac_state {
+    uint64_t h;     /* the polynomial over the finished chunks */
+    uint64_t a[2];  /* NH of the current chunk so far */
+    int32_t j;      /* its blocks done */
+} mac_state;
+
+static void mac_flush(const mac_keys *m, mac_state *s) {
+    if (!s->j) return;
+    const uint64_t w[4] = {s->a[0] & 0xffffffffu, s->a[0] >> 32, s->a[1] & 0xffffffffu, s->a[1] >> 32};
+    for (int i = 0; i < 4; i++) s->h = fold61((u128)s->h * m->r + w[i]);
+    s->a[0] = s->a[1] = 0;
+    s->j = 0;
+}
+
+static void mac_blocks(const mac_keys *m, mac_state *s, const uint8_t *p, size_t nblk) {
+    while (nblk) {
+        size_t take = (size_t)(NH_BLOCKS - s->j) < nblk ? (size_t)(NH_BLOCKS - s->j) : nblk;
+        const uint32_t *k = m->k + 16 * s->j;
+#ifdef NH_X86
+        if (m->isa == 2) nh_avx512(k, p, take, s->a);
+        else if (m->isa == 1) nh_avx2(k, p, take, s->a);
+        else nh_portable(k, p, take, s->a);
+#else
+        nh_portable(k, p, take, s->a);
+#endif
+        s->j += (int32_t)take;
+        p += 64 * take;
+        nblk -= take;
+        if (s->j == NH_BLOCKS) mac_flush(m, s);
+    }
+}
+
+/* The tail (n < 64 bytes, zero-padded), then the PRF of the total length len. */
+static void mac_final(const mac_keys *m, mac_state *s, const uint8_t *tail, size_t n, size_t len,
+                      const uint8_t key[16], uint8_t mac[16]) {
+    if (n) {
+        uint8_t last[64] = {0};
+        memcpy(last, tail, n);
+        mac_blocks(m, s, last, 1);
+    }
+    mac_flush(m, s);
+    uint64_t h = (s->h & P61) + (s->h >> 61);
+    uint64_t msg[4] = {h >= P61 ? h - P61 : h, (uint64_t)len};
+    memcpy(msg + 2, key, 16);
+    pkv_siphash128(m->sip, msg, sizeof msg, mac);
+}
+
+static void value_mac(const mac_keys *m, const uint8_t key[16], const void *blob, size_t len, uint8_t mac[16]) {
+    mac_state s = {0, {0, 0}, 0};
+    mac_blocks(m, &s, blob, len / 64);
+    mac_final(m, &s, (const uint8_t *)blob + len / 64 * 64, len % 64, len, key, mac);
+}
+
+void pkv__redis_value_mac(const uint8_t hash_key[16], const uint8_t key[16], const void *blob, size_t len, int isa,
+                          uint8_t mac[16]) {
+    mac_keys m;
+    const int best = mac_isa();
+    mac_keys_init(&m, hash_key, isa < 0 || isa > best ? best : isa);
+    value_mac(&m, key, blob, len, mac);
+}
+
 typedef struct rnode {
     char host[128];
     int port;
@@ -96,8 +273,7 @@ typedef struct rtier {
     int db;
     char prefix[65];
     size_t plen;
-    uint8_t mac_key[16];
-    uint64_t r[16]; /* the polynomial's point r and its powers: r[k] = r^(k+1) */
+    mac_keys mac;
     struct timeval tv;
     int nnodes;
     rnode node[MAX_NODES];
@@ -126,67 +302,6 @@ static size_t make_key(const rtier *t, const uint8_t key[16], char *out) {
     }
     out[t->plen + 32] = 0;
     return t->plen + 32;
-}
-
-/* The MAC (hash, then PRF; Carter and Wegman's shape): a polynomial hash of
- * the blob's 32-bit words at a secret point r of GF(2^61 - 1), then
- * SipHash-128 of (that hash, the length, the block's key) under the MAC key.
- * Two different blobs of one length collide for at most (len / 4) / 2^61 of
- * the points, r never leaves the PRF, so a forgery succeeds with about that
- * chance per try; the polynomial runs at several GB/s where SipHash alone
- * would cost more than Redis's own transfer of the value. */
-__extension__ typedef unsigned __int128 u128;
-#define P61 ((1ull << 61) - 1)
-
-static inline uint64_t fold61(u128 x) { /* x < 2^125 -> a value < 2^62, congruent mod P61 */
-    u128 y = (x & P61) + (x >> 61);
-    return (uint64_t)((y & P61) + (y >> 61));
-}
-
-/* Horner's rule 16 words (64 bytes) at a time: h * r^16 + sum w_k r^(15-k),
- * the 16 products independent (r[k] = r^(k+1)). */
-static uint64_t poly61_blocks(const uint64_t r[16], uint64_t h, const uint8_t *p, size_t nblk) {
-    for (size_t b = 0; b < nblk; b++, p += 64) {
-        uint32_t w[16];
-        memcpy(w, p, 64);
-        u128 a = (u128)h * r[15], c = w[15];
-        for (int k = 0; k < 14; k += 2) {
-            a += (u128)w[k] * r[14 - k];
-            c += (u128)w[k + 1] * r[13 - k];
-        }
-        a += (u128)w[14] * r[0];
-        h = fold61(a + c);
-    }
-    return h;
-}
-
-/* The words past the last whole 64 bytes, one at a time; the final residue. */
-static uint64_t poly61_tail(const uint64_t r[16], uint64_t h, const uint8_t *p, size_t n) {
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        uint32_t w;
-        memcpy(&w, p + i, 4);
-        h = fold61((u128)h * r[0] + w);
-    }
-    if (i < n) {
-        uint32_t w = 0;
-        memcpy(&w, p + i, n - i);
-        h = fold61((u128)h * r[0] + w);
-    }
-    h = (h & P61) + (h >> 61);
-    return h >= P61 ? h - P61 : h;
-}
-
-static void mac_finish(const rtier *t, const uint8_t key[16], uint64_t poly, size_t len, uint8_t mac[16]) {
-    uint64_t msg[4] = {poly, (uint64_t)len};
-    memcpy(msg + 2, key, 16);
-    pkv_siphash128(t->mac_key, msg, sizeof msg, mac);
-}
-
-static void value_mac(const rtier *t, const uint8_t key[16], const void *blob, size_t len, uint8_t mac[16]) {
-    const uint8_t *p = blob;
-    uint64_t h = poly61_blocks(t->r, 0, p, len / 64);
-    mac_finish(t, key, poly61_tail(t->r, h, p + len / 64 * 64, len % 64), len, mac);
 }
 
 /* ---- connections ---- */
@@ -363,7 +478,7 @@ static int check_value(rtier *t, const uint8_t key[16], const redisReply *r, voi
     }
     size_t n = r->len - MAC_BYTES;
     uint8_t mac[16];
-    value_mac(t, key, r->str, n, mac);
+    value_mac(&t->mac, key, (const uint8_t *)r->str, n, mac);
     if (memcmp(mac, r->str + n, MAC_BYTES) != 0) {
         t->info.mac_failures++;
         return PKV_ERR_CORRUPT;
@@ -396,7 +511,7 @@ static int fill_value(rtier *t, const uint8_t key[16], const void *blob, size_t 
         t->vcap = len + MAC_BYTES;
     }
     memcpy(t->vbuf, blob, len);
-    value_mac(t, key, blob, len, t->vbuf + len);
+    value_mac(&t->mac, key, blob, len, t->vbuf + len);
     return PKV_OK;
 }
 
@@ -573,10 +688,10 @@ static int rd_get_reply(rtier *t, int fd, const uint8_t key[16], void *buf, size
     size_t have = t->rlen - t->rpos, off = have < n ? have : n, hashed = 0;
     memcpy(d, t->rbuf + t->rpos, off);
     t->rpos += off;
-    uint64_t h = 0;
+    mac_state ms = {0, {0, 0}, 0};
     for (;;) {
         size_t blk = (off - hashed) / 64;
-        h = poly61_blocks(t->r, h, d + hashed, blk);
+        mac_blocks(&t->mac, &ms, d + hashed, blk);
         hashed += blk * 64;
         if (off == n) break;
         ssize_t g = read(fd, d + off, n - off);
@@ -586,7 +701,7 @@ static int rd_get_reply(rtier *t, int fd, const uint8_t key[16], void *buf, size
     }
     if (rd_exact(t, fd, mac, sizeof mac) != 0) return -100;
     *len = n;
-    mac_finish(t, key, poly61_tail(t->r, h, d + hashed, n - hashed), n, want);
+    mac_final(&t->mac, &ms, d + hashed, n - hashed, n, key, want);
     if (memcmp(want, mac, MAC_BYTES) != 0) {
         t->info.mac_failures++;
         return PKV_ERR_CORRUPT;
@@ -612,7 +727,7 @@ static int batch(rtier *t, int32_t n, const uint8_t (*keys)[16], void *const *bu
         klen[i] = make_key(t, keys[i], k[i]);
         node_of[i] = route(t, k[i], klen[i]);
         status[i] = PKV_ERR_IO;
-        if (blobs) value_mac(t, keys[i], blobs[i], size, macs[i]);
+        if (blobs) value_mac(&t->mac, keys[i], blobs[i], size, macs[i]);
     }
     int retry_alone = 0;
     for (int ni = 0; ni < t->nnodes; ni++) {
@@ -792,21 +907,7 @@ int pkv_tier_redis_open(const char *url, const uint8_t hash_key[16], const char 
     }
     snprintf(t->prefix, sizeof t->prefix, "%s", key_prefix ? key_prefix : "pkv:");
     t->plen = strlen(t->prefix);
-    static const char label[] = "pagedkv redis tier MAC v1";
-    pkv_siphash128(hash_key, label, sizeof label - 1, t->mac_key);
-    static const char rlabel[] = "pagedkv redis tier polynomial point v1";
-    uint8_t rb[16];
-    pkv_siphash128(hash_key, rlabel, sizeof rlabel - 1, rb);
-    uint64_t r;
-    memcpy(&r, rb, 8);
-    r = (r & P61) % P61;
-    if (r < 2) r += 2;
-    t->r[0] = r;
-    for (int i = 1; i < 16; i++) {
-        uint64_t x = fold61((u128)t->r[i - 1] * r);
-        x = (x & P61) + (x >> 61);
-        t->r[i] = x >= P61 ? x - P61 : x;
-    }
+    mac_keys_init(&t->mac, hash_key, mac_isa());
     if (timeout_ms == 0) timeout_ms = 1000;
     t->tv.tv_sec = timeout_ms / 1000;
     t->tv.tv_usec = (timeout_ms % 1000) * 1000;

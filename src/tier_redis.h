@@ -21,4 +21,12 @@ typedef struct pkv__tier_redis_info_t {
 } pkv__tier_redis_info_t;
 void pkv__tier_redis_info(void *ctx, pkv__tier_redis_info_t *out) PKV_HIDDEN;
 
+#ifdef PKV_REDIS
+/* The MAC stored after a blob under block key `key` by caches of hash_key,
+ * with NH body isa (0 portable, 1 AVX2, 2 AVX-512; capped to what this CPU
+ * runs), for the tests: every body must give the same bits. */
+void pkv__redis_value_mac(const uint8_t hash_key[16], const uint8_t key[16], const void *blob, size_t len, int isa,
+                          uint8_t mac[16]) PKV_HIDDEN;
+#endif
+
 #endif
