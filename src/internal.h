@@ -339,8 +339,11 @@ void store_copy_block(pkv_store *s, int32_t src, int32_t dst);
 /* Bytes of block b's rows in every layer (K then V per layer), and copies of
  * them to o / from in (host mode). */
 size_t store_block_bytes(const pkv_store *s);
-void store_block_out(const pkv_store *s, int32_t b, uint8_t *o);
-void store_block_in(pkv_store *s, int32_t b, const uint8_t *in);
+/* piece (may be NULL): called with the end of the bytes copied so far (in o,
+ * or read so far from in) after every piece of at most 4 KiB, so that a
+ * checksum can follow the copy while the bytes are in L1. */
+void store_block_out(const pkv_store *s, int32_t b, uint8_t *o, void (*piece)(void *, const uint8_t *), void *arg);
+void store_block_in(pkv_store *s, int32_t b, const uint8_t *in, void (*piece)(void *, const uint8_t *), void *arg);
 int store_write(pkv_store *s, int32_t layer, const int64_t *slots, int32_t n, const void *k_rows,
                 const void *v_rows, int32_t src_dtype, pkv_detail *d);
 int store_read(pkv_store *s, int32_t layer, const int64_t *slots, int32_t n, float *k_out, float *v_out,

@@ -66,7 +66,7 @@ int swap_out_op(pkv_cache *c, pkv_seq_rec *r) {
             tmeta_push(c, PKV_XFER_OFFLOAD, 0, b, s, -1, -1);
             r->blocks[j] = s;
         } else {
-            store_block_out(&c->store, b, buf + (size_t)j * rb);
+            store_block_out(&c->store, b, buf + (size_t)j * rb, NULL, NULL);
             r->blocks[j] = -1;
         }
         pool_unref(&c->pool, b);
@@ -91,7 +91,7 @@ int swap_in_op(pkv_cache *c, pkv_seq_rec *r) {
             tmeta_push(c, PKV_XFER_LOAD, 0, b, r->blocks[j], -1, -1);
             tmeta_swap_give(c, r->blocks[j]);
         } else {
-            store_block_in(&c->store, b, buf + (size_t)j * rb);
+            store_block_in(&c->store, b, buf + (size_t)j * rb, NULL, NULL);
         }
         r->blocks[j] = b;
     }

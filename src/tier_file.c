@@ -221,31 +221,50 @@ static int checksum_isa(void) {
     return s;
 }
 
-uint64_t pkv__tier_checksum(const void *p, size_t n, uint64_t seed, int isa) {
-    const uint8_t *b = p;
-    uint64_t acc[8];
-    for (int i = 0; i < 8; i++) acc[i] = tf_secret[i] ^ seed;
+void pkv__cksum_init(pkv__cksum *s, uint64_t seed, int isa) {
+    for (int i = 0; i < 8; i++) s->acc[i] = tf_secret[i] ^ seed;
+    s->seed = seed;
+    s->done = 0;
     const int best = checksum_isa();
-    if (isa < 0 || isa > best) isa = best;
-    /* Whole scramble blocks first, so the stripe keys of all bodies line up. */
-    const size_t full = n / 64, whole = full - full % TF_STRIPES;
+    s->isa = isa < 0 || isa > best ? best : isa;
+}
+
+void pkv__cksum_update(pkv__cksum *s, const void *p, size_t avail) {
+    const size_t blk = 64 * TF_STRIPES;
+    if (avail < s->done + blk) return;
+    const uint8_t *b = (const uint8_t *)p + s->done;
+    const size_t whole = (avail - s->done) / blk * TF_STRIPES; /* stripes */
 #ifdef TF_X86
-    if (isa == 2) blocks_avx512(acc, b, whole);
-    else if (isa == 1) blocks_avx2(acc, b, whole);
-    else blocks_portable(acc, b, whole);
+    if (s->isa == 2) blocks_avx512(s->acc, b, whole);
+    else if (s->isa == 1) blocks_avx2(s->acc, b, whole);
+    else blocks_portable(s->acc, b, whole);
 #else
-    (void)isa;
-    blocks_portable(acc, b, whole);
+    blocks_portable(s->acc, b, whole);
 #endif
-    for (size_t s = whole; s < full; s++) stripe_portable(acc, b + 64 * s, tf_secret + 8 * (s % TF_STRIPES));
+    s->done += whole * 64;
+}
+
+uint64_t pkv__cksum_final(pkv__cksum *s, const void *p, size_t n) {
+    pkv__cksum_update(s, p, n);
+    const uint8_t *b = p;
+    /* Whole scramble blocks are done; the stripes after them, then the rest. */
+    const size_t full = n / 64;
+    for (size_t st = s->done / 64; st < full; st++)
+        stripe_portable(s->acc, b + 64 * st, tf_secret + 8 * (st % TF_STRIPES));
     if (n % 64) {
         uint8_t last[64] = {0};
         memcpy(last, b + 64 * full, n % 64);
-        stripe_portable(acc, last, tf_secret + 8 * (full % TF_STRIPES));
+        stripe_portable(s->acc, last, tf_secret + 8 * (full % TF_STRIPES));
     }
-    uint64_t h = fmix64(seed ^ ((uint64_t)n * 0x9e3779b97f4a7c15ull));
-    for (int i = 0; i < 8; i++) h = fmix64(h ^ acc[i]) + tf_secret[i + 8];
+    uint64_t h = fmix64(s->seed ^ ((uint64_t)n * 0x9e3779b97f4a7c15ull));
+    for (int i = 0; i < 8; i++) h = fmix64(h ^ s->acc[i]) + tf_secret[i + 8];
     return h;
+}
+
+uint64_t pkv__tier_checksum(const void *p, size_t n, uint64_t seed, int isa) {
+    pkv__cksum s;
+    pkv__cksum_init(&s, seed, isa);
+    return pkv__cksum_final(&s, p, n);
 }
 
 /* ---- the store ---- */

@@ -28,6 +28,20 @@ extern const pkv__tier_file_io_t pkv__tier_file_io_default PKV_HIDDEN;
  * accumulator shape), then mixed. Bodies: 0 portable, 1 AVX2, 2 AVX-512F, all
  * giving the same value; isa < 0 (or above what the CPU has): the best one. */
 uint64_t pkv__tier_checksum(const void *p, size_t n, uint64_t seed, int isa) PKV_HIDDEN;
+/* The same checksum over bytes that arrive in order (a blob being packed or
+ * unpacked piece by piece, hashed while the piece is still in L1): init, then
+ * update(p, avail) whenever p[0..avail) is complete (whole KiB scramble blocks
+ * are hashed, the rest waits), then final(p, n) over all n bytes. The result
+ * equals pkv__tier_checksum(p, n, seed, isa) for any sequence of updates. */
+typedef struct pkv__cksum {
+    uint64_t acc[8];
+    uint64_t seed;
+    size_t done; /* bytes hashed: a multiple of the scramble block */
+    int isa;
+} pkv__cksum;
+void pkv__cksum_init(pkv__cksum *s, uint64_t seed, int isa) PKV_HIDDEN;
+void pkv__cksum_update(pkv__cksum *s, const void *p, size_t avail) PKV_HIDDEN;
+uint64_t pkv__cksum_final(pkv__cksum *s, const void *p, size_t n) PKV_HIDDEN;
 
 /* For a caller that checks every blob it loads itself (the cache's tier logic
  * does: identity and checksum): get then verifies the slot header (key,
