@@ -748,7 +748,9 @@ PKV_API int pkv_tier_transfers_drain(pkv_cache *cache, pkv_tier_transfer *out, i
  *  these slots are pinned, never evicted, until swap-in or free (cached
  *  entries of tier 0 are demoted or dropped to make room), so swap-in never
  *  loses data. Host mode: the rows are copied into memory from the cache's
- *  allocator (no tier needed).
+ *  allocator (no tier needed); the cache keeps the largest buffer a swap-in
+ *  or free gives back for the next swap-out (its pages are warm), until the
+ *  cache is destroyed.
  *  @return PKV_OK; PKV_ERR_NO_SEQ; PKV_ERR_STATE (already swapped out, or
  *  lookahead tokens pending); PKV_ERR_MODE (metadata mode without a tier);
  *  PKV_ERR_CAPACITY (tier 0 has fewer slots than the sequence's blocks that

@@ -135,6 +135,7 @@ typedef struct pkv_seq_rec {
     int32_t swapped;      /* 1: swapped out (swap.c): blocks[] holds tier-0 slots (metadata
                            * mode) or nothing (host mode: the rows are in swap_buf) */
     void *swap_buf;       /* host mode: the rows of a swapped-out sequence */
+    size_t swap_size;     /* its size in bytes (at least the rows') */
     uint64_t ns;          /* namespace */
     uint64_t adapter;     /* extra key of every block (LoRA adapter id), 0 none */
     int32_t nmm, mm_cap;  /* multimodal ranges, by start, non-overlapping */
@@ -462,6 +463,10 @@ struct pkv_cache {
     pkv_store store;
     pkv_tiers tiers;
     int64_t cow_copies;
+    /* host mode: the largest buffer a swap-in gave back, kept for the next
+     * swap-out (its pages are warm: fresh memory costs a page fault per 4 KiB) */
+    void *swap_spare;
+    size_t swap_spare_size;
     pkv_detail err;
 };
 

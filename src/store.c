@@ -76,20 +76,17 @@ size_t store_block_bytes(const pkv_store *s) {
     return (size_t)s->cfg->num_layers * (s->k_block + s->v_block);
 }
 
-/* Copies n bytes in pieces of at most STORE_PIECE, calling piece(arg, end of
- * the bytes written so far in o) after each (to checksum what was just copied
- * while it is in L1). */
+/* Copies n bytes in pieces of at most STORE_PIECE (4 KiB copies ran faster
+ * here than one large memcpy), calling piece(arg, end of the bytes written so
+ * far in o), when not NULL, after each (to checksum what was just copied while
+ * it is in L1). */
 #define STORE_PIECE 4096
 static uint8_t *copy_pieces(uint8_t *o, const uint8_t *src, size_t n, void (*piece)(void *, const uint8_t *),
                             void *arg) {
-    if (!piece) {
-        memcpy(o, src, n);
-        return o + n;
-    }
     for (size_t at = 0; at < n; at += STORE_PIECE) {
         size_t k = n - at < STORE_PIECE ? n - at : STORE_PIECE;
         memcpy(o + at, src + at, k);
-        piece(arg, o + at + k);
+        if (piece) piece(arg, o + at + k);
     }
     return o + n;
 }
@@ -104,14 +101,10 @@ void store_block_out(const pkv_store *s, int32_t b, uint8_t *o, void (*piece)(vo
 /* As copy_pieces, reporting the end of the bytes read so far from src. */
 static const uint8_t *copy_pieces_in(uint8_t *dst, const uint8_t *in, size_t n,
                                      void (*piece)(void *, const uint8_t *), void *arg) {
-    if (!piece) {
-        memcpy(dst, in, n);
-        return in + n;
-    }
     for (size_t at = 0; at < n; at += STORE_PIECE) {
         size_t k = n - at < STORE_PIECE ? n - at : STORE_PIECE;
         memcpy(dst + at, in + at, k);
-        piece(arg, in + at + k);
+        if (piece) piece(arg, in + at + k);
     }
     return in + n;
 }

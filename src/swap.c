@@ -35,14 +35,27 @@ int swap_out_op(pkv_cache *c, pkv_seq_rec *r) {
     uint8_t *buf = NULL;
     size_t rb = store_block_bytes(&c->store);
     int st = meta ? tmeta_reserve(c, 0, k + (int64_t)k * c->tiers.n) : PKV_OK;
-    if (st == PKV_OK && !meta && k && !(buf = pkv_mem_alloc(&c->al, (size_t)k * rb))) st = PKV_ERR_NOMEM;
+    if (st == PKV_OK && !meta && k) {
+        if (c->swap_spare && c->swap_spare_size >= (size_t)k * rb) {
+            buf = c->swap_spare; /* taken below, once nothing can fail */
+        } else if (!(buf = pkv_mem_alloc(&c->al, (size_t)k * rb))) {
+            st = PKV_ERR_NOMEM;
+        }
+    }
     if (st == PKV_OK && r->nregistered) {
         cap = r->ntokens > c->seqs.min_tokens_cap ? r->ntokens : c->seqs.min_tokens_cap;
         if (!(toks = pkv_mem_alloc(&c->al, (size_t)cap * sizeof *toks))) st = PKV_ERR_NOMEM;
     }
     if (st != PKV_OK) {
-        pkv_mem_free(&c->al, buf);
+        if (buf != c->swap_spare) pkv_mem_free(&c->al, buf);
         return cache_fail(c, st, "swap out of %d blocks: no memory", k);
+    }
+    if (buf && buf == c->swap_spare) {
+        r->swap_size = c->swap_spare_size;
+        c->swap_spare = NULL;
+        c->swap_spare_size = 0;
+    } else {
+        r->swap_size = (size_t)k * rb;
     }
     if (toks) {
         for (int32_t j = 0; j < r->nregistered; j++)
@@ -76,6 +89,20 @@ int swap_out_op(pkv_cache *c, pkv_seq_rec *r) {
     return PKV_OK;
 }
 
+/* r's buffer becomes the cache's spare when it is larger than the spare (the
+ * smaller one is freed). */
+static void keep_spare(pkv_cache *c, pkv_seq_rec *r) {
+    if (r->swap_buf && r->swap_size > c->swap_spare_size) {
+        pkv_mem_free(&c->al, c->swap_spare);
+        c->swap_spare = r->swap_buf;
+        c->swap_spare_size = r->swap_size;
+    } else {
+        pkv_mem_free(&c->al, r->swap_buf);
+    }
+    r->swap_buf = NULL;
+    r->swap_size = 0;
+}
+
 int swap_in_op(pkv_cache *c, pkv_seq_rec *r) {
     if (!r->swapped) return cache_fail(c, PKV_ERR_STATE, "the sequence is not swapped out");
     int32_t k = r->nblocks, avail = pool_available(&c->pool);
@@ -95,8 +122,7 @@ int swap_in_op(pkv_cache *c, pkv_seq_rec *r) {
         }
         r->blocks[j] = b;
     }
-    pkv_mem_free(&c->al, buf);
-    r->swap_buf = NULL;
+    keep_spare(c, r);
     r->swapped = 0;
     if (c->prefix && (c->cfg.flags & PKV_FLAG_AUTO_REGISTER)) {
         prefix_register_seq(c->prefix, &c->seqs, r, -1, NULL, NULL);
@@ -109,13 +135,15 @@ void swap_release(pkv_cache *c, pkv_seq_rec *r) {
     if (!r->swapped) return;
     if (!c->store.enabled)
         for (int32_t j = 0; j < r->nblocks; j++) tmeta_swap_give(c, r->blocks[j]);
-    pkv_mem_free(&c->al, r->swap_buf);
-    r->swap_buf = NULL;
+    keep_spare(c, r);
     r->nblocks = 0;
     r->swapped = 0;
 }
 
 void swap_destroy(pkv_cache *c) {
+    pkv_mem_free(&c->al, c->swap_spare);
+    c->swap_spare = NULL;
+    c->swap_spare_size = 0;
     for (int32_t i = 0; i < c->seqs.seqs_cap; i++) {
         pkv_mem_free(&c->al, c->seqs.seqs[i].swap_buf);
         c->seqs.seqs[i].swap_buf = NULL;

@@ -412,6 +412,35 @@ static void test_host_swap(void) {
         CHECK_INT(bad, 0);
     }
     CHECK_OK(pkv_cache_check(c));
+    /* A second cycle reuses the buffer the swap-in kept: the rows come back again. */
+    CHECK_OK(pkv_seq_swap_out(c, s));
+    CHECK_OK(pkv_seq_create(c, 0, &o));
+    CHECK_OK(pkv_seq_append(c, o, 24, NULL, slots, NULL));
+    for (int l = 0; l < 2; l++) {
+        float z[24 * 4], zv[24 * 2];
+        for (int i = 0; i < 96; i++) z[i] = -1.0f;
+        for (int i = 0; i < 48; i++) zv[i] = -2.0f;
+        CHECK_OK(pkv_store_write(c, l, slots, 24, z, zv, PKV_F32));
+    }
+    CHECK_OK(pkv_seq_free(c, o));
+    /* a longer sequence swaps out and in meanwhile (a buffer larger than the spare) */
+    pkv_seq big;
+    CHECK_OK(pkv_seq_create(c, 0, &big));
+    CHECK_OK(pkv_seq_append(c, big, 20, NULL, NULL, NULL));
+    CHECK_OK(pkv_seq_swap_out(c, big));
+    CHECK_OK(pkv_seq_swap_in(c, big));
+    CHECK_OK(pkv_seq_free(c, big));
+    CHECK_OK(pkv_seq_swap_in(c, s));
+    CHECK_OK(pkv_seq_blocks(c, s, blocks, 4, &nb));
+    for (int i = 0; i < 10; i++) slots[i] = (int64_t)blocks[i / BS] * BS + i % BS;
+    for (int l = 0; l < 2; l++) {
+        CHECK_OK(pkv_store_read(c, l, slots, 10, k2, v2));
+        int bad = 0;
+        for (int i = 0; i < 40; i++) bad += k2[i] != (float)(l * 1000 + i);
+        for (int i = 0; i < 20; i++) bad += v2[i] != (float)(l * 1000 - i);
+        CHECK_INT(bad, 0);
+    }
+    CHECK_OK(pkv_cache_check(c));
     /* swapped out at destroy: the buffer is freed with the cache */
     CHECK_OK(pkv_seq_swap_out(c, s));
     CHECK_OK(pkv_cache_check(c));
