@@ -37,9 +37,9 @@ extern "C" {
  * `make check-abi` compares the exported symbols and every public struct's layout
  * with abi/pagedkv.abi and fails when they change without the matching bump. */
 #define PKV_VERSION_MAJOR 1
-#define PKV_VERSION_MINOR 1
+#define PKV_VERSION_MINOR 2
 #define PKV_VERSION_PATCH 0
-#define PKV_VERSION_STRING "1.1.0"
+#define PKV_VERSION_STRING "1.2.0"
 #define PKV_VERSION_NUMBER (PKV_VERSION_MAJOR * 10000 + PKV_VERSION_MINOR * 100 + PKV_VERSION_PATCH)
 
 /*! Returns the library's version string, e.g. "1.0.0". */
@@ -151,6 +151,22 @@ typedef struct pkv_config {
     int32_t hash_key_set;
     uint8_t hash_key[16];
     pkv_allocator allocator; /* alloc == NULL: malloc/free */
+    /* Since 1.2: a sliding-window cache (the blocks of a window attention
+     * group, e.g. Gemma 3's local layers). 0: full attention (every block is
+     * kept). W > 0: a token at position p attends to keys (p - W, p] (pkv_attn's
+     * window W, FlashInfer's window_left = W - 1), so a block wholly before the
+     * window of the next token to compute is released: each append first
+     * settles its tokens, then releases the blocks j with (j + 1) * block_size
+     * <= L + 1 - W, L the sequence's settled length (lookahead drafts not
+     * counted) before that append. A released block's table entry is -1 in
+     * pkv_seq_blocks and the exports (kernels given the window never read it;
+     * pkv_attn refuses a table entry it would read that is -1). A truncation
+     * whose new window needs a released block is refused (PKV_ERR_STATE);
+     * dropping lookahead drafts never is. Swapping a sequence with released
+     * blocks is refused (PKV_ERR_STATE). Not yet with PKV_FLAG_PREFIX_CACHE
+     * (PKV_ERR_INVALID): the prefix index is a tree whose entries need their
+     * parents, which a window releases. */
+    int32_t window;
 } pkv_config;
 
 /*! Fills cfg with defaults: size = sizeof(pkv_config), 1024 blocks of 64 slots,

@@ -47,6 +47,7 @@ static int config_validate(const pkv_config *cfg) {
               PKV_ERR_INVALID);
     RETURN_IF((cfg->allocator.alloc == NULL) != (cfg->allocator.free == NULL), PKV_ERR_INVALID);
     RETURN_IF(cfg->hash_key_set != 0 && cfg->hash_key_set != 1, PKV_ERR_INVALID);
+    RETURN_IF(cfg->window < 0 || (cfg->window > 0 && (cfg->flags & PKV_FLAG_PREFIX_CACHE)), PKV_ERR_INVALID);
     if (cfg->storage == PKV_STORAGE_METADATA) return PKV_OK;
     RETURN_IF(cfg->storage != PKV_STORAGE_HOST, PKV_ERR_INVALID);
     RETURN_IF(cfg->num_layers < 1 || cfg->h_kv < 1 || cfg->d < 1 || cfg->dv < 1, PKV_ERR_INVALID);

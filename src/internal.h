@@ -132,6 +132,8 @@ typedef struct pkv_seq_rec {
     int32_t nregistered;  /* blocks [0, nregistered) are entries of the prefix index */
     int32_t last_start, last_n; /* range of the last append, for the slot mapping */
     int32_t lookahead;    /* the last lookahead tokens are drafts: never registered */
+    int32_t nreleased;    /* window caches: blocks [0, nreleased) left the window, released
+                           * (their entries in blocks[] are -1) */
     int32_t swapped;      /* 1: swapped out (swap.c): blocks[] holds tier-0 slots (metadata
                            * mode) or nothing (host mode: the rows are in swap_buf) */
     void *swap_buf;       /* host mode: the rows of a swapped-out sequence */
@@ -203,6 +205,9 @@ void seq_replace_block(pkv_seqtab *t, pkv_seq_rec *r, int32_t j, int32_t b);
  * far) on blocks already pushed: r must hold ceil((len + n) / bs) blocks and
  * room for the tokens (seq_reserve). Writes each token's slot into slots. */
 void seq_extend(pkv_seqtab *t, pkv_seq_rec *r, int32_t n, const int32_t *tokens, int64_t *slots);
+/* Window caches: releases r's blocks [nreleased, upto) (they left the window),
+ * first to last, their entries becoming -1. */
+void seq_release_before(pkv_seqtab *t, pkv_seq_rec *r, int32_t upto);
 /* Shortens r to new_len, releasing blocks past it (last first). When new_len
  * falls inside a registered block that keeps some known ids, block_toks are
  * that block's ids (from the index) and are restored into the record. */

@@ -97,6 +97,13 @@ static void use_spare_tokens(pkv_cache *c, pkv_seq_rec *r, int32_t *spare, int32
     if (spare && !seq_swap_tokens(&c->seqs, r, spare, cap)) pkv_mem_free(&c->al, spare);
 }
 
+/* Window caches: the first block the next token after `settled` tokens still
+ * reads (its keys are (settled - W, settled]); blocks before it can go. */
+static int32_t window_keep_from(const pkv_cache *c, int32_t settled) {
+    int64_t first_key = (int64_t)settled + 1 - c->cfg.window;
+    return first_key > 0 ? (int32_t)(first_key / c->pool.block_size) : 0;
+}
+
 static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *tokens, int64_t *slots,
                          pkv_block_copy *cow, int lookahead) {
     int st;
@@ -145,7 +152,7 @@ static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *toke
         c->cow_copies++;
     }
     for (int32_t j = 0; j < new_blocks; j++) r->blocks[r->nblocks++] = take_block(c);
-    int32_t old_len = r->len;
+    int32_t old_len = r->len, old_settled = r->len - r->lookahead;
     seq_extend(&c->seqs, r, n, record_tokens ? tokens : NULL, slots);
     if (lookahead) r->lookahead += n;
     /* Blocks filled before this append (KV written) may be deduplicated; ones
@@ -156,6 +163,10 @@ static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *toke
         use_spare_tokens(c, r, spare, spare_cap);
         if (c->tiers.write_through) tier_write_through(c, r->blocks + before, r->nregistered - before);
     }
+    /* A window cache lets go of the blocks the next token's window no longer
+     * reaches, as of the length settled before this append (its own tokens'
+     * queries, being computed now, still read the blocks before them). */
+    if (c->cfg.window > 0) seq_release_before(&c->seqs, r, window_keep_from(c, old_settled));
     return PKV_OK;
 }
 
@@ -335,6 +346,10 @@ int pkv_seq_truncate(pkv_cache *c, pkv_seq seq, int32_t new_len) {
     if (!r) CACHE_LEAVE(c, rst);
     if (new_len < 0 || new_len > r->len)
         CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "truncate to %d outside [0, %d]", new_len, r->len));
+    if (r->nreleased > window_keep_from(c, new_len))
+        CACHE_LEAVE(c, cache_fail(c, PKV_ERR_STATE,
+                                  "truncate to %d: its window (from token %d) needs blocks the window released "
+                                  "(the first %d)", new_len, new_len + 1 - c->cfg.window, r->nreleased));
     int32_t j = seq_truncate_needs_tokens(&c->seqs, r, new_len);
     seq_truncate(&c->seqs, r, new_len, j >= 0 ? prefix_block_tokens(c->prefix, r->blocks[j]) : NULL);
     CACHE_LEAVE(c, PKV_OK);

@@ -78,7 +78,7 @@ pkv_seq_rec *seq_slot_commit(pkv_seqtab *t, int32_t idx, uint64_t ns) {
     r->gen++;
     r->live = 1;
     r->next_free = -1;
-    r->len = r->nblocks = r->ntokens = r->nregistered = r->tok_base = r->lookahead = 0;
+    r->len = r->nblocks = r->ntokens = r->nregistered = r->tok_base = r->lookahead = r->nreleased = 0;
     r->last_start = r->last_n = 0;
     r->ns = ns;
     r->adapter = 0;
@@ -130,8 +130,18 @@ void seq_adopt_prefix(pkv_seqtab *t, pkv_seq_rec *r, const int32_t *blocks, int3
 /* Releases blocks [keep, nblocks) last first, so that prefix chains become
  * evictable from their deepest block. */
 static void release_tail(pkv_seqtab *t, pkv_seq_rec *r, int32_t keep) {
-    for (int32_t j = r->nblocks - 1; j >= keep; j--) pool_unref(t->pool, r->blocks[j]);
+    for (int32_t j = r->nblocks - 1; j >= keep && j >= r->nreleased; j--) pool_unref(t->pool, r->blocks[j]);
     r->nblocks = keep;
+    if (r->nreleased > keep) r->nreleased = keep; /* only when keep is 0 (a retire) or holes end there */
+}
+
+void seq_release_before(pkv_seqtab *t, pkv_seq_rec *r, int32_t upto) {
+    if (upto > r->nblocks) upto = r->nblocks;
+    for (int32_t j = r->nreleased; j < upto; j++) {
+        pool_unref(t->pool, r->blocks[j]);
+        r->blocks[j] = -1;
+    }
+    if (upto > r->nreleased) r->nreleased = upto;
 }
 
 void seq_retire(pkv_seqtab *t, pkv_seq_rec *r) {
@@ -210,8 +220,9 @@ void seq_truncate(pkv_seqtab *t, pkv_seq_rec *r, int32_t new_len, const int32_t 
 
 void seq_copy(pkv_seqtab *t, const pkv_seq_rec *p, pkv_seq_rec *r) {
     if (p->nblocks) memcpy(r->blocks, p->blocks, (size_t)p->nblocks * sizeof *r->blocks);
-    for (int32_t j = 0; j < p->nblocks; j++) pool_ref(t->pool, p->blocks[j]);
+    for (int32_t j = p->nreleased; j < p->nblocks; j++) pool_ref(t->pool, p->blocks[j]);
     r->nblocks = p->nblocks;
+    r->nreleased = p->nreleased;
     r->len = p->len;
     if (p->ntokens > p->tok_base)
         memcpy(r->tokens, p->tokens, (size_t)(p->ntokens - p->tok_base) * sizeof *r->tokens);
@@ -265,7 +276,14 @@ int seq_check(pkv_seqtab *t, int has_prefix, int32_t *count, int32_t *owner, pkv
                 return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: multimodal range %d [%lld, +%lld) out of order", i,
                                  k, (long long)x->start, (long long)x->len);
         }
-        for (int32_t j = 0; j < r->nblocks; j++) {
+        if (r->nreleased < 0 || r->nreleased > r->nblocks || (r->nreleased && r->nregistered))
+            return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: %d released blocks of %d (%d registered)", i,
+                             r->nreleased, r->nblocks, r->nregistered);
+        for (int32_t j = 0; j < r->nreleased; j++)
+            if (r->blocks[j] != -1)
+                return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: released block #%d is %d, not -1", i, j,
+                                 r->blocks[j]);
+        for (int32_t j = r->nreleased; j < r->nblocks; j++) {
             int32_t b = r->blocks[j];
             if (b < 0 || b >= p->num_blocks || p->state[b] != BLOCK_USED)
                 return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d holds block %d that is not in use", i, b);

@@ -24,6 +24,9 @@ int swap_out_op(pkv_cache *c, pkv_seq_rec *r) {
     if (r->lookahead)
         return cache_fail(c, PKV_ERR_STATE, "the sequence has %d lookahead tokens: pkv_seq_accept them first",
                           r->lookahead);
+    if (r->nreleased)
+        return cache_fail(c, PKV_ERR_STATE, "the sequence's window released %d of its blocks: it cannot be swapped",
+                          r->nreleased);
     int meta = !c->store.enabled;
     if (meta && !c->tiers.meta)
         return cache_fail(c, PKV_ERR_MODE, "metadata mode swaps to tier 0: add one (pkv_cache_add_host_tier)");

@@ -25,8 +25,12 @@ static void test_sizes(void) {
     pkv_config_init(&cfg);
     cfg.size = 0; /* never initialized */
     CHECK_STATUS(pkv_cache_create(&cfg, &c), PKV_ERR_INVALID);
-    cfg.size = sizeof cfg - 4;
+    cfg.size = 84; /* below the first layout's 88 bytes */
     CHECK_STATUS(pkv_cache_create(&cfg, &c), PKV_ERR_INVALID);
+    cfg.size = 88; /* a 1.0 / 1.1 caller (no window field): accepted, full attention */
+    CHECK_OK(pkv_cache_create(&cfg, &c));
+    pkv_cache_destroy(c);
+    c = NULL;
     pkv_config_init(&cfg);
     cfg.num_blocks = 7;
     CHECK_OK(pkv_cache_create(&cfg, &c));

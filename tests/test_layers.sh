@@ -13,8 +13,8 @@ obj=${PKV_OBJ:-$root/build/obj/src}
 rank() {
     case "$1" in
         common|siphash) echo 0 ;;
-        dtype|cpu|tier_file|tier_redis) echo 1 ;;
-        fp8) echo 2 ;;
+        dtype|cpu|tier_file) echo 1 ;;
+        fp8|tier_redis) echo 2 ;;
         dtypes) echo 3 ;;
         pool) echo 4 ;;
         seq) echo 5 ;;

@@ -23,7 +23,7 @@ from .errors import BY_STATUS, DTypeError, Error, InvalidError, ShapeError
 errors._complete(_pagedkv.strerror)
 _pagedkv._set_errors(BY_STATUS)
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 library_version = _pagedkv.library_version
 Sequence = _pagedkv.Sequence
 strerror = _pagedkv.strerror
@@ -136,7 +136,8 @@ class Cache(_pagedkv.Cache):
     Cache(num_blocks=1024, block_size=64, storage="metadata"|"host", num_layers=1, h_kv=1,
           d=576, dv=512, v_separate=False, kv_dtype="bf16"|"f16"|"f32"|"fp8_mla656",
           thread_safe=False, prefix_cache=False, auto_register=False, fp8_pow2_scale=False,
-          hash_key=None (16 bytes; None: random))
+          hash_key=None (16 bytes; None: random), window=0 (a sliding-window cache: blocks
+          that leave the window of the next token are released, -1 in the tables))
 
     Keyword arguments only; defaults are pkv_config_init's. Use as a context manager
     or call close(). Methods: sequence(ns=0), lookup(tokens, namespace=0, adapter=0, mm=None),

@@ -32,7 +32,7 @@ static int name_index(PyObject *obj, const char *const *names, const char *arg, 
 static int cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"num_blocks", "block_size", "storage", "num_layers", "h_kv", "d", "dv", "v_separate",
                              "kv_dtype", "thread_safe", "prefix_cache", "auto_register", "fp8_pow2_scale",
-                             "hash_key", NULL};
+                             "hash_key", "window", NULL};
     if (self->c) {
         PyErr_SetString(PyExc_RuntimeError, "Cache.__init__ called twice");
         return -1;
@@ -41,9 +41,9 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
     pkv_config_init(&cfg);
     PyObject *storage = NULL, *dtype = NULL, *key = Py_None;
     int vsep = 0, ts = 0, pc = 0, ar = 0, p2 = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$iiOiiiipOppppO", kwlist, &cfg.num_blocks, &cfg.block_size,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$iiOiiiipOppppOi", kwlist, &cfg.num_blocks, &cfg.block_size,
                                      &storage, &cfg.num_layers, &cfg.h_kv, &cfg.d, &cfg.dv, &vsep, &dtype, &ts, &pc,
-                                     &ar, &p2, &key))
+                                     &ar, &p2, &key, &cfg.window))
         return -1;
     if (storage && !name_index(storage, storage_names, "storage", &cfg.storage)) return -1;
     if (dtype && !name_index(dtype, dtype_names, "kv_dtype", &cfg.kv_dtype)) return -1;
@@ -127,14 +127,14 @@ static PyObject *cache_get_closed(CacheObject *self, void *unused) {
 static PyObject *cache_get_config(CacheObject *self, void *unused) {
     (void)unused;
     const pkv_config *c = &self->cfg;
-    return Py_BuildValue("{s:i,s:i,s:s,s:i,s:i,s:i,s:i,s:O,s:s,s:O,s:O,s:O,s:O}", "num_blocks", c->num_blocks,
+    return Py_BuildValue("{s:i,s:i,s:s,s:i,s:i,s:i,s:i,s:O,s:s,s:O,s:O,s:O,s:O,s:i}", "num_blocks", c->num_blocks,
                          "block_size", c->block_size, "storage", storage_names[c->storage], "num_layers",
                          c->num_layers, "h_kv", c->h_kv, "d", c->d, "dv", c->dv, "v_separate",
                          c->v_separate ? Py_True : Py_False, "kv_dtype", dtype_names[c->kv_dtype], "thread_safe",
                          (c->flags & PKV_FLAG_THREAD_SAFE) ? Py_True : Py_False, "prefix_cache",
                          (c->flags & PKV_FLAG_PREFIX_CACHE) ? Py_True : Py_False, "auto_register",
                          (c->flags & PKV_FLAG_AUTO_REGISTER) ? Py_True : Py_False, "fp8_pow2_scale",
-                         (c->flags & PKV_FLAG_FP8_POW2_SCALE) ? Py_True : Py_False);
+                         (c->flags & PKV_FLAG_FP8_POW2_SCALE) ? Py_True : Py_False, "window", c->window);
 }
 
 static PyObject *cache_get_last_error(CacheObject *self, void *unused) {

@@ -20,7 +20,7 @@ def test_config_defaults_and_kwargs():
     cfg = c.config
     assert cfg == {"num_blocks": 8, "block_size": 16, "storage": "host", "num_layers": 2, "h_kv": 2, "d": 32,
                    "dv": 16, "v_separate": True, "kv_dtype": "f16", "thread_safe": True, "prefix_cache": True,
-                   "auto_register": True, "fp8_pow2_scale": False}
+                   "auto_register": True, "fp8_pow2_scale": False, "window": 0}
     assert "8 blocks of 16" in repr(c)
     c.close()
     assert c.closed and "closed" in repr(c)
@@ -40,6 +40,29 @@ def test_bad_config():
         pagedkv.Cache(1024)  # keyword arguments only
     with pytest.raises(TypeError):
         pagedkv.Cache(bogus=1)
+
+
+def test_window_cache_releases_blocks():
+    # W = 6 tokens, blocks of 4: after 12 tokens the next token reads keys (6, 12], so
+    # blocks 0 (tokens 0-3) leaves; the table shows -1 there.
+    with pytest.raises(pagedkv.InvalidError):
+        pagedkv.Cache(window=-1)
+    with pytest.raises(pagedkv.InvalidError):
+        pagedkv.Cache(window=8, prefix_cache=True)
+    c = pagedkv.Cache(num_blocks=8, block_size=4, window=6)
+    assert c.config["window"] == 6
+    s = c.sequence()
+    s.append(12)
+    assert list(s.blocks) == [0, 1, 2]  # released at the next append, as of 12 settled tokens
+    s.append(1)
+    assert list(s.blocks)[:1] == [-1] and len(s.blocks) == 4
+    table, lens = c.export_flashmla([s])
+    assert table[0][0] == -1 and list(lens) == [13]
+    with pytest.raises(pagedkv.StateError):
+        s.truncate(4)  # its window would need block 0
+    s.truncate(12)
+    assert c.stats()["used_blocks"] == 2
+    c.check()
 
 
 def test_sequence_lifecycle_metadata():
