@@ -959,6 +959,27 @@ static void test_sim_fleet(const char *url, int dead_port) {
     free(base.text);
     free(shared.text);
     free(dead.text);
+    /* Two pkv processes given one key prefix: the second run of a workload is
+     * served from what the first stored (and --verify checks every such block). */
+    char pfx[64];
+    snprintf(pfx, sizeof pfx, "two-runs-%ld:", (long)getpid());
+    run_out first = run("sim --requests 120 --no-progress --verify --tier %s --redis-prefix %s", url, pfx);
+    run_out second = run("sim --requests 120 --no-progress --verify --tier %s --redis-prefix %s", url, pfx);
+    run_out nopfx = run("sim --requests 12 --no-progress --redis-prefix %s", pfx);
+    CHECK_RUN(first, 0, "redis, shared");
+    CHECK_RUN(second, 0, "redis, shared");
+    CHECK_RUN(nopfx, 2, "--redis-prefix has no effect without --tier redis://HOST:PORT");
+    double r1 = -1, r2 = -1, p1 = -1, p2 = -1;
+    CHECK(sscanf(row(first.text, "hits by level", lv, sizeof lv), " pool %lf%% + redis %lf%%", &p1, &r1) == 2);
+    CHECK(sscanf(row(second.text, "hits by level", lv, sizeof lv), " pool %lf%% + redis %lf%%", &p2, &r2) == 2);
+    double h1 = row_percent(first.text, "prefix hit rate"), h2 = row_percent(second.text, "prefix hit rate");
+    fprintf(stderr, "test_redis: two pkv processes, one prefix: hit rate %.1f%% then %.1f%% (redis %.1f%% then %.1f%%)\n",
+            h1, h2, r1, r2);
+    CHECK(r2 > r1 + 10 && h2 > h1 + 10);
+    CHECK(strstr(second.text, "verify") && strstr(second.text, " ok"));
+    free(first.text);
+    free(second.text);
+    free(nopfx.text);
 }
 
 int main(int argc, char **argv) {

@@ -70,7 +70,7 @@ struct fleet {
     int64_t rr;                       /* round-robin counter */
     int64_t done, rejected;
     int fatal;
-    char redis_prefix[64];            /* this run's keys in the shared Redis tier */
+    char redis_prefix[80];            /* this run's keys in the shared Redis tier */
 };
 
 /* Creates engine idx's cache and queues. Returns 0, EXIT_LIB (message printed). */

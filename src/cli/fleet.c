@@ -280,8 +280,11 @@ int sim_run(const sim_workload *w, const sim_config *cfg, sim_result *res) {
     /* Each run's keys apart from every other run's (earlier ones, other
      * processes, the other runs of a sweep): a run starts with an empty share. */
     static int32_t run_counter;
-    snprintf(f.redis_prefix, sizeof f.redis_prefix, "pkvsim:%ld:%llx:%d:", (long)getpid(),
-             (unsigned long long)cli_now_ns(), run_counter++);
+    if (cfg->redis_prefix[0])
+        snprintf(f.redis_prefix, sizeof f.redis_prefix, "%s", cfg->redis_prefix);
+    else
+        snprintf(f.redis_prefix, sizeof f.redis_prefix, "pkvsim:%ld:%llx:%d:", (long)getpid(),
+                 (unsigned long long)cli_now_ns(), run_counter++);
     int32_t n = w->n;
     f.rs = calloc((size_t)n, sizeof *f.rs);
     f.heap = malloc((size_t)n * sizeof *f.heap);

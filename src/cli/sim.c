@@ -63,7 +63,11 @@ static const char sim_help[] =
     "                          its rows) and every instance finds the blocks the others stored;\n"
     "                          as tier 0 it is written through at registration, below a host\n"
     "                          tier it takes that tier's demotions. Each run uses its own keys\n"
-    "                          (pkvsim:PID:...); the server's maxmemory bounds them\n"
+    "                          (pkvsim:PID:...) unless --redis-prefix is given; the server's\n"
+    "                          maxmemory bounds them\n"
+    "  --redis-prefix P        key prefix of the Redis tier, 1..64 bytes: runs (and pkv processes)\n"
+    "                          given the same prefix share their blocks (a second run of a\n"
+    "                          workload is served from what the first stored)\n"
     "  --host-bw-gbs G         host tier transfer bandwidth, GB/s (25: PCIe 5 x16)\n"
     "  --ssd-bw-gbs G          file tier transfer bandwidth, GB/s (5: one NVMe SSD)\n"
     "  --net-bw-gbs G          Redis tier transfer bandwidth, GB/s (12.5: 100 Gb/s)\n"
@@ -404,6 +408,10 @@ int cmd_sim(int argc, char **argv) {
             if (m < 0) return EXIT_USAGE;
             if (cli_parse_f64(v, 1e-3, 1e6, &d)) return cli_error("--ssd-bw-gbs: '%s' is not a number in 0.001..1e+06", v);
             cfg.ssd_bw = d * 1e9;
+        } else if (OPT("--redis-prefix")) {
+            if (m < 0) return EXIT_USAGE;
+            if (!*v || strlen(v) > 64) return cli_error("--redis-prefix: '%s' is not 1..64 bytes", v);
+            snprintf(cfg.redis_prefix, sizeof cfg.redis_prefix, "%s", v);
         } else if (OPT("--net-bw-gbs")) {
             if (m < 0) return EXIT_USAGE;
             if (cli_parse_f64(v, 1e-3, 1e6, &d)) return cli_error("--net-bw-gbs: '%s' is not a number in 0.001..1e+06", v);
@@ -440,6 +448,8 @@ int cmd_sim(int argc, char **argv) {
             return cli_error("--ssd-bw-gbs has no effect without --tier file:DIR:GIB");
         if (given(&seen, "--net-bw-gbs") && !kinds[SIM_TIER_REDIS])
             return cli_error("--net-bw-gbs has no effect without --tier redis://HOST:PORT");
+        if (given(&seen, "--redis-prefix") && !kinds[SIM_TIER_REDIS])
+            return cli_error("--redis-prefix has no effect without --tier redis://HOST:PORT");
     }
     if (given(&seen, "--verify-seqs") && !cfg.verify)
         return cli_error("--verify-seqs has no effect without --verify (or --verify-fast)");

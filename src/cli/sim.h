@@ -110,6 +110,7 @@ typedef struct sim_config {
     int32_t tier_kind[SIM_MAX_TIERS];  /* sim_tier_kind */
     double tier_gib[SIM_MAX_TIERS];    /* host and file tiers */
     char redis_url[512];               /* the Redis tier's url */
+    char redis_prefix[65];             /* its key prefix ("": a fresh one per run) */
     double host_bw, ssd_bw, net_bw;   /* bytes/s of host (PCIe), file (SSD) and Redis (network) transfers */
     int32_t preempt_swap;     /* --preempt swap: preempted requests swap to tier 0 */
     int32_t router;           /* sim_router */
