@@ -194,6 +194,7 @@ static void test_model(int32_t bs, int32_t w, uint64_t seed) {
     int n = 0;
     test_rng rng = {seed};
     long ops = test_scaled(4000), bad = 0, refused = 0, released = 0;
+    if (ops < 1500) ops = 1500; /* enough to release and refuse at any PKV_TEST_SCALE (valgrind: 0.02) */
     pkv_block_copy cow;
     for (long op = 0; op < ops; op++) {
         int k = n ? (int)test_below(&rng, (uint32_t)n) : 0;
