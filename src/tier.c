@@ -371,7 +371,9 @@ int tier_promote(pkv_cache *c, int32_t e, int32_t (*take)(pkv_cache *), int32_t 
         b = take(c);
         c->tiers.pinned[0] = -1;
         t0 = now_s();
-        ok = blob_unpack_checked(c, blob, b);
+        /* take may have offloaded another block under a colliding key into
+         * the same host slot: the identity is checked again before the rows. */
+        ok = blob_is_entry(c, blob, len, e, 0) && blob_unpack_checked(c, blob, b);
         t->seconds_out += now_s() - t0;
         if (!ok) pool_unref(&c->pool, b);
     }
