@@ -76,43 +76,39 @@ size_t store_block_bytes(const pkv_store *s) {
     return (size_t)s->cfg->num_layers * (s->k_block + s->v_block);
 }
 
-/* Copies n bytes in pieces of at most STORE_PIECE (4 KiB copies ran faster
- * here than one large memcpy), calling piece(arg, end of the bytes written so
- * far in o), when not NULL, after each (to checksum what was just copied while
- * it is in L1). */
+/* Copies n bytes from src to dst in pieces of at most STORE_PIECE (4 KiB
+ * copies ran faster here than one large memcpy), calling piece(arg, end of the
+ * bytes done so far), when not NULL, after each (to checksum what was just
+ * copied while it is in L1): the end in dst (out) or in src (in). */
 #define STORE_PIECE 4096
-static uint8_t *copy_pieces(uint8_t *o, const uint8_t *src, size_t n, void (*piece)(void *, const uint8_t *),
-                            void *arg) {
+static void copy_pieces(uint8_t *dst, const uint8_t *src, size_t n, void (*piece)(void *, const uint8_t *),
+                        void *arg, int report_src) {
     for (size_t at = 0; at < n; at += STORE_PIECE) {
         size_t k = n - at < STORE_PIECE ? n - at : STORE_PIECE;
-        memcpy(o + at, src + at, k);
-        if (piece) piece(arg, o + at + k);
+        memcpy(dst + at, src + at, k);
+        if (piece) piece(arg, (report_src ? src : dst) + at + k);
     }
-    return o + n;
 }
 
 void store_block_out(const pkv_store *s, int32_t b, uint8_t *o, void (*piece)(void *, const uint8_t *), void *arg) {
     for (int32_t l = 0; l < s->cfg->num_layers; l++) {
-        o = copy_pieces(o, s->k[l] + (size_t)b * s->k_block, s->k_block, piece, arg);
-        if (s->v_block) o = copy_pieces(o, s->v[l] + (size_t)b * s->v_block, s->v_block, piece, arg);
+        copy_pieces(o, s->k[l] + (size_t)b * s->k_block, s->k_block, piece, arg, 0);
+        o += s->k_block;
+        if (s->v_block) {
+            copy_pieces(o, s->v[l] + (size_t)b * s->v_block, s->v_block, piece, arg, 0);
+            o += s->v_block;
+        }
     }
-}
-
-/* As copy_pieces, reporting the end of the bytes read so far from src. */
-static const uint8_t *copy_pieces_in(uint8_t *dst, const uint8_t *in, size_t n,
-                                     void (*piece)(void *, const uint8_t *), void *arg) {
-    for (size_t at = 0; at < n; at += STORE_PIECE) {
-        size_t k = n - at < STORE_PIECE ? n - at : STORE_PIECE;
-        memcpy(dst + at, in + at, k);
-        if (piece) piece(arg, in + at + k);
-    }
-    return in + n;
 }
 
 void store_block_in(pkv_store *s, int32_t b, const uint8_t *in, void (*piece)(void *, const uint8_t *), void *arg) {
     for (int32_t l = 0; l < s->cfg->num_layers; l++) {
-        in = copy_pieces_in(s->k[l] + (size_t)b * s->k_block, in, s->k_block, piece, arg);
-        if (s->v_block) in = copy_pieces_in(s->v[l] + (size_t)b * s->v_block, in, s->v_block, piece, arg);
+        copy_pieces(s->k[l] + (size_t)b * s->k_block, in, s->k_block, piece, arg, 1);
+        in += s->k_block;
+        if (s->v_block) {
+            copy_pieces(s->v[l] + (size_t)b * s->v_block, in, s->v_block, piece, arg, 1);
+            in += s->v_block;
+        }
     }
 }
 

@@ -188,12 +188,12 @@ static void redis_cmd(int port, const char *cmd) {
 
 static uint8_t g_key[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
 
-static pkv_cache *make_cache(const uint8_t key[16], int32_t d, int32_t h_kv, int nb) {
+static pkv_cache *make_cache_flags(const uint8_t key[16], int32_t d, int32_t h_kv, int nb, uint32_t flags) {
     pkv_config cfg;
     pkv_config_init(&cfg);
     cfg.num_blocks = nb;
     cfg.block_size = BS;
-    cfg.flags = PKV_FLAG_PREFIX_CACHE;
+    cfg.flags = PKV_FLAG_PREFIX_CACHE | flags;
     cfg.storage = PKV_STORAGE_HOST;
     cfg.num_layers = LAYERS;
     cfg.h_kv = h_kv;
@@ -206,6 +206,10 @@ static pkv_cache *make_cache(const uint8_t key[16], int32_t d, int32_t h_kv, int
     pkv_cache *c = NULL;
     if (pkv_cache_create(&cfg, &c) != PKV_OK) exit(2);
     return c;
+}
+
+static pkv_cache *make_cache(const uint8_t key[16], int32_t d, int32_t h_kv, int nb) {
+    return make_cache_flags(key, d, h_kv, nb, 0);
 }
 
 /* Adds a shared, write-through Redis tier; returns the backend's ctx. */
@@ -710,6 +714,16 @@ static int32_t model_prompt(test_rng *rng, int32_t toks[32]) {
     return n;
 }
 
+/* After a model run: invariants hold, Redis served hits, nothing failed or lied. */
+static pkv_tier_stats check_shared(pkv_cache *c) {
+    CHECK_OK(pkv_cache_check(c));
+    pkv_tier_stats st = tier0(c);
+    CHECK(st.hits > 0);
+    CHECK_INT(st.errors, 0);
+    CHECK_INT(st.corrupt, 0);
+    return st;
+}
+
 static void test_model(const char *url, const char *prefix) {
     pkv_cache *c[2];
     for (int i = 0; i < 2; i++) {
@@ -742,11 +756,7 @@ static void test_model(const char *url, const char *prefix) {
                 }
     }
     for (int i = 0; i < 2; i++) {
-        CHECK_OK(pkv_cache_check(c[i]));
-        pkv_tier_stats st = tier0(c[i]);
-        CHECK(st.hits > 0);
-        CHECK_INT(st.errors, 0);
-        CHECK_INT(st.corrupt, 0);
+        pkv_tier_stats st = check_shared(c[i]);
         printf("model: cache %d served %lld tokens, %lld promoted from Redis, %lld written\n", i,
                (long long)served[i], (long long)st.hits, (long long)st.stores);
         pkv_cache_destroy(c[i]);
@@ -776,21 +786,7 @@ static void *mt_run(void *p) {
 static void test_model_threads(const char *url, const char *prefix) {
     pkv_cache *c[2];
     for (int i = 0; i < 2; i++) {
-        pkv_config cfg;
-        pkv_config_init(&cfg);
-        cfg.num_blocks = 24;
-        cfg.block_size = BS;
-        cfg.flags = PKV_FLAG_PREFIX_CACHE | PKV_FLAG_THREAD_SAFE;
-        cfg.storage = PKV_STORAGE_HOST;
-        cfg.num_layers = LAYERS;
-        cfg.h_kv = HKV;
-        cfg.d = cfg.dv = D;
-        cfg.v_separate = 1;
-        cfg.kv_dtype = PKV_F32;
-        cfg.hash_key_set = 1;
-        memcpy(cfg.hash_key, g_key, 16);
-        CHECK_OK(pkv_cache_create(&cfg, &c[i]));
-        if (!c[i]) return;
+        c[i] = make_cache_flags(g_key, D, HKV, 24, PKV_FLAG_THREAD_SAFE);
         pkv_tier_backend be;
         CHECK_OK(pkv_tier_redis_open(url, g_key, prefix, 2000, &be, NULL));
         CHECK_OK(pkv_cache_add_tier(c[i], &be, 16, PKV_TIER_SHARED | PKV_TIER_WRITE_THROUGH));
@@ -803,11 +799,7 @@ static void test_model_threads(const char *url, const char *prefix) {
     for (int i = 0; i < 3; i++) pthread_join(th[i], NULL);
     for (int i = 0; i < 3; i++) CHECK_INT(a[i].bad, 0);
     for (int i = 0; i < 2; i++) {
-        CHECK_OK(pkv_cache_check(c[i]));
-        pkv_tier_stats st = tier0(c[i]);
-        CHECK(st.hits > 0);
-        CHECK_INT(st.errors, 0);
-        CHECK_INT(st.corrupt, 0);
+        (void)check_shared(c[i]);
         pkv_cache_destroy(c[i]);
     }
     printf("model, 3 threads: %lld, %lld, %lld tokens served\n", (long long)a[0].served, (long long)a[1].served,

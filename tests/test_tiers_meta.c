@@ -362,6 +362,20 @@ static void test_basic(void) {
     pkv_cache_destroy(c);
 }
 
+/* The 10 rows test_host_swap wrote, read back from the sequence's blocks. */
+static void swap_rows_back(pkv_cache *c, const int32_t *blocks) {
+    int64_t slots[10];
+    float k2[16 * 4], v2[16 * 2];
+    for (int i = 0; i < 10; i++) slots[i] = (int64_t)blocks[i / BS] * BS + i % BS;
+    for (int l = 0; l < 2; l++) {
+        CHECK_OK(pkv_store_read(c, l, slots, 10, k2, v2));
+        int bad = 0;
+        for (int i = 0; i < 40; i++) bad += k2[i] != (float)(l * 1000 + i);
+        for (int i = 0; i < 20; i++) bad += v2[i] != (float)(l * 1000 - i);
+        CHECK_INT(bad, 0);
+    }
+}
+
 /* Host mode: swap copies the rows out and back (into other blocks). */
 static void test_host_swap(void) {
     pkv_config cfg;
@@ -381,7 +395,7 @@ static void test_host_swap(void) {
     pkv_seq s, o;
     int32_t toks[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
     int64_t slots[24];
-    float k[16 * 4], v[16 * 2], k2[16 * 4], v2[16 * 2];
+    float k[16 * 4], v[16 * 2];
     CHECK_OK(pkv_seq_create(c, 0, &s));
     CHECK_OK(pkv_seq_append(c, s, 10, toks, slots, NULL));
     for (int l = 0; l < 2; l++) {
@@ -403,14 +417,7 @@ static void test_host_swap(void) {
     int32_t blocks[4], nb;
     CHECK_OK(pkv_seq_blocks(c, s, blocks, 4, &nb));
     CHECK_INT(nb, 3);
-    for (int i = 0; i < 10; i++) slots[i] = (int64_t)blocks[i / BS] * BS + i % BS;
-    for (int l = 0; l < 2; l++) {
-        CHECK_OK(pkv_store_read(c, l, slots, 10, k2, v2));
-        int bad = 0;
-        for (int i = 0; i < 40; i++) bad += k2[i] != (float)(l * 1000 + i);
-        for (int i = 0; i < 20; i++) bad += v2[i] != (float)(l * 1000 - i);
-        CHECK_INT(bad, 0);
-    }
+    swap_rows_back(c, blocks);
     CHECK_OK(pkv_cache_check(c));
     /* A second cycle reuses the buffer the swap-in kept: the rows come back again. */
     CHECK_OK(pkv_seq_swap_out(c, s));
@@ -432,14 +439,7 @@ static void test_host_swap(void) {
     CHECK_OK(pkv_seq_free(c, big));
     CHECK_OK(pkv_seq_swap_in(c, s));
     CHECK_OK(pkv_seq_blocks(c, s, blocks, 4, &nb));
-    for (int i = 0; i < 10; i++) slots[i] = (int64_t)blocks[i / BS] * BS + i % BS;
-    for (int l = 0; l < 2; l++) {
-        CHECK_OK(pkv_store_read(c, l, slots, 10, k2, v2));
-        int bad = 0;
-        for (int i = 0; i < 40; i++) bad += k2[i] != (float)(l * 1000 + i);
-        for (int i = 0; i < 20; i++) bad += v2[i] != (float)(l * 1000 - i);
-        CHECK_INT(bad, 0);
-    }
+    swap_rows_back(c, blocks);
     CHECK_OK(pkv_cache_check(c));
     /* swapped out at destroy: the buffer is freed with the cache */
     CHECK_OK(pkv_seq_swap_out(c, s));
