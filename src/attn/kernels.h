@@ -30,7 +30,7 @@
 #define ATTN_MB 128  /* query rows per group at most (MLA: all 128 heads at once) */
 #define ATTN_SMALL_M 8 /* groups of at most this many rows may use ops->small_m */
 #ifndef ATTN_PF
-#define ATTN_PF 32 /* rows of the next tile the driver hands to self-prefetching kernels (tuned: 8 < 16 < 32 ~ 64) */
+#define ATTN_PF 32 /* rows of the next tile the driver hands to self-prefetching kernels (tuned, T0 on Intel: 8 < 16 < 32 ~ 64; T1 on AMD Zen 4: 16 ~ 32 > 48 ~ 64) */
 #endif
 
 /* Geometry of one call as the kernels see it. */
