@@ -37,9 +37,9 @@ extern "C" {
  * `make check-abi` compares the exported symbols and every public struct's layout
  * with abi/pagedkv.abi and fails when they change without the matching bump. */
 #define PKV_VERSION_MAJOR 1
-#define PKV_VERSION_MINOR 2
+#define PKV_VERSION_MINOR 3
 #define PKV_VERSION_PATCH 0
-#define PKV_VERSION_STRING "1.2.0"
+#define PKV_VERSION_STRING "1.3.0"
 #define PKV_VERSION_NUMBER (PKV_VERSION_MAJOR * 10000 + PKV_VERSION_MINOR * 100 + PKV_VERSION_PATCH)
 
 /*! Returns the library's version string, e.g. "1.0.0". */
@@ -785,6 +785,58 @@ PKV_API int pkv_seq_swap_in(pkv_cache *cache, pkv_seq seq);
 
 /*! 1 in *out when seq is swapped out, else 0. */
 PKV_API int pkv_seq_swapped(pkv_cache *cache, pkv_seq seq, int32_t *out);
+
+/* Asynchronous loads (host mode; since 1.3). A lookup that finds a prompt's
+ * blocks in a backend tier (file, Redis, a user's store) need not wait for
+ * the reads: with I/O threads started, pkv_prefix_lookup_async takes the pool
+ * blocks, indexes them at once and returns, while the threads read, check
+ * (identity and checksum) and copy each blob into its block. The engine runs
+ * other work meanwhile and polls or waits. Until a sequence's loads end, every
+ * call that would read or extend its blocks is refused with PKV_ERR_STATE
+ * (append, lookahead, accept, truncate, fork, register, blocks, the exports,
+ * swap out, and pkv_store_read / _write of those blocks' slots): no block is
+ * handed out for reading before its load ends. pkv_seq_length and
+ * pkv_seq_free work (a freed sequence's loads finish in the background; the
+ * blocks are then evictable or free). Another lookup of the same prefix shares
+ * the loading blocks (an async one counts them as loading; a synchronous
+ * pkv_prefix_lookup waits for them before it returns). A load that fails (blob
+ * gone, torn, foreign or corrupt; counted as a tier miss and error) drops that
+ * block's cache entry with what chains below it, and cuts every sequence that
+ * holds the block back to the blocks before it: the engine sees a shorter
+ * cached prefix and computes the rest. Blocks found in the pool or in host
+ * tiers are ready at once; a shared tier's blocks not yet indexed by this
+ * cache are still fetched synchronously. At most 4096 loads are in flight; past
+ * that a lookup promotes synchronously. */
+
+/*! Starts io_threads (1..64) I/O threads for asynchronous loads; from now on
+ *  each backend tier's functions are called under a lock of their own (still
+ *  one thread at a time). The threads stop when the cache is destroyed (after
+ *  finishing what is queued). @return PKV_OK; PKV_ERR_MODE (metadata mode),
+ *  PKV_ERR_STATE (already started, or no backend tier), PKV_ERR_INVALID,
+ *  PKV_ERR_NOMEM. Unchanged on error. */
+PKV_API int pkv_tier_async_start(pkv_cache *cache, int32_t io_threads);
+
+/*! pkv_prefix_lookup_ex that does not wait for backend tiers: *ready_tokens =
+ *  the leading tokens whose blocks hold their KV now, *loading_tokens = the
+ *  tokens after them still being loaded (ready + loading = the sequence's
+ *  length; both multiples of block_size). Without pkv_tier_async_start it is
+ *  pkv_prefix_lookup_ex (loading 0). extra may be NULL.
+ *  @return as pkv_prefix_lookup_ex; PKV_ERR_NULL for NULL outputs. */
+PKV_API int pkv_prefix_lookup_async(pkv_cache *cache, uint64_t ns, const int32_t *tokens, int32_t n,
+                                    const pkv_extra_keys *extra, pkv_seq *out, int32_t *ready_tokens,
+                                    int32_t *loading_tokens);
+
+/*! Applies the loads that have finished (never blocks) and sets
+ *  *loading_tokens to seq's tokens still loading (0: the sequence is ready)
+ *  and *length (may be NULL) to its length (shorter than the lookup said when
+ *  a load failed). @return PKV_OK; PKV_ERR_NULL, PKV_ERR_NO_SEQ. */
+PKV_API int pkv_seq_load_poll(pkv_cache *cache, pkv_seq seq, int32_t *loading_tokens, int32_t *length);
+
+/*! Waits until none of seq's blocks is loading; *length (may be NULL) = its
+ *  length then (the engine appends the prompt from there). A thread-safe cache
+ *  is not held while waiting. @return PKV_OK; PKV_ERR_NO_SEQ (also when
+ *  another thread frees seq meanwhile). */
+PKV_API int pkv_seq_load_wait(pkv_cache *cache, pkv_seq seq, int32_t *length);
 
 /* ------------------------------------------------------------------------- */
 /* Attention (FlashMLA argument convention)                                  */

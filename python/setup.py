@@ -35,7 +35,7 @@ ext = Extension(
 
 setup(
     name="pagedkv",
-    version="1.2.0",
+    version="1.3.0",
     description="A paged KV cache for LLM inference and attention over it (FlashMLA conventions)",
     packages=["pagedkv"],
     package_dir={"pagedkv": "pagedkv"},

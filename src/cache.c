@@ -126,6 +126,7 @@ int pkv_config_blocks_for_bytes(const pkv_config *user_cfg, uint64_t bytes, int3
 void pkv_cache_destroy(pkv_cache *c) {
     if (!c) return;
     pkv_allocator al = c->al;
+    aio_stop(c); /* the I/O threads finish what is queued before the pool goes */
     swap_destroy(c);
     seq_destroy(&c->seqs);
     tmeta_destroy(c);
@@ -188,6 +189,10 @@ int pkv_cache_check(pkv_cache *c) {
     c->err.text[0] = 0;
     int32_t *count = pkv_mem_calloc(&c->al, 2 * (size_t)c->pool.num_blocks, sizeof *count);
     int st = count ? pool_check(&c->pool, count, &c->err) : PKV_ERR_NOMEM;
+    if (st == PKV_OK) { /* holders: loads in flight, then the sequences (seq_check) */
+        memset(count, 0, (size_t)c->pool.num_blocks * sizeof *count);
+        aio_count_refs(c, count);
+    }
     if (st == PKV_OK) st = seq_check(&c->seqs, c->prefix != NULL, count, count + c->pool.num_blocks, &c->err);
     if (st == PKV_OK)
         st = c->prefix ? prefix_check(c->prefix, &c->seqs, &c->al, &c->err) : prefix_check_off(&c->pool, &c->err);

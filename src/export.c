@@ -17,6 +17,7 @@ static int resolve(pkv_cache *c, const pkv_seq *seqs, int32_t b, int32_t *max_bl
         const pkv_seq_rec *r = seq_get(&c->seqs, seqs[i]);
         if (!r) return cache_fail(c, PKV_ERR_NO_SEQ, "seqs[%d] = %lld is not live", i, (long long)seqs[i]);
         if (r->swapped) return cache_fail(c, PKV_ERR_STATE, "seqs[%d] = %lld is swapped out", i, (long long)seqs[i]);
+        FORWARD_IF_ERROR(cache_seq_loading(c, r, "export"));
         if (r->nblocks > mx) mx = r->nblocks;
         sum += r->nblocks;
     }

@@ -221,6 +221,7 @@ void seq_copy(pkv_seqtab *t, const pkv_seq_rec *parent, pkv_seq_rec *child);
 void seq_retire(pkv_seqtab *t, pkv_seq_rec *r);
 /* Sequence invariants and refcounts (every refcount == holders); count and
  * owner: num_blocks ints of scratch each. has_prefix: registered blocks allowed. */
+/* count[num_blocks] holds the other holders' references on entry (zeroed by the caller). */
 int seq_check(pkv_seqtab *t, int has_prefix, int32_t *count, int32_t *owner, pkv_detail *d);
 
 /* ---- prefix index (prefix.c): above sequences ---- */
@@ -434,6 +435,44 @@ int tier_check(struct pkv_cache *c, pkv_detail *d);
 void tier_drop_tree(struct pkv_cache *c, int32_t e);
 void tier_stats(const struct pkv_cache *c, int ti, pkv_tier_stats *out);
 
+/* Asynchronous promotion (tier_async.c; tier layer): I/O threads load
+ * backend-tier blobs into pool blocks; the caller's thread reaps the results. */
+typedef struct pkv_aio pkv_aio;
+typedef struct aio_done {
+    int32_t e, b, ti, st, ok; /* entry, pool block, tier; backend status; 1 when the block holds its KV */
+    int64_t bytes;
+    double seconds;
+} aio_done;
+/* Starts threads I/O threads and serializes each backend tier's calls. */
+int aio_start(struct pkv_cache *c, int32_t threads, pkv_detail *d);
+/* Runs what is queued, joins the threads, restores the backends (destroy). */
+void aio_stop(struct pkv_cache *c);
+/* Whether a job slot is free (aio_submit then succeeds). */
+int aio_can_submit(const struct pkv_cache *c);
+/* Queues the load of entry e from tier ti into block b (placed there by the
+ * caller); the job holds a pool reference on b until it is reaped. */
+void aio_submit(struct pkv_cache *c, int32_t e, int ti, int32_t b);
+/* Up to cap finished loads into out (block != 0: waits for one when loads
+ * are in flight and none has finished); the caller gives back each one's
+ * pool reference. */
+int32_t aio_reap(struct pkv_cache *c, aio_done *out, int32_t cap, int block);
+/* Waits up to ms milliseconds for a finished load (no cache state touched:
+ * callable without the cache's lock). */
+void aio_wait(struct pkv_cache *c, int ms);
+int aio_is_loading(const struct pkv_cache *c, int32_t b);
+int64_t aio_inflight(const struct pkv_cache *c);
+/* Adds the jobs' pool references to count[num_blocks] (pkv_cache_check). */
+void aio_count_refs(const struct pkv_cache *c, int32_t *count);
+/* I/O thread side: whether blob[0..len) is id's block; if so its rows are now
+ * in pool block b (checked as they are copied). Reads only the blob, id and
+ * the geometry; writes only block b. */
+int tier_blob_load(const struct pkv_cache *c, const uint8_t *blob, size_t len, const prefix_identity *id, int32_t b);
+/* The first tier that holds entry e, or -1. */
+int tier_first_holding(const struct pkv_cache *c, int32_t e);
+/* Applies a finished load: stats; on failure drops the entry (and what chains
+ * below it). Returns dn->ok. The caller cuts the sequences that hold a failed block. */
+int tier_load_done(struct pkv_cache *c, const aio_done *dn);
+
 /* ---- metadata-mode tiers (tier_meta.c): slots and transfer lists ----
  * The same placement as tier.c (offload on pool reclaim, promotion on lookup,
  * demotion to the next tier, drop from the last), but a tier holds no bytes:
@@ -472,6 +511,7 @@ struct pkv_cache {
      * swap-out (its pages are warm: fresh memory costs a page fault per 4 KiB) */
     void *swap_spare;
     size_t swap_spare_size;
+    pkv_aio *aio;         /* NULL until pkv_tier_async_start */
     pkv_detail err;
 };
 
@@ -518,6 +558,9 @@ void swap_release(pkv_cache *c, pkv_seq_rec *r);
 void swap_destroy(pkv_cache *c);
 int swap_check(pkv_cache *c, pkv_detail *d);
 
+/* PKV_OK, or PKV_ERR_STATE (recorded, naming what) when one of r's blocks is
+ * still loading from a tier (ops.c). */
+int cache_seq_loading(pkv_cache *c, const pkv_seq_rec *r, const char *what);
 /* Records err detail for pkv_cache_last_error and returns status. */
 int cache_fail(pkv_cache *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

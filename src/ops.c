@@ -23,14 +23,73 @@ static pkv_seq_rec *live_seq(pkv_cache *c, pkv_seq h) {
     return r;
 }
 
+/* ---- asynchronous loads: blocks the I/O threads are filling ---- */
+
+/* The first of r's blocks that is still loading, or -1. */
+static int32_t seq_loading_from(const pkv_cache *c, const pkv_seq_rec *r) {
+    if (!aio_inflight(c) || r->swapped) return -1;
+    for (int32_t j = r->nreleased; j < r->nblocks; j++)
+        if (aio_is_loading(c, r->blocks[j])) return j;
+    return -1;
+}
+
+int cache_seq_loading(pkv_cache *c, const pkv_seq_rec *r, const char *what) {
+    int32_t j = seq_loading_from(c, r);
+    if (j < 0) return PKV_OK;
+    return cache_fail(c, PKV_ERR_STATE, "%s: block %d of the sequence (tokens from %d) is still loading from a tier: "
+                      "pkv_seq_load_wait first", what, j, j * c->pool.block_size);
+}
+
+/* A failed load: every sequence holding block b is cut back to the blocks
+ * before it (their ids past the cut were the index's, dropped with it). */
+static void cut_holders(pkv_cache *c, int32_t b) {
+    pkv_seqtab *t = &c->seqs;
+    for (int32_t i = 0; i < t->seqs_cap; i++) {
+        pkv_seq_rec *r = &t->seqs[i];
+        if (!r->live || r->swapped) continue;
+        for (int32_t j = r->nreleased; j < r->nblocks; j++)
+            if (r->blocks[j] == b) {
+                seq_truncate(t, r, j * c->pool.block_size, NULL);
+                break;
+            }
+    }
+}
+
+/* Applies finished loads (block: wait for one while loads are in flight). */
+static void reap_loads(pkv_cache *c, int block) {
+    aio_done dn[64];
+    int32_t n;
+    while ((n = aio_reap(c, dn, 64, block)) > 0) {
+        for (int32_t i = 0; i < n; i++) {
+            if (!tier_load_done(c, &dn[i])) cut_holders(c, dn[i].b);
+            pool_unref(&c->pool, dn[i].b); /* the job's reference */
+        }
+        block = 0;
+    }
+}
+
+/* Waits (holding the cache) until none of r's blocks is loading. */
+static void seq_settle(pkv_cache *c, pkv_seq h) {
+    reap_loads(c, 0);
+    for (;;) {
+        const pkv_seq_rec *r = seq_get(&c->seqs, h);
+        if (!r || seq_loading_from(c, r) < 0) return;
+        reap_loads(c, 1);
+    }
+}
+
 /* A live record whose blocks are in the pool; NULL with *st set (PKV_ERR_STATE
- * for a swapped-out sequence). */
+ * for a swapped-out sequence, or one with blocks still loading). */
 static pkv_seq_rec *resident_seq(pkv_cache *c, pkv_seq h, int *st) {
     pkv_seq_rec *r = live_seq(c, h);
     *st = r ? PKV_OK : PKV_ERR_NO_SEQ;
     if (r && r->swapped) {
         *st = cache_fail(c, PKV_ERR_STATE, "sequence %lld is swapped out: pkv_seq_swap_in it first", (long long)h);
         r = NULL;
+    }
+    if (r && aio_inflight(c)) {
+        reap_loads(c, 0);
+        if ((*st = cache_seq_loading(c, r, "sequence")) != PKV_OK) r = NULL;
     }
     return r;
 }
@@ -57,15 +116,31 @@ int32_t cache_take_block(pkv_cache *c) { return take_block(c); }
  * which may move other blocks between tiers or drop them: an entry further
  * down the chain that was dropped meanwhile lives nowhere (its id is not
  * reused during the call) and ends the match there. Returns the blocks held. */
+/* Asynchronous promotion of entry e (async lookups, backend tiers): a pool
+ * block is taken and e placed there now; an I/O thread fills it. 0 when e is
+ * to be promoted synchronously (in a host tier, or no job slot free). */
+static int promote_async(pkv_cache *c, int32_t e, int32_t *block) {
+    int ti = tier_first_holding(c, e);
+    if (ti < 0 || c->tiers.t[ti].host || !aio_can_submit(c)) return 0;
+    c->tiers.pinned[0] = e; /* making room in the tiers must not drop e */
+    int32_t b = take_block(c);
+    c->tiers.pinned[0] = -1;
+    prefix_place(c->prefix, e, b);
+    aio_submit(c, e, ti, b);
+    *block = b;
+    return 1;
+}
+
 static int32_t match_through_tiers(pkv_cache *c, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n,
-                                   int32_t *blocks) {
+                                   int32_t *blocks, int async) {
     int32_t *ents = blocks; /* entry ids, replaced in place by the blocks held */
     int32_t k = prefix_match_entries(c->prefix, ns, x, tokens, n, ents), m;
     for (m = 0; m < k; m++) {
         int32_t e = ents[m], b = prefix_entry_block(c->prefix, e);
         if (b >= 0) pool_ref(&c->pool, b);
         else if (pool_available(&c->pool) == 0 ||
-                 !(c->tiers.meta ? tmeta_promote(c, e, take_block, &b) : tier_promote(c, e, take_block, &b)))
+                 !((async && promote_async(c, e, &b)) ||
+                   (c->tiers.meta ? tmeta_promote(c, e, take_block, &b) : tier_promote(c, e, take_block, &b))))
             break;
         blocks[m] = b;
     }
@@ -236,7 +311,7 @@ static int import_extras(pkv_cache *c, const pkv_extra_keys *user, prefix_extras
 }
 
 static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n,
-                            const pkv_extra_keys *extra, pkv_seq *out, int32_t *cached_tokens) {
+                            const pkv_extra_keys *extra, pkv_seq *out, int32_t *cached_tokens, int async) {
     if (!c->prefix) return cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)");
     if (n < 0) return cache_fail(c, PKV_ERR_INVALID, "prompt length %d is negative", n);
     if (n > 0 && !tokens) return cache_fail(c, PKV_ERR_NULL, "tokens is NULL with n = %d", n);
@@ -258,14 +333,17 @@ static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
     if (x.nmm) memcpy(r->mm, x.mm, (size_t)x.nmm * sizeof *r->mm);
     r->nmm = x.nmm;
     if (c->tiers.n) {
-        int32_t m = match_through_tiers(c, ns, &x, tokens, n, r->blocks);
+        int32_t m = match_through_tiers(c, ns, &x, tokens, n, r->blocks, async);
         seq_adopt_prefix(&c->seqs, r, r->blocks, m, 1);
     } else {
         int32_t m = prefix_match(c->prefix, ns, &x, tokens, n, r->blocks);
         seq_adopt_prefix(&c->seqs, r, r->blocks, m, 0);
     }
     *out = seq_handle(&c->seqs, r);
-    *cached_tokens = r->len;
+    /* A synchronous lookup may have matched blocks an async one is loading:
+     * it returns only once they are in (or cut where one failed). */
+    if (!async && aio_inflight(c)) seq_settle(c, *out);
+    *cached_tokens = seq_get(&c->seqs, *out)->len;
     return PKV_OK;
 }
 
@@ -404,7 +482,7 @@ int pkv_prefix_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t 
     CACHE_ENTER(c);
     CACHE_NULL_IF(c, !out, "out");
     CACHE_NULL_IF(c, !cached_tokens, "cached_tokens");
-    CACHE_LEAVE(c, prefix_lookup_op(c, ns, tokens, n, NULL, out, cached_tokens));
+    CACHE_LEAVE(c, prefix_lookup_op(c, ns, tokens, n, NULL, out, cached_tokens, 0));
 }
 
 int pkv_prefix_lookup_ex(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, const pkv_extra_keys *extra,
@@ -412,7 +490,7 @@ int pkv_prefix_lookup_ex(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32
     CACHE_ENTER(c);
     CACHE_NULL_IF(c, !out, "out");
     CACHE_NULL_IF(c, !cached_tokens, "cached_tokens");
-    CACHE_LEAVE(c, prefix_lookup_op(c, ns, tokens, n, extra, out, cached_tokens));
+    CACHE_LEAVE(c, prefix_lookup_op(c, ns, tokens, n, extra, out, cached_tokens, 0));
 }
 
 /* ---- extra keys of a sequence ---- */
@@ -464,14 +542,30 @@ int pkv_seq_extra_keys(pkv_cache *c, pkv_seq seq, uint64_t *adapter_id, pkv_mm_r
     CACHE_LEAVE(c, PKV_OK);
 }
 
+/* Slots of blocks an I/O thread is filling are neither written nor read. */
+static int slots_loading(pkv_cache *c, const int64_t *slots, int32_t n) {
+    if (!aio_inflight(c) || !slots || n <= 0) return PKV_OK;
+    reap_loads(c, 0);
+    const int64_t bs = c->pool.block_size, end = (int64_t)c->pool.num_blocks * bs;
+    for (int32_t i = 0; i < n; i++)
+        if (slots[i] >= 0 && slots[i] < end && aio_is_loading(c, (int32_t)(slots[i] / bs)))
+            return cache_fail(c, PKV_ERR_STATE, "slots[%d] = %lld is in block %lld, still loading from a tier", i,
+                              (long long)slots[i], (long long)(slots[i] / bs));
+    return PKV_OK;
+}
+
 int pkv_store_write(pkv_cache *c, int32_t layer, const int64_t *slots, int32_t n, const void *k_rows,
                     const void *v_rows, int32_t src_dtype) {
     CACHE_ENTER(c);
+    int lst = slots_loading(c, slots, n);
+    if (lst < 0) CACHE_LEAVE(c, lst);
     CACHE_LEAVE(c, store_write(&c->store, layer, slots, n, k_rows, v_rows, src_dtype, &c->err));
 }
 
 int pkv_store_read(pkv_cache *c, int32_t layer, const int64_t *slots, int32_t n, float *k_out, float *v_out) {
     CACHE_ENTER(c);
+    int lst = slots_loading(c, slots, n);
+    if (lst < 0) CACHE_LEAVE(c, lst);
     CACHE_LEAVE(c, store_read(&c->store, layer, slots, n, k_out, v_out, &c->err));
 }
 
@@ -623,6 +717,9 @@ int pkv_seq_swap_out(pkv_cache *c, pkv_seq seq) {
     CACHE_ENTER(c);
     pkv_seq_rec *r = live_seq(c, seq);
     if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    if (aio_inflight(c)) reap_loads(c, 0);
+    int lst = cache_seq_loading(c, r, "swap out");
+    if (lst < 0) CACHE_LEAVE(c, lst);
     CACHE_LEAVE(c, swap_out_op(c, r));
 }
 
@@ -639,4 +736,67 @@ int pkv_seq_swapped(pkv_cache *c, pkv_seq seq, int32_t *out) {
     pkv_seq_rec *r = live_seq(c, seq);
     if (r) *out = r->swapped;
     CACHE_LEAVE(c, r ? PKV_OK : PKV_ERR_NO_SEQ);
+}
+
+/* ---- asynchronous loads ---- */
+
+int pkv_tier_async_start(pkv_cache *c, int32_t io_threads) {
+    CACHE_ENTER(c);
+    pkv_detail d = {{0}};
+    int st = aio_start(c, io_threads, &d);
+    if (st < 0) CACHE_LEAVE(c, cache_fail(c, st, "%s", d.text));
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+/* Tokens of r from its first loading block on (0: none loading). */
+static int32_t loading_tokens(const pkv_cache *c, const pkv_seq_rec *r) {
+    int32_t j = seq_loading_from(c, r);
+    return j < 0 ? 0 : r->len - j * c->pool.block_size;
+}
+
+int pkv_prefix_lookup_async(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n,
+                            const pkv_extra_keys *extra, pkv_seq *out, int32_t *ready_tokens,
+                            int32_t *loading) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !out, "out");
+    CACHE_NULL_IF(c, !ready_tokens, "ready_tokens");
+    CACHE_NULL_IF(c, !loading, "loading_tokens");
+    if (aio_inflight(c)) reap_loads(c, 0);
+    int32_t cached;
+    int st = prefix_lookup_op(c, ns, tokens, n, extra, out, &cached, c->aio != NULL);
+    if (st < 0) CACHE_LEAVE(c, st);
+    *loading = loading_tokens(c, seq_get(&c->seqs, *out));
+    *ready_tokens = cached - *loading;
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_seq_load_poll(pkv_cache *c, pkv_seq seq, int32_t *loading, int32_t *length) {
+    CACHE_ENTER(c);
+    CACHE_NULL_IF(c, !loading, "loading_tokens");
+    reap_loads(c, 0);
+    pkv_seq_rec *r = live_seq(c, seq);
+    if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+    *loading = loading_tokens(c, r);
+    if (length) *length = r->len;
+    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_seq_load_wait(pkv_cache *c, pkv_seq seq, int32_t *length) {
+    CACHE_ENTER(c);
+    for (;;) {
+        reap_loads(c, 0);
+        pkv_seq_rec *r = live_seq(c, seq); /* another thread may free it while we wait */
+        if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
+        if (seq_loading_from(c, r) < 0) {
+            if (length) *length = r->len;
+            CACHE_LEAVE(c, PKV_OK);
+        }
+        if (c->thread_safe) { /* wait without holding the cache: other threads go on */
+            cache_unlock(c);
+            aio_wait(c, 10);
+            cache_lock(c);
+        } else {
+            reap_loads(c, 1);
+        }
+    }
 }

@@ -242,7 +242,6 @@ int seq_check(pkv_seqtab *t, int has_prefix, int32_t *count, int32_t *owner, pkv
     const pkv_pool *p = t->pool;
     int64_t tokens = 0;
     int32_t live = 0;
-    memset(count, 0, (size_t)p->num_blocks * sizeof *count);
     for (int32_t b = 0; b < p->num_blocks; b++) owner[b] = -1;
     for (int32_t i = 0; i < t->seqs_cap; i++) {
         const pkv_seq_rec *r = &t->seqs[i];

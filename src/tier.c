@@ -138,18 +138,26 @@ static int blob_parse(const pkv_cache *c, const uint8_t *blob, size_t len, uint6
     return 1;
 }
 
-/* The blob matches entry e exactly (its identity and its parent's key);
- * sum_check as blob_parse's. */
-static int blob_is_entry(const pkv_cache *c, const uint8_t *blob, size_t len, int32_t e, int sum_check) {
+/* The blob carries identity id exactly (key, parent key, namespace, extras,
+ * token ids); sum_check as blob_parse's. Reads only the blob, id and the
+ * cache's geometry: the I/O threads call it. */
+static int blob_is_identity(const pkv_cache *c, const uint8_t *blob, size_t len, const prefix_identity *idp,
+                            int sum_check) {
     uint64_t key[2], pkey[2], ns, xd;
     int has_parent;
     const int32_t *toks;
     if (!blob_parse(c, blob, len, key, pkey, &ns, &xd, &has_parent, &toks, sum_check)) return 0;
-    prefix_identity id;
-    prefix_identity_of(c->prefix, e, &id);
+    const prefix_identity id = *idp;
     return key[0] == id.key[0] && key[1] == id.key[1] && pkey[0] == id.parent_key[0] &&
            pkey[1] == id.parent_key[1] && ns == id.ns && xd == id.xd && has_parent == (id.parent >= 0) &&
            memcmp(toks, id.toks, (size_t)c->cfg.block_size * sizeof(int32_t)) == 0;
+}
+
+/* The blob matches entry e exactly (its identity and its parent's key). */
+static int blob_is_entry(const pkv_cache *c, const uint8_t *blob, size_t len, int32_t e, int sum_check) {
+    prefix_identity id;
+    prefix_identity_of(c->prefix, e, &id);
+    return blob_is_identity(c, blob, len, &id, sum_check);
 }
 
 static void blob_unpack_rows(pkv_cache *c, const uint8_t *blob, int32_t b) {
@@ -168,6 +176,11 @@ static int blob_unpack_checked(pkv_cache *c, const uint8_t *blob, int32_t b) {
     uint64_t sum;
     memcpy(&sum, blob + size - 8, 8);
     return pkv__cksum_final(&h.ck, blob, size - 8) == sum;
+}
+
+int tier_blob_load(const pkv_cache *c, const uint8_t *blob, size_t len, const prefix_identity *id, int32_t b) {
+    /* blob_unpack_checked writes only block b's rows of the store */
+    return blob_is_identity(c, blob, len, id, 0) && blob_unpack_checked((pkv_cache *)c, blob, b);
 }
 
 static void key_bytes(const pkv_cache *c, int32_t e, uint8_t out[16]) {
@@ -395,6 +408,37 @@ int tier_promote(pkv_cache *c, int32_t e, int32_t (*take)(pkv_cache *), int32_t 
     prefix_place(p, e, b);
     *block = b;
     return 1;
+}
+
+int tier_first_holding(const pkv_cache *c, int32_t e) {
+    uint8_t have = prefix_tiers_of(c->prefix, e);
+    int ti = 0;
+    while (ti < c->tiers.n && !(have & (1u << ti))) ti++;
+    return ti < c->tiers.n ? ti : -1;
+}
+
+int tier_load_done(pkv_cache *c, const aio_done *dn) {
+    pkv_tier *t = &c->tiers.t[dn->ti];
+    pkv_prefix *p = c->prefix;
+    t->seconds_out += dn->seconds;
+    /* The entry may have been dropped meanwhile (an ancestor reclaimed); then
+     * the block is an orphan of its sequences and only the bytes count. */
+    const int placed = prefix_entry_of_block(p, dn->b) == dn->e;
+    if (dn->ok) {
+        t->hits++;
+        t->bytes_out += dn->bytes;
+        if (placed && (prefix_tiers_of(p, dn->e) & (1u << dn->ti))) {
+            tier_lru_unlink(t, dn->e);
+            tier_lru_push(t, dn->e);
+        }
+        return 1;
+    }
+    tier_error(t, dn->st == PKV_OK ? PKV_ERR_CORRUPT : dn->st);
+    t->misses++;
+    if (dn->st == PKV_OK) t->corrupt++;
+    /* The block holds no KV of this entry: the entry and what chains below it go. */
+    if (placed) drop_tree(c, dn->e);
+    return 0;
 }
 
 /* ---- shared tiers: blocks that other caches wrote ---- */

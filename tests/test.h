@@ -11,7 +11,8 @@
 
 #include "pagedkv.h"
 
-static long test_checks_ = 0, test_fails_ = 0;
+/* atomic: tests may check from several threads */
+static _Atomic long test_checks_ = 0, test_fails_ = 0;
 
 #define TEST_FAIL_(...)                                                                    \
     do {                                                                                   \

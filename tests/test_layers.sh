@@ -21,8 +21,9 @@ rank() {
         prefix) echo 6 ;;
         store) echo 7 ;;
         tier|tier_meta) echo 8 ;;
-        cache) echo 9 ;;
-        export|attn) echo 10 ;;
+        tier_async) echo 9 ;;
+        cache) echo 10 ;;
+        export|attn) echo 11 ;;
         *) echo "?" ;;
     esac
 }

@@ -23,7 +23,7 @@ from .errors import BY_STATUS, DTypeError, Error, InvalidError, ShapeError
 errors._complete(_pagedkv.strerror)
 _pagedkv._set_errors(BY_STATUS)
 
-__version__ = "1.2.0"
+__version__ = "1.3.0"
 library_version = _pagedkv.library_version
 Sequence = _pagedkv.Sequence
 strerror = _pagedkv.strerror
