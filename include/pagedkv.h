@@ -810,7 +810,8 @@ PKV_API int pkv_seq_swapped(pkv_cache *cache, pkv_seq seq, int32_t *out);
 
 /*! Starts io_threads (1..64) I/O threads for asynchronous loads; from now on
  *  each backend tier's functions are called under a lock of their own (still
- *  one thread at a time). The threads stop when the cache is destroyed (after
+ *  one thread at a time: a get that takes long also holds off the caller's
+ *  offloads to that tier meanwhile). The threads stop when the cache is destroyed (after
  *  finishing what is queued). @return PKV_OK; PKV_ERR_MODE (metadata mode),
  *  PKV_ERR_STATE (already started, or no backend tier), PKV_ERR_INVALID,
  *  PKV_ERR_NOMEM. Unchanged on error. */

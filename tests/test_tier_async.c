@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pagedkv.h"
@@ -27,6 +28,9 @@ typedef struct gate_be {
     pthread_cond_t cv;
     int closed;      /* gets wait while set */
     int delay_us;    /* each get sleeps this long */
+    int max_wait_ms; /* > 0: a get waits at most this long at a closed gate (the library
+                      * calls a backend one thread at a time, so a parked get also holds
+                      * off the caller's puts: the random run must not park for good) */
     int n, gets, waiting;
     uint8_t keys[MAXB][16];
     uint8_t *blobs[MAXB];
@@ -61,7 +65,17 @@ static int gb_get(void *ctx, const uint8_t key[16], void *buf, size_t cap, size_
     gate_be *g = ctx;
     pthread_mutex_lock(&g->mu);
     g->waiting++;
-    while (g->closed) pthread_cond_wait(&g->cv, &g->mu);
+    if (g->max_wait_ms > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += (long)g->max_wait_ms * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        while (g->closed && pthread_cond_timedwait(&g->cv, &g->mu, &ts) == 0) {
+        }
+    } else {
+        while (g->closed) pthread_cond_wait(&g->cv, &g->mu);
+    }
     g->waiting--;
     g->gets++;
     int d = g->delay_us;
@@ -533,6 +547,92 @@ static void test_file_tier(void) {
     CHECK(system(cmd) == 0);
 }
 
+/* A random run on one cache: prompts written, async lookups kept open, polls,
+ * waits (every byte of what a wait returns checked), frees, evictions into the
+ * tier, blobs damaged in the store, the gate closed and opened; the cache's
+ * invariants after every operation. */
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd(uint32_t n) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state % n);
+}
+
+static void test_random(void) {
+    gate_be g;
+    gate_init(&g);
+    pkv_tier_backend be = gate_backend(&g);
+    g.max_wait_ms = 2;
+    pkv_cache *c = make(0, &be, 2);
+    enum { NP = 5, NS = 6 };
+    int32_t toks[NP][16];
+    for (int p = 0; p < NP; p++) prompt_tokens(toks[p], 16, 60000 + 1000 * p);
+    pkv_seq open_s[NS];
+    int open_p[NS], nopen = 0;
+    const long ops = test_scaled(10000) < 300 ? 300 : test_scaled(10000);
+    for (long op = 0; op < ops; op++) {
+        uint32_t k = rnd(100);
+        int p = (int)rnd(NP);
+        if (k < 10) {
+            /* write a prompt again (a seq that computed it), unless the pool is short */
+            pkv_stats st = PKV_STATS_INIT;
+            CHECK_OK(pkv_cache_stats(c, &st));
+            if (st.free_blocks + st.evictable_blocks >= 4) put_prompt(c, toks[p], 16);
+        } else if (k < 35 && nopen < NS) {
+            int32_t ready, loading, n = 4 * (1 + (int32_t)rnd(4));
+            int st = pkv_prefix_lookup_async(c, 0, toks[p], n, NULL, &open_s[nopen], &ready, &loading);
+            CHECK_OK(st);
+            if (st == PKV_OK) {
+                CHECK(ready + loading <= n && ready % BS == 0 && loading % BS == 0);
+                open_p[nopen++] = p;
+            }
+        } else if (k < 50 && nopen) {
+            int i = (int)rnd((uint32_t)nopen);
+            int32_t loading = -1, len = -1;
+            CHECK_OK(pkv_seq_load_poll(c, open_s[i], &loading, &len));
+            CHECK(loading >= 0 && loading <= len);
+        } else if (k < 65 && nopen) {
+            int i = (int)rnd((uint32_t)nopen);
+            gate_set(&g, 0);
+            int32_t len = -1, loading = -1;
+            CHECK_OK(pkv_seq_load_wait(c, open_s[i], &len));
+            CHECK_OK(pkv_seq_load_poll(c, open_s[i], &loading, NULL));
+            CHECK_INT(loading, 0);
+            check_bytes(c, open_s[i], toks[open_p[i]]);
+        } else if (k < 80 && nopen) {
+            int i = (int)rnd((uint32_t)nopen);
+            CHECK_OK(pkv_seq_free(c, open_s[i]));
+            open_s[i] = open_s[--nopen];
+            open_p[i] = open_p[nopen];
+        } else if (k < 88) {
+            int32_t ev;
+            CHECK_OK(pkv_prefix_evict(c, 1 + (int32_t)rnd(NB), &ev));
+        } else if (k < 92) {
+            CHECK(gate_corrupt_first_token(&g, toks[p][4 * rnd(4)], 104) || 1);
+        } else {
+            gate_set(&g, (int)rnd(2));
+        }
+        CHECK_OK(pkv_cache_check(c));
+    }
+    gate_set(&g, 0);
+    for (int i = 0; i < nopen; i++) {
+        int32_t len;
+        CHECK_OK(pkv_seq_load_wait(c, open_s[i], &len));
+        check_bytes(c, open_s[i], toks[open_p[i]]);
+        CHECK_OK(pkv_seq_free(c, open_s[i]));
+    }
+    CHECK_OK(pkv_cache_check(c));
+    pkv_tier_stats ts = tstats(c);
+    if (getenv("PKV_TEST_VERBOSE"))
+        printf("random: %lld hits, %lld misses, %lld corrupt, %lld stores, %d gets\n", (long long)ts.hits,
+               (long long)ts.misses, (long long)ts.corrupt, (long long)ts.stores, g.gets);
+    CHECK(ts.hits > 0);
+    CHECK(ts.corrupt > 0); /* the run met damaged blobs */
+    pkv_cache_destroy(c);
+    gate_free(&g);
+}
+
 int main(void) {
     test_arguments();
     test_refusals_and_bytes();
@@ -540,5 +640,6 @@ int main(void) {
     test_free_sync_and_destroy();
     test_threads();
     test_file_tier();
+    test_random();
     return test_report("test_tier_async");
 }
