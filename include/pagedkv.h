@@ -590,7 +590,15 @@ typedef struct pkv_tier_backend {
                     int *status);
     int (*put_many)(void *ctx, int32_t n, const uint8_t (*keys)[16], const void *const *blobs, size_t len,
                     int *status);
+    /* Since 1.3: pkv_backend_flags. PKV_BACKEND_CONCURRENT_GET: get may run
+     * while other calls of this backend run in other threads (the I/O threads
+     * of asynchronous loads then read in parallel; every other call stays one
+     * thread at a time). A get that races a put or del of the same key may
+     * return a torn blob or a miss, never crash: the library checks every blob.
+     * The file tier sets it. */
+    uint32_t flags;
 } pkv_tier_backend;
+enum pkv_backend_flags { PKV_BACKEND_CONCURRENT_GET = 1u << 0 };
 
 /* The file tier: a directory (local disk, or a 3FS / NFS mount) of fixed-size
  * slab files holding blobs of blob_size bytes, capacity_bytes in all. Opening a

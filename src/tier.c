@@ -733,6 +733,7 @@ int tier_add(pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, 
     if ((flags & PKV_TIER_SHARED) && (host || ts->shared))
         return pkv__fail(d, PKV_ERR_INVALID, host ? "a host tier cannot be shared" : "at most one shared tier");
     if (!c->store.enabled) return pkv__fail(d, PKV_ERR_MODE, "tiers need host storage (PKV_STORAGE_HOST)");
+    if (c->aio) return pkv__fail(d, PKV_ERR_STATE, "tiers are added before pkv_tier_async_start");
     if (!c->prefix) return pkv__fail(d, PKV_ERR_MODE, "tiers need prefix caching (PKV_FLAG_PREFIX_CACHE)");
     if (c->seqs.num_seqs || c->pool.used || c->pool.num_evictable)
         return pkv__fail(d, PKV_ERR_STATE, "tiers are added to a cache before it holds sequences or cached blocks");
@@ -755,6 +756,8 @@ int tier_add(pkv_cache *c, const pkv_tier_backend *be, int64_t capacity_blocks, 
             !hb.exists || !hb.del)
             return pkv__fail(d, PKV_ERR_INVALID, "backend: put, get, exists and del are required, size set "
                              "(unknown trailing fields zero)");
+        if (hb.flags & ~(uint32_t)PKV_BACKEND_CONCURRENT_GET)
+            return pkv__fail(d, PKV_ERR_INVALID, "backend: unknown flags 0x%x", (unsigned)hb.flags);
         be = &hb;
     }
     int32_t ecap = old + (int32_t)capacity_blocks;

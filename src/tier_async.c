@@ -83,6 +83,8 @@ static int lb_put(void *ctx, const uint8_t key[16], const void *blob, size_t len
     LB_CALL(ctx, put(((locked_be *)ctx)->in.ctx, key, blob, len));
 }
 static int lb_get(void *ctx, const uint8_t key[16], void *buf, size_t cap, size_t *len) {
+    const locked_be *lb = ctx;
+    if (lb->in.flags & PKV_BACKEND_CONCURRENT_GET) return lb->in.get(lb->in.ctx, key, buf, cap, len);
     LB_CALL(ctx, get(((locked_be *)ctx)->in.ctx, key, buf, cap, len));
 }
 static int lb_exists(void *ctx, const uint8_t key[16]) { LB_CALL(ctx, exists(((locked_be *)ctx)->in.ctx, key)); }

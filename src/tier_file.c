@@ -28,6 +28,7 @@
  * blob and checks its checksum (after a crash, torn slots are found then).
  * Either way every get checks the blob again. */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -302,6 +303,11 @@ typedef struct tier_file {
     int32_t trust_gets; /* the caller checks what get returns: skip the blob checksum there */
     uint8_t *hdr_buf; /* hdr_area bytes: a slot header followed by zeros */
     pkv_detail err;
+    /* Held by every call but scan (which runs when a cache adds the tier, before
+     * any I/O thread exists); get drops it while it reads, so that gets from
+     * several threads read in parallel (PKV_BACKEND_CONCURRENT_GET). */
+    pthread_mutex_t mu;
+    int32_t mu_ok;
 } tier_file;
 
 static inline int32_t slot_slab(const tier_file *tf, int32_t s) { return s / tf->per_slab; }
@@ -452,9 +458,7 @@ static int32_t pop_free(tier_file *tf) {
 }
 
 /* ---- backend calls ---- */
-static int tf_put(void *ctx, const uint8_t key[16], const void *blob, size_t len) {
-    tier_file *tf = ctx;
-    RETURN_IF(!tf || !key || (!blob && len), PKV_ERR_NULL);
+static int tf_put_body(tier_file *tf, const uint8_t key[16], const void *blob, size_t len) {
     tf->err.text[0] = 0;
     if (len > tf->blob_size)
         return pkv__fail(&tf->err, PKV_ERR_INVALID, "file tier: blob of %zu bytes, slots hold %zu", len,
@@ -508,37 +512,67 @@ static int tf_put(void *ctx, const uint8_t key[16], const void *blob, size_t len
     return PKV_OK;
 }
 
+static int tf_put(void *ctx, const uint8_t key[16], const void *blob, size_t len) {
+    tier_file *tf = ctx;
+    RETURN_IF(!tf || !key || (!blob && len), PKV_ERR_NULL);
+    pthread_mutex_lock(&tf->mu);
+    const int st = tf_put_body(tf, key, blob, len);
+    pthread_mutex_unlock(&tf->mu);
+    return st;
+}
+
+/* Reads the slot of key without holding the store: what it read is checked
+ * against the slot's header and checksum, so a put or del that reuses the
+ * slot meanwhile gives a miss, never another blob; the slot is dropped only
+ * if it still holds what was read. */
 static int tf_get(void *ctx, const uint8_t key[16], void *buf, size_t cap, size_t *len) {
     tier_file *tf = ctx;
     RETURN_IF(!tf || !key || !len || (!buf && cap), PKV_ERR_NULL);
+    pthread_mutex_lock(&tf->mu);
     tf->err.text[0] = 0;
     const int64_t pos = map_find(tf, key);
-    if (pos < 0) return PKV_ERR_NOT_FOUND;
+    if (pos < 0) {
+        pthread_mutex_unlock(&tf->mu);
+        return PKV_ERR_NOT_FOUND;
+    }
     const int32_t slot = tf->map[pos];
-    const slot_meta *m = &tf->meta[slot];
-    *len = m->len;
-    if (cap < m->len)
-        return pkv__fail(&tf->err, PKV_ERR_BUFFER, "file tier: blob of %u bytes, buffer of %zu", (unsigned)m->len,
-                         cap);
+    const slot_meta m = tf->meta[slot];
+    *len = m.len;
+    if (cap < m.len) {
+        const int st = pkv__fail(&tf->err, PKV_ERR_BUFFER, "file tier: blob of %u bytes, buffer of %zu",
+                                 (unsigned)m.len, cap);
+        pthread_mutex_unlock(&tf->mu);
+        return st;
+    }
     const int fd = tf->slabs[slot_slab(tf, slot)].fd;
     const uint64_t off = slot_off(tf, slot);
+    const int trust = tf->trust_gets;
     slot_hdr want, have;
-    make_slot_hdr(tf, slot, m, &want);
+    make_slot_hdr(tf, slot, &m, &want);
+    pthread_mutex_unlock(&tf->mu);
     int64_t r = tf_pread(fd, &have, SLOT_HDR, off);
-    int64_t rb = r == SLOT_HDR ? tf_pread(fd, buf, m->len, off + tf->hdr_area) : 0;
+    int64_t rb = r == SLOT_HDR ? tf_pread(fd, buf, m.len, off + tf->hdr_area) : 0;
     if (r < 0 || rb < 0) {
         *len = 0;
-        return tf_fail_errno(tf, r < 0 ? (int)r : (int)rb, "reading", slot);
+        pthread_mutex_lock(&tf->mu);
+        const int st = tf_fail_errno(tf, r < 0 ? (int)r : (int)rb, "reading", slot);
+        pthread_mutex_unlock(&tf->mu);
+        return st;
     }
-    if (r != SLOT_HDR || rb != (int64_t)m->len || memcmp(&want, &have, SLOT_HDR) != 0 ||
-        (!tf->trust_gets && pkv__tier_checksum(buf, m->len, BLOB_SEED, -1) != m->blob_check)) {
+    if (r != SLOT_HDR || rb != (int64_t)m.len || memcmp(&want, &have, SLOT_HDR) != 0 ||
+        (!trust && pkv__tier_checksum(buf, m.len, BLOB_SEED, -1) != m.blob_check)) {
         /* Truncated, overwritten or corrupted behind our back: a miss, and the
          * caller's buffer does not keep the wrong bytes. */
-        if (m->len) memset(buf, 0, m->len);
+        if (m.len) memset(buf, 0, m.len);
         *len = 0;
-        pkv__fail(&tf->err, PKV_ERR_NOT_FOUND, "file tier %s: slot %d failed verification; dropped", tf->dir,
-                  (int)slot);
-        drop_live(tf, (uint32_t)pos);
+        pthread_mutex_lock(&tf->mu);
+        const int64_t now = map_find(tf, key);
+        if (now >= 0 && tf->map[now] == slot && tf->meta[slot].gen == m.gen) {
+            pkv__fail(&tf->err, PKV_ERR_NOT_FOUND, "file tier %s: slot %d failed verification; dropped", tf->dir,
+                      (int)slot);
+            drop_live(tf, (uint32_t)now);
+        }
+        pthread_mutex_unlock(&tf->mu);
         return PKV_ERR_NOT_FOUND;
     }
     return PKV_OK;
@@ -547,12 +581,23 @@ static int tf_get(void *ctx, const uint8_t key[16], void *buf, size_t cap, size_
 static int tf_exists(void *ctx, const uint8_t key[16]) {
     tier_file *tf = ctx;
     RETURN_IF(!tf || !key, PKV_ERR_NULL);
-    return map_find(tf, key) >= 0;
+    pthread_mutex_lock(&tf->mu);
+    const int r = map_find(tf, key) >= 0;
+    pthread_mutex_unlock(&tf->mu);
+    return r;
 }
 
+static int tf_del_body(tier_file *tf, const uint8_t key[16]);
 static int tf_del(void *ctx, const uint8_t key[16]) {
     tier_file *tf = ctx;
     RETURN_IF(!tf || !key, PKV_ERR_NULL);
+    pthread_mutex_lock(&tf->mu);
+    const int st = tf_del_body(tf, key);
+    pthread_mutex_unlock(&tf->mu);
+    return st;
+}
+
+static int tf_del_body(tier_file *tf, const uint8_t key[16]) {
     tf->err.text[0] = 0;
     const int64_t pos = map_find(tf, key);
     if (pos < 0) return PKV_ERR_NOT_FOUND;
@@ -628,6 +673,7 @@ static void tf_close(void *ctx) {
     free(tf->free_stack);
     free(tf->stale);
     free(tf->hdr_buf);
+    if (tf->mu_ok) pthread_mutex_destroy(&tf->mu);
     free(tf);
 }
 
@@ -894,7 +940,12 @@ int pkv_tier_file_open(const char *dir, uint64_t capacity_bytes, size_t blob_siz
                             (long long)MAX_SLOTS);
         } else if (!(tf = calloc(1, sizeof *tf))) {
             rc = pkv__fail(&d, PKV_ERR_NOMEM, "file tier: no memory");
+        } else if (pthread_mutex_init(&tf->mu, NULL) != 0) {
+            free(tf);
+            tf = NULL;
+            rc = pkv__fail(&d, PKV_ERR_NOMEM, "file tier: no mutex");
         } else {
+            tf->mu_ok = 1;
             tf->dirfd = -1;
             tf->flags = flags;
             tf->blob_size = blob_size;
@@ -919,5 +970,6 @@ int pkv_tier_file_open(const char *dir, uint64_t capacity_bytes, size_t blob_siz
     out->del = tf_del;
     out->scan = tf_scan;
     out->close = tf_close;
+    out->flags = PKV_BACKEND_CONCURRENT_GET;
     return PKV_OK;
 }

@@ -451,6 +451,12 @@ static void test_arguments(void) {
     CHECK_INT(pkv_tier_async_start(c, 65), PKV_ERR_INVALID);
     CHECK_OK(pkv_tier_async_start(c, 2));
     CHECK_INT(pkv_tier_async_start(c, 2), PKV_ERR_STATE);
+    CHECK_INT(pkv_cache_add_host_tier(c, 4, 0), PKV_ERR_STATE); /* tiers come first */
+    pkv_tier_backend bad = gate_backend(&g);
+    bad.flags = 0x80;
+    pkv_cache *c2 = make(0, NULL, 0);
+    CHECK_INT(pkv_cache_add_tier(c2, &bad, 4, 0), PKV_ERR_INVALID); /* unknown backend flags */
+    pkv_cache_destroy(c2);
     CHECK_OK(pkv_cache_check(c));
     pkv_cache_destroy(c);
     /* metadata mode: the engine moves the bytes */
@@ -493,12 +499,26 @@ static void *work(void *p) {
     return NULL;
 }
 
-static void test_threads(void) {
+static void test_threads(int file) {
     gate_be g;
     gate_init(&g);
     g.delay_us = 100;
     pkv_tier_backend be = gate_backend(&g);
-    pkv_cache *c = make(1, &be, 2);
+    char dir[] = "/tmp/pkv_async_XXXXXX";
+    pkv_cache *c;
+    if (file) { /* the file tier's gets run in parallel (PKV_BACKEND_CONCURRENT_GET) */
+        CHECK(mkdtemp(dir) != NULL);
+        c = make(1, NULL, 0);
+        size_t blob = 0;
+        CHECK_OK(pkv_tier_blob_size(c, &blob));
+        char detail[256];
+        CHECK_OK(pkv_tier_file_open(dir, (uint64_t)blob * MAXB, blob, 0, &be, detail));
+        CHECK(be.flags & PKV_BACKEND_CONCURRENT_GET);
+        CHECK_OK(pkv_cache_add_tier(c, &be, MAXB, 0));
+        CHECK_OK(pkv_tier_async_start(c, 2));
+    } else {
+        c = make(1, &be, 2);
+    }
     int32_t a[16], b[16];
     prompt_tokens(a, 16, 20000);
     prompt_tokens(b, 16, 30000);
@@ -514,6 +534,11 @@ static void test_threads(void) {
     CHECK(tstats(c).hits > 0);
     pkv_cache_destroy(c);
     gate_free(&g);
+    if (file) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        CHECK(system(cmd) == 0);
+    }
 }
 
 /* The file tier under I/O threads. */
@@ -638,7 +663,8 @@ int main(void) {
     test_refusals_and_bytes();
     test_failed_load_cuts();
     test_free_sync_and_destroy();
-    test_threads();
+    test_threads(0);
+    test_threads(1);
     test_file_tier();
     test_random();
     return test_report("test_tier_async");
