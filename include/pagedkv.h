@@ -848,6 +848,76 @@ PKV_API int pkv_seq_load_poll(pkv_cache *cache, pkv_seq seq, int32_t *loading_to
 PKV_API int pkv_seq_load_wait(pkv_cache *cache, pkv_seq seq, int32_t *length);
 
 /* ------------------------------------------------------------------------- */
+/* KV groups (since 1.3)                                                     */
+/* ------------------------------------------------------------------------- */
+
+/* Hybrid models keep several kinds of KV: Gemma 3 interleaves sliding-window
+ * layers (W = 1024) with full-attention ones, DeepSeek V3.2 keeps an indexer
+ * key cache beside its MLA cache. A groups object holds one cache per group
+ * (each with its own layers, geometry, dtype, block size, pool, and window:
+ * pkv_config.window > 0 makes a sliding-window group, whose blocks that leave
+ * the window are released, -1 in its tables), and a group sequence holds one
+ * sequence in each, kept in step:
+ *  - pkv_groups_append takes blocks in every group or in none: it checks and
+ *    reserves in all groups (capacity, memory) before it changes any;
+ *  - truncate and fork likewise; free frees all members;
+ *  - pkv_groups_lookup starts a group sequence from a prompt: the hit is the
+ *    shortest of the groups' hits (a group without prefix caching hits 0;
+ *    window groups have no prefix caching yet, so a hybrid with a window
+ *    group starts from 0).
+ * Everything that reads a group's blocks works on that group's cache with the
+ * member's handle (pkv_groups_cache, pkv_groups_seq_handle): exports, blocks,
+ * slot mappings, pkv_store_write at the slots an append returned, attention.
+ * Calls that would change a member alone (append, lookahead, accept,
+ * truncate, fork, free, swap) are refused on it with PKV_ERR_STATE.
+ * Thread safety: all groups' configs PKV_FLAG_THREAD_SAFE or none; the
+ * groups object then serializes its calls and takes the caches' locks. */
+typedef struct pkv_groups pkv_groups;
+
+/*! Creates n (1..8) group caches from cfgs[0..n) (each as pkv_cache_create
+ *  takes it). @return PKV_OK; PKV_ERR_NULL, PKV_ERR_INVALID (n, a config, or
+ *  thread safety mixed), PKV_ERR_NOMEM. Nothing is left on error. */
+PKV_API int pkv_groups_create(const pkv_config *const *cfgs, int32_t n, pkv_groups **out);
+/*! Destroys the groups object and its caches (NULL is ignored). */
+PKV_API void pkv_groups_destroy(pkv_groups *groups);
+/*! The reason for the last failed call on groups ("group i: ..." when a
+ *  group's cache refused), "" after a success. */
+PKV_API const char *pkv_groups_last_error(const pkv_groups *groups);
+/*! Group i's cache (owned by groups: never destroy it). @return PKV_OK;
+ *  PKV_ERR_NULL, PKV_ERR_INVALID (i). */
+PKV_API int pkv_groups_cache(pkv_groups *groups, int32_t i, pkv_cache **out);
+/*! A new empty group sequence in namespace ns. @return PKV_OK; PKV_ERR_NULL, PKV_ERR_NOMEM. */
+PKV_API int pkv_groups_seq_create(pkv_groups *groups, uint64_t ns, pkv_seq *out);
+/*! The handle of seq's member in group i's cache. @return PKV_OK;
+ *  PKV_ERR_NULL, PKV_ERR_NO_SEQ, PKV_ERR_INVALID (i). */
+PKV_API int pkv_groups_seq_handle(pkv_groups *groups, pkv_seq seq, int32_t i, pkv_seq *out);
+/*! Tokens of seq (the same in every group). */
+PKV_API int pkv_groups_length(pkv_groups *groups, pkv_seq seq, int32_t *out);
+/*! pkv_seq_append in every group, all or nothing: slots (may be NULL) holds
+ *  one output array per group (each NULL or [n]: that group's slots), cow (may
+ *  be NULL in host mode) one pkv_block_copy per group. tokens as
+ *  pkv_seq_append takes them (recorded in every group).
+ *  @return PKV_OK; PKV_ERR_NO_SEQ; the first group's refusal (PKV_ERR_CAPACITY
+ *  when a group's pool is short, ...), with no group changed. */
+PKV_API int pkv_groups_append(pkv_groups *groups, pkv_seq seq, int32_t n, const int32_t *tokens,
+                              int64_t *const *slots, pkv_block_copy *cow);
+/*! Blocks an append of n tokens would take in each group: per_group[0..n_groups). */
+PKV_API int pkv_groups_blocks_needed(pkv_groups *groups, pkv_seq seq, int32_t n, int32_t *per_group);
+/*! pkv_seq_truncate in every group, all or nothing (a window group refuses a
+ *  length whose window needs blocks it released). */
+PKV_API int pkv_groups_truncate(pkv_groups *groups, pkv_seq seq, int32_t new_len);
+/*! pkv_seq_fork in every group, all or nothing. */
+PKV_API int pkv_groups_fork(pkv_groups *groups, pkv_seq parent, pkv_seq *child);
+/*! Frees seq in every group. @return PKV_OK; PKV_ERR_NO_SEQ. */
+PKV_API int pkv_groups_free(pkv_groups *groups, pkv_seq seq);
+/*! A group sequence from a prompt: pkv_prefix_lookup in every group with
+ *  prefix caching, an empty member elsewhere; *cached_tokens = the shortest
+ *  hit, every member truncated to it. @return as pkv_prefix_lookup; on error
+ *  no group sequence is made (blocks a lookup promoted from tiers stay cached). */
+PKV_API int pkv_groups_lookup(pkv_groups *groups, uint64_t ns, const int32_t *tokens, int32_t n, pkv_seq *out,
+                              int32_t *cached_tokens);
+
+/* ------------------------------------------------------------------------- */
 /* Attention (FlashMLA argument convention)                                  */
 /* ------------------------------------------------------------------------- */
 typedef struct pkv_attn_args {

@@ -136,6 +136,7 @@ typedef struct pkv_seq_rec {
                            * (their entries in blocks[] are -1) */
     int32_t swapped;      /* 1: swapped out (swap.c): blocks[] holds tier-0 slots (metadata
                            * mode) or nothing (host mode: the rows are in swap_buf) */
+    int32_t grouped;      /* 1: a sequence of a KV group (groups.c): changed only through pkv_groups_* */
     void *swap_buf;       /* host mode: the rows of a swapped-out sequence */
     size_t swap_size;     /* its size in bytes (at least the rows') */
     uint64_t ns;          /* namespace */
@@ -558,6 +559,30 @@ void swap_release(pkv_cache *c, pkv_seq_rec *r);
 void swap_destroy(pkv_cache *c);
 int swap_check(pkv_cache *c, pkv_detail *d);
 
+/* An append split for KV groups (ops.c): prepare validates and reserves (the
+ * only step that can fail), commit changes the cache, abandon releases what
+ * a prepare reserved when the append is not committed. */
+typedef struct append_plan {
+    pkv_seq_rec *r;
+    int32_t n, new_blocks, cow_needed, spare_cap;
+    int32_t *spare;
+    const int32_t *tokens;
+    int64_t *slots;
+    pkv_block_copy *cow;
+    int record_tokens, auto_reg, lookahead;
+} append_plan;
+int cache_append_prepare(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *tokens, int64_t *slots,
+                         pkv_block_copy *cow, int lookahead, append_plan *pl);
+void cache_append_commit(pkv_cache *c, append_plan *pl);
+void cache_append_abandon(pkv_cache *c, append_plan *pl);
+/* Fork and truncate split the same way (no abandon needed: a prepared record
+ * slot is only capacity). */
+int cache_fork_prepare(pkv_cache *c, pkv_seq parent, int32_t *idx);
+pkv_seq cache_fork_commit(pkv_cache *c, pkv_seq parent, int32_t idx);
+int cache_truncate_check(pkv_cache *c, pkv_seq seq, int32_t new_len);
+void cache_truncate_commit(pkv_cache *c, pkv_seq seq, int32_t new_len);
+/* The body of pkv_prefix_lookup_ex (the caller holds the cache). */
+int cache_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, pkv_seq *out, int32_t *cached);
 /* PKV_OK, or PKV_ERR_STATE (recorded, naming what) when one of r's blocks is
  * still loading from a tier (ops.c). */
 int cache_seq_loading(pkv_cache *c, const pkv_seq_rec *r, const char *what);

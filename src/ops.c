@@ -179,8 +179,11 @@ static int32_t window_keep_from(const pkv_cache *c, int32_t settled) {
     return first_key > 0 ? (int32_t)(first_key / c->pool.block_size) : 0;
 }
 
-static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *tokens, int64_t *slots,
-                         pkv_block_copy *cow, int lookahead) {
+/* An append in two steps (KV groups run the first on every group's cache
+ * before the second on any): prepare validates and reserves everything that
+ * can fail; commit cannot fail; abandon undoes a prepare not committed. */
+int cache_append_prepare(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *tokens, int64_t *slots,
+                         pkv_block_copy *cow, int lookahead, append_plan *pl) {
     int st;
     pkv_seq_rec *r = resident_seq(c, h, &st);
     if (!r) return st;
@@ -206,14 +209,30 @@ static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *toke
     if (st < 0) return cache_fail(c, st, "append of %d tokens: no memory for the transfer list", n);
     st = seq_reserve(&c->seqs, r, r->nblocks + new_blocks, record_tokens ? (int32_t)new_len - r->tok_base : 0);
     if (st < 0) return cache_fail(c, st, "append of %d tokens: no memory for the block list", n);
-    int32_t spare_cap, *spare = NULL;
+    int32_t spare_cap = 0, *spare = NULL;
     if (auto_reg && record_tokens) {
         /* After the ids have grown to their new length. */
         spare = spare_tokens(c, r, new_len, &spare_cap, &st);
         if (st < 0) return cache_fail(c, st, "append of %d tokens: no memory for the token ids", n);
     }
+    *pl = (append_plan){r, n, new_blocks, cow_needed, spare_cap, spare, tokens, slots, cow,
+                        record_tokens, auto_reg, lookahead};
+    return PKV_OK;
+}
 
-    /* From here on nothing can fail. */
+void cache_append_abandon(pkv_cache *c, append_plan *pl) {
+    if (pl->spare) pkv_mem_free(&c->al, pl->spare);
+    pl->spare = NULL;
+}
+
+void cache_append_commit(pkv_cache *c, append_plan *pl) {
+    pkv_seq_rec *r = pl->r;
+    const int32_t n = pl->n, new_blocks = pl->new_blocks, cow_needed = pl->cow_needed, spare_cap = pl->spare_cap;
+    int32_t *spare = pl->spare;
+    const int32_t *tokens = pl->tokens;
+    int64_t *slots = pl->slots;
+    pkv_block_copy *cow = pl->cow;
+    const int record_tokens = pl->record_tokens, auto_reg = pl->auto_reg, lookahead = pl->lookahead;
     if (cow_needed) {
         int32_t src = r->blocks[r->nblocks - 1];
         int32_t dst = take_block(c);
@@ -242,21 +261,48 @@ static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *toke
      * reaches, as of the length settled before this append (its own tokens'
      * queries, being computed now, still read the blocks before them). */
     if (c->cfg.window > 0) seq_release_before(&c->seqs, r, window_keep_from(c, old_settled));
+}
+
+static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *tokens, int64_t *slots,
+                         pkv_block_copy *cow, int lookahead) {
+    append_plan pl;
+    int st = cache_append_prepare(c, h, n, tokens, slots, cow, lookahead, &pl);
+    if (st == PKV_OK) cache_append_commit(c, &pl);
+    return st;
+}
+
+int cache_fork_prepare(pkv_cache *c, pkv_seq parent, int32_t *idx) {
+    int st;
+    if (!resident_seq(c, parent, &st)) return st;
+    st = seq_slot_prepare(&c->seqs, idx);
+    const pkv_seq_rec *p = seq_get(&c->seqs, parent); /* the record table may have moved */
+    if (st == PKV_OK) st = seq_reserve(&c->seqs, &c->seqs.seqs[*idx], p->nblocks, p->ntokens - p->tok_base);
+    if (st == PKV_OK) st = seq_reserve_mm(&c->seqs, &c->seqs.seqs[*idx], p->nmm);
+    if (st < 0) return cache_fail(c, st, "fork: no memory for the child's record");
     return PKV_OK;
 }
 
-static int seq_fork_op(pkv_cache *c, pkv_seq parent, pkv_seq *child) {
-    int st;
-    if (!resident_seq(c, parent, &st)) return st;
-    int32_t idx;
-    st = seq_slot_prepare(&c->seqs, &idx);
-    const pkv_seq_rec *p = seq_get(&c->seqs, parent); /* the record table may have moved */
-    if (st == PKV_OK) st = seq_reserve(&c->seqs, &c->seqs.seqs[idx], p->nblocks, p->ntokens - p->tok_base);
-    if (st == PKV_OK) st = seq_reserve_mm(&c->seqs, &c->seqs.seqs[idx], p->nmm);
-    if (st < 0) return cache_fail(c, st, "fork: no memory for the child's record");
+pkv_seq cache_fork_commit(pkv_cache *c, pkv_seq parent, int32_t idx) {
+    const pkv_seq_rec *p = seq_get(&c->seqs, parent);
     pkv_seq_rec *r = seq_slot_commit(&c->seqs, idx, p->ns);
     seq_copy(&c->seqs, p, r);
-    *child = seq_handle(&c->seqs, r);
+    return seq_handle(&c->seqs, r);
+}
+
+static int seq_fork_op(pkv_cache *c, pkv_seq parent, pkv_seq *child) {
+    int32_t idx;
+    int st = cache_fork_prepare(c, parent, &idx);
+    if (st == PKV_OK) *child = cache_fork_commit(c, parent, idx);
+    return st;
+}
+
+/* A sequence of a KV group is changed only through pkv_groups_* (which keeps
+ * the groups in step). */
+static int refuse_grouped(pkv_cache *c, pkv_seq h) {
+    const pkv_seq_rec *r = seq_get(&c->seqs, h);
+    if (r && r->grouped)
+        return cache_fail(c, PKV_ERR_STATE, "sequence %lld belongs to a KV group: change it through pkv_groups_*",
+                          (long long)h);
     return PKV_OK;
 }
 
@@ -347,7 +393,17 @@ static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
     return PKV_OK;
 }
 
+int cache_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, pkv_seq *out, int32_t *cached) {
+    return prefix_lookup_op(c, ns, tokens, n, NULL, out, cached, 0);
+}
+
 /* ---- public entry points: lock, arguments, body ---- */
+
+#define FORWARD_GROUPED(c, h)                          \
+    do {                                               \
+        int gst_ = refuse_grouped((c), (h));           \
+        if (gst_ < 0) CACHE_LEAVE((c), gst_);          \
+    } while (0)
 
 int pkv_seq_create(pkv_cache *c, uint64_t ns, pkv_seq *out) {
     CACHE_ENTER(c);
@@ -362,17 +418,20 @@ int pkv_seq_create(pkv_cache *c, uint64_t ns, pkv_seq *out) {
 int pkv_seq_append(pkv_cache *c, pkv_seq seq, int32_t n, const int32_t *tokens, int64_t *slots,
                    pkv_block_copy *cow) {
     CACHE_ENTER(c);
+    FORWARD_GROUPED(c, seq);
     CACHE_LEAVE(c, seq_append_op(c, seq, n, tokens, slots, cow, 0));
 }
 
 int pkv_seq_append_lookahead(pkv_cache *c, pkv_seq seq, int32_t n, const int32_t *tokens, int64_t *slots,
                              pkv_block_copy *cow) {
     CACHE_ENTER(c);
+    FORWARD_GROUPED(c, seq);
     CACHE_LEAVE(c, seq_append_op(c, seq, n, tokens, slots, cow, 1));
 }
 
 int pkv_seq_accept(pkv_cache *c, pkv_seq seq, int32_t accepted) {
     CACHE_ENTER(c);
+    FORWARD_GROUPED(c, seq);
     int rst;
     pkv_seq_rec *r = resident_seq(c, seq, &rst);
     if (!r) CACHE_LEAVE(c, rst);
@@ -417,30 +476,43 @@ int pkv_seq_blocks_needed(pkv_cache *c, pkv_seq seq, int32_t n, int32_t *out) {
     CACHE_LEAVE(c, PKV_OK);
 }
 
-int pkv_seq_truncate(pkv_cache *c, pkv_seq seq, int32_t new_len) {
-    CACHE_ENTER(c);
+int cache_truncate_check(pkv_cache *c, pkv_seq seq, int32_t new_len) {
     int rst;
     pkv_seq_rec *r = resident_seq(c, seq, &rst);
-    if (!r) CACHE_LEAVE(c, rst);
+    if (!r) return rst;
     if (new_len < 0 || new_len > r->len)
-        CACHE_LEAVE(c, cache_fail(c, PKV_ERR_INVALID, "truncate to %d outside [0, %d]", new_len, r->len));
+        return cache_fail(c, PKV_ERR_INVALID, "truncate to %d outside [0, %d]", new_len, r->len);
     if (r->nreleased > window_keep_from(c, new_len))
-        CACHE_LEAVE(c, cache_fail(c, PKV_ERR_STATE,
-                                  "truncate to %d: its window (from token %d) needs blocks the window released "
-                                  "(the first %d)", new_len, new_len + 1 - c->cfg.window, r->nreleased));
+        return cache_fail(c, PKV_ERR_STATE,
+                          "truncate to %d: its window (from token %d) needs blocks the window released "
+                          "(the first %d)", new_len, new_len + 1 - c->cfg.window, r->nreleased);
+    return PKV_OK;
+}
+
+void cache_truncate_commit(pkv_cache *c, pkv_seq seq, int32_t new_len) {
+    pkv_seq_rec *r = seq_get(&c->seqs, seq);
     int32_t j = seq_truncate_needs_tokens(&c->seqs, r, new_len);
     seq_truncate(&c->seqs, r, new_len, j >= 0 ? prefix_block_tokens(c->prefix, r->blocks[j]) : NULL);
-    CACHE_LEAVE(c, PKV_OK);
+}
+
+int pkv_seq_truncate(pkv_cache *c, pkv_seq seq, int32_t new_len) {
+    CACHE_ENTER(c);
+    int st = refuse_grouped(c, seq);
+    if (st == PKV_OK) st = cache_truncate_check(c, seq, new_len);
+    if (st == PKV_OK) cache_truncate_commit(c, seq, new_len);
+    CACHE_LEAVE(c, st);
 }
 
 int pkv_seq_fork(pkv_cache *c, pkv_seq parent, pkv_seq *child) {
     CACHE_ENTER(c);
+    FORWARD_GROUPED(c, parent);
     CACHE_NULL_IF(c, !child, "child");
     CACHE_LEAVE(c, seq_fork_op(c, parent, child));
 }
 
 int pkv_seq_free(pkv_cache *c, pkv_seq seq) {
     CACHE_ENTER(c);
+    FORWARD_GROUPED(c, seq);
     pkv_seq_rec *r = live_seq(c, seq);
     if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
     swap_release(c, r);
@@ -715,6 +787,7 @@ int pkv_tier_transfers_drain(pkv_cache *c, pkv_tier_transfer *out, int32_t cap, 
 
 int pkv_seq_swap_out(pkv_cache *c, pkv_seq seq) {
     CACHE_ENTER(c);
+    FORWARD_GROUPED(c, seq);
     pkv_seq_rec *r = live_seq(c, seq);
     if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
     if (aio_inflight(c)) reap_loads(c, 0);
@@ -725,6 +798,7 @@ int pkv_seq_swap_out(pkv_cache *c, pkv_seq seq) {
 
 int pkv_seq_swap_in(pkv_cache *c, pkv_seq seq) {
     CACHE_ENTER(c);
+    FORWARD_GROUPED(c, seq);
     pkv_seq_rec *r = live_seq(c, seq);
     if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
     CACHE_LEAVE(c, swap_in_op(c, r));

@@ -32,7 +32,7 @@ module() { # path of an object -> module name
         */attn/*) echo attn ;;
         */fp8*.o) echo fp8 ;;
         */tier_file*.o) echo tier_file ;;
-        */ops.o|*/swap.o) echo cache ;;
+        */ops.o|*/swap.o|*/groups.o) echo cache ;;
         *) basename "$1" .o ;;
     esac
 }

@@ -1,0 +1,251 @@
+/* KV groups (pkv_groups_*): a random run of creates, appends, truncations,
+ * forks and frees on a groups object of a full-attention group and a
+ * sliding-window group (different block sizes, pools, storage modes), checked
+ * against an independent expectation: one standalone cache per group, built
+ * from the same config and given the same operations one by one. Every group
+ * sequence's members must then equal the standalone sequences exactly (length,
+ * block ids, slots, copy-on-write copies), an append must take blocks in both
+ * groups or in neither (a short window pool refuses while the full one has
+ * room, and the full group is then unchanged), a truncation the window refuses
+ * changes neither group, and calls that would change one member alone are
+ * refused. Then lookups across two full groups with prefix caching. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "pagedkv.h"
+#include "test.h"
+
+enum { NG = 2, MAXS = 12, MAXB = 64 };
+
+static uint64_t rs = 0x243f6a8885a308d3ull;
+static uint32_t rnd(uint32_t n) {
+    rs ^= rs << 13;
+    rs ^= rs >> 7;
+    rs ^= rs << 17;
+    return (uint32_t)(rs % n);
+}
+
+static void configs(pkv_config cfg[NG]) {
+    pkv_config_init(&cfg[0]); /* full attention, host mode */
+    cfg[0].num_blocks = 40;
+    cfg[0].block_size = 4;
+    cfg[0].storage = PKV_STORAGE_HOST;
+    cfg[0].num_layers = 1;
+    cfg[0].h_kv = 1;
+    cfg[0].d = 8;
+    cfg[0].dv = 8;
+    cfg[0].kv_dtype = PKV_F32;
+    pkv_config_init(&cfg[1]); /* a window of 6 tokens, metadata mode, a short pool */
+    cfg[1].num_blocks = 14;
+    cfg[1].block_size = 2;
+    cfg[1].window = 6;
+}
+
+typedef struct shadow {
+    pkv_cache *c[NG];
+} shadow;
+
+static int32_t avail(pkv_cache *c) {
+    pkv_stats st = PKV_STATS_INIT;
+    CHECK_OK(pkv_cache_stats(c, &st));
+    return st.free_blocks + st.evictable_blocks;
+}
+
+static void same_member(pkv_groups *g, pkv_seq gs, int i, pkv_cache *sc, pkv_seq ss) {
+    pkv_cache *gc;
+    pkv_seq m;
+    CHECK_OK(pkv_groups_cache(g, i, &gc));
+    CHECK_OK(pkv_groups_seq_handle(g, gs, i, &m));
+    int32_t la = -1, lb = -2, na = 0, nb = 0, ba[MAXB], bb[MAXB];
+    CHECK_OK(pkv_seq_length(gc, m, &la));
+    CHECK_OK(pkv_seq_length(sc, ss, &lb));
+    CHECK_INT(la, lb);
+    CHECK_OK(pkv_seq_blocks(gc, m, ba, MAXB, &na));
+    CHECK_OK(pkv_seq_blocks(sc, ss, bb, MAXB, &nb));
+    CHECK_INT(na, nb);
+    int diff = 0;
+    for (int32_t k = 0; k < na && k < nb; k++) diff += ba[k] != bb[k];
+    CHECK_INT(diff, 0);
+}
+
+static void test_random_model(void) {
+    pkv_config cfg[NG];
+    configs(cfg);
+    const pkv_config *cp[NG] = {&cfg[0], &cfg[1]};
+    pkv_groups *g = NULL;
+    CHECK_OK(pkv_groups_create(cp, NG, &g));
+    shadow sh;
+    for (int i = 0; i < NG; i++) CHECK_OK(pkv_cache_create(&cfg[i], &sh.c[i]));
+    pkv_seq gs[MAXS], ss[MAXS][NG];
+    int ns = 0;
+    long refused_capacity = 0, refused_window = 0, appended = 0;
+    const long ops = test_scaled(20000) < 500 ? 500 : test_scaled(20000);
+    for (long op = 0; op < ops; op++) {
+        uint32_t k = rnd(100);
+        if (k < 12 && ns < MAXS) {
+            CHECK_OK(pkv_groups_seq_create(g, 7, &gs[ns]));
+            for (int i = 0; i < NG; i++) CHECK_OK(pkv_seq_create(sh.c[i], 7, &ss[ns][i]));
+            ns++;
+        } else if (k < 55 && ns) {
+            int s = (int)rnd((uint32_t)ns);
+            int32_t n = 1 + (int32_t)rnd(7), need[NG], toks[8];
+            for (int32_t t = 0; t < n; t++) toks[t] = (int32_t)rnd(50);
+            int fits = 1;
+            for (int i = 0; i < NG; i++) {
+                CHECK_OK(pkv_seq_blocks_needed(sh.c[i], ss[s][i], n, &need[i]));
+                fits &= need[i] <= avail(sh.c[i]);
+            }
+            int32_t per[NG];
+            CHECK_OK(pkv_groups_blocks_needed(g, gs[s], n, per));
+            CHECK_INT(per[0], need[0]);
+            CHECK_INT(per[1], need[1]);
+            int64_t gsl[NG][8], ssl[NG][8];
+            int64_t *gslots[NG] = {gsl[0], gsl[1]};
+            pkv_block_copy gcow[NG], scow[NG];
+            int st = pkv_groups_append(g, gs[s], n, toks, gslots, gcow);
+            if (!fits) {
+                CHECK_INT(st, PKV_ERR_CAPACITY);
+                CHECK(strstr(pkv_groups_last_error(g), "group") != NULL);
+                refused_capacity++;
+            } else {
+                CHECK_OK(st);
+                appended++;
+                for (int i = 0; i < NG; i++) {
+                    CHECK_OK(pkv_seq_append(sh.c[i], ss[s][i], n, toks, ssl[i], &scow[i]));
+                    int diff = 0;
+                    for (int32_t t = 0; t < n; t++) diff += gsl[i][t] != ssl[i][t];
+                    CHECK_INT(diff, 0);
+                    CHECK_INT(gcow[i].src, scow[i].src);
+                    CHECK_INT(gcow[i].dst, scow[i].dst);
+                }
+            }
+        } else if (k < 70 && ns) {
+            int s = (int)rnd((uint32_t)ns);
+            int32_t len;
+            CHECK_OK(pkv_groups_length(g, gs[s], &len));
+            int32_t to = (int32_t)rnd((uint32_t)len + 1);
+            /* the window group refuses first, changing nothing; the full one never refuses */
+            int sst = pkv_seq_truncate(sh.c[1], ss[s][1], to);
+            int st = pkv_groups_truncate(g, gs[s], to);
+            CHECK_INT(st, sst);
+            if (sst == PKV_OK) CHECK_OK(pkv_seq_truncate(sh.c[0], ss[s][0], to));
+            else refused_window++;
+        } else if (k < 80 && ns && ns < MAXS) {
+            int s = (int)rnd((uint32_t)ns);
+            CHECK_OK(pkv_groups_fork(g, gs[s], &gs[ns]));
+            for (int i = 0; i < NG; i++) CHECK_OK(pkv_seq_fork(sh.c[i], ss[s][i], &ss[ns][i]));
+            ns++;
+        } else if (k < 92 && ns) {
+            int s = (int)rnd((uint32_t)ns);
+            CHECK_OK(pkv_groups_free(g, gs[s]));
+            for (int i = 0; i < NG; i++) CHECK_OK(pkv_seq_free(sh.c[i], ss[s][i]));
+            CHECK_INT(pkv_groups_free(g, gs[s]), PKV_ERR_NO_SEQ); /* a stale handle */
+            ns--;
+            gs[s] = gs[ns];
+            for (int i = 0; i < NG; i++) ss[s][i] = ss[ns][i];
+        } else if (ns) {
+            /* a member cannot be changed alone; reading it works */
+            int s = (int)rnd((uint32_t)ns), i = (int)rnd(NG);
+            pkv_cache *gc;
+            pkv_seq m, child;
+            CHECK_OK(pkv_groups_cache(g, i, &gc));
+            CHECK_OK(pkv_groups_seq_handle(g, gs[s], i, &m));
+            pkv_block_copy cow;
+            CHECK_INT(pkv_seq_append(gc, m, 1, NULL, NULL, &cow), PKV_ERR_STATE);
+            CHECK_INT(pkv_seq_truncate(gc, m, 0), PKV_ERR_STATE);
+            CHECK_INT(pkv_seq_fork(gc, m, &child), PKV_ERR_STATE);
+            CHECK_INT(pkv_seq_free(gc, m), PKV_ERR_STATE);
+            int32_t table[MAXB], lens[1], need = 0;
+            CHECK_OK(pkv_export_flashmla(gc, &m, 1, table, MAXB, lens, &need));
+        }
+        for (int s = 0; s < ns; s++)
+            for (int i = 0; i < NG; i++) same_member(g, gs[s], i, sh.c[i], ss[s][i]);
+        for (int i = 0; i < NG; i++) {
+            pkv_cache *gc;
+            CHECK_OK(pkv_groups_cache(g, i, &gc));
+            CHECK_OK(pkv_cache_check(gc));
+            CHECK_INT(avail(gc), avail(sh.c[i]));
+        }
+    }
+    /* the run met both kinds of refusal, and did work */
+    CHECK(refused_capacity > 0);
+    CHECK(refused_window > 0);
+    CHECK(appended > 0);
+    pkv_groups_destroy(g);
+    for (int i = 0; i < NG; i++) pkv_cache_destroy(sh.c[i]);
+}
+
+static void test_lookup_and_arguments(void) {
+    pkv_config a, b;
+    pkv_config_init(&a); /* an MLA-like group, block size 4 */
+    a.num_blocks = 32;
+    a.block_size = 4;
+    a.flags = PKV_FLAG_PREFIX_CACHE | PKV_FLAG_AUTO_REGISTER;
+    pkv_config_init(&b); /* an indexer-key group, block size 8 */
+    b.num_blocks = 16;
+    b.block_size = 8;
+    b.flags = PKV_FLAG_PREFIX_CACHE | PKV_FLAG_AUTO_REGISTER;
+    b.d = 128;
+    b.dv = 128;
+    const pkv_config *cp[2] = {&a, &b};
+    pkv_groups *g = NULL;
+    CHECK_INT(pkv_groups_create(cp, 0, &g), PKV_ERR_INVALID);
+    CHECK_INT(pkv_groups_create(cp, 9, &g), PKV_ERR_INVALID);
+    CHECK_INT(pkv_groups_create(NULL, 2, &g), PKV_ERR_NULL);
+    pkv_config ts = a;
+    ts.flags |= PKV_FLAG_THREAD_SAFE;
+    const pkv_config *mixed[2] = {&ts, &b};
+    CHECK_INT(pkv_groups_create(mixed, 2, &g), PKV_ERR_INVALID);
+    CHECK(g == NULL);
+    CHECK_OK(pkv_groups_create(cp, 2, &g));
+    int32_t toks[30];
+    for (int i = 0; i < 30; i++) toks[i] = 100 + i;
+    pkv_seq s, t;
+    pkv_block_copy cow[2];
+    CHECK_OK(pkv_groups_seq_create(g, 1, &s));
+    CHECK_OK(pkv_groups_append(g, s, 30, toks, NULL, cow));
+    CHECK_OK(pkv_groups_free(g, s));
+    int32_t cached = -1, len = -1;
+    /* group a has 7 full blocks (28 tokens), group b 3 (24): the hit is 24 */
+    CHECK_OK(pkv_groups_lookup(g, 1, toks, 30, &t, &cached));
+    CHECK_INT(cached, 24);
+    CHECK_OK(pkv_groups_length(g, t, &len));
+    CHECK_INT(len, 24);
+    for (int i = 0; i < 2; i++) {
+        pkv_cache *c;
+        pkv_seq m;
+        CHECK_OK(pkv_groups_cache(g, i, &c));
+        CHECK_OK(pkv_groups_seq_handle(g, t, i, &m));
+        CHECK_OK(pkv_seq_length(c, m, &len));
+        CHECK_INT(len, 24);
+        CHECK_OK(pkv_cache_check(c));
+    }
+    /* another namespace: no hit */
+    pkv_seq u;
+    CHECK_OK(pkv_groups_lookup(g, 2, toks, 30, &u, &cached));
+    CHECK_INT(cached, 0);
+    /* arguments */
+    pkv_seq m;
+    CHECK_INT(pkv_groups_seq_handle(g, t, 2, &m), PKV_ERR_INVALID);
+    CHECK_INT(pkv_groups_seq_handle(g, t, -1, &m), PKV_ERR_INVALID);
+    CHECK_INT(pkv_groups_seq_handle(g, 12345, 0, &m), PKV_ERR_NO_SEQ);
+    CHECK_INT(pkv_groups_append(g, t, -1, NULL, NULL, cow), PKV_ERR_INVALID);
+    CHECK_INT(pkv_groups_append(g, t, 1, NULL, NULL, NULL), PKV_ERR_NULL); /* metadata mode needs cow */
+    CHECK_INT(pkv_groups_truncate(g, t, 25), PKV_ERR_INVALID);
+    CHECK_INT(pkv_groups_lookup(g, 1, NULL, 3, &u, &cached), PKV_ERR_NULL);
+    CHECK_INT(pkv_groups_lookup(g, 1, toks, -1, &u, &cached), PKV_ERR_INVALID);
+    CHECK_INT(pkv_groups_length(g, t, NULL), PKV_ERR_NULL);
+    CHECK_INT(pkv_groups_length(NULL, t, &len), PKV_ERR_NULL);
+    pkv_cache *c;
+    CHECK_INT(pkv_groups_cache(g, 5, &c), PKV_ERR_INVALID);
+    CHECK_OK(pkv_groups_free(g, t));
+    CHECK_OK(pkv_groups_free(g, u));
+    pkv_groups_destroy(g);
+    pkv_groups_destroy(NULL);
+}
+
+int main(void) {
+    test_lookup_and_arguments();
+    test_random_model();
+    return test_report("test_groups");
+}
