@@ -146,7 +146,13 @@ class Cache(_pagedkv.Cache):
     export_flashmla(seqs), export_flashinfer(seqs), slot_mapping(seqs), write(layer, slots, k, v=None),
     read(layer, slots), arenas(layer), add_host_tier(capacity_blocks, write_through=False),
     add_file_tier(dir, capacity_bytes, fsync=False), tier_stats(tier), drain_transfers(array=False),
+    start_async_loads(io_threads), lookup_async(tokens, namespace=0, adapter=0, mm=None),
     stats(), check(), refcount(block_id); properties config, closed, last_error.
+
+    Asynchronous loads (host mode, file tiers): after start_async_loads(n), lookup_async returns
+    (seq, ready_tokens, loading_tokens) at once while n I/O threads read the blocks found in
+    backend tiers; seq.load_poll() -> (loading_tokens, length) and seq.load_wait() -> length
+    tell when they are in. Until then calls that read or extend seq raise StateError.
     """
 
     def drain_transfers(self, array=False):

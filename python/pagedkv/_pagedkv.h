@@ -3,7 +3,8 @@
  *   cache.c     the Cache type: sequences, prefix cache, batch append, exports, storage
  *   seq.c       the Sequence type
  *   attn.c      attention (worker pools) and FP8 MLA rows
- *   tiers.c     extra keys, lookup / peek, evict / reset, events, tiers, swap
+ *   tiers.c     extra keys, lookup / peek, evict / reset, events, tiers, swap,
+ *               asynchronous loads
  *   dlpack.c    the DLPack importer (torch tensors, bfloat16 included)
  * Everything here is hidden in the extension (-fvisibility=hidden) except PyInit. */
 #ifndef PAGEDKV_PY_H
@@ -104,12 +105,16 @@ PyObject *cache_add_file_tier(CacheObject *self, PyObject *args, PyObject *kw);
 PyObject *cache_tier_stats(CacheObject *self, PyObject *arg);
 PyObject *cache_drain_transfers(CacheObject *self, PyObject *unused);
 PyObject *cache_drain_transfers_raw(CacheObject *self, PyObject *unused);
+PyObject *cache_start_async_loads(CacheObject *self, PyObject *arg);
+PyObject *cache_lookup_async(CacheObject *self, PyObject *args, PyObject *kw);
 PyObject *seq_set_adapter(SeqObject *self, PyObject *arg);
 PyObject *seq_add_mm(SeqObject *self, PyObject *args, PyObject *kw);
 PyObject *seq_extra_keys(SeqObject *self, PyObject *unused);
 PyObject *seq_swap_out(SeqObject *self, PyObject *unused);
 PyObject *seq_swap_in(SeqObject *self, PyObject *unused);
 PyObject *seq_get_swapped(SeqObject *self, void *unused);
+PyObject *seq_load_poll(SeqObject *self, PyObject *unused);
+PyObject *seq_load_wait(SeqObject *self, PyObject *unused);
 PyObject *mod_attn(PyObject *mod, PyObject *args);
 PyObject *mod_mla656(PyObject *mod, PyObject *args);
 PyObject *mod_from_dlpack(PyObject *mod, PyObject *obj);

@@ -613,6 +613,15 @@ static PyMethodDef cache_methods[] = {
      "slab files in dir (host mode). A directory of an earlier run with the same hash_key and geometry is indexed "
      "again. capacity_blocks: default capacity_bytes // the blob size."},
     {"tier_stats", (PyCFunction)cache_tier_stats, METH_O, "tier_stats(tier) -> dict of the tier's counters."},
+    {"start_async_loads", (PyCFunction)cache_start_async_loads, METH_O,
+     "start_async_loads(io_threads): starts io_threads (1..64) I/O threads that load blocks from backend tiers "
+     "(file tiers) in the background, for lookup_async (host mode, after the tiers are added; the threads stop "
+     "when the cache is closed). StateError when already started or without a backend tier."},
+    {"lookup_async", (PyCFunction)(void (*)(void))cache_lookup_async, METH_VARARGS | METH_KEYWORDS,
+     "lookup_async(tokens, namespace=0, *, adapter=0, mm=None) -> (Sequence, ready_tokens, loading_tokens): lookup "
+     "that does not wait for backend tiers. ready_tokens hold their KV now, the loading_tokens after them are still "
+     "being read (ready + loading = len(seq)); until seq.load_wait() or seq.load_poll() sees them done, calls that "
+     "read or extend the sequence raise StateError. Without start_async_loads it is lookup (loading 0)."},
     {"drain_transfers", (PyCFunction)cache_drain_transfers, METH_NOARGS,
      "drain_transfers() -> list of dicts {op: 'offload'|'load'|'demote', tier, block, slot, dst_slot, key: bytes16} "
      "in queue order (metadata mode with tiers): perform them in order after every call that may take blocks."},

@@ -195,6 +195,12 @@ static PyMethodDef seq_methods[] = {
      "queued transfers) and releases its blocks; append and the rest raise StateError until swap_in()."},
     {"swap_in", (PyCFunction)seq_swap_in, METH_NOARGS,
      "swap_in(): brings a swapped-out sequence back into new blocks (export the tables again)."},
+    {"load_poll", (PyCFunction)seq_load_poll, METH_NOARGS,
+     "load_poll() -> (loading_tokens, length): applies the finished loads of Cache.lookup_async without waiting; "
+     "loading_tokens 0: the sequence is ready. length is shorter than the lookup said when a load failed."},
+    {"load_wait", (PyCFunction)seq_load_wait, METH_NOARGS,
+     "load_wait() -> length: waits (without the GIL) until none of the sequence's blocks is loading; append the "
+     "prompt from there."},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef seq_getset[] = {
@@ -213,8 +219,8 @@ PyTypeObject SeqType = {
     .tp_basicsize = sizeof(SeqObject),
     .tp_dealloc = (destructor)seq_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A sequence of a Cache: made by Cache.sequence(), Cache.lookup() or Sequence.fork(); freed by free() "
-              "or when the object goes away.",
+    .tp_doc = "A sequence of a Cache: made by Cache.sequence(), Cache.lookup(), Cache.lookup_async() or "
+              "Sequence.fork(); freed by free() or when the object goes away.",
     .tp_methods = seq_methods,
     .tp_getset = seq_getset,
     .tp_as_sequence = &seq_as_sequence,

@@ -1,7 +1,8 @@
 /* The 1.1 calls of the extension: extra keys (adapters, multimodal ranges) and
  * the extended lookup / peek, prefix evict and reset, KV events, tiers (host,
- * file, metadata-mode transfers) and swap out / in. Methods of Cache and
- * Sequence, listed in their method tables (cache.c, seq.c). */
+ * file, metadata-mode transfers) and swap out / in; and the 1.3 asynchronous
+ * loads from backend tiers (start, lookup_async, load_poll / load_wait).
+ * Methods of Cache and Sequence, listed in their method tables (cache.c, seq.c). */
 #include "_pagedkv.h"
 
 /* mm: None or a sequence of (start, len, hash) with hash 16 bytes -> *out
@@ -354,6 +355,36 @@ PyObject *cache_drain_transfers_raw(CacheObject *self, PyObject *unused) {
     return b;
 }
 
+/* ------------------------------------------------------ asynchronous loads */
+
+PyObject *cache_start_async_loads(CacheObject *self, PyObject *arg) {
+    if (!cache_open(self)) return NULL;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0 || n > INT32_MAX) return raise_arg(PKV_ERR_INVALID, "io_threads: must be in [1, 64], got %ld", n);
+    int st;
+    CALL_IF(self, st, pkv_tier_async_start(self->c, (int32_t)n), 1);
+    if (st != PKV_OK) return cache_raise(self, st);
+    Py_RETURN_NONE;
+}
+
+PyObject *cache_lookup_async(CacheObject *self, PyObject *args, PyObject *kw) {
+    prompt_args p;
+    if (!cache_open(self) || !prompt_parse(args, kw, &p)) return NULL;
+    int32_t n = (int32_t)PyArray_DIM(p.t, 0), ready = 0, loading = 0;
+    pkv_seq h;
+    int st;
+    CALL_IF(self, st,
+            pkv_prefix_lookup_async(self->c, (uint64_t)p.ns, PyArray_DATA(p.t), n, p.has_extra ? &p.ek : NULL, &h,
+                                    &ready, &loading),
+            n >= LONG_ITEMS);
+    prompt_done(&p);
+    if (st != PKV_OK) return cache_raise(self, st);
+    PyObject *s = seq_new(self, h, (uint64_t)p.ns);
+    if (!s) return NULL;
+    return Py_BuildValue("(Nii)", s, ready, loading);
+}
+
 /* --------------------------------------------------------- sequence calls */
 
 static int seq_ok(SeqObject *s) { return cache_open(s->cache); }
@@ -438,4 +469,25 @@ PyObject *seq_get_swapped(SeqObject *self, void *unused) {
     CALL(self->cache, st, pkv_seq_swapped(self->cache->c, self->h, &v));
     if (st != PKV_OK) return cache_raise(self->cache, st);
     return PyBool_FromLong(v);
+}
+
+PyObject *seq_load_poll(SeqObject *self, PyObject *unused) {
+    (void)unused;
+    if (!seq_ok(self)) return NULL;
+    int32_t loading = 0, len = 0;
+    int st;
+    CALL(self->cache, st, pkv_seq_load_poll(self->cache->c, self->h, &loading, &len));
+    if (st != PKV_OK) return cache_raise(self->cache, st);
+    return Py_BuildValue("(ii)", loading, len);
+}
+
+/* Blocks until the I/O threads are done with the sequence: always without the GIL. */
+PyObject *seq_load_wait(SeqObject *self, PyObject *unused) {
+    (void)unused;
+    if (!seq_ok(self)) return NULL;
+    int32_t len = 0;
+    int st;
+    CALL_IF(self->cache, st, pkv_seq_load_wait(self->cache->c, self->h, &len), 1);
+    if (st != PKV_OK) return cache_raise(self->cache, st);
+    return PyLong_FromLong(len);
 }
