@@ -20,4 +20,7 @@ grep -q "restarted: 192 of 200 prompt tokens served from the file tier (3 blocks
     fail "restart: $(cat "$tmp/2.out")"
 "$ex/extra_keys" >"$tmp/x.out" || fail "extra_keys failed: $(cat "$tmp/x.out")"
 grep -q "adapter 1, image B: 16 of 64 prompt tokens cached" "$tmp/x.out" || fail "extra_keys output: $(cat "$tmp/x.out")"
-echo "test_examples: quickstart, the file-tier restart and the extra-keys examples give the README's output"
+"$ex/hybrid" >"$tmp/h.out" || fail "hybrid failed: $(cat "$tmp/h.out")"
+grep -q "ok: 8100 tokens; full group holds 127 blocks, window group 17 blocks" "$tmp/h.out" || fail "hybrid output: $(cat "$tmp/h.out")"
+grep -q "full group still holds 127 blocks" "$tmp/h.out" || fail "hybrid refusal: $(cat "$tmp/h.out")"
+echo "test_examples: quickstart, the file-tier restart, the extra-keys and the hybrid examples give the README's output"
