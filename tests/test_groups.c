@@ -9,6 +9,7 @@
  * room, and the full group is then unchanged), a truncation the window refuses
  * changes neither group, and calls that would change one member alone are
  * refused. Then lookups across two full groups with prefix caching. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -244,8 +245,57 @@ static void test_lookup_and_arguments(void) {
     pkv_groups_destroy(NULL);
 }
 
+/* Two threads on one thread-safe groups object (TSan: make tsan), each
+ * growing, truncating and freeing its own group sequences while the other
+ * does the same; refusals for a short pool are allowed, nothing else. */
+typedef struct tw {
+    pkv_groups *g;
+    int fails;
+} tw;
+static void *tworker(void *p) {
+    tw *w = p;
+    for (int it = 0; it < 300; it++) {
+        pkv_seq s;
+        pkv_block_copy cow[2];
+        if (pkv_groups_seq_create(w->g, 0, &s) != PKV_OK) w->fails++;
+        for (int k = 0; k < 5; k++) {
+            int st = pkv_groups_append(w->g, s, 1 + it % 7, NULL, NULL, cow);
+            if (st != PKV_OK && st != PKV_ERR_CAPACITY) w->fails++;
+        }
+        int32_t len = 0;
+        if (pkv_groups_length(w->g, s, &len) != PKV_OK) w->fails++;
+        int st = pkv_groups_truncate(w->g, s, len / 2);
+        if (st != PKV_OK && st != PKV_ERR_STATE) w->fails++;
+        if (pkv_groups_free(w->g, s) != PKV_OK) w->fails++;
+    }
+    return NULL;
+}
+
+static void test_threads(void) {
+    pkv_config cfg[NG];
+    configs(cfg);
+    for (int i = 0; i < NG; i++) cfg[i].flags |= PKV_FLAG_THREAD_SAFE;
+    cfg[0].storage = PKV_STORAGE_METADATA;
+    const pkv_config *cp[NG] = {&cfg[0], &cfg[1]};
+    pkv_groups *g = NULL;
+    CHECK_OK(pkv_groups_create(cp, NG, &g));
+    tw w[2] = {{g, 0}, {g, 0}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) CHECK(pthread_create(&th[i], NULL, tworker, &w[i]) == 0);
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    CHECK_INT(w[0].fails + w[1].fails, 0);
+    for (int i = 0; i < NG; i++) {
+        pkv_cache *c;
+        CHECK_OK(pkv_groups_cache(g, i, &c));
+        CHECK_OK(pkv_cache_check(c));
+        CHECK_INT(avail(c), cfg[i].num_blocks); /* everything freed */
+    }
+    pkv_groups_destroy(g);
+}
+
 int main(void) {
     test_lookup_and_arguments();
     test_random_model();
+    test_threads();
     return test_report("test_groups");
 }
