@@ -9,6 +9,7 @@
  * them; two threads on a thread-safe cache with evictions between lookups
  * (run under TSan by `make tsan`); the file tier; pkv_cache_check after every
  * step. */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 
 #include "pagedkv.h"
 #include "test.h"
+#include "tier_file.h" /* pkv__tier_file_io: failing and damaging reads */
 
 enum { BS = 4, D = 6, DV = 3, LAYERS = 2, NB = 16, MAXB = 64 };
 
@@ -658,6 +660,68 @@ static void test_random(void) {
     gate_free(&g);
 }
 
+/* ---- file reads that fail or come back damaged, on the I/O threads ---- */
+static _Atomic long io_reads;
+static _Atomic int io_every; /* every io_every-th read fails (odd) or returns flipped bytes (even) */
+static ssize_t bad_pread(int fd, void *b, size_t n, off_t o) {
+    long k = ++io_reads;
+    if (io_every && k % io_every == 0) {
+        if ((k / io_every) % 2) return errno = EIO, -1;
+        ssize_t r = pkv__tier_file_io_default.pread(fd, b, n, o);
+        if (r > 64) ((uint8_t *)b)[r / 2] ^= 0x10;
+        return r;
+    }
+    return pkv__tier_file_io_default.pread(fd, b, n, o);
+}
+
+/* Async loads from a file tier whose reads fail (EIO) or return damaged bytes
+ * now and then: every wait returns a prefix whose every byte is right, the
+ * failures are counted (errors, misses), and the cache stays consistent. */
+static void test_file_faults(void) {
+    char dir[] = "/tmp/pkv_async_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    pkv_cache *c = make(0, NULL, 0);
+    size_t blob = 0;
+    CHECK_OK(pkv_tier_blob_size(c, &blob));
+    pkv_tier_backend fb;
+    char detail[256];
+    CHECK_OK(pkv_tier_file_open(dir, (uint64_t)blob * MAXB, blob, 0, &fb, detail));
+    CHECK_OK(pkv_cache_add_tier(c, &fb, MAXB, 0));
+    CHECK_OK(pkv_tier_async_start(c, 2));
+    enum { NP = 4 };
+    int32_t toks[NP][16];
+    for (int p = 0; p < NP; p++) prompt_tokens(toks[p], 16, 70000 + 1000 * p);
+    pkv__tier_file_io.pread = bad_pread;
+    long short_waits = 0;
+    const int rounds = test_scaled(300) < 40 ? 40 : (int)test_scaled(300);
+    for (int r = 0; r < rounds; r++) {
+        int p = r % NP;
+        io_every = 0;
+        put_prompt(c, toks[p], 16);
+        to_tier(c);
+        io_every = 3 + r % 5;
+        pkv_seq s;
+        int32_t ready, loading, len = -1;
+        CHECK_OK(pkv_prefix_lookup_async(c, 0, toks[p], 16, NULL, &s, &ready, &loading));
+        CHECK_OK(pkv_seq_load_wait(c, s, &len));
+        CHECK(len >= 0 && len <= 16 && len % BS == 0);
+        short_waits += len < ready + loading;
+        io_every = 0;
+        check_bytes(c, s, toks[p]);
+        CHECK_OK(pkv_seq_free(c, s));
+        CHECK_OK(pkv_cache_check(c));
+    }
+    pkv__tier_file_io = pkv__tier_file_io_default;
+    pkv_tier_stats ts = tstats(c);
+    CHECK(short_waits > 0);      /* failures were met ... */
+    CHECK(ts.errors > 0 && ts.degraded);
+    CHECK(ts.hits > 0);          /* ... and loads got through */
+    pkv_cache_destroy(c);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
 int main(void) {
     test_arguments();
     test_refusals_and_bytes();
@@ -667,5 +731,6 @@ int main(void) {
     test_threads(1);
     test_file_tier();
     test_random();
+    test_file_faults();
     return test_report("test_tier_async");
 }
