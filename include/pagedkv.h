@@ -910,6 +910,18 @@ PKV_API int pkv_groups_truncate(pkv_groups *groups, pkv_seq seq, int32_t new_len
 PKV_API int pkv_groups_fork(pkv_groups *groups, pkv_seq parent, pkv_seq *child);
 /*! Frees seq in every group. @return PKV_OK; PKV_ERR_NO_SEQ. */
 PKV_API int pkv_groups_free(pkv_groups *groups, pkv_seq seq);
+/*! Sizes the groups' pools from one byte budget (KV storage of every layer,
+ *  as pkv_config_blocks_for_bytes counts it): num_blocks[i] for cfgs[i] such
+ *  that all groups run out at the same number of sequences of seq_tokens
+ *  tokens, a window group needing only the blocks of its window plus the one
+ *  being filled (ceil(W / block_size) + 1), a full group all of them. E.g. a
+ *  Gemma-3-like split (1 full layer, 5 layers of W = 1024, bf16 MLA rows,
+ *  block size 64) holds 68 sequences of 8192 tokens in 1 GiB where six full
+ *  layers hold 18. @return PKV_OK; PKV_ERR_NULL, PKV_ERR_INVALID (n, tokens,
+ *  a config, or a group that would get no block or more than INT32_MAX),
+ *  PKV_ERR_DTYPE. */
+PKV_API int pkv_groups_blocks_for_bytes(const pkv_config *const *cfgs, int32_t n, uint64_t bytes,
+                                        int32_t seq_tokens, int32_t *num_blocks);
 /*! A group sequence from a prompt: pkv_prefix_lookup in every group with
  *  prefix caching, an empty member elsewhere; *cached_tokens = the shortest
  *  hit, every member truncated to it. @return as pkv_prefix_lookup; on error

@@ -105,18 +105,25 @@ int pkv_cache_create(const pkv_config *user_cfg, pkv_cache **out) {
     return PKV_OK;
 }
 
+int cache_block_bytes(const pkv_config *user_cfg, pkv_config *cfg, uint64_t *block) {
+    RETURN_IF(!user_cfg, PKV_ERR_NULL);
+    pkv_config_init(cfg);
+    FORWARD_IF_ERROR(pkv__struct_import(cfg, sizeof *cfg, user_cfg, PKV_CONFIG_SIZE_1_0));
+    RETURN_IF(cfg->block_size < 1 || cfg->block_size > 4096 || cfg->num_layers < 1, PKV_ERR_INVALID);
+    RETURN_IF(cfg->v_separate != 0 && cfg->v_separate != 1, PKV_ERR_INVALID);
+    RETURN_IF(!cfg->v_separate && cfg->dv > cfg->d, PKV_ERR_INVALID);
+    RETURN_IF(!pkv__dtype_geometry_ok(cfg->kv_dtype, cfg->h_kv, cfg->d, cfg->dv, cfg->v_separate), PKV_ERR_DTYPE);
+    uint64_t row = pkv_row_bytes(cfg->kv_dtype, cfg->h_kv, cfg->d);
+    if (cfg->v_separate) row += pkv_row_bytes(cfg->kv_dtype, cfg->h_kv, cfg->dv);
+    *block = row * (uint64_t)cfg->block_size * (uint64_t)cfg->num_layers;
+    return PKV_OK;
+}
+
 int pkv_config_blocks_for_bytes(const pkv_config *user_cfg, uint64_t bytes, int32_t *num_blocks) {
     RETURN_IF(!user_cfg || !num_blocks, PKV_ERR_NULL);
     pkv_config cfg;
-    pkv_config_init(&cfg);
-    FORWARD_IF_ERROR(pkv__struct_import(&cfg, sizeof cfg, user_cfg, PKV_CONFIG_SIZE_1_0));
-    RETURN_IF(cfg.block_size < 1 || cfg.block_size > 4096 || cfg.num_layers < 1, PKV_ERR_INVALID);
-    RETURN_IF(cfg.v_separate != 0 && cfg.v_separate != 1, PKV_ERR_INVALID);
-    RETURN_IF(!cfg.v_separate && cfg.dv > cfg.d, PKV_ERR_INVALID);
-    RETURN_IF(!pkv__dtype_geometry_ok(cfg.kv_dtype, cfg.h_kv, cfg.d, cfg.dv, cfg.v_separate), PKV_ERR_DTYPE);
-    uint64_t row = pkv_row_bytes(cfg.kv_dtype, cfg.h_kv, cfg.d);
-    if (cfg.v_separate) row += pkv_row_bytes(cfg.kv_dtype, cfg.h_kv, cfg.dv);
-    uint64_t block = row * (uint64_t)cfg.block_size * (uint64_t)cfg.num_layers;
+    uint64_t block;
+    FORWARD_IF_ERROR(cache_block_bytes(user_cfg, &cfg, &block));
     uint64_t nb = bytes / block;
     RETURN_IF(nb < 1 || nb > INT32_MAX, PKV_ERR_INVALID);
     *num_blocks = (int32_t)nb;

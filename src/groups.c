@@ -342,3 +342,31 @@ int pkv_groups_lookup(pkv_groups *g, uint64_t ns, const int32_t *tokens, int32_t
     *cached = m;
     return leave(g, PKV_OK);
 }
+
+int pkv_groups_blocks_for_bytes(const pkv_config *const *cfgs, int32_t n, uint64_t bytes, int32_t seq_tokens,
+                                int32_t *num_blocks) {
+    RETURN_IF(!cfgs || !num_blocks, PKV_ERR_NULL);
+    RETURN_IF(n < 1 || n > MAX_GROUPS || seq_tokens < 1, PKV_ERR_INVALID);
+    uint64_t need[MAX_GROUPS], per_seq = 0;
+    for (int32_t i = 0; i < n; i++) {
+        pkv_config cfg;
+        uint64_t block;
+        FORWARD_IF_ERROR(cache_block_bytes(cfgs[i], &cfg, &block));
+        RETURN_IF(cfg.window < 0, PKV_ERR_INVALID);
+        const uint64_t bs = (uint64_t)cfg.block_size;
+        need[i] = ((uint64_t)seq_tokens + bs - 1) / bs;
+        /* a window group holds the blocks of its window and the one being filled */
+        if (cfg.window > 0 && ((uint64_t)cfg.window + bs - 1) / bs + 1 < need[i])
+            need[i] = ((uint64_t)cfg.window + bs - 1) / bs + 1;
+        RETURN_IF(block > UINT64_MAX / need[i] || per_seq > UINT64_MAX - block * need[i], PKV_ERR_INVALID);
+        per_seq += block * need[i];
+    }
+    for (int32_t i = 0; i < n; i++) {
+        /* bytes * need / per_seq without overflow: long double holds 64-bit integers exactly */
+        const long double nb = (long double)bytes * (long double)need[i] / (long double)per_seq;
+        RETURN_IF(nb < 1.0L || nb > (long double)INT32_MAX, PKV_ERR_INVALID);
+    }
+    for (int32_t i = 0; i < n; i++)
+        num_blocks[i] = (int32_t)((long double)bytes * (long double)need[i] / (long double)per_seq);
+    return PKV_OK;
+}

@@ -586,6 +586,9 @@ int cache_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, pk
 /* PKV_OK, or PKV_ERR_STATE (recorded, naming what) when one of r's blocks is
  * still loading from a tier (ops.c). */
 int cache_seq_loading(pkv_cache *c, const pkv_seq_rec *r, const char *what);
+/* Imports user_cfg into *cfg (checked geometry) and sets *block to the bytes
+ * of one block in every layer (cache.c). */
+int cache_block_bytes(const pkv_config *user_cfg, pkv_config *cfg, uint64_t *block);
 /* Records err detail for pkv_cache_last_error and returns status. */
 int cache_fail(pkv_cache *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

@@ -293,7 +293,46 @@ static void test_threads(void) {
     pkv_groups_destroy(g);
 }
 
+/* Pools sized from one budget: every group runs out at the same number of
+ * sequences; the expectation computed here in double from the row sizes. */
+static void test_sizing(void) {
+    pkv_config full, win;
+    pkv_config_init(&full); /* bf16 MLA rows: 576 x 2 bytes, block size 64 */
+    full.num_layers = 1;
+    pkv_config_init(&win);
+    win.num_layers = 5;
+    win.window = 1024;
+    const pkv_config *cp[2] = {&full, &win};
+    int32_t nb[2] = {0, 0};
+    const uint64_t gib = 1ull << 30;
+    CHECK_OK(pkv_groups_blocks_for_bytes(cp, 2, gib, 8192, nb));
+    const double row = 576 * 2, bf = row * 64 * 1, bw = row * 64 * 5;
+    const double need_f = 8192 / 64, need_w = 1024 / 64 + 1; /* 128 and 17 blocks per sequence */
+    const double per_seq = need_f * bf + need_w * bw;
+    CHECK_INT(nb[0], (int32_t)(gib * need_f / per_seq));
+    CHECK_INT(nb[1], (int32_t)(gib * need_w / per_seq));
+    CHECK_INT(nb[0] / 128, 68); /* sequences of 8192 tokens the budget holds */
+    CHECK_INT(nb[1] / 17, 68);
+    CHECK(nb[0] * bf + nb[1] * bw <= (double)gib);
+    /* all-full attention over the same 6 layers: 18 such sequences */
+    pkv_config all = full;
+    all.num_layers = 6;
+    int32_t nall = 0;
+    CHECK_OK(pkv_config_blocks_for_bytes(&all, gib, &nall));
+    CHECK_INT(nall / 128, 18);
+    /* a short sequence: the window group needs as many blocks as the full one */
+    CHECK_OK(pkv_groups_blocks_for_bytes(cp, 2, gib, 100, nb));
+    CHECK_INT(nb[0], nb[1]);
+    CHECK_INT(pkv_groups_blocks_for_bytes(cp, 2, 1000, 8192, nb), PKV_ERR_INVALID); /* not one block */
+    CHECK_INT(pkv_groups_blocks_for_bytes(cp, 0, gib, 8192, nb), PKV_ERR_INVALID);
+    CHECK_INT(pkv_groups_blocks_for_bytes(cp, 2, gib, 0, nb), PKV_ERR_INVALID);
+    CHECK_INT(pkv_groups_blocks_for_bytes(NULL, 2, gib, 8192, nb), PKV_ERR_NULL);
+    win.window = -1;
+    CHECK_INT(pkv_groups_blocks_for_bytes(cp, 2, gib, 8192, nb), PKV_ERR_INVALID);
+}
+
 int main(void) {
+    test_sizing();
     test_lookup_and_arguments();
     test_random_model();
     test_threads();
