@@ -811,7 +811,11 @@ PKV_API int pkv_seq_swapped(pkv_cache *cache, pkv_seq seq, int32_t *out);
  * gone, torn, foreign or corrupt; counted as a tier miss and error) drops that
  * block's cache entry with what chains below it, and cuts every sequence that
  * holds the block back to the blocks before it: the engine sees a shorter
- * cached prefix and computes the rest. Blocks found in the pool or in host
+ * cached prefix and computes the rest (until pkv_seq_load_poll, _wait or
+ * pkv_seq_length has reported the new length, calls on a cut sequence are
+ * refused with PKV_ERR_STATE, so an append never lands at a length the engine
+ * was not told). A block still loading is never the target of another
+ * sequence's deduplication, written through, or evicted from its tier. Blocks found in the pool or in host
  * tiers are ready at once; a shared tier's blocks not yet indexed by this
  * cache are still fetched synchronously. At most 4096 loads are in flight; past
  * that a lookup promotes synchronously. */

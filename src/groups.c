@@ -150,10 +150,10 @@ int pkv_groups_create(const pkv_config *const *cfgs, int32_t n, pkv_groups **out
             ts = t;
         }
     }
-    g->thread_safe = ts == 1;
-    if (st == PKV_OK && g->thread_safe && pthread_mutex_init(&g->lock, NULL) != 0) {
-        g->thread_safe = 0;
-        st = PKV_ERR_NOMEM;
+    g->thread_safe = 0; /* set once its mutex exists: destroy destroys it */
+    if (st == PKV_OK && ts == 1) {
+        if (pthread_mutex_init(&g->lock, NULL) != 0) st = PKV_ERR_NOMEM;
+        else g->thread_safe = 1;
     }
     if (st != PKV_OK) {
         pkv_groups_destroy(g);

@@ -89,6 +89,9 @@ typedef struct pkv_pool {
     int32_t lru_head, lru_tail, num_evictable;
     int32_t used, shared, peak_used;
     int64_t evictions;
+    /* NULL, or [num_blocks] 1 while an I/O thread fills the block (asynchronous
+     * loads: tier_async.c owns the array); such a block holds no KV yet. */
+    const uint8_t *loading;
 } pkv_pool;
 
 /* with_lru: blocks can be cached (a prefix index exists), so evictable ones
@@ -136,6 +139,8 @@ typedef struct pkv_seq_rec {
                            * (their entries in blocks[] are -1) */
     int32_t swapped;      /* 1: swapped out (swap.c): blocks[] holds tier-0 slots (metadata
                            * mode) or nothing (host mode: the rows are in swap_buf) */
+    int32_t load_cut;     /* 1: a failed tier load cut it; calls refuse until pkv_seq_load_poll,
+                           * _wait or pkv_seq_length has reported the new length */
     int32_t grouped;      /* 1: a sequence of a KV group (groups.c): changed only through pkv_groups_* */
     void *swap_buf;       /* host mode: the rows of a swapped-out sequence */
     size_t swap_size;     /* its size in bytes (at least the rows') */
@@ -520,7 +525,11 @@ struct pkv_cache {
  * not pinned (-1 when only pinned entries are left). */
 static inline int32_t tier_lru_victim(const pkv_cache *c, const pkv_tier *t) {
     int32_t x = t->head;
-    while (x >= 0 && (x == c->tiers.pinned[0] || x == c->tiers.pinned[1])) x = t->next[x];
+    /* pinned entries, and entries an I/O thread is loading (their blob is being read) */
+    while (x >= 0 && (x == c->tiers.pinned[0] || x == c->tiers.pinned[1] ||
+                      (c->pool.loading && prefix_entry_block(c->prefix, x) >= 0 &&
+                       c->pool.loading[prefix_entry_block(c->prefix, x)])))
+        x = t->next[x];
     return x;
 }
 

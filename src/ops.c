@@ -50,6 +50,7 @@ static void cut_holders(pkv_cache *c, int32_t b) {
         for (int32_t j = r->nreleased; j < r->nblocks; j++)
             if (r->blocks[j] == b) {
                 seq_truncate(t, r, j * c->pool.block_size, NULL);
+                r->load_cut = 1;
                 break;
             }
     }
@@ -90,6 +91,11 @@ static pkv_seq_rec *resident_seq(pkv_cache *c, pkv_seq h, int *st) {
     if (r && aio_inflight(c)) {
         reap_loads(c, 0);
         if ((*st = cache_seq_loading(c, r, "sequence")) != PKV_OK) r = NULL;
+    }
+    if (r && r->load_cut) {
+        *st = cache_fail(c, PKV_ERR_STATE, "a load from a tier failed: the sequence now has %d tokens "
+                         "(pkv_seq_load_poll, _wait or pkv_seq_length reports it)", r->len);
+        r = NULL;
     }
     return r;
 }
@@ -389,7 +395,9 @@ static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
     /* A synchronous lookup may have matched blocks an async one is loading:
      * it returns only once they are in (or cut where one failed). */
     if (!async && aio_inflight(c)) seq_settle(c, *out);
-    *cached_tokens = seq_get(&c->seqs, *out)->len;
+    r = seq_get(&c->seqs, *out);
+    r->load_cut = 0; /* the length returned here is the one after any cut */
+    *cached_tokens = r->len;
     return PKV_OK;
 }
 
@@ -524,6 +532,8 @@ int pkv_seq_length(pkv_cache *c, pkv_seq seq, int32_t *out) {
     CACHE_ENTER(c);
     CACHE_NULL_IF(c, !out, "out");
     pkv_seq_rec *r = live_seq(c, seq);
+    if (r && aio_inflight(c)) reap_loads(c, 0);
+    if (r && seq_loading_from(c, r) < 0) r->load_cut = 0; /* reported */
     if (r) *out = r->len;
     CACHE_LEAVE(c, r ? PKV_OK : PKV_ERR_NO_SEQ);
 }
@@ -852,6 +862,7 @@ int pkv_seq_load_poll(pkv_cache *c, pkv_seq seq, int32_t *loading, int32_t *leng
     if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
     *loading = loading_tokens(c, r);
     if (length) *length = r->len;
+    if (!*loading) r->load_cut = 0; /* the length is reported */
     CACHE_LEAVE(c, PKV_OK);
 }
 
@@ -863,6 +874,7 @@ int pkv_seq_load_wait(pkv_cache *c, pkv_seq seq, int32_t *length) {
         if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
         if (seq_loading_from(c, r) < 0) {
             if (length) *length = r->len;
+            r->load_cut = 0;
             CACHE_LEAVE(c, PKV_OK);
         }
         if (c->thread_safe) { /* wait without holding the cache: other threads go on */

@@ -622,6 +622,8 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
             prefix_place(p, found, own);
         } else if (found >= 0 && p->loc[found] != own) {
             if (written_len >= 0 && (int64_t)(j + 1) * bs > written_len) break;
+            /* a block still loading holds no KV yet: deduplicate later */
+            if (p->pool->loading && p->pool->loading[p->loc[found]]) break;
             seq_replace_block(t, r, j, p->loc[found]);
             dd++;
         } else if (found < 0) {

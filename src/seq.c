@@ -84,6 +84,7 @@ pkv_seq_rec *seq_slot_commit(pkv_seqtab *t, int32_t idx, uint64_t ns) {
     r->adapter = 0;
     r->nmm = 0;
     r->grouped = 0;
+    r->load_cut = 0;
     t->num_seqs++;
     return r;
 }

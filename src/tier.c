@@ -345,10 +345,11 @@ static int write_through_many(pkv_cache *c, const int32_t *blocks, int32_t n);
 
 void tier_write_through(pkv_cache *c, const int32_t *blocks, int32_t n) {
     pkv_prefix *p = c->prefix;
-    if (n > 1 && c->tiers.t[0].be.put_many && write_through_many(c, blocks, n)) return;
+    if (n > 1 && !c->pool.loading && c->tiers.t[0].be.put_many && write_through_many(c, blocks, n)) return;
     for (int32_t j = 0; j < n; j++) {
         int32_t e = prefix_entry_of_block(p, blocks[j]);
         if (e < 0 || prefix_tiers_of(p, e)) continue;
+        if (c->pool.loading && c->pool.loading[blocks[j]]) continue; /* no KV in it yet */
         c->tiers.pinned[1] = e;
         (void)tier_put_block(c, 0, e, blocks[j]); /* a failure is counted; the pool still holds the block */
         c->tiers.pinned[1] = -1;

@@ -220,6 +220,7 @@ int aio_start(pkv_cache *c, int32_t threads, pkv_detail *d) {
     for (int i = 0; i < c->tiers.n; i++)
         if (io->lbe[i]) lb_wrap(io->lbe[i], &c->tiers.t[i].be);
     c->aio = io;
+    c->pool.loading = io->loading;
     int started = 0;
     for (; started < threads; started++) {
         io->args[started] = (aio_arg){c, started};
@@ -248,6 +249,7 @@ void aio_stop(pkv_cache *c) {
     pthread_cond_destroy(&io->work);
     pthread_cond_destroy(&io->done_cv);
     pthread_mutex_destroy(&io->mu);
+    c->pool.loading = NULL;
     aio_free(c, io);
     c->aio = NULL;
 }

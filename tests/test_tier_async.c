@@ -352,13 +352,24 @@ static void test_failed_load_cuts(void) {
     CHECK_OK(pkv_prefix_lookup_async(c, 0, a, 16, NULL, &s2, &ready, &loading));
     CHECK_INT(loading, 16);
     gate_set(&g, 0);
+    /* the loads end (one failed) with nothing reaped yet: an append now must not
+     * land at the cut length the engine has not been told of */
+    usleep(200000);
+    {
+        int64_t sl[4];
+        pkv_block_copy cw;
+        CHECK_INT(pkv_seq_append(c, s, 4, a + 8, sl, &cw), PKV_ERR_STATE);
+        CHECK_INT(pkv_seq_append(c, s, 4, a + 8, sl, &cw), PKV_ERR_STATE);
+    }
     CHECK_OK(pkv_seq_load_wait(c, s, &len));
     CHECK_INT(len, 8); /* cut before the bad block */
     CHECK_OK(pkv_seq_load_wait(c, s2, &len));
     CHECK_INT(len, 8);
     check_bytes(c, s, a);
     CHECK_INT(tstats(c).corrupt, 1);
-    CHECK_INT(tstats(c).misses, 1);
+    /* the blocks chained below the bad one leave the tier with it: their loads,
+     * when they had not read yet, miss too */
+    CHECK(tstats(c).misses >= 1 && tstats(c).misses <= 4);
     CHECK_OK(pkv_cache_check(c));
     /* the bad block and what chains below it left the cache; the rest serves */
     CHECK_OK(pkv_seq_free(c, s));
