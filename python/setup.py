@@ -22,7 +22,8 @@ if not os.environ.get("PKV_STATIC") and os.path.exists(os.path.join(root, "Makef
 
 ext = Extension(
     "pagedkv._pagedkv",
-    sources=[os.path.join("pagedkv", f) for f in ("_pagedkv.c", "cache.c", "seq.c", "attn.c", "dlpack.c", "tiers.c")],
+    sources=[os.path.join("pagedkv", f)
+             for f in ("_pagedkv.c", "cache.c", "seq.c", "attn.c", "dlpack.c", "tiers.c", "groups.c")],
     include_dirs=[os.path.join(root, "include"), numpy.get_include()],
     extra_objects=[archive],
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",

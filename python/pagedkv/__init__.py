@@ -6,6 +6,9 @@
         slots, cow = seq.append(100)                                  # 100 slots to write
         block_table, cache_seqlens = cache.export_flashmla([seq])
 
+Hybrid models (a full-attention group beside a sliding-window group, say) use
+pagedkv.Groups: one cache per group, group sequences appended in all of them at once.
+
 A thin layer over the C library (include/pagedkv.h) through a CPython extension.
 Arrays are numpy arrays; PyTorch CPU tensors (any DLPack producer) are accepted
 too, bfloat16 included; numpy bf16 data is uint16 with dtype="bf16". Every
@@ -26,6 +29,7 @@ _pagedkv._set_errors(BY_STATUS)
 __version__ = "1.3.0"
 library_version = _pagedkv.library_version
 Sequence = _pagedkv.Sequence
+GroupSequence = _pagedkv.GroupSequence
 strerror = _pagedkv.strerror
 siphash128 = _pagedkv.siphash128
 
@@ -226,6 +230,42 @@ class Cache(_pagedkv.Cache):
                 f"{c['kv_dtype']}>")
 
 
+_pagedkv._set_cache_class(Cache)  # the class of a group's cache (Groups.cache(i))
+
+
+# --------------------------------------------------------------------------- groups
+
+class Groups(_pagedkv.Groups):
+    """KV groups (library 1.3): one cache per group of layers of a hybrid model, and
+    group sequences kept in step across them.
+
+    Groups(configs): configs is a list of 1 to 8 dicts of Cache keywords, one per group,
+    e.g. [dict(num_blocks=512, num_layers=1), dict(num_blocks=128, num_layers=5,
+    window=1024)] for a Gemma-3-like model (a full group and a sliding-window group).
+    thread_safe must be the same in every group. Use as a context manager or call close().
+
+    sequence(ns=0) -> GroupSequence; lookup(tokens, namespace=0) -> (GroupSequence,
+    cached_tokens), the shortest of the groups' prefix hits (0 when a group has no prefix
+    cache; window groups have none); cache(i) -> group i's Cache, owned by the groups (its
+    close() does nothing; after Groups.close() it raises StateError); properties
+    num_groups, configs, closed, last_error.
+
+    GroupSequence: append(n or tokens) takes blocks in every group or in none and
+    returns one slots array per group (with host storage in every group), else
+    (slots, cows) with cows[i] None or group i's (src, dst) copy-on-write copy;
+    fork(), truncate(n), free(), len(), blocks_needed(n) -> a list, member(i) -> the
+    Sequence of group i (for blocks, exports, slot_mapping and write / read on
+    cache(i); it refuses append, truncate, fork, free and swap with StateError).
+    """
+
+    def __repr__(self):
+        if self.closed:
+            return "<pagedkv.Groups (closed)>"
+        parts = [f"{c['num_blocks']} blocks of {c['block_size']}, {c['storage']}"
+                 + (f", window {c['window']}" if c["window"] else "") for c in self.configs]
+        return f"<pagedkv.Groups {'; '.join(parts)}>"
+
+
 # --------------------------------------------------------------------------- attention
 
 def attention(q, k_cache, block_table, cache_seqlens, softmax_scale, causal=False, v_cache=None, dv=None,
@@ -370,8 +410,8 @@ def f32_to_bf16(x):
     return r
 
 
-__all__ = ["Cache", "Sequence", "attention", "TRANSFER_DTYPE", "XFER_OFFLOAD", "XFER_LOAD", "XFER_DEMOTE",
-           "mla656_quantize", "mla656_dequantize", "bf16_to_f32", "f32_to_bf16",
+__all__ = ["Cache", "Sequence", "Groups", "GroupSequence", "attention", "TRANSFER_DTYPE", "XFER_OFFLOAD",
+           "XFER_LOAD", "XFER_DEMOTE", "mla656_quantize", "mla656_dequantize", "bf16_to_f32", "f32_to_bf16",
            "strerror", "siphash128", "library_version", "Error"] + [c.__name__ for c in BY_STATUS.values()
                                                                      if c is not Error]
 del sys

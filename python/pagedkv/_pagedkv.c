@@ -54,7 +54,7 @@ PyObject *cache_raise(CacheObject *co, int st) {
 
 int cache_open(CacheObject *co) {
     if (co->closed || !co->c || !co->lock) {
-        raise_status(PKV_ERR_STATE, "the cache is closed");
+        raise_status(PKV_ERR_STATE, co->owner ? "the cache's Groups object is closed" : "the cache is closed");
         return 0;
     }
     return 1;
@@ -68,6 +68,7 @@ PyObject *seq_new(CacheObject *co, pkv_seq h, uint64_t ns) {
     s->h = h;
     s->ns = ns;
     s->freed = 0;
+    s->group_seq = NULL;
     return (PyObject *)s;
 }
 
@@ -238,6 +239,7 @@ static PyObject *mod_siphash128(PyObject *mod, PyObject *args) {
 
 static PyMethodDef mod_methods[] = {
     {"_set_errors", mod_set_errors, METH_O, NULL},
+    {"_set_cache_class", mod_set_cache_class, METH_O, NULL},
     {"_attn", mod_attn, METH_VARARGS, NULL},
     {"_from_dlpack", mod_from_dlpack, METH_O, NULL},
     {"_mla656", mod_mla656, METH_VARARGS, NULL},
@@ -250,13 +252,19 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_pagedkv", "pagedkv'
 
 PyMODINIT_FUNC PyInit__pagedkv(void) {
     import_array();
-    if (PyType_Ready(&CacheType) < 0 || PyType_Ready(&SeqType) < 0 || PyType_Ready(&ArenaRefType) < 0) return NULL;
+    if (PyType_Ready(&CacheType) < 0 || PyType_Ready(&SeqType) < 0 || PyType_Ready(&ArenaRefType) < 0 ||
+        PyType_Ready(&GroupsType) < 0 || PyType_Ready(&GroupSeqType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
     Py_INCREF(&CacheType);
     Py_INCREF(&SeqType);
+    Py_INCREF(&GroupsType);
+    Py_INCREF(&GroupSeqType);
     if (PyModule_AddObject(m, "Cache", (PyObject *)&CacheType) < 0 ||
         PyModule_AddObject(m, "Sequence", (PyObject *)&SeqType) < 0 ||
+        PyModule_AddObject(m, "Groups", (PyObject *)&GroupsType) < 0 ||
+        PyModule_AddObject(m, "GroupSequence", (PyObject *)&GroupSeqType) < 0 ||
         PyModule_AddStringConstant(m, "library_version", pkv_version()) < 0 ||
         PyModule_AddIntConstant(m, "library_version_number", (long)pkv_version_number()) < 0) {
         Py_DECREF(m);

@@ -6,6 +6,8 @@
  *   tiers.c     extra keys, lookup / peek, evict / reset, events, tiers, swap,
  *               asynchronous loads
  *   dlpack.c    the DLPack importer (torch tensors, bfloat16 included)
+ *   groups.c    KV groups (1.3): the Groups and GroupSequence types; a group's
+ *               cache is a Cache object that borrows it (owner set)
  * Everything here is hidden in the extension (-fvisibility=hidden) except PyInit. */
 #ifndef PAGEDKV_PY_H
 #define PAGEDKV_PY_H
@@ -36,6 +38,11 @@ typedef struct {
     int views;     /* live arena views: destruction waits for them */
     int32_t last_mbps; /* the FlashMLA table width of the last export */
     PyObject *weakrefs;
+    /* A group's cache (Groups.cache(i)): owner is the Groups object (a strong
+     * reference), which owns c and lock; close() does nothing, and neither the
+     * cache nor the lock is ever destroyed here. NULL for an ordinary cache. */
+    PyObject *owner;
+    int32_t group;
 } CacheObject;
 
 typedef struct {
@@ -44,7 +51,33 @@ typedef struct {
     pkv_seq h;
     uint64_t ns;
     int freed;
+    PyObject *group_seq; /* a member of this GroupSequence (kept alive; never freed alone), else NULL */
 } SeqObject;
+
+#define PKVPY_MAX_GROUPS 8 /* pkv_groups_create takes 1..8 configs */
+
+/* A Groups object: the same ts / lock / busy / closed fields as CacheObject,
+ * so CALL works on it too. The lock is shared with its caches' Cache objects. */
+typedef struct {
+    PyObject_HEAD
+    pkv_groups *g;
+    int32_t n;
+    int ts;
+    PyThread_type_lock lock;
+    int closed;
+    int busy;
+    pkv_config cfg[PKVPY_MAX_GROUPS];
+    CacheObject *wrap[PKVPY_MAX_GROUPS]; /* borrowed: each clears its entry when it goes */
+    PyObject *weakrefs;
+} GroupsObject;
+
+typedef struct {
+    PyObject_HEAD
+    GroupsObject *groups;
+    pkv_seq h;
+    uint64_t ns;
+    int freed;
+} GroupSeqObject;
 
 /* Runs one library call. A thread-safe cache: always without the GIL (the
  * library's lock serializes). Any other cache: under co->lock, which no thread
@@ -78,7 +111,7 @@ typedef struct {
 #define LONG_BYTES (64 * 1024)
 #define LONG_ITEMS 4096
 
-extern PyTypeObject CacheType, SeqType, ArenaRefType;
+extern PyTypeObject CacheType, SeqType, ArenaRefType, GroupsType, GroupSeqType;
 
 /* Errors: raise the class registered for a status (pagedkv.errors), return NULL. */
 PyObject *raise_status(int st, const char *detail);
@@ -92,6 +125,12 @@ PyArrayObject *as_tokens(PyObject *obj, const char *name);
 int buf_ok(PyObject *o, const char *name, size_t bytes, int writable);
 PyObject *do_register(CacheObject *co, SeqObject *s);
 PyObject *cache_slot_mapping(CacheObject *self, PyObject *seqs);
+int config_parse(PyObject *args, PyObject *kw, pkv_config *cfg, int *ts);
+PyObject *config_dict(const pkv_config *c);
+/* groups.c */
+void groups_forget_cache(GroupsObject *go, CacheObject *co); /* a group's Cache object goes */
+void groups_views_gone(GroupsObject *go); /* destroys a closed Groups once no arena view lives */
+PyObject *mod_set_cache_class(PyObject *mod, PyObject *cls);
 /* tiers.c */
 int parse_mm(PyObject *mm, pkv_mm_range **out, int32_t *n);
 PyObject *cache_lookup(CacheObject *self, PyObject *args, PyObject *kw);

@@ -29,35 +29,46 @@ static int name_index(PyObject *obj, const char *const *names, const char *arg, 
     return 0;
 }
 
-static int cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
+/* The Cache keywords (args must be empty: keywords only) -> *cfg, from
+ * pkv_config_init's defaults; *ts: thread_safe. Shared by Cache() and Groups()
+ * (one call per group). 0 with an exception set. */
+int config_parse(PyObject *args, PyObject *kw, pkv_config *cfg, int *ts) {
     static char *kwlist[] = {"num_blocks", "block_size", "storage", "num_layers", "h_kv", "d", "dv", "v_separate",
                              "kv_dtype", "thread_safe", "prefix_cache", "auto_register", "fp8_pow2_scale",
                              "hash_key", "window", NULL};
-    if (self->c) {
-        PyErr_SetString(PyExc_RuntimeError, "Cache.__init__ called twice");
-        return -1;
-    }
-    pkv_config cfg;
-    pkv_config_init(&cfg);
+    pkv_config_init(cfg);
     PyObject *storage = NULL, *dtype = NULL, *key = Py_None;
-    int vsep = 0, ts = 0, pc = 0, ar = 0, p2 = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$iiOiiiipOppppOi", kwlist, &cfg.num_blocks, &cfg.block_size,
-                                     &storage, &cfg.num_layers, &cfg.h_kv, &cfg.d, &cfg.dv, &vsep, &dtype, &ts, &pc,
-                                     &ar, &p2, &key, &cfg.window))
-        return -1;
-    if (storage && !name_index(storage, storage_names, "storage", &cfg.storage)) return -1;
-    if (dtype && !name_index(dtype, dtype_names, "kv_dtype", &cfg.kv_dtype)) return -1;
-    cfg.v_separate = vsep;
-    cfg.flags = (ts ? PKV_FLAG_THREAD_SAFE : 0) | (pc ? PKV_FLAG_PREFIX_CACHE : 0) |
-                (ar ? PKV_FLAG_AUTO_REGISTER : 0) | (p2 ? PKV_FLAG_FP8_POW2_SCALE : 0);
+    int vsep = 0, pc = 0, ar = 0, p2 = 0;
+    *ts = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$iiOiiiipOppppOi", kwlist, &cfg->num_blocks, &cfg->block_size,
+                                     &storage, &cfg->num_layers, &cfg->h_kv, &cfg->d, &cfg->dv, &vsep, &dtype, ts,
+                                     &pc, &ar, &p2, &key, &cfg->window))
+        return 0;
+    if (storage && !name_index(storage, storage_names, "storage", &cfg->storage)) return 0;
+    if (dtype && !name_index(dtype, dtype_names, "kv_dtype", &cfg->kv_dtype)) return 0;
+    cfg->v_separate = vsep;
+    cfg->flags = (*ts ? PKV_FLAG_THREAD_SAFE : 0) | (pc ? PKV_FLAG_PREFIX_CACHE : 0) |
+                 (ar ? PKV_FLAG_AUTO_REGISTER : 0) | (p2 ? PKV_FLAG_FP8_POW2_SCALE : 0);
     if (key != Py_None) {
         if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) != 16) {
             raise_arg(PKV_ERR_INVALID, "hash_key: expected 16 bytes or None");
-            return -1;
+            return 0;
         }
-        memcpy(cfg.hash_key, PyBytes_AS_STRING(key), 16);
-        cfg.hash_key_set = 1;
+        memcpy(cfg->hash_key, PyBytes_AS_STRING(key), 16);
+        cfg->hash_key_set = 1;
     }
+    return 1;
+}
+
+static int cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
+    if (self->c || self->owner) {
+        PyErr_SetString(PyExc_RuntimeError, self->owner ? "Cache.__init__ on a cache that a Groups object owns"
+                                                        : "Cache.__init__ called twice");
+        return -1;
+    }
+    pkv_config cfg;
+    int ts = 0;
+    if (!config_parse(args, kw, &cfg, &ts)) return -1;
     if (!self->lock && !(self->lock = PyThread_allocate_lock())) {
         PyErr_NoMemory();
         return -1;
@@ -80,7 +91,14 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kw) {
     return 0;
 }
 
+/* Destroys the library cache; a cache a Groups object owns is only let go
+ * (the Groups object destroys the caches once none of them has an arena view). */
 static void cache_destroy_now(CacheObject *self) {
+    if (self->owner) {
+        self->c = NULL;
+        groups_views_gone((GroupsObject *)self->owner);
+        return;
+    }
     if (self->c) {
         pkv_cache *c = self->c;
         self->c = NULL;
@@ -91,13 +109,19 @@ static void cache_destroy_now(CacheObject *self) {
 
 static void cache_dealloc(CacheObject *self) {
     if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
-    cache_destroy_now(self);
-    if (self->lock) PyThread_free_lock(self->lock);
+    if (self->owner) { /* borrowed: the cache and the lock are the Groups object's */
+        groups_forget_cache((GroupsObject *)self->owner, self);
+        Py_CLEAR(self->owner);
+    } else {
+        cache_destroy_now(self);
+        if (self->lock) PyThread_free_lock(self->lock);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyObject *cache_close(CacheObject *self, PyObject *unused) {
     (void)unused;
+    if (self->owner) Py_RETURN_NONE; /* a group's cache: Groups.close() closes it */
     if (self->busy) return raise_status(PKV_ERR_STATE, "close: another thread is inside a call on this cache");
     self->closed = 1;
     if (!self->views) cache_destroy_now(self); /* else when the last arena view goes */
@@ -124,9 +148,8 @@ static PyObject *cache_get_closed(CacheObject *self, void *unused) {
     return PyBool_FromLong(self->closed);
 }
 
-static PyObject *cache_get_config(CacheObject *self, void *unused) {
-    (void)unused;
-    const pkv_config *c = &self->cfg;
+/* A configuration as the dict Cache.config and Groups.configs return. */
+PyObject *config_dict(const pkv_config *c) {
     return Py_BuildValue("{s:i,s:i,s:s,s:i,s:i,s:i,s:i,s:O,s:s,s:O,s:O,s:O,s:O,s:i}", "num_blocks", c->num_blocks,
                          "block_size", c->block_size, "storage", storage_names[c->storage], "num_layers",
                          c->num_layers, "h_kv", c->h_kv, "d", c->d, "dv", c->dv, "v_separate",
@@ -135,6 +158,11 @@ static PyObject *cache_get_config(CacheObject *self, void *unused) {
                          (c->flags & PKV_FLAG_PREFIX_CACHE) ? Py_True : Py_False, "auto_register",
                          (c->flags & PKV_FLAG_AUTO_REGISTER) ? Py_True : Py_False, "fp8_pow2_scale",
                          (c->flags & PKV_FLAG_FP8_POW2_SCALE) ? Py_True : Py_False, "window", c->window);
+}
+
+static PyObject *cache_get_config(CacheObject *self, void *unused) {
+    (void)unused;
+    return config_dict(&self->cfg);
 }
 
 static PyObject *cache_get_last_error(CacheObject *self, void *unused) {
@@ -583,7 +611,9 @@ static PyObject *cache_arenas(CacheObject *self, PyObject *arg) {
 }
 
 static PyMethodDef cache_methods[] = {
-    {"close", (PyCFunction)cache_close, METH_NOARGS, "Destroys the cache (deferred while arena views live)."},
+    {"close", (PyCFunction)cache_close, METH_NOARGS,
+     "Destroys the cache (deferred while arena views live); does nothing on a group's cache (Groups.cache(i)), "
+     "which Groups.close() closes."},
     {"__enter__", (PyCFunction)cache_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)cache_exit, METH_VARARGS, NULL},
     {"sequence", (PyCFunction)(void (*)(void))cache_sequence, METH_VARARGS | METH_KEYWORDS,

@@ -4,8 +4,9 @@
 
 static void seq_dealloc(SeqObject *self) {
     CacheObject *co = self->cache;
-    if (co && co->c && !co->closed && !self->freed) {
-        /* A sequence nobody can name any more gives its blocks back. */
+    if (co && co->c && !co->closed && !self->freed && !self->group_seq) {
+        /* A sequence nobody can name any more gives its blocks back (a group's
+         * member goes with its GroupSequence instead). */
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb);
         int st;
@@ -13,6 +14,7 @@ static void seq_dealloc(SeqObject *self) {
         (void)st;
         PyErr_Restore(et, ev, tb);
     }
+    Py_XDECREF(self->group_seq);
     Py_XDECREF(co);
     PyObject_Free(self);
 }
