@@ -27,44 +27,6 @@ typedef struct opts {
     int32_t tokens, layers, reps;
 } opts;
 
-static void rm_files(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[1024];
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-}
-
-/* Evicts dir's files from the page cache; returns how. */
-static const char *evict_files(const char *dir) {
-    sync();
-    FILE *f = fopen("/proc/sys/vm/drop_caches", "w");
-    if (f) {
-        const int ok = fputs("3\n", f) >= 0;
-        if (fclose(f) == 0 && ok) return "drop_caches";
-    }
-    DIR *d = opendir(dir);
-    if (!d) return "none";
-    struct dirent *e;
-    char p[1024];
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        int fd = open(p, O_RDONLY);
-        if (fd < 0) continue;
-        (void)fdatasync(fd);
-        (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-        close(fd);
-    }
-    closedir(d);
-    return "fadvise";
-}
-
 /* A host-mode cache (bf16 MLA rows, 576 dims, `layers` layers) over a file tier
  * in o->dir, with the prompt's KV written, registered and evicted to the tier. */
 static pkv_cache *make(const opts *o, const int32_t *toks, int threads) {
@@ -89,7 +51,7 @@ static pkv_cache *make(const opts *o, const int32_t *toks, int threads) {
     pkv_tier_blob_size(c, &blob);
     pkv_tier_backend fb;
     char detail[256];
-    rm_files(o->dir);
+    bench_rm_files(o->dir);
     st = pkv_tier_file_open(o->dir, (uint64_t)blob * (uint64_t)(nblocks + 8), blob, 0, &fb, detail);
     if (st) bench_die(detail, st);
     if ((st = pkv_cache_add_tier(c, &fb, nblocks + 8, 0))) bench_die("add tier", st);
@@ -165,7 +127,7 @@ int main(int argc, char **argv) {
             for (int r = 0; r < o.reps; r++) {
                 for (int pass = 0; pass < 2; pass++) { /* pass 1: overlapped with compute */
                     back_to_tier(c, nblocks);
-                    if (cold) how = evict_files(o.dir);
+                    if (cold) how = bench_evict_files(o.dir);
                     pkv_seq s;
                     int32_t rd = 0, ld = 0, len = 0;
                     double t0 = bench_now();
@@ -211,7 +173,7 @@ int main(int argc, char **argv) {
             pkv_cache_destroy(c);
         }
     }
-    rm_files(o.dir);
+    bench_rm_files(o.dir);
     rmdir(o.dir);
     free(toks);
     return 0;

@@ -36,43 +36,6 @@ static void key_of(uint32_t i, uint8_t key[16]) {
     memcpy(key + 8, &b, 8);
 }
 
-static void rm_dir_files(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[1024];
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-}
-
-/* Evicts the files of dir from the page cache; returns how. */
-static const char *evict(const char *dir) {
-    sync();
-    FILE *f = fopen("/proc/sys/vm/drop_caches", "w");
-    if (f) {
-        const int ok = fputs("3\n", f) >= 0;
-        if (fclose(f) == 0 && ok) return "drop_caches";
-    }
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char p[1024];
-    while (d && (e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        const int fd = open(p, O_RDONLY);
-        if (fd < 0) continue;
-        fdatasync(fd);
-        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-        close(fd);
-    }
-    if (d) closedir(d);
-    return "fadvise_dontneed";
-}
-
 /* Process CPU seconds (user + system: the kernel's page-cache copies count).
  * On a shared VM the wall clock also counts other jobs' time; for work that
  * never waits on the device (the warm rows) GB/s per CPU second is the
@@ -252,7 +215,7 @@ int main(int argc, char **argv) {
     for (long r = 0; r < reps; r++) {
         /* Tier and file take turns going first; both exist side by side. */
         const int tier_first = (int)(r & 1) == 0;
-        rm_dir_files(dir);
+        bench_rm_files(dir);
         pkv_tier_backend t = open_tier(&s, s.n, 0);
         for (int k = 0; k < 2; k++) {
             if ((k == 0) == tier_first) tier[WR][r] = tier_write(&s, &t, s.n), tierc[WR][r] = cpu_gbs;
@@ -282,11 +245,11 @@ int main(int argc, char **argv) {
          * baseline read, "cold" ratios of 1.5-3 were seen). */
         file[RD_COLD][r] = filec[RD_COLD][r] = 0;
         for (int k = 0; k < 3; k++) {
-            how = evict(dir);
+            how = bench_evict_files(dir);
             if (k == 1) {
                 tier[RD_COLD][r] = tier_read(&s, &t, s.n, 0);
                 tierc[RD_COLD][r] = cpu_gbs;
-                how = evict(dir);
+                how = bench_evict_files(dir);
                 tier[RD_COLD_RAND][r] = tier_read(&s, &t, s.n, 1);
                 tierc[RD_COLD_RAND][r] = cpu_gbs;
             } else {
@@ -313,9 +276,9 @@ int main(int argc, char **argv) {
         t = open_tier(&s, s.n, 0);
         open_crash[r] = bench_now() - t0;
         t.close(t.ctx);
-        rm_dir_files(dir);
+        bench_rm_files(dir);
         mkdir(sdir, 0777);
-        rm_dir_files(sdir);
+        bench_rm_files(sdir);
         setup ss = s;
         ss.dir = sdir;
         for (int k = 0; k < 2; k++) {
@@ -329,7 +292,7 @@ int main(int argc, char **argv) {
                 filec[WR_SYNC][r] = cpu_gbs;
             }
         }
-        rm_dir_files(sdir);
+        bench_rm_files(sdir);
         rmdir(sdir);
     }
     static const char *ops[NM] = {"write", "write_fsync", "read", "read_random", "read_trusted", "read",
@@ -364,7 +327,7 @@ int main(int argc, char **argv) {
     json_int(&j, "sink", (long long)(sink & 1));
     json_end(&j);
     fprintf(stderr, "checksum alone: %.2f GB/s\n", csum_gbs);
-    rm_dir_files(dir);
+    bench_rm_files(dir);
     if (own) rmdir(dir);
     return 0;
 }

@@ -1,5 +1,8 @@
 /* Timing, ceilings and JSON output shared by the benchmarks (see bench.h). */
+#include <dirent.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -317,3 +320,42 @@ void json_end(bench_json *j) {
     fputs("}\n", j->f);
     fflush(j->f);
 }
+
+/* ---- files (the tier benchmarks) ---- */
+void bench_rm_files(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char p[1024];
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+}
+
+/* Evicts the files of dir from the page cache; returns how. */
+const char *bench_evict_files(const char *dir) {
+    sync();
+    FILE *f = fopen("/proc/sys/vm/drop_caches", "w");
+    if (f) {
+        const int ok = fputs("3\n", f) >= 0;
+        if (fclose(f) == 0 && ok) return "drop_caches";
+    }
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char p[1024];
+    while (d && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        const int fd = open(p, O_RDONLY);
+        if (fd < 0) continue;
+        fdatasync(fd);
+        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        close(fd);
+    }
+    if (d) closedir(d);
+    return "fadvise_dontneed";
+}
+

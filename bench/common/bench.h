@@ -72,6 +72,11 @@ double bench_amx_bf16(long iters, float *sink);
 /* Prints "prog: what: pkv_strerror(st)" on stderr and exits 1 (prog: argv[0]'s
  * base name, set by bench_set_name; "bench" before). */
 void bench_die(const char *what, int st);
+/* Unlinks the files of dir (not its subdirectories' contents). */
+void bench_rm_files(const char *dir);
+/* Evicts dir's files from the page cache (root's drop_caches, else fdatasync +
+ * posix_fadvise(DONTNEED) per file); returns how: "drop_caches" or "fadvise_dontneed". */
+const char *bench_evict_files(const char *dir);
 void bench_set_name(const char *argv0);
 /* Runs a library call; any status but PKV_OK ends the benchmark (bench_die). */
 #define BENCH_OK(call)                              \
