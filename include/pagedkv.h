@@ -163,9 +163,15 @@ typedef struct pkv_config {
      * pkv_attn refuses a table entry it would read that is -1). A truncation
      * whose new window needs a released block is refused (PKV_ERR_STATE);
      * dropping lookahead drafts never is. Swapping a sequence with released
-     * blocks is refused (PKV_ERR_STATE). Not yet with PKV_FLAG_PREFIX_CACHE
-     * (PKV_ERR_INVALID): the prefix index is a tree whose entries need their
-     * parents, which a window releases. */
+     * blocks is refused (PKV_ERR_STATE). Since 1.3 with prefix caching when
+     * PKV_FLAG_AUTO_REGISTER is set too (PKV_ERR_INVALID otherwise: blocks
+     * register as they fill, before the window releases them); tiers are
+     * refused (PKV_ERR_MODE). A released registered block stays cached
+     * (evictable); a reclaimed one whose entry has children stays in the index
+     * as a ghost (no KV, no event), so the chain below it is still found. A
+     * lookup's hit is the longest length whose held blocks are all in the
+     * pool: the window of its next token and of the one before, and its last
+     * full block; the blocks before are -1 in the new sequence's table. */
     int32_t window;
 } pkv_config;
 
@@ -866,9 +872,9 @@ PKV_API int pkv_seq_load_wait(pkv_cache *cache, pkv_seq seq, int32_t *length);
  *    reserves in all groups (capacity, memory) before it changes any;
  *  - truncate and fork likewise; free frees all members;
  *  - pkv_groups_lookup starts a group sequence from a prompt: the hit is the
- *    shortest of the groups' hits (a group without prefix caching hits 0;
- *    window groups have no prefix caching yet, so a hybrid with a window
- *    group starts from 0).
+ *    longest length every group can serve (a group without prefix caching
+ *    hits 0; a window group serves a length when it holds that length's
+ *    window, see pkv_config.window).
  * Everything that reads a group's blocks works on that group's cache with the
  * member's handle (pkv_groups_cache, pkv_groups_seq_handle): exports, blocks,
  * slot mappings, pkv_store_write at the slots an append returned, attention.
@@ -927,8 +933,9 @@ PKV_API int pkv_groups_free(pkv_groups *groups, pkv_seq seq);
 PKV_API int pkv_groups_blocks_for_bytes(const pkv_config *const *cfgs, int32_t n, uint64_t bytes,
                                         int32_t seq_tokens, int32_t *num_blocks);
 /*! A group sequence from a prompt: pkv_prefix_lookup in every group with
- *  prefix caching, an empty member elsewhere; *cached_tokens = the shortest
- *  hit, every member truncated to it. @return as pkv_prefix_lookup; on error
+ *  prefix caching, an empty member elsewhere; *cached_tokens = the longest
+ *  length every group serves (the shortest full-group hit, lowered until
+ *  every window group holds that length's window), every member at it. @return as pkv_prefix_lookup; on error
  *  no group sequence is made (blocks a lookup promoted from tiers stay cached). */
 PKV_API int pkv_groups_lookup(pkv_groups *groups, uint64_t ns, const int32_t *tokens, int32_t n, pkv_seq *out,
                               int32_t *cached_tokens);

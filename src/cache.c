@@ -47,7 +47,11 @@ static int config_validate(const pkv_config *cfg) {
               PKV_ERR_INVALID);
     RETURN_IF((cfg->allocator.alloc == NULL) != (cfg->allocator.free == NULL), PKV_ERR_INVALID);
     RETURN_IF(cfg->hash_key_set != 0 && cfg->hash_key_set != 1, PKV_ERR_INVALID);
-    RETURN_IF(cfg->window < 0 || (cfg->window > 0 && (cfg->flags & PKV_FLAG_PREFIX_CACHE)), PKV_ERR_INVALID);
+    /* A window cache caches prefixes only registering as it appends (the
+     * window releases blocks right after). */
+    RETURN_IF(cfg->window < 0 ||
+                  (cfg->window > 0 && (cfg->flags & PKV_FLAG_PREFIX_CACHE) && !(cfg->flags & PKV_FLAG_AUTO_REGISTER)),
+              PKV_ERR_INVALID);
     if (cfg->storage == PKV_STORAGE_METADATA) return PKV_OK;
     RETURN_IF(cfg->storage != PKV_STORAGE_HOST, PKV_ERR_INVALID);
     RETURN_IF(cfg->num_layers < 1 || cfg->h_kv < 1 || cfg->d < 1 || cfg->dv < 1, PKV_ERR_INVALID);
@@ -92,6 +96,7 @@ int pkv_cache_create(const pkv_config *user_cfg, pkv_cache **out) {
         if (cfg->hash_key_set) memcpy(secret, cfg->hash_key, 16);
         else st = pkv_os_random(secret, sizeof secret);
         if (st == PKV_OK) st = prefix_create(&c->al, &c->pool, secret, &c->prefix);
+        if (st == PKV_OK && cfg->window > 0) prefix_set_window(c->prefix, &c->al);
     }
     if (st == PKV_OK && (cfg->flags & PKV_FLAG_THREAD_SAFE)) {
         if (pthread_mutex_init(&c->lock, NULL) != 0) st = PKV_ERR_THREAD;

@@ -301,6 +301,52 @@ int pkv_groups_free(pkv_groups *g, pkv_seq seq) {
     return leave(g, PKV_OK);
 }
 
+/* The hit of a group sequence: the shortest of the full groups' hits, then
+ * lowered until every window group can serve it (a window group's hits are
+ * not prefix-closed: a shorter length needs other blocks of its window). The
+ * window groups' chains are walked once, without side effects, before any
+ * group changes; ents[i] (NULL for other groups) are freed by the caller. */
+static int window_hit(pkv_groups *g, uint64_t ns, const int32_t *tokens, int32_t n, int32_t *ents[], int32_t *m) {
+    int32_t chain[MAX_GROUPS];
+    for (int32_t i = 0; i < g->n; i++) {
+        pkv_cache *c = g->c[i];
+        if (!c->prefix || c->cfg.window <= 0) continue;
+        ents[i] = malloc(((size_t)n / (size_t)c->pool.block_size + 1) * sizeof *ents[i]);
+        if (!ents[i]) return gfail(g, PKV_ERR_NOMEM, "group %d: no memory for a %d-token prompt's chain", (int)i, n);
+        chain[i] = cache_window_chain(c, ns, NULL, tokens, n, ents[i]);
+    }
+    for (int changed = 1; changed;) {
+        changed = 0;
+        for (int32_t i = 0; i < g->n; i++) {
+            if (!ents[i]) continue;
+            int32_t f = cache_window_fit(g->c[i], ents[i], chain[i], *m);
+            if (f < *m) {
+                *m = f;
+                changed = 1;
+            }
+        }
+    }
+    return PKV_OK;
+}
+
+/* Group i's member for a lookup whose hit is at most limit tokens (a window
+ * group's is exactly that when window_hit chose it). */
+static int member_lookup(pkv_groups *g, int32_t i, uint64_t ns, const int32_t *tokens, int32_t n, int32_t limit,
+                         pkv_seq *h, int32_t *got) {
+    pkv_cache *c = g->c[i];
+    int st;
+    *got = 0;
+    if (c->prefix) {
+        st = cache_lookup(c, ns, tokens, n, limit, h, got);
+    } else {
+        int32_t idx;
+        st = seq_slot_prepare(&c->seqs, &idx);
+        if (st == PKV_OK) *h = seq_handle(&c->seqs, seq_slot_commit(&c->seqs, idx, ns));
+        else cache_fail(c, st, "lookup: no memory for a sequence record");
+    }
+    return st < 0 ? gfail_cache(g, i, st) : PKV_OK;
+}
+
 int pkv_groups_lookup(pkv_groups *g, uint64_t ns, const int32_t *tokens, int32_t n, pkv_seq *out, int32_t *cached) {
     RETURN_IF(!g, PKV_ERR_NULL);
     enter(g);
@@ -310,30 +356,43 @@ int pkv_groups_lookup(pkv_groups *g, uint64_t ns, const int32_t *tokens, int32_t
     int32_t gi;
     int st = gslot_prepare(g, &gi);
     if (st < 0) return leave(g, gfail(g, st, "no memory for a group sequence record"));
+    /* 1. Full groups with tiers look up first (what they promote is known only
+     *    then); the other full groups' hits are known from a peek, and a group
+     *    without prefix caching hits 0. */
     pkv_seq h[MAX_GROUPS];
-    int32_t m = n, i = 0;
-    for (; i < g->n; i++) {
+    int32_t m = n, *ents[MAX_GROUPS] = {0}, made[MAX_GROUPS] = {0};
+    for (int32_t i = 0; st == PKV_OK && i < g->n; i++) {
         pkv_cache *c = g->c[i];
         int32_t got = 0;
-        if (c->prefix) {
-            st = cache_lookup(c, ns, tokens, n, &h[i], &got);
-        } else {
-            int32_t idx;
-            st = seq_slot_prepare(&c->seqs, &idx);
-            if (st == PKV_OK) h[i] = seq_handle(&c->seqs, seq_slot_commit(&c->seqs, idx, ns));
-            else cache_fail(c, st, "lookup: no memory for a sequence record");
-        }
-        if (st < 0) break;
+        if (!c->prefix) got = 0;
+        else if (c->cfg.window > 0) continue;
+        else if (c->tiers.n == 0) got = prefix_peek(c->prefix, ns, NULL, tokens, n, NULL) * c->pool.block_size;
+        else if ((st = member_lookup(g, i, ns, tokens, n, n, &h[i], &got)) == PKV_OK) made[i] = 1;
         if (got < m) m = got;
     }
-    if (st < 0) { /* no group sequence: the members made so far go (promoted blocks stay cached) */
-        for (int32_t k = 0; k < i; k++) member_free(g, k, h[k]);
-        return leave(g, gfail_cache(g, i, st));
+    /* 2. Window groups lower m until each can serve it. 3. The other members. */
+    if (st == PKV_OK) st = window_hit(g, ns, tokens, n, ents, &m);
+    for (int32_t i = 0; st == PKV_OK && i < g->n; i++) {
+        int32_t got;
+        if (!made[i] && (st = member_lookup(g, i, ns, tokens, n, m, &h[i], &got)) == PKV_OK) made[i] = 1;
     }
-    /* The hit of the group sequence is the shortest of its groups' hits. */
-    for (i = 0; i < g->n; i++) {
+    for (int32_t k = 0; k < g->n; k++) free(ents[k]);
+    if (st < 0) { /* no group sequence: the members made go (promoted blocks stay cached) */
+        for (int32_t k = 0; k < g->n; k++)
+            if (made[k]) member_free(g, k, h[k]);
+        return leave(g, st);
+    }
+    /* Full members are cut to the group sequence's hit (never refused); window
+     * members have it already. */
+    for (int32_t i = 0; i < g->n; i++) {
         const pkv_seq_rec *x = seq_get(&g->c[i]->seqs, h[i]);
-        if (x->len > m && cache_truncate_check(g->c[i], h[i], m) == PKV_OK) cache_truncate_commit(g->c[i], h[i], m);
+        pkv_assert(x->len >= m);
+        if (x->len > m) {
+            int tst = cache_truncate_check(g->c[i], h[i], m);
+            pkv_assert(tst == PKV_OK);
+            (void)tst;
+            cache_truncate_commit(g->c[i], h[i], m);
+        }
     }
     grec *r = gslot_commit(g, gi);
     memcpy(r->h, h, (size_t)g->n * sizeof *h);

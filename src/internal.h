@@ -329,6 +329,9 @@ void prefix_block_key(const uint8_t secret[16], const int32_t *toks, int32_t bs,
 void prefix_get_secret(const pkv_prefix *p, uint8_t out[16]);
 int64_t prefix_get_collisions(const pkv_prefix *p);
 void prefix_child_scan(pkv_prefix *p, int32_t n);
+/* Makes p a window cache's index: entries whose block was reclaimed stay as
+ * ghosts while they have children, and the index grows through al. */
+void prefix_set_window(pkv_prefix *p, const pkv_allocator *al);
 /* Lookup compares a parent's children directly when it has at most this many
  * (default PREFIX_CHILD_SCAN); tests set 0 to force the hashed path. */
 #define PREFIX_CHILD_SCAN 8
@@ -590,8 +593,19 @@ int cache_fork_prepare(pkv_cache *c, pkv_seq parent, int32_t *idx);
 pkv_seq cache_fork_commit(pkv_cache *c, pkv_seq parent, int32_t idx);
 int cache_truncate_check(pkv_cache *c, pkv_seq seq, int32_t new_len);
 void cache_truncate_commit(pkv_cache *c, pkv_seq seq, int32_t new_len);
-/* The body of pkv_prefix_lookup_ex (the caller holds the cache). */
-int cache_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, pkv_seq *out, int32_t *cached);
+/* The body of pkv_prefix_lookup (the caller holds the cache); a window
+ * cache's hit is at most limit tokens. */
+int cache_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, int32_t limit, pkv_seq *out,
+                 int32_t *cached);
+/* Window caches with prefix caching (ops.c): the chain of entries matching a
+ * prompt, ghosts included (ents: [n / block_size]); the longest length at most
+ * limit whose blocks a sequence would hold are all in the pool; a committed,
+ * reserved, empty record made a sequence of that length from the chain (ents
+ * is overwritten: it may be r->blocks). */
+int32_t cache_window_chain(pkv_cache *c, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n,
+                           int32_t *ents);
+int32_t cache_window_fit(const pkv_cache *c, const int32_t *ents, int32_t m, int32_t limit);
+void cache_window_adopt(pkv_cache *c, pkv_seq_rec *r, int32_t *ents, int32_t len);
 /* PKV_OK, or PKV_ERR_STATE (recorded, naming what) when one of r's blocks is
  * still loading from a tier (ops.c). */
 int cache_seq_loading(pkv_cache *c, const pkv_seq_rec *r, const char *what);

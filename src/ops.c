@@ -185,6 +185,44 @@ static int32_t window_keep_from(const pkv_cache *c, int32_t settled) {
     return first_key > 0 ? (int32_t)(first_key / c->pool.block_size) : 0;
 }
 
+/* Window caches with prefix caching: the first block a sequence of L tokens
+ * holds after a lookup: the window of its next token and of the one before
+ * (a lookup of a whole prompt is truncated by one token), and its last full
+ * block, which the registration of the next block chains from. */
+static int32_t window_hold_from(const pkv_cache *c, int32_t len) {
+    int32_t s = window_keep_from(c, len > 0 ? len - 1 : 0), bs = c->pool.block_size;
+    if (len >= bs && len / bs - 1 < s) s = len / bs - 1;
+    return s;
+}
+
+int32_t cache_window_fit(const pkv_cache *c, const int32_t *ents, int32_t m, int32_t limit) {
+    const int64_t bs = c->pool.block_size;
+    int64_t len = m * bs < limit ? m * bs : limit;
+    while (len > 0) {
+        int32_t end = (int32_t)((len + bs - 1) / bs), s = window_hold_from(c, (int32_t)len), j = end - 1;
+        while (j >= s && prefix_entry_block(c->prefix, ents[j]) >= 0) j--;
+        if (j < s) break;
+        len = j * bs; /* block j is gone: only a length before it can do without it */
+    }
+    return (int32_t)len;
+}
+
+int32_t cache_window_chain(pkv_cache *c, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n,
+                           int32_t *ents) {
+    return prefix_match_entries(c->prefix, ns, x, tokens, n, ents);
+}
+
+void cache_window_adopt(pkv_cache *c, pkv_seq_rec *r, int32_t *ents, int32_t len) {
+    const int32_t bs = c->pool.block_size, h = (int32_t)(((int64_t)len + bs - 1) / bs);
+    const int32_t s = len > 0 ? window_hold_from(c, len) : 0;
+    for (int32_t j = 0; j < h; j++) ents[j] = j < s ? -1 : prefix_entry_block(c->prefix, ents[j]);
+    seq_adopt_prefix(&c->seqs, r, ents, h, 0);
+    if (len < h * bs) {
+        int32_t j = seq_truncate_needs_tokens(&c->seqs, r, len);
+        seq_truncate(&c->seqs, r, len, j >= 0 ? prefix_block_tokens(c->prefix, r->blocks[j]) : NULL);
+    }
+}
+
 /* An append in two steps (KV groups run the first on every group's cache
  * before the second on any): prepare validates and reserves everything that
  * can fail; commit cannot fail; abandon undoes a prepare not committed. */
@@ -266,7 +304,13 @@ void cache_append_commit(pkv_cache *c, append_plan *pl) {
     /* A window cache lets go of the blocks the next token's window no longer
      * reaches, as of the length settled before this append (its own tokens'
      * queries, being computed now, still read the blocks before them). */
-    if (c->cfg.window > 0) seq_release_before(&c->seqs, r, window_keep_from(c, old_settled));
+    if (c->cfg.window > 0) {
+        int32_t upto = window_keep_from(c, old_settled);
+        /* With prefix caching the last registered block stays (the next
+         * block's registration chains from its entry). */
+        if (c->prefix && r->nregistered > r->nreleased && r->nregistered - 1 < upto) upto = r->nregistered - 1;
+        seq_release_before(&c->seqs, r, upto);
+    }
 }
 
 static int seq_append_op(pkv_cache *c, pkv_seq h, int32_t n, const int32_t *tokens, int64_t *slots,
@@ -362,8 +406,10 @@ static int import_extras(pkv_cache *c, const pkv_extra_keys *user, prefix_extras
     return PKV_OK;
 }
 
+/* limit: a window cache's hit is at most this many tokens (KV groups). */
 static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n,
-                            const pkv_extra_keys *extra, pkv_seq *out, int32_t *cached_tokens, int async) {
+                            const pkv_extra_keys *extra, pkv_seq *out, int32_t *cached_tokens, int async,
+                            int32_t limit) {
     if (!c->prefix) return cache_fail(c, PKV_ERR_MODE, "prefix caching is off (PKV_FLAG_PREFIX_CACHE)");
     if (n < 0) return cache_fail(c, PKV_ERR_INVALID, "prompt length %d is negative", n);
     if (n > 0 && !tokens) return cache_fail(c, PKV_ERR_NULL, "tokens is NULL with n = %d", n);
@@ -384,7 +430,12 @@ static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
     r->adapter = x.adapter;
     if (x.nmm) memcpy(r->mm, x.mm, (size_t)x.nmm * sizeof *r->mm);
     r->nmm = x.nmm;
-    if (c->tiers.n) {
+    if (c->cfg.window > 0) { /* r->blocks holds the chain's entries, then the blocks */
+        int32_t m = cache_window_chain(c, ns, &x, tokens, n, r->blocks);
+        int32_t len = cache_window_fit(c, r->blocks, m, limit);
+        cache_window_adopt(c, r, r->blocks, len);
+        prefix_count_query(c->prefix, n, len);
+    } else if (c->tiers.n) {
         int32_t m = match_through_tiers(c, ns, &x, tokens, n, r->blocks, async);
         seq_adopt_prefix(&c->seqs, r, r->blocks, m, 1);
     } else {
@@ -401,8 +452,9 @@ static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
     return PKV_OK;
 }
 
-int cache_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, pkv_seq *out, int32_t *cached) {
-    return prefix_lookup_op(c, ns, tokens, n, NULL, out, cached, 0);
+int cache_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, int32_t limit, pkv_seq *out,
+                 int32_t *cached) {
+    return prefix_lookup_op(c, ns, tokens, n, NULL, out, cached, 0, limit);
 }
 
 /* ---- public entry points: lock, arguments, body ---- */
@@ -564,7 +616,7 @@ int pkv_prefix_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t 
     CACHE_ENTER(c);
     CACHE_NULL_IF(c, !out, "out");
     CACHE_NULL_IF(c, !cached_tokens, "cached_tokens");
-    CACHE_LEAVE(c, prefix_lookup_op(c, ns, tokens, n, NULL, out, cached_tokens, 0));
+    CACHE_LEAVE(c, prefix_lookup_op(c, ns, tokens, n, NULL, out, cached_tokens, 0, INT32_MAX));
 }
 
 int pkv_prefix_lookup_ex(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, const pkv_extra_keys *extra,
@@ -572,7 +624,7 @@ int pkv_prefix_lookup_ex(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32
     CACHE_ENTER(c);
     CACHE_NULL_IF(c, !out, "out");
     CACHE_NULL_IF(c, !cached_tokens, "cached_tokens");
-    CACHE_LEAVE(c, prefix_lookup_op(c, ns, tokens, n, extra, out, cached_tokens, 0));
+    CACHE_LEAVE(c, prefix_lookup_op(c, ns, tokens, n, extra, out, cached_tokens, 0, INT32_MAX));
 }
 
 /* ---- extra keys of a sequence ---- */
@@ -658,8 +710,17 @@ int pkv_store_arenas(pkv_cache *c, int32_t layer, void **k, void **v) {
 
 /* ---- tiers ---- */
 
+/* Tiers keep whole chains; a window cache's chains have ghosts (no KV). */
+static int refuse_window_tier(pkv_cache *c) {
+    if (c->cfg.window > 0)
+        return cache_fail(c, PKV_ERR_MODE, "a sliding-window cache (window %d) takes no tiers", c->cfg.window);
+    return PKV_OK;
+}
+
 int pkv_cache_add_host_tier(pkv_cache *c, int64_t capacity_blocks, uint32_t flags) {
     CACHE_ENTER(c);
+    int wst = refuse_window_tier(c);
+    if (wst < 0) CACHE_LEAVE(c, wst);
     if (!c->store.enabled) CACHE_LEAVE(c, tmeta_add(c, capacity_blocks, flags, &c->err));
     CACHE_LEAVE(c, tier_add(c, NULL, capacity_blocks, 1, flags, &c->err));
 }
@@ -671,7 +732,8 @@ int pkv_cache_add_tier(pkv_cache *c, const pkv_tier_backend *backend, int64_t ca
     }
     CACHE_ENTER(c);
     CACHE_NULL_IF(c, !backend, "backend");
-    int st = tier_add(c, backend, capacity_blocks, 0, flags, &c->err);
+    int st = refuse_window_tier(c);
+    if (st == PKV_OK) st = tier_add(c, backend, capacity_blocks, 0, flags, &c->err);
     if (st < 0 && backend->close) backend->close(backend->ctx); /* the cache took it over */
     CACHE_LEAVE(c, st);
 }
@@ -710,6 +772,15 @@ static int prefix_peek_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, int3
     if (n > 0 && !tokens) return cache_fail(c, PKV_ERR_NULL, "tokens is NULL with n = %d", n);
     prefix_extras x;
     FORWARD_IF_ERROR(import_extras(c, extra, &x));
+    if (c->cfg.window > 0) { /* the hit a lookup would make, every block of it in the pool */
+        int32_t *ents = pkv_mem_alloc(&c->al, ((size_t)n / (size_t)c->pool.block_size + 1) * sizeof *ents);
+        if (!ents) return cache_fail(c, PKV_ERR_NOMEM, "peek: no memory for a %d-token prompt's chain", n);
+        int32_t m = cache_window_chain(c, ns, &x, tokens, n, ents);
+        *cached_tokens = cache_window_fit(c, ents, m, m * c->pool.block_size);
+        if (pool_tokens) *pool_tokens = *cached_tokens;
+        pkv_mem_free(&c->al, ents);
+        return PKV_OK;
+    }
     int32_t lead, m = prefix_peek(c->prefix, ns, &x, tokens, n, &lead);
     *cached_tokens = m * c->pool.block_size;
     if (pool_tokens) *pool_tokens = lead * c->pool.block_size;
@@ -847,7 +918,7 @@ int pkv_prefix_lookup_async(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
     CACHE_NULL_IF(c, !loading, "loading_tokens");
     if (aio_inflight(c)) reap_loads(c, 0);
     int32_t cached;
-    int st = prefix_lookup_op(c, ns, tokens, n, extra, out, &cached, c->aio != NULL);
+    int st = prefix_lookup_op(c, ns, tokens, n, extra, out, &cached, c->aio != NULL, INT32_MAX);
     if (st < 0) CACHE_LEAVE(c, st);
     *loading = loading_tokens(c, seq_get(&c->seqs, *out));
     *ready_tokens = cached - *loading;

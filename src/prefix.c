@@ -55,7 +55,20 @@
  * simply stops being cached (not an eviction: its holders keep it). Through
  * the public API this happens when forked sequences share a block that one of
  * them registered after deduplicating its parent: the other keeps holding the
- * block but not that parent. */
+ * block but not that parent.
+ *
+ * Window caches (prefix_set_window). A sliding window releases a sequence's
+ * early blocks while it still appends, so chains lose their first blocks
+ * first, and dropping descendants would lose every chain. There a reclaimed
+ * block's entry with children stays as a ghost (no location, no tier; its
+ * tokens and key kept), and a leaf goes with every ghost above it left
+ * childless; a registration that finds a ghost's identity places its block
+ * there (the ghost lives again). Lookup walks ghosts like other entries; the
+ * cache layer picks the longest length whose window is in the pool. Ghosts
+ * take ids beyond one per block, so this index grows (doubling) when a
+ * registration finds no free id; if that fails the registration ends there.
+ * KV events follow the KV: a block becoming a ghost is reported removed, a
+ * ghost revived stored, a ghost dropped not again. */
 #include <string.h>
 
 #include "internal.h"
@@ -85,6 +98,11 @@ struct pkv_prefix {
     int32_t *nchild;  /* length of the child list */
     int32_t *toks;    /* [ecap * bs] token ids */
     int32_t efree;    /* head of the free entry ids */
+    /* Window caches (prefix_set_window): ghosts are entries whose KV is gone
+     * (the block was reclaimed) kept while they have children, so that the
+     * chain below them stays reachable; the index then grows on demand. */
+    const pkv_allocator *al; /* non-NULL: a window cache's index */
+    int32_t ghosts;
     int32_t child_scan; /* a parent with at most this many children is searched by its list */
     /* KV events: a ring of ev_cap, ev_n pending from ev_head; ev_dropped lost */
     pkv_event *ev;
@@ -179,6 +197,9 @@ static inline size_t home_slot(const pkv_prefix *p, uint32_t tag) {
 
 static inline const int32_t *ent_toks(const pkv_prefix *p, int32_t e) { return p->toks + (size_t)e * (size_t)p->bs; }
 
+/* An entry of a window cache's index whose KV is gone (no block, no tier). */
+static inline int is_ghost(const pkv_prefix *p, int32_t e) { return p->al && p->loc[e] < 0 && p->emask[e] == 1; }
+
 /* The entry of identity (key, parent, ns, xd, toks), or -1. check_high = 0:
  * only key[0] is known (lookup); the identity decides alone. */
 static int32_t index_find(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, uint64_t xd,
@@ -253,7 +274,8 @@ static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int
  * unlinks e from its parent's children and frees its id. e's own children
  * keep parent = e: the caller drops them first or right after. */
 static void entry_remove(pkv_prefix *p, int32_t e) {
-    event(p, PKV_EVENT_REMOVED, e);
+    if (is_ghost(p, e)) p->ghosts--; /* its removal was reported when it became one */
+    else event(p, PKV_EVENT_REMOVED, e);
     size_t i = home_slot(p, (uint32_t)p->key[2 * e]);
     while (p->tab[i].ent != e) i = (i + 1) & p->mask;
     for (size_t j = i;;) {
@@ -282,9 +304,32 @@ static void entry_remove(pkv_prefix *p, int32_t e) {
     p->count--;
 }
 
+/* A window cache's reclaimed block: its entry stays as a ghost while it has
+ * children (they are still reachable); a leaf goes, and with it every ghost
+ * above it left without children. */
+static void forget_window(pkv_prefix *p, int32_t b, int32_t e) {
+    if (p->child[e] >= 0) {
+        event(p, PKV_EVENT_REMOVED, e);
+        p->ent_of_block[b] = -1;
+        p->loc[e] = -1;
+        p->ghosts++;
+        return;
+    }
+    for (;;) {
+        int32_t up = p->parent[e];
+        entry_remove(p, e);
+        if (up < 0 || p->child[up] >= 0 || !is_ghost(p, up)) return;
+        e = up;
+    }
+}
+
 void prefix_forget(pkv_prefix *p, int32_t b) {
     int32_t e = p->ent_of_block[b];
     pkv_assert(e >= 0);
+    if (p->al) {
+        forget_window(p, b, e);
+        return;
+    }
     /* Leaf first, newest child first: each dropped descendant's block leaves
      * the index (and, when evictable, the LRU list for the free list). */
     int32_t x = e;
@@ -555,6 +600,8 @@ int64_t prefix_get_collisions(const pkv_prefix *p) { return p->collisions; }
 
 void prefix_child_scan(pkv_prefix *p, int32_t n) { p->child_scan = n; }
 
+void prefix_set_window(pkv_prefix *p, const pkv_allocator *al) { p->al = al; }
+
 /* The child of entry pe (-1: roots are not listed) with tokens t in ns, when pe
  * has few enough children to scan: *scanned = 1 and the child or -1 (a miss in
  * a complete list is a miss). Otherwise *scanned = 0. */
@@ -585,7 +632,10 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
     int32_t first = j;
     uint64_t pk[2] = {0, 0};
     int32_t pe = -1;
-    if (j > 0) {
+    /* A window may have released the next block, or the last registered one
+     * (whose entry the chain continues from): nothing more can register. */
+    if (j < r->nreleased || (j > 0 && r->blocks[j - 1] < 0)) full = j;
+    if (j > 0 && j < full) {
         pe = p->ent_of_block[r->blocks[j - 1]];
         pkv_assert(pe >= 0);
         pk[0] = p->key[2 * pe];
@@ -616,10 +666,16 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
             if (!scanned) found = index_find(p, key, pe, r->ns, xd, tk, 1, 1);
         }
         if (found >= 0 && p->loc[found] < 0) {
-            /* The identity lives only in a tier: the pool holds it again here. */
+            /* The identity lives only in a tier, or is a window cache's ghost:
+             * the pool holds it again here. */
             pkv_assert(!p->pool->cached[own]);
             if (p->pool->cached[own]) break;
+            int ghost = is_ghost(p, found);
             prefix_place(p, found, own);
+            if (ghost) {
+                p->ghosts--;
+                event(p, PKV_EVENT_STORED, found);
+            }
         } else if (found >= 0 && p->loc[found] != own) {
             if (written_len >= 0 && (int64_t)(j + 1) * bs > written_len) break;
             /* a block still loading holds no KV yet: deduplicate later */
@@ -632,6 +688,12 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
              * before it); stop rather than index it twice. */
             pkv_assert(!p->pool->cached[own]);
             if (p->pool->cached[own]) break;
+            /* A window cache's ghosts take ids beyond one per block: its index
+             * grows; without memory the registration ends here. */
+            if (p->efree < 0 &&
+                (!p->al || p->ecap == INT32_MAX ||
+                 prefix_grow(p, p->al, p->ecap > INT32_MAX / 2 ? INT32_MAX : 2 * p->ecap) != PKV_OK))
+                break;
             found = entry_insert(p, own, key, pe, r->ns, xd, tk);
             p->pool->cached[own] = 1;
             reg++;
@@ -727,7 +789,7 @@ int32_t prefix_match(pkv_prefix *p, uint64_t ns, const prefix_extras *x, const i
 
 void prefix_stats(const pkv_prefix *p, pkv_stats *out) {
     if (!p) return;
-    out->cached_blocks = p->count;
+    out->cached_blocks = p->count - p->ghosts;
     out->prefix_queries = p->queries;
     out->prefix_query_tokens = p->query_tokens;
     out->prefix_hit_tokens = p->hit_tokens;
@@ -741,8 +803,8 @@ void prefix_dump(const pkv_prefix *p, void (*put)(void *w, const void *data, siz
     put(w, &on, sizeof on);
     if (!p) return;
     put(w, p->secret, sizeof p->secret);
-    int64_t ctr[10] = {p->count, p->queries, p->query_tokens, p->hit_tokens, p->dedups,
-                       p->registrations, p->orphans, p->orphan_frees, p->child_scan, p->efree};
+    int64_t ctr[12] = {p->count, p->queries, p->query_tokens, p->hit_tokens, p->dedups,   p->registrations,
+                       p->orphans, p->orphan_frees, p->child_scan, p->efree, p->ghosts, p->ecap};
     put(w, ctr, sizeof ctr);
     for (size_t i = 0; i <= p->mask; i++) {
         put(w, &p->tab[i].ent, sizeof p->tab[i].ent);
@@ -763,15 +825,19 @@ void prefix_dump(const pkv_prefix *p, void (*put)(void *w, const void *data, siz
  * its recomputed key and its parent, the child lists and the free ids. */
 static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
     const pkv_pool *pool = p->pool;
-    int32_t n = 0, with_parent = 0;
+    int32_t n = 0, with_parent = 0, ghosts = 0;
     for (size_t i = 0; i <= p->mask; i++) {
         int32_t e = p->tab[i].ent;
         if (e < 0) continue;
         if (e >= p->ecap || !(p->emask[e] & 1) || seen[e]++)
             return pkv__fail(d, PKV_ERR_CORRUPT, "index slot %zu holds entry %d (free or twice)", i, e);
         int32_t b = p->loc[e];
-        if (b < 0 && p->emask[e] == 1)
-            return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d lives nowhere (no block, no tier)", e);
+        if (b < 0 && p->emask[e] == 1) {
+            if (!p->al || p->child[e] < 0)
+                return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d lives nowhere (no block, no tier)%s", e,
+                                 p->al ? " and has no children" : "");
+            ghosts++;
+        }
         if (b >= p->nb || (b >= 0 && (!pool->cached[b] || p->ent_of_block[b] != e)))
             return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d is located at block %d, which is not its cached block", e,
                              b);
@@ -799,6 +865,8 @@ static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
         n++;
     }
     if (n != p->count) return pkv__fail(d, PKV_ERR_CORRUPT, "index holds %d entries, count says %d", n, p->count);
+    if (ghosts != p->ghosts)
+        return pkv__fail(d, PKV_ERR_CORRUPT, "index holds %d ghost entries, count says %d", ghosts, p->ghosts);
     for (int32_t b = 0; b < p->nb; b++) {
         int32_t e = p->ent_of_block[b];
         if (pool->cached[b] != (e >= 0))
@@ -837,10 +905,12 @@ static int check_seq_entries(pkv_prefix *p, const pkv_seqtab *t, pkv_detail *d) 
         prefix_extras x = {r->adapter, r->mm, r->nmm};
         int32_t cursor = 0;
         for (int32_t j = 0; j < r->nregistered; j++) {
-            int32_t b = r->blocks[j], e = p->ent_of_block[b];
-            int32_t want_parent = j ? p->ent_of_block[r->blocks[j - 1]] : -1;
             uint64_t xd = prefix_extras_digest(p, &x, j, &cursor);
-            if (e < 0 || p->parent[e] != want_parent || p->ns[e] != r->ns || p->xd[e] != xd)
+            /* a window released the blocks before nreleased (their entries may be ghosts) */
+            if (j < r->nreleased) continue;
+            int32_t b = r->blocks[j], e = b >= 0 ? p->ent_of_block[b] : -1;
+            int32_t want_parent = j ? (r->blocks[j - 1] >= 0 ? p->ent_of_block[r->blocks[j - 1]] : -2) : -1;
+            if (e < 0 || (want_parent != -2 && p->parent[e] != want_parent) || p->ns[e] != r->ns || p->xd[e] != xd)
                 return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: registered block %d (#%d) disagrees with the index",
                                  i, b, j);
         }

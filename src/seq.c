@@ -118,10 +118,12 @@ int seq_swap_tokens(pkv_seqtab *t, pkv_seq_rec *r, int32_t *buf, int32_t cap) {
 }
 
 void seq_adopt_prefix(pkv_seqtab *t, pkv_seq_rec *r, const int32_t *blocks, int32_t m, int held) {
-    int32_t len = m * t->pool->block_size;
+    int32_t len = m * t->pool->block_size, released = 0;
+    while (released < m && blocks[released] < 0) released++; /* a window cache's lookup */
     if (!held)
-        for (int32_t j = 0; j < m; j++) pool_ref(t->pool, blocks[j]);
+        for (int32_t j = released; j < m; j++) pool_ref(t->pool, blocks[j]);
     if (m && r->blocks != blocks) memcpy(r->blocks, blocks, (size_t)m * sizeof *blocks);
+    r->nreleased = released;
     r->nblocks = r->nregistered = m;
     r->len = r->ntokens = r->tok_base = len;
     r->last_start = len;
@@ -277,7 +279,7 @@ int seq_check(pkv_seqtab *t, int has_prefix, int32_t *count, int32_t *owner, pkv
                 return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: multimodal range %d [%lld, +%lld) out of order", i,
                                  k, (long long)x->start, (long long)x->len);
         }
-        if (r->nreleased < 0 || r->nreleased > r->nblocks || (r->nreleased && r->nregistered))
+        if (r->nreleased < 0 || r->nreleased > r->nblocks)
             return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: %d released blocks of %d (%d registered)", i,
                              r->nreleased, r->nblocks, r->nregistered);
         for (int32_t j = 0; j < r->nreleased; j++)

@@ -2,7 +2,8 @@
  * are released, their table entries -1, and attention over what is left
  * equals attention with the same window over a cache that kept every block.
  *
- * - config: a negative window, or a window with prefix caching, is refused;
+ * - config: a negative window, or a window with prefix caching but not
+ *   AUTO_REGISTER, is refused (prefix caching: tests/test_window_prefix.c);
  * - attention: host caches, one with window W and one full, fed the same
  *   rows; after every append the oracle over the window cache's table (with
  *   its -1 entries) equals the oracle over the full cache's table with window

@@ -211,6 +211,30 @@ def test_lookup_shortest_hit_across_groups():
         g.lookup(np.zeros(3, np.float32))
 
 
+def test_lookup_with_a_window_group():
+    # a window group caches prefixes too (it registers as it appends): 40 tokens,
+    # blocks of 4, W = 8; the lookup holds only the window's blocks, -1 before
+    g = pagedkv.Groups([dict(num_blocks=64, block_size=4, prefix_cache=True, auto_register=True),
+                        dict(num_blocks=64, block_size=4, prefix_cache=True, auto_register=True, window=8)])
+    prompt = list(range(200, 240))
+    a = g.sequence()
+    a.append(prompt)
+    a.append([7])  # the window moves past the prompt's start
+    a.free()
+    b, cached = g.lookup(prompt)
+    assert cached == 40
+    table = tables(b)[1]
+    # tokens 39 and 40 see keys from 32 and 33 on: blocks 8 and 9; 0..7 are -1
+    assert table[:8] == [-1] * 8 and all(x >= 0 for x in table[8:])
+    b.truncate(39)  # the whole-prompt hit recomputes its last token
+    b.free()
+    # without AUTO_REGISTER a window cache refuses prefix caching
+    with pytest.raises(pagedkv.InvalidError):
+        pagedkv.Groups([dict(num_blocks=8, block_size=4, prefix_cache=True, window=8)])
+    for i in range(2):
+        g.cache(i).check()
+
+
 def test_host_groups_write_read_through_group_caches():
     g = pagedkv.Groups([dict(num_blocks=8, block_size=4, storage="host", kv_dtype="f32", d=8, dv=8),
                         dict(num_blocks=4, block_size=4, storage="host", kv_dtype="f32", d=8, dv=8, window=4)])
