@@ -82,10 +82,9 @@ struct pkv_prefix {
     int32_t *child;   /* first child, -1 none */
     int32_t *sib_next, *sib_prev; /* links among the children of one parent;
                                    * sib_next also chains free entry ids */
-    int32_t *nchild;  /* length of the child list */
     int32_t *toks;    /* [ecap * bs] token ids */
     int32_t efree;    /* head of the free entry ids */
-    int32_t child_scan; /* a parent with at most this many children is searched by its list */
+    int32_t child_scan; /* a parent's list is searched this many children deep before hashing */
     /* KV events: a ring of ev_cap, ev_n pending from ev_head; ev_dropped lost */
     pkv_event *ev;
     int32_t ev_cap, ev_head, ev_n;
@@ -234,14 +233,12 @@ static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int
     p->emask[e] = 1;
     if (b >= 0) p->ent_of_block[b] = e;
     p->child[e] = -1;
-    p->nchild[e] = 0;
     p->sib_prev[e] = -1;
     p->sib_next[e] = -1;
     if (parent >= 0) {
         p->sib_next[e] = p->child[parent];
         if (p->child[parent] >= 0) p->sib_prev[p->child[parent]] = e;
         p->child[parent] = e;
-        p->nchild[parent]++;
     }
     memcpy(p->toks + (size_t)e * (size_t)p->bs, toks, (size_t)p->bs * sizeof *toks);
     p->count++;
@@ -272,7 +269,6 @@ static void entry_remove(pkv_prefix *p, int32_t e) {
     if (pr >= 0) p->sib_next[pr] = nx;
     else if (par >= 0) p->child[par] = nx;
     if (nx >= 0) p->sib_prev[nx] = pr;
-    if (par >= 0) p->nchild[par]--;
     if (p->loc[e] >= 0) p->ent_of_block[p->loc[e]] = -1;
     p->loc[e] = -1;
     p->emask[e] = 0;
@@ -381,35 +377,25 @@ int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap) {
         lg++;
     }
     /* New arrays first; the old ones are freed only when every one succeeded. */
-    void *a[11] = {pkv_mem_alloc(al, ne * 2 * sizeof(uint64_t)), pkv_mem_alloc(al, ne * sizeof(uint64_t)),
-                   pkv_mem_alloc(al, ne * sizeof(int32_t)),      pkv_mem_alloc(al, ne * sizeof(int32_t)),
-                   pkv_mem_alloc(al, ne),                        pkv_mem_alloc(al, ne * sizeof(int32_t)),
-                   pkv_mem_alloc(al, ne * sizeof(int32_t)),      pkv_mem_alloc(al, ne * sizeof(int32_t)),
-                   pkv_mem_alloc(al, ne * sizeof(int32_t)),      pkv_mem_calloc(al, ne, (size_t)p->bs * sizeof(int32_t)),
-                   pkv_mem_calloc(al, ne, sizeof(uint64_t))};
+    enum { NARR = 10 };
+    void **fields[NARR] = {(void **)&p->key,   (void **)&p->ns,       (void **)&p->xd,
+                           (void **)&p->parent, (void **)&p->loc,     (void **)&p->emask,
+                           (void **)&p->child, (void **)&p->sib_next, (void **)&p->sib_prev,
+                           (void **)&p->toks};
+    const size_t size[NARR] = {2 * sizeof(uint64_t), sizeof(uint64_t), sizeof(uint64_t), sizeof(int32_t),
+                               sizeof(int32_t),      1,                sizeof(int32_t),  sizeof(int32_t),
+                               sizeof(int32_t),      (size_t)p->bs * sizeof(int32_t)};
+    void *a[NARR];
+    int ok = 1;
+    for (int i = 0; i < NARR; i++) ok = (a[i] = pkv_mem_calloc(al, ne, size[i])) != NULL && ok;
     prefix_slot *tab = pkv_mem_alloc(al, cap * sizeof *tab);
-    int ok = tab != NULL;
-    for (int i = 0; i < 11; i++) ok = ok && a[i] != NULL;
-    if (!ok) {
-        for (int i = 0; i < 11; i++) pkv_mem_free(al, a[i]);
+    if (!ok || !tab) {
+        for (int i = 0; i < NARR; i++) pkv_mem_free(al, a[i]);
         pkv_mem_free(al, tab);
         return PKV_ERR_NOMEM;
     }
-    memcpy(a[0], p->key, old * 2 * sizeof(uint64_t));
-    memcpy(a[1], p->ns, old * sizeof(uint64_t));
-    memcpy(a[2], p->parent, old * sizeof(int32_t));
-    memcpy(a[3], p->loc, old * sizeof(int32_t));
-    memcpy(a[4], p->emask, old);
-    memcpy(a[5], p->child, old * sizeof(int32_t));
-    memcpy(a[6], p->sib_next, old * sizeof(int32_t));
-    memcpy(a[7], p->sib_prev, old * sizeof(int32_t));
-    memcpy(a[8], p->nchild, old * sizeof(int32_t));
-    memcpy(a[9], p->toks, old * (size_t)p->bs * sizeof(int32_t));
-    memcpy(a[10], p->xd, old * sizeof(uint64_t));
-    void **fields[11] = {(void **)&p->key,      (void **)&p->ns,       (void **)&p->parent,   (void **)&p->loc,
-                         (void **)&p->emask,    (void **)&p->child,    (void **)&p->sib_next, (void **)&p->sib_prev,
-                         (void **)&p->nchild,   (void **)&p->toks,     (void **)&p->xd};
-    for (int i = 0; i < 11; i++) {
+    for (int i = 0; i < NARR; i++) {
+        memcpy(a[i], *fields[i], old * size[i]);
         pkv_mem_free(al, *fields[i]);
         *fields[i] = a[i];
     }
@@ -419,7 +405,6 @@ int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap) {
     for (size_t e = old; e < ne; e++) {
         p->parent[e] = p->child[e] = p->sib_prev[e] = p->loc[e] = -1;
         p->emask[e] = 0;
-        p->nchild[e] = 0;
         p->sib_next[e] = -1;
         *tail = (int32_t)e;
         tail = &p->sib_next[e];
@@ -484,7 +469,6 @@ static void prefix_free(const pkv_allocator *al, pkv_prefix *p) {
     pkv_mem_free(al, p->child);
     pkv_mem_free(al, p->sib_next);
     pkv_mem_free(al, p->sib_prev);
-    pkv_mem_free(al, p->nchild);
     pkv_mem_free(al, p->toks);
     pkv_mem_free(al, p->tab);
     pkv_mem_free(al, p);
@@ -517,11 +501,10 @@ int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[
     p->child = pkv_mem_alloc(al, ne * sizeof(int32_t));
     p->sib_next = pkv_mem_alloc(al, ne * sizeof(int32_t));
     p->sib_prev = pkv_mem_alloc(al, ne * sizeof(int32_t));
-    p->nchild = pkv_mem_calloc(al, ne, sizeof(int32_t));
     p->toks = pkv_mem_calloc(al, ne, (size_t)p->bs * sizeof(int32_t));
     p->tab = pkv_mem_alloc(al, cap * sizeof(prefix_slot));
     if (!p->ent_of_block || !p->key || !p->ns || !p->xd || !p->parent || !p->loc || !p->emask || !p->child || !p->sib_next ||
-        !p->sib_prev || !p->nchild || !p->toks || !p->tab) {
+        !p->sib_prev || !p->toks || !p->tab) {
         prefix_free(al, p);
         return PKV_ERR_NOMEM;
     }
@@ -555,16 +538,23 @@ int64_t prefix_get_collisions(const pkv_prefix *p) { return p->collisions; }
 
 void prefix_child_scan(pkv_prefix *p, int32_t n) { p->child_scan = n; }
 
-/* The child of entry pe (-1: roots are not listed) with tokens t in ns, when pe
- * has few enough children to scan: *scanned = 1 and the child or -1 (a miss in
- * a complete list is a miss). Otherwise *scanned = 0. */
+/* The child of entry pe (-1: roots are not listed) with tokens t in ns, looked
+ * for among the first child_scan children of pe's list: the child, or -1 with
+ * *scanned = 1 when the list ended (a miss in a complete list is a miss), or -1
+ * with *scanned = 0 when it is longer (the caller hashes). No count is kept:
+ * the walk itself finds out whether the parent has few children. */
 static int32_t scan_children(const pkv_prefix *p, int32_t pe, uint64_t ns, uint64_t xd, const int32_t *t,
                              int *scanned) {
-    *scanned = pe >= 0 && p->nchild[pe] <= p->child_scan;
-    if (!*scanned) return -1;
+    *scanned = 0;
+    if (pe < 0) return -1;
     size_t bytes = (size_t)p->bs * sizeof *t;
-    for (int32_t x = p->child[pe]; x >= 0; x = p->sib_next[x])
-        if (p->ns[x] == ns && p->xd[x] == xd && memcmp(ent_toks(p, x), t, bytes) == 0) return x;
+    int32_t x = p->child[pe];
+    for (int32_t k = 0; x >= 0 && k < p->child_scan; k++, x = p->sib_next[x])
+        if (p->ns[x] == ns && p->xd[x] == xd && memcmp(ent_toks(p, x), t, bytes) == 0) {
+            *scanned = 1;
+            return x;
+        }
+    *scanned = x < 0;
     return -1;
 }
 
@@ -809,14 +799,9 @@ static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
     int32_t linked = 0, nfree = 0;
     for (int32_t e = 0; e < p->ecap; e++) {
         if (!(p->emask[e] & 1)) continue;
-        int32_t kids = 0;
-        for (int32_t x = p->child[e], prev = -1; x >= 0; prev = x, x = p->sib_next[x]) {
+        for (int32_t x = p->child[e], prev = -1; x >= 0; prev = x, x = p->sib_next[x])
             if (x >= p->ecap || !(p->emask[x] & 1) || p->parent[x] != e || p->sib_prev[x] != prev || ++linked > n)
                 return pkv__fail(d, PKV_ERR_CORRUPT, "child list of entry %d broken at %d", e, x);
-            kids++;
-        }
-        if (kids != p->nchild[e])
-            return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d has %d children, count says %d", e, kids, p->nchild[e]);
     }
     if (linked != with_parent)
         return pkv__fail(d, PKV_ERR_CORRUPT, "%d entries have a parent, child lists hold %d", with_parent, linked);
