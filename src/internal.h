@@ -283,7 +283,10 @@ int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap);
 int32_t prefix_ecap(const pkv_prefix *p);
 int32_t prefix_entry_of_block(const pkv_prefix *p, int32_t b);
 int32_t prefix_entry_block(const pkv_prefix *p, int32_t e); /* pool block or -1 */
+/* The identity's namespace is found by a walk up the chain (only a chain's
+ * first block keeps it); prefix_entry_key is the key alone, without the walk. */
 void prefix_identity_of(const pkv_prefix *p, int32_t e, prefix_identity *out);
+void prefix_entry_key(const pkv_prefix *p, int32_t e, uint64_t key[2]);
 /* Block b leaves the pool but its entry stays (it lives in a tier now). */
 void prefix_unplace(pkv_prefix *p, int32_t b);
 /* Entry e (not in the pool) is placed at pool block b (held by the caller). */

@@ -60,6 +60,16 @@
 
 #include "internal.h"
 
+/* An entry's links: a child is listed among its parent's children; a chain's
+ * first block is listed nowhere and holds the chain's namespace instead (every
+ * block of a chain has its first block's: a child has no namespace of its own). */
+typedef union prefix_link {
+    struct {
+        int32_t next, prev; /* next also chains free entry ids */
+    } sib;
+    uint64_t ns;
+} prefix_link;
+
 typedef struct prefix_slot {
     uint32_t tag;  /* low 32 bits of the key */
     int32_t ent;   /* -1: empty */
@@ -74,14 +84,12 @@ struct pkv_prefix {
     int32_t *ent_of_block; /* [nb] the entry located at a pool block, -1 none */
     /* Entries, [ecap] each; meaningful while loc[e] >= 0. */
     uint64_t *key;    /* [2 * ecap] low, high word */
-    uint64_t *ns;
     uint64_t *xd;     /* extras digest, 0 none */
     int32_t *parent;  /* parent entry, -1 for a chain's first block */
     int32_t *loc;     /* pool block holding the KV, -1 none (free, or only in tiers) */
     uint8_t *emask;   /* bit 0: the id is in use; bit 1 + t: tier t holds the entry */
     int32_t *child;   /* first child, -1 none */
-    int32_t *sib_next, *sib_prev; /* links among the children of one parent;
-                                   * sib_next also chains free entry ids */
+    prefix_link *link;
     int32_t *toks;    /* [ecap * bs] token ids */
     int32_t efree;    /* head of the free entry ids */
     int32_t child_scan; /* a parent's list is searched this many children deep before hashing */
@@ -178,8 +186,18 @@ static inline size_t home_slot(const pkv_prefix *p, uint32_t tag) {
 
 static inline const int32_t *ent_toks(const pkv_prefix *p, int32_t e) { return p->toks + (size_t)e * (size_t)p->bs; }
 
+/* The namespace of e's chain, kept by its first block: a walk up the chain,
+ * for the paths that do not already know it (events of removals, the tier
+ * layer's identities, restores). */
+static uint64_t entry_ns(const pkv_prefix *p, int32_t e) {
+    while (p->parent[e] >= 0) e = p->parent[e];
+    return p->link[e].ns;
+}
+
 /* The entry of identity (key, parent, ns, xd, toks), or -1. check_high = 0:
- * only key[0] is known (lookup); the identity decides alone. */
+ * only key[0] is known (lookup); the identity decides alone. Below a parent
+ * the namespace is the parent's (the caller found the parent in ns); a chain's
+ * first block compares its own. */
 static int32_t index_find(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, uint64_t xd,
                           const int32_t *toks, int count_collisions, int check_high) {
     size_t bytes = (size_t)p->bs * sizeof *toks;
@@ -191,13 +209,13 @@ static int32_t index_find(pkv_prefix *p, const uint64_t key[2], int32_t parent, 
         int32_t e = s->ent;
         /* Lookup knows only the key's low word: the tag and the identity decide. */
         if ((!check_high || (p->key[2 * e] == key[0] && p->key[2 * e + 1] == key[1])) && p->parent[e] == parent &&
-            p->ns[e] == ns && p->xd[e] == xd && memcmp(ent_toks(p, e), toks, bytes) == 0)
+            (parent >= 0 || p->link[e].ns == ns) && p->xd[e] == xd && memcmp(ent_toks(p, e), toks, bytes) == 0)
             return e;
         if (count_collisions) p->collisions++;
     }
 }
 
-static void event(pkv_prefix *p, int kind, int32_t e) {
+static void event(pkv_prefix *p, int kind, int32_t e, uint64_t ns) {
     if (!p->ev) return;
     if (p->ev_n == p->ev_cap) {
         p->ev_dropped++;
@@ -210,7 +228,7 @@ static void event(pkv_prefix *p, int kind, int32_t e) {
     memcpy(x->key, p->key + 2 * e, 16);
     if (par >= 0) memcpy(x->parent_key, p->key + 2 * par, 16);
     else memset(x->parent_key, 0, 16);
-    x->ns = p->ns[e];
+    x->ns = ns;
 }
 
 /* A new entry at pool block b (cannot fail: at most ecap entries exist, one
@@ -219,30 +237,30 @@ static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int
                             uint64_t xd, const int32_t *toks) {
     int32_t e = p->efree;
     pkv_assert(e >= 0);
-    p->efree = p->sib_next[e];
+    p->efree = p->link[e].sib.next;
     size_t i = home_slot(p, (uint32_t)key[0]);
     while (p->tab[i].ent >= 0) i = (i + 1) & p->mask;
     p->tab[i].tag = (uint32_t)key[0];
     p->tab[i].ent = e;
     p->key[2 * e] = key[0];
     p->key[2 * e + 1] = key[1];
-    p->ns[e] = ns;
     p->xd[e] = xd;
     p->parent[e] = parent;
     p->loc[e] = b;
     p->emask[e] = 1;
     if (b >= 0) p->ent_of_block[b] = e;
     p->child[e] = -1;
-    p->sib_prev[e] = -1;
-    p->sib_next[e] = -1;
-    if (parent >= 0) {
-        p->sib_next[e] = p->child[parent];
-        if (p->child[parent] >= 0) p->sib_prev[p->child[parent]] = e;
+    if (parent < 0) {
+        p->link[e].ns = ns;
+    } else {
+        p->link[e].sib.prev = -1;
+        p->link[e].sib.next = p->child[parent];
+        if (p->child[parent] >= 0) p->link[p->child[parent]].sib.prev = e;
         p->child[parent] = e;
     }
     memcpy(p->toks + (size_t)e * (size_t)p->bs, toks, (size_t)p->bs * sizeof *toks);
     p->count++;
-    event(p, PKV_EVENT_STORED, e);
+    event(p, PKV_EVENT_STORED, e, ns);
     return e;
 }
 
@@ -250,7 +268,7 @@ static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int
  * unlinks e from its parent's children and frees its id. e's own children
  * keep parent = e: the caller drops them first or right after. */
 static void entry_remove(pkv_prefix *p, int32_t e) {
-    event(p, PKV_EVENT_REMOVED, e);
+    if (p->ev) event(p, PKV_EVENT_REMOVED, e, entry_ns(p, e));
     size_t i = home_slot(p, (uint32_t)p->key[2 * e]);
     while (p->tab[i].ent != e) i = (i + 1) & p->mask;
     for (size_t j = i;;) {
@@ -265,15 +283,18 @@ static void entry_remove(pkv_prefix *p, int32_t e) {
         }
     }
     p->tab[i].ent = -1;
-    int32_t par = p->parent[e], pr = p->sib_prev[e], nx = p->sib_next[e];
-    if (pr >= 0) p->sib_next[pr] = nx;
-    else if (par >= 0) p->child[par] = nx;
-    if (nx >= 0) p->sib_prev[nx] = pr;
+    int32_t par = p->parent[e];
+    if (par >= 0) {
+        int32_t pr = p->link[e].sib.prev, nx = p->link[e].sib.next;
+        if (pr >= 0) p->link[pr].sib.next = nx;
+        else p->child[par] = nx;
+        if (nx >= 0) p->link[nx].sib.prev = pr;
+    }
     if (p->loc[e] >= 0) p->ent_of_block[p->loc[e]] = -1;
     p->loc[e] = -1;
     p->emask[e] = 0;
-    p->sib_prev[e] = -1;
-    p->sib_next[e] = p->efree;
+    p->link[e].sib.prev = -1;
+    p->link[e].sib.next = p->efree;
     p->efree = e;
     p->count--;
 }
@@ -325,9 +346,14 @@ void prefix_identity_of(const pkv_prefix *p, int32_t e, prefix_identity *out) {
     out->parent = p->parent[e];
     out->parent_key[0] = out->parent >= 0 ? p->key[2 * out->parent] : 0;
     out->parent_key[1] = out->parent >= 0 ? p->key[2 * out->parent + 1] : 0;
-    out->ns = p->ns[e];
+    out->ns = entry_ns(p, e);
     out->xd = p->xd[e];
     out->toks = ent_toks(p, e);
+}
+
+void prefix_entry_key(const pkv_prefix *p, int32_t e, uint64_t key[2]) {
+    key[0] = p->key[2 * e];
+    key[1] = p->key[2 * e + 1];
 }
 
 void prefix_unplace(pkv_prefix *p, int32_t b) {
@@ -355,6 +381,8 @@ int32_t prefix_insert_unplaced(pkv_prefix *p, const uint64_t key[2], int32_t par
                                const int32_t *toks) {
     if (p->efree < 0) return -1;
     uint64_t probe[2] = {key[0], key[1]};
+    /* a chain has one namespace: a child's is its parent's */
+    if (parent >= 0 && entry_ns(p, parent) != ns) return -1;
     if (index_find(p, probe, parent, ns, xd, toks, 0, 1) >= 0) return -1;
     return entry_insert(p, -1, key, parent, ns, xd, toks);
 }
@@ -377,14 +405,11 @@ int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap) {
         lg++;
     }
     /* New arrays first; the old ones are freed only when every one succeeded. */
-    enum { NARR = 10 };
-    void **fields[NARR] = {(void **)&p->key,   (void **)&p->ns,       (void **)&p->xd,
-                           (void **)&p->parent, (void **)&p->loc,     (void **)&p->emask,
-                           (void **)&p->child, (void **)&p->sib_next, (void **)&p->sib_prev,
-                           (void **)&p->toks};
-    const size_t size[NARR] = {2 * sizeof(uint64_t), sizeof(uint64_t), sizeof(uint64_t), sizeof(int32_t),
-                               sizeof(int32_t),      1,                sizeof(int32_t),  sizeof(int32_t),
-                               sizeof(int32_t),      (size_t)p->bs * sizeof(int32_t)};
+    enum { NARR = 8 };
+    void **fields[NARR] = {(void **)&p->key,   (void **)&p->xd,    (void **)&p->parent, (void **)&p->loc,
+                           (void **)&p->emask, (void **)&p->child, (void **)&p->link,   (void **)&p->toks};
+    const size_t size[NARR] = {2 * sizeof(uint64_t), sizeof(uint64_t), sizeof(int32_t),     sizeof(int32_t),
+                               1,                    sizeof(int32_t),  sizeof(prefix_link), (size_t)p->bs * sizeof(int32_t)};
     void *a[NARR];
     int ok = 1;
     for (int i = 0; i < NARR; i++) ok = (a[i] = pkv_mem_calloc(al, ne, size[i])) != NULL && ok;
@@ -401,13 +426,13 @@ int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap) {
     }
     /* The new ids join the free list in increasing order, after the old ones. */
     int32_t *tail = &p->efree;
-    while (*tail >= 0) tail = &p->sib_next[*tail];
+    while (*tail >= 0) tail = &p->link[*tail].sib.next;
     for (size_t e = old; e < ne; e++) {
-        p->parent[e] = p->child[e] = p->sib_prev[e] = p->loc[e] = -1;
+        p->parent[e] = p->child[e] = p->link[e].sib.prev = p->loc[e] = -1;
         p->emask[e] = 0;
-        p->sib_next[e] = -1;
+        p->link[e].sib.next = -1;
         *tail = (int32_t)e;
-        tail = &p->sib_next[e];
+        tail = &p->link[e].sib.next;
     }
     prefix_slot *old_tab = p->tab;
     size_t old_mask = p->mask;
@@ -461,14 +486,12 @@ static void prefix_free(const pkv_allocator *al, pkv_prefix *p) {
     pkv_mem_free(al, p->ev);
     pkv_mem_free(al, p->ent_of_block);
     pkv_mem_free(al, p->key);
-    pkv_mem_free(al, p->ns);
     pkv_mem_free(al, p->xd);
     pkv_mem_free(al, p->parent);
     pkv_mem_free(al, p->loc);
     pkv_mem_free(al, p->emask);
     pkv_mem_free(al, p->child);
-    pkv_mem_free(al, p->sib_next);
-    pkv_mem_free(al, p->sib_prev);
+    pkv_mem_free(al, p->link);
     pkv_mem_free(al, p->toks);
     pkv_mem_free(al, p->tab);
     pkv_mem_free(al, p);
@@ -493,18 +516,16 @@ int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[
     p->shift = 64 - lg;
     p->ent_of_block = pkv_mem_alloc(al, nb * sizeof(int32_t));
     p->key = pkv_mem_calloc(al, ne, 2 * sizeof(uint64_t));
-    p->ns = pkv_mem_calloc(al, ne, sizeof(uint64_t));
     p->xd = pkv_mem_calloc(al, ne, sizeof(uint64_t));
     p->parent = pkv_mem_alloc(al, ne * sizeof(int32_t));
     p->loc = pkv_mem_alloc(al, ne * sizeof(int32_t));
     p->emask = pkv_mem_calloc(al, ne, 1);
     p->child = pkv_mem_alloc(al, ne * sizeof(int32_t));
-    p->sib_next = pkv_mem_alloc(al, ne * sizeof(int32_t));
-    p->sib_prev = pkv_mem_alloc(al, ne * sizeof(int32_t));
+    p->link = pkv_mem_alloc(al, ne * sizeof *p->link);
     p->toks = pkv_mem_calloc(al, ne, (size_t)p->bs * sizeof(int32_t));
     p->tab = pkv_mem_alloc(al, cap * sizeof(prefix_slot));
-    if (!p->ent_of_block || !p->key || !p->ns || !p->xd || !p->parent || !p->loc || !p->emask || !p->child || !p->sib_next ||
-        !p->sib_prev || !p->toks || !p->tab) {
+    if (!p->ent_of_block || !p->key || !p->xd || !p->parent || !p->loc || !p->emask || !p->child || !p->link ||
+        !p->toks || !p->tab) {
         prefix_free(al, p);
         return PKV_ERR_NOMEM;
     }
@@ -519,8 +540,8 @@ int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[
     for (size_t b = 0; b < nb; b++) p->ent_of_block[b] = -1;
     /* Free ids in increasing order: entry ids follow registration order on a new index. */
     for (size_t e = 0; e < ne; e++) {
-        p->parent[e] = p->child[e] = p->sib_prev[e] = p->loc[e] = -1;
-        p->sib_next[e] = e + 1 < ne ? (int32_t)e + 1 : -1;
+        p->parent[e] = p->child[e] = p->link[e].sib.prev = p->loc[e] = -1;
+        p->link[e].sib.next = e + 1 < ne ? (int32_t)e + 1 : -1;
     }
     p->efree = 0;
     p->child_scan = PREFIX_CHILD_SCAN;
@@ -538,19 +559,18 @@ int64_t prefix_get_collisions(const pkv_prefix *p) { return p->collisions; }
 
 void prefix_child_scan(pkv_prefix *p, int32_t n) { p->child_scan = n; }
 
-/* The child of entry pe (-1: roots are not listed) with tokens t in ns, looked
+/* The child of entry pe (-1: roots are not listed) with tokens t, looked
  * for among the first child_scan children of pe's list: the child, or -1 with
  * *scanned = 1 when the list ended (a miss in a complete list is a miss), or -1
  * with *scanned = 0 when it is longer (the caller hashes). No count is kept:
  * the walk itself finds out whether the parent has few children. */
-static int32_t scan_children(const pkv_prefix *p, int32_t pe, uint64_t ns, uint64_t xd, const int32_t *t,
-                             int *scanned) {
+static int32_t scan_children(const pkv_prefix *p, int32_t pe, uint64_t xd, const int32_t *t, int *scanned) {
     *scanned = 0;
     if (pe < 0) return -1;
     size_t bytes = (size_t)p->bs * sizeof *t;
     int32_t x = p->child[pe];
-    for (int32_t k = 0; x >= 0 && k < p->child_scan; k++, x = p->sib_next[x])
-        if (p->ns[x] == ns && p->xd[x] == xd && memcmp(ent_toks(p, x), t, bytes) == 0) {
+    for (int32_t k = 0; x >= 0 && k < p->child_scan; k++, x = p->link[x].sib.next)
+        if (p->xd[x] == xd && memcmp(ent_toks(p, x), t, bytes) == 0) {
             *scanned = 1;
             return x;
         }
@@ -592,7 +612,7 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
         const int32_t *tk = seq_tokens_at(t, r, j * bs);
         uint64_t key[2], xd = extras ? prefix_extras_digest(p, &x, j, &cursor) : 0;
         int32_t own = r->blocks[j], scanned;
-        int32_t found = scan_children(p, pe, r->ns, xd, tk, &scanned);
+        int32_t found = scan_children(p, pe, xd, tk, &scanned);
         if (found >= 0) {
             key[0] = p->key[2 * found];
             key[1] = p->key[2 * found + 1];
@@ -657,7 +677,7 @@ static int32_t match_walk(pkv_prefix *p, uint64_t ns, const prefix_extras *x, co
         const int32_t *t = tokens + (size_t)m * (size_t)bs;
         uint64_t xd = extras ? prefix_extras_digest(p, x, m, &cursor) : 0;
         int scanned;
-        int32_t e = scan_children(p, pe, ns, xd, t, &scanned);
+        int32_t e = scan_children(p, pe, xd, t, &scanned);
         if (!scanned) {
             if (m >= win + nwin) {
                 win = m;
@@ -739,19 +759,42 @@ void prefix_dump(const pkv_prefix *p, void (*put)(void *w, const void *data, siz
         if (p->tab[i].ent >= 0) put(w, &p->tab[i].tag, sizeof p->tab[i].tag);
     }
     for (int32_t e = 0; e < p->ecap; e++) {
-        int32_t links[7] = {e, p->loc[e], p->emask[e], p->parent[e], p->child[e], p->sib_next[e], p->sib_prev[e]};
+        int32_t links[7] = {e, p->loc[e], p->emask[e], p->parent[e], p->child[e], p->link[e].sib.next, p->link[e].sib.prev};
         put(w, links, sizeof links);
         if (!p->emask[e]) continue;
         put(w, p->key + 2 * e, 2 * sizeof *p->key);
-        put(w, p->ns + e, sizeof *p->ns);
         put(w, p->xd + e, sizeof *p->xd);
         put(w, ent_toks(p, e), (size_t)p->bs * sizeof(int32_t));
     }
 }
 
+/* Every live entry's parent chain (live entries, no cycle) and its namespace,
+ * the first block's, into nsof; state: 0 not seen, 1 on the walk, 2 done. */
+static int check_chains(const pkv_prefix *p, uint8_t *state, uint64_t *nsof, pkv_detail *d) {
+    for (int32_t e = 0; e < p->ecap; e++) {
+        if (!(p->emask[e] & 1) || state[e] == 2) continue;
+        int32_t x = e;
+        while (state[x] == 0 && p->parent[x] >= 0) {
+            int32_t par = p->parent[x];
+            if (par >= p->ecap || !(p->emask[par] & 1))
+                return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d has parent %d not cached here", x, par);
+            state[x] = 1;
+            x = par;
+        }
+        if (state[x] == 1) return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d: its parent chain has a cycle", e);
+        uint64_t ns = state[x] == 2 ? nsof[x] : p->link[x].ns;
+        for (int32_t y = e;; y = p->parent[y]) {
+            nsof[y] = ns;
+            state[y] = 2;
+            if (y == x) break;
+        }
+    }
+    return PKV_OK;
+}
+
 /* The index against the entries and the pool's cached bits, each entry against
  * its recomputed key and its parent, the child lists and the free ids. */
-static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
+static int check_index(pkv_prefix *p, uint8_t *seen, const uint64_t *nsof, pkv_detail *d) {
     const pkv_pool *pool = p->pool;
     int32_t n = 0, with_parent = 0;
     for (size_t i = 0; i <= p->mask; i++) {
@@ -773,18 +816,16 @@ static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
         int32_t par = p->parent[e];
         uint64_t pk[2] = {0, 0}, key[2];
         if (par >= 0) {
-            if (par >= p->ecap || !(p->emask[par] & 1) || p->ns[par] != p->ns[e])
-                return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d has parent %d not cached here", e, par);
             pk[0] = p->key[2 * par];
             pk[1] = p->key[2 * par + 1];
             with_parent++;
         }
         sip_state st;
         sip_absorb_blocks(p->k, ent_toks(p, e), p->bs, 1, &st);
-        key_finish(p, &st, ent_toks(p, e), p->ns[e], pk, p->xd[e], key);
+        key_finish(p, &st, ent_toks(p, e), nsof[e], pk, p->xd[e], key);
         if (key[0] != p->key[2 * e] || key[1] != p->key[2 * e + 1])
             return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d: key differs from its recomputed key", e);
-        if (index_find(p, key, par, p->ns[e], p->xd[e], ent_toks(p, e), 0, 1) != e)
+        if (index_find(p, key, par, nsof[e], p->xd[e], ent_toks(p, e), 0, 1) != e)
             return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d: its identity is indexed twice", e);
         n++;
     }
@@ -799,13 +840,13 @@ static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
     int32_t linked = 0, nfree = 0;
     for (int32_t e = 0; e < p->ecap; e++) {
         if (!(p->emask[e] & 1)) continue;
-        for (int32_t x = p->child[e], prev = -1; x >= 0; prev = x, x = p->sib_next[x])
-            if (x >= p->ecap || !(p->emask[x] & 1) || p->parent[x] != e || p->sib_prev[x] != prev || ++linked > n)
+        for (int32_t x = p->child[e], prev = -1; x >= 0; prev = x, x = p->link[x].sib.next)
+            if (x >= p->ecap || !(p->emask[x] & 1) || p->parent[x] != e || p->link[x].sib.prev != prev || ++linked > n)
                 return pkv__fail(d, PKV_ERR_CORRUPT, "child list of entry %d broken at %d", e, x);
     }
     if (linked != with_parent)
         return pkv__fail(d, PKV_ERR_CORRUPT, "%d entries have a parent, child lists hold %d", with_parent, linked);
-    for (int32_t e = p->efree; e >= 0; e = p->sib_next[e])
+    for (int32_t e = p->efree; e >= 0; e = p->link[e].sib.next)
         if (e >= p->ecap || p->emask[e] || ++nfree > p->ecap - n)
             return pkv__fail(d, PKV_ERR_CORRUPT, "free entry list broken at %d", e);
     if (nfree != p->ecap - n)
@@ -815,7 +856,7 @@ static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
 
 /* Each sequence's registered blocks are cached, chained through their parents
  * in the sequence's namespace, with the extras digest of its extra keys. */
-static int check_seq_entries(pkv_prefix *p, const pkv_seqtab *t, pkv_detail *d) {
+static int check_seq_entries(pkv_prefix *p, const pkv_seqtab *t, const uint64_t *nsof, pkv_detail *d) {
     for (int32_t i = 0; i < t->seqs_cap; i++) {
         const pkv_seq_rec *r = &t->seqs[i];
         if (!r->live) continue;
@@ -825,7 +866,7 @@ static int check_seq_entries(pkv_prefix *p, const pkv_seqtab *t, pkv_detail *d) 
             int32_t b = r->blocks[j], e = p->ent_of_block[b];
             int32_t want_parent = j ? p->ent_of_block[r->blocks[j - 1]] : -1;
             uint64_t xd = prefix_extras_digest(p, &x, j, &cursor);
-            if (e < 0 || p->parent[e] != want_parent || p->ns[e] != r->ns || p->xd[e] != xd)
+            if (e < 0 || p->parent[e] != want_parent || nsof[e] != r->ns || p->xd[e] != xd)
                 return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: registered block %d (#%d) disagrees with the index",
                                  i, b, j);
         }
@@ -834,11 +875,15 @@ static int check_seq_entries(pkv_prefix *p, const pkv_seqtab *t, pkv_detail *d) 
 }
 
 int prefix_check(pkv_prefix *p, pkv_seqtab *t, const pkv_allocator *al, pkv_detail *d) {
-    uint8_t *seen = pkv_mem_calloc(al, (size_t)p->ecap, 1);
-    RETURN_IF(!seen, PKV_ERR_NOMEM);
-    int st = check_index(p, seen, d);
+    uint8_t *seen = pkv_mem_calloc(al, (size_t)p->ecap, 2); /* [ecap] slots seen, [ecap] chain states */
+    uint64_t *nsof = pkv_mem_alloc(al, (size_t)p->ecap * sizeof *nsof);
+    int st = seen && nsof ? PKV_OK : PKV_ERR_NOMEM;
+    if (st == PKV_OK) st = check_chains(p, seen + p->ecap, nsof, d);
+    if (st == PKV_OK) st = check_index(p, seen, nsof, d);
+    if (st == PKV_OK) st = check_seq_entries(p, t, nsof, d);
     pkv_mem_free(al, seen);
-    return st == PKV_OK ? check_seq_entries(p, t, d) : st;
+    pkv_mem_free(al, nsof);
+    return st;
 }
 
 int prefix_check_off(const pkv_pool *pool, pkv_detail *d) {

@@ -50,9 +50,9 @@ void tmeta_push(pkv_cache *c, int op, int tier, int32_t block, int64_t slot, int
     x->slot = slot;
     x->dst_slot = dst_slot;
     if (e >= 0) {
-        prefix_identity id;
-        prefix_identity_of(c->prefix, e, &id);
-        memcpy(x->key, id.key, 16);
+        uint64_t key[2];
+        prefix_entry_key(c->prefix, e, key);
+        memcpy(x->key, key, 16);
     }
 }
 
