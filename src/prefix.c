@@ -70,10 +70,9 @@ typedef union prefix_link {
     uint64_t ns;
 } prefix_link;
 
-typedef struct prefix_slot {
-    uint32_t tag;  /* low 32 bits of the key */
-    int32_t ent;   /* -1: empty */
-} prefix_slot;
+/* An index slot: the entry id + 1 in the bits of emk (0: empty), the key's
+ * tag in the others (8 bits while ecap < 2^24). */
+typedef uint32_t prefix_slot;
 
 struct pkv_prefix {
     pkv_pool *pool;
@@ -97,9 +96,9 @@ struct pkv_prefix {
     pkv_event *ev;
     int32_t ev_cap, ev_head, ev_n;
     int64_t ev_dropped;
-    prefix_slot *tab; /* [mask + 1] */
-    size_t mask;
-    int shift;
+    prefix_slot *tab; /* [cap], at most 3/4 full */
+    size_t cap;
+    uint32_t emk;
     int32_t count;
     /* orphans: descendants dropped with a reclaimed block; orphan_frees: those
      * of them that were evictable (they count as evictions) */
@@ -179,9 +178,22 @@ uint64_t prefix_extras_digest(const pkv_prefix *p, const prefix_extras *x, int32
 
 /* ---- entries and the index ---- */
 
-static inline size_t home_slot(const pkv_prefix *p, uint32_t tag) {
-    /* Fibonacci hashing spreads even a weakened 8-bit tag over the table. */
-    return (size_t)(((uint64_t)tag * 0x9e3779b97f4a7c15ull) >> p->shift) & p->mask;
+/* Fibonacci hashing spreads even a weakened 8-bit key over the table: the
+ * high half of h picks the home slot (any table size), the low half the tag. */
+static inline uint64_t key_mix(uint64_t k0) { return k0 * 0x9e3779b97f4a7c15ull; }
+static inline size_t home_of(const pkv_prefix *p, uint64_t h) { return (size_t)(((h >> 32) * p->cap) >> 32); }
+static inline size_t next_slot(const pkv_prefix *p, size_t i) { return i + 1 == p->cap ? 0 : i + 1; }
+static inline uint32_t slot_tag(const pkv_prefix *p, uint64_t h) { return (uint32_t)h & ~p->emk; }
+static inline int32_t slot_ent(const pkv_prefix *p, prefix_slot s) { return (int32_t)(s & p->emk) - 1; }
+
+/* The table for ecap entries: at most 3/4 full, and the mask of the bits an
+ * entry id + 1 needs. */
+static void table_geometry(int32_t ecap, size_t *cap, uint32_t *emk) {
+    size_t c = ((size_t)ecap * 4 + 2) / 3;
+    *cap = c < 16 ? 16 : c;
+    uint32_t m = 1;
+    while (m < (uint32_t)ecap) m = (m << 1) | 1;
+    *emk = m;
 }
 
 static inline const int32_t *ent_toks(const pkv_prefix *p, int32_t e) { return p->toks + (size_t)e * (size_t)p->bs; }
@@ -201,14 +213,16 @@ static uint64_t entry_ns(const pkv_prefix *p, int32_t e) {
 static int32_t index_find(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, uint64_t xd,
                           const int32_t *toks, int count_collisions, int check_high) {
     size_t bytes = (size_t)p->bs * sizeof *toks;
-    uint32_t tag = (uint32_t)key[0];
-    for (size_t i = home_slot(p, tag);; i = (i + 1) & p->mask) {
-        const prefix_slot *s = &p->tab[i];
-        if (s->ent < 0) return -1;
-        if (s->tag != tag) continue;
-        int32_t e = s->ent;
-        /* Lookup knows only the key's low word: the tag and the identity decide. */
-        if ((!check_high || (p->key[2 * e] == key[0] && p->key[2 * e + 1] == key[1])) && p->parent[e] == parent &&
+    uint64_t h = key_mix(key[0]);
+    uint32_t tag = slot_tag(p, h);
+    for (size_t i = home_of(p, h);; i = next_slot(p, i)) {
+        prefix_slot s = p->tab[i];
+        if (!s) return -1;
+        if ((s & ~p->emk) != tag) continue;
+        int32_t e = slot_ent(p, s);
+        if (p->key[2 * e] != key[0]) continue; /* the tag's few bits agreed, the key does not */
+        /* Lookup knows only the key's low word: the identity decides. */
+        if ((!check_high || p->key[2 * e + 1] == key[1]) && p->parent[e] == parent &&
             (parent >= 0 || p->link[e].ns == ns) && p->xd[e] == xd && memcmp(ent_toks(p, e), toks, bytes) == 0)
             return e;
         if (count_collisions) p->collisions++;
@@ -238,10 +252,10 @@ static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int
     int32_t e = p->efree;
     pkv_assert(e >= 0);
     p->efree = p->link[e].sib.next;
-    size_t i = home_slot(p, (uint32_t)key[0]);
-    while (p->tab[i].ent >= 0) i = (i + 1) & p->mask;
-    p->tab[i].tag = (uint32_t)key[0];
-    p->tab[i].ent = e;
+    uint64_t h = key_mix(key[0]);
+    size_t i = home_of(p, h);
+    while (p->tab[i]) i = next_slot(p, i);
+    p->tab[i] = slot_tag(p, h) | (uint32_t)(e + 1);
     p->key[2 * e] = key[0];
     p->key[2 * e + 1] = key[1];
     p->xd[e] = xd;
@@ -269,12 +283,13 @@ static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int
  * keep parent = e: the caller drops them first or right after. */
 static void entry_remove(pkv_prefix *p, int32_t e) {
     if (p->ev) event(p, PKV_EVENT_REMOVED, e, entry_ns(p, e));
-    size_t i = home_slot(p, (uint32_t)p->key[2 * e]);
-    while (p->tab[i].ent != e) i = (i + 1) & p->mask;
+    size_t i = home_of(p, key_mix(p->key[2 * e]));
+    while (slot_ent(p, p->tab[i]) != e) i = next_slot(p, i);
     for (size_t j = i;;) {
-        j = (j + 1) & p->mask;
-        if (p->tab[j].ent < 0) break;
-        size_t h = home_slot(p, p->tab[j].tag);
+        j = next_slot(p, j);
+        if (!p->tab[j]) break;
+        /* a slot keeps a few bits of the key: its home comes from the entry's key */
+        size_t h = home_of(p, key_mix(p->key[2 * slot_ent(p, p->tab[j])]));
         /* The entry at j may fill the hole at i unless its home lies in (i, j]. */
         int stays = (i <= j) ? (h > i && h <= j) : (h > i || h <= j);
         if (!stays) {
@@ -282,7 +297,7 @@ static void entry_remove(pkv_prefix *p, int32_t e) {
             i = j;
         }
     }
-    p->tab[i].ent = -1;
+    p->tab[i] = 0;
     int32_t par = p->parent[e];
     if (par >= 0) {
         int32_t pr = p->link[e].sib.prev, nx = p->link[e].sib.next;
@@ -388,22 +403,21 @@ int32_t prefix_insert_unplaced(pkv_prefix *p, const uint64_t key[2], int32_t par
 }
 
 int32_t prefix_find_key(const pkv_prefix *p, const uint64_t key[2]) {
-    uint32_t tag = (uint32_t)key[0];
-    for (size_t i = home_slot(p, tag);; i = (i + 1) & p->mask) {
-        const prefix_slot *s = &p->tab[i];
-        if (s->ent < 0) return -1;
-        if (s->tag == tag && p->key[2 * s->ent] == key[0] && p->key[2 * s->ent + 1] == key[1]) return s->ent;
+    uint64_t h = key_mix(key[0]);
+    uint32_t tag = slot_tag(p, h);
+    for (size_t i = home_of(p, h);; i = next_slot(p, i)) {
+        prefix_slot s = p->tab[i];
+        if (!s) return -1;
+        int32_t e = slot_ent(p, s);
+        if ((s & ~p->emk) == tag && p->key[2 * e] == key[0] && p->key[2 * e + 1] == key[1]) return e;
     }
 }
 
 int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap) {
     if (ecap <= p->ecap) return PKV_OK;
-    size_t ne = (size_t)ecap, old = (size_t)p->ecap, cap = 16;
-    int lg = 4;
-    while (cap < 2 * ne) {
-        cap *= 2;
-        lg++;
-    }
+    size_t ne = (size_t)ecap, old = (size_t)p->ecap, cap;
+    uint32_t emk;
+    table_geometry(ecap, &cap, &emk);
     /* New arrays first; the old ones are freed only when every one succeeded. */
     enum { NARR = 8 };
     void **fields[NARR] = {(void **)&p->key,   (void **)&p->xd,    (void **)&p->parent, (void **)&p->loc,
@@ -413,7 +427,7 @@ int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap) {
     void *a[NARR];
     int ok = 1;
     for (int i = 0; i < NARR; i++) ok = (a[i] = pkv_mem_calloc(al, ne, size[i])) != NULL && ok;
-    prefix_slot *tab = pkv_mem_alloc(al, cap * sizeof *tab);
+    prefix_slot *tab = pkv_mem_calloc(al, cap, sizeof *tab);
     if (!ok || !tab) {
         for (int i = 0; i < NARR; i++) pkv_mem_free(al, a[i]);
         pkv_mem_free(al, tab);
@@ -434,21 +448,21 @@ int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap) {
         *tail = (int32_t)e;
         tail = &p->link[e].sib.next;
     }
+    /* Every slot again: the table's size and the split of a slot's bits changed. */
     prefix_slot *old_tab = p->tab;
-    size_t old_mask = p->mask;
+    size_t old_cap = p->cap;
+    uint32_t old_emk = p->emk;
     p->tab = tab;
-    p->mask = cap - 1;
-    p->shift = 64 - lg;
+    p->cap = cap;
+    p->emk = emk;
     p->ecap = ecap;
-    for (size_t i = 0; i < cap; i++) {
-        p->tab[i].tag = 0;
-        p->tab[i].ent = -1;
-    }
-    for (size_t i = 0; i <= old_mask; i++) {
-        if (old_tab[i].ent < 0) continue;
-        size_t j = home_slot(p, old_tab[i].tag);
-        while (p->tab[j].ent >= 0) j = (j + 1) & p->mask;
-        p->tab[j] = old_tab[i];
+    for (size_t i = 0; i < old_cap; i++) {
+        if (!old_tab[i]) continue;
+        int32_t e = (int32_t)(old_tab[i] & old_emk) - 1;
+        uint64_t h = key_mix(p->key[2 * e]);
+        size_t j = home_of(p, h);
+        while (p->tab[j]) j = next_slot(p, j);
+        p->tab[j] = slot_tag(p, h) | (uint32_t)(e + 1);
     }
     pkv_mem_free(al, old_tab);
     return PKV_OK;
@@ -506,14 +520,7 @@ int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[
     p->nb = pool->num_blocks;
     p->ecap = (int32_t)ne;
     p->bs = pool->block_size;
-    size_t cap = 16;
-    int lg = 4;
-    while (cap < 2 * ne) {
-        cap *= 2;
-        lg++;
-    }
-    p->mask = cap - 1;
-    p->shift = 64 - lg;
+    table_geometry(p->ecap, &p->cap, &p->emk);
     p->ent_of_block = pkv_mem_alloc(al, nb * sizeof(int32_t));
     p->key = pkv_mem_calloc(al, ne, 2 * sizeof(uint64_t));
     p->xd = pkv_mem_calloc(al, ne, sizeof(uint64_t));
@@ -523,7 +530,7 @@ int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[
     p->child = pkv_mem_alloc(al, ne * sizeof(int32_t));
     p->link = pkv_mem_alloc(al, ne * sizeof *p->link);
     p->toks = pkv_mem_calloc(al, ne, (size_t)p->bs * sizeof(int32_t));
-    p->tab = pkv_mem_alloc(al, cap * sizeof(prefix_slot));
+    p->tab = pkv_mem_calloc(al, p->cap, sizeof(prefix_slot));
     if (!p->ent_of_block || !p->key || !p->xd || !p->parent || !p->loc || !p->emask || !p->child || !p->link ||
         !p->toks || !p->tab) {
         prefix_free(al, p);
@@ -533,10 +540,6 @@ int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[
     /* A key of its own for the extras digest, so that no digest is ever a block key. */
     static const uint8_t xdom[16] = "pkv extra keys.";
     for (int i = 0; i < 16; i++) p->xkey[i] = (uint8_t)(secret[i] ^ xdom[i]);
-    for (size_t i = 0; i < cap; i++) {
-        p->tab[i].tag = 0;
-        p->tab[i].ent = -1;
-    }
     for (size_t b = 0; b < nb; b++) p->ent_of_block[b] = -1;
     /* Free ids in increasing order: entry ids follow registration order on a new index. */
     for (size_t e = 0; e < ne; e++) {
@@ -754,10 +757,7 @@ void prefix_dump(const pkv_prefix *p, void (*put)(void *w, const void *data, siz
     int64_t ctr[10] = {p->count, p->queries, p->query_tokens, p->hit_tokens, p->dedups,
                        p->registrations, p->orphans, p->orphan_frees, p->child_scan, p->efree};
     put(w, ctr, sizeof ctr);
-    for (size_t i = 0; i <= p->mask; i++) {
-        put(w, &p->tab[i].ent, sizeof p->tab[i].ent);
-        if (p->tab[i].ent >= 0) put(w, &p->tab[i].tag, sizeof p->tab[i].tag);
-    }
+    put(w, p->tab, p->cap * sizeof *p->tab);
     for (int32_t e = 0; e < p->ecap; e++) {
         int32_t links[7] = {e, p->loc[e], p->emask[e], p->parent[e], p->child[e], p->link[e].sib.next, p->link[e].sib.prev};
         put(w, links, sizeof links);
@@ -797,10 +797,10 @@ static int check_chains(const pkv_prefix *p, uint8_t *state, uint64_t *nsof, pkv
 static int check_index(pkv_prefix *p, uint8_t *seen, const uint64_t *nsof, pkv_detail *d) {
     const pkv_pool *pool = p->pool;
     int32_t n = 0, with_parent = 0;
-    for (size_t i = 0; i <= p->mask; i++) {
-        int32_t e = p->tab[i].ent;
-        if (e < 0) continue;
-        if (e >= p->ecap || !(p->emask[e] & 1) || seen[e]++)
+    for (size_t i = 0; i < p->cap; i++) {
+        if (!p->tab[i]) continue;
+        int32_t e = slot_ent(p, p->tab[i]);
+        if (e < 0 || e >= p->ecap || !(p->emask[e] & 1) || seen[e]++)
             return pkv__fail(d, PKV_ERR_CORRUPT, "index slot %zu holds entry %d (free or twice)", i, e);
         int32_t b = p->loc[e];
         if (b < 0 && p->emask[e] == 1)
@@ -808,10 +808,11 @@ static int check_index(pkv_prefix *p, uint8_t *seen, const uint64_t *nsof, pkv_d
         if (b >= p->nb || (b >= 0 && (!pool->cached[b] || p->ent_of_block[b] != e)))
             return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d is located at block %d, which is not its cached block", e,
                              b);
-        if (p->tab[i].tag != (uint32_t)p->key[2 * e])
+        uint64_t h = key_mix(p->key[2 * e]);
+        if ((p->tab[i] & ~p->emk) != slot_tag(p, h))
             return pkv__fail(d, PKV_ERR_CORRUPT, "index slot %zu: tag disagrees with entry %d's key", i, e);
-        for (size_t k = home_slot(p, p->tab[i].tag); k != i; k = (k + 1) & p->mask)
-            if (p->tab[k].ent < 0)
+        for (size_t k = home_of(p, h); k != i; k = next_slot(p, k))
+            if (!p->tab[k])
                 return pkv__fail(d, PKV_ERR_CORRUPT, "index: entry %d unreachable from its home slot", e);
         int32_t par = p->parent[e];
         uint64_t pk[2] = {0, 0}, key[2];
