@@ -377,11 +377,15 @@ typedef struct pkv_tier {
     int32_t shared;           /* PKV_TIER_SHARED: may hold blocks never indexed; never deleted from */
     /* Metadata mode (tier_meta.c): the tier hands out slots; the engine holds the bytes. */
     int32_t *slot_of;         /* [ecap] the slot of each entry it holds, -1 none */
-    int32_t *free_slots;      /* [capacity] stack of free slots */
+    uint64_t *free_bits;      /* bit s: slot s is free ([words]), then bit w: word w has one */
     int64_t nfree, swapped;   /* free slots; slots held by swapped-out sequences */
+    int64_t free_lo;          /* no summary word below it has a bit set */
     int64_t hits, misses, stores, evictions, errors, corrupt, restored, stray, bytes_in, bytes_out;
     double seconds_in, seconds_out;
 } pkv_tier;
+
+/* Whether slot s of a metadata-mode tier is free. */
+static inline int tier_slot_free(const pkv_tier *t, int64_t s) { return (int)((t->free_bits[s >> 6] >> (s & 63)) & 1); }
 
 /* A tier's LRU over the entries it holds (head = least recent); inline so that
  * tier.c and tier_meta.c, one layer, share it without calling each other. */
