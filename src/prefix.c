@@ -9,6 +9,15 @@
  * block is reclaimed the entry loses that location; an entry with no location
  * left is dropped.
  *
+ * Layout, parallel arrays of ecap, 45 bytes per entry besides its token ids:
+ * key 16, extras digest 8, links 8, parent 4, location 4, first child 4, bits 1.
+ * A child is listed among its parent's children (links: next and previous
+ * sibling, so that any child leaves in O(1)); a chain's first block is listed
+ * nowhere and its links hold the chain's namespace instead: every block of a
+ * chain is in its first block's namespace, so a child keeps none (the paths
+ * that need it without knowing it, removal events and the tier layer's
+ * identities, walk up the chain). No child count is kept (see Lookup).
+ *
  * Key. Block j of a sequence has the key
  *     K_j = SipHash-2-4-128(secret, tokens of block j || ns || K_{j-1}),  K_{-1} = 0,
  * (siphash.c). The tokens come first so that the token words of several
@@ -18,7 +27,9 @@
  * events); inside the index a hit is confirmed by the identity itself.
  *
  * Identity. A key only finds candidates: a hit requires the token ids, the
- * namespace, the extras digest and the parent entry to match. The parent entry
+ * namespace, the extras digest and the parent entry to match (the namespace is
+ * compared at a chain's first block; below it the parent entry, found in the
+ * same namespace, carries it). The parent entry
  * is itself the unique entry of the parent's identity, so by induction a hit
  * means "the same tokens from position 0, in the same namespace, with the same
  * extra keys on every block" and a hash collision can never hand out another
@@ -37,14 +48,20 @@
  * bytes per entry; xd costs 8 bytes.
  *
  * Index. Open addressing with linear probing and backward-shift deletion, at
- * most half full: it holds at most ecap entries in at least 2 * ecap slots of
- * 8 bytes (32 bits of the key as a tag, the entry id), all allocated at
- * creation, so registration and lookup never allocate.
+ * most 3/4 full: it holds at most ecap entries in ceil(4/3 ecap) slots (any
+ * size: the home slot is the hash's high half scaled to the table) of 4 bytes:
+ * the entry id + 1 in the low bits (0: empty), a tag from the key's hash in
+ * the others (8 bits while ecap < 2^24), so a probe touches an entry only when
+ * its tag agrees. All of it is allocated at creation (and rebuilt when tiers
+ * grow the entries), so registration and lookup never allocate. 5.3 bytes per
+ * entry, where 8-byte slots at most half full in a power-of-two table took
+ * 16 to 32.
  *
  * Lookup walks the prompt block by block and stops at the first miss. Below a
- * parent with few children (child_scan) it compares the children's tokens
- * directly: the keys of entries are stored, so nothing needs hashing; elsewhere
- * (the first block, popular parents) it hashes and probes.
+ * parent it first walks at most child_scan of the parent's children comparing
+ * their tokens directly (the keys of entries are stored, so nothing needs
+ * hashing): a match is a hit, the end of the list a miss. Past child_scan
+ * children (popular parents) and at the first block it hashes and probes.
  *
  * Eviction. The pool reclaims the least recently released evictable block
  * (sequences release their blocks last first, so a chain is reclaimed from its
