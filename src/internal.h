@@ -283,7 +283,10 @@ int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap);
 int32_t prefix_ecap(const pkv_prefix *p);
 int32_t prefix_entry_of_block(const pkv_prefix *p, int32_t b);
 int32_t prefix_entry_block(const pkv_prefix *p, int32_t e); /* pool block or -1 */
+/* The identity's namespace is found by a walk up the chain (only a chain's
+ * first block keeps it); prefix_entry_key is the key alone, without the walk. */
 void prefix_identity_of(const pkv_prefix *p, int32_t e, prefix_identity *out);
+void prefix_entry_key(const pkv_prefix *p, int32_t e, uint64_t key[2]);
 /* Block b leaves the pool but its entry stays (it lives in a tier now). */
 void prefix_unplace(pkv_prefix *p, int32_t b);
 /* Entry e (not in the pool) is placed at pool block b (held by the caller). */
@@ -377,11 +380,15 @@ typedef struct pkv_tier {
     int32_t shared;           /* PKV_TIER_SHARED: may hold blocks never indexed; never deleted from */
     /* Metadata mode (tier_meta.c): the tier hands out slots; the engine holds the bytes. */
     int32_t *slot_of;         /* [ecap] the slot of each entry it holds, -1 none */
-    int32_t *free_slots;      /* [capacity] stack of free slots */
+    uint64_t *free_bits;      /* bit s: slot s is free ([words]), then bit w: word w has one */
     int64_t nfree, swapped;   /* free slots; slots held by swapped-out sequences */
+    int64_t free_lo;          /* no summary word below it has a bit set */
     int64_t hits, misses, stores, evictions, errors, corrupt, restored, stray, bytes_in, bytes_out;
     double seconds_in, seconds_out;
 } pkv_tier;
+
+/* Whether slot s of a metadata-mode tier is free. */
+static inline int tier_slot_free(const pkv_tier *t, int64_t s) { return (int)((t->free_bits[s >> 6] >> (s & 63)) & 1); }
 
 /* A tier's LRU over the entries it holds (head = least recent); inline so that
  * tier.c and tier_meta.c, one layer, share it without calling each other. */

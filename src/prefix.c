@@ -9,6 +9,15 @@
  * block is reclaimed the entry loses that location; an entry with no location
  * left is dropped.
  *
+ * Layout, parallel arrays of ecap, 45 bytes per entry besides its token ids:
+ * key 16, extras digest 8, links 8, parent 4, location 4, first child 4, bits 1.
+ * A child is listed among its parent's children (links: next and previous
+ * sibling, so that any child leaves in O(1)); a chain's first block is listed
+ * nowhere and its links hold the chain's namespace instead: every block of a
+ * chain is in its first block's namespace, so a child keeps none (the paths
+ * that need it without knowing it, removal events and the tier layer's
+ * identities, walk up the chain). No child count is kept (see Lookup).
+ *
  * Key. Block j of a sequence has the key
  *     K_j = SipHash-2-4-128(secret, tokens of block j || ns || K_{j-1}),  K_{-1} = 0,
  * (siphash.c). The tokens come first so that the token words of several
@@ -18,7 +27,9 @@
  * events); inside the index a hit is confirmed by the identity itself.
  *
  * Identity. A key only finds candidates: a hit requires the token ids, the
- * namespace, the extras digest and the parent entry to match. The parent entry
+ * namespace, the extras digest and the parent entry to match (the namespace is
+ * compared at a chain's first block; below it the parent entry, found in the
+ * same namespace, carries it). The parent entry
  * is itself the unique entry of the parent's identity, so by induction a hit
  * means "the same tokens from position 0, in the same namespace, with the same
  * extra keys on every block" and a hash collision can never hand out another
@@ -37,14 +48,20 @@
  * bytes per entry; xd costs 8 bytes.
  *
  * Index. Open addressing with linear probing and backward-shift deletion, at
- * most half full: it holds at most ecap entries in at least 2 * ecap slots of
- * 8 bytes (32 bits of the key as a tag, the entry id), all allocated at
- * creation, so registration and lookup never allocate.
+ * most 3/4 full: it holds at most ecap entries in ceil(4/3 ecap) slots (any
+ * size: the home slot is the hash's high half scaled to the table) of 4 bytes:
+ * the entry id + 1 in the low bits (0: empty), a tag from the key's hash in
+ * the others (8 bits while ecap < 2^24), so a probe touches an entry only when
+ * its tag agrees. All of it is allocated at creation (and rebuilt when tiers
+ * grow the entries), so registration and lookup never allocate. 5.3 bytes per
+ * entry, where 8-byte slots at most half full in a power-of-two table took
+ * 16 to 32.
  *
  * Lookup walks the prompt block by block and stops at the first miss. Below a
- * parent with few children (child_scan) it compares the children's tokens
- * directly: the keys of entries are stored, so nothing needs hashing; elsewhere
- * (the first block, popular parents) it hashes and probes.
+ * parent it first walks at most child_scan of the parent's children comparing
+ * their tokens directly (the keys of entries are stored, so nothing needs
+ * hashing): a match is a hit, the end of the list a miss. Past child_scan
+ * children (popular parents) and at the first block it hashes and probes.
  *
  * Eviction. The pool reclaims the least recently released evictable block
  * (sequences release their blocks last first, so a chain is reclaimed from its
@@ -73,10 +90,19 @@
 
 #include "internal.h"
 
-typedef struct prefix_slot {
-    uint32_t tag;  /* low 32 bits of the key */
-    int32_t ent;   /* -1: empty */
-} prefix_slot;
+/* An entry's links: a child is listed among its parent's children; a chain's
+ * first block is listed nowhere and holds the chain's namespace instead (every
+ * block of a chain has its first block's: a child has no namespace of its own). */
+typedef union prefix_link {
+    struct {
+        int32_t next, prev; /* next also chains free entry ids */
+    } sib;
+    uint64_t ns;
+} prefix_link;
+
+/* An index slot: the entry id + 1 in the bits of emk (0: empty), the key's
+ * tag in the others (8 bits while ecap < 2^24). */
+typedef uint32_t prefix_slot;
 
 struct pkv_prefix {
     pkv_pool *pool;
@@ -87,15 +113,12 @@ struct pkv_prefix {
     int32_t *ent_of_block; /* [nb] the entry located at a pool block, -1 none */
     /* Entries, [ecap] each; meaningful while loc[e] >= 0. */
     uint64_t *key;    /* [2 * ecap] low, high word */
-    uint64_t *ns;
     uint64_t *xd;     /* extras digest, 0 none */
     int32_t *parent;  /* parent entry, -1 for a chain's first block */
     int32_t *loc;     /* pool block holding the KV, -1 none (free, or only in tiers) */
     uint8_t *emask;   /* bit 0: the id is in use; bit 1 + t: tier t holds the entry */
     int32_t *child;   /* first child, -1 none */
-    int32_t *sib_next, *sib_prev; /* links among the children of one parent;
-                                   * sib_next also chains free entry ids */
-    int32_t *nchild;  /* length of the child list */
+    prefix_link *link;
     int32_t *toks;    /* [ecap * bs] token ids */
     int32_t efree;    /* head of the free entry ids */
     /* Window caches (prefix_set_window): ghosts are entries whose KV is gone
@@ -103,14 +126,14 @@ struct pkv_prefix {
      * chain below them stays reachable; the index then grows on demand. */
     const pkv_allocator *al; /* non-NULL: a window cache's index */
     int32_t ghosts;
-    int32_t child_scan; /* a parent with at most this many children is searched by its list */
+    int32_t child_scan; /* a parent's list is searched this many children deep before hashing */
     /* KV events: a ring of ev_cap, ev_n pending from ev_head; ev_dropped lost */
     pkv_event *ev;
     int32_t ev_cap, ev_head, ev_n;
     int64_t ev_dropped;
-    prefix_slot *tab; /* [mask + 1] */
-    size_t mask;
-    int shift;
+    prefix_slot *tab; /* [cap], at most 3/4 full */
+    size_t cap;
+    uint32_t emk;
     int32_t count;
     /* orphans: descendants dropped with a reclaimed block; orphan_frees: those
      * of them that were evictable (they count as evictions) */
@@ -190,9 +213,22 @@ uint64_t prefix_extras_digest(const pkv_prefix *p, const prefix_extras *x, int32
 
 /* ---- entries and the index ---- */
 
-static inline size_t home_slot(const pkv_prefix *p, uint32_t tag) {
-    /* Fibonacci hashing spreads even a weakened 8-bit tag over the table. */
-    return (size_t)(((uint64_t)tag * 0x9e3779b97f4a7c15ull) >> p->shift) & p->mask;
+/* Fibonacci hashing spreads even a weakened 8-bit key over the table: the
+ * high half of h picks the home slot (any table size), the low half the tag. */
+static inline uint64_t key_mix(uint64_t k0) { return k0 * 0x9e3779b97f4a7c15ull; }
+static inline size_t home_of(const pkv_prefix *p, uint64_t h) { return (size_t)(((h >> 32) * p->cap) >> 32); }
+static inline size_t next_slot(const pkv_prefix *p, size_t i) { return i + 1 == p->cap ? 0 : i + 1; }
+static inline uint32_t slot_tag(const pkv_prefix *p, uint64_t h) { return (uint32_t)h & ~p->emk; }
+static inline int32_t slot_ent(const pkv_prefix *p, prefix_slot s) { return (int32_t)(s & p->emk) - 1; }
+
+/* The table for ecap entries: at most 3/4 full, and the mask of the bits an
+ * entry id + 1 needs. */
+static void table_geometry(int32_t ecap, size_t *cap, uint32_t *emk) {
+    size_t c = ((size_t)ecap * 4 + 2) / 3;
+    *cap = c < 16 ? 16 : c;
+    uint32_t m = 1;
+    while (m < (uint32_t)ecap) m = (m << 1) | 1;
+    *emk = m;
 }
 
 static inline const int32_t *ent_toks(const pkv_prefix *p, int32_t e) { return p->toks + (size_t)e * (size_t)p->bs; }
@@ -200,26 +236,38 @@ static inline const int32_t *ent_toks(const pkv_prefix *p, int32_t e) { return p
 /* An entry of a window cache's index whose KV is gone (no block, no tier). */
 static inline int is_ghost(const pkv_prefix *p, int32_t e) { return p->al && p->loc[e] < 0 && p->emask[e] == 1; }
 
+/* The namespace of e's chain, kept by its first block: a walk up the chain,
+ * for the paths that do not already know it (events of removals, the tier
+ * layer's identities, restores). */
+static uint64_t entry_ns(const pkv_prefix *p, int32_t e) {
+    while (p->parent[e] >= 0) e = p->parent[e];
+    return p->link[e].ns;
+}
+
 /* The entry of identity (key, parent, ns, xd, toks), or -1. check_high = 0:
- * only key[0] is known (lookup); the identity decides alone. */
+ * only key[0] is known (lookup); the identity decides alone. Below a parent
+ * the namespace is the parent's (the caller found the parent in ns); a chain's
+ * first block compares its own. */
 static int32_t index_find(pkv_prefix *p, const uint64_t key[2], int32_t parent, uint64_t ns, uint64_t xd,
                           const int32_t *toks, int count_collisions, int check_high) {
     size_t bytes = (size_t)p->bs * sizeof *toks;
-    uint32_t tag = (uint32_t)key[0];
-    for (size_t i = home_slot(p, tag);; i = (i + 1) & p->mask) {
-        const prefix_slot *s = &p->tab[i];
-        if (s->ent < 0) return -1;
-        if (s->tag != tag) continue;
-        int32_t e = s->ent;
-        /* Lookup knows only the key's low word: the tag and the identity decide. */
-        if ((!check_high || (p->key[2 * e] == key[0] && p->key[2 * e + 1] == key[1])) && p->parent[e] == parent &&
-            p->ns[e] == ns && p->xd[e] == xd && memcmp(ent_toks(p, e), toks, bytes) == 0)
+    uint64_t h = key_mix(key[0]);
+    uint32_t tag = slot_tag(p, h);
+    for (size_t i = home_of(p, h);; i = next_slot(p, i)) {
+        prefix_slot s = p->tab[i];
+        if (!s) return -1;
+        if ((s & ~p->emk) != tag) continue;
+        int32_t e = slot_ent(p, s);
+        if (p->key[2 * e] != key[0]) continue; /* the tag's few bits agreed, the key does not */
+        /* Lookup knows only the key's low word: the identity decides. */
+        if ((!check_high || p->key[2 * e + 1] == key[1]) && p->parent[e] == parent &&
+            (parent >= 0 || p->link[e].ns == ns) && p->xd[e] == xd && memcmp(ent_toks(p, e), toks, bytes) == 0)
             return e;
         if (count_collisions) p->collisions++;
     }
 }
 
-static void event(pkv_prefix *p, int kind, int32_t e) {
+static void event(pkv_prefix *p, int kind, int32_t e, uint64_t ns) {
     if (!p->ev) return;
     if (p->ev_n == p->ev_cap) {
         p->ev_dropped++;
@@ -232,7 +280,7 @@ static void event(pkv_prefix *p, int kind, int32_t e) {
     memcpy(x->key, p->key + 2 * e, 16);
     if (par >= 0) memcpy(x->parent_key, p->key + 2 * par, 16);
     else memset(x->parent_key, 0, 16);
-    x->ns = p->ns[e];
+    x->ns = ns;
 }
 
 /* A new entry at pool block b (cannot fail: at most ecap entries exist, one
@@ -241,32 +289,30 @@ static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int
                             uint64_t xd, const int32_t *toks) {
     int32_t e = p->efree;
     pkv_assert(e >= 0);
-    p->efree = p->sib_next[e];
-    size_t i = home_slot(p, (uint32_t)key[0]);
-    while (p->tab[i].ent >= 0) i = (i + 1) & p->mask;
-    p->tab[i].tag = (uint32_t)key[0];
-    p->tab[i].ent = e;
+    p->efree = p->link[e].sib.next;
+    uint64_t h = key_mix(key[0]);
+    size_t i = home_of(p, h);
+    while (p->tab[i]) i = next_slot(p, i);
+    p->tab[i] = slot_tag(p, h) | (uint32_t)(e + 1);
     p->key[2 * e] = key[0];
     p->key[2 * e + 1] = key[1];
-    p->ns[e] = ns;
     p->xd[e] = xd;
     p->parent[e] = parent;
     p->loc[e] = b;
     p->emask[e] = 1;
     if (b >= 0) p->ent_of_block[b] = e;
     p->child[e] = -1;
-    p->nchild[e] = 0;
-    p->sib_prev[e] = -1;
-    p->sib_next[e] = -1;
-    if (parent >= 0) {
-        p->sib_next[e] = p->child[parent];
-        if (p->child[parent] >= 0) p->sib_prev[p->child[parent]] = e;
+    if (parent < 0) {
+        p->link[e].ns = ns;
+    } else {
+        p->link[e].sib.prev = -1;
+        p->link[e].sib.next = p->child[parent];
+        if (p->child[parent] >= 0) p->link[p->child[parent]].sib.prev = e;
         p->child[parent] = e;
-        p->nchild[parent]++;
     }
     memcpy(p->toks + (size_t)e * (size_t)p->bs, toks, (size_t)p->bs * sizeof *toks);
     p->count++;
-    event(p, PKV_EVENT_STORED, e);
+    event(p, PKV_EVENT_STORED, e, ns);
     return e;
 }
 
@@ -275,13 +321,14 @@ static int32_t entry_insert(pkv_prefix *p, int32_t b, const uint64_t key[2], int
  * keep parent = e: the caller drops them first or right after. */
 static void entry_remove(pkv_prefix *p, int32_t e) {
     if (is_ghost(p, e)) p->ghosts--; /* its removal was reported when it became one */
-    else event(p, PKV_EVENT_REMOVED, e);
-    size_t i = home_slot(p, (uint32_t)p->key[2 * e]);
-    while (p->tab[i].ent != e) i = (i + 1) & p->mask;
+    else if (p->ev) event(p, PKV_EVENT_REMOVED, e, entry_ns(p, e));
+    size_t i = home_of(p, key_mix(p->key[2 * e]));
+    while (slot_ent(p, p->tab[i]) != e) i = next_slot(p, i);
     for (size_t j = i;;) {
-        j = (j + 1) & p->mask;
-        if (p->tab[j].ent < 0) break;
-        size_t h = home_slot(p, p->tab[j].tag);
+        j = next_slot(p, j);
+        if (!p->tab[j]) break;
+        /* a slot keeps a few bits of the key: its home comes from the entry's key */
+        size_t h = home_of(p, key_mix(p->key[2 * slot_ent(p, p->tab[j])]));
         /* The entry at j may fill the hole at i unless its home lies in (i, j]. */
         int stays = (i <= j) ? (h > i && h <= j) : (h > i || h <= j);
         if (!stays) {
@@ -289,17 +336,19 @@ static void entry_remove(pkv_prefix *p, int32_t e) {
             i = j;
         }
     }
-    p->tab[i].ent = -1;
-    int32_t par = p->parent[e], pr = p->sib_prev[e], nx = p->sib_next[e];
-    if (pr >= 0) p->sib_next[pr] = nx;
-    else if (par >= 0) p->child[par] = nx;
-    if (nx >= 0) p->sib_prev[nx] = pr;
-    if (par >= 0) p->nchild[par]--;
+    p->tab[i] = 0;
+    int32_t par = p->parent[e];
+    if (par >= 0) {
+        int32_t pr = p->link[e].sib.prev, nx = p->link[e].sib.next;
+        if (pr >= 0) p->link[pr].sib.next = nx;
+        else p->child[par] = nx;
+        if (nx >= 0) p->link[nx].sib.prev = pr;
+    }
     if (p->loc[e] >= 0) p->ent_of_block[p->loc[e]] = -1;
     p->loc[e] = -1;
     p->emask[e] = 0;
-    p->sib_prev[e] = -1;
-    p->sib_next[e] = p->efree;
+    p->link[e].sib.prev = -1;
+    p->link[e].sib.next = p->efree;
     p->efree = e;
     p->count--;
 }
@@ -309,7 +358,7 @@ static void entry_remove(pkv_prefix *p, int32_t e) {
  * above it left without children. */
 static void forget_window(pkv_prefix *p, int32_t b, int32_t e) {
     if (p->child[e] >= 0) {
-        event(p, PKV_EVENT_REMOVED, e);
+        if (p->ev) event(p, PKV_EVENT_REMOVED, e, entry_ns(p, e));
         p->ent_of_block[b] = -1;
         p->loc[e] = -1;
         p->ghosts++;
@@ -374,9 +423,14 @@ void prefix_identity_of(const pkv_prefix *p, int32_t e, prefix_identity *out) {
     out->parent = p->parent[e];
     out->parent_key[0] = out->parent >= 0 ? p->key[2 * out->parent] : 0;
     out->parent_key[1] = out->parent >= 0 ? p->key[2 * out->parent + 1] : 0;
-    out->ns = p->ns[e];
+    out->ns = entry_ns(p, e);
     out->xd = p->xd[e];
     out->toks = ent_toks(p, e);
+}
+
+void prefix_entry_key(const pkv_prefix *p, int32_t e, uint64_t key[2]) {
+    key[0] = p->key[2 * e];
+    key[1] = p->key[2 * e + 1];
 }
 
 void prefix_unplace(pkv_prefix *p, int32_t b) {
@@ -404,86 +458,73 @@ int32_t prefix_insert_unplaced(pkv_prefix *p, const uint64_t key[2], int32_t par
                                const int32_t *toks) {
     if (p->efree < 0) return -1;
     uint64_t probe[2] = {key[0], key[1]};
+    /* a chain has one namespace: a child's is its parent's */
+    if (parent >= 0 && entry_ns(p, parent) != ns) return -1;
     if (index_find(p, probe, parent, ns, xd, toks, 0, 1) >= 0) return -1;
     return entry_insert(p, -1, key, parent, ns, xd, toks);
 }
 
 int32_t prefix_find_key(const pkv_prefix *p, const uint64_t key[2]) {
-    uint32_t tag = (uint32_t)key[0];
-    for (size_t i = home_slot(p, tag);; i = (i + 1) & p->mask) {
-        const prefix_slot *s = &p->tab[i];
-        if (s->ent < 0) return -1;
-        if (s->tag == tag && p->key[2 * s->ent] == key[0] && p->key[2 * s->ent + 1] == key[1]) return s->ent;
+    uint64_t h = key_mix(key[0]);
+    uint32_t tag = slot_tag(p, h);
+    for (size_t i = home_of(p, h);; i = next_slot(p, i)) {
+        prefix_slot s = p->tab[i];
+        if (!s) return -1;
+        int32_t e = slot_ent(p, s);
+        if ((s & ~p->emk) == tag && p->key[2 * e] == key[0] && p->key[2 * e + 1] == key[1]) return e;
     }
 }
 
 int prefix_grow(pkv_prefix *p, const pkv_allocator *al, int32_t ecap) {
     if (ecap <= p->ecap) return PKV_OK;
-    size_t ne = (size_t)ecap, old = (size_t)p->ecap, cap = 16;
-    int lg = 4;
-    while (cap < 2 * ne) {
-        cap *= 2;
-        lg++;
-    }
+    size_t ne = (size_t)ecap, old = (size_t)p->ecap, cap;
+    uint32_t emk;
+    table_geometry(ecap, &cap, &emk);
     /* New arrays first; the old ones are freed only when every one succeeded. */
-    void *a[11] = {pkv_mem_alloc(al, ne * 2 * sizeof(uint64_t)), pkv_mem_alloc(al, ne * sizeof(uint64_t)),
-                   pkv_mem_alloc(al, ne * sizeof(int32_t)),      pkv_mem_alloc(al, ne * sizeof(int32_t)),
-                   pkv_mem_alloc(al, ne),                        pkv_mem_alloc(al, ne * sizeof(int32_t)),
-                   pkv_mem_alloc(al, ne * sizeof(int32_t)),      pkv_mem_alloc(al, ne * sizeof(int32_t)),
-                   pkv_mem_alloc(al, ne * sizeof(int32_t)),      pkv_mem_calloc(al, ne, (size_t)p->bs * sizeof(int32_t)),
-                   pkv_mem_calloc(al, ne, sizeof(uint64_t))};
-    prefix_slot *tab = pkv_mem_alloc(al, cap * sizeof *tab);
-    int ok = tab != NULL;
-    for (int i = 0; i < 11; i++) ok = ok && a[i] != NULL;
-    if (!ok) {
-        for (int i = 0; i < 11; i++) pkv_mem_free(al, a[i]);
+    enum { NARR = 8 };
+    void **fields[NARR] = {(void **)&p->key,   (void **)&p->xd,    (void **)&p->parent, (void **)&p->loc,
+                           (void **)&p->emask, (void **)&p->child, (void **)&p->link,   (void **)&p->toks};
+    const size_t size[NARR] = {2 * sizeof(uint64_t), sizeof(uint64_t), sizeof(int32_t),     sizeof(int32_t),
+                               1,                    sizeof(int32_t),  sizeof(prefix_link), (size_t)p->bs * sizeof(int32_t)};
+    void *a[NARR];
+    int ok = 1;
+    for (int i = 0; i < NARR; i++) ok = (a[i] = pkv_mem_calloc(al, ne, size[i])) != NULL && ok;
+    prefix_slot *tab = pkv_mem_calloc(al, cap, sizeof *tab);
+    if (!ok || !tab) {
+        for (int i = 0; i < NARR; i++) pkv_mem_free(al, a[i]);
         pkv_mem_free(al, tab);
         return PKV_ERR_NOMEM;
     }
-    memcpy(a[0], p->key, old * 2 * sizeof(uint64_t));
-    memcpy(a[1], p->ns, old * sizeof(uint64_t));
-    memcpy(a[2], p->parent, old * sizeof(int32_t));
-    memcpy(a[3], p->loc, old * sizeof(int32_t));
-    memcpy(a[4], p->emask, old);
-    memcpy(a[5], p->child, old * sizeof(int32_t));
-    memcpy(a[6], p->sib_next, old * sizeof(int32_t));
-    memcpy(a[7], p->sib_prev, old * sizeof(int32_t));
-    memcpy(a[8], p->nchild, old * sizeof(int32_t));
-    memcpy(a[9], p->toks, old * (size_t)p->bs * sizeof(int32_t));
-    memcpy(a[10], p->xd, old * sizeof(uint64_t));
-    void **fields[11] = {(void **)&p->key,      (void **)&p->ns,       (void **)&p->parent,   (void **)&p->loc,
-                         (void **)&p->emask,    (void **)&p->child,    (void **)&p->sib_next, (void **)&p->sib_prev,
-                         (void **)&p->nchild,   (void **)&p->toks,     (void **)&p->xd};
-    for (int i = 0; i < 11; i++) {
+    for (int i = 0; i < NARR; i++) {
+        memcpy(a[i], *fields[i], old * size[i]);
         pkv_mem_free(al, *fields[i]);
         *fields[i] = a[i];
     }
     /* The new ids join the free list in increasing order, after the old ones. */
     int32_t *tail = &p->efree;
-    while (*tail >= 0) tail = &p->sib_next[*tail];
+    while (*tail >= 0) tail = &p->link[*tail].sib.next;
     for (size_t e = old; e < ne; e++) {
-        p->parent[e] = p->child[e] = p->sib_prev[e] = p->loc[e] = -1;
+        p->parent[e] = p->child[e] = p->link[e].sib.prev = p->loc[e] = -1;
         p->emask[e] = 0;
-        p->nchild[e] = 0;
-        p->sib_next[e] = -1;
+        p->link[e].sib.next = -1;
         *tail = (int32_t)e;
-        tail = &p->sib_next[e];
+        tail = &p->link[e].sib.next;
     }
+    /* Every slot again: the table's size and the split of a slot's bits changed. */
     prefix_slot *old_tab = p->tab;
-    size_t old_mask = p->mask;
+    size_t old_cap = p->cap;
+    uint32_t old_emk = p->emk;
     p->tab = tab;
-    p->mask = cap - 1;
-    p->shift = 64 - lg;
+    p->cap = cap;
+    p->emk = emk;
     p->ecap = ecap;
-    for (size_t i = 0; i < cap; i++) {
-        p->tab[i].tag = 0;
-        p->tab[i].ent = -1;
-    }
-    for (size_t i = 0; i <= old_mask; i++) {
-        if (old_tab[i].ent < 0) continue;
-        size_t j = home_slot(p, old_tab[i].tag);
-        while (p->tab[j].ent >= 0) j = (j + 1) & p->mask;
-        p->tab[j] = old_tab[i];
+    for (size_t i = 0; i < old_cap; i++) {
+        if (!old_tab[i]) continue;
+        int32_t e = (int32_t)(old_tab[i] & old_emk) - 1;
+        uint64_t h = key_mix(p->key[2 * e]);
+        size_t j = home_of(p, h);
+        while (p->tab[j]) j = next_slot(p, j);
+        p->tab[j] = slot_tag(p, h) | (uint32_t)(e + 1);
     }
     pkv_mem_free(al, old_tab);
     return PKV_OK;
@@ -521,15 +562,12 @@ static void prefix_free(const pkv_allocator *al, pkv_prefix *p) {
     pkv_mem_free(al, p->ev);
     pkv_mem_free(al, p->ent_of_block);
     pkv_mem_free(al, p->key);
-    pkv_mem_free(al, p->ns);
     pkv_mem_free(al, p->xd);
     pkv_mem_free(al, p->parent);
     pkv_mem_free(al, p->loc);
     pkv_mem_free(al, p->emask);
     pkv_mem_free(al, p->child);
-    pkv_mem_free(al, p->sib_next);
-    pkv_mem_free(al, p->sib_prev);
-    pkv_mem_free(al, p->nchild);
+    pkv_mem_free(al, p->link);
     pkv_mem_free(al, p->toks);
     pkv_mem_free(al, p->tab);
     pkv_mem_free(al, p);
@@ -544,29 +582,19 @@ int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[
     p->nb = pool->num_blocks;
     p->ecap = (int32_t)ne;
     p->bs = pool->block_size;
-    size_t cap = 16;
-    int lg = 4;
-    while (cap < 2 * ne) {
-        cap *= 2;
-        lg++;
-    }
-    p->mask = cap - 1;
-    p->shift = 64 - lg;
+    table_geometry(p->ecap, &p->cap, &p->emk);
     p->ent_of_block = pkv_mem_alloc(al, nb * sizeof(int32_t));
     p->key = pkv_mem_calloc(al, ne, 2 * sizeof(uint64_t));
-    p->ns = pkv_mem_calloc(al, ne, sizeof(uint64_t));
     p->xd = pkv_mem_calloc(al, ne, sizeof(uint64_t));
     p->parent = pkv_mem_alloc(al, ne * sizeof(int32_t));
     p->loc = pkv_mem_alloc(al, ne * sizeof(int32_t));
     p->emask = pkv_mem_calloc(al, ne, 1);
     p->child = pkv_mem_alloc(al, ne * sizeof(int32_t));
-    p->sib_next = pkv_mem_alloc(al, ne * sizeof(int32_t));
-    p->sib_prev = pkv_mem_alloc(al, ne * sizeof(int32_t));
-    p->nchild = pkv_mem_calloc(al, ne, sizeof(int32_t));
+    p->link = pkv_mem_alloc(al, ne * sizeof *p->link);
     p->toks = pkv_mem_calloc(al, ne, (size_t)p->bs * sizeof(int32_t));
-    p->tab = pkv_mem_alloc(al, cap * sizeof(prefix_slot));
-    if (!p->ent_of_block || !p->key || !p->ns || !p->xd || !p->parent || !p->loc || !p->emask || !p->child || !p->sib_next ||
-        !p->sib_prev || !p->nchild || !p->toks || !p->tab) {
+    p->tab = pkv_mem_calloc(al, p->cap, sizeof(prefix_slot));
+    if (!p->ent_of_block || !p->key || !p->xd || !p->parent || !p->loc || !p->emask || !p->child || !p->link ||
+        !p->toks || !p->tab) {
         prefix_free(al, p);
         return PKV_ERR_NOMEM;
     }
@@ -574,15 +602,11 @@ int prefix_create(const pkv_allocator *al, pkv_pool *pool, const uint8_t secret[
     /* A key of its own for the extras digest, so that no digest is ever a block key. */
     static const uint8_t xdom[16] = "pkv extra keys.";
     for (int i = 0; i < 16; i++) p->xkey[i] = (uint8_t)(secret[i] ^ xdom[i]);
-    for (size_t i = 0; i < cap; i++) {
-        p->tab[i].tag = 0;
-        p->tab[i].ent = -1;
-    }
     for (size_t b = 0; b < nb; b++) p->ent_of_block[b] = -1;
     /* Free ids in increasing order: entry ids follow registration order on a new index. */
     for (size_t e = 0; e < ne; e++) {
-        p->parent[e] = p->child[e] = p->sib_prev[e] = p->loc[e] = -1;
-        p->sib_next[e] = e + 1 < ne ? (int32_t)e + 1 : -1;
+        p->parent[e] = p->child[e] = p->link[e].sib.prev = p->loc[e] = -1;
+        p->link[e].sib.next = e + 1 < ne ? (int32_t)e + 1 : -1;
     }
     p->efree = 0;
     p->child_scan = PREFIX_CHILD_SCAN;
@@ -602,16 +626,22 @@ void prefix_child_scan(pkv_prefix *p, int32_t n) { p->child_scan = n; }
 
 void prefix_set_window(pkv_prefix *p, const pkv_allocator *al) { p->al = al; }
 
-/* The child of entry pe (-1: roots are not listed) with tokens t in ns, when pe
- * has few enough children to scan: *scanned = 1 and the child or -1 (a miss in
- * a complete list is a miss). Otherwise *scanned = 0. */
-static int32_t scan_children(const pkv_prefix *p, int32_t pe, uint64_t ns, uint64_t xd, const int32_t *t,
-                             int *scanned) {
-    *scanned = pe >= 0 && p->nchild[pe] <= p->child_scan;
-    if (!*scanned) return -1;
+/* The child of entry pe (-1: roots are not listed) with tokens t, looked
+ * for among the first child_scan children of pe's list: the child, or -1 with
+ * *scanned = 1 when the list ended (a miss in a complete list is a miss), or -1
+ * with *scanned = 0 when it is longer (the caller hashes). No count is kept:
+ * the walk itself finds out whether the parent has few children. */
+static int32_t scan_children(const pkv_prefix *p, int32_t pe, uint64_t xd, const int32_t *t, int *scanned) {
+    *scanned = 0;
+    if (pe < 0) return -1;
     size_t bytes = (size_t)p->bs * sizeof *t;
-    for (int32_t x = p->child[pe]; x >= 0; x = p->sib_next[x])
-        if (p->ns[x] == ns && p->xd[x] == xd && memcmp(ent_toks(p, x), t, bytes) == 0) return x;
+    int32_t x = p->child[pe];
+    for (int32_t k = 0; x >= 0 && k < p->child_scan; k++, x = p->link[x].sib.next)
+        if (p->xd[x] == xd && memcmp(ent_toks(p, x), t, bytes) == 0) {
+            *scanned = 1;
+            return x;
+        }
+    *scanned = x < 0;
     return -1;
 }
 
@@ -652,7 +682,7 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
         const int32_t *tk = seq_tokens_at(t, r, j * bs);
         uint64_t key[2], xd = extras ? prefix_extras_digest(p, &x, j, &cursor) : 0;
         int32_t own = r->blocks[j], scanned;
-        int32_t found = scan_children(p, pe, r->ns, xd, tk, &scanned);
+        int32_t found = scan_children(p, pe, xd, tk, &scanned);
         if (found >= 0) {
             key[0] = p->key[2 * found];
             key[1] = p->key[2 * found + 1];
@@ -674,7 +704,7 @@ void prefix_register_seq(pkv_prefix *p, pkv_seqtab *t, pkv_seq_rec *r, int32_t w
             prefix_place(p, found, own);
             if (ghost) {
                 p->ghosts--;
-                event(p, PKV_EVENT_STORED, found);
+                event(p, PKV_EVENT_STORED, found, r->ns);
             }
         } else if (found >= 0 && p->loc[found] != own) {
             if (written_len >= 0 && (int64_t)(j + 1) * bs > written_len) break;
@@ -729,7 +759,7 @@ static int32_t match_walk(pkv_prefix *p, uint64_t ns, const prefix_extras *x, co
         const int32_t *t = tokens + (size_t)m * (size_t)bs;
         uint64_t xd = extras ? prefix_extras_digest(p, x, m, &cursor) : 0;
         int scanned;
-        int32_t e = scan_children(p, pe, ns, xd, t, &scanned);
+        int32_t e = scan_children(p, pe, xd, t, &scanned);
         if (!scanned) {
             if (m >= win + nwin) {
                 win = m;
@@ -806,30 +836,50 @@ void prefix_dump(const pkv_prefix *p, void (*put)(void *w, const void *data, siz
     int64_t ctr[12] = {p->count, p->queries, p->query_tokens, p->hit_tokens, p->dedups,   p->registrations,
                        p->orphans, p->orphan_frees, p->child_scan, p->efree, p->ghosts, p->ecap};
     put(w, ctr, sizeof ctr);
-    for (size_t i = 0; i <= p->mask; i++) {
-        put(w, &p->tab[i].ent, sizeof p->tab[i].ent);
-        if (p->tab[i].ent >= 0) put(w, &p->tab[i].tag, sizeof p->tab[i].tag);
-    }
+    put(w, p->tab, p->cap * sizeof *p->tab);
     for (int32_t e = 0; e < p->ecap; e++) {
-        int32_t links[7] = {e, p->loc[e], p->emask[e], p->parent[e], p->child[e], p->sib_next[e], p->sib_prev[e]};
+        int32_t links[7] = {e, p->loc[e], p->emask[e], p->parent[e], p->child[e], p->link[e].sib.next, p->link[e].sib.prev};
         put(w, links, sizeof links);
         if (!p->emask[e]) continue;
         put(w, p->key + 2 * e, 2 * sizeof *p->key);
-        put(w, p->ns + e, sizeof *p->ns);
         put(w, p->xd + e, sizeof *p->xd);
         put(w, ent_toks(p, e), (size_t)p->bs * sizeof(int32_t));
     }
 }
 
+/* Every live entry's parent chain (live entries, no cycle) and its namespace,
+ * the first block's, into nsof; state: 0 not seen, 1 on the walk, 2 done. */
+static int check_chains(const pkv_prefix *p, uint8_t *state, uint64_t *nsof, pkv_detail *d) {
+    for (int32_t e = 0; e < p->ecap; e++) {
+        if (!(p->emask[e] & 1) || state[e] == 2) continue;
+        int32_t x = e;
+        while (state[x] == 0 && p->parent[x] >= 0) {
+            int32_t par = p->parent[x];
+            if (par >= p->ecap || !(p->emask[par] & 1))
+                return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d has parent %d not cached here", x, par);
+            state[x] = 1;
+            x = par;
+        }
+        if (state[x] == 1) return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d: its parent chain has a cycle", e);
+        uint64_t ns = state[x] == 2 ? nsof[x] : p->link[x].ns;
+        for (int32_t y = e;; y = p->parent[y]) {
+            nsof[y] = ns;
+            state[y] = 2;
+            if (y == x) break;
+        }
+    }
+    return PKV_OK;
+}
+
 /* The index against the entries and the pool's cached bits, each entry against
  * its recomputed key and its parent, the child lists and the free ids. */
-static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
+static int check_index(pkv_prefix *p, uint8_t *seen, const uint64_t *nsof, pkv_detail *d) {
     const pkv_pool *pool = p->pool;
     int32_t n = 0, with_parent = 0, ghosts = 0;
-    for (size_t i = 0; i <= p->mask; i++) {
-        int32_t e = p->tab[i].ent;
-        if (e < 0) continue;
-        if (e >= p->ecap || !(p->emask[e] & 1) || seen[e]++)
+    for (size_t i = 0; i < p->cap; i++) {
+        if (!p->tab[i]) continue;
+        int32_t e = slot_ent(p, p->tab[i]);
+        if (e < 0 || e >= p->ecap || !(p->emask[e] & 1) || seen[e]++)
             return pkv__fail(d, PKV_ERR_CORRUPT, "index slot %zu holds entry %d (free or twice)", i, e);
         int32_t b = p->loc[e];
         if (b < 0 && p->emask[e] == 1) {
@@ -841,26 +891,25 @@ static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
         if (b >= p->nb || (b >= 0 && (!pool->cached[b] || p->ent_of_block[b] != e)))
             return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d is located at block %d, which is not its cached block", e,
                              b);
-        if (p->tab[i].tag != (uint32_t)p->key[2 * e])
+        uint64_t h = key_mix(p->key[2 * e]);
+        if ((p->tab[i] & ~p->emk) != slot_tag(p, h))
             return pkv__fail(d, PKV_ERR_CORRUPT, "index slot %zu: tag disagrees with entry %d's key", i, e);
-        for (size_t k = home_slot(p, p->tab[i].tag); k != i; k = (k + 1) & p->mask)
-            if (p->tab[k].ent < 0)
+        for (size_t k = home_of(p, h); k != i; k = next_slot(p, k))
+            if (!p->tab[k])
                 return pkv__fail(d, PKV_ERR_CORRUPT, "index: entry %d unreachable from its home slot", e);
         int32_t par = p->parent[e];
         uint64_t pk[2] = {0, 0}, key[2];
         if (par >= 0) {
-            if (par >= p->ecap || !(p->emask[par] & 1) || p->ns[par] != p->ns[e])
-                return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d has parent %d not cached here", e, par);
             pk[0] = p->key[2 * par];
             pk[1] = p->key[2 * par + 1];
             with_parent++;
         }
         sip_state st;
         sip_absorb_blocks(p->k, ent_toks(p, e), p->bs, 1, &st);
-        key_finish(p, &st, ent_toks(p, e), p->ns[e], pk, p->xd[e], key);
+        key_finish(p, &st, ent_toks(p, e), nsof[e], pk, p->xd[e], key);
         if (key[0] != p->key[2 * e] || key[1] != p->key[2 * e + 1])
             return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d: key differs from its recomputed key", e);
-        if (index_find(p, key, par, p->ns[e], p->xd[e], ent_toks(p, e), 0, 1) != e)
+        if (index_find(p, key, par, nsof[e], p->xd[e], ent_toks(p, e), 0, 1) != e)
             return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d: its identity is indexed twice", e);
         n++;
     }
@@ -877,18 +926,13 @@ static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
     int32_t linked = 0, nfree = 0;
     for (int32_t e = 0; e < p->ecap; e++) {
         if (!(p->emask[e] & 1)) continue;
-        int32_t kids = 0;
-        for (int32_t x = p->child[e], prev = -1; x >= 0; prev = x, x = p->sib_next[x]) {
-            if (x >= p->ecap || !(p->emask[x] & 1) || p->parent[x] != e || p->sib_prev[x] != prev || ++linked > n)
+        for (int32_t x = p->child[e], prev = -1; x >= 0; prev = x, x = p->link[x].sib.next)
+            if (x >= p->ecap || !(p->emask[x] & 1) || p->parent[x] != e || p->link[x].sib.prev != prev || ++linked > n)
                 return pkv__fail(d, PKV_ERR_CORRUPT, "child list of entry %d broken at %d", e, x);
-            kids++;
-        }
-        if (kids != p->nchild[e])
-            return pkv__fail(d, PKV_ERR_CORRUPT, "entry %d has %d children, count says %d", e, kids, p->nchild[e]);
     }
     if (linked != with_parent)
         return pkv__fail(d, PKV_ERR_CORRUPT, "%d entries have a parent, child lists hold %d", with_parent, linked);
-    for (int32_t e = p->efree; e >= 0; e = p->sib_next[e])
+    for (int32_t e = p->efree; e >= 0; e = p->link[e].sib.next)
         if (e >= p->ecap || p->emask[e] || ++nfree > p->ecap - n)
             return pkv__fail(d, PKV_ERR_CORRUPT, "free entry list broken at %d", e);
     if (nfree != p->ecap - n)
@@ -898,7 +942,7 @@ static int check_index(pkv_prefix *p, uint8_t *seen, pkv_detail *d) {
 
 /* Each sequence's registered blocks are cached, chained through their parents
  * in the sequence's namespace, with the extras digest of its extra keys. */
-static int check_seq_entries(pkv_prefix *p, const pkv_seqtab *t, pkv_detail *d) {
+static int check_seq_entries(pkv_prefix *p, const pkv_seqtab *t, const uint64_t *nsof, pkv_detail *d) {
     for (int32_t i = 0; i < t->seqs_cap; i++) {
         const pkv_seq_rec *r = &t->seqs[i];
         if (!r->live) continue;
@@ -910,7 +954,7 @@ static int check_seq_entries(pkv_prefix *p, const pkv_seqtab *t, pkv_detail *d) 
             if (j < r->nreleased) continue;
             int32_t b = r->blocks[j], e = b >= 0 ? p->ent_of_block[b] : -1;
             int32_t want_parent = j ? (r->blocks[j - 1] >= 0 ? p->ent_of_block[r->blocks[j - 1]] : -2) : -1;
-            if (e < 0 || (want_parent != -2 && p->parent[e] != want_parent) || p->ns[e] != r->ns || p->xd[e] != xd)
+            if (e < 0 || (want_parent != -2 && p->parent[e] != want_parent) || nsof[e] != r->ns || p->xd[e] != xd)
                 return pkv__fail(d, PKV_ERR_CORRUPT, "sequence %d: registered block %d (#%d) disagrees with the index",
                                  i, b, j);
         }
@@ -919,11 +963,15 @@ static int check_seq_entries(pkv_prefix *p, const pkv_seqtab *t, pkv_detail *d) 
 }
 
 int prefix_check(pkv_prefix *p, pkv_seqtab *t, const pkv_allocator *al, pkv_detail *d) {
-    uint8_t *seen = pkv_mem_calloc(al, (size_t)p->ecap, 1);
-    RETURN_IF(!seen, PKV_ERR_NOMEM);
-    int st = check_index(p, seen, d);
+    uint8_t *seen = pkv_mem_calloc(al, (size_t)p->ecap, 2); /* [ecap] slots seen, [ecap] chain states */
+    uint64_t *nsof = pkv_mem_alloc(al, (size_t)p->ecap * sizeof *nsof);
+    int st = seen && nsof ? PKV_OK : PKV_ERR_NOMEM;
+    if (st == PKV_OK) st = check_chains(p, seen + p->ecap, nsof, d);
+    if (st == PKV_OK) st = check_index(p, seen, nsof, d);
+    if (st == PKV_OK) st = check_seq_entries(p, t, nsof, d);
     pkv_mem_free(al, seen);
-    return st == PKV_OK ? check_seq_entries(p, t, d) : st;
+    pkv_mem_free(al, nsof);
+    return st;
 }
 
 int prefix_check_off(const pkv_pool *pool, pkv_detail *d) {

@@ -162,7 +162,7 @@ int swap_check(pkv_cache *c, pkv_detail *d) {
     if (meta) {
         pkv_tier *t = &c->tiers.t[0];
         if (!(seen = pkv_mem_calloc(&c->al, (size_t)t->capacity, 1))) return PKV_ERR_NOMEM;
-        for (int64_t i = 0; i < t->nfree; i++) seen[t->free_slots[i]] = 1;
+        for (int64_t s = 0; s < t->capacity; s++) seen[s] = (uint8_t)tier_slot_free(t, s);
         for (int32_t e = t->head; e >= 0; e = t->next[e]) seen[t->slot_of[e]] = 1;
     }
     int st = PKV_OK;

@@ -16,8 +16,10 @@
  * as long as the engine performs the queue.
  *
  * Memory per stored block, besides the prefix index entry: LRU links (8 B per
- * entry id and tier), its slot (4 B per entry id and tier), the free-slot
- * stack (4 B per slot).
+ * entry id and tier), its slot (4 B per entry id and tier), and a bit per slot
+ * (free or not) with a summary bit per 64 of them; the lowest free slot is
+ * taken, found through the summary from a low-water mark (a stack of free slots
+ * would cost 4 B per slot).
  *
  * Swap. Tier 0's slots also serve swapped-out sequences (swap.c): such a slot
  * is outside the LRU and counted in `swapped`; placement makes room among the
@@ -50,9 +52,9 @@ void tmeta_push(pkv_cache *c, int op, int tier, int32_t block, int64_t slot, int
     x->slot = slot;
     x->dst_slot = dst_slot;
     if (e >= 0) {
-        prefix_identity id;
-        prefix_identity_of(c->prefix, e, &id);
-        memcpy(x->key, id.key, 16);
+        uint64_t key[2];
+        prefix_entry_key(c->prefix, e, key);
+        memcpy(x->key, key, 16);
     }
 }
 
@@ -80,10 +82,38 @@ int tmeta_drain(pkv_cache *c, pkv_tier_transfer *out, int32_t cap, int32_t *n) {
     return PKV_OK;
 }
 
+/* ---- free slots: a bitmap and its summary ---- */
+
+static int64_t slot_words(const pkv_tier *t) { return (t->capacity + 63) / 64; }
+
+static void slot_give(pkv_tier *t, int64_t s) {
+    int64_t w = s >> 6, nw = slot_words(t);
+    pkv_assert(!tier_slot_free(t, s));
+    t->free_bits[w] |= 1ull << (s & 63);
+    t->free_bits[nw + (w >> 6)] |= 1ull << (w & 63);
+    if ((w >> 6) < t->free_lo) t->free_lo = w >> 6;
+    t->nfree++;
+}
+
+/* The lowest free slot, taken (nfree > 0). */
+static int32_t slot_take(pkv_tier *t) {
+    int64_t nw = slot_words(t), k = t->free_lo;
+    uint64_t *sum = t->free_bits + nw;
+    pkv_assert(t->nfree > 0);
+    while (!sum[k]) k++;
+    t->free_lo = k;
+    int64_t w = k * 64 + __builtin_ctzll(sum[k]);
+    int64_t s = w * 64 + __builtin_ctzll(t->free_bits[w]);
+    t->free_bits[w] &= t->free_bits[w] - 1;
+    if (!t->free_bits[w]) sum[k] &= ~(1ull << (w & 63));
+    t->nfree--;
+    return (int32_t)s;
+}
+
 /* Entry e leaves tier ti; its slot is free again. */
 static void mt_remove(pkv_cache *c, int ti, int32_t e) {
     pkv_tier *t = &c->tiers.t[ti];
-    t->free_slots[t->nfree++] = t->slot_of[e];
+    slot_give(t, t->slot_of[e]);
     t->slot_of[e] = -1;
     tier_lru_unlink(t, e);
     prefix_set_tier(c->prefix, e, ti, 0);
@@ -125,7 +155,7 @@ static int mt_put(pkv_cache *c, int ti, int32_t e) {
         if (t->count == before) return PKV_ERR_CAPACITY; /* only pinned entries and swap slots left */
     }
     if (!prefix_entry_live(c->prefix, e)) return PKV_ERR_NOT_FOUND;
-    t->slot_of[e] = t->free_slots[--t->nfree];
+    t->slot_of[e] = slot_take(t);
     tier_lru_push(t, e);
     prefix_set_tier(c->prefix, e, ti, 1);
     t->stores++;
@@ -195,13 +225,13 @@ void tmeta_swap_take(pkv_cache *c, int32_t n, int32_t *slots) {
         if (t->count == before) break; /* cannot happen: the caller checked the room */
     }
     pkv_assert(t->nfree >= n);
-    for (int32_t i = 0; i < n; i++) slots[i] = t->free_slots[--t->nfree];
+    for (int32_t i = 0; i < n; i++) slots[i] = slot_take(t);
     t->swapped += n; /* not a store: stores count cached blocks (swap traffic is the caller's to count) */
 }
 
 void tmeta_swap_give(pkv_cache *c, int32_t slot) {
     pkv_tier *t = &c->tiers.t[0];
-    t->free_slots[t->nfree++] = slot;
+    slot_give(t, slot);
     t->swapped--;
 }
 
@@ -224,17 +254,19 @@ int tmeta_add(pkv_cache *c, int64_t capacity_blocks, uint32_t flags, pkv_detail 
     /* Everything that can fail, first: every tier's per-entry arrays, the new
      * free stack, and last the index's entries (the one step that changes the cache). */
     int st = PKV_OK;
-    int32_t *arr[3 * PKV_MAX_TIERS] = {0}, *stack = NULL;
+    int32_t *arr[3 * PKV_MAX_TIERS] = {0};
+    uint64_t *bits = NULL;
+    int64_t nw = (capacity_blocks + 63) / 64, nsum = (nw + 63) / 64;
     pkv_tier_transfer *q = NULL;
     for (int i = 0; st == PKV_OK && i <= n; i++)
         for (int j = 0; j < 3; j++)
             if (!(arr[3 * i + j] = pkv_mem_alloc(&c->al, (size_t)ecap * sizeof(int32_t)))) st = PKV_ERR_NOMEM;
-    if (st == PKV_OK && !(stack = pkv_mem_alloc(&c->al, (size_t)capacity_blocks * sizeof(int32_t)))) st = PKV_ERR_NOMEM;
+    if (st == PKV_OK && !(bits = pkv_mem_alloc(&c->al, (size_t)(nw + nsum) * sizeof *bits))) st = PKV_ERR_NOMEM;
     if (st == PKV_OK && !ts->xfer && !(q = pkv_mem_alloc(&c->al, 64 * sizeof *q))) st = PKV_ERR_NOMEM;
     if (st == PKV_OK) st = prefix_grow(c->prefix, &c->al, ecap);
     if (st != PKV_OK) {
         for (int i = 0; i < 3 * PKV_MAX_TIERS; i++) pkv_mem_free(&c->al, arr[i]);
-        pkv_mem_free(&c->al, stack);
+        pkv_mem_free(&c->al, bits);
         pkv_mem_free(&c->al, q);
         return pkv__fail(d, st, "adding a tier: no memory for its index");
     }
@@ -260,9 +292,14 @@ int tmeta_add(pkv_cache *c, int64_t capacity_blocks, uint32_t flags, pkv_detail 
     t->count = t->swapped = 0;
     t->head = t->tail = -1;
     t->host = 1;
-    t->free_slots = stack;
+    /* every slot free: all bits of the words, the last one's up to capacity */
+    for (int64_t w = 0; w < nw + nsum; w++) {
+        int64_t ones = w < nw ? capacity_blocks - 64 * w : nw - 64 * (w - nw);
+        bits[w] = ones >= 64 ? ~0ull : (1ull << ones) - 1;
+    }
+    t->free_bits = bits;
     t->nfree = capacity_blocks;
-    for (int64_t i = 0; i < capacity_blocks; i++) stack[i] = (int32_t)(capacity_blocks - 1 - i);
+    t->free_lo = 0;
     if (q) {
         ts->xfer = q;
         ts->xfer_cap = 64;
@@ -277,8 +314,9 @@ void tmeta_destroy(pkv_cache *c) {
     pkv_tiers *ts = &c->tiers;
     for (int i = 0; i < ts->n; i++) {
         pkv_mem_free(&c->al, ts->t[i].slot_of);
-        pkv_mem_free(&c->al, ts->t[i].free_slots);
-        ts->t[i].slot_of = ts->t[i].free_slots = NULL;
+        pkv_mem_free(&c->al, ts->t[i].free_bits);
+        ts->t[i].slot_of = NULL;
+        ts->t[i].free_bits = NULL;
     }
     pkv_mem_free(&c->al, ts->xfer);
     ts->xfer = NULL;
@@ -307,11 +345,20 @@ int tmeta_check(pkv_cache *c, pkv_detail *d) {
                 st = pkv__fail(d, PKV_ERR_CORRUPT, "tier %d: entry %d has slot %d (bad or shared)", ti, e, s);
             held += in;
         }
-        for (int64_t i = 0; i < t->nfree && st == PKV_OK; i++) {
-            int32_t s = t->free_slots[i];
-            if (s < 0 || s >= t->capacity || seen[s]++)
-                st = pkv__fail(d, PKV_ERR_CORRUPT, "tier %d: free slot %d bad or in use", ti, s);
+        int64_t nfree = 0, nw = slot_words(t);
+        for (int64_t s = 0; s < t->capacity && st == PKV_OK; s++)
+            if (tier_slot_free(t, s) && (nfree++, seen[s]++))
+                st = pkv__fail(d, PKV_ERR_CORRUPT, "tier %d: free slot %lld in use", ti, (long long)s);
+        for (int64_t w = 0; w < nw && st == PKV_OK; w++) {
+            int sum = (int)((t->free_bits[nw + (w >> 6)] >> (w & 63)) & 1);
+            if (sum != (t->free_bits[w] != 0) || (sum && (w >> 6) < t->free_lo) ||
+                (w == nw - 1 && (t->capacity & 63) && (t->free_bits[w] >> (t->capacity & 63))))
+                st = pkv__fail(d, PKV_ERR_CORRUPT, "tier %d: free-slot bitmap word %lld disagrees with its summary",
+                               ti, (long long)w);
         }
+        if (st == PKV_OK && nfree != t->nfree)
+            st = pkv__fail(d, PKV_ERR_CORRUPT, "tier %d: %lld free slots marked, %lld counted", ti, (long long)nfree,
+                           (long long)t->nfree);
         pkv_mem_free(&c->al, seen);
         if (st != PKV_OK) return st;
         if (held != t->count || t->count + t->nfree + t->swapped != t->capacity || (ti > 0 && t->swapped))
