@@ -2,7 +2,8 @@
  * tests/data/mooncake_hits.py), the theoretical hit rate, capacity sweeps and
  * their chart, fleets and their routers, refused trace lines, and the sharp
  * edges of issue 16 (options that would be ignored, misleading messages,
- * outputs checked first, trace file errors, the sweep table).
+ * outputs checked first, trace file errors, the sweep table), and the hybrid
+ * model (--hybrid: a full-attention and a sliding-window KV group).
  * PKV_BIN names the program (make test sets it); run from the repository root. */
 #include <stdarg.h>
 #include <sys/stat.h>
@@ -473,6 +474,95 @@ static void test_tiers(void) {
     }
 }
 
+/* JSON number after the n-th (from 0) "key" (a double), or -1. */
+static double json_num_at(const char *text, const char *key, int nth) {
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    const char *p = text;
+    for (int i = 0; p && i <= nth; i++) {
+        p = strstr(p, pat);
+        if (p && i < nth) p += strlen(pat);
+    }
+    return p ? strtod(p + strlen(pat), NULL) : -1;
+}
+
+/* Issue 14, item 6: --hybrid, a Gemma-3-like model (1 full-attention layer of
+ * every 6, the rest sliding-window layers of W = 1024) as two KV groups. On
+ * long contexts the same memory holds more sequences than all layers full
+ * attention, so more run at once and the workload finishes sooner; the
+ * window group runs without prefix caching while the library refuses it. */
+static void test_hybrid(void) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/long.jsonl", tmpdir);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (!f) return;
+    for (int i = 0; i < 24; i++) fprintf(f, "{\"arrival\": %.2f, \"prompt_len\": 6000, \"output_len\": 64}\n", i * 0.05);
+    fclose(f);
+    run_out full = run("--trace %s --kv-mem-gib 1 --json --no-progress", path);
+    run_out hyb = run("--trace %s --kv-mem-gib 1 --json --no-progress --hybrid", path);
+    CHECK_RUN(full, 0, "\"model\": \"full\", \"window\": null");
+    CHECK_RUN(hyb, 0, "\"model\": \"hybrid\", \"window\": 1024, \"full_layers\": 11, \"window_layers\": 50");
+    CHECK_INT(json_int(hyb.text, "requests_done", 0), 24);
+    long long fb = json_arr(hyb.text, "group_pool_blocks", 0), wb = json_arr(hyb.text, "group_pool_blocks", 1);
+    CHECK(fb > 0 && wb > 0);
+    CHECK_INT(json_int(hyb.text, "pool_blocks", 0), fb + wb);
+    CHECK_INT(json_int(hyb.text, "split_seq_tokens", 0), 6064); /* the mean prompt + output */
+    /* A block of the full group holds 64 tokens of context in 11 layers, one of
+     * the all-full model in 61: the same GiB holds more of them. */
+    CHECK(fb > 2 * json_int(full.text, "pool_blocks", 0));
+    CHECK(json_arr(hyb.text, "group_peak_blocks", 0) > 0 && json_arr(hyb.text, "group_peak_blocks", 1) > 0);
+    CHECK(json_arr(hyb.text, "group_peak_blocks", 1) <= wb);
+    /* more requests at once, sooner done, higher throughput */
+    CHECK(json_int(hyb.text, "peak_running", 0) > json_int(full.text, "peak_running", 0));
+    CHECK(json_num_at(hyb.text, "sim_time_s", 0) < json_num_at(full.text, "sim_time_s", 0));
+    CHECK(json_num_at(hyb.text, "throughput_tokens_per_s", 0) > json_num_at(full.text, "throughput_tokens_per_s", 0));
+    /* a lookup hits the shorter of the groups' hits: none without window prefix caching */
+    if (strstr(hyb.text, "\"window_prefix_cache\": false")) CHECK_INT(json_int(hyb.text, "prefix_hit_tokens", 0), 0);
+    else CHECK(strstr(hyb.text, "\"window_prefix_cache\": true") != NULL);
+    free(full.text);
+    free(hyb.text);
+
+    /* the table, both models side by side; the report says why hits are 0 */
+    run_out r = run("--requests 200 --no-progress --sweep model=full,hybrid --kv-mem-gib 1");
+    CHECK_RUN(r, 0, "\nmodel ");
+    char x[256];
+    CHECK(strstr(row(r.text, "pool blocks", x, sizeof x), "full ") != NULL);
+    CHECK(strstr(x, " + window ") != NULL);
+    CHECK(strstr(row(r.text, "peak blocks", x, sizeof x), "window") != NULL);
+    CHECK(strstr(r.text, "window layers the last 1024") != NULL);
+    if (!strstr(r.text, "(window group: no prefix caching (library))"))
+        CHECK(strstr(row(r.text, "prefix cache", x, sizeof x), "on") != NULL);
+    free(r.text);
+    /* a smaller window, a fleet behind the prefix-aware router */
+    r = run("--requests 150 --no-progress --hybrid --window 256 --layers 12 --instances 2 --router prefix-aware --json");
+    CHECK_RUN(r, 0, "\"window\": 256, \"full_layers\": 2, \"window_layers\": 10");
+    CHECK_INT(json_int(r.text, "requests_done", 0), 150);
+    free(r.text);
+
+    static const struct { const char *args; const char *msg; } bad[] = {
+        {"--window 512", "--window sets the hybrid model's sliding window and has no effect without --hybrid"},
+        {"--hybrid --window 0", "--window: '0' is not an integer in 1..16777216"},
+        {"--hybrid --layers 1", "--hybrid needs --layers >= 2"},
+        {"--hybrid --pool-blocks 100", "--pool-blocks (or --sweep pool-blocks) sizes one pool"},
+        {"--hybrid --sweep pool-blocks=100,200", "--pool-blocks (or --sweep pool-blocks) sizes one pool"},
+        {"--sweep model=full,hybrid --pool-blocks 100", "--sweep model=hybrid splits --kv-mem-gib"},
+        {"--hybrid --tier host:1", "--hybrid does not support --tier"},
+        {"--hybrid --preempt swap", "--hybrid does not support --preempt swap"},
+        {"--hybrid --verify", "--hybrid does not support --verify"},
+        {"--hybrid --sweep model=full,hybrid", "--hybrid and --sweep model=... both choose the model"},
+        {"--sweep model=full,gemma", "model: 'gemma' is not full or hybrid"},
+        {"--hybrid --hybrid", "--hybrid given twice"},
+        {"--hybrid --kv-mem-gib 0.001", "--kv-mem-gib 0.001: cannot be split between the hybrid model's pools"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        r = run("--requests 20 --no-progress %s", bad[i].args);
+        CHECK_RUN(r, 2, bad[i].msg);
+        CHECK(strstr(r.text, "requests done") == NULL);
+        free(r.text);
+    }
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     if (clirun_find_bin(argv[0], "test_sim")) return 1;
@@ -495,6 +585,7 @@ int main(int argc, char **argv) {
     test_trace_files();
     test_table();
     test_tiers();
+    test_hybrid();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "test_sim: could not remove %s\n", tmpdir);

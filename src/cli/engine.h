@@ -35,9 +35,17 @@ typedef struct engine {
     fleet *f;
     int32_t idx;
     sim_result *res;
-    pkv_cache *cache;
+    pkv_cache *cache;                 /* the one cache; NULL when hybrid */
     int32_t bs, num_blocks, watermark_blocks;
     int prefix;
+    /* hybrid (--hybrid): the groups drive every sequence; gcache[g] is group
+     * g's cache (owned by groups), gblocks / gwatermark its pool and reserve,
+     * gbytes its bytes per block (all of its layers) */
+    pkv_groups *groups;
+    pkv_cache *gcache[SIM_MAX_GROUPS];
+    int32_t gblocks[SIM_MAX_GROUPS], gwatermark[SIM_MAX_GROUPS];
+    double gbytes[SIM_MAX_GROUPS];
+    int32_t window;
     /* waiting queue: a ring of request ids (preempted ones go to the front) */
     int32_t *ring, ring_head, ring_n, ring_cap;
     /* running requests in admission order (newest last) */
@@ -73,6 +81,14 @@ struct fleet {
     char redis_prefix[80];            /* this run's keys in the shared Redis tier */
 };
 
+/* A library call, timed into the engine's counters. */
+#define LIB(e, expr) lib_timed_((e), cli_now_ns(), (expr))
+static inline int lib_timed_(engine *e, int64_t t0, int st) {
+    e->lib_ns += cli_now_ns() - t0;
+    e->lib_calls++;
+    return st;
+}
+
 /* Creates engine idx's cache and queues. Returns 0, EXIT_LIB (message printed). */
 int engine_init(engine *e, fleet *f, int32_t idx, sim_result *res);
 void engine_destroy(engine *e);
@@ -84,6 +100,27 @@ int engine_step(engine *e);
 int engine_probe(engine *e, int32_t id, int32_t *cached);
 /* Final counters of the cache into e->res. */
 void engine_finish(engine *e);
+/* ---- hybrid.c: the KV groups of a hybrid model ---- */
+/* Splits --kv-mem-gib between the groups and creates them (the window group
+ * without prefix caching when the library refuses it). Returns 0, EXIT_USAGE
+ * (budget too small) or EXIT_LIB (messages printed). */
+int hybrid_init(engine *e);
+/* A group sequence for prompt toks[0..n): looked up (prefix caching) or new;
+ * *cached < n tokens held. Returns PKV_OK or a library status. */
+int hybrid_lookup(engine *e, const int32_t *toks, int32_t n, pkv_seq *seq, int32_t *cached);
+/* 1 when appending n tokens to seq keeps every group above its watermark,
+ * the window group also when it holds the peak of a prefill to target tokens. */
+int hybrid_room(engine *e, pkv_seq seq, int32_t n, int32_t target);
+/* Whether request r can ever run alone in the groups' pools. */
+int hybrid_fits(const engine *e, const sim_request *r);
+/* Prompt tokens of toks[0..n) cached in every group (a peek). */
+int hybrid_peek(engine *e, const int32_t *toks, int32_t n, int32_t *cached);
+/* Both pools together into *out (blocks added); *occupancy: the share of
+ * the KV bytes in use; *full_used: the full group's used blocks. */
+void hybrid_stats(engine *e, pkv_stats *out, double *occupancy, int32_t *full_used);
+/* Per-group counters into e->res. */
+void hybrid_finish(engine *e);
+
 /* Request id becomes ready at time t (a chat's next turn). */
 void fleet_push(fleet *f, int32_t id, double t);
 

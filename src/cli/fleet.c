@@ -181,6 +181,15 @@ static void aggregate(const fleet *f, const sim_result *inst, sim_result *g) {
         if (x->verify_max_err > g->verify_max_err) g->verify_max_err = x->verify_max_err;
         if (x->verify_fast_max_err > g->verify_fast_max_err) g->verify_fast_max_err = x->verify_fast_max_err;
         if (x->peak_blocks > g->peak_blocks) g->peak_blocks = x->peak_blocks;
+        if (x->peak_running > g->peak_running) g->peak_running = x->peak_running;
+        g->ngroups = x->ngroups;
+        g->split_tokens = x->split_tokens;
+        g->window_prefix = x->window_prefix;
+        for (int32_t k = 0; k < x->ngroups; k++) {
+            g->group_blocks[k] = x->group_blocks[k];
+            if (x->group_peak[k] > g->group_peak[k]) g->group_peak[k] = x->group_peak[k];
+            g->group_evictions[k] += x->group_evictions[k];
+        }
         if (x->sim_time > g->sim_time) g->sim_time = x->sim_time;
         g->clock_ns = x->clock_ns;
         util += x->kv_util * (double)x->steps;

@@ -29,10 +29,22 @@ typedef void (*cell_fn)(char *buf, size_t n, const sim_run_desc *r);
 static double per_s(double v, double t) { return t > 0 ? v / t : 0; }
 
 CELL(c_block, snprintf(b, n, "%d", c->block_size))
-CELL(c_pool, snprintf(b, n, "%d (%d tokens)", x->num_blocks, x->num_blocks * c->block_size))
-CELL(c_dtype, snprintf(b, n, "%s (%lld B/token)", sim_dtype_name(c->kv_dtype),
-                       (long long)sim_token_bytes(c->kv_dtype) * c->layers))
-CELL(c_prefix, snprintf(b, n, "%s", c->prefix_cache ? "on" : "off"))
+CELL(c_model, if (c->hybrid) snprintf(b, n, "hybrid: %d full + %d window (W %d)", sim_group_layers(c, 0),
+                                      sim_group_layers(c, 1), c->window);
+     else snprintf(b, n, "full: %d layers", c->layers))
+/* hybrid: each group's pool, split for the workload's mean context */
+CELL(c_pool, if (x->ngroups) snprintf(b, n, "full %d + window %d (at %d tokens)", x->group_blocks[0],
+                                      x->group_blocks[1], x->split_tokens);
+     else snprintf(b, n, "%d (%d tokens)", x->num_blocks, x->num_blocks * c->block_size))
+/* hybrid: a token's bytes in the full layers, and in the window layers while it is in the window */
+CELL(c_dtype, if (c->hybrid) snprintf(b, n, "%s (%lld B/token + %lld in W)", sim_dtype_name(c->kv_dtype),
+                                      (long long)sim_token_bytes(c->kv_dtype) * sim_group_layers(c, 0),
+                                      (long long)sim_token_bytes(c->kv_dtype) * sim_group_layers(c, 1));
+     else snprintf(b, n, "%s (%lld B/token)", sim_dtype_name(c->kv_dtype),
+                   (long long)sim_token_bytes(c->kv_dtype) * c->layers))
+CELL(c_prefix, if (c->hybrid && c->prefix_cache && !x->window_prefix)
+         snprintf(b, n, "on (window group: no prefix caching (library))");
+     else snprintf(b, n, "%s", c->prefix_cache ? "on" : "off"))
 CELL(c_done, if (x->rejected) snprintf(b, n, "%lld (+%lld rejected)", (long long)x->done, (long long)x->rejected);
      else snprintf(b, n, "%lld", (long long)x->done))
 CELL(c_tokens, snprintf(b, n, "%lld", (long long)x->tokens_generated))
@@ -57,7 +69,12 @@ CELL(c_balance, snprintf(b, n, "%.2f", x->load_balance))
 CELL(c_computed, snprintf(b, n, "%lld", (long long)x->prompt_tokens_computed))
 CELL(c_preempt, snprintf(b, n, "%lld", (long long)x->preemptions))
 CELL(c_recomp, snprintf(b, n, "%lld", (long long)x->recomputed_tokens))
-CELL(c_peak, snprintf(b, n, "%d (%.0f%%)", x->peak_blocks, 100.0 * x->peak_blocks / (x->num_blocks ? x->num_blocks : 1)))
+CELL(c_peak, if (x->ngroups) snprintf(b, n, "full %d (%.0f%%), window %d (%.0f%%)", x->group_peak[0],
+                                      100.0 * x->group_peak[0] / (x->group_blocks[0] ? x->group_blocks[0] : 1),
+                                      x->group_peak[1],
+                                      100.0 * x->group_peak[1] / (x->group_blocks[1] ? x->group_blocks[1] : 1));
+     else snprintf(b, n, "%d (%.0f%%)", x->peak_blocks, 100.0 * x->peak_blocks / (x->num_blocks ? x->num_blocks : 1)))
+CELL(c_running, snprintf(b, n, "%d", x->peak_running))
 CELL(c_evict, snprintf(b, n, "%lld", (long long)x->evictions))
 CELL(c_dedup, snprintf(b, n, "%lld", (long long)x->dedups))
 CELL(c_cow, snprintf(b, n, "%lld", (long long)x->cow_copies))
@@ -107,6 +124,7 @@ static const struct row {
     const char *name;
     cell_fn fn;
 } rows[] = {
+    {"model (layers)", c_model},
     {"block size", c_block},
     {"pool blocks", c_pool},
     {"kv dtype", c_dtype},
@@ -135,6 +153,7 @@ static const struct row {
     {"preemptions", c_preempt},
     {"recomputed tokens", c_recomp},
     {"peak blocks", c_peak},
+    {"peak running requests", c_running},
     {"evictions", c_evict},
     {"prefix dedups", c_dedup},
     {"copy-on-write copies", c_cow},
@@ -155,7 +174,14 @@ static cell_fn knob_row(const char *key) {
     if (!strcmp(key, "kv-dtype")) return c_dtype;
     if (!strcmp(key, "prefix-cache")) return c_prefix;
     if (!strcmp(key, "instances") || !strcmp(key, "router")) return c_fleet;
+    if (!strcmp(key, "model")) return c_model;
     return NULL;
+}
+
+static int any_hybrid(const sim_run_desc *runs, int nruns) {
+    for (int j = 0; j < nruns; j++)
+        if (runs[j].cfg.hybrid) return 1;
+    return 0;
 }
 
 static int any_fleet(const sim_run_desc *runs, int nruns) {
@@ -206,6 +232,10 @@ void report_table(FILE *f, const sim_workload *w, const sim_run_desc *runs, int 
                "cost: %.1f ms + %.0f us/token + KV reads at %.1f TB/s, %d layers",
             c->max_batch_tokens, c->max_seqs, c->watermark * 100, c->preempt_swap ? "swap" : "recompute",
             c->cost_a * 1e3, c->cost_b * 1e6, c->kv_bw * 1e-12, c->layers);
+    if (any_hybrid(runs, nruns))
+        fprintf(f, "; hybrid: the full layers keep every token, the window layers the last %d, pools split from "
+                   "--kv-mem-gib for the workload's mean prompt + output",
+                c->window);
     if (c->ntiers) {
         fputs("; tier transfers at", f);
         for (int32_t t = 0; t < c->ntiers; t++)
@@ -240,6 +270,7 @@ void report_table(FILE *f, const sim_workload *w, const sim_run_desc *runs, int 
         if (rows[i].fn == c_verify && !runs[0].cfg.verify) continue;
         if (rows[i].fn == knob_row(sweep_key)) continue;
         if ((rows[i].fn == c_fleet || rows[i].fn == c_balance) && !any_fleet(runs, nruns)) continue;
+        if (rows[i].fn == c_model && !any_hybrid(runs, nruns)) continue;
         if ((rows[i].fn == c_tiercap || rows[i].fn == c_tierhit || rows[i].fn == c_tiermove || rows[i].fn == c_xfer) &&
             !runs[0].cfg.ntiers)
             continue;
@@ -274,12 +305,15 @@ static void json_metrics(FILE *f, const sim_result *x) {
                "\"prompt_tokens_computed\": %lld, \"preemptions\": %lld, \"recomputed_tokens\": %lld, "
                "\"peak_blocks\": %d, \"evictions\": %lld, \"dedups\": %lld, \"cow_copies\": %lld, \"forks\": %lld, "
                "\"prefix_hit_tokens\": %lld, \"prefix_query_tokens\": %lld, "
-               "\"library_calls\": %lld",
+               "\"library_calls\": %lld, \"peak_running\": %d",
             (long long)x->done, (long long)x->rejected, (long long)x->tokens_generated, (long long)x->steps,
             (long long)x->prompt_tokens_computed, (long long)x->preemptions,
             (long long)x->recomputed_tokens, x->peak_blocks, (long long)x->evictions, (long long)x->dedups,
             (long long)x->cow_copies, (long long)x->forks, (long long)x->hit_tokens,
-            (long long)x->query_tokens, (long long)x->lib_calls);
+            (long long)x->query_tokens, (long long)x->lib_calls, x->peak_running);
+    if (x->ngroups)
+        fprintf(f, ", \"group_peak_blocks\": [%d, %d], \"group_evictions\": [%lld, %lld]", x->group_peak[0],
+                x->group_peak[1], (long long)x->group_evictions[0], (long long)x->group_evictions[1]);
     const struct { const char *k; double v; } d[] = {
         {"sim_time_s", x->sim_time},
         {"throughput_tokens_per_s", per_s((double)x->tokens_generated, x->sim_time)},
@@ -365,7 +399,15 @@ void report_json(FILE *f, const sim_workload *w, const sim_run_desc *runs, int n
             json_num(f, sim_tier_bw(c, t));
             fprintf(f, ", \"errors\": %lld}", (long long)x->tier_errors[t]);
         }
-        fputs("]},\n   \"metrics\": {", f);
+        fprintf(f, "], \"model\": \"%s\"", c->hybrid ? "hybrid" : "full");
+        if (c->hybrid)
+            fprintf(f, ", \"window\": %d, \"full_layers\": %d, \"window_layers\": %d, \"group_pool_blocks\": [%d, %d], "
+                       "\"split_seq_tokens\": %d, \"window_prefix_cache\": %s",
+                    c->window, sim_group_layers(c, 0), sim_group_layers(c, 1), x->group_blocks[0], x->group_blocks[1],
+                    x->split_tokens, c->prefix_cache && x->window_prefix ? "true" : "false");
+        else
+            fputs(", \"window\": null", f);
+        fputs("},\n   \"metrics\": {", f);
         json_metrics(f, x);
         if (x->ninst > 1) {
             fputs(", \"load_balance\": ", f);
@@ -444,6 +486,9 @@ static void time_panel(FILE *f, double oy, const sim_result *x, const sim_config
     fprintf(f, "<text x=\"%d\" y=\"%.0f\" font-size=\"14\" font-weight=\"bold\">", PL, oy + 20);
     fprintf(f, "pkv sim: block size %d, %d blocks, %s, prefix cache %s", c->block_size, x->num_blocks,
             sim_dtype_name(c->kv_dtype), c->prefix_cache ? "on" : "off");
+    if (x->ngroups)
+        fprintf(f, ", hybrid (W %d): full %d + window %d blocks, summed", c->window, x->group_blocks[0],
+                x->group_blocks[1]);
     if (inst >= 0) fprintf(f, ", instance %d of %d (%s)", inst, c->instances, sim_router_name(c->router));
     if (c->ntiers && c->prefix_cache) {
         char hits[160];

@@ -26,6 +26,22 @@
  * Full blocks are registered in the prefix cache (pkv_prefix_register) as they
  * fill; a finished request's sequences are freed, and its registered blocks
  * stay findable (evictable) until the pool reclaims them, LRU.
+ *
+ * --hybrid (a Gemma-3-like model, hybrid.c): the L layers are two KV groups,
+ * ceil(L / 6) full-attention layers and the rest sliding-window layers of W
+ * tokens, and every sequence is a pkv_groups sequence: lookup, append
+ * (AUTO_REGISTER registers as blocks fill), truncate, fork and free go through
+ * pkv_groups_*, which take blocks in both pools or in neither. An append is
+ * refused (PKV_ERR_CAPACITY: preemption as above) when either pool is short;
+ * admission needs every pool above its own watermark after the first chunk
+ * (pkv_groups_blocks_needed per group). One token's KV is the same bytes per
+ * layer, but a window layer keeps and reads only its window, so the read term
+ * becomes
+ *       c_full * (context tokens read) + c_window * (window tokens read)
+ *     c_full, c_window = bytes of one token's KV over the full / window
+ *     layers / bandwidth; a decode reads min(context, W) window tokens, a
+ *     prefill chunk of C tokens min(context, W + C - 1) (the union of its
+ *     queries' windows).
  * This file is one engine instance; fleet.c runs one or more of them in
  * simulated time behind a router. */
 #include <math.h>
@@ -34,13 +50,6 @@
 #include <unistd.h>
 
 #include "cli/engine.h"
-
-#define LIB(e, expr) lib_timed_((e), cli_now_ns(), (expr))
-static inline int lib_timed_(engine *e, int64_t t0, int st) {
-    e->lib_ns += cli_now_ns() - t0;
-    e->lib_calls++;
-    return st;
-}
 
 int sim_cache_stats(pkv_cache *cache, pkv_stats *out) {
     memset(out, 0, sizeof *out);
@@ -60,7 +69,13 @@ int64_t sim_token_bytes(int32_t kv_dtype) {
 
 int32_t sim_pool_blocks(const sim_config *cfg) {
     if (cfg->pool_blocks > 0) return cfg->pool_blocks;
-    double per_block = (double)cfg->block_size * (double)sim_token_bytes(cfg->kv_dtype) * cfg->layers;
+    int32_t layers = cfg->layers;
+    if (cfg->hybrid) { /* the split comes with the workload (hybrid.c); this bounds it */
+        int32_t full = sim_group_layers(cfg, 0), window = sim_group_layers(cfg, 1);
+        layers = full < window ? full : window;
+        if (layers < 1) layers = 1;
+    }
+    double per_block = (double)cfg->block_size * (double)sim_token_bytes(cfg->kv_dtype) * layers;
     double b = floor(cfg->kv_mem_gib * 1073741824.0 / per_block);
     if (b > INT32_MAX) b = INT32_MAX;
     return b < 1 ? 1 : (int32_t)b;
@@ -147,8 +162,8 @@ static double transfer_time(engine *e) {
 }
 
 static int lib_fail(engine *e, const char *what, int st) {
-    fprintf(stderr, "pkv sim: %s failed: %s%s%s\n", what, pkv_strerror(st),
-            *pkv_cache_last_error(e->cache) ? ": " : "", pkv_cache_last_error(e->cache));
+    const char *why = e->groups ? pkv_groups_last_error(e->groups) : pkv_cache_last_error(e->cache);
+    fprintf(stderr, "pkv sim: %s failed: %s%s%s\n", what, pkv_strerror(st), *why ? ": " : "", why);
     e->f->fatal = EXIT_LIB;
     return EXIT_LIB;
 }
@@ -216,7 +231,9 @@ static int append_tokens(engine *e, int32_t id, int32_t k, int32_t n) {
         slots = n == 1 ? slots_small : (slots_heap = malloc((size_t)n * sizeof *slots));
         if (!slots) return PKV_ERR_NOMEM;
     }
-    int rc = LIB(e, pkv_seq_append(e->cache, st->seq[k], n, toks, slots, e->verify ? NULL : &cow));
+    pkv_block_copy gcow[SIM_MAX_GROUPS];
+    int rc = e->groups ? LIB(e, pkv_groups_append(e->groups, st->seq[k], n, toks, NULL, gcow))
+                       : LIB(e, pkv_seq_append(e->cache, st->seq[k], n, toks, slots, e->verify ? NULL : &cow));
     if (rc == PKV_OK && e->verify) {
         /* Host mode: the K/V rows every token would have, written at its slot. */
         float kv[VERIFY_H_KV * (VERIFY_D + VERIFY_DV)];
@@ -229,7 +246,7 @@ static int append_tokens(engine *e, int32_t id, int32_t k, int32_t n) {
     if (rc != PKV_OK) return rc;
     st->len[k] = start + n;
     st->shared_tail[k] = 0;
-    if (e->prefix && (start + n) / e->bs > start / e->bs) {
+    if (e->prefix && !e->groups && (start + n) / e->bs > start / e->bs) {
         int32_t reg = 0, dedup = 0;
         rc = LIB(e, pkv_prefix_register(e->cache, st->seq[k], &reg, &dedup));
         if (rc != PKV_OK) return rc;
@@ -239,7 +256,8 @@ static int append_tokens(engine *e, int32_t id, int32_t k, int32_t n) {
 
 static void free_request_seqs(engine *e, int32_t id) {
     rstate *st = &e->f->rs[id];
-    for (int32_t k = 0; k < st->nseq; k++) LIB(e, pkv_seq_free(e->cache, st->seq[k]));
+    for (int32_t k = 0; k < st->nseq; k++)
+        LIB(e, e->groups ? pkv_groups_free(e->groups, st->seq[k]) : pkv_seq_free(e->cache, st->seq[k]));
     st->nseq = 0;
 }
 
@@ -338,6 +356,7 @@ static int append_or_preempt(engine *e, int32_t id, int32_t k, int32_t n) {
 
 /* Whether request r can ever run alone in the pool. */
 static int fits_pool(const engine *e, const sim_request *r) {
+    if (e->groups) return hybrid_fits(e, r);
     int64_t need = blocks_for(e, (int64_t)r->prompt_len + r->output_len) +
                    (int64_t)(r->n_samples - 1) * (blocks_for(e, r->output_len) + 1);
     return need <= e->num_blocks - e->watermark_blocks;
@@ -361,7 +380,8 @@ int engine_probe(engine *e, int32_t id, int32_t *cached) {
     if (!toks) return cli_error("out of memory");
     /* A peek: the router's question takes no references, touches no LRU order
      * and promotes nothing from the tiers. */
-    int rc = LIB(e, pkv_prefix_peek(e->cache, 0, toks, r->prompt_len, cached, NULL));
+    int rc = e->groups ? hybrid_peek(e, toks, r->prompt_len, cached)
+                       : LIB(e, pkv_prefix_peek(e->cache, 0, toks, r->prompt_len, cached, NULL));
     if (rc != PKV_OK) return lib_fail(e, "pkv_prefix_peek", rc);
     return 0;
 }
@@ -379,7 +399,10 @@ static int32_t admit(engine *e, int32_t id, int32_t budget) {
     int rc;
     int64_t tier_hits0[SIM_MAX_TIERS];
     for (int32_t t = 0; t < e->f->cfg->ntiers; t++) tier_hits0[t] = tier_counter(e, t, 0);
-    if (e->prefix) {
+    if (e->groups) {
+        rc = hybrid_lookup(e, toks, n, &seq, &cached);
+        if (rc != PKV_OK) return lib_fail(e, e->prefix ? "pkv_groups_lookup" : "pkv_groups_seq_create", rc), -1;
+    } else if (e->prefix) {
         rc = LIB(e, pkv_prefix_lookup(e->cache, 0, toks, n, &seq, &cached));
         if (rc != PKV_OK) return lib_fail(e, "pkv_prefix_lookup", rc), -1;
         if (cached == n) {
@@ -393,13 +416,20 @@ static int32_t admit(engine *e, int32_t id, int32_t budget) {
         if (rc != PKV_OK) return lib_fail(e, "pkv_seq_create", rc), -1;
     }
     int32_t chunk = n - cached < budget ? n - cached : budget;
-    int32_t needed = 0;
-    pkv_stats stats = PKV_STATS_INIT;
-    LIB(e, pkv_seq_blocks_needed(e->cache, seq, chunk, &needed));
-    LIB(e, sim_cache_stats(e->cache, &stats));
-    if (stats.free_blocks + stats.evictable_blocks - needed < e->watermark_blocks) {
-        LIB(e, pkv_seq_free(e->cache, seq));
-        return 0;
+    if (e->groups) {
+        if (!hybrid_room(e, seq, chunk, n)) {
+            LIB(e, pkv_groups_free(e->groups, seq));
+            return 0;
+        }
+    } else {
+        int32_t needed = 0;
+        pkv_stats stats = PKV_STATS_INIT;
+        LIB(e, pkv_seq_blocks_needed(e->cache, seq, chunk, &needed));
+        LIB(e, sim_cache_stats(e->cache, &stats));
+        if (stats.free_blocks + stats.evictable_blocks - needed < e->watermark_blocks) {
+            LIB(e, pkv_seq_free(e->cache, seq));
+            return 0;
+        }
     }
     st->seq[0] = seq;
     st->nseq = 1;
@@ -409,7 +439,7 @@ static int32_t admit(engine *e, int32_t id, int32_t budget) {
         free_request_seqs(e, id);
         return 0;
     }
-    if (rc != PKV_OK) return lib_fail(e, "pkv_seq_append", rc), -1;
+    if (rc != PKV_OK) return lib_fail(e, e->groups ? "pkv_groups_append" : "pkv_seq_append", rc), -1;
     if (!st->preempted) { /* a resumed request finding its own blocks is not a prefix hit */
         e->res->hit_tokens += cached;
         e->res->query_tokens += n;
@@ -446,8 +476,9 @@ static int finish_step(engine *e, double t_end) {
                 if (st->first_token < 0) st->first_token = t_end;
                 st->gen[0] = 1;
                 for (int32_t k = 1; k < r->n_samples; k++) {
-                    int rc = LIB(e, pkv_seq_fork(e->cache, st->seq[0], &st->seq[k]));
-                    if (rc != PKV_OK) return lib_fail(e, "pkv_seq_fork", rc);
+                    int rc = e->groups ? LIB(e, pkv_groups_fork(e->groups, st->seq[0], &st->seq[k]))
+                                       : LIB(e, pkv_seq_fork(e->cache, st->seq[0], &st->seq[k]));
+                    if (rc != PKV_OK) return lib_fail(e, e->groups ? "pkv_groups_fork" : "pkv_seq_fork", rc);
                     e->res->forks++;
                     st->nseq = k + 1;
                     st->len[k] = st->len[0];
@@ -496,6 +527,12 @@ static int32_t verify_token_cb(void *ctx, int32_t i, int32_t pos) {
     return sim_token(&e->f->w->req[e->vreq[i]], e->vsample[i], pos);
 }
 
+/* Window tokens a read of sequence length len covers for a chunk of n (hybrid). */
+static int64_t window_read(const engine *e, int32_t len, int32_t n) {
+    int64_t w = (int64_t)e->window + n - 1;
+    return len < w ? len : w;
+}
+
 static int verify_now(engine *e) {
     int32_t m = 0;
     const sim_config *cfg = e->f->cfg;
@@ -528,7 +565,7 @@ int engine_step(engine *e) {
     fleet *f = e->f;
     const sim_config *cfg = f->cfg;
     int32_t budget = cfg->max_batch_tokens;
-    int64_t tokens = 0, ctx = 0;
+    int64_t tokens = 0, ctx = 0, ctx_window = 0;
     int rc;
     /* 2. decode: one token per running sequence past prefill, oldest first */
     for (int32_t i = 0; i < e->nrun; i++) {
@@ -541,11 +578,12 @@ int engine_step(engine *e) {
             if (st->gen[k] >= r->output_len) continue;
             rc = append_or_preempt(e, id, k, 1);
             if (rc == 1) { self_preempted = 1; break; }
-            if (rc != PKV_OK) return lib_fail(e, "pkv_seq_append", rc);
+            if (rc != PKV_OK) return lib_fail(e, e->groups ? "pkv_groups_append" : "pkv_seq_append", rc);
             st->gen[k]++;
             tokens++;
             budget--;
             ctx += st->len[k];
+            if (e->groups) ctx_window += window_read(e, st->len[k], 1);
             touch(e, id);
         }
         if (self_preempted) i--; /* it was the newest: nothing after it, loop ends */
@@ -559,10 +597,11 @@ int engine_step(engine *e) {
         if (chunk > budget) chunk = budget;
         rc = append_or_preempt(e, id, 0, chunk);
         if (rc == 1) break;
-        if (rc != PKV_OK) return lib_fail(e, "pkv_seq_append", rc);
+        if (rc != PKV_OK) return lib_fail(e, e->groups ? "pkv_groups_append" : "pkv_seq_append", rc);
         budget -= chunk;
         tokens += chunk;
         ctx += st->len[0];
+        if (e->groups) ctx_window += window_read(e, st->len[0], chunk);
         e->res->prompt_tokens_computed += chunk;
         if (st->len[0] == st->target) touch(e, id);
     }
@@ -595,10 +634,17 @@ int engine_step(engine *e) {
         budget -= got;
         tokens += got;
         ctx += f->rs[id].len[0];
+        if (e->groups) ctx_window += window_read(e, f->rs[id].len[0], got);
     }
+    if (e->nrun > e->res->peak_running) e->res->peak_running = e->nrun;
     /* 5. time */
     double c = (double)sim_token_bytes(cfg->kv_dtype) * cfg->layers / cfg->kv_bw;
     double dt = cfg->cost_a + cfg->cost_b * (double)tokens + c * (double)ctx;
+    if (e->groups) {
+        double row = (double)sim_token_bytes(cfg->kv_dtype) / cfg->kv_bw;
+        dt = cfg->cost_a + cfg->cost_b * (double)tokens + row * sim_group_layers(cfg, 0) * (double)ctx +
+             row * sim_group_layers(cfg, 1) * (double)ctx_window;
+    }
     if (tokens == 0) dt = 0;
     double xfer = transfer_time(e);
     dt += xfer;
@@ -612,19 +658,22 @@ int engine_step(engine *e) {
     e->res->steps++;
 
     pkv_stats stats = PKV_STATS_INIT;
-    LIB(e, sim_cache_stats(e->cache, &stats));
+    double occupancy = 0;
+    int32_t full_used = 0; /* hybrid: utilization and waste are the full group's (it holds every token) */
+    if (e->groups) hybrid_stats(e, &stats, &occupancy, &full_used);
+    else LIB(e, sim_cache_stats(e->cache, &stats));
     int64_t waste = 0;
     for (int32_t i = 0; i < e->nrun; i++) {
         rstate *st = &f->rs[e->run[i]];
         for (int32_t k = 0; k < st->nseq; k++)
             if (!st->shared_tail[k] || k == 0) waste += (int64_t)blocks_for(e, st->len[k]) * e->bs - st->len[k];
     }
-    int64_t slots = (int64_t)stats.used_blocks * e->bs;
+    int64_t slots = (int64_t)(e->groups ? full_used : stats.used_blocks) * e->bs;
     if (slots > 0) {
         e->waste_sum += (double)waste / (double)slots;
         e->util_sum += 1.0 - (double)waste / (double)slots;
     }
-    e->occ_sum += (double)stats.used_blocks / (double)stats.num_blocks;
+    e->occ_sum += e->groups ? occupancy : (double)stats.used_blocks / (double)stats.num_blocks;
     sample(e, &stats, t_end);
     if (cfg->verify) {
         rc = verify_now(e);
@@ -633,16 +682,12 @@ int engine_step(engine *e) {
     return 0;
 }
 
-int engine_init(engine *e, fleet *f, int32_t idx, sim_result *res) {
-    const sim_config *cfg = f->cfg;
-    memset(e, 0, sizeof *e);
-    e->f = f;
-    e->idx = idx;
-    e->res = res;
-    e->bs = cfg->block_size;
+/* The engine's one cache (not hybrid) and its tiers. */
+static int cache_init(engine *e, sim_result *res) {
+    const sim_config *cfg = e->f->cfg;
+    fleet *f = e->f;
     e->num_blocks = sim_pool_blocks(cfg);
     e->watermark_blocks = (int32_t)ceil(cfg->watermark * e->num_blocks);
-    e->prefix = cfg->prefix_cache;
     res->num_blocks = e->num_blocks;
 
     pkv_config pc;
@@ -698,6 +743,19 @@ int engine_init(engine *e, fleet *f, int32_t idx, sim_result *res) {
         }
         res->tier_capacity[t] = cap;
     }
+    return 0;
+}
+
+int engine_init(engine *e, fleet *f, int32_t idx, sim_result *res) {
+    const sim_config *cfg = f->cfg;
+    memset(e, 0, sizeof *e);
+    e->f = f;
+    e->idx = idx;
+    e->res = res;
+    e->bs = cfg->block_size;
+    e->prefix = cfg->prefix_cache;
+    int rc = cfg->hybrid ? hybrid_init(e) : cache_init(e, res);
+    if (rc) return rc;
     int32_t n = f->w->n;
     e->ring_cap = n;
     e->ring = malloc((size_t)n * sizeof *e->ring);
@@ -739,12 +797,16 @@ void engine_finish(engine *e) {
         res->occupancy = e->occ_sum / (double)res->steps;
     }
     res->hit_rate = res->query_tokens ? (double)res->hit_tokens / (double)res->query_tokens : 0;
-    pkv_stats stats = PKV_STATS_INIT;
-    sim_cache_stats(e->cache, &stats);
-    res->peak_blocks = stats.peak_used_blocks;
-    res->evictions = stats.evictions;
-    res->cow_copies = stats.cow_copies;
-    res->dedups = stats.dedups;
+    if (e->groups) {
+        hybrid_finish(e);
+    } else {
+        pkv_stats stats = PKV_STATS_INIT;
+        sim_cache_stats(e->cache, &stats);
+        res->peak_blocks = stats.peak_used_blocks;
+        res->evictions = stats.evictions;
+        res->cow_copies = stats.cow_copies;
+        res->dedups = stats.dedups;
+    }
     for (int32_t t = 0; t < e->f->cfg->ntiers; t++) {
         pkv_tier_stats ts = PKV_TIER_STATS_INIT;
         if (pkv_tier_stats_get(e->cache, t, &ts) == PKV_OK) res->tier_errors[t] = ts.errors;
@@ -760,6 +822,7 @@ void engine_destroy(engine *e) {
     free(e->vreq);
     free(e->vsample);
     verify_destroy(e->verify);
+    pkv_groups_destroy(e->groups);
     pkv_cache_destroy(e->cache);
     memset(e, 0, sizeof *e);
 }

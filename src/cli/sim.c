@@ -42,6 +42,16 @@ static const char sim_help[] =
     "                          per layer (MLA, d 576) (bf16)\n"
     "  --layers N              model layers (61, DeepSeek-V3)\n"
     "  --prefix-cache on|off   prefix caching (on)\n"
+    "  --hybrid                a Gemma-3-like hybrid model: of the --layers L, ceil(L/6) full-\n"
+    "                          attention layers and L - ceil(L/6) sliding-window layers (L >= 2),\n"
+    "                          as two KV groups (pkv_groups), each a pool of blocks of its layers;\n"
+    "                          --kv-mem-gib is split between them (pkv_groups_blocks_for_bytes) so\n"
+    "                          both run out together at the workload's mean prompt + output; a\n"
+    "                          window layer keeps and reads only the last W tokens. Prefix\n"
+    "                          caching in the window group when the library allows it (a lookup\n"
+    "                          hits the shorter of the groups' hits). Not with --pool-blocks,\n"
+    "                          --tier, --preempt swap or --verify\n"
+    "  --window W              the hybrid model's sliding window, tokens, 1..16777216 (1024)\n"
     "\n"
     "scheduler:\n"
     "  --max-batch-tokens N    token budget of a step: decodes + prefill chunks (2048)\n"
@@ -88,7 +98,8 @@ static const char sim_help[] =
     "  --sweep KEY=V1,V2,...   run the same workload for each value of KEY and print one\n"
     "                          comparison table; KEY: block-size, pool-blocks, kv-mem-gib,\n"
     "                          kv-dtype, prefix-cache, max-batch-tokens, max-seqs, watermark,\n"
-    "                          instances, router\n"
+    "                          instances, router, model (full or hybrid: --hybrid's model\n"
+    "                          against all layers full attention)\n"
     "  --json                  JSON on stdout instead of the table\n"
     "  --svg FILE              SVG chart: blocks used / cached / free and hit rate over time;\n"
     "                          with --sweep kv-mem-gib or pool-blocks, the hit rate against\n"
@@ -224,9 +235,13 @@ static int set_knob(sim_config *c, const char *key, const char *v) {
     } else if (!strcmp(key, "router")) {
         if (parse_router(v, &c->router))
             return cli_error("router: '%s' is not round-robin, least-loaded or prefix-aware", v);
+    } else if (!strcmp(key, "model")) { /* a sweep key only: the option is --hybrid */
+        if (!strcmp(v, "full")) c->hybrid = 0;
+        else if (!strcmp(v, "hybrid")) c->hybrid = 1;
+        else return cli_error("model: '%s' is not full or hybrid", v);
     } else {
         return cli_error("--sweep: unknown key '%s' (block-size, pool-blocks, kv-mem-gib, kv-dtype, "
-                         "prefix-cache, max-batch-tokens, max-seqs, watermark, instances, router)", key);
+                         "prefix-cache, max-batch-tokens, max-seqs, watermark, instances, router, model)", key);
     }
     return 0;
 }
@@ -294,6 +309,20 @@ static int hit_max(const sim_workload *w, int32_t bs, hitmax_memo *m, int64_t *h
     return 0;
 }
 
+/* What the hybrid model (hybrid.c) does not support, refused by name; what:
+ * "--hybrid" or "--sweep model=hybrid". Returns 0 or EXIT_USAGE. */
+static int check_hybrid(const sim_config *c, const char *what) {
+    if (c->layers < 2)
+        return cli_error("%s needs --layers >= 2 (one full-attention and one sliding-window layer at least)", what);
+    if (c->pool_blocks)
+        return cli_error("%s splits --kv-mem-gib between the groups' pools; --pool-blocks (or --sweep pool-blocks) "
+                         "sizes one pool: leave it out", what);
+    if (c->ntiers) return cli_error("%s does not support --tier (the groups have no tiers here)", what);
+    if (c->preempt_swap) return cli_error("%s does not support --preempt swap (it needs --tier)", what);
+    if (c->verify) return cli_error("%s does not support --verify (--verify-fast)", what);
+    return 0;
+}
+
 /* Options given once at most (a second one would silently win). */
 typedef struct seen_opts {
     const char *name[64];
@@ -326,7 +355,7 @@ int cmd_sim(int argc, char **argv) {
         .block_size = 64, .kv_mem_gib = 4.0, .kv_dtype = PKV_BF16, .layers = 61, .prefix_cache = 1,
         .max_batch_tokens = 2048, .max_seqs = 256, .watermark = 0.01, .cost_a = 12e-3, .cost_b = 25e-6,
         .kv_bw = 3e12, .verify_seqs = 4, .instances = 1, .router = SIM_ROUTER_ROUND_ROBIN,
-        .host_bw = 25e9, .ssd_bw = 5e9, .net_bw = 12.5e9,
+        .host_bw = 25e9, .ssd_bw = 5e9, .net_bw = 12.5e9, .window = 1024,
     };
     sim_workload_opts wo = {.requests = 3000, .rate = 4.0, .seed = 1, .max_context = 16384};
     const char *trace = NULL, *svg = NULL, *sweep = NULL;
@@ -347,6 +376,10 @@ int cmd_sim(int argc, char **argv) {
         else if (cli_flag(a, "--verify")) cfg.verify = 1;
         else if (cli_flag(a, "--verify-fast")) cfg.verify = cfg.verify_fast = 1;
         else if (cli_flag(a, "--no-progress")) no_progress = 1;
+        else if (cli_flag(a, "--hybrid")) {
+            if (once(&seen, "--hybrid")) return EXIT_USAGE;
+            cfg.hybrid = 1;
+        }
         else if (OPT("--trace")) { if (m < 0) return EXIT_USAGE; trace = v; }
         else if (OPT("--svg")) { if (m < 0) return EXIT_USAGE; svg = v; }
         else if (OPT("--sweep")) { if (m < 0) return EXIT_USAGE; sweep = v; }
@@ -374,6 +407,10 @@ int cmd_sim(int argc, char **argv) {
             if (m < 0) return EXIT_USAGE;
             if (cli_parse_i64(v, 1, 1000, &n)) return cli_error("--layers: '%s' is not an integer in 1..1000", v);
             cfg.layers = (int32_t)n;
+        } else if (OPT("--window")) {
+            if (m < 0) return EXIT_USAGE;
+            if (cli_parse_i64(v, 1, 1 << 24, &n)) return cli_error("--window: '%s' is not an integer in 1..%d", v, 1 << 24);
+            cfg.window = (int32_t)n;
         } else if (OPT("--verify-seqs")) {
             if (m < 0) return EXIT_USAGE;
             if (cli_parse_i64(v, 1, 4096, &n)) return cli_error("--verify-seqs: '%s' is not an integer in 1..4096", v);
@@ -427,6 +464,10 @@ int cmd_sim(int argc, char **argv) {
 #undef OPT
     }
     /* Options that would be ignored or overridden are refused, named. */
+    if (cfg.hybrid) {
+        int rc = check_hybrid(&cfg, "--hybrid");
+        if (rc) return rc;
+    }
     if (trace) {
         static const char *const gen_only[] = {"--requests", "--rate", "--max-context"};
         for (size_t k = 0; k < sizeof gen_only / sizeof gen_only[0]; k++)
@@ -469,12 +510,14 @@ int cmd_sim(int argc, char **argv) {
         memcpy(key, sweep, (size_t)(eq - sweep));
         int k = 0;
         while (k < NKNOBS && strcmp(key, knob_opts[k] + 2)) k++;
-        if (k == NKNOBS) {
+        if (!strcmp(key, "model")) {
+            if (cfg.hybrid) return cli_error("--hybrid and --sweep model=... both choose the model; leave --hybrid out");
+        } else if (k == NKNOBS) {
             sim_config tmp = cfg;
             return set_knob(&tmp, key, "");
-        }
-        if (given(&seen, knob_opts[k]))
+        } else if (given(&seen, knob_opts[k])) {
             return cli_error("--%s and --sweep %s=... both set %s; leave one out", key, key, key);
+        }
         if ((!strcmp(key, "kv-mem-gib") && given(&seen, "--pool-blocks")) ||
             (!strcmp(key, "pool-blocks") && given(&seen, "--kv-mem-gib")))
             return cli_error("--sweep %s=... and --%s both size the pool; leave --%s out", key,
@@ -486,6 +529,11 @@ int cmd_sim(int argc, char **argv) {
             if (nvals == 64) { free(values); return cli_error("--sweep: at most 64 values"); }
             vals[nvals++] = tok;
         }
+    }
+    if (given(&seen, "--window") && !cfg.hybrid && strcmp(key, "model")) {
+        free(values);
+        return cli_error("--window sets the hybrid model's sliding window and has no effect without --hybrid "
+                         "(or --sweep model=full,hybrid)");
     }
     if (given(&seen, "--router") && cfg.instances == 1 && strcmp(key, "instances")) {
         free(values);
@@ -515,6 +563,9 @@ int cmd_sim(int argc, char **argv) {
             rc = cli_error("--verify cannot sweep kv-dtype");
             break;
         }
+        if (runs[j].cfg.hybrid && (rc = check_hybrid(&runs[j].cfg, sweep && !strcmp(key, "model")
+                                                                         ? "--sweep model=hybrid" : "--hybrid")))
+            break;
         char what[96];
         if (sweep) snprintf(what, sizeof what, "--sweep %s=%s", key, vals[j]);
         else if (cfg.pool_blocks) snprintf(what, sizeof what, "--pool-blocks %d", cfg.pool_blocks);

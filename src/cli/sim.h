@@ -114,7 +114,20 @@ typedef struct sim_config {
     double host_bw, ssd_bw, net_bw;   /* bytes/s of host (PCIe), file (SSD) and Redis (network) transfers */
     int32_t preempt_swap;     /* --preempt swap: preempted requests swap to tier 0 */
     int32_t router;           /* sim_router */
+    /* --hybrid: a Gemma-3-like model, per 6 layers 1 full-attention and 5
+     * sliding-window layers of `window` tokens, as two KV groups (hybrid.c) */
+    int32_t hybrid;
+    int32_t window;
 } sim_config;
+
+/* Groups of a hybrid model: group 0 full attention, group 1 sliding window. */
+#define SIM_MAX_GROUPS 2
+/* Layers of group g (0: full, 1: window) of cfg's hybrid model: the full
+ * group has ceil(layers / 6), the window group the rest. */
+static inline int32_t sim_group_layers(const sim_config *cfg, int32_t g) {
+    int32_t full = (cfg->layers + 5) / 6;
+    return g == 0 ? full : cfg->layers - full;
+}
 
 enum sim_tier_kind { SIM_TIER_HOST = 0, SIM_TIER_FILE = 1, SIM_TIER_REDIS = 2 };
 /* "host", "file" or "redis", and the transfer bandwidth (bytes/s) of tier t. */
@@ -142,7 +155,9 @@ double sim_cache_bytes(const sim_config *cfg);
 int64_t sim_token_bytes(int32_t kv_dtype);
 /* Blocks of tier t of cfg (its GiB over the bytes of one block, all layers). */
 int64_t sim_tier_blocks(const sim_config *cfg, int32_t t);
-/* Pool blocks for cfg (pool_blocks or the memory budget). */
+/* Pool blocks for cfg (pool_blocks or the memory budget). Hybrid: an upper
+ * bound of both groups' blocks together (the budget in blocks of the smaller
+ * group's layers), for the memory check; the split comes with the workload. */
 int32_t sim_pool_blocks(const sim_config *cfg);
 
 /* One sample of the cache over time (one per step, for the SVG). */
@@ -177,6 +192,16 @@ typedef struct sim_result {
     int64_t lib_calls;
     double lib_us_per_step, lib_ns_per_call, wall_s;
     double clock_ns;                 /* clock_gettime overhead subtracted per call */
+    int32_t peak_running;            /* most requests running at once (a fleet: in one instance) */
+    /* hybrid: each group's pool (0 full, 1 window), split from --kv-mem-gib by
+     * pkv_groups_blocks_for_bytes for split_tokens (the workload's mean
+     * prompt + output, rounded up); num_blocks is their sum, peak_blocks the
+     * sum of their peaks */
+    int32_t ngroups;
+    int32_t group_blocks[SIM_MAX_GROUPS], group_peak[SIM_MAX_GROUPS];
+    int64_t group_evictions[SIM_MAX_GROUPS];
+    int32_t split_tokens;
+    int32_t window_prefix;           /* 1: the window group has prefix caching (the library allows it) */
     int64_t verify_checks;
     double verify_max_err, verify_fast_max_err;
     sim_sample *series;
