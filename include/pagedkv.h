@@ -808,12 +808,14 @@ PKV_API int pkv_seq_swapped(pkv_cache *cache, pkv_seq seq, int32_t *out);
  * other work meanwhile and polls or waits. Until a sequence's loads end, every
  * call that would read or extend its blocks is refused with PKV_ERR_STATE
  * (append, lookahead, accept, truncate, fork, register, blocks, the exports,
- * swap out, and pkv_store_read / _write of those blocks' slots): no block is
- * handed out for reading before its load ends. pkv_seq_length and
+ * swap out, and pkv_store_read / _write of those blocks' slots; each applies
+ * the loads that have ended first): no block is handed out for reading before
+ * its load ends. pkv_seq_length and
  * pkv_seq_free work (a freed sequence's loads finish in the background; the
  * blocks are then evictable or free). Another lookup of the same prefix shares
  * the loading blocks (an async one counts them as loading; a synchronous
- * pkv_prefix_lookup waits for them before it returns). A load that fails (blob
+ * pkv_prefix_lookup waits for them before it returns, holding a thread-safe
+ * cache meanwhile). A load that fails (blob
  * gone, torn, foreign or corrupt; counted as a tier miss and error) drops that
  * block's cache entry with what chains below it, and cuts every sequence that
  * holds the block back to the blocks before it: the engine sees a shorter
@@ -829,8 +831,8 @@ PKV_API int pkv_seq_swapped(pkv_cache *cache, pkv_seq seq, int32_t *out);
 /*! Starts io_threads (1..64) I/O threads for asynchronous loads; from now on
  *  each backend tier's functions are called under a lock of their own (still
  *  one thread at a time: a get that takes long also holds off the caller's
- *  offloads to that tier meanwhile). The threads stop when the cache is destroyed (after
- *  finishing what is queued). @return PKV_OK; PKV_ERR_MODE (metadata mode),
+ *  offloads to that tier meanwhile). The threads stop when the cache is destroyed (each
+ *  ends the read it is in; loads still queued are dropped unread). @return PKV_OK; PKV_ERR_MODE (metadata mode),
  *  PKV_ERR_STATE (already started, or no backend tier), PKV_ERR_INVALID,
  *  PKV_ERR_NOMEM. Unchanged on error. */
 PKV_API int pkv_tier_async_start(pkv_cache *cache, int32_t io_threads);

@@ -138,7 +138,7 @@ int pkv_config_blocks_for_bytes(const pkv_config *user_cfg, uint64_t bytes, int3
 void pkv_cache_destroy(pkv_cache *c) {
     if (!c) return;
     pkv_allocator al = c->al;
-    aio_stop(c); /* the I/O threads finish what is queued before the pool goes */
+    aio_stop(c); /* the I/O threads end their current reads (queued ones are dropped) before the pool goes */
     swap_destroy(c);
     seq_destroy(&c->seqs);
     tmeta_destroy(c);

@@ -614,7 +614,8 @@ int32_t cache_window_chain(pkv_cache *c, uint64_t ns, const prefix_extras *x, co
 int32_t cache_window_fit(const pkv_cache *c, const int32_t *ents, int32_t m, int32_t limit);
 void cache_window_adopt(pkv_cache *c, pkv_seq_rec *r, int32_t *ents, int32_t len);
 /* PKV_OK, or PKV_ERR_STATE (recorded, naming what) when one of r's blocks is
- * still loading from a tier (ops.c). */
+ * still loading from a tier or a failed load cut r and its new length was not
+ * reported yet (ops.c); loads that ended are applied first. */
 int cache_seq_loading(pkv_cache *c, const pkv_seq_rec *r, const char *what);
 /* Imports user_cfg into *cfg (checked geometry) and sets *block to the bytes
  * of one block in every layer (cache.c). */

@@ -12,6 +12,7 @@
  *
  * so a failing call leaves the cache exactly as it was. Lower layers report a
  * status and a detail; the detail lands in the cache's last-error text. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -33,22 +34,35 @@ static int32_t seq_loading_from(const pkv_cache *c, const pkv_seq_rec *r) {
     return -1;
 }
 
+static void reap_loads(pkv_cache *c, int block);
+
 int cache_seq_loading(pkv_cache *c, const pkv_seq_rec *r, const char *what) {
+    /* loads that ended are applied first (an export sees them at once) */
+    if (aio_inflight(c)) reap_loads(c, 0);
+    if (r->load_cut)
+        return cache_fail(c, PKV_ERR_STATE, "%s: a load from a tier failed: the sequence now has %d tokens "
+                          "(pkv_seq_load_poll, _wait or pkv_seq_length reports it)", what, r->len);
     int32_t j = seq_loading_from(c, r);
     if (j < 0) return PKV_OK;
     return cache_fail(c, PKV_ERR_STATE, "%s: block %d of the sequence (tokens from %d) is still loading from a tier: "
                       "pkv_seq_load_wait first", what, j, j * c->pool.block_size);
 }
 
-/* A failed load: every sequence holding block b is cut back to the blocks
- * before it (their ids past the cut were the index's, dropped with it). */
-static void cut_holders(pkv_cache *c, int32_t b) {
+static int cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Failed loads of blocks failed[0..n) (sorted): every sequence holding one is
+ * cut back to the blocks before its first such block (its ids past the cut
+ * were the index's, dropped with them). One pass over the sequences. */
+static void cut_holders(pkv_cache *c, const int32_t *failed, int32_t n) {
     pkv_seqtab *t = &c->seqs;
     for (int32_t i = 0; i < t->seqs_cap; i++) {
         pkv_seq_rec *r = &t->seqs[i];
         if (!r->live || r->swapped) continue;
         for (int32_t j = r->nreleased; j < r->nblocks; j++)
-            if (r->blocks[j] == b) {
+            if (bsearch(&r->blocks[j], failed, (size_t)n, sizeof *failed, cmp_i32)) {
                 seq_truncate(t, r, j * c->pool.block_size, NULL);
                 r->load_cut = 1;
                 break;
@@ -59,12 +73,16 @@ static void cut_holders(pkv_cache *c, int32_t b) {
 /* Applies finished loads (block: wait for one while loads are in flight). */
 static void reap_loads(pkv_cache *c, int block) {
     aio_done dn[64];
-    int32_t n;
+    int32_t n, failed[64];
     while ((n = aio_reap(c, dn, 64, block)) > 0) {
-        for (int32_t i = 0; i < n; i++) {
-            if (!tier_load_done(c, &dn[i])) cut_holders(c, dn[i].b);
-            pool_unref(&c->pool, dn[i].b); /* the job's reference */
+        int32_t nf = 0;
+        for (int32_t i = 0; i < n; i++)
+            if (!tier_load_done(c, &dn[i])) failed[nf++] = dn[i].b;
+        if (nf) {
+            qsort(failed, (size_t)nf, sizeof *failed, cmp_i32);
+            cut_holders(c, failed, nf);
         }
+        for (int32_t i = 0; i < n; i++) pool_unref(&c->pool, dn[i].b); /* the jobs' references */
         block = 0;
     }
 }

@@ -73,7 +73,11 @@ int swap_out_op(pkv_cache *c, pkv_seq_rec *r) {
     }
     /* Unregistering above changed no block: the entries keep their blocks, the
      * record just holds all of its ids now. From here on nothing can fail.
-     * Released last first, as a free does (chains become evictable from their end). */
+     * The rows are copied in order (the buffer is written front to back), the
+     * blocks then released last first, as a free does (chains become
+     * evictable from their end). */
+    if (!meta)
+        for (int32_t j = 0; j < k; j++) store_block_out(&c->store, r->blocks[j], buf + (size_t)j * rb, NULL, NULL);
     for (int32_t j = k - 1; j >= 0; j--) {
         int32_t b = r->blocks[j];
         if (meta) {
@@ -82,7 +86,6 @@ int swap_out_op(pkv_cache *c, pkv_seq_rec *r) {
             tmeta_push(c, PKV_XFER_OFFLOAD, 0, b, s, -1, -1);
             r->blocks[j] = s;
         } else {
-            store_block_out(&c->store, b, buf + (size_t)j * rb, NULL, NULL);
             r->blocks[j] = -1;
         }
         pool_unref(&c->pool, b);

@@ -137,7 +137,9 @@ static void *aio_main(void *p) {
     pthread_mutex_lock(&io->mu);
     for (;;) {
         while (!io->stop && io->q_head < 0) pthread_cond_wait(&io->work, &io->mu);
-        if (io->q_head < 0) break; /* stop, and nothing queued */
+        /* stop: the cache is being destroyed (or was never used): the jobs
+         * still queued are not read, their results would go nowhere */
+        if (io->stop) break;
         int32_t ji = io->q_head;
         aio_job *j = &io->jobs[ji];
         io->q_head = j->next;
@@ -243,7 +245,8 @@ void aio_stop(pkv_cache *c) {
     pthread_mutex_unlock(&io->mu);
     int32_t n = io->nthreads;
     for (int32_t i = 0; i < n; i++) pthread_join(io->threads[i], NULL);
-    /* Every job has run; the cache is being destroyed or was never used. */
+    /* No job runs any more (queued ones never will); the cache is being
+     * destroyed or was never used. */
     for (int i = 0; i < PKV_MAX_TIERS; i++)
         if (io->lbe[i]) c->tiers.t[i].be = io->lbe[i]->in;
     pthread_cond_destroy(&io->work);
