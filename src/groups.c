@@ -29,6 +29,7 @@ typedef struct grec {
 
 struct pkv_groups {
     int32_t n, thread_safe;
+    pkv_allocator al; /* group 0's cache's: the object, its records, lookup scratch */
     pkv_cache *c[MAX_GROUPS];
     grec *recs;
     int32_t cap, free_head;
@@ -86,11 +87,10 @@ static int gslot_prepare(pkv_groups *g, int32_t *idx) {
     if (g->free_head < 0) {
         int32_t old = g->cap;
         if (old >= INT32_MAX / 2) return PKV_ERR_NOMEM;
-        int32_t cap = old ? 2 * old : 16;
-        grec *nr = realloc(g->recs, (size_t)cap * sizeof *nr);
-        if (!nr) return PKV_ERR_NOMEM;
-        memset(nr + old, 0, (size_t)(cap - old) * sizeof *nr);
-        g->recs = nr;
+        int32_t cap = old;
+        if (pkv_mem_grow(&g->al, (void **)&g->recs, &cap, old ? 2 * old : 16, sizeof *g->recs) < 0)
+            return PKV_ERR_NOMEM;
+        memset(g->recs + old, 0, (size_t)(cap - old) * sizeof *g->recs);
         g->cap = cap;
         for (int32_t i = cap - 1; i >= old; i--) {
             g->recs[i].next_free = g->free_head;
@@ -137,19 +137,28 @@ int pkv_groups_create(const pkv_config *const *cfgs, int32_t n, pkv_groups **out
     RETURN_IF(!cfgs, PKV_ERR_NULL);
     RETURN_IF(n < 1 || n > MAX_GROUPS, PKV_ERR_INVALID);
     for (int32_t i = 0; i < n; i++) RETURN_IF(!cfgs[i], PKV_ERR_NULL);
-    pkv_groups *g = calloc(1, sizeof *g);
-    RETURN_IF(!g, PKV_ERR_NOMEM);
-    g->free_head = -1;
+    /* The caches first: the object comes from group 0's allocator. */
+    pkv_cache *c[MAX_GROUPS];
     int st = PKV_OK, ts = -1;
+    int32_t made = 0;
     for (int32_t i = 0; i < n && st == PKV_OK; i++) {
-        st = pkv_cache_create(cfgs[i], &g->c[i]);
+        st = pkv_cache_create(cfgs[i], &c[i]);
         if (st == PKV_OK) {
-            g->n = i + 1;
+            made = i + 1;
             const int t = (cfgs[i]->flags & PKV_FLAG_THREAD_SAFE) != 0;
             if (ts >= 0 && t != ts) st = PKV_ERR_INVALID; /* all thread-safe or none */
             ts = t;
         }
     }
+    pkv_groups *g = st == PKV_OK ? pkv_mem_calloc(&c[0]->al, 1, sizeof *g) : NULL;
+    if (!g) {
+        for (int32_t i = 0; i < made; i++) pkv_cache_destroy(c[i]);
+        return st == PKV_OK ? PKV_ERR_NOMEM : st;
+    }
+    g->al = c[0]->al;
+    g->free_head = -1;
+    g->n = n;
+    memcpy(g->c, c, (size_t)n * sizeof *c);
     g->thread_safe = 0; /* set once its mutex exists: destroy destroys it */
     if (st == PKV_OK && ts == 1) {
         if (pthread_mutex_init(&g->lock, NULL) != 0) st = PKV_ERR_NOMEM;
@@ -165,10 +174,14 @@ int pkv_groups_create(const pkv_config *const *cfgs, int32_t n, pkv_groups **out
 
 void pkv_groups_destroy(pkv_groups *g) {
     if (!g) return;
-    for (int32_t i = 0; i < g->n; i++) pkv_cache_destroy(g->c[i]);
+    pkv_allocator al = g->al;
+    pkv_cache *c[MAX_GROUPS];
+    int32_t n = g->n;
+    memcpy(c, g->c, (size_t)n * sizeof *c);
     if (g->thread_safe) pthread_mutex_destroy(&g->lock);
-    free(g->recs);
-    free(g);
+    pkv_mem_free(&al, g->recs);
+    pkv_mem_free(&al, g); /* before the caches: it came from group 0's allocator */
+    for (int32_t i = 0; i < n; i++) pkv_cache_destroy(c[i]);
 }
 
 const char *pkv_groups_last_error(const pkv_groups *g) { return g ? g->err.text : ""; }
@@ -311,7 +324,7 @@ static int window_hit(pkv_groups *g, uint64_t ns, const int32_t *tokens, int32_t
     for (int32_t i = 0; i < g->n; i++) {
         pkv_cache *c = g->c[i];
         if (!c->prefix || c->cfg.window <= 0) continue;
-        ents[i] = malloc(((size_t)n / (size_t)c->pool.block_size + 1) * sizeof *ents[i]);
+        ents[i] = pkv_mem_alloc(&g->al, ((size_t)n / (size_t)c->pool.block_size + 1) * sizeof *ents[i]);
         if (!ents[i]) return gfail(g, PKV_ERR_NOMEM, "group %d: no memory for a %d-token prompt's chain", (int)i, n);
         chain[i] = cache_window_chain(c, ns, NULL, tokens, n, ents[i]);
     }
@@ -376,7 +389,7 @@ int pkv_groups_lookup(pkv_groups *g, uint64_t ns, const int32_t *tokens, int32_t
         int32_t got;
         if (!made[i] && (st = member_lookup(g, i, ns, tokens, n, m, &h[i], &got)) == PKV_OK) made[i] = 1;
     }
-    for (int32_t k = 0; k < g->n; k++) free(ents[k]);
+    for (int32_t k = 0; k < g->n; k++) pkv_mem_free(&g->al, ents[k]);
     if (st < 0) { /* no group sequence: the members made go (promoted blocks stay cached) */
         for (int32_t k = 0; k < g->n; k++)
             if (made[k]) member_free(g, k, h[k]);

@@ -331,7 +331,65 @@ static void test_sizing(void) {
     CHECK_INT(pkv_groups_blocks_for_bytes(cp, 2, gib, 8192, nb), PKV_ERR_INVALID);
 }
 
+/* Every byte a groups object holds comes from group 0's allocator (the
+ * object, its records, a lookup's scratch) or its group's, and goes back. */
+static long long counted;
+static void *count_alloc(void *o, size_t n) {
+    (void)o;
+    size_t *p = malloc(n + 16);
+    if (!p) return NULL;
+    p[0] = n;
+    counted += (long long)n;
+    return (char *)p + 16;
+}
+static void count_free(void *o, void *q) {
+    (void)o;
+    if (!q) return;
+    size_t *p = (size_t *)(void *)((char *)q - 16);
+    counted -= (long long)p[0];
+    free(p);
+}
+
+static void test_allocator(void) {
+    pkv_config a, b;
+    pkv_config_init(&a);
+    a.num_blocks = 64;
+    a.block_size = 4;
+    a.flags = PKV_FLAG_PREFIX_CACHE | PKV_FLAG_AUTO_REGISTER;
+    a.allocator.alloc = count_alloc;
+    a.allocator.free = count_free;
+    b = a;
+    b.window = 8;
+    const pkv_config *cfgs[2] = {&a, &b};
+    pkv_cache *ca, *cb;
+    CHECK_OK(pkv_cache_create(&a, &ca));
+    CHECK_OK(pkv_cache_create(&b, &cb));
+    long long caches = counted;
+    pkv_cache_destroy(ca);
+    pkv_cache_destroy(cb);
+    CHECK_INT(counted, 0);
+    pkv_groups *g;
+    CHECK_OK(pkv_groups_create(cfgs, 2, &g));
+    CHECK(counted > caches); /* the groups object itself */
+    int32_t toks[40];
+    for (int i = 0; i < 40; i++) toks[i] = 3 * i + 1;
+    pkv_seq s[40], t;
+    pkv_block_copy cow[2];
+    long long before = counted;
+    for (int i = 0; i < 40; i++) { /* more group sequences than the first record table holds */
+        CHECK_OK(pkv_groups_seq_create(g, 0, &s[i]));
+        CHECK_OK(pkv_groups_append(g, s[i], 1, toks, NULL, cow));
+    }
+    CHECK(counted > before);
+    int32_t got;
+    CHECK_OK(pkv_groups_lookup(g, 0, toks, 40, &t, &got));
+    CHECK_OK(pkv_groups_free(g, t));
+    pkv_groups_destroy(g);
+    CHECK_INT(counted, 0);
+}
+
 int main(void) {
+    test_allocator();
     test_sizing();
     test_lookup_and_arguments();
     test_random_model();
