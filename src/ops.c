@@ -325,8 +325,14 @@ void cache_append_commit(pkv_cache *c, append_plan *pl) {
     if (c->cfg.window > 0) {
         int32_t upto = window_keep_from(c, old_settled);
         /* With prefix caching the last registered block stays (the next
-         * block's registration chains from its entry). */
-        if (c->prefix && r->nregistered > r->nreleased && r->nregistered - 1 < upto) upto = r->nregistered - 1;
+         * block's registration chains from its entry) while registration
+         * keeps up: it has registered every block settled before this append.
+         * One that fell behind (an append without token ids: nothing
+         * registers again; an index growth that failed) gives way to the
+         * window, or that block and every block after it would stay. */
+        if (c->prefix && r->nregistered > r->nreleased && r->nregistered >= old_settled / c->pool.block_size &&
+            r->nregistered - 1 < upto)
+            upto = r->nregistered - 1;
         seq_release_before(&c->seqs, r, upto);
     }
 }

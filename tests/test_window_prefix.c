@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal.h"
 #include "test.h"
 
 #define D 4
@@ -323,6 +324,48 @@ static void random_run(uint64_t seed, int32_t window_blocks, long ops, int expec
     pkv_cache_destroy(cf);
 }
 
+/* Registration that stops (appends without token ids; an index growth that
+ * fails) costs the sequence its caching, never the window's release: a long
+ * decode keeps a few blocks. */
+static void *no_alloc(void *o, size_t n) {
+    (void)o;
+    (void)n;
+    return NULL;
+}
+static void no_free(void *o, void *p) {
+    (void)o;
+    (void)p;
+}
+
+static void test_registration_stops(void) {
+    const int32_t bs = 4;
+    for (int mode = 0; mode < 2; mode++) {
+        pkv_cache *c = make(8, bs, mode ? 4 : 16);
+        if (mode) { /* the index's growth fails (the rest of the cache allocates as usual) */
+            static const pkv_allocator fail = {no_alloc, no_free, NULL};
+            prefix_set_window(c->prefix, &fail);
+        }
+        pkv_seq s;
+        CHECK_OK(pkv_seq_create(c, 0, &s));
+        int32_t toks[8] = {1, 2, 3, 4, 5, 6, 7, 8}, len = 0;
+        CHECK_OK(append(c, s, 0, toks, 8));
+        int st = PKV_OK;
+        int64_t slot;
+        pkv_block_copy cow;
+        for (len = 8; len < 600 && st == PKV_OK; len++) {
+            int32_t t = 1000 + len; /* all distinct: every block is new, ghosts pile up */
+            st = pkv_seq_append(c, s, 1, mode ? &t : NULL, &slot, &cow);
+        }
+        CHECK_OK(st);
+        CHECK_INT(len, 600);
+        pkv_stats stt = PKV_STATS_INIT;
+        CHECK_OK(pkv_cache_stats(c, &stt));
+        CHECK(stt.used_blocks <= (mode ? 4 : 6));
+        CHECK_OK(pkv_cache_check(c));
+        pkv_cache_destroy(c);
+    }
+}
+
 /* ---- KV groups ---- */
 
 static void test_groups(void) {
@@ -400,6 +443,7 @@ static void test_groups(void) {
 int main(void) {
     test_config();
     test_worked();
+    test_registration_stops();
     random_run(1, 1 << 16, test_scaled(3000), 1);
     random_run(2, 1 << 16, test_scaled(3000), 1);
     random_run(3, 60, test_scaled(6000), 0);
