@@ -364,11 +364,16 @@ static void test_corruption(int mode, uint64_t seed) {
             c ^= (uint8_t)(1u << test_below(&r, 8));
             CHECK(pwrite(fd, &c, 1, at) == 1);
         }
-        /* And one flip in the blob area of a known slot, and one in a header. */
+        /* And one flip in the blob area of a known slot, and one in a header
+         * (flips: writing a fixed byte changed nothing where it was already there). */
         const off_t slot3 = PKV_TIER_SLAB_HDR + 3 * (off_t)inf.stride;
-        uint8_t c = 0x5a;
-        CHECK(pwrite(fd, &c, 1, slot3 + (off_t)inf.hdr_area + 17) == 1);
-        CHECK(pwrite(fd, &c, 1, PKV_TIER_SLAB_HDR + 5 * (off_t)inf.stride + 20) == 1);
+        const off_t known[2] = {slot3 + (off_t)inf.hdr_area + 17, PKV_TIER_SLAB_HDR + 5 * (off_t)inf.stride + 20};
+        for (int k = 0; k < 2; k++) {
+            uint8_t c;
+            CHECK(pread(fd, &c, 1, known[k]) == 1);
+            c ^= 0x5a;
+            CHECK(pwrite(fd, &c, 1, known[k]) == 1);
+        }
     } else {
         CHECK(ftruncate(fd, PKV_TIER_SLAB_HDR + 20 * (off_t)inf.stride + 5000) == 0);
     }
