@@ -440,6 +440,7 @@ static void test_groups(void) {
     pkv_groups_destroy(g);
 }
 
+#ifndef WINDOW_PREFIX_NO_MAIN
 int main(void) {
     test_config();
     test_worked();
@@ -451,3 +452,4 @@ int main(void) {
     test_groups();
     return test_report("window_prefix");
 }
+#endif
