@@ -20,11 +20,13 @@
  * dry while the full pool has room, and the newest request is preempted and
  * admitted again step after step.
  *
- * Prefix caching: the full group registers as blocks fill (AUTO_REGISTER:
- * groups have no register call). The window group asks for the same; a
- * library that refuses prefix caching on a window cache (PKV_ERR_INVALID) gets
- * a window group without it, whose lookups hit 0 tokens, so every group
- * sequence starts from 0 (pkv_groups_lookup takes the shortest hit). */
+ * Prefix caching: both groups register as blocks fill (AUTO_REGISTER: groups
+ * have no register call); a lookup hits the longest length both groups serve,
+ * which in the window group needs that length's last window still in its
+ * pool. A library that refuses prefix caching on a window cache
+ * (PKV_ERR_INVALID, before 1.3's window prefix caching) gets a window group
+ * without it, whose lookups hit 0 tokens, so every group sequence starts from
+ * 0; the report says so. */
 #include <math.h>
 #include <string.h>
 
