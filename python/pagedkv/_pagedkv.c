@@ -48,6 +48,17 @@ PyObject *raise_arg(int st, const char *fmt, ...) {
     return raise_status(st, buf);
 }
 
+int count_arg(PyObject *arg, const char *name, const char *range, int32_t *out) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return -1;
+    if (n < 0 || n > INT32_MAX) {
+        raise_arg(PKV_ERR_INVALID, "%s: must be %s, got %ld", name, range, n);
+        return -1;
+    }
+    *out = (int32_t)n;
+    return 0;
+}
+
 PyObject *cache_raise(CacheObject *co, int st) {
     return raise_status(st, co && co->c ? pkv_cache_last_error(co->c) : NULL);
 }

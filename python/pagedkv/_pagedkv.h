@@ -116,6 +116,9 @@ extern PyTypeObject CacheType, SeqType, ArenaRefType, GroupsType, GroupSeqType;
 /* Errors: raise the class registered for a status (pagedkv.errors), return NULL. */
 PyObject *raise_status(int st, const char *detail);
 PyObject *raise_arg(int st, const char *fmt, ...);
+/* A Python int in [0, INT32_MAX] into *out: 0, or -1 with InvalidError
+ * "NAME: must be RANGE, got N" (or the conversion's exception) set. */
+int count_arg(PyObject *arg, const char *name, const char *range, int32_t *out);
 PyObject *cache_raise(CacheObject *co, int st);  /* with the cache's last_error text */
 int cache_open(CacheObject *co);                  /* 0 with StateError when closed */
 PyObject *seq_new(CacheObject *co, pkv_seq h, uint64_t ns);

@@ -407,9 +407,9 @@ static PyObject *gseq_append(GroupSeqObject *self, PyObject *arg) {
     PyArrayObject *t = NULL;
     long n;
     if (PyLong_Check(arg)) {
-        n = PyLong_AsLong(arg);
-        if (n == -1 && PyErr_Occurred()) return NULL;
-        if (n < 0 || n > INT32_MAX) return raise_arg(PKV_ERR_INVALID, "n: must be in [0, 2^31), got %ld", n);
+        int32_t k;
+        if (count_arg(arg, "n", "in [0, 2^31)", &k) < 0) return NULL;
+        n = k;
     } else {
         t = as_tokens(arg, "tokens");
         if (!t) return NULL;
@@ -480,11 +480,10 @@ static PyObject *gseq_fork(GroupSeqObject *self, PyObject *unused) {
 
 static PyObject *gseq_truncate(GroupSeqObject *self, PyObject *arg) {
     if (!gseq_ready(self)) return NULL;
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
-    if (n < 0 || n > INT32_MAX) return raise_arg(PKV_ERR_INVALID, "new_len: must be in [0, len(seq)], got %ld", n);
+    int32_t n;
+    if (count_arg(arg, "new_len", "in [0, len(seq)]", &n) < 0) return NULL;
     int st;
-    CALL(self->groups, st, pkv_groups_truncate(self->groups->g, self->h, (int32_t)n));
+    CALL(self->groups, st, pkv_groups_truncate(self->groups->g, self->h, n));
     if (st != PKV_OK) return groups_raise(self->groups, st);
     Py_RETURN_NONE;
 }
@@ -501,13 +500,12 @@ static PyObject *gseq_free(GroupSeqObject *self, PyObject *unused) {
 
 static PyObject *gseq_blocks_needed(GroupSeqObject *self, PyObject *arg) {
     if (!gseq_ready(self)) return NULL;
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
-    if (n < 0 || n > INT32_MAX) return raise_arg(PKV_ERR_INVALID, "n: must be >= 0, got %ld", n);
+    int32_t n;
+    if (count_arg(arg, "n", ">= 0", &n) < 0) return NULL;
     GroupsObject *go = self->groups;
     int32_t k[PKVPY_MAX_GROUPS];
     int st;
-    CALL(go, st, pkv_groups_blocks_needed(go->g, self->h, (int32_t)n, k));
+    CALL(go, st, pkv_groups_blocks_needed(go->g, self->h, n, k));
     if (st != PKV_OK) return groups_raise(go, st);
     PyObject *l = PyList_New(go->n);
     if (!l) return NULL;

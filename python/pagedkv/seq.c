@@ -27,9 +27,9 @@ static PyObject *seq_append(SeqObject *self, PyObject *arg) {
     PyArrayObject *t = NULL;
     long n;
     if (PyLong_Check(arg)) {
-        n = PyLong_AsLong(arg);
-        if (n == -1 && PyErr_Occurred()) return NULL;
-        if (n < 0 || n > INT32_MAX) return raise_arg(PKV_ERR_INVALID, "n: must be in [0, 2^31), got %ld", n);
+        int32_t k;
+        if (count_arg(arg, "n", "in [0, 2^31)", &k) < 0) return NULL;
+        n = k;
     } else {
         t = as_tokens(arg, "tokens");
         if (!t) return NULL;
@@ -67,11 +67,10 @@ static PyObject *seq_fork(SeqObject *self, PyObject *unused) {
 
 static PyObject *seq_truncate(SeqObject *self, PyObject *arg) {
     if (!seq_ready(self)) return NULL;
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
-    if (n < 0 || n > INT32_MAX) return raise_arg(PKV_ERR_INVALID, "new_len: must be in [0, len(seq)], got %ld", n);
+    int32_t n;
+    if (count_arg(arg, "new_len", "in [0, len(seq)]", &n) < 0) return NULL;
     int st;
-    CALL(self->cache, st, pkv_seq_truncate(self->cache->c, self->h, (int32_t)n));
+    CALL(self->cache, st, pkv_seq_truncate(self->cache->c, self->h, n));
     if (st != PKV_OK) return cache_raise(self->cache, st);
     Py_RETURN_NONE;
 }
@@ -88,12 +87,11 @@ static PyObject *seq_free(SeqObject *self, PyObject *unused) {
 
 static PyObject *seq_blocks_needed(SeqObject *self, PyObject *arg) {
     if (!seq_ready(self)) return NULL;
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
-    if (n < 0 || n > INT32_MAX) return raise_arg(PKV_ERR_INVALID, "n: must be >= 0, got %ld", n);
+    int32_t n;
+    if (count_arg(arg, "n", ">= 0", &n) < 0) return NULL;
     int32_t k = 0;
     int st;
-    CALL(self->cache, st, pkv_seq_blocks_needed(self->cache->c, self->h, (int32_t)n, &k));
+    CALL(self->cache, st, pkv_seq_blocks_needed(self->cache->c, self->h, n, &k));
     if (st != PKV_OK) return cache_raise(self->cache, st);
     return PyLong_FromLong(k);
 }

@@ -143,12 +143,11 @@ PyObject *cache_peek(CacheObject *self, PyObject *args, PyObject *kw) {
 
 PyObject *cache_evict(CacheObject *self, PyObject *arg) {
     if (!cache_open(self)) return NULL;
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
-    if (n < 0 || n > INT32_MAX) return raise_arg(PKV_ERR_INVALID, "n: must be in [0, 2^31), got %ld", n);
+    int32_t n;
+    if (count_arg(arg, "n", "in [0, 2^31)", &n) < 0) return NULL;
     int32_t ev = 0;
     int st;
-    CALL(self, st, pkv_prefix_evict(self->c, (int32_t)n, &ev));
+    CALL(self, st, pkv_prefix_evict(self->c, n, &ev));
     if (st != PKV_OK) return cache_raise(self, st);
     return PyLong_FromLong(ev);
 }
@@ -269,12 +268,11 @@ PyObject *cache_add_file_tier(CacheObject *self, PyObject *args, PyObject *kw) {
 
 PyObject *cache_tier_stats(CacheObject *self, PyObject *arg) {
     if (!cache_open(self)) return NULL;
-    long i = PyLong_AsLong(arg);
-    if (i == -1 && PyErr_Occurred()) return NULL;
-    if (i < 0 || i > INT32_MAX) return raise_arg(PKV_ERR_INVALID, "tier: must be >= 0, got %ld", i);
+    int32_t i;
+    if (count_arg(arg, "tier", ">= 0", &i) < 0) return NULL;
     pkv_tier_stats s = PKV_TIER_STATS_INIT;
     int st;
-    CALL(self, st, pkv_tier_stats_get(self->c, (int32_t)i, &s));
+    CALL(self, st, pkv_tier_stats_get(self->c, i, &s));
     if (st != PKV_OK) return cache_raise(self, st);
     return Py_BuildValue("{s:i,s:s,s:O,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:d,s:d}", "tier", s.tier, "kind",
                          s.kind == PKV_TIER_HOST ? "host" : "backend", "degraded", s.degraded ? Py_True : Py_False,
@@ -359,11 +357,10 @@ PyObject *cache_drain_transfers_raw(CacheObject *self, PyObject *unused) {
 
 PyObject *cache_start_async_loads(CacheObject *self, PyObject *arg) {
     if (!cache_open(self)) return NULL;
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
-    if (n < 0 || n > INT32_MAX) return raise_arg(PKV_ERR_INVALID, "io_threads: must be in [1, 64], got %ld", n);
+    int32_t n;
+    if (count_arg(arg, "io_threads", "in [1, 64]", &n) < 0) return NULL;
     int st;
-    CALL_IF(self, st, pkv_tier_async_start(self->c, (int32_t)n), 1);
+    CALL_IF(self, st, pkv_tier_async_start(self->c, n), 1);
     if (st != PKV_OK) return cache_raise(self, st);
     Py_RETURN_NONE;
 }
