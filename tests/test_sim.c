@@ -23,8 +23,8 @@ static const struct { int bs; long long hit, query; } small_hits[] = {{16, 1806,
 
 
 
-/* The integer after the n-th (from 0) occurrence of "key": in text, or -1. */
-static long long json_int(const char *text, const char *key, int nth) {
+/* The value after the n-th (from 0) occurrence of "key": in text, or NULL. */
+static const char *json_at(const char *text, const char *key, int nth) {
     char pat[128];
     snprintf(pat, sizeof pat, "\"%s\": ", key);
     const char *p = text;
@@ -32,7 +32,13 @@ static long long json_int(const char *text, const char *key, int nth) {
         p = strstr(p, pat);
         if (p && i < nth) p += strlen(pat);
     }
-    return p ? strtoll(p + strlen(pat), NULL, 10) : -1;
+    return p ? p + strlen(pat) : NULL;
+}
+
+/* The integer there, or -1. */
+static long long json_int(const char *text, const char *key, int nth) {
+    const char *p = json_at(text, key, nth);
+    return p ? strtoll(p, NULL, 10) : -1;
 }
 
 /* Occurrences of needle in text. */
@@ -476,14 +482,8 @@ static void test_tiers(void) {
 
 /* JSON number after the n-th (from 0) "key" (a double), or -1. */
 static double json_num_at(const char *text, const char *key, int nth) {
-    char pat[128];
-    snprintf(pat, sizeof pat, "\"%s\": ", key);
-    const char *p = text;
-    for (int i = 0; p && i <= nth; i++) {
-        p = strstr(p, pat);
-        if (p && i < nth) p += strlen(pat);
-    }
-    return p ? strtod(p + strlen(pat), NULL) : -1;
+    const char *p = json_at(text, key, nth);
+    return p ? strtod(p, NULL) : -1;
 }
 
 /* Issue 14, item 6: --hybrid, a Gemma-3-like model (1 full-attention layer of
