@@ -326,7 +326,7 @@ static int window_hit(pkv_groups *g, uint64_t ns, const int32_t *tokens, int32_t
         if (!c->prefix || c->cfg.window <= 0) continue;
         ents[i] = pkv_mem_alloc(&g->al, ((size_t)n / (size_t)c->pool.block_size + 1) * sizeof *ents[i]);
         if (!ents[i]) return gfail(g, PKV_ERR_NOMEM, "group %d: no memory for a %d-token prompt's chain", (int)i, n);
-        chain[i] = cache_window_chain(c, ns, NULL, tokens, n, ents[i]);
+        chain[i] = prefix_match_entries(c->prefix, ns, NULL, tokens, n, ents[i]);
     }
     for (int changed = 1; changed;) {
         changed = 0;

@@ -604,13 +604,11 @@ void cache_truncate_commit(pkv_cache *c, pkv_seq seq, int32_t new_len);
  * cache's hit is at most limit tokens. */
 int cache_lookup(pkv_cache *c, uint64_t ns, const int32_t *tokens, int32_t n, int32_t limit, pkv_seq *out,
                  int32_t *cached);
-/* Window caches with prefix caching (ops.c): the chain of entries matching a
- * prompt, ghosts included (ents: [n / block_size]); the longest length at most
+/* Window caches with prefix caching (ops.c), given the chain of entries
+ * prefix_match_entries found (ghosts included): the longest length at most
  * limit whose blocks a sequence would hold are all in the pool; a committed,
  * reserved, empty record made a sequence of that length from the chain (ents
  * is overwritten: it may be r->blocks). */
-int32_t cache_window_chain(pkv_cache *c, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n,
-                           int32_t *ents);
 int32_t cache_window_fit(const pkv_cache *c, const int32_t *ents, int32_t m, int32_t limit);
 void cache_window_adopt(pkv_cache *c, pkv_seq_rec *r, int32_t *ents, int32_t len);
 /* PKV_OK, or PKV_ERR_STATE (recorded, naming what) when one of r's blocks is

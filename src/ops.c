@@ -106,15 +106,7 @@ static pkv_seq_rec *resident_seq(pkv_cache *c, pkv_seq h, int *st) {
         *st = cache_fail(c, PKV_ERR_STATE, "sequence %lld is swapped out: pkv_seq_swap_in it first", (long long)h);
         r = NULL;
     }
-    if (r && aio_inflight(c)) {
-        reap_loads(c, 0);
-        if ((*st = cache_seq_loading(c, r, "sequence")) != PKV_OK) r = NULL;
-    }
-    if (r && r->load_cut) {
-        *st = cache_fail(c, PKV_ERR_STATE, "a load from a tier failed: the sequence now has %d tokens "
-                         "(pkv_seq_load_poll, _wait or pkv_seq_length reports it)", r->len);
-        r = NULL;
-    }
+    if (r && (*st = cache_seq_loading(c, r, "sequence")) != PKV_OK) r = NULL;
     return r;
 }
 
@@ -223,11 +215,6 @@ int32_t cache_window_fit(const pkv_cache *c, const int32_t *ents, int32_t m, int
         len = j * bs; /* block j is gone: only a length before it can do without it */
     }
     return (int32_t)len;
-}
-
-int32_t cache_window_chain(pkv_cache *c, uint64_t ns, const prefix_extras *x, const int32_t *tokens, int32_t n,
-                           int32_t *ents) {
-    return prefix_match_entries(c->prefix, ns, x, tokens, n, ents);
 }
 
 void cache_window_adopt(pkv_cache *c, pkv_seq_rec *r, int32_t *ents, int32_t len) {
@@ -455,7 +442,7 @@ static int prefix_lookup_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, in
     if (x.nmm) memcpy(r->mm, x.mm, (size_t)x.nmm * sizeof *r->mm);
     r->nmm = x.nmm;
     if (c->cfg.window > 0) { /* r->blocks holds the chain's entries, then the blocks */
-        int32_t m = cache_window_chain(c, ns, &x, tokens, n, r->blocks);
+        int32_t m = prefix_match_entries(c->prefix, ns, &x, tokens, n, r->blocks);
         int32_t len = cache_window_fit(c, r->blocks, m, limit);
         cache_window_adopt(c, r, r->blocks, len);
         prefix_count_query(c->prefix, n, len);
@@ -799,7 +786,7 @@ static int prefix_peek_op(pkv_cache *c, uint64_t ns, const int32_t *tokens, int3
     if (c->cfg.window > 0) { /* the hit a lookup would make, every block of it in the pool */
         int32_t *ents = pkv_mem_alloc(&c->al, ((size_t)n / (size_t)c->pool.block_size + 1) * sizeof *ents);
         if (!ents) return cache_fail(c, PKV_ERR_NOMEM, "peek: no memory for a %d-token prompt's chain", n);
-        int32_t m = cache_window_chain(c, ns, &x, tokens, n, ents);
+        int32_t m = prefix_match_entries(c->prefix, ns, &x, tokens, n, ents);
         *cached_tokens = cache_window_fit(c, ents, m, m * c->pool.block_size);
         if (pool_tokens) *pool_tokens = *cached_tokens;
         pkv_mem_free(&c->al, ents);
@@ -895,7 +882,6 @@ int pkv_seq_swap_out(pkv_cache *c, pkv_seq seq) {
     FORWARD_GROUPED(c, seq);
     pkv_seq_rec *r = live_seq(c, seq);
     if (!r) CACHE_LEAVE(c, PKV_ERR_NO_SEQ);
-    if (aio_inflight(c)) reap_loads(c, 0);
     int lst = cache_seq_loading(c, r, "swap out");
     if (lst < 0) CACHE_LEAVE(c, lst);
     CACHE_LEAVE(c, swap_out_op(c, r));
