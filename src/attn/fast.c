@@ -275,9 +275,12 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
     const attn_ops *ops = pl->ops;
     const int32_t m = gr->m, dv = a->dv;
     const size_t qes = pkv_dtype_size(a->q_dtype);
+    /* each row's keys [kst, ken) of the sequence, found once: the tile loop only clamps them */
+    int32_t kst[ATTN_MB], ken[ATTN_MB];
     for (int32_t r = 0; r < m; r++) {
         int32_t s, h, kvh;
         row_pos(pl, gr, r, &s, &h, &kvh);
+        if (!pl->sparse) attn_key_range(a, a->cache_seqlens[gr->b], s, &kst[r], &ken[r]);
         const size_t qrow = ((size_t)gr->b * (size_t)a->s_q + (size_t)s) * (size_t)a->h_q + (size_t)h;
         sc->qrows[r] = (const char *)a->q + qrow * (size_t)a->d * qes;
         sc->orows[r] = dst_part ? dst_part + (size_t)r * (size_t)dv : a->out + qrow * (size_t)dv;
@@ -299,11 +302,8 @@ static void run_piece(const plan *pl, const group *gr, int64_t t0, int64_t t1, a
             for (int32_t r = ra; r < rb; r++) {
                 int32_t lo = 0, hi = n;
                 if (!pl->sparse) {
-                    /* the row's keys [st, en) within this tile's [base, base + n) */
-                    int32_t s, h, g, st, en;
-                    row_pos(pl, gr, r, &s, &h, &g);
-                    attn_key_range(a, a->cache_seqlens[gr->b], s, &st, &en);
-                    const int64_t base = gr->k0 + t * ATTN_TILE, left = en - base, skip = st - base;
+                    /* the row's keys [kst, ken) within this tile's [base, base + n) */
+                    const int64_t base = gr->k0 + t * ATTN_TILE, left = ken[r] - base, skip = kst[r] - base;
                     hi = left < 0 ? 0 : (left < n ? (int32_t)left : n);
                     lo = skip < 0 ? 0 : (skip < hi ? (int32_t)skip : hi);
                 }

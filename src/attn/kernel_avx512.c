@@ -600,9 +600,9 @@ AI void rows_qk_dt(const attn_geom *g, const float *q, int m, const void *const 
                 for (int j = j0; j < ATTN_TILE; j++) s[(size_t)r * ATTN_TILE + (size_t)j] = 0.0f;
             break;
         }
-        for (int h0 = 0; h0 < m; h0 += rph) {
+        for (int h0 = 0, hk = 0; h0 < m; h0 += rph, hk++) {
             const int h1 = h0 + rph < m ? h0 + rph : m;
-            const size_t koff = (size_t)(h0 / rph) * g->khead, voff = (size_t)(h0 / rph) * g->vhead;
+            const size_t koff = (size_t)hk * g->khead, voff = (size_t)hk * g->vhead;
             for (int i = h0; i < h1; i += RB) {
                 const float *qi = q + (size_t)i * (size_t)ldq;
                 float *si = s + (size_t)i * ATTN_TILE;
@@ -686,9 +686,9 @@ AI void rows_pv_dt(const attn_geom *g, const float *p, int m, int n, const void 
     const int32_t rph = g->rph;
     for (int j0 = 0; j0 < n; j0 += 16) {
         const int j1 = j0 + 16 < n ? j0 + 16 : n;
-        for (int h0 = 0; h0 < m; h0 += rph) {
+        for (int h0 = 0, hk = 0; h0 < m; h0 += rph, hk++) {
             const int h1 = h0 + rph < m ? h0 + rph : m;
-            const size_t voff = (size_t)(h0 / rph) * g->vhead, koff = (size_t)(h0 / rph) * g->khead;
+            const size_t voff = (size_t)hk * g->vhead, koff = (size_t)hk * g->khead;
             const size_t kbytes = (size_t)d * (dt == PKV_F32 ? 4 : 2);
             for (int i = h0; i < h1; i += RB) {
                 const float *pi = p + (size_t)i * ATTN_TILE;
