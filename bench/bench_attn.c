@@ -443,9 +443,11 @@ int main(int argc, char **argv) {
     const double bw = bw_best;
     json_num(&j, "read_gbs", bw);
     json_num(&j, "read_gbs_median", bw_med);
+    json_str(&j, "read_reference", bench_read_reference(nthreads) ? "software prefetch" : "plain");
     json_str(&j, "attn_isa", pkv_isa_name());
     json_end(&j);
-    fprintf(stderr, "  streaming read %.1f GB/s (best), %.1f (median)\n\n", bw, bw_med);
+    fprintf(stderr, "  streaming read %.1f GB/s (best), %.1f (median; reference: the %s read)\n\n", bw, bw_med,
+            bench_read_reference(nthreads) ? "software-prefetching" : "plain");
     fprintf(stderr, "%-16s %3s %4s %4s %6s %3s %-17s %9s %8s %8s %5s %7s %5s %5s %6s %9s %7s\n", "shape", "b", "h_q", "sq",
             "s_k", "bs", "kernel", "time_ms", "GFLOP/s", "roof", "%roof", "GB/s", "%bw", "%st", "B/tok", "x_oracle", "pg/ct");
 

@@ -41,14 +41,18 @@ int bench_kind_available(int kind);
  * NULL) the median. 0 when the kind is unavailable. */
 double bench_ceiling(int kind, int threads, int reps, double *median);
 
+/* The reference streaming read of this machine: 0 a plain read (the hardware
+ * prefetchers alone), 1 one with software prefetch 4 KiB ahead, whichever has
+ * the higher median over 9 alternated runs of each (64 MiB, threads threads;
+ * chosen on the first call, kept for the process). */
+int bench_read_reference(int threads);
 /* Streaming-read GB/s over a buffer of bytes, threads threads: median of reps
- * (*best, may be NULL: the best run). */
+ * runs of the reference read (*best, may be NULL: the best run of either kind). */
 double bench_read_gbs(size_t bytes, int threads, int reps, double *best);
 /* GB/s of a parallel sequential read of p[0..bytes) by threads threads,
  * flushed from the caches first (so from DRAM): the streaming bandwidth of the
- * very bytes a kernel reads, measured under the same conditions; the better of
- * a plain read and one with software prefetch 4 KiB ahead (also in
- * bench_read_gbs). */
+ * very bytes a kernel reads, measured under the same conditions; one run of the
+ * reference read (not the better of two runs, which would select noise). */
 double bench_read_buf_gbs(const void *p, size_t bytes, int threads);
 
 /* JSON lines: json_begin(f); json_str(f, "k", "v"); json_num(f, "k", 1.5); json_end(f). */
