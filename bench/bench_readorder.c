@@ -12,7 +12,13 @@
  *                of the rows 32 ahead in the read order;
  *   kernel-nopf  the same without software prefetch;
  *   address      each token's whole row in address order (all heads), no
- *                software prefetch: the hardware prefetchers follow it.
+ *                software prefetch: the hardware prefetchers follow it;
+ *   hnd          the same bytes laid out head-major within each block
+ *                ([block][head][token][d], FlashInfer's HND; the library's
+ *                layout is FlashMLA's [block][token][head][d]), read per head
+ *                over the block's 64 rows (16 KiB in a row), with the kernel's
+ *                prefetches;
+ *   hnd-nopf     the same without software prefetch.
  * Every run is cold (the arrays flushed) and paired with one run of the
  * reference streaming read of the same bytes right before it (%st, as in
  * bench_attn); each row gives the median over runs, the orders alternated.
@@ -38,8 +44,8 @@
 #define AHEAD 32  /* rows the kernel order prefetches ahead (ATTN_PF) */
 #define UNROLL4 _Pragma("GCC unroll 4")
 
-enum { ORDER_KERNEL, ORDER_KERNEL_NOPF, ORDER_ADDRESS, ORDERS };
-static const char *const order_names[ORDERS] = {"kernel", "kernel-nopf", "address"};
+enum { ORDER_KERNEL, ORDER_KERNEL_NOPF, ORDER_ADDRESS, ORDER_HND, ORDER_HND_NOPF, ORDERS };
+static const char *const order_names[ORDERS] = {"kernel", "kernel-nopf", "address", "hnd", "hnd-nopf"};
 
 typedef struct job {
     const char *k, *v;
@@ -53,13 +59,20 @@ static const char *row_at(const char *base, const int32_t *table, int t) {
     return base + ((size_t)table[t / BLOCK] * BLOCK + (size_t)(t % BLOCK)) * ROW_BYTES;
 }
 
-/* The row AHEAD rows after row j of a tile's pass in the read order (the tile's
- * K rows, its V rows, the next tile's K rows), NULL past the chunk's end. */
-static const char *ahead_row(const job *jb, int tile, int pass, int j, int end) {
+/* Head h's bytes of token t: in the FlashMLA layout at row_at + h * HEAD_BYTES,
+ * in the head-major (HND) one at its block + (h * BLOCK + t % BLOCK) * HEAD_BYTES. */
+static const char *head_at(const char *base, const int32_t *table, int t, int h, int hnd) {
+    if (!hnd) return row_at(base, table, t) + h * HEAD_BYTES;
+    return base + (size_t)table[t / BLOCK] * BLOCK * ROW_BYTES + ((size_t)h * BLOCK + (size_t)(t % BLOCK)) * HEAD_BYTES;
+}
+
+/* Head h of the row AHEAD rows after row j of a tile's pass in the read order
+ * (the tile's K rows, its V rows, the next tile's K rows), NULL past the chunk. */
+static const char *ahead_head(const job *jb, int tile, int pass, int j, int end, int h, int hnd) {
     const int nx = j + AHEAD;
-    if (nx < tile + BLOCK) return row_at(pass ? jb->v : jb->k, jb->table, nx);
-    if (pass == 0) return row_at(jb->v, jb->table, nx - BLOCK);
-    return nx < end ? row_at(jb->k, jb->table, nx) : NULL;
+    if (nx < tile + BLOCK) return head_at(pass ? jb->v : jb->k, jb->table, nx, h, hnd);
+    if (pass == 0) return head_at(jb->v, jb->table, nx - BLOCK, h, hnd);
+    return nx < end ? head_at(jb->k, jb->table, nx, h, hnd) : NULL;
 }
 
 __attribute__((target("avx512f"))) static void *reader(void *arg) {
@@ -71,6 +84,18 @@ __attribute__((target("avx512f"))) static void *reader(void *arg) {
         for (int tile = t0; tile < t1; tile += BLOCK)
             for (int pass = 0; pass < 2; pass++) {
                 const char *base = pass ? jb->v : jb->k;
+                if (jb->order == ORDER_HND || jb->order == ORDER_HND_NOPF) {
+                    for (int h = 0; h < HEADS; h++)
+                        for (int j = tile; j < tile + BLOCK; j++) {
+                            const char *pf = jb->order == ORDER_HND ? ahead_head(jb, tile, pass, j, t1, h, 1) : NULL;
+                            if (pf) UNROLL4 for (int l = 0; l < HEAD_BYTES; l += 64)
+                                    _mm_prefetch(pf + l, _MM_HINT_T1);
+                            const char *r = head_at(base, jb->table, j, h, 1);
+                            UNROLL4 for (int l = 0; l < HEAD_BYTES; l += 64)
+                                acc = _mm512_or_si512(acc, _mm512_loadu_si512((const void *)(r + l)));
+                        }
+                    continue;
+                }
                 for (int j0 = tile; j0 < tile + BLOCK; j0 += 16) {
                     if (jb->order == ORDER_ADDRESS) {
                         for (int j = j0; j < j0 + 16; j++) {
@@ -82,10 +107,10 @@ __attribute__((target("avx512f"))) static void *reader(void *arg) {
                     }
                     for (int h = 0; h < HEADS; h++)
                         for (int j = j0; j < j0 + 16; j++) {
-                            const char *pf = jb->order == ORDER_KERNEL ? ahead_row(jb, tile, pass, j, t1) : NULL;
+                            const char *pf = jb->order == ORDER_KERNEL ? ahead_head(jb, tile, pass, j, t1, h, 0) : NULL;
                             if (pf) UNROLL4 for (int l = 0; l < HEAD_BYTES; l += 64)
-                                    _mm_prefetch(pf + h * HEAD_BYTES + l, _MM_HINT_T1);
-                            const char *r = row_at(base, jb->table, j) + h * HEAD_BYTES;
+                                    _mm_prefetch(pf + l, _MM_HINT_T1);
+                            const char *r = head_at(base, jb->table, j, h, 0);
                             UNROLL4 for (int l = 0; l < HEAD_BYTES; l += 64)
                                 acc = _mm512_or_si512(acc, _mm512_loadu_si512((const void *)(r + l)));
                         }
