@@ -75,6 +75,20 @@ static const char *ahead_head(const job *jb, int tile, int pass, int j, int end,
     return nx < end ? head_at(jb->k, jb->table, nx, h, hnd) : NULL;
 }
 
+/* acc | head h of row j (of the pass's array base); prefetch: first the same
+ * head of the row AHEAD rows later in the read order, as the rows kernel does. */
+__attribute__((target("avx512f"))) static inline __m512i read_head(const job *jb, __m512i acc, const char *base,
+                                                                  int tile, int pass, int j, int end, int h,
+                                                                  int hnd, int prefetch) {
+    const char *pf = prefetch ? ahead_head(jb, tile, pass, j, end, h, hnd) : NULL;
+    if (pf) UNROLL4 for (int l = 0; l < HEAD_BYTES; l += 64)
+            _mm_prefetch(pf + l, _MM_HINT_T1);
+    const char *r = head_at(base, jb->table, j, h, hnd);
+    UNROLL4 for (int l = 0; l < HEAD_BYTES; l += 64)
+        acc = _mm512_or_si512(acc, _mm512_loadu_si512((const void *)(r + l)));
+    return acc;
+}
+
 __attribute__((target("avx512f"))) static void *reader(void *arg) {
     job *jb = (job *)arg;
     __m512i acc = _mm512_setzero_si512();
@@ -86,14 +100,8 @@ __attribute__((target("avx512f"))) static void *reader(void *arg) {
                 const char *base = pass ? jb->v : jb->k;
                 if (jb->order == ORDER_HND || jb->order == ORDER_HND_NOPF) {
                     for (int h = 0; h < HEADS; h++)
-                        for (int j = tile; j < tile + BLOCK; j++) {
-                            const char *pf = jb->order == ORDER_HND ? ahead_head(jb, tile, pass, j, t1, h, 1) : NULL;
-                            if (pf) UNROLL4 for (int l = 0; l < HEAD_BYTES; l += 64)
-                                    _mm_prefetch(pf + l, _MM_HINT_T1);
-                            const char *r = head_at(base, jb->table, j, h, 1);
-                            UNROLL4 for (int l = 0; l < HEAD_BYTES; l += 64)
-                                acc = _mm512_or_si512(acc, _mm512_loadu_si512((const void *)(r + l)));
-                        }
+                        for (int j = tile; j < tile + BLOCK; j++)
+                            acc = read_head(jb, acc, base, tile, pass, j, t1, h, 1, jb->order == ORDER_HND);
                     continue;
                 }
                 for (int j0 = tile; j0 < tile + BLOCK; j0 += 16) {
@@ -106,14 +114,8 @@ __attribute__((target("avx512f"))) static void *reader(void *arg) {
                         continue;
                     }
                     for (int h = 0; h < HEADS; h++)
-                        for (int j = j0; j < j0 + 16; j++) {
-                            const char *pf = jb->order == ORDER_KERNEL ? ahead_head(jb, tile, pass, j, t1, h, 0) : NULL;
-                            if (pf) UNROLL4 for (int l = 0; l < HEAD_BYTES; l += 64)
-                                    _mm_prefetch(pf + l, _MM_HINT_T1);
-                            const char *r = head_at(base, jb->table, j, h, 0);
-                            UNROLL4 for (int l = 0; l < HEAD_BYTES; l += 64)
-                                acc = _mm512_or_si512(acc, _mm512_loadu_si512((const void *)(r + l)));
-                        }
+                        for (int j = j0; j < j0 + 16; j++)
+                            acc = read_head(jb, acc, base, tile, pass, j, t1, h, 0, jb->order == ORDER_KERNEL);
                 }
             }
     }
